@@ -1,0 +1,3 @@
+from trtllm_forge.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""Run context passed explicitly to every stage: settings and a progress sink.
+
+Stages never import ``rich`` and never print; they report through
+:class:`Progress`. The CLI picks a Rich implementation on a TTY and a plain
+log otherwise; tests use :class:`NullProgress`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class Progress(Protocol):
+    def log(self, message: str) -> None: ...
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None) -> Iterator[TaskHandle]: ...
+
+
+class TaskHandle(Protocol):
+    def advance(self, amount: float = 1.0) -> None: ...
+
+
+class _NullTask:
+    def advance(self, amount: float = 1.0) -> None:
+        pass
+
+
+class NullProgress:
+    """Discards everything (library use and tests)."""
+
+    def log(self, message: str) -> None:
+        pass
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None) -> Iterator[TaskHandle]:
+        yield _NullTask()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Environment-derived settings, read when constructed (never at import)."""
+
+    home: Path
+    debug: bool = False
+    lock_timeout_s: float = 3600.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = os.environ.get("FORGE_HOME") or str(Path.home() / ".cache" / "forge")
+        return cls(
+            home=Path(home).expanduser().resolve(),
+            debug=os.environ.get("FORGE_DEBUG", "") not in ("", "0"),
+            lock_timeout_s=float(os.environ.get("FORGE_LOCK_TIMEOUT", "3600")),
+        )
+
+
+@dataclass
+class RunContext:
+    settings: Settings
+    progress: Progress = field(default_factory=NullProgress)
+
+    @classmethod
+    def default(cls) -> RunContext:
+        return cls(settings=Settings.from_env())
