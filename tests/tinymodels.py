@@ -1,0 +1,144 @@
+"""Tiny real Hugging Face checkpoints with seeded random weights, for tests.
+
+``make_tiny_hf("llama", tmp_path)`` writes a directory that looks exactly like a
+hub snapshot (config.json + model.safetensors [+ tokenizer files]) but holds a
+2-layer, 64-wide model, so every stage can run on it in seconds on a CPU.
+
+Weights are re-drawn after construction: transformers initialises norms to 1
+and biases to 0, which would hide a swapped-norm or dropped-bias bug in the
+converter, so norms get ``1 + noise`` and biases get noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TINY_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 256,
+    "max_position_embeddings": 128,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+
+ARCHES = ("llama", "mistral", "qwen2")
+
+# A small, varied English text the in-memory tokenizer is trained on.
+_TOKENIZER_TEXT = """\
+The quick brown fox jumps over the lazy dog. Once upon a time there was a small model.
+It lived in a tiny checkpoint and answered every prompt with random words.
+Hello world! How are you today? I am fine, thank you. What is the capital of France?
+Paris is the capital of France. One two three four five six seven eight nine ten.
+A forge turns raw metal into tools; this forge turns checkpoints into engines.
+Numbers: 0 1 2 3 4 5 6 7 8 9. Letters: a b c d e f g h i j k l m n o p q r s t u v w x y z.
+"""
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3: pad, bos, eos, unk
+
+
+def _config_class(arch: str) -> Any:
+    import transformers
+
+    classes = {
+        "llama": transformers.LlamaConfig,
+        "mistral": transformers.MistralConfig,
+        "qwen2": transformers.Qwen2Config,
+    }
+    if arch not in classes:
+        raise ValueError(f"unknown tiny arch {arch!r}; choose one of {', '.join(ARCHES)}")
+    return classes[arch]
+
+
+def _perturb_weights(model: Any, seed: int) -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
+            if "norm" in name:
+                param.copy_(1.0 + 0.1 * noise)
+            elif name.endswith(".bias"):
+                param.copy_(0.1 * noise)
+            else:
+                param.copy_(0.05 * noise)
+
+
+def make_tiny_tokenizer(out_dir: Path, vocab_size: int = 256) -> Any:
+    """Train a tiny byte-level BPE tokenizer in memory and save it as a fast tokenizer.
+
+    Ids 0..3 are ``<pad> <s> </s> <unk>`` to match the tiny model config. ASCII text
+    round-trips through encode/decode; other characters map to ``<unk>``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    # ByteLevel because AutoTokenizer forces Qwen2Tokenizer (ByteLevel) on qwen2 dirs; an
+    # empty initial alphabet keeps the vocab under 256 (unseen bytes become <unk>).
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
+        initial_alphabet=[],
+    )
+    tok.train_from_iterator(_TOKENIZER_TEXT.splitlines(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def make_tiny_hf(
+    arch: str,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    with_tokenizer: bool = False,
+    **config_overrides: Any,
+) -> Path:
+    """Build a tiny random-weight HF causal LM and ``save_pretrained`` it to ``out_dir``.
+
+    Args:
+        arch: ``llama``, ``mistral`` or ``qwen2`` (qwen2 has q/k/v biases).
+        out_dir: directory to write (created if needed).
+        seed: weight seed; the same seed gives byte-identical weights.
+        with_tokenizer: also save a tiny trained BPE tokenizer (vocab <= model vocab).
+        **config_overrides: config fields, e.g. ``num_key_value_heads=1``,
+            ``tie_word_embeddings=True``, ``rope_scaling={...}``, ``vocab_size=250``,
+            ``torch_dtype="bfloat16"`` (the dtype the weights are saved in).
+    Returns:
+        ``out_dir``.
+    """
+    import torch
+    import transformers
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fields = {**TINY_DEFAULTS, **config_overrides}
+    dtype_name = fields.pop("torch_dtype", fields.pop("dtype", "float32"))
+    dtype = getattr(torch, dtype_name) if isinstance(dtype_name, str) else dtype_name
+    config = _config_class(arch)(**fields)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    _perturb_weights(model, seed)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model = model.to(dtype)
+    model.config.dtype = dtype
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if with_tokenizer:
+        make_tiny_tokenizer(out_dir, vocab_size=min(int(config.vocab_size), 256))
+    return out_dir
