@@ -1,0 +1,1 @@
+"""Stage graph, stage keys and the runner."""

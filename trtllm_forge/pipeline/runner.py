@@ -1,0 +1,202 @@
+"""Run (or plan) the stage graph for one recipe.
+
+For each stage: compute its key from the recipe fields it reads and the
+content digests of its upstream artifacts; reuse a valid artifact; otherwise
+take the key's lock, look again (another process may have just built it),
+run the stage into a staging dir and commit it atomically.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trtllm_forge.context import RunContext
+from trtllm_forge.errors import ExitCode, ForgeError, recipe_error
+from trtllm_forge.pipeline.keys import changed_inputs, key_document, stage_key
+from trtllm_forge.pipeline.stage import Stage, StageJob
+from trtllm_forge.recipe.load import LoadedRecipe
+from trtllm_forge.store.digest import digest_json, short
+from trtllm_forge.store.store import Artifact, Invalid, Store
+
+STAGE_NAMES = ("fetch", "convert", "calibrate", "build", "verify")
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # "hit" | "built" | "miss" (plan) | "pending" (plan: upstream not built)
+    key: str | None = None
+    seconds: float = 0.0
+    path: str | None = None
+    changed: list[str] = field(default_factory=list)
+    note: str | None = None  # e.g. why an existing entry was rejected
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "status": self.status,
+            "key": self.key,
+            "seconds": round(self.seconds, 4),
+            "path": self.path,
+            "changed": self.changed,
+            "note": self.note,
+        }
+
+
+def recipe_id(loaded: LoadedRecipe) -> str:
+    """A stable id for 'this recipe file' (refs remember its last build)."""
+    return f"{loaded.recipe.name}-{short(digest_json(str(loaded.path)), 10)}"
+
+
+def load_stages() -> dict[str, Stage]:
+    from trtllm_forge.stages import all_stages
+
+    return all_stages()
+
+
+def select(until: str | None) -> tuple[str, ...]:
+    if until is None:
+        return STAGE_NAMES
+    if until not in STAGE_NAMES:
+        raise recipe_error(f"unknown stage '{until}'", hint=f"stages are: {', '.join(STAGE_NAMES)}")
+    return STAGE_NAMES[: STAGE_NAMES.index(until) + 1]
+
+
+class Runner:
+    def __init__(self, loaded: LoadedRecipe, ctx: RunContext, store: Store | None = None,
+                 stages: dict[str, Stage] | None = None) -> None:
+        self.loaded = loaded
+        self.ctx = ctx
+        self.store = store or Store(ctx.settings.home, lock_timeout_s=ctx.settings.lock_timeout_s)
+        self.stages = stages or load_stages()
+        self.previous = self.store.read_ref(recipe_id(loaded))
+
+    # -- public ------------------------------------------------------------
+    def build(self, *, until: str | None = None, force: Sequence[str] = (),
+              on_result: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+        names = select(until)
+        for name in force:
+            if name not in STAGE_NAMES:
+                raise recipe_error(f"unknown stage '{name}' in --force",
+                                   hint=f"stages are: {', '.join(STAGE_NAMES)}")
+        job = StageJob(self.loaded, self.ctx, self.store)
+        results: list[StageResult] = []
+        record: dict[str, Any] = {}
+        try:
+            for name in names:
+                result, artifact, doc = self._build_one(self.stages[name], job, force=name in force)
+                job.upstream[name] = artifact
+                record[name] = {"key": artifact.key, "inputs": doc, "path": str(artifact.path),
+                                "content_digest": artifact.content_digest}
+                results.append(result)
+                if on_result:
+                    on_result(result)
+        finally:
+            if record:
+                self._write_ref(record)
+        return results
+
+    def plan(self, *, until: str | None = None) -> list[StageResult]:
+        job = StageJob(self.loaded, self.ctx, self.store)
+        results: list[StageResult] = []
+        blocked = False
+        for name in select(until):
+            stage = self.stages[name]
+            if blocked:
+                results.append(StageResult(name, "pending", note="an upstream stage must run first"))
+                continue
+            t0 = time.perf_counter()
+            key, doc = self._key(stage, job)
+            found = self.store.lookup(name, key)
+            changed = changed_inputs(self._previous_inputs(name), doc)
+            if isinstance(found, Artifact):
+                job.upstream[name] = found
+                results.append(StageResult(name, "hit", key, time.perf_counter() - t0, str(found.path)))
+            else:
+                blocked = True
+                note = found.reason if isinstance(found, Invalid) else None
+                results.append(StageResult(name, "miss", key, time.perf_counter() - t0,
+                                           changed=changed, note=note))
+        return results
+
+    # -- internals ---------------------------------------------------------
+    def _key(self, stage: Stage, job: StageJob) -> tuple[str, dict[str, Any]]:
+        upstream = {name: job.upstream[name].content_digest for name in stage.upstream}
+        doc = key_document(stage.name, stage.version, stage.key_inputs(job), upstream)
+        return stage_key(doc), doc
+
+    def _previous_inputs(self, name: str) -> dict[str, Any] | None:
+        if not self.previous:
+            return None
+        entry = self.previous.get("stages", {}).get(name)
+        return entry.get("inputs") if isinstance(entry, dict) else None
+
+    def _build_one(self, stage: Stage, job: StageJob, *, force: bool) -> tuple[StageResult, Artifact, dict[str, Any]]:
+        t0 = time.perf_counter()
+        key, doc = self._key(stage, job)
+        found = self.store.lookup(stage.name, key)
+        if isinstance(found, Artifact) and not force:
+            return StageResult(stage.name, "hit", key, time.perf_counter() - t0, str(found.path),
+                               info=found.info), found, doc
+        note = found.reason if isinstance(found, Invalid) else None
+        if note:
+            self.ctx.progress.log(f"{stage.name}: cached entry rejected ({note}); rebuilding")
+        changed = changed_inputs(self._previous_inputs(stage.name), doc)
+
+        def waiting() -> None:
+            self.ctx.progress.log(f"{stage.name}: another build holds {short(key)}; waiting")
+
+        with self.store.lock(key, on_wait=waiting):
+            found = self.store.lookup(stage.name, key)
+            if isinstance(found, Artifact) and not force:  # built by another process meanwhile
+                return StageResult(stage.name, "hit", key, time.perf_counter() - t0, str(found.path),
+                                   note="built concurrently by another process", info=found.info), found, doc
+            artifact = self._run(stage, job, key, doc)
+        result = StageResult(stage.name, "built", key, time.perf_counter() - t0, str(artifact.path),
+                             changed=changed, note=note, info=artifact.info)
+        return result, artifact, doc
+
+    def _run(self, stage: Stage, job: StageJob, key: str, doc: dict[str, Any]) -> Artifact:
+        staging = self.store.new_staging_dir(stage.name, key)
+        try:
+            t0 = time.perf_counter()
+            output = stage.run(job, staging)
+            seconds = time.perf_counter() - t0
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing partial is ever left behind
+            raise
+        manifest = {
+            "inputs": doc,
+            "seconds": round(seconds, 4),
+            "info": output.info,
+            "recipe": self._excerpt(doc),
+            "forge_version": _forge_version(),
+        }
+        if output.external is not None:
+            manifest["external"] = output.external
+        return self.store.commit(stage.name, key, staging, manifest)
+
+    def _excerpt(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return {"name": self.loaded.recipe.name, "fields": doc["fields"]}
+
+    def _write_ref(self, record: dict[str, Any]) -> None:
+        ref = self.previous or {}
+        stages = dict(ref.get("stages", {}))
+        stages.update(record)
+        new = {"recipe": str(self.loaded.path), "name": self.loaded.recipe.name,
+               "updated_unix": time.time(), "stages": stages}
+        try:
+            self.store.write_ref(recipe_id(self.loaded), new)
+        except OSError as exc:
+            raise ForgeError(ExitCode.STORE, f"cannot record the build: {exc.strerror}") from None
+
+
+def _forge_version() -> str:
+    from trtllm_forge import __version__
+
+    return __version__

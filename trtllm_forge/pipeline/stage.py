@@ -1,0 +1,83 @@
+"""The contract every stage implements.
+
+A stage declares the recipe fields it reads and the upstream stages it
+consumes; its key is the digest of exactly those (plus tool versions), so two
+recipes that agree on them share the artifact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+from trtllm_forge.context import RunContext
+from trtllm_forge.recipe.load import LoadedRecipe
+from trtllm_forge.store.store import Artifact, Store
+
+
+@dataclass
+class StageJob:
+    """Everything a stage may look at. Stages must not read anything else."""
+
+    loaded: LoadedRecipe
+    ctx: RunContext
+    store: Store
+    upstream: dict[str, Artifact] = field(default_factory=dict)
+    # Per-run memo so work done to compute a key (e.g. resolving a hub revision)
+    # is not repeated by run().
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def recipe(self) -> Any:
+        return self.loaded.recipe
+
+
+@dataclass(frozen=True)
+class KeyInputs:
+    """What a stage's key is made of. ``fields`` uses dotted recipe paths so
+    ``forge plan`` can say which recipe field changed."""
+
+    fields: dict[str, Any]
+    tools: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    info: dict[str, Any] = field(default_factory=dict)  # summary shown by inspect / reports
+    external: dict[str, Any] | None = None  # files the artifact references but does not hold
+
+
+class Stage(Protocol):
+    name: str
+    version: str  # bump when the stage's output for the same inputs changes
+    upstream: tuple[str, ...]
+
+    def key_inputs(self, job: StageJob) -> KeyInputs: ...
+
+    def run(self, job: StageJob, out_dir: Path) -> StageOutput: ...
+
+
+def fields_of(recipe: Any, *paths: str) -> dict[str, Any]:
+    """Dotted recipe fields → JSON values, e.g. ``fields_of(r, "convert.dtype")``."""
+    dumped = recipe.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for path in paths:
+        value: Any = dumped
+        for part in path.split("."):
+            value = value[part]
+        out[path] = value
+    return out
+
+
+def versions(*packages: str) -> dict[str, str]:
+    """Installed versions of packages whose behaviour changes a stage's output."""
+    out: dict[str, str] = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out

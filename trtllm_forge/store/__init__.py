@@ -1,0 +1,1 @@
+"""Content-addressed artifact store: digests, stat memo, locks, manifests."""

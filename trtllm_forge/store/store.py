@@ -1,0 +1,267 @@
+"""The local artifact store under ``$FORGE_HOME``.
+
+Layout::
+
+    artifacts/<stage>/<key-hex>/   one immutable artifact: files + manifest.json
+    tmp/                           staging dirs, renamed into place when complete
+    locks/<key-hex>.lock           per-key flock
+    refs/<recipe-id>.json          the last build of each recipe (for plan and gc)
+    memo.sqlite                    stat-memoised file digests
+
+An artifact is visible only after ``rename(tmp, final)``, so a crash leaves at
+most a staging dir in ``tmp/`` that no reader ever looks at. An entry whose
+manifest is missing, unparsable or whose files do not match their digests is
+a miss and is rebuilt.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trtllm_forge.errors import store_error
+from trtllm_forge.store.digest import short
+from trtllm_forge.store.lock import key_lock
+from trtllm_forge.store.manifest import (
+    MANIFEST,
+    MANIFEST_SCHEMA,
+    FileEntry,
+    content_digest,
+    read_manifest,
+    write_manifest,
+)
+from trtllm_forge.store.memo import DigestMemo
+
+
+@dataclass(frozen=True)
+class Artifact:
+    stage: str
+    key: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def content_digest(self) -> str:
+        return str(self.manifest["content_digest"])
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return dict(self.manifest.get("info", {}))
+
+    @property
+    def external_root(self) -> Path | None:
+        ext = self.manifest.get("external")
+        return Path(ext["root"]) if ext else None
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """Why an existing entry was rejected (reported to the user as a rebuild reason)."""
+
+    reason: str
+
+
+def _hex(key: str) -> str:
+    return key.split(":", 1)[-1]
+
+
+class Store:
+    def __init__(self, root: Path, *, lock_timeout_s: float = 3600.0) -> None:
+        self.root = root
+        self.lock_timeout_s = lock_timeout_s
+        self._memo: DigestMemo | None = None
+
+    # -- paths -------------------------------------------------------------
+    def artifact_dir(self, stage: str, key: str) -> Path:
+        return self.root / "artifacts" / stage / _hex(key)
+
+    @property
+    def tmp_root(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def memo(self) -> DigestMemo:
+        if self._memo is None:
+            try:
+                self._memo = DigestMemo(self.root / "memo.sqlite")
+            except OSError as exc:
+                raise store_error(f"cannot open the store at {self.root}: {exc.strerror}",
+                                  hint="check FORGE_HOME and its permissions") from None
+        return self._memo
+
+    # -- reading -----------------------------------------------------------
+    def lookup(self, stage: str, key: str) -> Artifact | Invalid | None:
+        """The valid artifact for ``key``; ``Invalid`` if present but damaged; None if absent."""
+        path = self.artifact_dir(stage, key)
+        if not path.exists():
+            return None
+        manifest = read_manifest(path)
+        if manifest is None:
+            return Invalid("manifest.json is missing or unreadable")
+        if manifest.get("key") != key or manifest.get("stage") != stage:
+            return Invalid("manifest.json belongs to another key")
+        problem = self._check_files(path, manifest)
+        if problem:
+            return Invalid(problem)
+        return Artifact(stage, key, path, manifest)
+
+    def _check_files(self, path: Path, manifest: dict[str, Any]) -> str | None:
+        for name, meta in manifest.get("files", {}).items():
+            problem = self._check_one(path / name, meta, name)
+            if problem:
+                return problem
+        ext = manifest.get("external")
+        if ext:
+            root = Path(ext["root"])
+            for name, meta in ext.get("files", {}).items():
+                problem = self._check_one(root / name, meta, f"{root}/{name}", rehash=ext.get("rehash", True))
+                if problem:
+                    return problem
+        return None
+
+    def _check_one(self, file: Path, meta: dict[str, Any], label: str, rehash: bool = True) -> str | None:
+        try:
+            size = file.stat().st_size
+        except OSError:
+            return f"{label} is missing"
+        if size != meta["size"]:
+            return f"{label} has size {size}, expected {meta['size']}"
+        if rehash and self.memo.digest(file) != meta["digest"]:
+            return f"{label} does not match its digest (corrupted?)"
+        return None
+
+    def artifacts(self) -> Iterator[Artifact | tuple[Path, Invalid]]:
+        """Every entry in the store (validated), for ``forge cache ls/verify``."""
+        base = self.root / "artifacts"
+        if not base.exists():
+            return
+        for stage_dir in sorted(base.iterdir()):
+            for entry in sorted(stage_dir.iterdir()):
+                manifest = read_manifest(entry)
+                key = str(manifest.get("key")) if manifest else f"blake3:{entry.name}"
+                found = self.lookup(stage_dir.name, key)
+                if isinstance(found, Artifact):
+                    yield found
+                else:
+                    yield entry, found or Invalid("unreadable entry")
+
+    # -- writing -----------------------------------------------------------
+    @contextmanager
+    def lock(self, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
+        with key_lock(self.root / "locks" / f"{_hex(key)}.lock", timeout_s=self.lock_timeout_s,
+                      on_wait=on_wait) as waited:
+            yield waited
+
+    def new_staging_dir(self, stage: str, key: str) -> Path:
+        path = self.tmp_root / f"{stage}-{short(key)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:
+            raise _os_store_error(exc, "creating a staging directory") from None
+        return path
+
+    def commit(self, stage: str, key: str, staging: Path, manifest: dict[str, Any]) -> Artifact:
+        """Digest the staged files, write the manifest, and rename into place.
+
+        Must be called with the key's lock held.
+        """
+        try:
+            files = self._digest_tree(staging)
+            external = manifest.get("external")
+            manifest = {
+                **manifest,
+                "schema": MANIFEST_SCHEMA,
+                "stage": stage,
+                "key": key,
+                "files": {name: entry.to_json() for name, entry in sorted(files.items())},
+                "content_digest": content_digest(files, external),
+                "created_unix": time.time(),
+            }
+            write_manifest(staging, manifest)
+            _fsync_tree(staging)
+            final = self.artifact_dir(stage, key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # a damaged entry (we hold the lock, so nobody reads it)
+                trash = self.tmp_root / f"trash-{uuid.uuid4().hex}"
+                os.rename(final, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.rename(staging, final)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise _os_store_error(exc, f"committing the {stage} artifact") from None
+        return Artifact(stage, key, final, manifest)
+
+    def _digest_tree(self, staging: Path) -> dict[str, FileEntry]:
+        files: dict[str, FileEntry] = {}
+        for file in sorted(staging.rglob("*")):
+            if file.is_symlink():
+                raise store_error(f"stage wrote a symlink {file.name}; artifacts hold plain files only")
+            if file.is_file() and file.name != MANIFEST:
+                rel = file.relative_to(staging).as_posix()
+                files[rel] = FileEntry(file.stat().st_size, self.memo.digest(file))
+        return files
+
+    def remove(self, artifact_dir: Path) -> int:
+        """Delete one entry atomically (rename away first); returns bytes freed."""
+        size = dir_size(artifact_dir)
+        trash = self.tmp_root / f"trash-{uuid.uuid4().hex}"
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
+        os.rename(artifact_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return size
+
+    # -- refs (last build per recipe) --------------------------------------
+    def write_ref(self, recipe_id: str, record: dict[str, Any]) -> None:
+        path = self.root / "refs" / f"{recipe_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+    def read_ref(self, recipe_id: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.root / "refs" / f"{recipe_id}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def refs(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        base = self.root / "refs"
+        for file in sorted(base.glob("*.json")) if base.exists() else []:
+            ref = self.read_ref(file.stem)
+            if ref is not None:
+                out[file.stem] = ref
+        return out
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _fsync_tree(path: Path) -> None:
+    """Make the bytes durable before the rename publishes them."""
+    for file in path.rglob("*"):
+        if file.is_file():
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _os_store_error(exc: OSError, doing: str) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return store_error(f"out of disk space while {doing}: {exc.strerror}",
+                           hint="free space under FORGE_HOME (`forge cache gc`) or point FORGE_HOME elsewhere")
+    return store_error(f"store I/O error while {doing}: {exc.strerror} ({exc.filename})",
+                       hint="check FORGE_HOME and its permissions")
