@@ -1,0 +1,201 @@
+"""What an architecture family declares: its config translation and its tensor table.
+
+A family turns a Hugging Face ``config.json`` dict into a TensorRT-LLM
+``config.json`` dict and lists, as data, how every TensorRT-LLM tensor is made
+from HF tensors (:class:`TensorRule`). The converter executes the table; the
+totality check proves the table covers the source exactly (style.md P10).
+
+Nothing here imports torch: recipe checks call :func:`model_dims` and
+:func:`validate_dims` on the CLI start path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
+
+Fusion = Literal["identity", "concat_rows"]
+
+# Limits far above any real model; they exist so a typo (hidden_size 10**12) fails in
+# microseconds with a message instead of in an out-of-memory kill.
+MAX_HIDDEN = 1 << 17
+MAX_LAYERS = 10_000
+MAX_HEADS = 4096
+MAX_VOCAB = 100_000_000
+MAX_INTERMEDIATE = 1 << 20
+MAX_POSITIONS = 1 << 24
+
+
+@dataclass(frozen=True)
+class TensorRule:
+    """One TensorRT-LLM tensor: its name, the HF tensors it is made of, and how.
+
+    ``concat_rows`` concatenates the sources along dim 0 in the given order
+    (fused QKV = [q; k; v]).
+    """
+
+    target: str
+    sources: tuple[str, ...]
+    fusion: Fusion = "identity"
+
+    def __post_init__(self) -> None:
+        if self.fusion == "identity" and len(self.sources) != 1:
+            raise ValueError(f"identity rule for {self.target} needs exactly one source")
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """The full table for one concrete config: rules plus names to ignore."""
+
+    rules: tuple[TensorRule, ...]
+    ignored: tuple[re.Pattern[str], ...] = field(default=())
+
+    def check_total(self, source_names: Iterable[str], *, architecture: str) -> None:
+        """Every source tensor is used or ignored, and every rule's sources exist."""
+        available = set(source_names)
+        used = {s for rule in self.rules for s in rule.sources}
+        missing = sorted(used - available)
+        if missing:
+            raise source_error(
+                f"{architecture} checkpoint is missing {len(missing)} tensor(s): "
+                f"{_first(missing)}",
+                hint="the checkpoint is incomplete or its config.json does not match its weights",
+            )
+        leftover = sorted(
+            name
+            for name in available - used
+            if not any(pattern.fullmatch(name) for pattern in self.ignored)
+        )
+        if leftover:
+            raise source_error(
+                f"{architecture} checkpoint has {len(leftover)} tensor(s) the converter does "
+                f"not know: {_first(leftover)}",
+                hint="this variant is not supported yet; a converter must map or ignore "
+                "every tensor",
+            )
+
+
+def _first(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} (and {len(names) - limit} more)"
+
+
+class Family:
+    """Base class of an architecture family. Subclasses fill in the three hooks."""
+
+    name: str = ""
+    architectures: tuple[str, ...] = ()
+
+    def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def tensor_plan(self, hf_config: Mapping[str, Any]) -> TensorPlan:
+        raise NotImplementedError
+
+    def validate(self, hf_config: Mapping[str, Any]) -> None:
+        """Reject configs this family cannot convert; default: dimension sanity only."""
+        validate_dims(hf_config)
+
+
+def _int_field(hf_config: Mapping[str, Any], key: str, default: Any = None) -> int:
+    value = hf_config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise source_error(
+            f"config.json field {key!r} must be an integer, got {value!r}",
+            hint="check the model's config.json",
+        )
+    return value
+
+
+def model_dims(hf_config: Mapping[str, Any]) -> dict[str, int]:
+    """The sizes recipe checks need (TP/PP divisibility), validated first.
+
+    Returns ``num_attention_heads``, ``num_key_value_heads``, ``num_hidden_layers``,
+    ``vocab_size``, ``hidden_size``, ``head_size`` and ``intermediate_size``.
+    """
+    validate_dims(hf_config)
+    return _raw_dims(hf_config)
+
+
+def _raw_dims(hf_config: Mapping[str, Any]) -> dict[str, int]:
+    cfg = text_config(hf_config)
+    heads = _int_field(cfg, "num_attention_heads")
+    hidden = _int_field(cfg, "hidden_size")
+    kv = cfg.get("num_key_value_heads")
+    head_dim = cfg.get("head_dim")
+    return {
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads if kv is None else _int_field(cfg, "num_key_value_heads"),
+        "num_hidden_layers": _int_field(cfg, "num_hidden_layers"),
+        "vocab_size": _int_field(cfg, "vocab_size"),
+        "hidden_size": hidden,
+        "head_size": (hidden // heads if heads > 0 else 0)
+        if head_dim is None
+        else _int_field(cfg, "head_dim"),
+        "intermediate_size": _int_field(cfg, "intermediate_size", 4 * hidden),
+    }
+
+
+def text_config(hf_config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The decoder config (multimodal wrappers nest it under ``text_config``)."""
+    nested = hf_config.get("text_config")
+    return nested if isinstance(nested, Mapping) else hf_config
+
+
+_LIMITS = {
+    "hidden_size": MAX_HIDDEN,
+    "num_hidden_layers": MAX_LAYERS,
+    "num_attention_heads": MAX_HEADS,
+    "num_key_value_heads": MAX_HEADS,
+    "vocab_size": MAX_VOCAB,
+    "intermediate_size": MAX_INTERMEDIATE,
+    "head_size": MAX_HIDDEN,
+}
+
+
+def validate_dims(hf_config: Mapping[str, Any]) -> None:
+    """Raise a ForgeError for absurd or inconsistent sizes, before anything is allocated."""
+    cfg = text_config(hf_config)
+    heads = _int_field(cfg, "num_attention_heads")
+    hidden = _int_field(cfg, "hidden_size")
+    if heads > 0 and cfg.get("head_dim") is None and hidden % heads:
+        raise _bad_config(
+            f"hidden_size {hidden} is not divisible by num_attention_heads {heads} "
+            "and config.json gives no head_dim"
+        )
+    dims = _raw_dims(cfg)
+    for key, limit in _LIMITS.items():
+        value = dims[key]
+        if value <= 0:
+            raise _bad_config(f"{key} must be positive, got {value}")
+        if value > limit:
+            raise _bad_config(f"{key} = {value} exceeds the supported maximum {limit}")
+    if dims["num_attention_heads"] % dims["num_key_value_heads"]:
+        raise _bad_config(
+            f"num_attention_heads {dims['num_attention_heads']} is not a multiple of "
+            f"num_key_value_heads {dims['num_key_value_heads']}"
+        )
+    positions = cfg.get("max_position_embeddings")
+    if positions is not None and not (0 < _int_field(cfg, "max_position_embeddings") <= MAX_POSITIONS):
+        raise _bad_config(f"max_position_embeddings = {positions} is out of range")
+
+
+def _bad_config(message: str) -> ForgeError:
+    return ForgeError(
+        ExitCode.SOURCE,
+        f"invalid model config: {message}",
+        hint="check the model's config.json (or the recipe's config overrides)",
+    )
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise recipe_error(
+            f"unsupported checkpoint dtype {dtype!r}",
+            hint="use one of: float32, float16, bfloat16",
+        )
+    return dtype
