@@ -61,8 +61,7 @@ class TensorPlan:
         missing = sorted(used - available)
         if missing:
             raise source_error(
-                f"{architecture} checkpoint is missing {len(missing)} tensor(s): "
-                f"{_first(missing)}",
+                f"{architecture} checkpoint is missing {len(missing)} tensor(s): {_first(missing)}",
                 hint="the checkpoint is incomplete or its config.json does not match its weights",
             )
         leftover = sorted(
@@ -180,7 +179,9 @@ def validate_dims(hf_config: Mapping[str, Any]) -> None:
             f"num_key_value_heads {dims['num_key_value_heads']}"
         )
     positions = cfg.get("max_position_embeddings")
-    if positions is not None and not (0 < _int_field(cfg, "max_position_embeddings") <= MAX_POSITIONS):
+    if positions is not None and not (
+        0 < _int_field(cfg, "max_position_embeddings") <= MAX_POSITIONS
+    ):
         raise _bad_config(f"max_position_embeddings = {positions} is out of range")
 
 

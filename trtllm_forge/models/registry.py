@@ -107,7 +107,7 @@ def family_for(hf_config: Mapping[str, Any], registry: FamilyRegistry = REGISTRY
         raise ForgeError(
             ExitCode.SOURCE,
             "config.json has no 'architectures' entry",
-            hint=f"add e.g. \"architectures\": [\"LlamaForCausalLM\"]; supported: "
+            hint=f'add e.g. "architectures": ["LlamaForCausalLM"]; supported: '
             f"{', '.join(registry.names())}",
         )
     family = registry.get(str(archs[0]))
