@@ -1,0 +1,213 @@
+"""A float32 torch forward pass computed straight from a canonical checkpoint.
+
+This is forge's "torch reference": the numbers every engine is checked
+against. It reads TensorRT-LLM tensor names and config fields only (never the
+HF model), so it also proves the converted checkpoint means what we think.
+
+Hooks let the quantization code reuse it: ``weight_provider(name)`` may return
+a dequantized float weight (or None for "read it from the checkpoint"), and
+``activation_hook(module, x)`` sees (and may fake-quantize) the input of every
+linear layer, named like ``transformer.layers.0.attention.qkv`` or ``lm_head``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trtllm_forge.checkpoint.io import CheckpointReader
+from trtllm_forge.errors import ExitCode, ForgeError
+
+WeightProvider = Callable[[str], "torch.Tensor | None"]
+ActivationHook = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return weight * (x * torch.rsqrt(variance + eps))
+
+
+def rope_inv_freq(config: Mapping[str, Any], seq_len: int) -> torch.Tensor:
+    """Inverse frequencies for rope_gpt_neox, with the config's rotary scaling applied."""
+    dim = int(config["head_size"])
+    base = float(config.get("rotary_base", 10000.0))
+    scaling = config.get("rotary_scaling") or {}
+    kind = scaling.get("type", scaling.get("rope_type", "none"))
+    factor = float(scaling.get("factor", 1.0))
+    if kind == "dynamic":
+        # NTK-aware: stretch the base only once the sequence outgrows the trained length.
+        trained = int(config["max_position_embeddings"])
+        length = max(seq_len, trained)
+        base = base * ((factor * length / trained) - (factor - 1)) ** (dim / (dim - 2))
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float32) / dim
+    inv_freq = 1.0 / (base**exponents)
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "llama3":
+        return _llama3_inv_freq(inv_freq, scaling, factor)
+    if kind not in ("none", "dynamic"):
+        raise ForgeError(
+            ExitCode.SOURCE,
+            f"the reference forward does not implement rotary scaling {kind!r}",
+            hint="supported: linear, dynamic, llama3",
+        )
+    return inv_freq
+
+
+def _llama3_inv_freq(
+    inv_freq: torch.Tensor, scaling: Mapping[str, Any], factor: float
+) -> torch.Tensor:
+    low = float(scaling["low_freq_factor"])
+    high = float(scaling["high_freq_factor"])
+    trained = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths are stretched by `factor`, short ones kept; in between, blend.
+    scaled = torch.where(wavelen > trained / low, inv_freq / factor, inv_freq)
+    smooth = (trained / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    middle = ~(wavelen < trained / high) & ~(wavelen > trained / low)
+    return torch.where(middle, blended, scaled)
+
+
+def rope_cos_sin(config: Mapping[str, Any], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos, sin`` of shape [seq, head_size] (the half-frequency table repeated twice)."""
+    inv_freq = rope_inv_freq(config, seq_len)
+    positions = torch.arange(seq_len, dtype=torch.float32)
+    freqs = torch.outer(positions, inv_freq)
+    table = torch.cat([freqs, freqs], dim=-1)
+    return table.cos(), table.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [batch, heads, seq, head_size] in GPT-NeoX style (halves, not pairs)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sliding_window: int | None = None
+) -> torch.Tensor:
+    """Softmax attention for q [b, hq, s, d] over k, v [b, hkv, s, d] (GQA when hkv < hq).
+
+    Query head h reads KV head ``h // (hq // hkv)``. Returns [b, s, hq * d].
+    """
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    seq = q.shape[2]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    query_pos = torch.arange(seq)[:, None]
+    key_pos = torch.arange(seq)[None, :]
+    allowed = key_pos <= query_pos
+    if sliding_window is not None:
+        allowed &= key_pos > query_pos - sliding_window
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ v
+    return out.transpose(1, 2).reshape(q.shape[0], seq, -1)
+
+
+def split_heads(x: torch.Tensor, heads: int, head_size: int) -> torch.Tensor:
+    """[b, s, heads * d] -> [b, heads, s, d]."""
+    return x.view(x.shape[0], x.shape[1], heads, head_size).transpose(1, 2)
+
+
+class CheckpointForward:
+    """Float32 logits from an unsharded TensorRT-LLM checkpoint (tp = pp = 1).
+
+    Args:
+        ckpt_dir: directory with config.json and rank0.safetensors.
+        weight_provider: ``name -> float tensor or None``; None falls back to the
+            checkpoint tensor (cast to float32).
+        activation_hook: ``(module_name, x) -> x`` applied to every linear input.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: Path,
+        weight_provider: WeightProvider | None = None,
+        activation_hook: ActivationHook | None = None,
+    ) -> None:
+        self.reader = CheckpointReader(Path(ckpt_dir))
+        self.config = self.reader.config
+        if self.reader.world_size != 1:
+            raise ForgeError(
+                ExitCode.INTERNAL,
+                f"CheckpointForward needs an unsharded checkpoint, got world size "
+                f"{self.reader.world_size}",
+            )
+        self._provider = weight_provider
+        self._hook = activation_hook
+        self._cache: dict[str, torch.Tensor | None] = {}
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def weight(self, name: str) -> torch.Tensor | None:
+        """Float32 tensor ``name`` (provider first, then the checkpoint), None if absent."""
+        if name not in self._cache:
+            provided = self._provider(name) if self._provider is not None else None
+            if provided is not None:
+                self._cache[name] = provided.to(torch.float32)
+            elif self.reader.has(name):
+                self._cache[name] = self.reader.get(name).to(torch.float32)
+            else:
+                self._cache[name] = None
+        return self._cache[name]
+
+    def _required(self, name: str) -> torch.Tensor:
+        tensor = self.weight(name)
+        if tensor is None:
+            raise ForgeError(
+                ExitCode.STORE,
+                f"checkpoint {self.reader.dir} has no tensor {name}",
+                hint="the checkpoint is incomplete; rebuild it",
+            )
+        return tensor
+
+    def linear(self, module: str, x: torch.Tensor) -> torch.Tensor:
+        if self._hook is not None:
+            x = self._hook(module, x)
+        out = x @ self._required(f"{module}.weight").T
+        bias = self.weight(f"{module}.bias")
+        return out if bias is None else out + bias
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[batch, seq] token ids -> [batch, seq, vocab_size] float32 logits."""
+        cfg = self.config
+        eps = float(cfg.get("norm_epsilon", 1e-5))
+        h = self._required("transformer.vocab_embedding.weight")[input_ids]
+        cos, sin = rope_cos_sin(cfg, input_ids.shape[1])
+        for i in range(int(cfg["num_hidden_layers"])):
+            prefix = f"transformer.layers.{i}."
+            x = rms_norm(h, self._required(prefix + "input_layernorm.weight"), eps)
+            h = h + self._attention(prefix, x, cos, sin)
+            x = rms_norm(h, self._required(prefix + "post_layernorm.weight"), eps)
+            h = h + self._mlp(prefix, x)
+        h = rms_norm(h, self._required("transformer.ln_f.weight"), eps)
+        return self.linear("lm_head", h)[..., : int(cfg["vocab_size"])]
+
+    def _attention(
+        self, prefix: str, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        cfg = self.config
+        heads = int(cfg["num_attention_heads"])
+        kv_heads = int(cfg.get("num_key_value_heads") or heads)
+        size = int(cfg["head_size"])
+        qkv = self.linear(prefix + "attention.qkv", x)
+        q, k, v = qkv.split([heads * size, kv_heads * size, kv_heads * size], dim=-1)
+        q = apply_rope(split_heads(q, heads, size), cos, sin)
+        k = apply_rope(split_heads(k, kv_heads, size), cos, sin)
+        window = (cfg.get("forge") or {}).get("sliding_window")
+        out = causal_attention(q, k, split_heads(v, kv_heads, size), sliding_window=window)
+        return self.linear(prefix + "attention.dense", out)
+
+    def _mlp(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        # TensorRT-LLM GatedMLP: proj(silu(fc(x)) * gate(x)); fc = HF gate_proj.
+        activated = torch.nn.functional.silu(self.linear(prefix + "mlp.fc", x))
+        return self.linear(prefix + "mlp.proj", activated * self.linear(prefix + "mlp.gate", x))

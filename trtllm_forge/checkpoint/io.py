@@ -1,0 +1,122 @@
+"""Read a TensorRT-LLM checkpoint dir: ``config.json`` plus ``rank{r}.safetensors``.
+
+Tensors load lazily, one at a time, through ``safe_open`` (mmap), so reading a
+single tensor of a 100 GB checkpoint costs that tensor's bytes only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from trtllm_forge.errors import ExitCode, ForgeError
+
+CONFIG_NAME = "config.json"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank{rank}.safetensors"
+
+
+def read_config(ckpt_dir: Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise _bad_checkpoint(f"{path} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise _bad_checkpoint(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise _bad_checkpoint(f"{path} must hold a JSON object")
+    return config
+
+
+def write_config(ckpt_dir: Path, config: Mapping[str, Any]) -> Path:
+    path = Path(ckpt_dir) / CONFIG_NAME
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def world_size(config: Mapping[str, Any]) -> int:
+    mapping = config.get("mapping") or {}
+    tp = int(mapping.get("tp_size", 1))
+    pp = int(mapping.get("pp_size", 1))
+    return int(mapping.get("world_size", tp * pp))
+
+
+class CheckpointReader:
+    """Lazy access to every rank file of a checkpoint.
+
+    Use as a context manager (or call :meth:`close`) to release the file handles.
+    """
+
+    def __init__(self, ckpt_dir: Path) -> None:
+        self.dir = Path(ckpt_dir)
+        self.config = read_config(self.dir)
+        self.world_size = world_size(self.config)
+        self._stack = ExitStack()
+        self._handles: dict[int, Any] = {}
+        for rank in range(self.world_size):
+            if not (self.dir / rank_file(rank)).is_file():
+                raise _bad_checkpoint(f"{self.dir / rank_file(rank)} is missing")
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+        self._handles.clear()
+
+    def _handle(self, rank: int) -> Any:
+        if rank not in self._handles:
+            if not 0 <= rank < self.world_size:
+                raise IndexError(f"rank {rank} outside world size {self.world_size}")
+            path = self.dir / rank_file(rank)
+            self._handles[rank] = self._stack.enter_context(safe_open(str(path), framework="pt"))
+        return self._handles[rank]
+
+    def names(self, rank: int = 0) -> list[str]:
+        return sorted(self._handle(rank).keys())
+
+    def has(self, name: str, rank: int = 0) -> bool:
+        return name in self._handle(rank).keys()
+
+    def get(self, name: str, rank: int = 0) -> torch.Tensor:
+        handle = self._handle(rank)
+        if name not in handle.keys():
+            raise KeyError(f"{name} not in {rank_file(rank)}")
+        return handle.get_tensor(name)
+
+    def get_slice(self, name: str, rank: int = 0) -> Any:
+        """A lazy slice object: ``.get_shape()``, ``.get_dtype()``, ``[a:b, :]`` reads part."""
+        return self._handle(rank).get_slice(name)
+
+    def shape(self, name: str, rank: int = 0) -> tuple[int, ...]:
+        return tuple(self.get_slice(name, rank).get_shape())
+
+    def tensors(self, rank: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.names(rank):
+            yield name, self.get(name, rank)
+
+
+def _bad_checkpoint(message: str) -> ForgeError:
+    return ForgeError(
+        ExitCode.STORE,
+        f"not a valid TensorRT-LLM checkpoint: {message}",
+        hint="rebuild the checkpoint (the artifact may be incomplete or corrupt)",
+    )
