@@ -1,0 +1,198 @@
+"""Turn a GGUF file into a normal Hugging Face folder (safetensors + tokenizer).
+
+transformers can read GGUF (it dequantizes every tensor to float32), but a model
+loaded that way refuses ``save_pretrained``, and its high-level loader also wants
+``accelerate``. So we take the three pieces transformers exposes and put them
+together ourselves:
+
+1. the config, read from the GGUF metadata (``AutoConfig(..., gguf_file=)``),
+   rebuilt without any ``quantization_config``;
+2. a fresh model from that config, into which the dequantized tensors of
+   ``load_gguf_checkpoint`` are loaded (it undoes llama.cpp's q/k permutation
+   and maps tensor names);
+3. the tokenizer, rebuilt from the GGUF vocabulary (``AutoTokenizer(..., gguf_file=)``).
+
+Then ``save_pretrained`` writes a plain safetensors folder any stage can read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from trtllm_forge.context import NullProgress, Progress
+from trtllm_forge.errors import dependency_error, recipe_error, source_error
+from trtllm_forge.sources.local import resolve_local
+from trtllm_forge.sources.policy import read_config
+from trtllm_forge.sources.snapshot import Snapshot
+
+DTYPES = ("float32", "bfloat16", "float16")
+GGUF_MAGIC = b"GGUF"
+_QUIET = NullProgress()
+
+__all__ = ["DTYPES", "gguf_snapshot", "gguf_to_hf", "read_config"]
+
+
+def gguf_to_hf(
+    gguf_file: Path,
+    out_dir: Path,
+    *,
+    dtype: str = "float32",
+    progress: Progress = _QUIET,
+) -> None:
+    """Convert ``gguf_file`` into an HF folder (config, safetensors, tokenizer) at ``out_dir``.
+
+    Quantized GGUF weights (Q4_1, Q8_0, ...) are dequantized; ``float32`` keeps
+    the dequantized values exactly, ``bfloat16``/``float16`` round them.
+
+    Raises:
+        ForgeError: SOURCE for a missing or unreadable file; RECIPE for an
+            unknown dtype or a GGUF architecture transformers cannot load;
+            DEPENDENCY when the ``gguf`` package is missing.
+    """
+    gguf_file = Path(gguf_file).expanduser().resolve()
+    torch_dtype = _torch_dtype(dtype)
+    _check_gguf_file(gguf_file)
+    _require_gguf_package()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress.log(f"reading GGUF metadata from {gguf_file.name}")
+    with _transformers_bars_off():
+        config = _load_config(gguf_file)
+        model = _load_model(gguf_file, config, progress)
+        progress.log(f"saving {type(model).__name__} as {dtype} safetensors to {out_dir}")
+        model.to(torch_dtype)
+        model.config.dtype = torch_dtype
+        model.save_pretrained(out_dir, safe_serialization=True)
+        _load_tokenizer(gguf_file).save_pretrained(out_dir)
+
+
+def gguf_snapshot(out_dir: Path) -> Snapshot:
+    """The snapshot of a folder written by :func:`gguf_to_hf` (kind ``"gguf"``)."""
+    return resolve_local(out_dir, allow_pickle=False, kind="gguf")
+
+
+def _torch_dtype(name: str) -> Any:
+    if name not in DTYPES:
+        raise recipe_error(
+            f"unknown dtype {name!r} for GGUF conversion", hint=f"use one of {', '.join(DTYPES)}"
+        )
+    import torch
+
+    return getattr(torch, name)
+
+
+def _check_gguf_file(path: Path) -> None:
+    if not path.is_file():
+        raise source_error(f"GGUF file {path} does not exist", hint="check `source.gguf`")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise source_error(
+            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')",
+            hint="give a .gguf file as written by llama.cpp's converters",
+        )
+
+
+def _require_gguf_package() -> None:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise dependency_error(
+            "reading GGUF files needs the `gguf` package", hint="pip install 'gguf>=0.10'"
+        ) from None
+
+
+def _load_config(gguf_file: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    except ValueError as err:  # transformers' message for an unsupported GGUF architecture
+        raise recipe_error(
+            f"transformers cannot load {gguf_file.name}: {err}",
+            hint="convert the model with llama.cpp tooling into a supported architecture",
+        ) from None
+    # The metadata can carry a quantization_config describing the GGUF blocks; the
+    # tensors we save are dequantized, so the saved config must not claim otherwise.
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.name_or_path = gguf_file.stem
+    return config
+
+
+def _load_model(gguf_file: Path, config: Any, progress: Progress) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with _progress_bars(gguf_utils, progress, "dequantizing GGUF tensors"):
+        loaded = gguf_utils.load_gguf_checkpoint(
+            str(gguf_file), return_tensors=True, model_to_load=model
+        )
+    result = model.load_state_dict(loaded["tensors"], strict=False)
+    _check_loaded(result, model, gguf_file)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+def _check_loaded(result: Any, model: Any, gguf_file: Path) -> None:
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    missing = sorted(set(result.missing_keys) - tied)
+    unexpected = sorted(result.unexpected_keys)
+    if missing or unexpected:
+        raise source_error(
+            f"{gguf_file.name} does not match its own config: missing {missing[:5]} "
+            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})",
+            hint="the GGUF file may be truncated or from an unsupported converter",
+        )
+
+
+def _load_tokenizer(gguf_file: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+
+
+@contextmanager
+def _progress_bars(module: Any, progress: Progress, description: str) -> Iterator[None]:
+    """Route the tqdm bar of ``module`` into forge's Progress for the duration.
+
+    transformers' GGUF loader draws a plain ``tqdm`` bar on stderr, and library
+    code must not print. The module-level name is swapped back afterwards.
+    """
+    original = getattr(module, "tqdm", None)
+    if original is None:
+        yield
+        return
+
+    def reporting(iterable: Iterable[Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
+        items = list(iterable)
+        with progress.task(description, total=len(items)) as task:
+            for item in items:
+                yield item
+                task.advance()
+
+    module.tqdm = reporting
+    try:
+        yield
+    finally:
+        module.tqdm = original
+
+
+@contextmanager
+def _transformers_bars_off() -> Iterator[None]:
+    """Silence transformers' own progress bars (e.g. "Writing model shards") meanwhile."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
