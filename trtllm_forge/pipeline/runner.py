@@ -11,13 +11,14 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 from trtllm_forge.context import RunContext
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error
 from trtllm_forge.pipeline.keys import changed_inputs, key_document, stage_key
-from trtllm_forge.pipeline.stage import Stage, StageJob
+from trtllm_forge.pipeline.stage import Stage, StageJob, StageOutput
 from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.store.digest import digest_json, short
 from trtllm_forge.store.store import Artifact, Invalid, Store
@@ -84,7 +85,7 @@ class Runner:
             if name not in STAGE_NAMES:
                 raise recipe_error(f"unknown stage '{name}' in --force",
                                    hint=f"stages are: {', '.join(STAGE_NAMES)}")
-        job = StageJob(self.loaded, self.ctx, self.store)
+        job = StageJob(self.loaded, self.ctx, self.store, sub_artifact=self._sub_artifact)
         results: list[StageResult] = []
         record: dict[str, Any] = {}
         try:
@@ -96,6 +97,9 @@ class Runner:
                 results.append(result)
                 if on_result:
                     on_result(result)
+                check = getattr(self.stages[name], "check", None)
+                if check is not None:
+                    check(artifact)  # e.g. verify: a failed gate fails cached builds too
         finally:
             if record:
                 self._write_ref(record)
@@ -156,16 +160,32 @@ class Runner:
             if isinstance(found, Artifact) and not force:  # built by another process meanwhile
                 return StageResult(stage.name, "hit", key, time.perf_counter() - t0, str(found.path),
                                    note="built concurrently by another process", info=found.info), found, doc
-            artifact = self._run(stage, job, key, doc)
+            artifact = self._produce(stage.name, key, doc, lambda out: stage.run(job, out))
         result = StageResult(stage.name, "built", key, time.perf_counter() - t0, str(artifact.path),
                              changed=changed, note=note, info=artifact.info)
         return result, artifact, doc
 
-    def _run(self, stage: Stage, job: StageJob, key: str, doc: dict[str, Any]) -> Artifact:
-        staging = self.store.new_staging_dir(stage.name, key)
+    def _sub_artifact(self, name: str, version: str, document: dict[str, Any],
+                      producer: Callable[[Path], StageOutput]) -> Artifact:
+        doc = {"stage": name, "version": version, **document}
+        key = stage_key(doc)
+        found = self.store.lookup(name, key)
+        if isinstance(found, Artifact):
+            return found
+        with self.store.lock(key):
+            found = self.store.lookup(name, key)
+            if isinstance(found, Artifact):
+                return found
+            return self._produce(name, key, doc, producer)
+
+    def _produce(self, name: str, key: str, doc: dict[str, Any],
+                 producer: Callable[[Path], StageOutput]) -> Artifact:
+        """Run ``producer`` into a staging dir and commit it (the key's lock is held)."""
+        staging = self.store.new_staging_dir(name, key)
         try:
             t0 = time.perf_counter()
-            output = stage.run(job, staging)
+            with self.ctx.progress.task(name):
+                output = producer(staging)
             seconds = time.perf_counter() - t0
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # nothing partial is ever left behind
@@ -179,10 +199,10 @@ class Runner:
         }
         if output.external is not None:
             manifest["external"] = output.external
-        return self.store.commit(stage.name, key, staging, manifest)
+        return self.store.commit(name, key, staging, manifest)
 
     def _excerpt(self, doc: dict[str, Any]) -> dict[str, Any]:
-        return {"name": self.loaded.recipe.name, "fields": doc["fields"]}
+        return {"name": self.loaded.recipe.name, "fields": doc.get("fields", {})}
 
     def _write_ref(self, record: dict[str, Any]) -> None:
         ref = self.previous or {}

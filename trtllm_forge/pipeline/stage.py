@@ -7,6 +7,7 @@ recipes that agree on them share the artifact.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +29,9 @@ class StageJob:
     # Per-run memo so work done to compute a key (e.g. resolving a hub revision)
     # is not repeated by run().
     scratch: dict[str, Any] = field(default_factory=dict)
+    # Set by the runner: cache a sub-artifact (e.g. the sharded checkpoint inside
+    # build) under its own key: ``sub_artifact(name, version, key_doc, producer)``.
+    sub_artifact: Callable[[str, str, dict[str, Any], Callable[[Path], StageOutput]], Artifact] | None = None
 
     @property
     def recipe(self) -> Any:
@@ -58,6 +62,12 @@ class Stage(Protocol):
     def key_inputs(self, job: StageJob) -> KeyInputs: ...
 
     def run(self, job: StageJob, out_dir: Path) -> StageOutput: ...
+
+
+class CheckedStage(Stage, Protocol):
+    """A stage whose artifact can fail the build even when cached (verify gates)."""
+
+    def check(self, artifact: Artifact) -> None: ...
 
 
 def fields_of(recipe: Any, *paths: str) -> dict[str, Any]:

@@ -141,6 +141,8 @@ def _construct(root: yaml.Node, path: Path) -> dict[str, Any]:
 def _first_error(exc: ValidationError, path: Path, root: yaml.Node) -> Exception:
     err = exc.errors(include_url=False)[0]
     loc = tuple(err["loc"])
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc = (*loc, err["ctx"]["discriminator"].strip("'"))  # point at `method:` itself
     field = _dotted(loc, root)
     message = _message(err)
     more = len(exc.errors()) - 1
@@ -156,6 +158,10 @@ def _message(err: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "missing":
+        return "required field is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown value {err['ctx']['tag']!r}; expected one of {err['ctx']['expected_tags']}"
+    if kind == "union_tag_not_found":
         return "required field is missing"
     msg = str(err["msg"])
     return msg.removeprefix("Value error, ")

@@ -1,0 +1,50 @@
+# trtllm-forge — everything a fresh machine needs goes through these targets.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export OMP_NUM_THREADS ?= 1
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: venv demo test test-slow test-reliability lint typecheck bench bench-quick data clean
+
+$(BIN)/forge: pyproject.toml
+	$(PY) -m venv $(VENV)
+	# torch first and pinned: anything else pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# tensorrt-stubs depends on tensorrt, which only installs from NVIDIA's index.
+	$(BIN)/pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
+	touch $(BIN)/forge
+
+venv: $(BIN)/forge
+
+demo: venv
+	FORGE_HOME=$${FORGE_HOME:-$(CURDIR)/.forge-demo/home} $(BIN)/python -m trtllm_forge.demo
+
+test: venv
+	$(BIN)/python -m pytest -q -m "not slow and not reliability" -n 2
+	$(MAKE) lint typecheck
+
+test-slow: venv data
+	$(BIN)/python -m pytest -q -m slow
+
+test-reliability: venv
+	$(BIN)/python -m pytest -q -m reliability
+
+lint: venv
+	$(BIN)/ruff check trtllm_forge tests bench
+
+typecheck: venv
+	$(BIN)/mypy trtllm_forge/engine/backends/tensorrt.py
+
+data: venv
+	$(BIN)/python -m bench.data
+
+bench: venv data
+	$(BIN)/python -m bench
+
+bench-quick: venv
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) .forge-demo .pytest_cache .mypy_cache .ruff_cache

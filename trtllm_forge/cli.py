@@ -1,0 +1,365 @@
+"""The `forge` command line. All typer code lives here; so does error rendering.
+
+Exit codes: 0 ok · 1 internal error · 2 bad recipe/arguments · 3 verify gate
+failed · 4 missing dependency/hardware · 5 source unavailable · 6 cache/store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from trtllm_forge.errors import ExitCode, ForgeError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="forge",
+    help="Turn Hugging Face LLM checkpoints into cached, verified, quantized inference engines.\n\n"
+    "Start with:  forge build recipes/tiny-llama.yaml",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+recipe_app = typer.Typer(help="Validate, show and export the schema of recipes.", no_args_is_help=True)
+cache_app = typer.Typer(help="List, size, verify and clean the artifact store ($FORGE_HOME).",
+                        no_args_is_help=True)
+export_app = typer.Typer(help="Export artifacts for other tools.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+app.add_typer(cache_app, name="cache")
+app.add_typer(export_app, name="export")
+
+_state = {"verbose": False}
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout.")]
+StageOpt = Annotated[str | None, typer.Option("--until", help="Stop after this stage "
+                                              "(fetch, convert, calibrate, build, verify).")]
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show tracebacks for errors.")] = False,
+) -> None:
+    _state["verbose"] = verbose or os.environ.get("FORGE_DEBUG", "") not in ("", "0")
+
+
+# -- error handling ---------------------------------------------------------
+def _fail(err: ForgeError, as_json: bool) -> NoReturn:
+    if as_json:
+        print(json.dumps({"ok": False, "error": err.to_dict()}, indent=2))
+    else:
+        from trtllm_forge.ui import stderr_console
+
+        console = stderr_console()
+        where = f"{err.location}: " if err.location else ""
+        console.print(f"[bold red]error[/bold red]: {where}{err.message}", markup=True, highlight=False,
+                      soft_wrap=True)
+        if err.hint:
+            console.print(f"  [dim]hint[/dim]: {err.hint}", soft_wrap=True)
+    raise typer.Exit(int(err.code))
+
+
+def _guard(fn: Callable[[], T], as_json: bool = False) -> T:
+    """Run a command body: ForgeError → message + exit code; a bug → exit 1."""
+    try:
+        return fn()
+    except ForgeError as err:
+        if _state["verbose"]:
+            import traceback
+
+            traceback.print_exc()
+        _fail(err, as_json)
+    except KeyboardInterrupt:
+        print("forge: interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # a bug: say so, traceback only when asked
+        if _state["verbose"]:
+            import traceback
+
+            traceback.print_exc()
+        internal = ForgeError(ExitCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
+                              hint="this is a bug in forge; rerun with -v (or FORGE_DEBUG=1) for a traceback "
+                              "and report it")
+        _fail(internal, as_json)
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+# -- build / plan -----------------------------------------------------------
+@app.command()
+def build(
+    recipe: RecipeArg,
+    until: StageOpt = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="Rebuild this stage even if cached "
+                                                     "(repeatable).")] = None,
+    as_json: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress display.")] = False,
+) -> None:
+    """Run every stage of RECIPE that is not already cached.
+
+    Each stage's artifact is stored under a digest of exactly what produced it,
+    so a rerun redoes only what changed. Exit 3 if a verify gate fails.
+    """
+    from trtllm_forge import api
+    from trtllm_forge.context import RunContext
+    from trtllm_forge.ui import make_progress
+
+    def body() -> None:
+        ctx = RunContext.default()
+        with make_progress(quiet or as_json) as progress:
+            ctx.progress = progress
+            try:
+                results = api.build(recipe=recipe, until=until, force=force or [], ctx=ctx,
+                                    on_result=lambda r: progress.log(_result_line(r)))
+            except ForgeError as err:
+                if err.code == ExitCode.GATE and as_json:
+                    _print_json({"ok": False, "error": err.to_dict()})
+                raise
+        if as_json:
+            _print_json({"ok": True, "stages": [r.to_json() for r in results]})
+        else:
+            _results_table(results, title="forge build")
+
+    _guard(body, as_json)
+
+
+@app.command()
+def plan(recipe: RecipeArg, until: StageOpt = None, as_json: JsonOpt = False) -> None:
+    """Show which stages of RECIPE are cached and, for a miss, what changed since its last build."""
+    from trtllm_forge import api
+    from trtllm_forge.context import RunContext
+
+    def body() -> None:
+        results = api.plan(recipe=recipe, until=until, ctx=RunContext.default())
+        if as_json:
+            _print_json({"ok": True, "stages": [r.to_json() for r in results]})
+        else:
+            _results_table(results, title="forge plan", plan=True)
+
+    _guard(body, as_json)
+
+
+def _result_line(result: Any) -> str:
+    from trtllm_forge.store.digest import short
+
+    word = {"hit": "cached", "built": "built"}.get(result.status, result.status)
+    extra = f" (changed: {', '.join(result.changed)})" if result.changed else ""
+    return f"{result.stage}: {word} in {result.seconds:.2f}s [{short(result.key or '')}]{extra}"
+
+
+def _results_table(results: list[Any], *, title: str, plan: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from trtllm_forge.store.digest import short
+
+    table = Table(title=title)
+    for col in ("stage", "status", "seconds", "key", "changed" if plan else "artifact"):
+        table.add_column(col)
+    styles = {"hit": "green", "built": "cyan", "miss": "yellow", "pending": "dim"}
+    for r in results:
+        last = ", ".join(r.changed) or (r.note or "") if plan else (r.path or "")
+        table.add_row(r.stage, f"[{styles.get(r.status, '')}]{r.status}[/]", f"{r.seconds:.2f}",
+                      short(r.key or "") or "-", last)
+    Console(soft_wrap=True).print(table)
+
+
+# -- recipe -----------------------------------------------------------------
+@recipe_app.command("schema")
+def recipe_schema() -> None:
+    """Print the recipe JSON Schema (for editor validation, e.g. yaml-language-server)."""
+    from trtllm_forge.recipe.schema import Recipe
+
+    _print_json(Recipe.model_json_schema())
+
+
+@recipe_app.command("show")
+def recipe_show(recipe: RecipeArg, as_json: JsonOpt = False) -> None:
+    """Validate RECIPE and print it with every default filled in."""
+    from trtllm_forge import api
+
+    def body() -> None:
+        loaded = api.check(recipe=recipe)
+        doc = loaded.recipe.model_dump(mode="json")
+        if as_json:
+            _print_json(doc)
+        else:
+            import yaml
+
+            print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), end="")
+
+    _guard(body, as_json)
+
+
+@recipe_app.command("check")
+def recipe_check(recipe: RecipeArg) -> None:
+    """Validate RECIPE without building anything (exit 2 with file:line:col on error)."""
+    from trtllm_forge import api
+
+    _guard(lambda: api.check(recipe=recipe))
+    print(f"{recipe}: ok")
+
+
+# -- cache ------------------------------------------------------------------
+def _store() -> Any:
+    from trtllm_forge import api
+
+    return api.store()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@cache_app.command("ls")
+def cache_ls(as_json: JsonOpt = False) -> None:
+    """List every artifact: stage, key, size, validity and the recipes using it."""
+    from trtllm_forge.store import maintenance
+
+    def body() -> None:
+        found = maintenance.entries(_store())
+        if as_json:
+            _print_json({"ok": True, "artifacts": [e.to_json() for e in found]})
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        from trtllm_forge.store.digest import short
+
+        table = Table(title=f"forge store: {_store().root}")
+        for col in ("stage", "key", "size", "state", "used by"):
+            table.add_column(col)
+        for e in found:
+            state = "ok" if e.problem is None else f"[red]damaged[/]: {e.problem}"
+            table.add_row(e.stage, short(e.key), _human(e.size), state, ", ".join(e.recipes))
+        Console(soft_wrap=True).print(table)
+
+    _guard(body, as_json)
+
+
+@cache_app.command("du")
+def cache_du(as_json: JsonOpt = False) -> None:
+    """Disk usage of the store per stage."""
+    from trtllm_forge.store import maintenance
+
+    def body() -> None:
+        sizes = maintenance.usage(_store())
+        if as_json:
+            _print_json({"ok": True, "bytes": sizes, "total": sum(sizes.values())})
+            return
+        for stage, size in sizes.items():
+            print(f"{_human(size):>10}  {stage}")
+        print(f"{_human(sum(sizes.values())):>10}  total")
+
+    _guard(body, as_json)
+
+
+@cache_app.command("verify")
+def cache_verify(
+    fix: Annotated[bool, typer.Option("--fix", help="Delete damaged entries.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-check every artifact against its manifest digests (exit 6 if any is damaged)."""
+    from trtllm_forge.errors import store_error
+    from trtllm_forge.store import maintenance
+
+    def body() -> None:
+        store = _store()
+        found = maintenance.entries(store)
+        bad = [e for e in found if e.problem is not None]
+        if fix:
+            for e in bad:
+                maintenance.remove(store, key_prefix=e.key, stage=None, everything=False)
+        if as_json:
+            _print_json({"ok": not bad or fix, "checked": len(found), "damaged": [e.to_json() for e in bad],
+                         "fixed": fix})
+        else:
+            for e in bad:
+                print(f"damaged: {e.stage} {e.key}: {e.problem}" + (" (removed)" if fix else ""))
+            print(f"checked {len(found)} artifact(s), {len(bad)} damaged")
+        if bad and not fix:
+            raise store_error(f"{len(bad)} damaged artifact(s) in the store",
+                              hint="run `forge cache verify --fix` to delete them; builds rebuild them")
+
+    _guard(body, as_json)
+
+
+@cache_app.command("gc")
+def cache_gc(
+    all_: Annotated[bool, typer.Option("--all-unreferenced/--damaged-only",
+                                       help="Also delete entries no recipe's last build uses.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete damaged entries, leftovers of killed builds and unreferenced artifacts."""
+    from trtllm_forge.store import maintenance
+
+    def body() -> None:
+        report = maintenance.gc(_store(), keep_referenced=True, dry_run=dry_run) if all_ else \
+            _gc_damaged_only(dry_run)
+        if as_json:
+            _print_json({"ok": True, **report})
+        else:
+            verb = "would delete" if dry_run else "deleted"
+            for item in report["removed"]:
+                print(f"{verb}: {item.get('stage')} {item['path']}")
+            print(f"{verb} {len(report['removed'])} item(s), {_human(report['freed_bytes'])} freed")
+
+    _guard(body, as_json)
+
+
+def _gc_damaged_only(dry_run: bool) -> dict[str, Any]:
+    from trtllm_forge.store import maintenance
+
+    store = _store()
+    bad = [e for e in maintenance.entries(store) if e.problem is not None]
+    if not dry_run:
+        for e in bad:
+            maintenance.remove(store, key_prefix=e.key, stage=None, everything=False)
+    return {"removed": [e.to_json() for e in bad], "freed_bytes": 0 if dry_run else sum(e.size for e in bad),
+            "dry_run": dry_run}
+
+
+@cache_app.command("rm")
+def cache_rm(
+    key: Annotated[str | None, typer.Argument(help="Key or key prefix to delete.")] = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="Delete every artifact of this stage.")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Delete every artifact.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete artifacts by key prefix, by stage, or all of them."""
+    from trtllm_forge.errors import recipe_error
+    from trtllm_forge.store import maintenance
+
+    def body() -> None:
+        if not (key or stage or everything):
+            raise recipe_error("say what to delete", hint="forge cache rm KEY | --stage STAGE | --all")
+        if key is not None and len(key.split(":", 1)[-1]) < 4:
+            raise recipe_error("key prefix too short", hint="give at least 4 hex characters")
+        gone = maintenance.remove(_store(), key_prefix=key, stage=stage, everything=everything)
+        if as_json:
+            _print_json({"ok": True, "removed": [e.to_json() for e in gone]})
+        else:
+            print(f"deleted {len(gone)} artifact(s)")
+
+    _guard(body, as_json)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,60 @@
+"""Checks that run before any work: things knowable from the recipe alone
+(backend availability, plugins) and, once the source config is known, the
+model-dependent cross-checks (tp vs heads, pp vs layers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trtllm_forge.errors import recipe_error
+from trtllm_forge.recipe.load import LoadedRecipe
+
+
+def check_static(loaded: LoadedRecipe) -> None:
+    recipe = loaded.recipe
+    for message in _plugin_problems(recipe.build.backend, dict(recipe.build.plugins)):
+        raise recipe_error(message, hint="see docs/recipes.md#build for the plugins each backend takes",
+                           location=loaded.locate("build.plugins"))
+    if recipe.quantize.method == "none" and recipe.quantize.kv_cache == "none" and "calibration" in (
+        loaded.data.get("quantize") or {}
+    ):
+        raise recipe_error("calibration is set but nothing is quantized",
+                           hint="set quantize.method or quantize.kv_cache, or remove calibration",
+                           location=loaded.locate("quantize.calibration"))
+
+
+def _plugin_problems(backend: str, plugins: dict[str, Any]) -> list[str]:
+    try:
+        from trtllm_forge.engine.backends import validate_plugins
+    except ImportError:  # engine package not installed in a stripped build
+        return [f"unknown plugin '{name}'" for name in plugins]
+    return list(validate_plugins(backend, plugins))
+
+
+def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
+    """Cross-check parallel sizes against the model before converting anything."""
+    recipe = loaded.recipe
+    heads = int(hf_config.get("num_attention_heads") or 0)
+    kv_heads = int(hf_config.get("num_key_value_heads") or heads)
+    layers = int(hf_config.get("num_hidden_layers") or 0)
+    tp, pp = recipe.parallel.tp, recipe.parallel.pp
+    if heads and heads % tp:
+        raise recipe_error(
+            f"tp={tp} does not divide the model's {heads} attention heads",
+            hint=f"choose tp from {_divisors(heads)}",
+            location=loaded.locate("parallel.tp"),
+        )
+    if kv_heads and tp % kv_heads and kv_heads % tp:
+        raise recipe_error(
+            f"tp={tp} and the model's {kv_heads} key/value heads are incompatible "
+            "(one must divide the other)",
+            hint=f"choose tp from {sorted(set(_divisors(kv_heads)) | {k * kv_heads for k in _divisors(heads // kv_heads)})}",
+            location=loaded.locate("parallel.tp"),
+        )
+    if layers and pp > layers:
+        raise recipe_error(f"pp={pp} is larger than the model's {layers} layers",
+                           hint=f"use pp ≤ {layers}", location=loaded.locate("parallel.pp"))
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]

@@ -1,0 +1,89 @@
+"""calibrate: quantize the canonical checkpoint (a pass-through for method none).
+
+The key holds the quantization parameters, the digests of the calibration
+text and of the tokenizer, and the modelopt/torch versions — and deliberately
+not ``parallel``: changing tp/pp reuses this (expensive) artifact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trtllm_forge.errors import source_error
+from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, versions
+from trtllm_forge.stages.fetch import snapshot_dir
+from trtllm_forge.store.digest import digest_json
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "vocab.json", "merges.txt")
+
+
+def passes_through(recipe: Any) -> bool:
+    return recipe.quantize.method == "none" and recipe.quantize.kv_cache == "none"
+
+
+class CalibrateStage:
+    name = "calibrate"
+    version = "1"
+    upstream = ("fetch", "convert")
+
+    def key_inputs(self, job: StageJob) -> KeyInputs:
+        quant = job.recipe.quantize.model_dump(mode="json")
+        if passes_through(job.recipe):
+            return KeyInputs({"quantize.method": "none", "quantize.kv_cache": "none"})
+        calib = quant.pop("calibration")
+        calib_file = calib.pop("file")
+        fields = {f"quantize.{k}": v for k, v in quant.items()}
+        fields.update({f"quantize.calibration.{k}": v for k, v in calib.items()})
+        extra = {"calibration_data": self._calibration_digest(job, calib_file),
+                 "tokenizer": self._tokenizer_digest(job)}
+        return KeyInputs(fields, tools=versions("nvidia-modelopt", "torch", "transformers"), extra=extra)
+
+    def run(self, job: StageJob, out_dir: Path) -> StageOutput:
+        convert_art = job.upstream["convert"]
+        if passes_through(job.recipe):
+            # Reference the converted checkpoint instead of copying it.
+            files = {rel: dict(meta) for rel, meta in convert_art.manifest["files"].items()}
+            return StageOutput(info={"method": "none", "passthrough": True},
+                               external={"root": str(convert_art.path), "files": files, "rehash": True})
+        from trtllm_forge.quant.api import quantize_checkpoint
+
+        q = job.recipe.quantize
+        summary = quantize_checkpoint(
+            hf_dir=snapshot_dir(job.upstream["fetch"]),
+            canonical_dir=convert_art.path,
+            out_dir=out_dir,
+            spec=q,
+            calibration_file=self._calibration_path(job),
+            progress=job.ctx.progress,
+        )
+        return StageOutput(info=dict(summary))
+
+    def _calibration_path(self, job: StageJob) -> Path | None:
+        file = job.recipe.quantize.calibration.file
+        if file is None:
+            return None
+        path = job.loaded.resolve_path(file, "quantize.calibration.file")
+        if not path.is_file():
+            raise source_error(f"calibration file not found: {path}",
+                               hint="quantize.calibration.file is relative to the recipe")
+        return path
+
+    def _calibration_digest(self, job: StageJob, file: str | None) -> str:
+        path = self._calibration_path(job) if file else _builtin_corpus()
+        return job.store.memo.digest(path)
+
+    def _tokenizer_digest(self, job: StageJob) -> str:
+        root = snapshot_dir(job.upstream["fetch"])
+        found = {name: job.store.memo.digest(root / name) for name in TOKENIZER_FILES if (root / name).is_file()}
+        return digest_json(found)
+
+
+def _builtin_corpus() -> Path:
+    from trtllm_forge.quant.calibration import builtin_corpus_path
+
+    return builtin_corpus_path()
+
+
+STAGE = CalibrateStage()

@@ -1,0 +1,62 @@
+"""convert: HF safetensors → canonical TensorRT-LLM checkpoint (tp=pp=1, target dtype).
+
+Streams tensor by tensor; the key holds the converter version of the model's
+architecture family, so a converter fix invalidates exactly its family.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trtllm_forge.errors import source_error
+from trtllm_forge.pipeline.preflight import check_model
+from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields_of, versions
+from trtllm_forge.stages.fetch import snapshot_dir
+
+
+class ConvertStage:
+    name = "convert"
+    version = "1"
+    upstream = ("fetch",)
+
+    def key_inputs(self, job: StageJob) -> KeyInputs:
+        hf_config = source_config(job)
+        check_model(job.loaded, hf_config)  # cross-checks before any conversion work
+        family = _family(hf_config)
+        return KeyInputs(fields_of(job.recipe, "convert.dtype"), tools=versions("torch", "safetensors"),
+                         extra={"family": family.name, "converter": family.version})
+
+    def run(self, job: StageJob, out_dir: Path) -> StageOutput:
+        from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+
+        src = snapshot_dir(job.upstream["fetch"])
+        summary = convert_hf_checkpoint(src, out_dir, dtype=job.recipe.convert.dtype,
+                                        progress=job.ctx.progress)
+        return StageOutput(info=dict(summary))
+
+
+STAGE = ConvertStage()
+
+
+def source_config(job: StageJob) -> dict[str, Any]:
+    """The source model's config.json (memoised per run)."""
+    if "hf_config" not in job.scratch:
+        path = snapshot_dir(job.upstream["fetch"]) / "config.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise source_error(f"the source has no config.json ({path})") from None
+        except ValueError as exc:
+            raise source_error(f"the source's config.json is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise source_error("the source's config.json is not a JSON object")
+        job.scratch["hf_config"] = data
+    return dict(job.scratch["hf_config"])
+
+
+def _family(hf_config: dict[str, Any]) -> Any:
+    from trtllm_forge.models.registry import family_for
+
+    return family_for(hf_config)

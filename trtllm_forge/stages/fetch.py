@@ -1,0 +1,133 @@
+"""fetch: make the source checkpoint available and pin exactly what it is.
+
+- ``source.hf``: resolved through huggingface_hub to a commit sha; the HF cache
+  is referenced in place (never copied). The key holds the sha.
+- ``source.path``: a local HF-format directory, referenced in place; the key
+  holds the blake3 digest of its files (stat-memoised, so unchanged multi-GB
+  shards are not re-read).
+- ``source.gguf``: dequantized into an HF folder inside the artifact; the key
+  holds the GGUF file's digest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from trtllm_forge.errors import ForgeError, source_error
+from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields_of, versions
+from trtllm_forge.store.digest import digest_json
+from trtllm_forge.store.store import Artifact
+
+HF_SUBDIR = "hf"  # where a gguf source's dequantized HF folder lives inside the artifact
+
+
+class FetchStage:
+    name = "fetch"
+    version = "1"
+    upstream: tuple[str, ...] = ()
+
+    def key_inputs(self, job: StageJob) -> KeyInputs:
+        source = job.recipe.source
+        fields = fields_of(job.recipe, "source.allow_pickle")
+        if source.hf is not None:
+            snap = _resolved(job)
+            _check_model(job, snap.root)
+            return KeyInputs({**fields, "source.hf": source.hf}, extra={"commit": snap.commit})
+        if source.path is not None:
+            snap = _resolved(job)
+            _check_model(job, snap.root)
+            return KeyInputs(fields, extra={"content": digest_json(_digests(job, snap))})
+        gguf = _gguf_file(job)
+        return KeyInputs(fields, tools=versions("transformers", "gguf", "torch"),
+                         extra={"gguf": job.store.memo.digest(gguf)})
+
+    def run(self, job: StageJob, out_dir: Path) -> StageOutput:
+        source = job.recipe.source
+        if source.gguf is not None:
+            from trtllm_forge.sources.gguf import gguf_to_hf
+
+            with job.ctx.progress.task("fetch: dequantizing GGUF"):
+                gguf_to_hf(_gguf_file(job), out_dir / HF_SUBDIR, progress=job.ctx.progress)
+            return StageOutput(info={"kind": "gguf", "file": _gguf_file(job).name})
+        snap = _resolved(job)
+        if source.hf is not None:
+            files = {rel: {"size": ref.size, "digest": ref.digest} for rel, ref in snap.files.items()}
+            # Hub blobs are content-named by the hub; re-hashing them would read every
+            # shard on each build, so only existence and size are checked on reuse.
+            external = {"root": str(snap.root), "files": files, "rehash": False}
+            info = {"kind": "hf", "repo": source.hf, "revision": source.revision, "commit": snap.commit}
+        else:
+            digests = _digests(job, snap)
+            files = {rel: {"size": snap.files[rel].size, "digest": d} for rel, d in digests.items()}
+            external = {"root": str(snap.root), "files": files, "rehash": True}
+            info = {"kind": "path", "path": str(snap.root)}
+        return StageOutput(info={**info, "files": len(files)}, external=external)
+
+
+STAGE = FetchStage()
+
+
+def snapshot_dir(artifact: Artifact) -> Path:
+    """The HF-format directory a fetch artifact stands for."""
+    root = artifact.external_root
+    return root if root is not None else artifact.path / HF_SUBDIR
+
+
+def _check_model(job: StageJob, root: Path) -> None:
+    """Recipe-vs-model cross-checks as soon as the source's config is readable."""
+    from trtllm_forge.pipeline.preflight import check_model
+    from trtllm_forge.sources.gguf import read_config
+
+    check_model(job.loaded, read_config(root))
+
+
+def _resolved(job: StageJob) -> Any:
+    if "snapshot" not in job.scratch:
+        job.scratch["snapshot"] = _resolve(job)
+    return job.scratch["snapshot"]
+
+
+def _resolve(job: StageJob) -> Any:
+    """Resolve the source; errors point at the recipe field that named it."""
+    field = next(f for f in ("hf", "path", "gguf") if getattr(job.recipe.source, f) is not None)
+    try:
+        return _resolve_source(job)
+    except ForgeError as err:
+        if err.location is None:
+            if job.recipe.source.revision is not None and "revision" in err.message.lower():
+                field = "revision"
+            err.location = job.loaded.locate(f"source.{field}")
+        raise
+
+
+def _resolve_source(job: StageJob) -> Any:
+    source = job.recipe.source
+    if source.hf is not None:
+        from trtllm_forge.sources.hf import resolve_hf
+
+        return resolve_hf(source.hf, source.revision, token=os.environ.get("HF_TOKEN") or None,
+                          allow_pickle=source.allow_pickle, progress=job.ctx.progress)
+    from trtllm_forge.sources.local import resolve_local
+
+    path = job.loaded.resolve_path(source.path, "source.path")
+    return resolve_local(path, allow_pickle=source.allow_pickle)
+
+
+def _digests(job: StageJob, snap: Any) -> dict[str, str]:
+    if "digests" not in job.scratch:
+        with job.ctx.progress.task("fetch: hashing source files", total=len(snap.files)) as task:
+            out = {}
+            for rel in sorted(snap.files):
+                out[rel] = job.store.memo.digest(snap.root / rel)
+                task.advance()
+        job.scratch["digests"] = out
+    return dict(job.scratch["digests"])
+
+
+def _gguf_file(job: StageJob) -> Path:
+    path = job.loaded.resolve_path(job.recipe.source.gguf, "source.gguf")
+    if not path.is_file():
+        raise source_error(f"GGUF file not found: {path}", hint="check source.gguf (relative to the recipe)")
+    return path

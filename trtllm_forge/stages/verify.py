@@ -1,0 +1,65 @@
+"""verify: compare the engine with the transformers reference on the original weights.
+
+Writes report.json / report.md / junit.xml. A failed gate fails the build
+(exit 3) — also when the report comes from the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trtllm_forge.errors import ExitCode, ForgeError
+from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields_of, versions
+from trtllm_forge.stages.fetch import snapshot_dir
+from trtllm_forge.store.store import Artifact
+
+VERIFY_FIELDS = ("verify.enabled", "verify.prompts", "verify.max_new_tokens", "verify.texts",
+                 "verify.max_text_tokens", "verify.gates")
+
+
+class VerifyStage:
+    name = "verify"
+    version = "1"
+    upstream = ("fetch", "build")
+
+    def key_inputs(self, job: StageJob) -> KeyInputs:
+        extra: dict[str, Any] = {}
+        if job.recipe.verify.text_file:
+            path = job.loaded.resolve_path(job.recipe.verify.text_file, "verify.text_file")
+            extra["text_file"] = job.store.memo.digest(path)
+        return KeyInputs(fields_of(job.recipe, *VERIFY_FIELDS),
+                         tools=versions("transformers", "torch", "onnxruntime"), extra=extra)
+
+    def run(self, job: StageJob, out_dir: Path) -> StageOutput:
+        spec = job.recipe.verify
+        if not spec.enabled:
+            (out_dir / "report.json").write_text('{"skipped": true}\n')
+            return StageOutput(info={"skipped": True, "passed": True})
+        from trtllm_forge.engine.verify import verify_build
+
+        texts = list(spec.texts)
+        if spec.text_file:
+            texts.append(job.loaded.resolve_path(spec.text_file, "verify.text_file").read_text())
+        result = verify_build(
+            engine_dir=Path(job.upstream["build"].path) / "engine",
+            reference_dir=snapshot_dir(job.upstream["fetch"]),
+            prompts=list(spec.prompts),
+            texts=texts,
+            max_new_tokens=spec.max_new_tokens,
+            max_text_tokens=spec.max_text_tokens,
+            gates=spec.gates.model_dump(exclude_none=True),
+            out_dir=out_dir,
+            progress=job.ctx.progress,
+        )
+        return StageOutput(info=dict(result))
+
+    def check(self, artifact: Artifact) -> None:
+        failed = artifact.info.get("failed_gates") or []
+        if failed:
+            names = ", ".join(str(f) for f in failed)
+            raise ForgeError(ExitCode.GATE, f"verify gate(s) failed: {names}",
+                             hint=f"see {artifact.path / 'report.md'}")
+
+
+STAGE = VerifyStage()

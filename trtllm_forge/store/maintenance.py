@@ -1,0 +1,125 @@
+"""Store maintenance behind `forge cache`: list, sizes, verify, gc, rm."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trtllm_forge.store.store import Artifact, Invalid, Store, dir_size
+
+
+@dataclass(frozen=True)
+class Entry:
+    stage: str
+    key: str
+    path: Path
+    size: int
+    created_unix: float | None
+    problem: str | None  # None when valid
+    recipes: tuple[str, ...]  # recipes whose last build uses this entry
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": self.stage, "key": self.key, "path": str(self.path), "size": self.size,
+                "created_unix": self.created_unix, "valid": self.problem is None,
+                "problem": self.problem, "recipes": list(self.recipes)}
+
+
+def _referenced(store: Store) -> dict[str, list[str]]:
+    """Artifact path → names of recipes whose last build uses it."""
+    users: dict[str, list[str]] = {}
+    for ref in store.refs().values():
+        for stage in ref.get("stages", {}).values():
+            users.setdefault(str(stage.get("path")), []).append(str(ref.get("name")))
+    return users
+
+
+def entries(store: Store) -> list[Entry]:
+    users = _referenced(store)
+    out: list[Entry] = []
+    for item in store.artifacts():
+        if isinstance(item, Artifact):
+            out.append(Entry(item.stage, item.key, item.path, dir_size(item.path),
+                             item.manifest.get("created_unix"), None,
+                             tuple(users.get(str(item.path), ()))))
+        else:
+            path, invalid = item
+            out.append(Entry(path.parent.name, f"blake3:{path.name}", path, dir_size(path), None,
+                             invalid.reason if isinstance(invalid, Invalid) else "invalid",
+                             tuple(users.get(str(path), ()))))
+    return out
+
+
+def staging_leftovers(store: Store) -> list[Path]:
+    """Staging dirs whose writer process is gone (crashed or killed builds)."""
+    if not store.tmp_root.exists():
+        return []
+    dead = []
+    for path in store.tmp_root.iterdir():
+        pid = _pid_of(path.name)
+        if pid is None or not _alive(pid):
+            dead.append(path)
+    return dead
+
+
+def _pid_of(name: str) -> int | None:
+    parts = name.split("-")
+    if len(parts) >= 4 and parts[-2].isdigit():
+        return int(parts[-2])
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def usage(store: Store) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for entry in entries(store):
+        sizes[entry.stage] = sizes.get(entry.stage, 0) + entry.size
+    sizes["(staging)"] = sum(dir_size(p) if p.is_dir() else p.stat().st_size for p in staging_leftovers(store))
+    return sizes
+
+
+def gc(store: Store, *, keep_referenced: bool = True, dry_run: bool = False) -> dict[str, Any]:
+    """Remove damaged entries, dead staging dirs and (by default) entries no recipe's last build uses."""
+    removed: list[dict[str, Any]] = []
+    freed = 0
+    for entry in entries(store):
+        if entry.problem is None and keep_referenced and entry.recipes:
+            continue
+        removed.append(entry.to_json())
+        if not dry_run:
+            freed += _remove_locked(store, entry)
+    for path in staging_leftovers(store):
+        size = dir_size(path) if path.is_dir() else path.stat().st_size
+        removed.append({"path": str(path), "size": size, "stage": "(staging)"})
+        if not dry_run:
+            shutil.rmtree(path, ignore_errors=True)
+            freed += size
+    return {"removed": removed, "freed_bytes": freed, "dry_run": dry_run}
+
+
+def _remove_locked(store: Store, entry: Entry) -> int:
+    # Take the key's lock so we never delete an entry a build is committing.
+    with store.lock(entry.key):
+        return store.remove(entry.path) if entry.path.exists() else 0
+
+
+def remove(store: Store, *, key_prefix: str | None, stage: str | None, everything: bool) -> list[Entry]:
+    chosen = []
+    for entry in entries(store):
+        hexkey = entry.key.split(":", 1)[-1]
+        if everything or (stage and entry.stage == stage) or (key_prefix and hexkey.startswith(
+                key_prefix.split(":", 1)[-1])):
+            _remove_locked(store, entry)
+            chosen.append(entry)
+    return chosen

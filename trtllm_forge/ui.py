@@ -1,0 +1,89 @@
+"""Terminal output for the CLI: Rich progress on a TTY, plain lines otherwise.
+
+Only cli.py imports this module; stages report through the Progress protocol.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from trtllm_forge.context import TaskHandle
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+class _RichTask:
+    def __init__(self, progress: Progress, task_id: Any) -> None:
+        self._progress, self._id = progress, task_id
+
+    def advance(self, amount: float = 1.0) -> None:
+        self._progress.advance(self._id, amount)
+
+
+class RichProgress:
+    """Live bars on stderr; nested stage tasks show as separate rows."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                              TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                              console=console, transient=True)
+
+    def __enter__(self) -> RichProgress:
+        self._bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bars.stop()
+
+    def log(self, message: str) -> None:
+        self._bars.console.print(f"[dim]·[/dim] {message}")
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None) -> Iterator[TaskHandle]:
+        task_id = self._bars.add_task(description, total=total)
+        try:
+            yield _RichTask(self._bars, task_id)
+        finally:
+            self._bars.remove_task(task_id)
+
+
+class _PlainTask:
+    def advance(self, amount: float = 1.0) -> None:
+        pass
+
+
+class PlainProgress:
+    """One line per event on stderr, for CI logs and pipes."""
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        print(f"forge: {message}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None) -> Iterator[TaskHandle]:
+        t0 = time.perf_counter()
+        self.log(f"{description} ...")
+        yield _PlainTask()
+        self.log(f"{description} done in {time.perf_counter() - t0:.1f}s")
+
+
+def make_progress(quiet: bool) -> RichProgress | PlainProgress:
+    console = stderr_console()
+    if console.is_terminal and not quiet:
+        return RichProgress(console)
+    return PlainProgress()
