@@ -64,6 +64,8 @@ TORCH_TO_ST: dict[torch.dtype, str] = {
     torch.uint64: "U64",
 }
 
+ST_TO_TORCH: dict[str, torch.dtype] = {name: dtype for dtype, name in TORCH_TO_ST.items()}
+
 
 @dataclass(frozen=True)
 class TensorSpec:
