@@ -335,7 +335,7 @@ def _file_ref(root: Path, name: str, repo_id: str, revision: str | None) -> File
             f"{repo_id}@{revision or 'main'}: {name} is missing from the cached snapshot {root}",
             hint=_DOWNLOAD_HINT.format(repo=repo_id, rev=_rev_arg(revision)),
         ) from None
-    return FileRef(size=size, hub_hash=_blob_hash(path))
+    return FileRef(size=size, digest=_blob_hash(path))
 
 
 def _blob_hash(path: Path) -> str | None:

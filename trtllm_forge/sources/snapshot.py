@@ -26,14 +26,14 @@ class FileRef:
 
     Attributes:
         size: size in bytes (of the blob, for hub files).
-        hub_hash: the hub's own content hash, labelled with its algorithm:
+        digest: the hub's own content hash, labelled with its algorithm:
             ``"sha256:<hex>"`` for LFS files, ``"git-sha1:<hex>"`` for regular
             git files; ``None`` for local files or when the cache holds copies
             instead of symlinks to named blobs.
     """
 
     size: int
-    hub_hash: str | None = None
+    digest: str | None = None
 
 
 @dataclass(frozen=True)
