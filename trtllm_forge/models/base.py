@@ -88,6 +88,8 @@ class Family:
 
     name: str = ""
     architectures: tuple[str, ...] = ()
+    # Part of the convert stage key: bump when this family's converter output changes.
+    version: str = "1"
 
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
         raise NotImplementedError

@@ -33,10 +33,11 @@ def _plugin_problems(backend: str, plugins: dict[str, Any]) -> list[str]:
 
 def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     """Cross-check parallel sizes against the model before converting anything."""
+    from trtllm_forge.models.base import model_dims
+
     recipe = loaded.recipe
-    heads = int(hf_config.get("num_attention_heads") or 0)
-    kv_heads = int(hf_config.get("num_key_value_heads") or heads)
-    layers = int(hf_config.get("num_hidden_layers") or 0)
+    dims = model_dims(hf_config)  # also rejects absurd sizes before anything is allocated
+    heads, kv_heads, layers = dims["num_attention_heads"], dims["num_key_value_heads"], dims["num_hidden_layers"]
     tp, pp = recipe.parallel.tp, recipe.parallel.pp
     if heads and heads % tp:
         raise recipe_error(

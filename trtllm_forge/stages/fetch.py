@@ -78,7 +78,7 @@ def snapshot_dir(artifact: Artifact) -> Path:
 def _check_model(job: StageJob, root: Path) -> None:
     """Recipe-vs-model cross-checks as soon as the source's config is readable."""
     from trtllm_forge.pipeline.preflight import check_model
-    from trtllm_forge.sources.gguf import read_config
+    from trtllm_forge.sources.policy import read_config
 
     check_model(job.loaded, read_config(root))
 
