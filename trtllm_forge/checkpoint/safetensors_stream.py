@@ -111,7 +111,9 @@ class StreamingWriter:
             self._specs,
             key=lambda n: (-_RANK[TORCH_TO_ST[self._specs[n].dtype]], n),
         )
-        self._metadata = dict(metadata) if metadata else None
+        # Sorted so the file is a pure function of its content (the reference writer
+        # uses a hash map here, so its metadata order varies from run to run).
+        self._metadata = dict(sorted(metadata.items())) if metadata else None
         self._next = 0
         self._file: BinaryIO | None = None
 
