@@ -1,0 +1,269 @@
+"""The Llama-family decoder of one rank as an ONNX graph (graph contract: docs/engine.md).
+
+Per rank: [embedding] → its layers → [ln_f → lm_head]. TP appears only as the
+local head/column counts of the rank's weights plus explicit AllReduce /
+AllGather nodes; PP appears as hidden-state graph inputs/outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from onnx import TensorProto
+
+from trtllm_forge.engine.onnx.collectives import all_gather, all_reduce
+from trtllm_forge.engine.onnx.context import LoweringContext
+from trtllm_forge.engine.onnx.linear import LinearSite, lower_kv_cache, lower_linear
+from trtllm_forge.engine.onnx.rope import rope_frequencies
+from trtllm_forge.engine.spec import heads_per_rank, padded_vocab
+from trtllm_forge.errors import recipe_error, source_error
+
+INPUT_IDS = "input_ids"
+POSITION_IDS = "position_ids"
+ATTENTION_MASK = "attention_mask"
+HIDDEN_IN = "hidden_states_in"
+HIDDEN_OUT = "hidden_states_out"
+LOGITS = "logits"
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+# Masked scores are replaced (not added to), so this never overflows; a fully masked row
+# (a left-pad query) gets a uniform softmax instead of NaN.
+MASKED_SCORE = float(np.finfo(np.float32).min)
+
+
+def past_name(layer: int, kind: str) -> str:
+    return f"past_key_values.{layer}.{kind}"
+
+
+def present_name(layer: int, kind: str) -> str:
+    return f"present.{layer}.{kind}"
+
+
+def build_decoder(ctx: LoweringContext) -> None:
+    """Add the whole rank graph (inputs, layers, outputs) to ``ctx.graph``."""
+    g, model, layout = ctx.graph, ctx.model, ctx.layout
+    if model.hidden_act != "silu":
+        raise recipe_error(f"hidden_act {model.hidden_act!r} is not supported (gated SiLU MLP only)")
+    _, kv_heads = heads_per_rank(model, layout.tp_size)
+    if layout.is_first_stage:
+        hidden = _embedding(ctx, g.add_input(INPUT_IDS, INT64, ["batch", "seq"]))
+    else:
+        hidden = g.add_input(HIDDEN_IN, FLOAT, ["batch", "seq", model.hidden_size])
+    positions = g.add_input(POSITION_IDS, INT64, ["batch", "seq"])
+    mask = g.add_input(ATTENTION_MASK, INT64, ["batch", "total_seq"])
+    cache_shape = ["batch", kv_heads, "past_seq", model.head_size]
+    pasts = {
+        layer: (
+            g.add_input(past_name(layer, "key"), FLOAT, cache_shape),
+            g.add_input(past_name(layer, "value"), FLOAT, cache_shape),
+        )
+        for layer in layout.layers
+    }
+    cos, sin = _rope_tables(ctx, positions)
+    allowed = _attention_allowed(ctx, mask, positions)
+    for local, layer in enumerate(layout.layers):
+        hidden = _decoder_layer(ctx, hidden, local, layer, pasts[layer], cos, sin, allowed)
+    if layout.is_last_stage:
+        logits = _lm_head(ctx, _rms_norm(ctx, hidden, "transformer.ln_f"))
+        g.add_output(logits, LOGITS, FLOAT, ["batch", "seq", model.vocab_size])
+    else:
+        g.add_output(hidden, HIDDEN_OUT, FLOAT, ["batch", "seq", model.hidden_size])
+
+
+def _rms_norm(ctx: LoweringContext, x: str, prefix: str) -> str:
+    g = ctx.graph
+    weight = ctx.load(f"{prefix}.weight")
+    variance = g.op("ReduceMean", [g.op("Mul", [x, x], f"{prefix}.sq"), g.i64(-1)], f"{prefix}.var", keepdims=1)
+    std = g.op("Sqrt", [g.op("Add", [variance, g.scalar(ctx.model.norm_epsilon)], f"{prefix}.var_eps")], f"{prefix}.std")
+    normed = g.op("Div", [x, std], f"{prefix}.normed")
+    return g.op("Mul", [normed, weight], f"{prefix}.out")
+
+
+def _embedding(ctx: LoweringContext, ids: str) -> str:
+    g, model, layout = ctx.graph, ctx.model, ctx.layout
+    name = "transformer.vocab_embedding.weight"
+    tensor = ctx.weights.get(name)
+    rows, cols = tensor.shape
+    table = ctx.constant_weight(name, tensor)
+    if cols != model.hidden_size:  # sharded along hidden (embedding_sharding_dim 1)
+        return all_gather(ctx, g.op("Gather", [table, ids], "embed.part"), -1, "embed.out")
+    if rows >= model.vocab_size or layout.tp_size == 1:
+        return g.op("Gather", [table, ids], "embed.out")
+    # Vocab-sharded (use_parallel_embedding, dim 0): each rank looks up the ids it owns
+    # and zeroes the rest; the all-reduce assembles the full rows.
+    local = g.op("Sub", [ids, g.const(layout.tp_rank * rows, np.int64)], "embed.local_ids")
+    owned = g.op(
+        "And",
+        [
+            g.op("GreaterOrEqual", [local, g.const(0, np.int64)], "embed.ge0"),
+            g.op("Less", [local, g.const(rows, np.int64)], "embed.lt_rows"),
+        ],
+        "embed.owned",
+    )
+    safe = g.op("Where", [owned, local, g.const(0, np.int64)], "embed.safe_ids")
+    keep = g.op("Unsqueeze", [g.op("Cast", [owned], "embed.owned_f", to=FLOAT), g.i64(-1)], "embed.keep")
+    part = g.op("Mul", [g.op("Gather", [table, safe], "embed.rows"), keep], "embed.part")
+    return all_reduce(ctx, part, "embed.out")
+
+
+def _rope_tables(ctx: LoweringContext, positions: str) -> tuple[str, str]:
+    """cos/sin [batch, 1, seq, head] from position ids (shared by all layers)."""
+    g, model = ctx.graph, ctx.model
+    rope = rope_frequencies(model.head_size, model.rotary_base, model.rotary_scaling, model.max_position_embeddings)
+    inv_freq = g.const(rope.inv_freq.numpy(), np.float32, "rope.inv_freq")
+    pos = g.op("Unsqueeze", [g.op("Cast", [positions], "rope.pos_f", to=FLOAT), g.i64(-1)], "rope.pos")
+    freqs = g.op("Mul", [pos, inv_freq], "rope.freqs")
+    angles = g.op("Concat", [freqs, freqs], "rope.angles", axis=-1)
+    tables = []
+    for fn in ("Cos", "Sin"):
+        table = g.op(fn, [angles], f"rope.{fn.lower()}")
+        if rope.attention_factor != 1.0:
+            table = g.op("Mul", [table, g.scalar(rope.attention_factor)], f"rope.{fn.lower()}_scaled")
+        tables.append(g.op("Unsqueeze", [table, g.i64(1)], f"rope.{fn.lower()}4"))
+    return tables[0], tables[1]
+
+
+def _attention_allowed(ctx: LoweringContext, mask: str, positions: str) -> str:
+    """bool [batch, 1, 1, seq, total_seq]: causal (by cache slot) AND not padding."""
+    g = ctx.graph
+
+    def length(value: str, hint: str) -> str:
+        dim = g.op("Shape", [value], f"{hint}.shape", start=1, end=2)
+        return g.op("Squeeze", [dim, g.i64(0)], hint)
+
+    total, seq = length(mask, "mask.total_len"), length(positions, "mask.seq_len")
+    one, zero = g.const(1, np.int64), g.const(0, np.int64)
+    query_slots = g.op("Range", [g.op("Sub", [total, seq], "mask.past_len"), total, one], "mask.query_slots")
+    key_slots = g.op("Range", [zero, total, one], "mask.key_slots")
+    causal = g.op(
+        "LessOrEqual",
+        [g.op("Unsqueeze", [key_slots, g.i64(0)], "mask.keys_row"), g.op("Unsqueeze", [query_slots, g.i64(1)], "mask.queries_col")],
+        "mask.causal",
+    )
+    present = g.op("Cast", [g.op("Unsqueeze", [mask, g.i64(1)], "mask.b1t")], "mask.present", to=TensorProto.BOOL)
+    allowed = g.op("And", [causal, present], "mask.allowed")
+    return g.op("Unsqueeze", [allowed, g.i64(1, 2)], "mask.allowed5")
+
+
+def _linear(ctx: LoweringContext, x: str, module: str, parallel: str, n_in: int, n_out: int) -> str:
+    """Linear with TP semantics: column adds its bias; row all-reduces, then adds the full bias."""
+    g = ctx.graph
+    y = lower_linear(ctx, LinearSite(module, parallel, n_in, n_out), x)  # type: ignore[arg-type]
+    if parallel == "row":
+        y = all_reduce(ctx, y, f"{module}.reduced")
+    if ctx.weights.has(f"{module}.bias"):
+        y = g.op("Add", [y, ctx.load(f"{module}.bias")], f"{module}.biased")
+    return y
+
+
+def _rotate(ctx: LoweringContext, x: str, cos: str, sin: str, hint: str) -> str:
+    """GPT-NeoX rope: x·cos + rotate_half(x)·sin with rotate_half(x) = [-x2, x1]."""
+    g = ctx.graph
+    x1, x2 = g.op_n("Split", [x], [f"{hint}.x1", f"{hint}.x2"], axis=-1, num_outputs=2)
+    rotated = g.op("Concat", [g.op("Neg", [x2], f"{hint}.neg_x2"), x1], f"{hint}.rot", axis=-1)
+    return g.op(
+        "Add",
+        [g.op("Mul", [x, cos], f"{hint}.xcos"), g.op("Mul", [rotated, sin], f"{hint}.rsin")],
+        f"{hint}.roped",
+    )
+
+
+def _heads(ctx: LoweringContext, x: str, n: int, hint: str) -> str:
+    """[batch, seq, n·d] → [batch, n, seq, d]."""
+    g = ctx.graph
+    split = g.op("Reshape", [x, g.i64(0, 0, n, ctx.model.head_size)], f"{hint}.bsnd")
+    return g.op("Transpose", [split], f"{hint}.bnsd", perm=[0, 2, 1, 3])
+
+
+def _attention(
+    ctx: LoweringContext, x: str, prefix: str, layer: int, past: tuple[str, str], cos: str, sin: str, allowed: str
+) -> str:
+    g, model = ctx.graph, ctx.model
+    q_heads, kv_heads = heads_per_rank(model, ctx.layout.tp_size)
+    d = model.head_size
+    qkv = _linear(ctx, x, f"{prefix}.qkv", "column", model.hidden_size, (q_heads + 2 * kv_heads) * d)
+    q, k, v = g.op_n(
+        "Split", [qkv, g.i64(q_heads * d, kv_heads * d, kv_heads * d)], [f"{prefix}.q", f"{prefix}.k", f"{prefix}.v"], axis=-1
+    )
+    q = _rotate(ctx, _heads(ctx, q, q_heads, f"{prefix}.q"), cos, sin, f"{prefix}.q")
+    k = _rotate(ctx, _heads(ctx, k, kv_heads, f"{prefix}.k"), cos, sin, f"{prefix}.k")
+    v = _heads(ctx, v, kv_heads, f"{prefix}.v")
+    k, v = lower_kv_cache(ctx, prefix, k, v)
+    keys = g.op("Concat", [past[0], k], f"{prefix}.keys", axis=2)
+    values = g.op("Concat", [past[1], v], f"{prefix}.values", axis=2)
+    cache_shape = ["batch", kv_heads, "total_seq", d]
+    g.add_output(keys, present_name(layer, "key"), FLOAT, cache_shape)
+    g.add_output(values, present_name(layer, "value"), FLOAT, cache_shape)
+    keys, values = present_name(layer, "key"), present_name(layer, "value")
+
+    # Grouped-query attention without copying K/V: queries are grouped per kv head
+    # ([b, kv, rep, s, d]) and K/V broadcast over the `rep` axis in the MatMuls.
+    rep = q_heads // kv_heads
+    grouped = g.op("Reshape", [q, g.i64(0, kv_heads, rep, -1, d)], f"{prefix}.q_grouped")
+    grouped = g.op("Mul", [grouped, g.scalar(1.0 / math.sqrt(d))], f"{prefix}.q_scaled")
+    keys_t = g.op("Unsqueeze", [g.op("Transpose", [keys], f"{prefix}.keys_t", perm=[0, 1, 3, 2]), g.i64(2)], f"{prefix}.keys_t5")
+    scores = g.op("MatMul", [grouped, keys_t], f"{prefix}.scores")
+    scores = g.op("Where", [allowed, scores, g.scalar(MASKED_SCORE)], f"{prefix}.scores_masked")
+    probs = g.op("Softmax", [scores], f"{prefix}.probs", axis=-1)
+    values5 = g.op("Unsqueeze", [values, g.i64(2)], f"{prefix}.values5")
+    context = g.op("MatMul", [probs, values5], f"{prefix}.context5")
+    context = g.op("Reshape", [context, g.i64(0, q_heads, -1, d)], f"{prefix}.context4")
+    context = g.op("Transpose", [context], f"{prefix}.context_bsnd", perm=[0, 2, 1, 3])
+    context = g.op("Reshape", [context, g.i64(0, 0, q_heads * d)], f"{prefix}.context")
+    return _linear(ctx, context, f"{prefix}.dense", "row", q_heads * d, model.hidden_size)
+
+
+def _mlp(ctx: LoweringContext, x: str, prefix: str) -> str:
+    """TRT GatedMLP: proj(silu(fc(x)) · gate(x)); fc is HF gate_proj, gate is HF up_proj."""
+    g, model = ctx.graph, ctx.model
+    inner = model.intermediate_size // ctx.layout.tp_size
+    fc = _linear(ctx, x, f"{prefix}.fc", "column", model.hidden_size, inner)
+    gate = _linear(ctx, x, f"{prefix}.gate", "column", model.hidden_size, inner)
+    activated = g.op("Mul", [fc, g.op("Sigmoid", [fc], f"{prefix}.sigmoid")], f"{prefix}.silu")
+    product = g.op("Mul", [activated, gate], f"{prefix}.gated")
+    return _linear(ctx, product, f"{prefix}.proj", "row", inner, model.hidden_size)
+
+
+def _decoder_layer(
+    ctx: LoweringContext, hidden: str, local: int, layer: int, past: tuple[str, str], cos: str, sin: str, allowed: str
+) -> str:
+    g = ctx.graph
+    prefix = f"transformer.layers.{local}"
+    ctx.notes["layer"] = prefix
+    attn = _attention(ctx, _rms_norm(ctx, hidden, f"{prefix}.input_layernorm"), f"{prefix}.attention", layer, past, cos, sin, allowed)
+    hidden = g.op("Add", [hidden, attn], f"{prefix}.attn_residual")
+    mlp = _mlp(ctx, _rms_norm(ctx, hidden, f"{prefix}.post_layernorm"), f"{prefix}.mlp")
+    return g.op("Add", [hidden, mlp], f"{prefix}.out")
+
+
+def _lm_head(ctx: LoweringContext, x: str) -> str:
+    g, model, layout = ctx.graph, ctx.model, ctx.layout
+    if ctx.weights.has("lm_head.weight"):
+        rows = padded_vocab(model, layout.tp_size) // layout.tp_size
+        local = lower_linear(ctx, LinearSite("lm_head", "column", model.hidden_size, rows), x)
+    else:
+        local = _tied_lm_head(ctx, x)
+    logits = all_gather(ctx, local, -1, "logits.padded")
+    if padded_vocab(model, layout.tp_size) != model.vocab_size:
+        logits = g.op(
+            "Slice", [logits, g.i64(0), g.i64(model.vocab_size), g.i64(-1)], "logits.unpadded"
+        )
+    return logits
+
+
+def _tied_lm_head(ctx: LoweringContext, x: str) -> str:
+    """No lm_head tensor: reuse the (full) embedding, padded and split like lm_head (§3.4)."""
+    name = "transformer.vocab_embedding.weight"
+    model, layout = ctx.model, ctx.layout
+    if not ctx.weights.has(name):
+        raise source_error(f"rank {layout.rank} has neither lm_head.weight nor {name}")
+    table = ctx.weights.get(name)
+    if tuple(table.shape) != (model.vocab_size, model.hidden_size):
+        raise source_error("lm_head.weight is missing and the embedding is sharded; write lm_head explicitly")
+    padded = padded_vocab(model, layout.tp_size)
+    table = torch.nn.functional.pad(table, (0, 0, 0, padded - model.vocab_size))
+    shard = table.chunk(layout.tp_size, dim=0)[layout.tp_rank]
+    weight = ctx.constant_weight("lm_head.weight", shard, transpose=True)
+    return ctx.graph.op("MatMul", [x, weight], "lm_head.out")

@@ -1,0 +1,126 @@
+"""Lower a per-rank TensorRT-LLM checkpoint to per-rank ONNX graphs.
+
+Output layout (relative to ``out_dir``)::
+
+    rank{r}/model.onnx         full rank graph, collectives as custom-domain nodes
+    rank{r}/model.onnx.data    the rank's weights (external data, checkpoint dtype)
+    rank{r}/segment_NNN.onnx   the graph split at its collectives (ONNX Runtime)
+
+The returned dict is the ``onnx`` section of the engine metadata (engine.json).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from trtllm_forge.context import NullProgress, Progress
+from trtllm_forge.engine.onnx import OPSET
+from trtllm_forge.engine.onnx.context import LoweringContext, RankWeights
+from trtllm_forge.engine.onnx.decoder import build_decoder
+from trtllm_forge.engine.onnx.graph import COLLECTIVE_DOMAIN, ExternalData, GraphBuilder
+from trtllm_forge.engine.onnx.segments import split_at_collectives
+from trtllm_forge.engine.spec import Checkpoint, RankLayout, read_checkpoint
+from trtllm_forge.errors import source_error
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+
+
+def lower_checkpoint(
+    checkpoint_dir: Path,
+    out_dir: Path,
+    *,
+    segments: bool = True,
+    full_check: bool = True,
+    progress: Progress = NullProgress(),
+) -> dict[str, Any]:
+    """Write every rank's ONNX graph (and its ORT segments) and return their description.
+
+    Args:
+        checkpoint_dir: per-rank TensorRT-LLM checkpoint (config.json + rank{r}.safetensors).
+        out_dir: directory to write ``rank{r}/`` into (created).
+        segments: also write the graph split at collectives, for the ORT runtime.
+        full_check: run ``onnx.checker.check_model(path, full_check=True)`` on each rank graph.
+    """
+    ckpt = read_checkpoint(checkpoint_dir)
+    out_dir = Path(out_dir)
+    ranks = []
+    with progress.task("lowering to ONNX", total=len(ckpt.ranks)) as task:
+        for layout in ckpt.ranks:
+            ranks.append(_lower_rank(ckpt, layout, out_dir, segments=segments, full_check=full_check))
+            task.advance()
+    return {
+        "opset": OPSET,
+        "collective_domain": COLLECTIVE_DOMAIN,
+        "compute_dtype": "float32",
+        "weights_dtype": ckpt.model.dtype,
+        "ranks": ranks,
+    }
+
+
+def _lower_rank(ckpt: Checkpoint, layout: RankLayout, out_dir: Path, *, segments: bool, full_check: bool) -> dict[str, Any]:
+    rank_dir = out_dir / f"rank{layout.rank}"
+    rank_dir.mkdir(parents=True, exist_ok=True)
+    data = ExternalData(rank_dir / DATA_FILE)
+    try:
+        with RankWeights(ckpt.rank_file(layout.rank)) as weights:
+            ctx = LoweringContext(GraphBuilder(data), weights, ckpt.model, layout)
+            build_decoder(ctx)
+            unused = weights.unused()
+    finally:
+        data.close()
+    if unused:
+        raise source_error(
+            f"rank{layout.rank}.safetensors has {len(unused)} tensor(s) the lowering did not use: "
+            f"{', '.join(unused[:4])}",
+            hint="the checkpoint holds a layer kind or quantization this lowering does not implement",
+        )
+    model = ctx.graph.model(
+        f"rank{layout.rank}",
+        custom_domains=[COLLECTIVE_DOMAIN] if layout.tp_size > 1 else [],
+        doc=f"trtllm-forge decoder, rank {layout.rank} (tp {layout.tp_rank}/{layout.tp_size}, "
+        f"pp {layout.pp_rank}/{layout.pp_size}), layers {layout.first_layer}..{layout.first_layer + layout.num_layers - 1}",
+    )
+    onnx.helper.set_model_props(model, _model_props(ckpt, layout))
+    model_path = rank_dir / MODEL_FILE
+    onnx.save_model(model, model_path)
+    if full_check:
+        onnx.checker.check_model(str(model_path), full_check=True)
+    schedule = split_at_collectives(model, rank_dir) if segments else []
+    return {
+        "rank": layout.rank,
+        "tp_rank": layout.tp_rank,
+        "pp_rank": layout.pp_rank,
+        "first_layer": layout.first_layer,
+        "num_layers": layout.num_layers,
+        "dir": rank_dir.name,
+        "model": f"{rank_dir.name}/{MODEL_FILE}",
+        "data": f"{rank_dir.name}/{DATA_FILE}",
+        "data_bytes": data.size,
+        "inputs": [_describe(v) for v in model.graph.input],
+        "outputs": [_describe(v) for v in model.graph.output],
+        "schedule": [step.to_json() for step in schedule],
+    }
+
+
+def _model_props(ckpt: Checkpoint, layout: RankLayout) -> dict[str, str]:
+    return {
+        "forge.architecture": ckpt.model.architecture,
+        "forge.rank": str(layout.rank),
+        "forge.tp_size": str(layout.tp_size),
+        "forge.pp_size": str(layout.pp_size),
+        "forge.first_layer": str(layout.first_layer),
+        "forge.num_layers": str(layout.num_layers),
+    }
+
+
+def _describe(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    tensor = value.type.tensor_type
+    return {
+        "name": value.name,
+        "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+        "shape": [d.dim_param or d.dim_value for d in tensor.shape.dim],
+    }

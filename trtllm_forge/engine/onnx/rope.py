@@ -1,0 +1,87 @@
+"""Rotary-embedding inverse frequencies, with the scaling variants of HF/TRT-LLM configs.
+
+The graph multiplies positions by these frequencies at run time, so a scaling type
+is supported exactly when its frequencies do not depend on the sequence length
+(linear, llama3, yarn). ``dynamic`` NTK changes with length and is refused.
+Computed in float32 like transformers does, so logits agree to ~1e-6.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trtllm_forge.errors import recipe_error
+
+SUPPORTED_SCALING = ("linear", "llama3", "yarn")
+
+
+@dataclass(frozen=True)
+class Rope:
+    inv_freq: torch.Tensor  # float32 [head_size // 2]
+    attention_factor: float  # multiplies cos and sin (yarn); 1.0 otherwise
+
+
+def rope_frequencies(
+    head_size: int, base: float, scaling: dict[str, Any] | None, max_positions: int | None
+) -> Rope:
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, dtype=torch.int64).float() / head_size))
+    if scaling is None:
+        return Rope(inv_freq, 1.0)
+    kind = scaling["type"]
+    if kind == "linear":
+        return Rope(inv_freq / float(scaling["factor"]), 1.0)
+    if kind == "llama3":
+        return Rope(_llama3(inv_freq, scaling), 1.0)
+    if kind == "yarn":
+        return _yarn(head_size, base, scaling, max_positions)
+    raise recipe_error(
+        f"rotary scaling type {kind!r} is not supported by the engine lowering",
+        hint=f"supported: {', '.join(SUPPORTED_SCALING)}",
+    )
+
+
+def _llama3(inv_freq: torch.Tensor, s: dict[str, Any]) -> torch.Tensor:
+    factor = float(s["factor"])
+    low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
+    old_len = float(s["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths are slowed down by `factor`, short ones kept, the band between blended.
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    in_band = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return torch.where(in_band, blended, scaled)
+
+
+def _yarn(head_size: int, base: float, s: dict[str, Any], max_positions: int | None) -> Rope:
+    original = float(s["original_max_position_embeddings"])
+    factor = s.get("factor")
+    factor = float(factor) if factor is not None else float(max_positions or original) / original
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention = s.get("attention_factor")
+    if attention is None:
+        m, m_all = s.get("mscale"), s.get("mscale_all_dim")
+        attention = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+    beta_fast, beta_slow = float(s.get("beta_fast") or 32), float(s.get("beta_slow") or 1)
+
+    def correction_dim(rotations: float) -> float:
+        return head_size * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_size - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(head_size // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, head_size, 2).float() / head_size)
+    extrapolate = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolate) + (1.0 / pos_freqs) * extrapolate
+    return Rope(inv_freq, float(attention))

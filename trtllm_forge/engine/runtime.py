@@ -1,0 +1,227 @@
+"""Run a built ONNX engine directory with ONNX Runtime: all ranks in one CPU process.
+
+TP ranks of a pipeline stage execute their schedules in lock-step: segment k of
+every rank, then the collective between them (summed or concatenated here), then
+segment k+1. PP stages run in order, each passing ``hidden_states_out`` on as the
+next stage's ``hidden_states_in``. Each rank keeps its own KV cache.
+
+``generate`` is greedy decoding with left padding; ``score`` returns teacher-forced
+logits, feeding long inputs in chunks through the KV cache (exact) and starting
+a fresh window every ``max_seq_len`` tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtllm_forge.engine.metadata import read_metadata
+from trtllm_forge.engine.onnx.collectives import execute
+from trtllm_forge.engine.onnx.decoder import ATTENTION_MASK, HIDDEN_IN, HIDDEN_OUT, INPUT_IDS, LOGITS, POSITION_IDS
+from trtllm_forge.engine.onnx.segments import Step
+from trtllm_forge.engine.spec import ModelSpec, heads_per_rank
+from trtllm_forge.errors import recipe_error, source_error
+
+PAD_ID = 0  # left padding id; masked out, so any valid id works
+
+
+def ort_threads() -> int:
+    """Intra-op threads: $FORGE_ORT_THREADS, else $OMP_NUM_THREADS, else ORT's default (0)."""
+    for var in ("FORGE_ORT_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class _Rank:
+    rank: int
+    tp_rank: int
+    pp_rank: int
+    layers: range
+    steps: list[Step]
+    sessions: dict[str, Any]  # segment file -> InferenceSession
+    kv_heads: int
+
+
+class KvCache:
+    """Per-rank past keys/values, keyed by the graph's ``past_key_values.{layer}.*`` names."""
+
+    def __init__(self, values: dict[int, dict[str, np.ndarray]]) -> None:
+        self.values = values
+
+    @property
+    def length(self) -> int:
+        first = next(iter(self.values.values()))
+        return int(next(iter(first.values())).shape[2]) if first else 0
+
+
+class OrtEngine:
+    """An ONNX engine directory loaded into ONNX Runtime sessions (all ranks)."""
+
+    def __init__(self, engine_dir: Path, meta: dict[str, Any], ranks: list[_Rank]) -> None:
+        self.engine_dir = engine_dir
+        self.meta = meta
+        self.ranks = ranks
+        self.tp_size = int(meta["mapping"]["tp_size"])
+        self.pp_size = int(meta["mapping"]["pp_size"])
+        model = meta["model"]
+        self.vocab_size = int(model["vocab_size"])
+        self.head_size = int(model["head_size"])
+        limits = meta.get("limits", {})
+        self.max_batch_size = int(limits.get("max_batch_size", 1 << 30))
+        self.max_input_len = int(limits.get("max_input_len", 1 << 30))
+        self.max_seq_len = int(limits.get("max_seq_len", 1 << 30))
+
+    @classmethod
+    def load(cls, engine_dir: Path, *, threads: int | None = None) -> OrtEngine:
+        engine_dir = Path(engine_dir)
+        meta = read_metadata(engine_dir)
+        onnx_meta = meta.get("onnx")
+        if not onnx_meta:
+            raise source_error(
+                f"{engine_dir} ({meta.get('backend')}) holds no ONNX graphs ONNX Runtime could run",
+                hint="verify runs onnxruntime and tensorrt builds; rebuild with backend onnxruntime",
+            )
+        root = engine_dir / onnx_meta.get("root", ".")
+        threads = ort_threads() if threads is None else threads
+        _, kv_heads = heads_per_rank(ModelSpec(**meta["model"]), int(meta["mapping"]["tp_size"]))
+        ranks = []
+        for entry in onnx_meta["ranks"]:
+            steps = [Step.from_json(s) for s in entry["schedule"]]
+            if not steps:
+                raise source_error(f"{engine_dir}: rank {entry['rank']} was built without ORT segments")
+            sessions = {s.file: _session(root / entry["dir"] / s.file, threads) for s in steps if s.file}
+            first = int(entry["first_layer"])
+            ranks.append(
+                _Rank(int(entry["rank"]), int(entry["tp_rank"]), int(entry["pp_rank"]),
+                      range(first, first + int(entry["num_layers"])), steps, sessions, kv_heads)
+            )
+        return cls(engine_dir, meta, ranks)
+
+    # -- one forward pass -------------------------------------------------------------
+
+    def new_cache(self, batch: int) -> KvCache:
+        empty = np.zeros((batch, self.ranks[0].kv_heads, 0, self.head_size), np.float32)
+        return KvCache(
+            {
+                r.rank: {f"past_key_values.{layer}.{kind}": empty for layer in r.layers for kind in ("key", "value")}
+                for r in self.ranks
+            }
+        )
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: KvCache) -> np.ndarray:
+        """Logits [batch, seq, vocab] for new tokens; ``cache`` is advanced in place."""
+        common = {
+            ATTENTION_MASK: attention_mask.astype(np.int64),
+            POSITION_IDS: position_ids.astype(np.int64),
+        }
+        carry: dict[str, np.ndarray] = {INPUT_IDS: input_ids.astype(np.int64)}
+        for stage in range(self.pp_size):
+            ranks = [r for r in self.ranks if r.pp_rank == stage]
+            envs = self._run_stage(ranks, {**common, **carry}, cache)
+            for r, env in zip(ranks, envs, strict=True):
+                for name in cache.values[r.rank]:
+                    cache.values[r.rank][name] = env[name.replace("past_key_values.", "present.")]
+            out = envs[0]
+            carry = {HIDDEN_IN: out[HIDDEN_OUT]} if stage < self.pp_size - 1 else {LOGITS: out[LOGITS]}
+        return carry[LOGITS]
+
+    def _run_stage(self, ranks: list[_Rank], feeds: dict[str, np.ndarray], cache: KvCache) -> list[dict[str, np.ndarray]]:
+        envs = [{**feeds, **cache.values[r.rank]} for r in ranks]
+        for index, step in enumerate(ranks[0].steps):
+            if step.kind == "segment":
+                for r, env in zip(ranks, envs, strict=True):
+                    mine = r.steps[index]
+                    outputs = r.sessions[mine.file].run(mine.outputs, {n: env[n] for n in mine.inputs})
+                    env.update(zip(mine.outputs, outputs, strict=True))
+            else:
+                result = execute(step.op or "", step.attrs, [env[step.inputs[0]] for env in envs])
+                for env in envs:
+                    env[step.outputs[0]] = result
+        return envs
+
+    # -- generation and scoring ----------------------------------------------------------
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, eos_token_id: int | None = None
+    ) -> list[list[int]]:
+        """Greedy continuation of each prompt (new tokens only; cut after ``eos_token_id``)."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise recipe_error("generate needs at least one prompt and no empty prompt")
+        results: list[list[int]] = []
+        for start in range(0, len(prompts), self.max_batch_size):
+            results += self._generate_batch(prompts[start : start + self.max_batch_size], max_new_tokens)
+        if eos_token_id is not None:
+            results = [r[: r.index(eos_token_id) + 1] if eos_token_id in r else r for r in results]
+        return results
+
+    def _generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        longest = max(len(p) for p in prompts)
+        self._check_length(longest, longest + max_new_tokens)
+        ids = np.full((len(prompts), longest), PAD_ID, np.int64)
+        mask = np.zeros((len(prompts), longest), np.int64)
+        for row, prompt in enumerate(prompts):
+            ids[row, longest - len(prompt) :] = prompt
+            mask[row, longest - len(prompt) :] = 1
+        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
+        cache = self.new_cache(len(prompts))
+        logits = self.forward(ids, mask, positions, cache)
+        tokens = [logits[:, -1].argmax(axis=-1)]
+        for _ in range(max_new_tokens - 1):
+            mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)
+            positions = positions[:, -1:] + 1
+            logits = self.forward(tokens[-1][:, None], mask, positions, cache)
+            tokens.append(logits[:, -1].argmax(axis=-1))
+        return np.stack(tokens, axis=1).tolist()
+
+    def _check_length(self, prompt_len: int, total: int) -> None:
+        if prompt_len > self.max_input_len or total > self.max_seq_len:
+            raise recipe_error(
+                f"a prompt of {prompt_len} tokens + new tokens = {total} exceeds the engine limits "
+                f"(max_input_len {self.max_input_len}, max_seq_len {self.max_seq_len})",
+                hint="shorten the prompts or max_new_tokens, or rebuild with larger build limits",
+            )
+
+    def score(self, token_ids: Sequence[int], *, chunk: int | None = None) -> np.ndarray:
+        """Teacher-forced logits [len(token_ids), vocab] (float32).
+
+        Tokens are fed ``chunk`` (default max_input_len) at a time through the KV cache;
+        every ``max_seq_len`` tokens the context restarts (see :func:`score_windows`).
+        """
+        chunk = min(chunk or self.max_input_len, self.max_input_len)
+        out = []
+        for start, stop in score_windows(len(token_ids), self.max_seq_len):
+            cache = self.new_cache(1)
+            for piece in range(start, stop, chunk):
+                ids = np.asarray([token_ids[piece : min(piece + chunk, stop)]], np.int64)
+                mask = np.ones((1, piece - start + ids.shape[1]), np.int64)
+                positions = np.arange(piece - start, piece - start + ids.shape[1], dtype=np.int64)[None]
+                out.append(self.forward(ids, mask, positions, cache)[0])
+        return np.concatenate(out, axis=0)
+
+
+def score_windows(length: int, window: int) -> list[tuple[int, int]]:
+    """Independent context windows [start, stop) covering ``length`` tokens."""
+    return [(start, min(start + window, length)) for start in range(0, length, window)]
+
+
+def load_engine(engine_dir: Path, *, threads: int | None = None) -> OrtEngine:
+    """Load an engine directory built by the onnxruntime (or tensorrt) backend."""
+    return OrtEngine.load(engine_dir, threads=threads)
