@@ -32,7 +32,12 @@ FORMAT_VERSION = 1
 
 
 def engine_metadata(
-    ckpt: Checkpoint, *, backend: str, limits: dict[str, int], plugins: dict[str, Any], tools: tuple[str, ...]
+    ckpt: Checkpoint,
+    *,
+    backend: str,
+    limits: dict[str, int],
+    plugins: dict[str, Any],
+    tools: tuple[str, ...],
 ) -> dict[str, Any]:
     """The backend-independent part of engine.json."""
     return {
@@ -40,7 +45,11 @@ def engine_metadata(
         "format_version": FORMAT_VERSION,
         "backend": backend,
         "model": dataclasses.asdict(ckpt.model),
-        "mapping": {"world_size": len(ckpt.ranks), "tp_size": ckpt.tp_size, "pp_size": ckpt.pp_size},
+        "mapping": {
+            "world_size": len(ckpt.ranks),
+            "tp_size": ckpt.tp_size,
+            "pp_size": ckpt.pp_size,
+        },
         "quantization": ckpt.model.quantization,
         "limits": dict(limits),
         "plugins": dict(plugins),
@@ -72,8 +81,10 @@ def write_metadata(engine_dir: Path, meta: dict[str, Any]) -> Path:
 def read_metadata(engine_dir: Path) -> dict[str, Any]:
     path = Path(engine_dir) / ENGINE_FILE
     if not path.is_file():
-        raise source_error(f"{engine_dir} is not a forge engine directory ({ENGINE_FILE} is missing)",
-                           hint="pass the output directory of the build stage")
+        raise source_error(
+            f"{engine_dir} is not a forge engine directory ({ENGINE_FILE} is missing)",
+            hint="pass the output directory of the build stage",
+        )
     meta: dict[str, Any] = json.loads(path.read_text())
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise source_error(

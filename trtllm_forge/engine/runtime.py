@@ -22,7 +22,14 @@ import numpy as np
 
 from trtllm_forge.engine.metadata import read_metadata
 from trtllm_forge.engine.onnx.collectives import execute
-from trtllm_forge.engine.onnx.decoder import ATTENTION_MASK, HIDDEN_IN, HIDDEN_OUT, INPUT_IDS, LOGITS, POSITION_IDS
+from trtllm_forge.engine.onnx.decoder import (
+    ATTENTION_MASK,
+    HIDDEN_IN,
+    HIDDEN_OUT,
+    INPUT_IDS,
+    LOGITS,
+    POSITION_IDS,
+)
 from trtllm_forge.engine.onnx.segments import Step
 from trtllm_forge.engine.spec import ModelSpec, heads_per_rank
 from trtllm_forge.errors import recipe_error, source_error
@@ -106,12 +113,23 @@ class OrtEngine:
         for entry in onnx_meta["ranks"]:
             steps = [Step.from_json(s) for s in entry["schedule"]]
             if not steps:
-                raise source_error(f"{engine_dir}: rank {entry['rank']} was built without ORT segments")
-            sessions = {s.file: _session(root / entry["dir"] / s.file, threads) for s in steps if s.file}
+                raise source_error(
+                    f"{engine_dir}: rank {entry['rank']} was built without ORT segments"
+                )
+            sessions = {
+                s.file: _session(root / entry["dir"] / s.file, threads) for s in steps if s.file
+            }
             first = int(entry["first_layer"])
             ranks.append(
-                _Rank(int(entry["rank"]), int(entry["tp_rank"]), int(entry["pp_rank"]),
-                      range(first, first + int(entry["num_layers"])), steps, sessions, kv_heads)
+                _Rank(
+                    int(entry["rank"]),
+                    int(entry["tp_rank"]),
+                    int(entry["pp_rank"]),
+                    range(first, first + int(entry["num_layers"])),
+                    steps,
+                    sessions,
+                    kv_heads,
+                )
             )
         return cls(engine_dir, meta, ranks)
 
@@ -121,12 +139,22 @@ class OrtEngine:
         empty = np.zeros((batch, self.ranks[0].kv_heads, 0, self.head_size), np.float32)
         return KvCache(
             {
-                r.rank: {f"past_key_values.{layer}.{kind}": empty for layer in r.layers for kind in ("key", "value")}
+                r.rank: {
+                    f"past_key_values.{layer}.{kind}": empty
+                    for layer in r.layers
+                    for kind in ("key", "value")
+                }
                 for r in self.ranks
             }
         )
 
-    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: KvCache) -> np.ndarray:
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        cache: KvCache,
+    ) -> np.ndarray:
         """Logits [batch, seq, vocab] for new tokens; ``cache`` is advanced in place."""
         common = {
             ATTENTION_MASK: attention_mask.astype(np.int64),
@@ -140,16 +168,22 @@ class OrtEngine:
                 for name in cache.values[r.rank]:
                     cache.values[r.rank][name] = env[name.replace("past_key_values.", "present.")]
             out = envs[0]
-            carry = {HIDDEN_IN: out[HIDDEN_OUT]} if stage < self.pp_size - 1 else {LOGITS: out[LOGITS]}
+            carry = (
+                {HIDDEN_IN: out[HIDDEN_OUT]} if stage < self.pp_size - 1 else {LOGITS: out[LOGITS]}
+            )
         return carry[LOGITS]
 
-    def _run_stage(self, ranks: list[_Rank], feeds: dict[str, np.ndarray], cache: KvCache) -> list[dict[str, np.ndarray]]:
+    def _run_stage(
+        self, ranks: list[_Rank], feeds: dict[str, np.ndarray], cache: KvCache
+    ) -> list[dict[str, np.ndarray]]:
         envs = [{**feeds, **cache.values[r.rank]} for r in ranks]
         for index, step in enumerate(ranks[0].steps):
             if step.kind == "segment":
                 for r, env in zip(ranks, envs, strict=True):
                     mine = r.steps[index]
-                    outputs = r.sessions[mine.file].run(mine.outputs, {n: env[n] for n in mine.inputs})
+                    outputs = r.sessions[mine.file].run(
+                        mine.outputs, {n: env[n] for n in mine.inputs}
+                    )
                     env.update(zip(mine.outputs, outputs, strict=True))
             else:
                 result = execute(step.op or "", step.attrs, [env[step.inputs[0]] for env in envs])
@@ -160,19 +194,27 @@ class OrtEngine:
     # -- generation and scoring ----------------------------------------------------------
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, eos_token_id: int | None = None
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        *,
+        eos_token_id: int | None = None,
     ) -> list[list[int]]:
         """Greedy continuation of each prompt (new tokens only; cut after ``eos_token_id``)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise recipe_error("generate needs at least one prompt and no empty prompt")
         results: list[list[int]] = []
         for start in range(0, len(prompts), self.max_batch_size):
-            results += self._generate_batch(prompts[start : start + self.max_batch_size], max_new_tokens)
+            results += self._generate_batch(
+                prompts[start : start + self.max_batch_size], max_new_tokens
+            )
         if eos_token_id is not None:
             results = [r[: r.index(eos_token_id) + 1] if eos_token_id in r else r for r in results]
         return results
 
-    def _generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+    def _generate_batch(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int
+    ) -> list[list[int]]:
         longest = max(len(p) for p in prompts)
         self._check_length(longest, longest + max_new_tokens)
         ids = np.full((len(prompts), longest), PAD_ID, np.int64)
@@ -212,7 +254,9 @@ class OrtEngine:
             for piece in range(start, stop, chunk):
                 ids = np.asarray([token_ids[piece : min(piece + chunk, stop)]], np.int64)
                 mask = np.ones((1, piece - start + ids.shape[1]), np.int64)
-                positions = np.arange(piece - start, piece - start + ids.shape[1], dtype=np.int64)[None]
+                positions = np.arange(piece - start, piece - start + ids.shape[1], dtype=np.int64)[
+                    None
+                ]
                 out.append(self.forward(ids, mask, positions, cache)[0])
         return np.concatenate(out, axis=0)
 

@@ -142,7 +142,9 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
         )
     rope = config.get("position_embedding_type", "rope_gpt_neox")
     if rope != "rope_gpt_neox":
-        raise recipe_error(f"position_embedding_type {rope!r} is not supported (rope_gpt_neox only)")
+        raise recipe_error(
+            f"position_embedding_type {rope!r} is not supported (rope_gpt_neox only)"
+        )
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     forge = config.get("forge") or {}
@@ -188,7 +190,9 @@ def _mapping(config: dict[str, Any]) -> tuple[int, int]:
     pp = int(mapping.get("pp_size", 1))
     world = int(mapping.get("world_size", tp * pp))
     if world != tp * pp:
-        raise source_error(f"checkpoint mapping is inconsistent: world_size {world} != tp {tp} × pp {pp}")
+        raise source_error(
+            f"checkpoint mapping is inconsistent: world_size {world} != tp {tp} × pp {pp}"
+        )
     return tp, pp
 
 
@@ -198,7 +202,9 @@ def check_parallel(model: ModelSpec, tp: int, pp: int) -> None:
     if model.num_heads % tp:
         problems.append(f"num_attention_heads {model.num_heads} is not divisible by tp {tp}")
     if tp > model.num_kv_heads and tp % model.num_kv_heads:
-        problems.append(f"tp {tp} > num_key_value_heads {model.num_kv_heads} needs tp % kv heads == 0")
+        problems.append(
+            f"tp {tp} > num_key_value_heads {model.num_kv_heads} needs tp % kv heads == 0"
+        )
     if tp <= model.num_kv_heads and model.num_kv_heads % tp:
         problems.append(f"num_key_value_heads {model.num_kv_heads} is not divisible by tp {tp}")
     if pp > model.num_layers:
@@ -221,8 +227,13 @@ def _rank_layouts(path: Path, tp: int, pp: int, total_layers: int) -> tuple[Rank
         stage = rank // tp
         layouts.append(
             RankLayout(
-                rank=rank, tp_rank=rank % tp, pp_rank=stage, tp_size=tp, pp_size=pp,
-                first_layer=sum(counts[:stage]), num_layers=counts[stage],
+                rank=rank,
+                tp_rank=rank % tp,
+                pp_rank=stage,
+                tp_size=tp,
+                pp_size=pp,
+                first_layer=sum(counts[:stage]),
+                num_layers=counts[stage],
             )
         )
         if not (path / f"rank{rank}.safetensors").is_file():
@@ -233,7 +244,9 @@ def _rank_layouts(path: Path, tp: int, pp: int, total_layers: int) -> tuple[Rank
 def _count_layers(rank_file: Path) -> int:
     indices = {int(m.group(1)) for name in tensor_names(rank_file) if (m := _LAYER_RE.match(name))}
     if indices and indices != set(range(len(indices))):
-        raise source_error(f"{rank_file.name}: layer indices are not 0..n-1 ({sorted(indices)[:8]}…)")
+        raise source_error(
+            f"{rank_file.name}: layer indices are not 0..n-1 ({sorted(indices)[:8]}…)"
+        )
     return len(indices)
 
 

@@ -20,6 +20,8 @@ from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.engine.backends.plugins import BACKENDS, validate_plugins
 from trtllm_forge.errors import recipe_error
 
+_NO_PROGRESS = NullProgress()
+
 __all__ = ["BACKENDS", "BuildOptions", "backend_unavailable", "build_engine", "validate_plugins"]
 
 
@@ -60,7 +62,9 @@ class BuildOptions:
 
 def _module(backend: str) -> Any:
     if backend not in BACKENDS:
-        raise recipe_error(f"unknown backend {backend!r}", hint=f"choose one of {', '.join(BACKENDS)}")
+        raise recipe_error(
+            f"unknown backend {backend!r}", hint=f"choose one of {', '.join(BACKENDS)}"
+        )
     return importlib.import_module(f"trtllm_forge.engine.backends.{backend}")
 
 
@@ -76,7 +80,7 @@ def build_engine(
     out_dir: Path,
     options: BuildOptions = BuildOptions(),
     *,
-    progress: Progress = NullProgress(),
+    progress: Progress = _NO_PROGRESS,
 ) -> dict[str, Any]:
     """Build ``checkpoint_dir`` (per-rank TRT-LLM layout) into ``out_dir``; returns engine.json.
 
@@ -86,5 +90,7 @@ def build_engine(
     options.check(backend)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = _module(backend).build(Path(checkpoint_dir), out_dir, options, progress=progress)
+    meta: dict[str, Any] = _module(backend).build(
+        Path(checkpoint_dir), out_dir, options, progress=progress
+    )
     return meta

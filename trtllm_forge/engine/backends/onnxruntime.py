@@ -17,6 +17,8 @@ from trtllm_forge.engine.spec import read_checkpoint
 if TYPE_CHECKING:
     from trtllm_forge.engine.backends import BuildOptions
 
+_NO_PROGRESS = NullProgress()
+
 NAME = "onnxruntime"
 TOOLS = ("onnx", "onnxruntime")
 
@@ -29,9 +31,13 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def build(checkpoint_dir: Path, out_dir: Path, options: BuildOptions, *, progress: Progress = NullProgress()) -> dict[str, Any]:
+def build(
+    checkpoint_dir: Path, out_dir: Path, options: BuildOptions, *, progress: Progress = _NO_PROGRESS
+) -> dict[str, Any]:
     ckpt = read_checkpoint(checkpoint_dir)
-    meta = engine_metadata(ckpt, backend=NAME, limits=options.limits(), plugins=dict(options.plugins), tools=TOOLS)
+    meta = engine_metadata(
+        ckpt, backend=NAME, limits=options.limits(), plugins=dict(options.plugins), tools=TOOLS
+    )
     meta["onnx"] = {"root": ".", **lower_checkpoint(checkpoint_dir, out_dir, progress=progress)}
     write_metadata(out_dir, meta)
     progress.log(f"onnxruntime engine: {len(ckpt.ranks)} rank graph(s) in {out_dir}")

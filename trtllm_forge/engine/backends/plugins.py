@@ -30,8 +30,15 @@ TRTLLM_PLUGINS: dict[str, tuple[str, ...]] = {
 }
 # trtllm-build enable/disable feature flags.
 TRTLLM_FEATURES = (
-    "context_fmha", "use_paged_context_fmha", "remove_input_padding", "use_fused_mlp",
-    "reduce_fusion", "use_fp8_context_fmha", "multiple_profiles", "paged_state", "streamingllm",
+    "context_fmha",
+    "use_paged_context_fmha",
+    "remove_input_padding",
+    "use_fused_mlp",
+    "reduce_fusion",
+    "use_fp8_context_fmha",
+    "multiple_profiles",
+    "paged_state",
+    "streamingllm",
     "paged_kv_cache",
 )
 TRTLLM_CHOICES: dict[str, tuple[str, ...]] = {"kv_cache_type": ("paged", "continuous", "disabled")}
@@ -107,11 +114,18 @@ def _cross_rules(s: dict[str, str]) -> list[str]:
         "context_fmha": s.get("context_fmha") == "enable",
     }
     if no_attention:
-        errors += [f"{what} needs gpt_attention_plugin (it is disabled)" for what, on in needs_attention.items() if on]
+        errors += [
+            f"{what} needs gpt_attention_plugin (it is disabled)"
+            for what, on in needs_attention.items()
+            if on
+        ]
     if s.get("use_paged_context_fmha") == "enable" and s.get("kv_cache_type") != "paged":
         errors.append("use_paged_context_fmha needs kv_cache_type: paged")
     if s.get("gemm_swiglu_plugin", "disable") != "disable" and s.get("use_fused_mlp") != "enable":
         errors.append("gemm_swiglu_plugin needs use_fused_mlp enabled")
-    if s.get("low_latency_gemm_swiglu_plugin", "disable") != "disable" and s.get("use_fused_mlp") != "enable":
+    if (
+        s.get("low_latency_gemm_swiglu_plugin", "disable") != "disable"
+        and s.get("use_fused_mlp") != "enable"
+    ):
         errors.append("low_latency_gemm_swiglu_plugin needs use_fused_mlp enabled")
     return errors

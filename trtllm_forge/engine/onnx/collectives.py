@@ -43,8 +43,13 @@ def all_reduce(ctx: LoweringContext, x: str, hint: str) -> str:
     if ctx.layout.tp_size == 1:
         return x
     y = ctx.graph.op(
-        ALL_REDUCE, [x], hint, domain=COLLECTIVE_DOMAIN,
-        reduce_op="SUM", nb_rank=ctx.layout.tp_size, groups=_group(ctx),
+        ALL_REDUCE,
+        [x],
+        hint,
+        domain=COLLECTIVE_DOMAIN,
+        reduce_op="SUM",
+        nb_rank=ctx.layout.tp_size,
+        groups=_group(ctx),
     )
     ctx.graph.annotate(y, ctx.compute_type)
     return y
@@ -55,8 +60,13 @@ def all_gather(ctx: LoweringContext, x: str, axis: int, hint: str) -> str:
     if ctx.layout.tp_size == 1:
         return x
     y = ctx.graph.op(
-        ALL_GATHER, [x], hint, domain=COLLECTIVE_DOMAIN,
-        axis=axis, nb_rank=ctx.layout.tp_size, groups=_group(ctx),
+        ALL_GATHER,
+        [x],
+        hint,
+        domain=COLLECTIVE_DOMAIN,
+        axis=axis,
+        nb_rank=ctx.layout.tp_size,
+        groups=_group(ctx),
     )
     ctx.graph.annotate(y, ctx.compute_type)
     return y
@@ -86,4 +96,3 @@ def execute(op: str, attrs: dict[str, Any], per_rank_inputs: Sequence[np.ndarray
     if op == ALL_GATHER:
         return np.concatenate(list(per_rank_inputs), axis=int(attrs["axis"]))
     raise ValueError(f"{op} is not a collective of {COLLECTIVE_DOMAIN}")
-

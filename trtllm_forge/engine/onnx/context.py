@@ -44,7 +44,10 @@ class RankWeights:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self._file = None  # type: ignore[assignment]  # safe_open has no close(); drop the handle
 

@@ -45,7 +45,9 @@ def build_decoder(ctx: LoweringContext) -> None:
     """Add the whole rank graph (inputs, layers, outputs) to ``ctx.graph``."""
     g, model, layout = ctx.graph, ctx.model, ctx.layout
     if model.hidden_act != "silu":
-        raise recipe_error(f"hidden_act {model.hidden_act!r} is not supported (gated SiLU MLP only)")
+        raise recipe_error(
+            f"hidden_act {model.hidden_act!r} is not supported (gated SiLU MLP only)"
+        )
     _, kv_heads = heads_per_rank(model, layout.tp_size)
     if layout.is_first_stage:
         hidden = _embedding(ctx, g.add_input(INPUT_IDS, INT64, ["batch", "seq"]))
@@ -75,8 +77,14 @@ def build_decoder(ctx: LoweringContext) -> None:
 def _rms_norm(ctx: LoweringContext, x: str, prefix: str) -> str:
     g = ctx.graph
     weight = ctx.load(f"{prefix}.weight")
-    variance = g.op("ReduceMean", [g.op("Mul", [x, x], f"{prefix}.sq"), g.i64(-1)], f"{prefix}.var", keepdims=1)
-    std = g.op("Sqrt", [g.op("Add", [variance, g.scalar(ctx.model.norm_epsilon)], f"{prefix}.var_eps")], f"{prefix}.std")
+    variance = g.op(
+        "ReduceMean", [g.op("Mul", [x, x], f"{prefix}.sq"), g.i64(-1)], f"{prefix}.var", keepdims=1
+    )
+    std = g.op(
+        "Sqrt",
+        [g.op("Add", [variance, g.scalar(ctx.model.norm_epsilon)], f"{prefix}.var_eps")],
+        f"{prefix}.std",
+    )
     normed = g.op("Div", [x, std], f"{prefix}.normed")
     return g.op("Mul", [normed, weight], f"{prefix}.out")
 
@@ -103,7 +111,9 @@ def _embedding(ctx: LoweringContext, ids: str) -> str:
         "embed.owned",
     )
     safe = g.op("Where", [owned, local, g.const(0, np.int64)], "embed.safe_ids")
-    keep = g.op("Unsqueeze", [g.op("Cast", [owned], "embed.owned_f", to=FLOAT), g.i64(-1)], "embed.keep")
+    keep = g.op(
+        "Unsqueeze", [g.op("Cast", [owned], "embed.owned_f", to=FLOAT), g.i64(-1)], "embed.keep"
+    )
     part = g.op("Mul", [g.op("Gather", [table, safe], "embed.rows"), keep], "embed.part")
     return all_reduce(ctx, part, "embed.out")
 
@@ -111,16 +121,22 @@ def _embedding(ctx: LoweringContext, ids: str) -> str:
 def _rope_tables(ctx: LoweringContext, positions: str) -> tuple[str, str]:
     """cos/sin [batch, 1, seq, head] from position ids (shared by all layers)."""
     g, model = ctx.graph, ctx.model
-    rope = rope_frequencies(model.head_size, model.rotary_base, model.rotary_scaling, model.max_position_embeddings)
+    rope = rope_frequencies(
+        model.head_size, model.rotary_base, model.rotary_scaling, model.max_position_embeddings
+    )
     inv_freq = g.const(rope.inv_freq.numpy(), np.float32, "rope.inv_freq")
-    pos = g.op("Unsqueeze", [g.op("Cast", [positions], "rope.pos_f", to=FLOAT), g.i64(-1)], "rope.pos")
+    pos = g.op(
+        "Unsqueeze", [g.op("Cast", [positions], "rope.pos_f", to=FLOAT), g.i64(-1)], "rope.pos"
+    )
     freqs = g.op("Mul", [pos, inv_freq], "rope.freqs")
     angles = g.op("Concat", [freqs, freqs], "rope.angles", axis=-1)
     tables = []
     for fn in ("Cos", "Sin"):
         table = g.op(fn, [angles], f"rope.{fn.lower()}")
         if rope.attention_factor != 1.0:
-            table = g.op("Mul", [table, g.scalar(rope.attention_factor)], f"rope.{fn.lower()}_scaled")
+            table = g.op(
+                "Mul", [table, g.scalar(rope.attention_factor)], f"rope.{fn.lower()}_scaled"
+            )
         tables.append(g.op("Unsqueeze", [table, g.i64(1)], f"rope.{fn.lower()}4"))
     return tables[0], tables[1]
 
@@ -135,14 +151,24 @@ def _attention_allowed(ctx: LoweringContext, mask: str, positions: str) -> str:
 
     total, seq = length(mask, "mask.total_len"), length(positions, "mask.seq_len")
     one, zero = g.const(1, np.int64), g.const(0, np.int64)
-    query_slots = g.op("Range", [g.op("Sub", [total, seq], "mask.past_len"), total, one], "mask.query_slots")
+    query_slots = g.op(
+        "Range", [g.op("Sub", [total, seq], "mask.past_len"), total, one], "mask.query_slots"
+    )
     key_slots = g.op("Range", [zero, total, one], "mask.key_slots")
     causal = g.op(
         "LessOrEqual",
-        [g.op("Unsqueeze", [key_slots, g.i64(0)], "mask.keys_row"), g.op("Unsqueeze", [query_slots, g.i64(1)], "mask.queries_col")],
+        [
+            g.op("Unsqueeze", [key_slots, g.i64(0)], "mask.keys_row"),
+            g.op("Unsqueeze", [query_slots, g.i64(1)], "mask.queries_col"),
+        ],
         "mask.causal",
     )
-    present = g.op("Cast", [g.op("Unsqueeze", [mask, g.i64(1)], "mask.b1t")], "mask.present", to=TensorProto.BOOL)
+    present = g.op(
+        "Cast",
+        [g.op("Unsqueeze", [mask, g.i64(1)], "mask.b1t")],
+        "mask.present",
+        to=TensorProto.BOOL,
+    )
     allowed = g.op("And", [causal, present], "mask.allowed")
     return g.op("Unsqueeze", [allowed, g.i64(1, 2)], "mask.allowed5")
 
@@ -178,14 +204,26 @@ def _heads(ctx: LoweringContext, x: str, n: int, hint: str) -> str:
 
 
 def _attention(
-    ctx: LoweringContext, x: str, prefix: str, layer: int, past: tuple[str, str], cos: str, sin: str, allowed: str
+    ctx: LoweringContext,
+    x: str,
+    prefix: str,
+    layer: int,
+    past: tuple[str, str],
+    cos: str,
+    sin: str,
+    allowed: str,
 ) -> str:
     g, model = ctx.graph, ctx.model
     q_heads, kv_heads = heads_per_rank(model, ctx.layout.tp_size)
     d = model.head_size
-    qkv = _linear(ctx, x, f"{prefix}.qkv", "column", model.hidden_size, (q_heads + 2 * kv_heads) * d)
+    qkv = _linear(
+        ctx, x, f"{prefix}.qkv", "column", model.hidden_size, (q_heads + 2 * kv_heads) * d
+    )
     q, k, v = g.op_n(
-        "Split", [qkv, g.i64(q_heads * d, kv_heads * d, kv_heads * d)], [f"{prefix}.q", f"{prefix}.k", f"{prefix}.v"], axis=-1
+        "Split",
+        [qkv, g.i64(q_heads * d, kv_heads * d, kv_heads * d)],
+        [f"{prefix}.q", f"{prefix}.k", f"{prefix}.v"],
+        axis=-1,
     )
     q = _rotate(ctx, _heads(ctx, q, q_heads, f"{prefix}.q"), cos, sin, f"{prefix}.q")
     k = _rotate(ctx, _heads(ctx, k, kv_heads, f"{prefix}.k"), cos, sin, f"{prefix}.k")
@@ -203,7 +241,11 @@ def _attention(
     rep = q_heads // kv_heads
     grouped = g.op("Reshape", [q, g.i64(0, kv_heads, rep, -1, d)], f"{prefix}.q_grouped")
     grouped = g.op("Mul", [grouped, g.scalar(1.0 / math.sqrt(d))], f"{prefix}.q_scaled")
-    keys_t = g.op("Unsqueeze", [g.op("Transpose", [keys], f"{prefix}.keys_t", perm=[0, 1, 3, 2]), g.i64(2)], f"{prefix}.keys_t5")
+    keys_t = g.op(
+        "Unsqueeze",
+        [g.op("Transpose", [keys], f"{prefix}.keys_t", perm=[0, 1, 3, 2]), g.i64(2)],
+        f"{prefix}.keys_t5",
+    )
     scores = g.op("MatMul", [grouped, keys_t], f"{prefix}.scores")
     scores = g.op("Where", [allowed, scores, g.scalar(MASKED_SCORE)], f"{prefix}.scores_masked")
     probs = g.op("Softmax", [scores], f"{prefix}.probs", axis=-1)
@@ -227,12 +269,28 @@ def _mlp(ctx: LoweringContext, x: str, prefix: str) -> str:
 
 
 def _decoder_layer(
-    ctx: LoweringContext, hidden: str, local: int, layer: int, past: tuple[str, str], cos: str, sin: str, allowed: str
+    ctx: LoweringContext,
+    hidden: str,
+    local: int,
+    layer: int,
+    past: tuple[str, str],
+    cos: str,
+    sin: str,
+    allowed: str,
 ) -> str:
     g = ctx.graph
     prefix = f"transformer.layers.{local}"
     ctx.notes["layer"] = prefix
-    attn = _attention(ctx, _rms_norm(ctx, hidden, f"{prefix}.input_layernorm"), f"{prefix}.attention", layer, past, cos, sin, allowed)
+    attn = _attention(
+        ctx,
+        _rms_norm(ctx, hidden, f"{prefix}.input_layernorm"),
+        f"{prefix}.attention",
+        layer,
+        past,
+        cos,
+        sin,
+        allowed,
+    )
     hidden = g.op("Add", [hidden, attn], f"{prefix}.attn_residual")
     mlp = _mlp(ctx, _rms_norm(ctx, hidden, f"{prefix}.post_layernorm"), f"{prefix}.mlp")
     return g.op("Add", [hidden, mlp], f"{prefix}.out")
@@ -261,7 +319,9 @@ def _tied_lm_head(ctx: LoweringContext, x: str) -> str:
         raise source_error(f"rank {layout.rank} has neither lm_head.weight nor {name}")
     table = ctx.weights.get(name)
     if tuple(table.shape) != (model.vocab_size, model.hidden_size):
-        raise source_error("lm_head.weight is missing and the embedding is sharded; write lm_head explicitly")
+        raise source_error(
+            "lm_head.weight is missing and the embedding is sharded; write lm_head explicitly"
+        )
     padded = padded_vocab(model, layout.tp_size)
     table = torch.nn.functional.pad(table, (0, 0, 0, padded - model.vocab_size))
     shard = table.chunk(layout.tp_size, dim=0)[layout.tp_rank]

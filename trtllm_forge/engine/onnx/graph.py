@@ -59,7 +59,11 @@ class ExternalData:
         proto.data_type = TORCH_TO_ONNX[tensor.dtype]
         proto.dims.extend(tensor.shape)
         proto.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", self.path.name), ("offset", self._offset), ("length", raw.nbytes)):
+        for key, value in (
+            ("location", self.path.name),
+            ("offset", self._offset),
+            ("length", raw.nbytes),
+        ):
             entry = proto.external_data.add()
             entry.key, entry.value = key, str(value)
         self._offset += raw.nbytes
@@ -95,17 +99,30 @@ class GraphBuilder:
         self._used.add(name)
         return name
 
-    def op(self, op_type: str, inputs: Sequence[str], hint: str, *, domain: str = "", **attrs: Any) -> str:
+    def op(
+        self, op_type: str, inputs: Sequence[str], hint: str, *, domain: str = "", **attrs: Any
+    ) -> str:
         """Add a single-output node; returns the output name."""
         return self.op_n(op_type, inputs, [hint], domain=domain, **attrs)[0]
 
     def op_n(
-        self, op_type: str, inputs: Sequence[str], hints: Sequence[str], *, domain: str = "", **attrs: Any
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        hints: Sequence[str],
+        *,
+        domain: str = "",
+        **attrs: Any,
     ) -> list[str]:
         """Add a node with several outputs, one per hint."""
         outputs = [self.fresh(h) for h in hints]
         node = helper.make_node(
-            op_type, list(inputs), outputs, name=self.fresh(f"{hints[0]}/{op_type}"), domain=domain, **attrs
+            op_type,
+            list(inputs),
+            outputs,
+            name=self.fresh(f"{hints[0]}/{op_type}"),
+            domain=domain,
+            **attrs,
         )
         self.nodes.append(node)
         return outputs
@@ -142,18 +159,33 @@ class GraphBuilder:
         """Expose ``value`` as graph output ``name`` (renaming through Identity if needed)."""
         if value != name:
             self._used.add(name)
-            self.nodes.append(helper.make_node("Identity", [value], [name], name=self.fresh(f"{name}/Identity")))
+            self.nodes.append(
+                helper.make_node("Identity", [value], [name], name=self.fresh(f"{name}/Identity"))
+            )
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
 
     def annotate(self, name: str, elem_type: int, shape: Sequence[int | str] | None = None) -> None:
         """Declare a value's type where inference cannot (outputs of custom-domain nodes)."""
-        self.value_info.append(helper.make_tensor_value_info(name, elem_type, None if shape is None else list(shape)))
-
-    def model(self, graph_name: str, *, custom_domains: Sequence[str] = (), doc: str = "") -> onnx.ModelProto:
-        graph = helper.make_graph(
-            self.nodes, graph_name, self.inputs, self.outputs, self.initializers, value_info=self.value_info
+        self.value_info.append(
+            helper.make_tensor_value_info(name, elem_type, None if shape is None else list(shape))
         )
-        opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in custom_domains]
-        model = helper.make_model(graph, opset_imports=opsets, producer_name="trtllm-forge", doc_string=doc)
+
+    def model(
+        self, graph_name: str, *, custom_domains: Sequence[str] = (), doc: str = ""
+    ) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes,
+            graph_name,
+            self.inputs,
+            self.outputs,
+            self.initializers,
+            value_info=self.value_info,
+        )
+        opsets = [helper.make_opsetid("", OPSET)] + [
+            helper.make_opsetid(d, 1) for d in custom_domains
+        ]
+        model = helper.make_model(
+            graph, opset_imports=opsets, producer_name="trtllm-forge", doc_string=doc
+        )
         model.ir_version = 10
         return model

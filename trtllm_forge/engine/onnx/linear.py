@@ -35,8 +35,13 @@ from trtllm_forge.errors import recipe_error
 
 # TRT-LLM's default exclusion list, used when quantization.exclude_modules is null (§1.3).
 DEFAULT_EXCLUDE = (
-    "*lm_head", "*router", "*vocab_embedding", "*position_embedding", "*block_embedding",
-    "*shared_expert_gate", "*fused_a",
+    "*lm_head",
+    "*router",
+    "*vocab_embedding",
+    "*position_embedding",
+    "*block_embedding",
+    "*shared_expert_gate",
+    "*fused_a",
 )
 
 

@@ -25,6 +25,8 @@ from trtllm_forge.engine.onnx.segments import split_at_collectives
 from trtllm_forge.engine.spec import Checkpoint, RankLayout, read_checkpoint
 from trtllm_forge.errors import source_error
 
+_NO_PROGRESS = NullProgress()
+
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 
@@ -35,7 +37,7 @@ def lower_checkpoint(
     *,
     segments: bool = True,
     full_check: bool = True,
-    progress: Progress = NullProgress(),
+    progress: Progress = _NO_PROGRESS,
 ) -> dict[str, Any]:
     """Write every rank's ONNX graph (and its ORT segments) and return their description.
 
@@ -50,7 +52,9 @@ def lower_checkpoint(
     ranks = []
     with progress.task("lowering to ONNX", total=len(ckpt.ranks)) as task:
         for layout in ckpt.ranks:
-            ranks.append(_lower_rank(ckpt, layout, out_dir, segments=segments, full_check=full_check))
+            ranks.append(
+                _lower_rank(ckpt, layout, out_dir, segments=segments, full_check=full_check)
+            )
             task.advance()
     return {
         "opset": OPSET,
@@ -61,7 +65,9 @@ def lower_checkpoint(
     }
 
 
-def _lower_rank(ckpt: Checkpoint, layout: RankLayout, out_dir: Path, *, segments: bool, full_check: bool) -> dict[str, Any]:
+def _lower_rank(
+    ckpt: Checkpoint, layout: RankLayout, out_dir: Path, *, segments: bool, full_check: bool
+) -> dict[str, Any]:
     rank_dir = out_dir / f"rank{layout.rank}"
     rank_dir.mkdir(parents=True, exist_ok=True)
     data = ExternalData(rank_dir / DATA_FILE)

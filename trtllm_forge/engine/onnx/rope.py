@@ -28,7 +28,9 @@ class Rope:
 def rope_frequencies(
     head_size: int, base: float, scaling: dict[str, Any] | None, max_positions: int | None
 ) -> Rope:
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, dtype=torch.int64).float() / head_size))
+    inv_freq = 1.0 / (
+        base ** (torch.arange(0, head_size, 2, dtype=torch.int64).float() / head_size)
+    )
     if scaling is None:
         return Rope(inv_freq, 1.0)
     kind = scaling["type"]

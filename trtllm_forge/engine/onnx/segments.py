@@ -33,13 +33,24 @@ class Step:
     def to_json(self) -> dict[str, Any]:
         if self.kind == "segment":
             return {"segment": self.file, "inputs": self.inputs, "outputs": self.outputs}
-        return {"collective": self.op, "inputs": self.inputs, "outputs": self.outputs, "attrs": self.attrs}
+        return {
+            "collective": self.op,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "attrs": self.attrs,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Step:
         if "segment" in data:
             return cls("segment", list(data["inputs"]), list(data["outputs"]), file=data["segment"])
-        return cls("collective", list(data["inputs"]), list(data["outputs"]), op=data["collective"], attrs=dict(data["attrs"]))
+        return cls(
+            "collective",
+            list(data["inputs"]),
+            list(data["outputs"]),
+            op=data["collective"],
+            attrs=dict(data["attrs"]),
+        )
 
 
 def _groups(nodes: list[onnx.NodeProto]) -> list[list[onnx.NodeProto] | onnx.NodeProto]:
@@ -59,11 +70,21 @@ def _groups(nodes: list[onnx.NodeProto]) -> list[list[onnx.NodeProto] | onnx.Nod
     return out
 
 
-def split_at_collectives(model: onnx.ModelProto, out_dir: Path, stem: str = "segment") -> list[Step]:
+def split_at_collectives(
+    model: onnx.ModelProto, out_dir: Path, stem: str = "segment"
+) -> list[Step]:
     """Write one ONNX file per segment into ``out_dir`` and return the schedule."""
     graph = model.graph
     typed = shape_inference.infer_shapes(model)
-    types = {v.name: v for v in [*typed.graph.input, *typed.graph.value_info, *typed.graph.output, *graph.value_info]}
+    types = {
+        v.name: v
+        for v in [
+            *typed.graph.input,
+            *typed.graph.value_info,
+            *typed.graph.output,
+            *graph.value_info,
+        ]
+    }
     initializers = {t.name: t for t in graph.initializer}
     graph_outputs = [o.name for o in graph.output]
     groups = _groups(list(graph.node))
@@ -73,11 +94,21 @@ def split_at_collectives(model: onnx.ModelProto, out_dir: Path, stem: str = "seg
     for index, group in enumerate(groups):
         later = set().union(*reads[index + 1 :], graph_outputs)
         if isinstance(group, onnx.NodeProto):
-            steps.append(Step("collective", list(group.input), list(group.output), op=group.op_type, attrs=node_attributes(group)))
+            steps.append(
+                Step(
+                    "collective",
+                    list(group.input),
+                    list(group.output),
+                    op=group.op_type,
+                    attrs=node_attributes(group),
+                )
+            )
             continue
         produced = [o for node in group for o in node.output]
         made_here = set(produced)
-        inputs = [name for name in reads[index] if name not in initializers and name not in made_here]
+        inputs = [
+            name for name in reads[index] if name not in initializers and name not in made_here
+        ]
         outputs = [name for name in produced if name in later]
         file = f"{stem}_{sum(s.kind == 'segment' for s in steps):03d}.onnx"
         segment = helper.make_graph(
@@ -87,7 +118,9 @@ def split_at_collectives(model: onnx.ModelProto, out_dir: Path, stem: str = "seg
             [types[name] for name in outputs],
             [initializers[name] for name in reads[index] if name in initializers],
         )
-        seg_model = helper.make_model(segment, opset_imports=[o for o in model.opset_import if o.domain == ""])
+        seg_model = helper.make_model(
+            segment, opset_imports=[o for o in model.opset_import if o.domain == ""]
+        )
         seg_model.ir_version = model.ir_version
         onnx.save_model(seg_model, out_dir / file)
         steps.append(Step("segment", inputs, outputs, file=file))
