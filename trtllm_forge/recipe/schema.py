@@ -60,16 +60,16 @@ class Source(_Strict):
 class Convert(_Strict):
     """HF → canonical TensorRT-LLM checkpoint. `dtype` is the stored dtype of unquantized weights."""
 
-    dtype: Dtype = "float16"
+    dtype: Dtype = Field("float16", description="Stored dtype of unquantized weights: float32, float16 or bfloat16.")
 
 
 class Calibration(_Strict):
     """Calibration text: the built-in corpus, or a `.txt` / `.jsonl` (field `text`) file."""
 
     file: str | None = Field(None, min_length=1, description="Text file relative to the recipe; default: built-in corpus.")
-    samples: int = Field(64, ge=1, le=100_000)
-    seq_len: int = Field(256, ge=8, le=131_072)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    samples: int = Field(64, ge=1, le=100_000, description="Number of calibration sequences.")
+    seq_len: int = Field(256, ge=8, le=131_072, description="Tokens per calibration sequence.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for choosing the sequences.")
 
 
 class _QuantBase(_Strict):
@@ -84,51 +84,53 @@ class _QuantBase(_Strict):
 class NoQuant(_QuantBase):
     """No weight quantization (KV-cache quantization is still allowed)."""
 
-    method: Literal["none"] = "none"
+    method: Literal["none"] = Field("none", description="Quantization method.")
 
 
 class Int8WeightOnly(_QuantBase):
     """INT8 per-channel weight-only (W8A16)."""
 
-    method: Literal["int8_wo"]
+    method: Literal["int8_wo"] = Field(description="Quantization method.")
 
 
 class Int4WeightOnly(_QuantBase):
     """INT4 group-wise weight-only, round-to-nearest (W4A16)."""
 
-    method: Literal["int4_wo"]
-    group_size: Literal[32, 64, 128] = 128
+    method: Literal["int4_wo"] = Field(description="Quantization method.")
+    group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale.")
 
 
 class SmoothQuant(_QuantBase):
     """SmoothQuant W8A8: per-channel INT8 weights, INT8 activations after smoothing."""
 
-    method: Literal["smoothquant"]
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
-    activations: Literal["per_tensor", "per_token"] = "per_tensor"
+    method: Literal["smoothquant"] = Field(description="Quantization method.")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Migration strength (0: none, 1: all to weights).")
+    activations: Literal["per_tensor", "per_token"] = Field(
+        "per_tensor", description="Activation scale granularity: one static scale, or dynamic per token.")
 
 
 class Awq(_QuantBase):
     """AWQ INT4 group-wise (W4A16_AWQ)."""
 
-    method: Literal["awq"]
-    group_size: Literal[32, 64, 128] = 128
+    method: Literal["awq"] = Field(description="Quantization method.")
+    group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale.")
 
 
 class Gptq(_QuantBase):
     """GPTQ INT4 group-wise (W4A16_GPTQ)."""
 
-    method: Literal["gptq"]
-    group_size: Literal[32, 64, 128] = 128
-    damping: float = Field(0.01, gt=0.0, le=1.0)
-    act_order: bool = False
+    method: Literal["gptq"] = Field(description="Quantization method.")
+    group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale.")
+    damping: float = Field(0.01, gt=0.0, le=1.0, description="Hessian dampening, as a fraction of its mean diagonal.")
+    act_order: bool = Field(False, description="Quantize columns in order of decreasing activation energy.")
 
 
 class Fp8(_QuantBase):
     """FP8 E4M3 W8A8: per-tensor scales, or per-channel weights with per-token activations."""
 
-    method: Literal["fp8"]
-    granularity: Literal["per_tensor", "per_channel_per_token"] = "per_tensor"
+    method: Literal["fp8"] = Field(description="Quantization method.")
+    granularity: Literal["per_tensor", "per_channel_per_token"] = Field(
+        "per_tensor", description="Scale granularity of weights / activations.")
 
 
 Quantize = Annotated[
@@ -141,8 +143,8 @@ QUANT_METHODS = ("none", "int8_wo", "int4_wo", "smoothquant", "awq", "gptq", "fp
 class Parallel(_Strict):
     """Tensor- and pipeline-parallel sizes; one engine per rank (rank = pp_rank·tp + tp_rank)."""
 
-    tp: int = Field(1, ge=1, le=256)
-    pp: int = Field(1, ge=1, le=256)
+    tp: int = Field(1, ge=1, le=256, description="Tensor-parallel size (must divide the attention heads).")
+    pp: int = Field(1, ge=1, le=256, description="Pipeline-parallel size (at most the number of layers).")
 
 
 class Build(_Strict):
@@ -152,10 +154,10 @@ class Build(_Strict):
     `trtllm-build` from TensorRT-LLM ≤ 1.2 on the exported checkpoint.
     """
 
-    backend: Literal["onnxruntime", "tensorrt", "trtllm"] = "onnxruntime"
-    max_batch_size: int = Field(8, ge=1, le=4096)
-    max_input_len: int = Field(512, ge=1, le=1_048_576)
-    max_seq_len: int = Field(1024, ge=2, le=1_048_576)
+    backend: Literal["onnxruntime", "tensorrt", "trtllm"] = Field("onnxruntime", description="Engine backend.")
+    max_batch_size: int = Field(8, ge=1, le=4096, description="Largest batch the engine accepts.")
+    max_input_len: int = Field(512, ge=1, le=1_048_576, description="Longest prompt, in tokens.")
+    max_seq_len: int = Field(1024, ge=2, le=1_048_576, description="Longest prompt + generated sequence.")
     plugins: dict[Annotated[str, Field(min_length=1, max_length=64)], str | bool] = Field(
         default_factory=dict, description="Backend plugin switches, validated per backend."
     )
@@ -174,11 +176,13 @@ class Build(_Strict):
 class Gates(_Strict):
     """Verify thresholds; a failed gate makes `forge build` exit 3. Unset gates are reported only."""
 
-    min_token_agreement: float | None = Field(None, ge=0.0, le=1.0)
-    min_top1: float | None = Field(None, ge=0.0, le=1.0)
-    max_kl: float | None = Field(None, ge=0.0)
-    max_ppl_ratio: float | None = Field(None, ge=1.0)
-    max_rel_logit_diff: float | None = Field(None, ge=0.0)
+    min_token_agreement: float | None = Field(
+        None, ge=0.0, le=1.0, description="Fraction of greedy tokens equal to the reference's.")
+    min_top1: float | None = Field(None, ge=0.0, le=1.0, description="Top-1 agreement over the texts.")
+    max_kl: float | None = Field(None, ge=0.0, description="Mean per-token KL(reference ‖ engine), nats.")
+    max_ppl_ratio: float | None = Field(None, ge=1.0, description="Engine / reference perplexity.")
+    max_rel_logit_diff: float | None = Field(
+        None, ge=0.0, description="max |logit diff| / max |reference logit| over the texts.")
 
 
 DEFAULT_PROMPTS = [
@@ -196,27 +200,27 @@ DEFAULT_PROMPTS = [
 class Verify(_Strict):
     """Compare the engine with the transformers reference on the original weights."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Run verification at all.")
     prompts: list[Annotated[str, Field(min_length=1, max_length=100_000)]] = Field(
-        default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1, max_length=1024
-    )
-    max_new_tokens: int = Field(32, ge=1, le=4096)
+        default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1, max_length=1024,
+        description="Prompts for the greedy token-agreement check (default: 8 built-in prompts).")
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Greedy tokens generated per prompt.")
     texts: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="Held-out texts for KL / top-1 / perplexity (default: built-in)."
     )
     text_file: str | None = Field(None, min_length=1, description="A held-out text file relative to the recipe.")
-    max_text_tokens: int = Field(512, ge=8, le=1_048_576)
-    gates: Gates = Field(default_factory=Gates)
+    max_text_tokens: int = Field(512, ge=8, le=1_048_576, description="Tokens scored per text.")
+    gates: Gates = Field(default_factory=Gates, description="Pass/fail thresholds.")
 
 
 class Recipe(_Strict):
     """A forge recipe: the single source of truth for one engine build."""
 
     schema_version: Literal[1] = Field(description="Recipe schema version; currently 1.")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-    source: Source
-    convert: Convert = Field(default_factory=Convert)
-    quantize: Quantize = Field(default_factory=NoQuant)
-    parallel: Parallel = Field(default_factory=Parallel)
-    build: Build = Field(default_factory=Build)
-    verify: Verify = Field(default_factory=Verify)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="Recipe name (letters, digits, . _ -).")
+    source: Source = Field(description="Where the checkpoint comes from.")
+    convert: Convert = Field(default_factory=Convert, description="Conversion to the canonical checkpoint.")
+    quantize: Quantize = Field(default_factory=NoQuant, description="Quantization method and its parameters.")
+    parallel: Parallel = Field(default_factory=Parallel, description="Tensor/pipeline parallel sizes.")
+    build: Build = Field(default_factory=Build, description="Engine backend and limits.")
+    verify: Verify = Field(default_factory=Verify, description="Engine-vs-reference checks and gates.")
