@@ -1,0 +1,116 @@
+"""GPTQ: quantize weight columns one at a time, pushing each rounding error onto the
+columns not yet quantized, weighted by the inverse Hessian of the layer's inputs
+(Frantar et al., 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers").
+
+forge implements it itself rather than through ModelOpt because ModelOpt 0.47's
+GPTQ has no activation-order option. Output: symmetric INT4 with one scale per
+(output channel, contiguous input group), the layout TensorRT-LLM's groupwise
+kernels read, so no ``g_idx`` permutation is ever stored.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trtllm_forge.context import NullProgress, Progress
+from trtllm_forge.quant import layout
+from trtllm_forge.quant.calibration import CalibrationData
+from trtllm_forge.quant.capture import input_hessians
+from trtllm_forge.quant.params import GptqParams
+from trtllm_forge.quant.result import LinearQuant, QuantResult
+
+BLOCK = 128  # columns per lazy-batch update; a multiple of every allowed group size
+_NO_PROGRESS = NullProgress()
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, damping: float) -> torch.Tensor:
+    """Upper Cholesky factor of ``(H + λI)⁻¹`` with ``λ = damping · mean(diag H)``."""
+    h = hessian.double().clone()
+    idx = torch.arange(h.shape[0])
+    h[idx, idx] += damping * h.diagonal().mean()
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return torch.linalg.cholesky(inverse, upper=True).float()
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    *,
+    group_size: int,
+    damping: float = 0.01,
+    act_order: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ-quantize ``weight [out, in]`` to INT4 groups.
+
+    Returns the quantized-dequantized weight (fp32, every value ``q × scale``
+    with ``q`` in [-8, 7]) and the scales ``[out, in / group_size]``.
+
+    Without ``act_order`` a group's scale is taken when GPTQ reaches the group,
+    from the already error-corrected weights (as in the paper). With
+    ``act_order`` columns are visited by decreasing Hessian diagonal, so groups
+    are no longer visited contiguously; their scales are then fixed up front from
+    the original weights ("static groups"), which keeps groups contiguous in
+    memory.
+    """
+    w = weight.detach().float().clone()
+    h = hessian.float().clone()
+    n_cols = w.shape[1]
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    scales = layout.scale_from_amax(layout.group_amax(w, group_size), layout.INT4_MAX)
+    order = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(n_cols)
+    w, h = w[:, order], h[order][:, order]
+    h_inv = inverse_hessian_factor(h, damping)
+    qdq = torch.zeros_like(w)
+    for start in range(0, n_cols, BLOCK):
+        end = min(start + BLOCK, n_cols)
+        block = w[:, start:end].clone()
+        errors = torch.zeros_like(block)
+        for i in range(end - start):
+            col = int(order[start + i])
+            if not act_order and col % group_size == 0:
+                amax = block[:, i : i + group_size].abs().amax(dim=1)
+                scales[:, col // group_size] = layout.scale_from_amax(amax, layout.INT4_MAX)
+            scale = scales[:, col // group_size]
+            q = (block[:, i] / scale).round().clamp(-8, 7) * scale
+            qdq[:, start + i] = q
+            err = (block[:, i] - q) / h_inv[start + i, start + i]
+            block[:, i:] -= err[:, None] * h_inv[start + i, start + i : end][None, :]
+            errors[:, i] = err
+        w[:, end:] -= errors @ h_inv[start:end, end:]
+    inverse_order = torch.argsort(order)
+    return qdq[:, inverse_order], scales
+
+
+def quantize_model(
+    model: nn.Module,
+    data: CalibrationData | None,
+    params: GptqParams,
+    targets: list[str],
+    progress: Progress = _NO_PROGRESS,
+) -> QuantResult:
+    """GPTQ every target linear from Hessians of the unquantized model's activations.
+
+    All layers see the original (unquantized) activations, like ModelOpt's default
+    non-layerwise GPTQ; this needs one calibration pass instead of one per layer.
+    """
+    if data is None:
+        raise ValueError("GPTQ needs calibration data")
+    hessians = input_hessians(model, targets, data.batches(), progress)
+    modules = dict(model.named_modules())
+    result = QuantResult()
+    with progress.task("GPTQ", total=len(targets)) as task:
+        for name in targets:
+            qdq, scales = gptq_quantize(
+                modules[name].weight,
+                hessians[name],
+                group_size=params.group_size,
+                damping=params.damping,
+                act_order=params.act_order,
+            )
+            result.linears[name] = LinearQuant(qdq, scales * layout.INT4_MAX)
+            task.advance()
+    return result

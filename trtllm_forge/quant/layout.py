@@ -1,0 +1,104 @@
+"""Number formats and TensorRT-LLM packing: amax → scale, quantize, pack, dequantize.
+
+Scale convention everywhere (as in TensorRT-LLM and ModelOpt): a *dequant* scale,
+``real ≈ q × scale`` with ``scale = amax / qmax``. The arithmetic follows
+ModelOpt's exporter operation for operation (fp32 division, round half to even,
+clamp) so forge's writer and ModelOpt's produce identical integers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+INT8_MAX = 127.0
+INT4_MAX = 7.0
+FP8_MAX = 448.0  # largest finite float8 e4m3fn
+
+
+def scale_from_amax(amax: torch.Tensor, qmax: float) -> torch.Tensor:
+    """Dequant scale ``amax / qmax`` in fp32; an all-zero slice gets scale 1 (its q is 0)."""
+    scale = amax.float() / qmax
+    return torch.where(scale == 0, torch.ones_like(scale), scale)
+
+
+def tensor_amax(weight: torch.Tensor) -> torch.Tensor:
+    return weight.abs().amax().float()
+
+
+def channel_amax(weight: torch.Tensor) -> torch.Tensor:
+    """Per output channel ``[out]``."""
+    return weight.abs().amax(dim=1).float()
+
+
+def group_amax(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per (output channel, input group) ``[out, in / group_size]``."""
+    out, inp = weight.shape
+    if inp % group_size:
+        raise ValueError(f"in_features {inp} is not a multiple of group size {group_size}")
+    return weight.reshape(out, inp // group_size, group_size).abs().amax(dim=-1).float()
+
+
+def expand_groups(scale: torch.Tensor, in_features: int) -> torch.Tensor:
+    """``[out, groups]`` → ``[out, in]`` (each group's scale repeated over its columns)."""
+    group_size = in_features // scale.shape[1]
+    return scale.repeat_interleave(group_size, dim=1)
+
+
+def quantize_int8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per-channel (``scale [out]``) or per-tensor (0-d) symmetric INT8."""
+    s = scale[:, None] if scale.dim() == 1 else scale
+    return (weight.float() / s).round().clamp(-128, 127).to(torch.int8)
+
+
+def quantize_int4(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Group-wise symmetric INT4 (``scale [out, groups]``) as int8 values in [-8, 7]."""
+    return (weight.float() / expand_groups(scale, weight.shape[1])).round().clamp(-8, 7).to(torch.int8)
+
+
+def quantize_fp8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per-tensor (0-d/[1]) or per-channel (``[out]``) float8 e4m3fn."""
+    s = scale[:, None] if scale.dim() == 1 and scale.numel() > 1 else scale.reshape(())
+    return (weight.float() / s).to(torch.float8_e4m3fn)
+
+
+def pack_int4_rows(q: torch.Tensor) -> torch.Tensor:
+    """Pack int4 values ``[out, in]`` into int8 ``[out / 2, in]``: two consecutive output
+    rows share a byte, low nibble = even row (TensorRT-LLM's pre-build AWQ layout)."""
+    out, inp = q.shape
+    if out % 2:
+        raise ValueError(f"cannot pack int4 weights with an odd out dimension ({out})")
+    pairs = q.to(torch.int16).reshape(out // 2, 2, inp)
+    packed = (pairs[:, 0] & 0x0F) | ((pairs[:, 1] & 0x0F) << 4)
+    return packed.to(torch.uint8).view(torch.int8)
+
+
+def unpack_int4_rows(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4_rows`: int8 values in [-8, 7], ``[out, in]``."""
+    raw = packed.view(torch.uint8).to(torch.int16)
+    low, high = raw & 0x0F, (raw >> 4) & 0x0F
+    both = torch.stack([low, high], dim=1).reshape(-1, packed.shape[1])
+    return torch.where(both > 7, both - 16, both).to(torch.int8)
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    s = scale.float()
+    return q.float() * (s[:, None] if s.dim() == 1 and s.numel() > 1 else s.reshape(()))
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    q = unpack_int4_rows(packed).float()
+    return q * expand_groups(scale.float(), q.shape[1])
+
+
+def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    s = scale.float()
+    return q.float() * (s[:, None] if s.dim() == 1 and s.numel() > 1 else s.reshape(()))
+
+
+def fake_quant_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Quantize-dequantize activations with a dequant scale (broadcast against ``x``)."""
+    return (x / scale).round().clamp(-128, 127) * scale
+
+
+def fake_quant_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale

@@ -1,0 +1,146 @@
+"""Run a ModelOpt PTQ preset on exactly forge's target linears and read the result back.
+
+ModelOpt calibrates (smoothing, AWQ scale search, ranges) and leaves its answer
+on each quantized linear: the weight it smoothed, the weight and input
+quantizers' ``amax`` and the input ``pre_quant_scale``. :func:`extract` turns
+that into :class:`LinearQuant` records; forge's own writer does the layout
+(never ModelOpt's exporter, which mutates the model and drops RoPE settings
+under transformers 5, see reference/modelopt.md §3.5).
+
+ModelOpt prints progress to stdout; forge's stdout carries results only, so
+its prints and warnings are captured and forwarded to ``progress.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import warnings
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from trtllm_forge.context import NullProgress, Progress
+from trtllm_forge.errors import dependency_error
+from trtllm_forge.quant.calibration import CalibrationData
+from trtllm_forge.quant.result import LinearQuant, QuantResult
+
+BATCH_SIZE = 8
+_NO_PROGRESS = NullProgress()
+
+
+@contextlib.contextmanager
+def quiet(progress: Progress) -> Iterator[None]:
+    """Route ModelOpt's prints and warnings to ``progress.log``."""
+    out = io.StringIO()
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as recorded, contextlib.redirect_stdout(out):
+            warnings.simplefilter("always")
+            caught = recorded
+            yield
+    finally:
+        # Logged after stdout is restored: the progress sink may itself print.
+        lines = out.getvalue().splitlines() + [f"warning: {w.message}" for w in caught]
+        for line in dict.fromkeys(line.strip() for line in lines):
+            if line:
+                progress.log(f"modelopt: {line}")
+
+
+def mtq(progress: Progress = _NO_PROGRESS) -> ModuleType:
+    """``modelopt.torch.quantization`` (about 7 s to import, so only when needed)."""
+    try:
+        with quiet(progress):
+            import modelopt.torch.quantization as module
+    except ImportError as exc:
+        raise dependency_error(
+            f"nvidia-modelopt is not importable: {exc}",
+            hint="pip install 'nvidia-modelopt>=0.47' requests",
+        ) from None
+    return module
+
+
+def preset_numerics(preset: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The preset's weight and input quantizer settings (None = disabled)."""
+    found: dict[str, dict[str, Any] | None] = {}
+    for entry in preset["quant_cfg"]:
+        name = entry.get("quantizer_name")
+        if name in ("*weight_quantizer", "*input_quantizer") and "parent_class" not in entry:
+            found[name] = copy.deepcopy(entry["cfg"]) if entry.get("enable", True) and "cfg" in entry else None
+    return found.get("*weight_quantizer"), found.get("*input_quantizer")
+
+
+def target_config(
+    preset: dict[str, Any],
+    targets: list[str],
+    *,
+    weight_cfg: dict[str, Any] | None = None,
+    algorithm: Any = None,
+) -> dict[str, Any]:
+    """A ModelOpt config quantizing only ``targets`` with the preset's numerics.
+
+    Everything else (lm_head, excluded layers, attention BMMs) is disabled by name,
+    rather than by the preset's wildcard list, so forge's exclusions are exact.
+    """
+    preset_weight, preset_input = preset_numerics(preset)
+    weight = weight_cfg if weight_cfg is not None else preset_weight
+    entries: list[dict[str, Any]] = [{"quantizer_name": "*", "enable": False}]
+    for name in targets:
+        entries.append({"quantizer_name": f"{name}.weight_quantizer", "cfg": copy.deepcopy(weight)})
+        if preset_input is not None:
+            entries.append({"quantizer_name": f"{name}.input_quantizer", "cfg": copy.deepcopy(preset_input)})
+    return {"quant_cfg": entries, "algorithm": algorithm if algorithm is not None else preset.get("algorithm")}
+
+
+def calibrate(
+    model: nn.Module, config: dict[str, Any], data: CalibrationData, progress: Progress = _NO_PROGRESS
+) -> nn.Module:
+    """``mtq.quantize`` over the calibration windows (in place; returns the model)."""
+    module = mtq(progress)
+    batches = data.batches(BATCH_SIZE)
+
+    def forward_loop(m: nn.Module) -> None:
+        with torch.no_grad():
+            for ids in batches:
+                m(input_ids=ids)
+
+    with quiet(progress):
+        return module.quantize(model, config, forward_loop)  # type: ignore[no-any-return]
+
+
+def _weight_amax(linear: nn.Module) -> torch.Tensor:
+    quantizer = linear.weight_quantizer
+    amax = quantizer.amax.detach().float()
+    out_features = linear.weight.shape[0]
+    if amax.numel() == 1:
+        return amax.reshape(())
+    if amax.numel() == out_features:
+        return amax.reshape(out_features)
+    return amax.reshape(out_features, -1)  # block quantization: one amax per (row, group)
+
+
+def _input_amax(linear: nn.Module) -> torch.Tensor | None:
+    quantizer = linear.input_quantizer
+    if not quantizer.is_enabled or quantizer.amax is None or quantizer.amax.numel() != 1:
+        return None  # weight-only, or dynamic (per-token) activations
+    return quantizer.amax.detach().float().reshape(())
+
+
+def extract(model: nn.Module, targets: list[str]) -> QuantResult:
+    """Read ModelOpt's calibrated state of each target linear."""
+    modules = dict(model.named_modules())
+    result = QuantResult()
+    for name in targets:
+        linear = modules[name]
+        pqs = linear.input_quantizer.pre_quant_scale
+        result.linears[name] = LinearQuant(
+            weight=linear.weight.detach().float().clone(),
+            weight_amax=_weight_amax(linear),
+            input_amax=_input_amax(linear),
+            pre_quant_scale=None if pqs is None else pqs.detach().float().reshape(-1).clone(),
+        )
+    return result

@@ -1,0 +1,108 @@
+"""Parameters of each quantization method, validated without importing torch.
+
+Each model knows the TensorRT-LLM ``quant_algo`` it produces, so ``forge plan``
+can show (and key) the quantization without loading any weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GroupSize = Literal[32, 64, 128]
+
+
+class MethodParams(BaseModel):
+    """Base: strict, frozen, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def quant_algo(self) -> str | None:
+        """TensorRT-LLM ``QuantAlgo`` name written to ``config.json`` (None: weights stay)."""
+        raise NotImplementedError
+
+    def quantization_fields(self) -> dict[str, Any]:
+        """Extra ``quantization`` keys beyond quant_algo / kv_cache_quant_algo / exclude_modules."""
+        return {}
+
+
+class NoneParams(MethodParams):
+    """No weight quantization; only the KV cache may be quantized."""
+
+    def quant_algo(self) -> str | None:
+        return None
+
+
+class Int8WoParams(MethodParams):
+    """INT8 per-output-channel weight-only, round-to-nearest (W8A16)."""
+
+    def quant_algo(self) -> str:
+        return "W8A16"
+
+
+class _GroupwiseInt4(MethodParams):
+    group_size: GroupSize = 128
+
+    def quantization_fields(self) -> dict[str, Any]:
+        # The groupwise INT4 kernels are symmetric here: no zero point is stored.
+        return {
+            "group_size": self.group_size,
+            "has_zero_point": False,
+            "pre_quant_scale": self.has_pre_quant_scale(),
+        }
+
+    def has_pre_quant_scale(self) -> bool:
+        return False
+
+    def quant_algo(self) -> str:
+        # TensorRT-LLM's groupwise INT4 layout (packed int4, per-group scales) is named
+        # after AWQ; RTN and GPTQ results are stored in it without a pre-quant scale.
+        return "W4A16_AWQ"
+
+
+class Int4WoParams(_GroupwiseInt4):
+    """INT4 group-wise weight-only, round-to-nearest."""
+
+
+class AwqParams(_GroupwiseInt4):
+    """AWQ (activation-aware scaling search, ModelOpt ``awq_lite``) + INT4 group-wise."""
+
+    def has_pre_quant_scale(self) -> bool:
+        return True
+
+
+class GptqParams(_GroupwiseInt4):
+    """GPTQ: Hessian-guided INT4 group-wise rounding with error feedback."""
+
+    damping: float = Field(0.01, gt=0.0, le=1.0)
+    act_order: bool = False
+
+
+class SmoothQuantParams(MethodParams):
+    """SmoothQuant W8A8: per-channel INT8 weights, INT8 activations after smoothing."""
+
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    activations: Literal["per_tensor", "per_token"] = "per_tensor"
+
+    def quant_algo(self) -> str:
+        if self.activations == "per_token":
+            return "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
+        return "W8A8_SQ_PER_CHANNEL"
+
+    def quantization_fields(self) -> dict[str, Any]:
+        return {"smoothquant_val": self.alpha}
+
+
+class Fp8Params(MethodParams):
+    """FP8 E4M3 W8A8: per-tensor scales, or per-channel weights + per-token activations."""
+
+    granularity: Literal["per_tensor", "per_channel_per_token"] = "per_tensor"
+
+    def quant_algo(self) -> str:
+        if self.granularity == "per_channel_per_token":
+            return "FP8_PER_CHANNEL_PER_TOKEN"
+        return "FP8"
+
+
+KV_CACHE_ALGOS: dict[str, str] = {"int8": "INT8", "fp8": "FP8"}

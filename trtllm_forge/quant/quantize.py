@@ -1,0 +1,168 @@
+"""The calibrate stage's library entry: HF model + canonical checkpoint → quantized checkpoint.
+
+Order of work: validate everything that can be validated without weights
+(method, params, exclude patterns, group-size divisibility), load the
+calibration text, load the HF model in float32 on CPU, record KV-cache ranges
+(before any method edits weights), run the method, write the checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trtllm_forge.checkpoint.convert import load_hf_config
+from trtllm_forge.checkpoint.layout import module_dims
+from trtllm_forge.context import NullProgress, Progress
+from trtllm_forge.errors import recipe_error, source_error
+from trtllm_forge.models.base import model_dims
+from trtllm_forge.quant import calibration as calib
+from trtllm_forge.quant import registry
+from trtllm_forge.quant.capture import kv_ranges
+from trtllm_forge.quant.params import KV_CACHE_ALGOS, SmoothQuantParams
+from trtllm_forge.quant.targets import TargetPlan, plan_targets
+from trtllm_forge.quant.writer import QuantSpec, write_checkpoint
+
+_NO_PROGRESS = NullProgress()
+Calibration = calib.CalibrationSpec | torch.Tensor | Sequence[str]
+
+
+def quantize_checkpoint(
+    *,
+    hf_dir: Path,
+    canonical_dir: Path,
+    out_dir: Path,
+    method: str,
+    params: Mapping[str, Any] | None = None,
+    kv_cache: str | None = None,
+    exclude: Sequence[str] = ("lm_head",),
+    calibration: Calibration | None = None,
+    tokenizer_dir: Path | None = None,
+    progress: Progress = _NO_PROGRESS,
+) -> dict[str, Any]:
+    """Quantize a model and write the TensorRT-LLM checkpoint into ``out_dir``.
+
+    Args:
+        hf_dir: the original HF snapshot (weights are re-read in float32 from here).
+        canonical_dir: the unquantized canonical checkpoint (names, config, dtype).
+        out_dir: where ``config.json`` + ``rank0.safetensors`` are written.
+        method: a :mod:`registry` name (``int8_wo``, ``awq``, ...).
+        params: the method's parameters (validated; defaults filled in).
+        kv_cache: ``None``/``"none"``, ``"int8"`` or ``"fp8"``.
+        exclude: fnmatch patterns of modules to leave unquantized (see
+            :func:`trtllm_forge.quant.targets.plan_targets`).
+        calibration: a :class:`CalibrationSpec` (default: built-in corpus, 64 × 256
+            tokens, seed 0), ready token windows ``[samples, seq_len]``, or texts.
+        tokenizer_dir: where the tokenizer lives (default ``hf_dir``).
+
+    Returns:
+        A JSON-serialisable summary: tensors written, quantized/excluded modules,
+        the config ``quantization`` block, calibration digest, tool versions.
+    """
+    spec = QuantSpec(method, registry.validate_params(method, params or {}), _kv_name(kv_cache))
+    info = registry.get(method)
+    hf_config = load_hf_config(Path(hf_dir))
+    plan = plan_targets(hf_config, list(exclude))
+    preflight(spec, plan, hf_config)
+    data = None
+    if info.needs_data or spec.kv_cache:
+        data = _calibration_data(calibration, Path(tokenizer_dir or hf_dir))
+        progress.log(f"calibration: {data.tokens.shape[0]} x {data.tokens.shape[1]} tokens ({data.source})")
+    model = load_hf_model(Path(hf_dir))
+    kv = kv_ranges(model, data.batches(8), progress) if spec.kv_cache and data is not None else {}
+    result = info.load().quantize_model(model, data, spec.params, plan.hf_modules(), progress)
+    result.kv_amax = kv
+    forge_info = _forge_info(spec, exclude, data, info.uses_modelopt)
+    summary = write_checkpoint(
+        Path(canonical_dir), Path(out_dir), spec=spec, plan=plan, result=result, forge_info=forge_info, progress=progress
+    )
+    summary.update(forge_info)
+    summary["kv_amax"] = {str(layer): list(pair) for layer, pair in sorted(kv.items())}
+    return summary
+
+
+def _kv_name(kv_cache: str | None) -> str | None:
+    if kv_cache in (None, "none"):
+        return None
+    if kv_cache not in KV_CACHE_ALGOS:
+        raise recipe_error(
+            f"unknown kv_cache format {kv_cache!r}", hint=f"use one of: none, {', '.join(KV_CACHE_ALGOS)}"
+        )
+    return kv_cache
+
+
+def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -> None:
+    """Reject shapes and combinations the format cannot represent, before any weight loads."""
+    group = getattr(spec.params, "group_size", None)
+    dims = model_dims(hf_config)
+    for target in plan.quantized if spec.quant_algo else ():
+        out_features, in_features = module_dims(target.kind, dims)
+        if group is not None and in_features % group:
+            raise recipe_error(
+                f"{target.module}: in_features {in_features} is not a multiple of group_size {group}",
+                hint="pick a group size dividing every layer's input size, or exclude the layer",
+            )
+        if group is not None and out_features % 2:
+            raise recipe_error(f"{target.module}: INT4 packing needs an even out_features ({out_features})")
+    per_token_sq = isinstance(spec.params, SmoothQuantParams) and spec.params.activations == "per_token"
+    if per_token_sq and plan.excluded:
+        raise recipe_error(
+            "smoothquant with activations: per_token cannot exclude decoder linears "
+            f"(excluded: {', '.join(t.module for t in plan.excluded[:3])})",
+            hint="TensorRT-LLM's SmoothQuant plugin layers cover whole decoder layers; "
+            "use activations: per_tensor to exclude single layers",
+        )
+
+
+def _calibration_data(calibration: Calibration | None, tokenizer_dir: Path) -> calib.CalibrationData:
+    if isinstance(calibration, torch.Tensor):
+        return calib.from_tokens(calibration)
+    if calibration is None or isinstance(calibration, calib.CalibrationSpec):
+        return calib.load_calibration(calibration or calib.CalibrationSpec(), tokenizer_dir)
+    return calib.from_texts(list(calibration), tokenizer_dir, calib.CalibrationSpec())
+
+
+def load_hf_model(hf_dir: Path) -> nn.Module:
+    """The HF causal LM in float32 on CPU, eval mode, never with remote code."""
+    import transformers
+
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    # transformers renamed torch_dtype to dtype in 4.56.
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    kwargs["dtype" if (major, minor) >= (4, 56) else "torch_dtype"] = torch.float32
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise source_error(
+            f"cannot load the HF model from {hf_dir}: {exc}".splitlines()[0],
+            hint="calibration needs the original HF snapshot (config.json + safetensors)",
+        ) from None
+    return model.eval()
+
+
+def _forge_info(
+    spec: QuantSpec, exclude: Sequence[str], data: calib.CalibrationData | None, modelopt: bool
+) -> dict[str, Any]:
+    return {
+        "method": spec.method,
+        "params": spec.params.model_dump(mode="json"),
+        "kv_cache": spec.kv_cache,
+        "exclude": list(exclude),
+        "calibration": None
+        if data is None
+        else {
+            "digest": data.digest,
+            "source": data.source,
+            "samples": int(data.tokens.shape[0]),
+            "seq_len": int(data.tokens.shape[1]),
+            "source_tokens": data.source_tokens,
+        },
+        "tools": registry.tool_versions(spec.method),
+    }
+
+
+__all__ = ["quantize_checkpoint", "load_hf_model", "preflight"]

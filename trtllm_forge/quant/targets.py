@@ -1,0 +1,106 @@
+"""Which linear layers get quantized, derived from the model family's tensor table.
+
+The family table (``trtllm_forge.models``) already says how each TensorRT-LLM
+weight is made from HF weights (``attention.qkv`` = rows of q/k/v). A
+quantizable linear is a decoder-layer weight of a column- or row-parallel module
+(``checkpoint.layout``), so no second name map exists here. ``lm_head`` and the
+embedding always stay in the checkpoint dtype.
+
+Nothing here imports torch: ``forge plan`` can check exclude patterns early.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trtllm_forge.checkpoint.layout import parse_name
+from trtllm_forge.errors import recipe_error
+from trtllm_forge.models.registry import family_for
+
+# Modules never quantized (TensorRT-LLM's own default exclusions for dense decoders).
+ALWAYS_EXCLUDED = ("lm_head", "transformer.vocab_embedding")
+
+# TensorRT-LLM linears fed by the same activation inside a layer (GatedMLP: fc and gate
+# both read the post-attention norm output). Formats whose scales or smoothing live
+# on that shared input must agree across the group.
+SHARED_INPUT_GROUPS: tuple[tuple[str, ...], ...] = (("mlp.fc", "mlp.gate"),)
+
+# The norm whose output feeds each linear, for formats that fold smoothing into it.
+INPUT_NORM = {
+    "attention.qkv": "input_layernorm",
+    "mlp.fc": "post_layernorm",
+    "mlp.gate": "post_layernorm",
+}
+
+
+@dataclass(frozen=True)
+class LinearTarget:
+    """A TensorRT-LLM linear module and the HF linear modules it is made of (in row order)."""
+
+    module: str
+    sources: tuple[str, ...]
+    layer: int
+    kind: str  # module name inside the layer, e.g. "attention.qkv"
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """Quantized and excluded linears for one model."""
+
+    quantized: tuple[LinearTarget, ...]
+    excluded: tuple[LinearTarget, ...]
+
+    def hf_modules(self) -> list[str]:
+        return [name for target in self.quantized for name in target.sources]
+
+    def by_module(self) -> dict[str, LinearTarget]:
+        return {t.module: t for t in self.quantized}
+
+    def exclude_modules(self) -> list[str]:
+        """``quantization.exclude_modules`` for config.json (explicit names, no defaults)."""
+        return [*ALWAYS_EXCLUDED, *(t.module for t in self.excluded)]
+
+
+def linear_targets(hf_config: Mapping[str, Any]) -> list[LinearTarget]:
+    """Every quantizable linear of the model, in checkpoint order."""
+    plan = family_for(hf_config).tensor_plan(hf_config)
+    targets = []
+    for rule in plan.rules:
+        parsed = parse_name(rule.target)
+        if parsed is None or parsed.layer is None or parsed.param != "weight":
+            continue
+        if parsed.parallel not in ("column", "row"):
+            continue
+        sources = tuple(s.removesuffix(".weight") for s in rule.sources)
+        targets.append(LinearTarget(rule.target.removesuffix(".weight"), sources, parsed.layer, parsed.module))
+    return targets
+
+
+def plan_targets(hf_config: Mapping[str, Any], exclude: Sequence[str]) -> TargetPlan:
+    """Split the linears by the recipe's ``exclude`` patterns.
+
+    A pattern (fnmatch, case-sensitive) may name TensorRT-LLM modules
+    (``transformer.layers.0.mlp.proj``, ``*attention.qkv``) or HF modules
+    (``model.layers.0.mlp.down_proj``). Matching one HF part of a fused layer
+    (say ``k_proj``) excludes the whole fused layer: one GEMM has one format.
+    A pattern matching nothing is an error (most likely a typo).
+    """
+    targets = linear_targets(hf_config)
+    names = [*ALWAYS_EXCLUDED, "model.embed_tokens"]
+    for t in targets:
+        names.extend([t.module, *t.sources])
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise recipe_error(
+                f"quantize.exclude pattern {pattern!r} matches no module",
+                hint=f"patterns match module names such as {targets[0].module if targets else 'lm_head'}"
+                f" or {targets[0].sources[0] if targets else 'lm_head'}",
+            )
+    quantized, excluded = [], []
+    for t in targets:
+        hit = any(fnmatch.fnmatchcase(n, p) for p in exclude for n in (t.module, *t.sources))
+        (excluded if hit else quantized).append(t)
+    return TargetPlan(tuple(quantized), tuple(excluded))
