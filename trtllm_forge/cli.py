@@ -28,9 +28,12 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-recipe_app = typer.Typer(help="Validate, show and export the schema of recipes.", no_args_is_help=True)
-cache_app = typer.Typer(help="List, size, verify and clean the artifact store ($FORGE_HOME).",
-                        no_args_is_help=True)
+recipe_app = typer.Typer(
+    help="Validate, show and export the schema of recipes.", no_args_is_help=True
+)
+cache_app = typer.Typer(
+    help="List, size, verify and clean the artifact store ($FORGE_HOME).", no_args_is_help=True
+)
 export_app = typer.Typer(help="Export artifacts for other tools.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(cache_app, name="cache")
@@ -40,13 +43,19 @@ _state = {"verbose": False}
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout.")]
-StageOpt = Annotated[str | None, typer.Option("--until", help="Stop after this stage "
-                                              "(fetch, convert, calibrate, build, verify).")]
+StageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--until", help="Stop after this stage (fetch, convert, calibrate, build, verify)."
+    ),
+]
 
 
 @app.callback()
 def _main(
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Show tracebacks for errors.")
+    ] = False,
 ) -> None:
     _state["verbose"] = verbose or os.environ.get("FORGE_DEBUG", "") not in ("", "0")
 
@@ -60,8 +69,12 @@ def _fail(err: ForgeError, as_json: bool) -> NoReturn:
 
         console = stderr_console()
         where = f"{err.location}: " if err.location else ""
-        console.print(f"[bold red]error[/bold red]: {where}{err.message}", markup=True, highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"[bold red]error[/bold red]: {where}{err.message}",
+            markup=True,
+            highlight=False,
+            soft_wrap=True,
+        )
         if err.hint:
             console.print(f"  [dim]hint[/dim]: {err.hint}", soft_wrap=True)
     raise typer.Exit(int(err.code))
@@ -87,9 +100,12 @@ def _guard(fn: Callable[[], T], as_json: bool = False) -> T:
             import traceback
 
             traceback.print_exc()
-        internal = ForgeError(ExitCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
-                              hint="this is a bug in forge; rerun with -v (or FORGE_DEBUG=1) for a traceback "
-                              "and report it")
+        internal = ForgeError(
+            ExitCode.INTERNAL,
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint="this is a bug in forge; rerun with -v (or FORGE_DEBUG=1) for a traceback "
+            "and report it",
+        )
         _fail(internal, as_json)
 
 
@@ -102,8 +118,10 @@ def _print_json(doc: Any) -> None:
 def build(
     recipe: RecipeArg,
     until: StageOpt = None,
-    force: Annotated[list[str] | None, typer.Option("--force", help="Rebuild this stage even if cached "
-                                                     "(repeatable).")] = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option("--force", help="Rebuild this stage even if cached (repeatable)."),
+    ] = None,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress display.")] = False,
 ) -> None:
@@ -121,8 +139,13 @@ def build(
         with make_progress(quiet or as_json) as progress:
             ctx.progress = progress
             try:
-                results = api.build(recipe=recipe, until=until, force=force or [], ctx=ctx,
-                                    on_result=lambda r: progress.log(_result_line(r)))
+                results = api.build(
+                    recipe=recipe,
+                    until=until,
+                    force=force or [],
+                    ctx=ctx,
+                    on_result=lambda r: progress.log(_result_line(r)),
+                )
             except ForgeError as err:
                 if err.code == ExitCode.GATE and as_json:
                     _print_json({"ok": False, "error": err.to_dict()})
@@ -171,8 +194,13 @@ def _results_table(results: list[Any], *, title: str, plan: bool = False) -> Non
     styles = {"hit": "green", "built": "cyan", "miss": "yellow", "pending": "dim"}
     for r in results:
         last = ", ".join(r.changed) or (r.note or "") if plan else (r.path or "")
-        table.add_row(r.stage, f"[{styles.get(r.status, '')}]{r.status}[/]", f"{r.seconds:.2f}",
-                      short(r.key or "") or "-", last)
+        table.add_row(
+            r.stage,
+            f"[{styles.get(r.status, '')}]{r.status}[/]",
+            f"{r.seconds:.2f}",
+            short(r.key or "") or "-",
+            last,
+        )
     Console(soft_wrap=True).print(table)
 
 
@@ -287,32 +315,50 @@ def cache_verify(
             for e in bad:
                 maintenance.remove(store, key_prefix=e.key, stage=None, everything=False)
         if as_json:
-            _print_json({"ok": not bad or fix, "checked": len(found), "damaged": [e.to_json() for e in bad],
-                         "fixed": fix})
+            _print_json(
+                {
+                    "ok": not bad or fix,
+                    "checked": len(found),
+                    "damaged": [e.to_json() for e in bad],
+                    "fixed": fix,
+                }
+            )
         else:
             for e in bad:
                 print(f"damaged: {e.stage} {e.key}: {e.problem}" + (" (removed)" if fix else ""))
             print(f"checked {len(found)} artifact(s), {len(bad)} damaged")
         if bad and not fix:
-            raise store_error(f"{len(bad)} damaged artifact(s) in the store",
-                              hint="run `forge cache verify --fix` to delete them; builds rebuild them")
+            raise store_error(
+                f"{len(bad)} damaged artifact(s) in the store",
+                hint="run `forge cache verify --fix` to delete them; builds rebuild them",
+            )
 
     _guard(body, as_json)
 
 
 @cache_app.command("gc")
 def cache_gc(
-    all_: Annotated[bool, typer.Option("--all-unreferenced/--damaged-only",
-                                       help="Also delete entries no recipe's last build uses.")] = True,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+    all_: Annotated[
+        bool,
+        typer.Option(
+            "--all-unreferenced/--damaged-only",
+            help="Also delete entries no recipe's last build uses.",
+        ),
+    ] = True,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be deleted.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete damaged entries, leftovers of killed builds and unreferenced artifacts."""
     from trtllm_forge.store import maintenance
 
     def body() -> None:
-        report = maintenance.gc(_store(), keep_referenced=True, dry_run=dry_run) if all_ else \
-            _gc_damaged_only(dry_run)
+        report = (
+            maintenance.gc(_store(), keep_referenced=True, dry_run=dry_run)
+            if all_
+            else _gc_damaged_only(dry_run)
+        )
         if as_json:
             _print_json({"ok": True, **report})
         else:
@@ -332,14 +378,19 @@ def _gc_damaged_only(dry_run: bool) -> dict[str, Any]:
     if not dry_run:
         for e in bad:
             maintenance.remove(store, key_prefix=e.key, stage=None, everything=False)
-    return {"removed": [e.to_json() for e in bad], "freed_bytes": 0 if dry_run else sum(e.size for e in bad),
-            "dry_run": dry_run}
+    return {
+        "removed": [e.to_json() for e in bad],
+        "freed_bytes": 0 if dry_run else sum(e.size for e in bad),
+        "dry_run": dry_run,
+    }
 
 
 @cache_app.command("rm")
 def cache_rm(
     key: Annotated[str | None, typer.Argument(help="Key or key prefix to delete.")] = None,
-    stage: Annotated[str | None, typer.Option("--stage", help="Delete every artifact of this stage.")] = None,
+    stage: Annotated[
+        str | None, typer.Option("--stage", help="Delete every artifact of this stage.")
+    ] = None,
     everything: Annotated[bool, typer.Option("--all", help="Delete every artifact.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -349,7 +400,9 @@ def cache_rm(
 
     def body() -> None:
         if not (key or stage or everything):
-            raise recipe_error("say what to delete", hint="forge cache rm KEY | --stage STAGE | --all")
+            raise recipe_error(
+                "say what to delete", hint="forge cache rm KEY | --stage STAGE | --all"
+            )
         if key is not None and len(key.split(":", 1)[-1]) < 4:
             raise recipe_error("key prefix too short", hint="give at least 4 hex characters")
         gone = maintenance.remove(_store(), key_prefix=key, stage=stage, everything=everything)

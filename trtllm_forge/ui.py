@@ -34,9 +34,15 @@ class RichProgress:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self._bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                              TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                              console=console, transient=True)
+        self._bars = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
 
     def __enter__(self) -> RichProgress:
         self._bars.start()
@@ -72,7 +78,7 @@ class PlainProgress:
         pass
 
     def log(self, message: str) -> None:
-        print(f"forge: {message}", file=sys.stderr, flush=True)
+        print(f"forge: {message}", file=sys.stderr, flush=True)  # noqa: T201 (the CLI's log sink)
 
     @contextmanager
     def task(self, description: str, total: float | None = None) -> Iterator[TaskHandle]:

@@ -8,7 +8,9 @@ from trtllm_forge.pipeline.stage import KeyInputs
 from trtllm_forge.store.digest import digest_json
 
 
-def key_document(stage: str, version: str, inputs: KeyInputs, upstream: dict[str, str]) -> dict[str, Any]:
+def key_document(
+    stage: str, version: str, inputs: KeyInputs, upstream: dict[str, str]
+) -> dict[str, Any]:
     return {
         "stage": stage,
         "version": version,

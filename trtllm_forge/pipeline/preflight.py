@@ -13,14 +13,21 @@ from trtllm_forge.recipe.load import LoadedRecipe
 def check_static(loaded: LoadedRecipe) -> None:
     recipe = loaded.recipe
     for message in _plugin_problems(recipe.build.backend, dict(recipe.build.plugins)):
-        raise recipe_error(message, hint="see docs/recipes.md#build for the plugins each backend takes",
-                           location=loaded.locate("build.plugins"))
-    if recipe.quantize.method == "none" and recipe.quantize.kv_cache == "none" and "calibration" in (
-        loaded.data.get("quantize") or {}
+        raise recipe_error(
+            message,
+            hint="see docs/recipes.md#build for the plugins each backend takes",
+            location=loaded.locate("build.plugins"),
+        )
+    if (
+        recipe.quantize.method == "none"
+        and recipe.quantize.kv_cache == "none"
+        and "calibration" in (loaded.data.get("quantize") or {})
     ):
-        raise recipe_error("calibration is set but nothing is quantized",
-                           hint="set quantize.method or quantize.kv_cache, or remove calibration",
-                           location=loaded.locate("quantize.calibration"))
+        raise recipe_error(
+            "calibration is set but nothing is quantized",
+            hint="set quantize.method or quantize.kv_cache, or remove calibration",
+            location=loaded.locate("quantize.calibration"),
+        )
 
 
 def _plugin_problems(backend: str, plugins: dict[str, Any]) -> list[str]:
@@ -37,7 +44,11 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
 
     recipe = loaded.recipe
     dims = model_dims(hf_config)  # also rejects absurd sizes before anything is allocated
-    heads, kv_heads, layers = dims["num_attention_heads"], dims["num_key_value_heads"], dims["num_hidden_layers"]
+    heads, kv_heads, layers = (
+        dims["num_attention_heads"],
+        dims["num_key_value_heads"],
+        dims["num_hidden_layers"],
+    )
     tp, pp = recipe.parallel.tp, recipe.parallel.pp
     if heads and heads % tp:
         raise recipe_error(
@@ -53,8 +64,11 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
             location=loaded.locate("parallel.tp"),
         )
     if layers and pp > layers:
-        raise recipe_error(f"pp={pp} is larger than the model's {layers} layers",
-                           hint=f"use pp ≤ {layers}", location=loaded.locate("parallel.pp"))
+        raise recipe_error(
+            f"pp={pp} is larger than the model's {layers} layers",
+            hint=f"use pp ≤ {layers}",
+            location=loaded.locate("parallel.pp"),
+        )
 
 
 def _divisors(n: int) -> list[int]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trtllm_forge.context import RunContext
@@ -69,8 +69,13 @@ def select(until: str | None) -> tuple[str, ...]:
 
 
 class Runner:
-    def __init__(self, loaded: LoadedRecipe, ctx: RunContext, store: Store | None = None,
-                 stages: dict[str, Stage] | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedRecipe,
+        ctx: RunContext,
+        store: Store | None = None,
+        stages: dict[str, Stage] | None = None,
+    ) -> None:
         self.loaded = loaded
         self.ctx = ctx
         self.store = store or Store(ctx.settings.home, lock_timeout_s=ctx.settings.lock_timeout_s)
@@ -78,13 +83,20 @@ class Runner:
         self.previous = self.store.read_ref(recipe_id(loaded))
 
     # -- public ------------------------------------------------------------
-    def build(self, *, until: str | None = None, force: Sequence[str] = (),
-              on_result: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+    def build(
+        self,
+        *,
+        until: str | None = None,
+        force: Sequence[str] = (),
+        on_result: Callable[[StageResult], None] | None = None,
+    ) -> list[StageResult]:
         names = select(until)
         for name in force:
             if name not in STAGE_NAMES:
-                raise recipe_error(f"unknown stage '{name}' in --force",
-                                   hint=f"stages are: {', '.join(STAGE_NAMES)}")
+                raise recipe_error(
+                    f"unknown stage '{name}' in --force",
+                    hint=f"stages are: {', '.join(STAGE_NAMES)}",
+                )
         job = StageJob(self.loaded, self.ctx, self.store, sub_artifact=self._sub_artifact)
         results: list[StageResult] = []
         record: dict[str, Any] = {}
@@ -92,8 +104,12 @@ class Runner:
             for name in names:
                 result, artifact, doc = self._build_one(self.stages[name], job, force=name in force)
                 job.upstream[name] = artifact
-                record[name] = {"key": artifact.key, "inputs": doc, "path": str(artifact.path),
-                                "content_digest": artifact.content_digest}
+                record[name] = {
+                    "key": artifact.key,
+                    "inputs": doc,
+                    "path": str(artifact.path),
+                    "content_digest": artifact.content_digest,
+                }
                 results.append(result)
                 if on_result:
                     on_result(result)
@@ -112,7 +128,9 @@ class Runner:
         for name in select(until):
             stage = self.stages[name]
             if blocked:
-                results.append(StageResult(name, "pending", note="an upstream stage must run first"))
+                results.append(
+                    StageResult(name, "pending", note="an upstream stage must run first")
+                )
                 continue
             t0 = time.perf_counter()
             key, doc = self._key(stage, job)
@@ -120,12 +138,17 @@ class Runner:
             changed = changed_inputs(self._previous_inputs(name), doc)
             if isinstance(found, Artifact):
                 job.upstream[name] = found
-                results.append(StageResult(name, "hit", key, time.perf_counter() - t0, str(found.path)))
+                results.append(
+                    StageResult(name, "hit", key, time.perf_counter() - t0, str(found.path))
+                )
             else:
                 blocked = True
                 note = found.reason if isinstance(found, Invalid) else None
-                results.append(StageResult(name, "miss", key, time.perf_counter() - t0,
-                                           changed=changed, note=note))
+                results.append(
+                    StageResult(
+                        name, "miss", key, time.perf_counter() - t0, changed=changed, note=note
+                    )
+                )
         return results
 
     # -- internals ---------------------------------------------------------
@@ -140,13 +163,25 @@ class Runner:
         entry = self.previous.get("stages", {}).get(name)
         return entry.get("inputs") if isinstance(entry, dict) else None
 
-    def _build_one(self, stage: Stage, job: StageJob, *, force: bool) -> tuple[StageResult, Artifact, dict[str, Any]]:
+    def _build_one(
+        self, stage: Stage, job: StageJob, *, force: bool
+    ) -> tuple[StageResult, Artifact, dict[str, Any]]:
         t0 = time.perf_counter()
         key, doc = self._key(stage, job)
         found = self.store.lookup(stage.name, key)
         if isinstance(found, Artifact) and not force:
-            return StageResult(stage.name, "hit", key, time.perf_counter() - t0, str(found.path),
-                               info=found.info), found, doc
+            return (
+                StageResult(
+                    stage.name,
+                    "hit",
+                    key,
+                    time.perf_counter() - t0,
+                    str(found.path),
+                    info=found.info,
+                ),
+                found,
+                doc,
+            )
         note = found.reason if isinstance(found, Invalid) else None
         if note:
             self.ctx.progress.log(f"{stage.name}: cached entry rejected ({note}); rebuilding")
@@ -158,15 +193,39 @@ class Runner:
         with self.store.lock(key, on_wait=waiting):
             found = self.store.lookup(stage.name, key)
             if isinstance(found, Artifact) and not force:  # built by another process meanwhile
-                return StageResult(stage.name, "hit", key, time.perf_counter() - t0, str(found.path),
-                                   note="built concurrently by another process", info=found.info), found, doc
+                return (
+                    StageResult(
+                        stage.name,
+                        "hit",
+                        key,
+                        time.perf_counter() - t0,
+                        str(found.path),
+                        note="built concurrently by another process",
+                        info=found.info,
+                    ),
+                    found,
+                    doc,
+                )
             artifact = self._produce(stage.name, key, doc, lambda out: stage.run(job, out))
-        result = StageResult(stage.name, "built", key, time.perf_counter() - t0, str(artifact.path),
-                             changed=changed, note=note, info=artifact.info)
+        result = StageResult(
+            stage.name,
+            "built",
+            key,
+            time.perf_counter() - t0,
+            str(artifact.path),
+            changed=changed,
+            note=note,
+            info=artifact.info,
+        )
         return result, artifact, doc
 
-    def _sub_artifact(self, name: str, version: str, document: dict[str, Any],
-                      producer: Callable[[Path], StageOutput]) -> Artifact:
+    def _sub_artifact(
+        self,
+        name: str,
+        version: str,
+        document: dict[str, Any],
+        producer: Callable[[Path], StageOutput],
+    ) -> Artifact:
         doc = {"stage": name, "version": version, **document}
         key = stage_key(doc)
         found = self.store.lookup(name, key)
@@ -178,8 +237,9 @@ class Runner:
                 return found
             return self._produce(name, key, doc, producer)
 
-    def _produce(self, name: str, key: str, doc: dict[str, Any],
-                 producer: Callable[[Path], StageOutput]) -> Artifact:
+    def _produce(
+        self, name: str, key: str, doc: dict[str, Any], producer: Callable[[Path], StageOutput]
+    ) -> Artifact:
         """Run ``producer`` into a staging dir and commit it (the key's lock is held)."""
         staging = self.store.new_staging_dir(name, key)
         try:
@@ -208,8 +268,12 @@ class Runner:
         ref = self.previous or {}
         stages = dict(ref.get("stages", {}))
         stages.update(record)
-        new = {"recipe": str(self.loaded.path), "name": self.loaded.recipe.name,
-               "updated_unix": time.time(), "stages": stages}
+        new = {
+            "recipe": str(self.loaded.path),
+            "name": self.loaded.recipe.name,
+            "updated_unix": time.time(),
+            "stages": stages,
+        }
         try:
             self.store.write_ref(recipe_id(self.loaded), new)
         except OSError as exc:

@@ -31,7 +31,9 @@ class StageJob:
     scratch: dict[str, Any] = field(default_factory=dict)
     # Set by the runner: cache a sub-artifact (e.g. the sharded checkpoint inside
     # build) under its own key: ``sub_artifact(name, version, key_doc, producer)``.
-    sub_artifact: Callable[[str, str, dict[str, Any], Callable[[Path], StageOutput]], Artifact] | None = None
+    sub_artifact: (
+        Callable[[str, str, dict[str, Any], Callable[[Path], StageOutput]], Artifact] | None
+    ) = None
 
     @property
     def recipe(self) -> Any:

@@ -9,6 +9,8 @@ not re-shard, and a change of tp re-shards without recalibrating:
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,17 @@ from trtllm_forge.store.store import Artifact
 SHARD_VERSION = "1"
 ENGINE_DIR = "engine"
 
-BUILD_FIELDS = ("parallel.tp", "parallel.pp", "build.backend", "build.max_batch_size", "build.max_input_len",
-                "build.max_seq_len", "build.plugins", "build.opt_level", "build.workspace_gb")
+BUILD_FIELDS = (
+    "parallel.tp",
+    "parallel.pp",
+    "build.backend",
+    "build.max_batch_size",
+    "build.max_input_len",
+    "build.max_seq_len",
+    "build.plugins",
+    "build.opt_level",
+    "build.workspace_gb",
+)
 
 
 class BuildStage:
@@ -30,32 +41,37 @@ class BuildStage:
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
         backend = job.recipe.build.backend
-        _require_backend(backend)  # exit 4 before any work when the toolchain is missing
+        require_backend(backend)  # exit 4 before any work when the toolchain is missing
         tools = versions("onnx")
-        extra: dict[str, Any] = {}
         if backend == "tensorrt":
-            from trtllm_forge.engine.backends.tensorrt import toolchain_identity
-
-            identity = toolchain_identity()  # TensorRT version + GPU SM: the engine is hardware-bound
-            tools.update(identity)
+            tools.update(
+                _tensorrt_identity()
+            )  # TensorRT engines are bound to the GPU and TRT version
         elif backend == "trtllm":
-            tools.update(versions("tensorrt-llm", "tensorrt_llm"))
-        return KeyInputs(fields_of(job.recipe, *BUILD_FIELDS), tools=tools, extra=extra)
+            tools.update(versions("tensorrt-llm", "tensorrt"))
+        return KeyInputs(fields_of(job.recipe, *BUILD_FIELDS), tools=tools)
 
     def run(self, job: StageJob, out_dir: Path) -> StageOutput:
-        shard = sharded_checkpoint(job)
         from trtllm_forge.engine.backends import build_engine
 
-        info = build_engine(
-            backend=job.recipe.build.backend,
-            checkpoint_dir=shard.path,
-            out_dir=out_dir / ENGINE_DIR,
-            options=job.recipe.build,
-            timing_cache=_timing_cache(job) if job.recipe.build.backend == "tensorrt" else None,
-            progress=job.ctx.progress,
+        shard = sharded_checkpoint(job)
+        backend = job.recipe.build.backend
+        options = _options(job.recipe.build)
+        if backend == "tensorrt":
+            options = replace(options, timing_cache=_timing_cache_copy(job, out_dir))
+        meta = build_engine(
+            backend, shard.path, out_dir / ENGINE_DIR, options, progress=job.ctx.progress
         )
-        return StageOutput(info={"backend": job.recipe.build.backend, "shard": shard.key,
-                                 "checkpoint_dir": str(shard.path), **dict(info)})
+        if backend == "tensorrt":
+            _keep_timing_cache(job, out_dir)
+        return StageOutput(
+            info={
+                "backend": backend,
+                "shard_key": shard.key,
+                "checkpoint_dir": str(shard.path),
+                "engine": _summary(meta),
+            }
+        )
 
 
 STAGE = BuildStage()
@@ -66,13 +82,18 @@ def sharded_checkpoint(job: StageJob) -> Artifact:
     assert job.sub_artifact is not None
     calibrated = job.upstream["calibrate"]
     tp, pp = job.recipe.parallel.tp, job.recipe.parallel.pp
-    doc = {"fields": {"parallel.tp": tp, "parallel.pp": pp}, "upstream": {"calibrate": calibrated.content_digest},
-           "tools": versions("torch", "safetensors")}
+    doc = {
+        "fields": {"parallel.tp": tp, "parallel.pp": pp},
+        "upstream": {"calibrate": calibrated.content_digest},
+        "tools": versions("torch", "safetensors"),
+    }
 
     def produce(out: Path) -> StageOutput:
         from trtllm_forge.checkpoint.shard import shard_checkpoint
 
-        summary = shard_checkpoint(checkpoint_dir(calibrated), out, tp=tp, pp=pp, progress=job.ctx.progress)
+        summary = shard_checkpoint(
+            checkpoint_dir(calibrated), out, tp=tp, pp=pp, progress=job.ctx.progress
+        )
         return StageOutput(info={"tp": tp, "pp": pp, **dict(summary or {})})
 
     return job.sub_artifact("shard", SHARD_VERSION, doc, produce)
@@ -84,32 +105,87 @@ def checkpoint_dir(artifact: Artifact) -> Path:
     return root if root is not None else artifact.path
 
 
-def _timing_cache(job: StageJob) -> Artifact:
-    from trtllm_forge.engine.backends.tensorrt import toolchain_identity
+def engine_dir(artifact: Artifact) -> Path:
+    return artifact.path / ENGINE_DIR
 
+
+def _options(build: Any) -> Any:
+    from trtllm_forge.engine.backends import BuildOptions
+
+    return BuildOptions(
+        max_batch_size=build.max_batch_size,
+        max_input_len=build.max_input_len,
+        max_seq_len=build.max_seq_len,
+        plugins=dict(build.plugins),
+        opt_level=build.opt_level,
+        workspace_gb=build.workspace_gb,
+    )
+
+
+def _summary(meta: dict[str, Any]) -> dict[str, Any]:
+    keep = ("backend", "world_size", "tp_size", "pp_size", "quantization", "opset", "ranks")
+    return {k: meta[k] for k in keep if k in meta}
+
+
+# -- TensorRT timing cache: its own artifact, keyed by GPU SM + TensorRT version only,
+# so every engine built on the same kind of GPU reuses the tactic timings.
+TIMING_CACHE = "timing.cache"
+
+
+def _tensorrt_identity() -> dict[str, str]:
+    """TensorRT version and GPU compute capability (only called once TensorRT is known present)."""
+    import tensorrt
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return {"tensorrt": str(tensorrt.__version__), "gpu_sm": f"{major}{minor}"}
+
+
+def _timing_cache_key_doc() -> dict[str, Any]:
+    return {"tools": _tensorrt_identity()}
+
+
+def _timing_cache_copy(job: StageJob, out_dir: Path) -> Path:
+    """A private copy of the stored timing cache (TensorRT rewrites the file it is given);
+    it stays in the build artifact as a record of the timings the engine was built with."""
+    target = out_dir / TIMING_CACHE
+    found = job.store.lookup("timing-cache", _timing_cache_key(job))
+    if isinstance(found, Artifact):
+        shutil.copyfile(found.path / TIMING_CACHE, target)
+    return target
+
+
+def _timing_cache_key(job: StageJob) -> str:
+    from trtllm_forge.pipeline.keys import stage_key
+
+    return stage_key({"stage": "timing-cache", "version": "1", **_timing_cache_key_doc()})
+
+
+def _keep_timing_cache(job: StageJob, out_dir: Path) -> None:
+    """Store the timing cache the first time this GPU/TensorRT pair builds."""
     assert job.sub_artifact is not None
-    doc = {"tools": toolchain_identity()}
+    produced = out_dir / TIMING_CACHE
 
     def produce(out: Path) -> StageOutput:
-        return StageOutput(info={"note": "filled by the first TensorRT build on this GPU"})
+        shutil.copyfile(produced, out / TIMING_CACHE)
+        return StageOutput(info={"bytes": produced.stat().st_size})
 
-    return job.sub_artifact("timing-cache", "1", doc, produce)
+    if produced.is_file():
+        job.sub_artifact("timing-cache", "1", _timing_cache_key_doc(), produce)
 
 
-def _require_backend(backend: str) -> None:
-    if backend == "onnxruntime":
-        return
-    if backend == "tensorrt":
-        from trtllm_forge.engine.backends.tensorrt import tensorrt_available
+def require_backend(backend: str) -> None:
+    """Exit 4 with one line when the backend cannot build on this machine."""
+    from trtllm_forge.engine.backends import backend_unavailable
 
-        missing = tensorrt_available()
-        if missing:
-            raise dependency_error(missing, hint="install TensorRT ≥ 10.8 on a machine with an NVIDIA GPU "
-                                   "(`pip install 'trtllm-forge[tensorrt]'`), or use build.backend: onnxruntime")
-    if backend == "trtllm":
-        import shutil
+    reason = backend_unavailable(backend)
+    if reason:
+        raise dependency_error(reason, hint=_INSTALL_HINTS.get(backend))
 
-        if shutil.which("trtllm-build") is None:
-            raise dependency_error("`trtllm-build` is not on PATH (the trtllm backend needs TensorRT-LLM ≤ 1.2)",
-                                   hint="pip install 'tensorrt-llm<=1.2.1' on a GPU machine, or use "
-                                   "build.backend: onnxruntime")
+
+_INSTALL_HINTS = {
+    "tensorrt": "install TensorRT ≥ 10.8 on a machine with an NVIDIA GPU (`pip install 'trtllm-forge[tensorrt]'`), "
+    "or use build.backend: onnxruntime",
+    "trtllm": "install TensorRT-LLM ≤ 1.2 on a GPU machine (`pip install 'tensorrt-llm<=1.2.1'`), "
+    "or use build.backend: onnxruntime",
+}

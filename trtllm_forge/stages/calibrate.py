@@ -15,8 +15,14 @@ from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, versio
 from trtllm_forge.stages.fetch import snapshot_dir
 from trtllm_forge.store.digest import digest_json
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "vocab.json", "merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 def passes_through(recipe: Any) -> bool:
@@ -36,17 +42,23 @@ class CalibrateStage:
         calib_file = calib.pop("file")
         fields = {f"quantize.{k}": v for k, v in quant.items()}
         fields.update({f"quantize.calibration.{k}": v for k, v in calib.items()})
-        extra = {"calibration_data": self._calibration_digest(job, calib_file),
-                 "tokenizer": self._tokenizer_digest(job)}
-        return KeyInputs(fields, tools=versions("nvidia-modelopt", "torch", "transformers"), extra=extra)
+        extra = {
+            "calibration_data": self._calibration_digest(job, calib_file),
+            "tokenizer": self._tokenizer_digest(job),
+        }
+        return KeyInputs(
+            fields, tools=versions("nvidia-modelopt", "torch", "transformers"), extra=extra
+        )
 
     def run(self, job: StageJob, out_dir: Path) -> StageOutput:
         convert_art = job.upstream["convert"]
         if passes_through(job.recipe):
             # Reference the converted checkpoint instead of copying it.
             files = {rel: dict(meta) for rel, meta in convert_art.manifest["files"].items()}
-            return StageOutput(info={"method": "none", "passthrough": True},
-                               external={"root": str(convert_art.path), "files": files, "rehash": True})
+            return StageOutput(
+                info={"method": "none", "passthrough": True},
+                external={"root": str(convert_art.path), "files": files, "rehash": True},
+            )
         from trtllm_forge.quant.api import quantize_checkpoint
 
         q = job.recipe.quantize
@@ -66,8 +78,10 @@ class CalibrateStage:
             return None
         path = job.loaded.resolve_path(file, "quantize.calibration.file")
         if not path.is_file():
-            raise source_error(f"calibration file not found: {path}",
-                               hint="quantize.calibration.file is relative to the recipe")
+            raise source_error(
+                f"calibration file not found: {path}",
+                hint="quantize.calibration.file is relative to the recipe",
+            )
         return path
 
     def _calibration_digest(self, job: StageJob, file: str | None) -> str:
@@ -76,7 +90,11 @@ class CalibrateStage:
 
     def _tokenizer_digest(self, job: StageJob) -> str:
         root = snapshot_dir(job.upstream["fetch"])
-        found = {name: job.store.memo.digest(root / name) for name in TOKENIZER_FILES if (root / name).is_file()}
+        found = {
+            name: job.store.memo.digest(root / name)
+            for name in TOKENIZER_FILES
+            if (root / name).is_file()
+        }
         return digest_json(found)
 
 

@@ -25,15 +25,19 @@ class ConvertStage:
         hf_config = source_config(job)
         check_model(job.loaded, hf_config)  # cross-checks before any conversion work
         family = _family(hf_config)
-        return KeyInputs(fields_of(job.recipe, "convert.dtype"), tools=versions("torch", "safetensors"),
-                         extra={"family": family.name, "converter": family.version})
+        return KeyInputs(
+            fields_of(job.recipe, "convert.dtype"),
+            tools=versions("torch", "safetensors"),
+            extra={"family": family.name, "converter": family.version},
+        )
 
     def run(self, job: StageJob, out_dir: Path) -> StageOutput:
         from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 
         src = snapshot_dir(job.upstream["fetch"])
-        summary = convert_hf_checkpoint(src, out_dir, dtype=job.recipe.convert.dtype,
-                                        progress=job.ctx.progress)
+        summary = convert_hf_checkpoint(
+            src, out_dir, dtype=job.recipe.convert.dtype, progress=job.ctx.progress
+        )
         return StageOutput(info=dict(summary))
 
 

@@ -40,8 +40,11 @@ class FetchStage:
             _check_model(job, snap.root)
             return KeyInputs(fields, extra={"content": digest_json(_digests(job, snap))})
         gguf = _gguf_file(job)
-        return KeyInputs(fields, tools=versions("transformers", "gguf", "torch"),
-                         extra={"gguf": job.store.memo.digest(gguf)})
+        return KeyInputs(
+            fields,
+            tools=versions("transformers", "gguf", "torch"),
+            extra={"gguf": job.store.memo.digest(gguf)},
+        )
 
     def run(self, job: StageJob, out_dir: Path) -> StageOutput:
         source = job.recipe.source
@@ -53,11 +56,18 @@ class FetchStage:
             return StageOutput(info={"kind": "gguf", "file": _gguf_file(job).name})
         snap = _resolved(job)
         if source.hf is not None:
-            files = {rel: {"size": ref.size, "digest": ref.digest} for rel, ref in snap.files.items()}
+            files = {
+                rel: {"size": ref.size, "digest": ref.digest} for rel, ref in snap.files.items()
+            }
             # Hub blobs are content-named by the hub; re-hashing them would read every
             # shard on each build, so only existence and size are checked on reuse.
             external = {"root": str(snap.root), "files": files, "rehash": False}
-            info = {"kind": "hf", "repo": source.hf, "revision": source.revision, "commit": snap.commit}
+            info = {
+                "kind": "hf",
+                "repo": source.hf,
+                "revision": source.revision,
+                "commit": snap.commit,
+            }
         else:
             digests = _digests(job, snap)
             files = {rel: {"size": snap.files[rel].size, "digest": d} for rel, d in digests.items()}
@@ -107,8 +117,13 @@ def _resolve_source(job: StageJob) -> Any:
     if source.hf is not None:
         from trtllm_forge.sources.hf import resolve_hf
 
-        return resolve_hf(source.hf, source.revision, token=os.environ.get("HF_TOKEN") or None,
-                          allow_pickle=source.allow_pickle, progress=job.ctx.progress)
+        return resolve_hf(
+            source.hf,
+            source.revision,
+            token=os.environ.get("HF_TOKEN") or None,
+            allow_pickle=source.allow_pickle,
+            progress=job.ctx.progress,
+        )
     from trtllm_forge.sources.local import resolve_local
 
     path = job.loaded.resolve_path(source.path, "source.path")
@@ -129,5 +144,7 @@ def _digests(job: StageJob, snap: Any) -> dict[str, str]:
 def _gguf_file(job: StageJob) -> Path:
     path = job.loaded.resolve_path(job.recipe.source.gguf, "source.gguf")
     if not path.is_file():
-        raise source_error(f"GGUF file not found: {path}", hint="check source.gguf (relative to the recipe)")
+        raise source_error(
+            f"GGUF file not found: {path}", hint="check source.gguf (relative to the recipe)"
+        )
     return path

@@ -14,8 +14,14 @@ from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields
 from trtllm_forge.stages.fetch import snapshot_dir
 from trtllm_forge.store.store import Artifact
 
-VERIFY_FIELDS = ("verify.enabled", "verify.prompts", "verify.max_new_tokens", "verify.texts",
-                 "verify.max_text_tokens", "verify.gates")
+VERIFY_FIELDS = (
+    "verify.enabled",
+    "verify.prompts",
+    "verify.max_new_tokens",
+    "verify.texts",
+    "verify.max_text_tokens",
+    "verify.gates",
+)
 
 
 class VerifyStage:
@@ -28,8 +34,11 @@ class VerifyStage:
         if job.recipe.verify.text_file:
             path = job.loaded.resolve_path(job.recipe.verify.text_file, "verify.text_file")
             extra["text_file"] = job.store.memo.digest(path)
-        return KeyInputs(fields_of(job.recipe, *VERIFY_FIELDS),
-                         tools=versions("transformers", "torch", "onnxruntime"), extra=extra)
+        return KeyInputs(
+            fields_of(job.recipe, *VERIFY_FIELDS),
+            tools=versions("transformers", "torch", "onnxruntime"),
+            extra=extra,
+        )
 
     def run(self, job: StageJob, out_dir: Path) -> StageOutput:
         spec = job.recipe.verify
@@ -58,8 +67,11 @@ class VerifyStage:
         failed = artifact.info.get("failed_gates") or []
         if failed:
             names = ", ".join(str(f) for f in failed)
-            raise ForgeError(ExitCode.GATE, f"verify gate(s) failed: {names}",
-                             hint=f"see {artifact.path / 'report.md'}")
+            raise ForgeError(
+                ExitCode.GATE,
+                f"verify gate(s) failed: {names}",
+                hint=f"see {artifact.path / 'report.md'}",
+            )
 
 
 STAGE = VerifyStage()
