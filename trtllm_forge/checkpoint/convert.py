@@ -92,7 +92,8 @@ class _SourceTensors:
         return tuple(sl.get_shape()), str(sl.get_dtype())
 
     def load(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
+        tensor: torch.Tensor = self._handle(name).get_tensor(name)
+        return tensor
 
 
 def _fused_shape(rule: TensorRule, sources: _SourceTensors) -> tuple[int, ...]:

@@ -200,7 +200,7 @@ class CheckpointForward:
         kv_heads = int(cfg.get("num_key_value_heads") or heads)
         size = int(cfg["head_size"])
         qkv = self.linear(prefix + "attention.qkv", x)
-        q, k, v = qkv.split([heads * size, kv_heads * size, kv_heads * size], dim=-1)
+        q, k, v = torch.split(qkv, [heads * size, kv_heads * size, kv_heads * size], dim=-1)
         q = apply_rope(split_heads(q, heads, size), cos, sin)
         k = apply_rope(split_heads(k, kv_heads, size), cos, sin)
         window = (cfg.get("forge") or {}).get("sliding_window")

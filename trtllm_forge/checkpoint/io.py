@@ -100,7 +100,8 @@ class CheckpointReader:
         handle = self._handle(rank)
         if name not in handle.keys():
             raise KeyError(f"{name} not in {rank_file(rank)}")
-        return handle.get_tensor(name)
+        tensor: torch.Tensor = handle.get_tensor(name)
+        return tensor
 
     def get_slice(self, name: str, rank: int = 0) -> Any:
         """A lazy slice object: ``.get_shape()``, ``.get_dtype()``, ``[a:b, :]`` reads part."""

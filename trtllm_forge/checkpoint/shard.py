@@ -141,7 +141,9 @@ def _axis_ratio(name: str, size: int, logical: int) -> int:
     return logical // size
 
 
-def _to_physical(name: str, ranges: Sequence[tuple[int, int]], ratio: int, why: str) -> tuple:
+def _to_physical(
+    name: str, ranges: Sequence[tuple[int, int]], ratio: int, why: str
+) -> tuple[tuple[int, int], ...]:
     out = []
     for start, end in ranges:
         if start % ratio or end % ratio:

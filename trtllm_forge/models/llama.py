@@ -158,7 +158,7 @@ class LlamaFamily(Family):
         ]
         for i in range(layers):
             rules.extend(_layer_rules(i, qkv_bias, dense_bias, bool(cfg.get("mlp_bias"))))
-        ignored = _IGNORED
+        ignored: tuple[re.Pattern[str], ...] = _IGNORED
         if tied:
             # Some tied checkpoints also store the (identical) head; the embedding is used.
             ignored = (*ignored, re.compile(r"lm_head\.weight"))
