@@ -44,8 +44,50 @@ def store(ctx: RunContext | None = None) -> Store:
     return Store(settings.home, lock_timeout_s=settings.lock_timeout_s)
 
 
-def artifact_for(*, recipe: str | Path, stage: str, ctx: RunContext | None = None) -> Any:
-    """The cached artifact of ``stage`` for a recipe, building what is missing."""
-    results = build(recipe=recipe, until=stage, ctx=ctx)
-    found = store(ctx).lookup(stage, str(results[-1].key))
-    return found
+def export_trtllm_checkpoint(*, recipe: str | Path, dest: str | Path, overwrite: bool = False,
+                             ctx: RunContext | None = None) -> dict[str, Any]:
+    """Write the recipe's per-rank TensorRT-LLM checkpoint (for `trtllm-build`) to ``dest``.
+
+    Builds fetch → convert → calibrate and the shard sub-artifact as needed (all cached).
+    """
+    from trtllm_forge.stages.build import sharded_checkpoint
+
+    target = _empty_target(Path(dest), overwrite)
+    runner = Runner(check(recipe=recipe), _context(ctx))
+    runner.build(until="calibrate")
+    assert runner.job is not None
+    shard = sharded_checkpoint(runner.job)
+    copied = copy_checkpoint(shard.path, target)
+    return {"dest": str(target), "files": copied, "shard_key": shard.key,
+            "tp": runner.loaded.recipe.parallel.tp, "pp": runner.loaded.recipe.parallel.pp}
+
+
+def copy_checkpoint(src: Path, dest: Path) -> list[str]:
+    """Copy config.json and rank files (never the manifest) into ``dest``."""
+    import shutil
+
+    names = ["config.json", *sorted(p.name for p in src.glob("rank*.safetensors"))]
+    if (src / "quant_cfg.json").exists():
+        names.append("quant_cfg.json")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copyfile(src / name, dest / name)
+    return names
+
+
+def _empty_target(dest: Path, overwrite: bool) -> Path:
+    from trtllm_forge.errors import recipe_error
+
+    dest = dest.expanduser().resolve()
+    if dest.exists() and not dest.is_dir():
+        raise recipe_error(f"{dest} exists and is not a directory")
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise recipe_error(f"{dest} is not empty", hint="choose an empty directory or pass --overwrite")
+    return dest
+
+
+def inspect(*, target: str, ctx: RunContext | None = None) -> dict[str, Any]:
+    """Describe an engine dir, a checkpoint dir, or any artifact (by path or key prefix)."""
+    from trtllm_forge.inspect import inspect_target
+
+    return inspect_target(target, store(ctx))

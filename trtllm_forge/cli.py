@@ -240,6 +240,60 @@ def recipe_check(recipe: RecipeArg) -> None:
     print(f"{recipe}: ok")
 
 
+# -- inspect / export -------------------------------------------------------
+@app.command()
+def inspect(
+    target: Annotated[str, typer.Argument(help="Engine dir, checkpoint dir, artifact dir, or key prefix.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Describe an engine (I/O, shapes, profiles, quantization, ranks, provenance), a
+    checkpoint (config, tensors per rank) or any artifact (its manifest)."""
+    from trtllm_forge import api
+
+    def body() -> None:
+        doc = api.inspect(target=target)
+        if as_json:
+            _print_json({"ok": True, **doc})
+        else:
+            _print_inspection(doc)
+
+    _guard(body, as_json)
+
+
+def _print_inspection(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.pretty import Pretty
+
+    console = Console(soft_wrap=True)
+    console.print(f"[bold]{doc['kind']}[/bold]  {doc['path']}")
+    if "artifact" in doc:
+        console.print(Pretty(doc["artifact"]))
+    for section in ("engine", "checkpoint"):
+        if section in doc:
+            console.print(f"[bold]{section}[/bold]")
+            console.print(Pretty(doc[section], max_length=40))
+
+
+@export_app.command("trtllm-ckpt")
+def export_trtllm_ckpt(
+    recipe: RecipeArg,
+    dest: Annotated[Path, typer.Argument(help="Empty directory to write config.json + rank*.safetensors into.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty DEST.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export RECIPE's per-rank TensorRT-LLM checkpoint (for `trtllm-build --checkpoint_dir`)."""
+    from trtllm_forge import api
+
+    def body() -> None:
+        doc = api.export_trtllm_checkpoint(recipe=recipe, dest=dest, overwrite=overwrite)
+        if as_json:
+            _print_json({"ok": True, **doc})
+        else:
+            print(f"wrote {len(doc['files'])} files (tp={doc['tp']}, pp={doc['pp']}) to {doc['dest']}")
+
+    _guard(body, as_json)
+
+
 # -- cache ------------------------------------------------------------------
 def _store() -> Any:
     from trtllm_forge import api

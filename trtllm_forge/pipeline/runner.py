@@ -81,6 +81,7 @@ class Runner:
         self.store = store or Store(ctx.settings.home, lock_timeout_s=ctx.settings.lock_timeout_s)
         self.stages = stages or load_stages()
         self.previous = self.store.read_ref(recipe_id(loaded))
+        self.job: StageJob | None = None  # the last build's job (upstream artifacts), for export
 
     # -- public ------------------------------------------------------------
     def build(
@@ -97,7 +98,7 @@ class Runner:
                     f"unknown stage '{name}' in --force",
                     hint=f"stages are: {', '.join(STAGE_NAMES)}",
                 )
-        job = StageJob(self.loaded, self.ctx, self.store, sub_artifact=self._sub_artifact)
+        job = self.job = StageJob(self.loaded, self.ctx, self.store, sub_artifact=self._sub_artifact)
         results: list[StageResult] = []
         record: dict[str, Any] = {}
         try:

@@ -1,0 +1,79 @@
+"""`forge inspect PATH|KEY`: what an engine, a checkpoint or an artifact is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trtllm_forge.errors import recipe_error
+from trtllm_forge.store.manifest import read_manifest
+from trtllm_forge.store.store import Store
+
+
+def inspect_target(target: str, store: Store) -> dict[str, Any]:
+    path = Path(target).expanduser()
+    if not path.exists():
+        path = _find_key(target, store)
+    path = path.resolve()
+    if path.is_file():
+        path = path.parent
+    out: dict[str, Any] = {"path": str(path)}
+    manifest = read_manifest(path)
+    if manifest is not None:
+        out["artifact"] = _artifact_summary(manifest)
+        out["manifest"] = manifest
+    content = _content_dir(path, manifest)
+    kind, details = _describe(content)
+    out["kind"] = kind if kind != "unknown" or manifest is None else f"{manifest.get('stage')} artifact"
+    if details:
+        out[kind] = details
+    return out
+
+
+def _artifact_summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    files = manifest.get("files", {})
+    return {
+        "stage": manifest.get("stage"),
+        "key": manifest.get("key"),
+        "content_digest": manifest.get("content_digest"),
+        "seconds": manifest.get("seconds"),
+        "files": len(files),
+        "bytes": sum(int(f.get("size", 0)) for f in files.values()),
+        "recipe": manifest.get("recipe"),
+        "tools": manifest.get("inputs", {}).get("tools"),
+        "external_root": (manifest.get("external") or {}).get("root"),
+    }
+
+
+def _content_dir(path: Path, manifest: dict[str, Any] | None) -> Path:
+    """Where an artifact's interesting content is (engine subdir, referenced checkpoint)."""
+    if (path / "engine").is_dir():
+        return path / "engine"
+    if manifest and manifest.get("external") and not (path / "config.json").exists():
+        return Path(manifest["external"]["root"])
+    return path
+
+
+def _describe(path: Path) -> tuple[str, dict[str, Any] | None]:
+    from trtllm_forge.engine.inspect import inspect_checkpoint, inspect_engine, is_engine_dir
+
+    if is_engine_dir(path):
+        return "engine", inspect_engine(path)
+    if (path / "config.json").is_file() and any(path.glob("rank*.safetensors")):
+        return "checkpoint", inspect_checkpoint(path)
+    return "unknown", None
+
+
+def _find_key(prefix: str, store: Store) -> Path:
+    wanted = prefix.split(":", 1)[-1].lower()
+    if len(wanted) < 4 or any(c not in "0123456789abcdef" for c in wanted):
+        raise recipe_error(f"{prefix!r} is neither an existing path nor an artifact key",
+                           hint="give a path, or at least 4 hex characters of a key (see `forge cache ls`)")
+    base = store.root / "artifacts"
+    matches = sorted(base.glob(f"*/{wanted}*")) if base.exists() else []
+    if not matches:
+        raise recipe_error(f"no artifact key starts with {wanted}", hint="see `forge cache ls`")
+    if len(matches) > 1:
+        names = ", ".join(f"{m.parent.name}/{m.name[:12]}" for m in matches[:5])
+        raise recipe_error(f"key prefix {wanted} is ambiguous ({names})", hint="give more characters")
+    return matches[0]
