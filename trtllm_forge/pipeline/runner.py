@@ -17,11 +17,13 @@ from typing import Any
 
 from trtllm_forge.context import RunContext
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error
+from trtllm_forge.faults import point
 from trtllm_forge.pipeline.keys import changed_inputs, key_document, stage_key
 from trtllm_forge.pipeline.stage import Stage, StageJob, StageOutput
 from trtllm_forge.recipe.load import LoadedRecipe
+from trtllm_forge.store import events
 from trtllm_forge.store.digest import digest_json, short
-from trtllm_forge.store.store import Artifact, Invalid, Store
+from trtllm_forge.store.store import Artifact, Invalid, Store, disk_full_error
 
 STAGE_NAMES = ("fetch", "convert", "calibrate", "build", "verify")
 
@@ -171,6 +173,7 @@ class Runner:
         key, doc = self._key(stage, job)
         found = self.store.lookup(stage.name, key)
         if isinstance(found, Artifact) and not force:
+            self._event("hit", stage.name, key)
             return (
                 StageResult(
                     stage.name,
@@ -185,6 +188,7 @@ class Runner:
             )
         note = found.reason if isinstance(found, Invalid) else None
         if note:
+            self._event("rejected", stage.name, key, reason=note)
             self.ctx.progress.log(f"{stage.name}: cached entry rejected ({note}); rebuilding")
         changed = changed_inputs(self._previous_inputs(stage.name), doc)
 
@@ -194,6 +198,7 @@ class Runner:
         with self.store.lock(key, on_wait=waiting):
             found = self.store.lookup(stage.name, key)
             if isinstance(found, Artifact) and not force:  # built by another process meanwhile
+                self._event("hit", stage.name, key, waited=True)
                 return (
                     StageResult(
                         stage.name,
@@ -231,10 +236,12 @@ class Runner:
         key = stage_key(doc)
         found = self.store.lookup(name, key)
         if isinstance(found, Artifact):
+            self._event("hit", name, key)
             return found
         with self.store.lock(key):
             found = self.store.lookup(name, key)
             if isinstance(found, Artifact):
+                self._event("hit", name, key, waited=True)
                 return found
             return self._produce(name, key, doc, producer)
 
@@ -243,13 +250,17 @@ class Runner:
     ) -> Artifact:
         """Run ``producer`` into a staging dir and commit it (the key's lock is held)."""
         staging = self.store.new_staging_dir(name, key)
+        self._event("start", name, key)
         try:
+            point(f"stage.{name}.start")
             t0 = time.perf_counter()
             with self.ctx.progress.task(name):
                 output = producer(staging)
             seconds = time.perf_counter() - t0
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)  # nothing partial is ever left behind
+            self._event("failed", name, key, error=type(exc).__name__)
+            _raise_if_disk_full(exc, f"running the {name} stage")
             raise
         manifest = {
             "inputs": doc,
@@ -260,7 +271,17 @@ class Runner:
         }
         if output.external is not None:
             manifest["external"] = output.external
-        return self.store.commit(name, key, staging, manifest)
+        try:
+            artifact = self.store.commit(name, key, staging, manifest)
+        except Exception as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            _raise_if_disk_full(exc, f"committing the {name} artifact")
+            raise
+        self._event("commit", name, key)
+        return artifact
+
+    def _event(self, event: str, stage: str, key: str, **extra: Any) -> None:
+        events.record(self.store.root, event, stage, key, **extra)
 
     def _excerpt(self, doc: dict[str, Any]) -> dict[str, Any]:
         return {"name": self.loaded.recipe.name, "fields": doc.get("fields", {})}
@@ -276,9 +297,18 @@ class Runner:
             "stages": stages,
         }
         try:
+            point("runner.ref.before_write")
             self.store.write_ref(recipe_id(self.loaded), new)
+            point("runner.ref.after_write")
         except OSError as exc:
             raise ForgeError(ExitCode.STORE, f"cannot record the build: {exc.strerror}") from None
+
+
+def _raise_if_disk_full(exc: BaseException, doing: str) -> None:
+    """A full disk can surface from any library a stage uses; it is a store problem (exit 6)."""
+    full = disk_full_error(exc, doing)
+    if full is not None:
+        raise full from None
 
 
 def _forge_version() -> str:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trtllm_forge.errors import store_error
+from trtllm_forge.errors import ForgeError, store_error
+from trtllm_forge.faults import point
 from trtllm_forge.store.digest import short
 from trtllm_forge.store.lock import key_lock
 from trtllm_forge.store.manifest import (
@@ -186,7 +187,9 @@ class Store:
                 "content_digest": content_digest(files, external),
                 "created_unix": time.time(),
             }
+            point(f"store.commit.{stage}.before_manifest")
             write_manifest(staging, manifest)
+            point(f"store.commit.{stage}.after_manifest")
             _fsync_tree(staging)
             final = self.artifact_dir(stage, key)
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +197,9 @@ class Store:
                 trash = self.tmp_root / f"trash-{uuid.uuid4().hex}"
                 os.rename(final, trash)
                 shutil.rmtree(trash, ignore_errors=True)
+            point(f"store.commit.{stage}.before_rename")
             os.rename(staging, final)
+            point(f"store.commit.{stage}.after_rename")
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise _os_store_error(exc, f"committing the {stage} artifact") from None
@@ -225,6 +230,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        point("store.ref.before_replace")
         os.replace(tmp, path)
 
     def read_ref(self, recipe_id: str) -> dict[str, Any] | None:
@@ -259,9 +265,40 @@ def _fsync_tree(path: Path) -> None:
                 os.close(fd)
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# What libraries that do their own I/O (sqlite, Rust/C++ writers) say instead of an errno.
+_DISK_FULL_TEXT = (
+    "no space left on device",
+    "disk quota exceeded",
+    "file too large",
+    "database or disk is full",
+)
+
+
+def disk_full_error(exc: BaseException, doing: str) -> ForgeError | None:
+    """A STORE error when ``exc`` (or what caused it) is a full disk / file-size limit, else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in DISK_FULL_ERRNOS:
+            return _disk_full(doing, cause.strerror or os.strerror(cause.errno))
+        text = str(cause).lower()
+        if not isinstance(cause, ForgeError) and any(t in text for t in _DISK_FULL_TEXT):
+            return _disk_full(doing, str(cause).strip().splitlines()[0][:200])
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _disk_full(doing: str, why: str) -> ForgeError:
+    return store_error(
+        f"out of disk space while {doing}: {why}",
+        hint="free space under FORGE_HOME (`forge cache gc`) or point FORGE_HOME elsewhere",
+    )
+
+
 def _os_store_error(exc: OSError, doing: str) -> Exception:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return store_error(f"out of disk space while {doing}: {exc.strerror}",
-                           hint="free space under FORGE_HOME (`forge cache gc`) or point FORGE_HOME elsewhere")
+    if exc.errno in DISK_FULL_ERRNOS:
+        return _disk_full(doing, exc.strerror or os.strerror(exc.errno))
     return store_error(f"store I/O error while {doing}: {exc.strerror} ({exc.filename})",
                        hint="check FORGE_HOME and its permissions")
