@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tinymodels import make_tiny_hf
 
+from tests.tinymodels import make_tiny_hf
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 from trtllm_forge.checkpoint.forward import CheckpointForward
 from trtllm_forge.checkpoint.io import CheckpointReader, read_config

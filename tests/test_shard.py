@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from tinymodels import make_tiny_hf
 
+from tests.tinymodels import make_tiny_hf
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 from trtllm_forge.checkpoint.forward import (
     CheckpointForward,

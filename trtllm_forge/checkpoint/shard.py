@@ -40,6 +40,9 @@ from trtllm_forge.errors import ExitCode, ForgeError, recipe_error
 
 _NO_PROGRESS = NullProgress()
 
+# Bumped whenever the rank files produced for the same input change (build stage keys).
+SHARD_FORMAT_VERSION = 1
+
 # Parameter kind -> {ndim: axis labels}. "out"/"in" are the module's logical axes;
 # "1" is a broadcast axis of size one.
 PARAM_AXES: dict[str, dict[int, tuple[str, ...]]] = {
