@@ -88,9 +88,6 @@ class Family:
 
     name: str = ""
     architectures: tuple[str, ...] = ()
-    # Bumped whenever the produced checkpoint changes for the same input; stage keys
-    # include it so a converter fix invalidates cached conversions.
-    version: int = 1
     # Part of the convert stage key: bump when this family's converter output changes.
     version: str = "1"
 
