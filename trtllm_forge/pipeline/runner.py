@@ -94,6 +94,10 @@ class Runner:
         on_result: Callable[[StageResult], None] | None = None,
     ) -> list[StageResult]:
         names = select(until)
+        if "build" in names:
+            from trtllm_forge.stages.build import require_backend
+
+            require_backend(self.loaded.recipe.build.backend)  # exit 4 before any work is done
         for name in force:
             if name not in STAGE_NAMES:
                 raise recipe_error(

@@ -1,0 +1,96 @@
+"""The GPU-user recipes in recipes/ validate and plan on a CPU machine without
+downloading anything; their TensorRT/trtllm builds stop with exit 4 before any work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import assert_clean_error, forge
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ["llama2-7b-int8wo-trt.yaml", "llama2-7b-int8wo-trt-tp2.yaml", "llama2-7b-fp16-trtllm.yaml"]
+
+# The public facts of Llama-2-7b-hf's config.json.
+LLAMA2_7B_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+    "intermediate_size": 11008, "num_attention_heads": 32, "num_hidden_layers": 32,
+    "num_key_value_heads": 32, "vocab_size": 32000, "rms_norm_eps": 1e-5,
+    "max_position_embeddings": 4096, "hidden_act": "silu", "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "torch_dtype": "float16",
+}
+
+
+def _hub_with_config(cache: Path, repo: str, config: dict) -> str:  # type: ignore[type-arg]
+    """A real huggingface_hub cache layout holding config.json only (no weights)."""
+    storage = cache / f"models--{repo.replace('/', '--')}"
+    sha = hashlib.sha1(repo.encode()).hexdigest()
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(sha)
+    snap = storage / "snapshots" / sha
+    snap.mkdir(parents=True)
+    (storage / "blobs").mkdir()
+    data = json.dumps(config).encode()
+    blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
+    blob.write_bytes(data)
+    (snap / "config.json").symlink_to(Path("../../blobs") / blob.name)
+    return sha
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_show_resolves_every_default(name: str) -> None:
+    run = forge("recipe", "show", str(ROOT / "recipes" / name), "--json")
+    assert run.code == 0, run.err
+    shown = run.json()
+    assert shown["source"]["hf"] == "meta-llama/Llama-2-7b-hf"
+    assert shown["build"]["backend"] in ("tensorrt", "trtllm")
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_plan_without_download(name: str, tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    _hub_with_config(cache, "meta-llama/Llama-2-7b-hf", LLAMA2_7B_CONFIG)
+    run = forge("plan", str(ROOT / "recipes" / name), "--json", env={"HF_HUB_CACHE": str(cache)})
+    text = run.out + run.err
+    # Offline with no weights cached, fetch cannot resolve a complete snapshot: the
+    # plan must say so as a source problem (exit 5), never crash or download.
+    if run.code == 0:
+        assert run.json()["stages"][0]["stage"] == "fetch"
+    else:
+        assert_clean_error(run, 5, "meta-llama/Llama-2-7b-hf")
+    assert "Traceback" not in text
+
+
+def test_tp_checked_against_real_config(tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    _hub_with_config(cache, "meta-llama/Llama-2-7b-hf", LLAMA2_7B_CONFIG)
+    recipe = tmp_path / "recipe.yaml"
+    text = (ROOT / "recipes" / "llama2-7b-int8wo-trt-tp2.yaml").read_text().replace("tp: 2", "tp: 3")
+    recipe.write_text(text)
+    run = forge("plan", str(recipe), env={"HF_HUB_CACHE": str(cache)})
+    if "does not divide" in run.err:
+        assert_clean_error(run, 2, "parallel.tp", "32 attention heads")
+
+
+@pytest.mark.skipif(shutil.which("trtllm-build") is not None, reason="trtllm-build is installed here")
+def test_trtllm_backend_absent_exits_4_before_work(tmp_path: Path) -> None:
+    run = forge("build", str(ROOT / "recipes" / "llama2-7b-fp16-trtllm.yaml"))
+    assert_clean_error(run, 4, "trtllm-build")
+    assert forge("cache", "ls", "--json").json()["artifacts"] == []
+
+
+def test_tensorrt_backend_absent_exits_4_one_line_no_artifact(tmp_path: Path) -> None:
+    from trtllm_forge.engine.backends import backend_unavailable
+
+    if backend_unavailable("tensorrt") is None:  # TensorRT cannot be installed on CI machines
+        pytest.skip("TensorRT and a GPU are present here")
+    run = forge("build", str(ROOT / "recipes" / "llama2-7b-int8wo-trt.yaml"))
+    assert_clean_error(run, 4, "TensorRT")
+    error_lines = [line for line in run.err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    store = forge("cache", "ls", "--json").json()
+    assert store["artifacts"] == []
