@@ -91,3 +91,80 @@ def inspect(*, target: str, ctx: RunContext | None = None) -> dict[str, Any]:
     from trtllm_forge.inspect import inspect_target
 
     return inspect_target(target, store(ctx))
+
+
+def quantize(*, model: str, method: str, out: str | Path, params: dict[str, Any] | None = None,
+             kv_cache: str = "none", calibration_file: str | None = None, dtype: str = "float16",
+             tp: int = 1, pp: int = 1, overwrite: bool = False, evaluate: bool = True,
+             ctx: RunContext | None = None) -> dict[str, Any]:
+    """fetch → convert → calibrate for MODEL (hub id, local dir or .gguf file), sharing the
+    cache with `forge build`, then write a TensorRT-LLM checkpoint (tp×pp ranks) to ``out``."""
+    import time
+
+    from trtllm_forge.stages.build import checkpoint_dir, sharded_checkpoint
+    from trtllm_forge.stages.fetch import snapshot_dir
+
+    target = _empty_target(Path(out), overwrite)
+    context = _context(ctx)
+    recipe_path = _write_quantize_recipe(context, model=model, method=method, params=params or {},
+                                         kv_cache=kv_cache, calibration_file=calibration_file, dtype=dtype,
+                                         tp=tp, pp=pp)
+    runner = Runner(check(recipe=recipe_path), context)
+    t0 = time.perf_counter()
+    results = runner.build(until="calibrate")
+    assert runner.job is not None
+    job = runner.job
+    source = sharded_checkpoint(job) if (tp, pp) != (1, 1) else None
+    calibrated = job.upstream["calibrate"]
+    files = copy_checkpoint(source.path if source else checkpoint_dir(calibrated), target)
+    summary: dict[str, Any] = {
+        "model": model, "method": method, "kv_cache": kv_cache, "dest": str(target), "files": files,
+        "tp": tp, "pp": pp, "recipe": str(recipe_path),
+        "stages": [r.to_json() for r in results],
+        "seconds": round(time.perf_counter() - t0, 3),
+        "calibrate_seconds": calibrated.manifest.get("seconds"),
+        "bytes_before": _checkpoint_bytes(job.upstream["convert"].path),
+        "bytes_after": _checkpoint_bytes(checkpoint_dir(calibrated)),
+        "quantized_modules": len(calibrated.info.get("quantized_modules") or []),
+        "quantization": calibrated.info.get("quantization"),
+    }
+    if evaluate and method != "none":
+        from trtllm_forge.quickeval import perplexity_delta
+
+        summary["perplexity"] = perplexity_delta(reference_ckpt=job.upstream["convert"].path,
+                                                 quantized_ckpt=checkpoint_dir(calibrated),
+                                                 tokenizer_dir=snapshot_dir(job.upstream["fetch"]))
+    return summary
+
+
+def _checkpoint_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.glob("rank*.safetensors"))
+
+
+def _write_quantize_recipe(ctx: RunContext, *, model: str, method: str, params: dict[str, Any], kv_cache: str,
+                           calibration_file: str | None, dtype: str, tp: int, pp: int) -> Path:
+    """`forge quantize` is a recipe in disguise: write it where refs and plan can see it."""
+    import yaml
+
+    from trtllm_forge.store.digest import digest_json, short
+
+    quantize_section: dict[str, Any] = {"method": method, "kv_cache": kv_cache, **params}
+    if calibration_file:
+        quantize_section["calibration"] = {"file": str(Path(calibration_file).expanduser().resolve())}
+    doc = {"schema_version": 1, "name": "", "source": _source_for(model), "convert": {"dtype": dtype},
+           "quantize": quantize_section, "parallel": {"tp": tp, "pp": pp}, "verify": {"enabled": False}}
+    ident = short(digest_json(doc), 10)
+    doc["name"] = f"quantize-{ident}"
+    path = ctx.settings.home / "recipes" / f"quantize-{ident}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _source_for(model: str) -> dict[str, Any]:
+    candidate = Path(model).expanduser()
+    if candidate.is_file() and candidate.suffix == ".gguf":
+        return {"gguf": str(candidate.resolve())}
+    if candidate.exists():
+        return {"path": str(candidate.resolve())}
+    return {"hf": model}

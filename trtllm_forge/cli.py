@@ -240,6 +240,63 @@ def recipe_check(recipe: RecipeArg) -> None:
     print(f"{recipe}: ok")
 
 
+# -- quantize ---------------------------------------------------------------
+@app.command()
+def quantize(
+    model: Annotated[str, typer.Argument(help="Hub id (org/name), local HF directory, or .gguf file.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="none, int8_wo, int4_wo, smoothquant, awq, "
+                                        "gptq or fp8.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Empty directory for the TensorRT-LLM checkpoint.")],
+    group_size: Annotated[int | None, typer.Option("--group-size", help="int4_wo/awq/gptq group size.")] = None,
+    kv_cache: Annotated[str, typer.Option("--kv-cache", help="none, int8 or fp8.")] = "none",
+    calib: Annotated[Path | None, typer.Option("--calib", help="Calibration text (.txt or .jsonl).")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="Dtype of unquantized tensors.")] = "float16",
+    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel ranks to write.")] = 1,
+    pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel ranks to write.")] = 1,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the perplexity comparison.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty --out.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quantize MODEL once (fetch → convert → calibrate, cached and shared with `forge build`)
+    and write a TensorRT-LLM checkpoint.
+
+    Example: forge quantize ./my-llama --method awq --group-size 128 --kv-cache fp8 -o ckpt/
+    """
+    from trtllm_forge import api
+
+    def body() -> None:
+        params = {"group_size": group_size} if group_size is not None else {}
+        doc = api.quantize(model=model, method=method, out=out, params=params, kv_cache=kv_cache,
+                           calibration_file=str(calib) if calib else None, dtype=dtype, tp=tp, pp=pp,
+                           overwrite=overwrite, evaluate=not no_eval)
+        if as_json:
+            _print_json({"ok": True, **doc})
+        else:
+            _print_quantize_summary(doc)
+
+    _guard(body, as_json)
+
+
+def _print_quantize_summary(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"forge quantize: {doc['method']}" + (f" + kv {doc['kv_cache']}"
+                                                               if doc["kv_cache"] != "none" else ""))
+    table.add_column("")
+    table.add_column("value")
+    table.add_row("model", doc["model"])
+    table.add_row("quantized modules", str(doc["quantized_modules"]))
+    table.add_row("size before → after", f"{_human(doc['bytes_before'])} → {_human(doc['bytes_after'])}")
+    table.add_row("time (calibrate / total)", f"{doc['calibrate_seconds'] or 0:.1f}s / {doc['seconds']:.1f}s")
+    ppl = doc.get("perplexity")
+    if ppl:
+        table.add_row("perplexity (built-in eval text)",
+                      f"{ppl['reference_ppl']:.3f} → {ppl['quantized_ppl']:.3f} ({ppl['delta_pct']:+.2f}%)")
+    table.add_row("written", f"{doc['dest']} ({len(doc['files'])} files, tp={doc['tp']}, pp={doc['pp']})")
+    Console(soft_wrap=True).print(table)
+
+
 # -- inspect / export -------------------------------------------------------
 @app.command()
 def inspect(
@@ -469,4 +526,8 @@ def cache_rm(
 
 
 def main() -> None:
+    # Third-party tqdm bars would interleave with forge's own progress display;
+    # forge reports long work through its Progress sink instead.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     app()
