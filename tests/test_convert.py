@@ -49,6 +49,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "sliding_window": ("mistral", {"sliding_window": 4}),
     "biases": ("llama", {"attention_bias": True, "mlp_bias": True}),
     "head_dim": ("llama", {"head_dim": 8}),
+    "bf16_source": ("qwen2", {"torch_dtype": "bfloat16"}),
 }
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -124,7 +125,7 @@ def test_reference_forward_matches_transformers(
     src = tiny_sources[case]
     convert_hf_checkpoint(src, tmp_path, dtype="float32")
     ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(7))
-    model = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     with torch.no_grad():
         want = model(ids).logits
     got = CheckpointForward(tmp_path).logits(ids)
@@ -276,3 +277,41 @@ def test_bad_dtype_is_a_recipe_error(tiny_sources: dict[str, Path], tmp_path: Pa
     with pytest.raises(ForgeError, match="float8") as err:
         convert_hf_checkpoint(tiny_sources["llama"], tmp_path, dtype="float8")
     assert err.value.code == ExitCode.RECIPE
+
+
+def test_forward_hooks(tiny_sources: dict[str, Path], tmp_path: Path) -> None:
+    convert_hf_checkpoint(tiny_sources["qwen2"], tmp_path, dtype="float32")
+    ids = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(5))
+    plain = CheckpointForward(tmp_path).logits(ids)
+
+    seen: list[str] = []
+    kv_shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+
+    def record(module: str, x: torch.Tensor) -> torch.Tensor:
+        seen.append(module)
+        return x
+
+    def record_kv(layer: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        kv_shapes.append((layer, tuple(k.shape), tuple(v.shape)))
+        return k, v
+
+    hooked = CheckpointForward(tmp_path, activation_hook=record, kv_hook=record_kv).logits(ids)
+    assert torch.equal(hooked, plain)
+    per_layer = ["attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj"]
+    assert sorted(seen) == sorted(
+        [f"transformer.layers.{i}.{m}" for i in range(2) for m in per_layer] + ["lm_head"]
+    )
+    assert kv_shapes == [
+        (f"transformer.layers.{i}", (1, 2, 10, 16), (1, 2, 10, 16)) for i in (0, 1)
+    ]
+
+    def zero_values(layer: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return k, torch.zeros_like(v)
+
+    assert not torch.allclose(CheckpointForward(tmp_path, kv_hook=zero_values).logits(ids), plain)
+
+    def provide(name: str) -> torch.Tensor | None:
+        return torch.zeros(256, 64) if name == "lm_head.weight" else None
+
+    zeroed = CheckpointForward(tmp_path, weight_provider=provide).logits(ids)
+    assert not zeroed.any()

@@ -8,6 +8,9 @@ Hooks let the quantization code reuse it: ``weight_provider(name)`` may return
 a dequantized float weight (or None for "read it from the checkpoint"), and
 ``activation_hook(module, x)`` sees (and may fake-quantize) the input of every
 linear layer, named like ``transformer.layers.0.attention.qkv`` or ``lm_head``.
+``kv_hook(layer, k, v) -> (k, v)`` sees what the KV cache would store (keys after
+RoPE, values; [batch, kv_heads, seq, head_size]) for layer
+``transformer.layers.{i}``, e.g. to fake-quantize an FP8/INT8 KV cache.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from trtllm_forge.errors import ExitCode, ForgeError
 
 WeightProvider = Callable[[str], "torch.Tensor | None"]
 ActivationHook = Callable[[str, torch.Tensor], torch.Tensor]
+KvHook = Callable[[str, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -124,6 +128,8 @@ class CheckpointForward:
         weight_provider: ``name -> float tensor or None``; None falls back to the
             checkpoint tensor (cast to float32).
         activation_hook: ``(module_name, x) -> x`` applied to every linear input.
+        kv_hook: ``(layer, k, v) -> (k, v)`` applied to what the KV cache stores; also
+            settable later as the ``kv_hook`` attribute.
     """
 
     def __init__(
@@ -131,6 +137,7 @@ class CheckpointForward:
         ckpt_dir: Path,
         weight_provider: WeightProvider | None = None,
         activation_hook: ActivationHook | None = None,
+        kv_hook: KvHook | None = None,
     ) -> None:
         self.reader = CheckpointReader(Path(ckpt_dir))
         self.config = self.reader.config
@@ -142,6 +149,7 @@ class CheckpointForward:
             )
         self._provider = weight_provider
         self._hook = activation_hook
+        self.kv_hook = kv_hook
         self._cache: dict[str, torch.Tensor | None] = {}
 
     def close(self) -> None:
@@ -203,8 +211,11 @@ class CheckpointForward:
         q, k, v = torch.split(qkv, [heads * size, kv_heads * size, kv_heads * size], dim=-1)
         q = apply_rope(split_heads(q, heads, size), cos, sin)
         k = apply_rope(split_heads(k, kv_heads, size), cos, sin)
+        v = split_heads(v, kv_heads, size)
+        if self.kv_hook is not None:
+            k, v = self.kv_hook(prefix.rstrip("."), k, v)
         window = (cfg.get("forge") or {}).get("sliding_window")
-        out = causal_attention(q, k, split_heads(v, kv_heads, size), sliding_window=window)
+        out = causal_attention(q, k, v, sliding_window=window)
         return self.linear(prefix + "attention.dense", out)
 
     def _mlp(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
