@@ -22,13 +22,16 @@ import numpy as np
 
 from trtllm_forge.engine.metadata import read_metadata
 from trtllm_forge.engine.onnx.collectives import execute
-from trtllm_forge.engine.onnx.decoder import (
+from trtllm_forge.engine.onnx.names import (
     ATTENTION_MASK,
     HIDDEN_IN,
     HIDDEN_OUT,
     INPUT_IDS,
     LOGITS,
+    PAST_PREFIX,
     POSITION_IDS,
+    PRESENT_PREFIX,
+    past_name,
 )
 from trtllm_forge.engine.onnx.segments import Step
 from trtllm_forge.engine.spec import ModelSpec, heads_per_rank
@@ -140,9 +143,7 @@ class OrtEngine:
         return KvCache(
             {
                 r.rank: {
-                    f"past_key_values.{layer}.{kind}": empty
-                    for layer in r.layers
-                    for kind in ("key", "value")
+                    past_name(layer, kind): empty for layer in r.layers for kind in ("key", "value")
                 }
                 for r in self.ranks
             }
@@ -166,7 +167,7 @@ class OrtEngine:
             envs = self._run_stage(ranks, {**common, **carry}, cache)
             for r, env in zip(ranks, envs, strict=True):
                 for name in cache.values[r.rank]:
-                    cache.values[r.rank][name] = env[name.replace("past_key_values.", "present.")]
+                    cache.values[r.rank][name] = env[name.replace(PAST_PREFIX, PRESENT_PREFIX, 1)]
             out = envs[0]
             carry = (
                 {HIDDEN_IN: out[HIDDEN_OUT]} if stage < self.pp_size - 1 else {LOGITS: out[LOGITS]}

@@ -47,6 +47,7 @@ class ModelSpec:
     use_parallel_embedding: bool
     embedding_sharding_dim: int
     quantization: dict[str, Any]
+    sliding_window: int | None = None  # Mistral-style local attention (forge extra)
 
     @property
     def quant_algo(self) -> str | None:
@@ -172,6 +173,7 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
         use_parallel_embedding=bool(config.get("use_parallel_embedding", False)),
         embedding_sharding_dim=int(config.get("embedding_sharding_dim", 0)),
         quantization=dict(config.get("quantization") or {}),
+        sliding_window=int(forge["sliding_window"]) if forge.get("sliding_window") else None,
     )
 
 

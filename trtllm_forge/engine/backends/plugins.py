@@ -71,8 +71,7 @@ def validate_plugins(backend: str, plugins: Mapping[str, str | bool]) -> list[st
             "(use `backend: trtllm`, or remove it)"
             for name in plugins
         ]
-    errors = [_value_error(name, value) for name, value in plugins.items()]
-    errors = [e for e in errors if e]
+    errors = [e for name, value in plugins.items() if (e := _value_error(name, value))]
     if "paged_kv_cache" in plugins and "kv_cache_type" in plugins:
         errors.append("give kv_cache_type or the deprecated paged_kv_cache, not both")
     if errors:

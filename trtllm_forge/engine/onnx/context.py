@@ -25,7 +25,7 @@ class RankWeights:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._file = safe_open(str(self.path), framework="pt")
-        self.names = set(self._file.keys())
+        self.names: set[str] = set(self._file.keys())  # type: ignore[no-untyped-call]
         self.used: set[str] = set()
 
     def has(self, name: str) -> bool:
@@ -35,7 +35,8 @@ class RankWeights:
         if name not in self.names:
             raise source_error(f"{self.path.name}: tensor {name!r} is missing")
         self.used.add(name)
-        return self._file.get_tensor(name)
+        tensor: torch.Tensor = self._file.get_tensor(name)  # type: ignore[no-untyped-call]
+        return tensor
 
     def unused(self) -> list[str]:
         return sorted(self.names - self.used)

@@ -16,29 +16,25 @@ from onnx import TensorProto
 from trtllm_forge.engine.onnx.collectives import all_gather, all_reduce
 from trtllm_forge.engine.onnx.context import LoweringContext
 from trtllm_forge.engine.onnx.linear import LinearSite, lower_kv_cache, lower_linear
+from trtllm_forge.engine.onnx.names import (
+    ATTENTION_MASK,
+    HIDDEN_IN,
+    HIDDEN_OUT,
+    INPUT_IDS,
+    LOGITS,
+    POSITION_IDS,
+    past_name,
+    present_name,
+)
 from trtllm_forge.engine.onnx.rope import rope_frequencies
 from trtllm_forge.engine.spec import heads_per_rank, padded_vocab
 from trtllm_forge.errors import recipe_error, source_error
 
-INPUT_IDS = "input_ids"
-POSITION_IDS = "position_ids"
-ATTENTION_MASK = "attention_mask"
-HIDDEN_IN = "hidden_states_in"
-HIDDEN_OUT = "hidden_states_out"
-LOGITS = "logits"
 FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64
 # Masked scores are replaced (not added to), so this never overflows; a fully masked row
 # (a left-pad query) gets a uniform softmax instead of NaN.
 MASKED_SCORE = float(np.finfo(np.float32).min)
-
-
-def past_name(layer: int, kind: str) -> str:
-    return f"past_key_values.{layer}.{kind}"
-
-
-def present_name(layer: int, kind: str) -> str:
-    return f"present.{layer}.{kind}"
 
 
 def build_decoder(ctx: LoweringContext) -> None:
@@ -55,7 +51,7 @@ def build_decoder(ctx: LoweringContext) -> None:
         hidden = g.add_input(HIDDEN_IN, FLOAT, ["batch", "seq", model.hidden_size])
     positions = g.add_input(POSITION_IDS, INT64, ["batch", "seq"])
     mask = g.add_input(ATTENTION_MASK, INT64, ["batch", "total_seq"])
-    cache_shape = ["batch", kv_heads, "past_seq", model.head_size]
+    cache_shape: list[int | str] = ["batch", kv_heads, "past_seq", model.head_size]
     pasts = {
         layer: (
             g.add_input(past_name(layer, "key"), FLOAT, cache_shape),
@@ -142,7 +138,7 @@ def _rope_tables(ctx: LoweringContext, positions: str) -> tuple[str, str]:
 
 
 def _attention_allowed(ctx: LoweringContext, mask: str, positions: str) -> str:
-    """bool [batch, 1, 1, seq, total_seq]: causal (by cache slot) AND not padding."""
+    """bool [batch, 1, 1, seq, total_seq]: causal (by cache slot), in the window, not padding."""
     g = ctx.graph
 
     def length(value: str, hint: str) -> str:
@@ -151,25 +147,26 @@ def _attention_allowed(ctx: LoweringContext, mask: str, positions: str) -> str:
 
     total, seq = length(mask, "mask.total_len"), length(positions, "mask.seq_len")
     one, zero = g.const(1, np.int64), g.const(0, np.int64)
-    query_slots = g.op(
-        "Range", [g.op("Sub", [total, seq], "mask.past_len"), total, one], "mask.query_slots"
+    past = g.op("Sub", [total, seq], "mask.past_len")
+    query_slots = g.op("Range", [past, total, one], "mask.query_slots")
+    keys = g.op(
+        "Unsqueeze", [g.op("Range", [zero, total, one], "mask.key_slots"), g.i64(0)], "mask.keys"
     )
-    key_slots = g.op("Range", [zero, total, one], "mask.key_slots")
-    causal = g.op(
-        "LessOrEqual",
-        [
-            g.op("Unsqueeze", [key_slots, g.i64(0)], "mask.keys_row"),
-            g.op("Unsqueeze", [query_slots, g.i64(1)], "mask.queries_col"),
-        ],
-        "mask.causal",
-    )
+    queries = g.op("Unsqueeze", [query_slots, g.i64(1)], "mask.queries")
+    allowed = g.op("LessOrEqual", [keys, queries], "mask.causal")
+    window = ctx.model.sliding_window
+    if window is not None:
+        # Mistral local attention: a query sees only the last `window` cache slots.
+        earliest = g.op("Sub", [queries, g.const(window, np.int64)], "mask.earliest")
+        recent = g.op("Greater", [keys, earliest], "mask.recent")
+        allowed = g.op("And", [allowed, recent], "mask.windowed")
     present = g.op(
         "Cast",
         [g.op("Unsqueeze", [mask, g.i64(1)], "mask.b1t")],
         "mask.present",
         to=TensorProto.BOOL,
     )
-    allowed = g.op("And", [causal, present], "mask.allowed")
+    allowed = g.op("And", [allowed, present], "mask.allowed")
     return g.op("Unsqueeze", [allowed, g.i64(1, 2)], "mask.allowed5")
 
 
@@ -231,7 +228,7 @@ def _attention(
     k, v = lower_kv_cache(ctx, prefix, k, v)
     keys = g.op("Concat", [past[0], k], f"{prefix}.keys", axis=2)
     values = g.op("Concat", [past[1], v], f"{prefix}.values", axis=2)
-    cache_shape = ["batch", kv_heads, "total_seq", d]
+    cache_shape: list[int | str] = ["batch", kv_heads, "total_seq", d]
     g.add_output(keys, present_name(layer, "key"), FLOAT, cache_shape)
     g.add_output(values, present_name(layer, "value"), FLOAT, cache_shape)
     keys, values = present_name(layer, "key"), present_name(layer, "value")

@@ -28,7 +28,7 @@ import fnmatch
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from trtllm_forge.engine.onnx.context import LoweringContext
 from trtllm_forge.errors import recipe_error
@@ -57,6 +57,7 @@ class LinearSite:
 
 LinearLowering = Callable[[LoweringContext, LinearSite, str], str]
 KvCacheLowering = Callable[[LoweringContext, str, str, str], tuple[str, str]]
+_Hook = TypeVar("_Hook", LinearLowering, KvCacheLowering)
 
 
 def dense_linear(ctx: LoweringContext, site: LinearSite, x: str) -> str:
@@ -117,7 +118,7 @@ def _import_quant_lowerings() -> None:
             raise
 
 
-def _lookup(table: dict[str | None, Callable], algo: str | None, field: str) -> Callable:  # type: ignore[type-arg]
+def _lookup(table: dict[str | None, _Hook], algo: str | None, field: str) -> _Hook:
     if algo not in table:
         _import_quant_lowerings()
     if algo not in table:
