@@ -202,3 +202,73 @@ def test_unknown_parameter_kind_is_named(tmp_path: Path) -> None:
     src = _write(tmp_path / "src", {"transformer.layers.0.mlp.fc.zero": torch.zeros(8, INTER)})
     with pytest.raises(ForgeError, match=r"mlp\.fc\.zero.*'zero'"):
         shard_checkpoint(src, tmp_path / "out", tp=2, pp=1)
+
+
+# ----------------------------------------------------------------------------- real quant output
+
+
+def _dequant(reader: CheckpointReader, module: str, rank: int, group: int | None) -> torch.Tensor:
+    """Weight-only formats as the quant writer documents them: int8 [out,in] x scale [out],
+    or int4 row pairs [out/2,in] x group scales [out, in/group]."""
+    q = reader.get(f"{module}.weight", rank)
+    scale = reader.get(f"{module}.weights_scaling_factor", rank).float()
+    if group is None:
+        return q.float() * scale[:, None]
+    return unpack_out_pairs(q).float() * scale.repeat_interleave(group, dim=1)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "group", "tp"),
+    [("int8_wo", {}, None, 2), ("int8_wo", {}, None, 4), ("int4_wo", {"group_size": 32}, 32, 2)],
+)
+def test_quantizer_output_shards_consistently(
+    method: str, params: dict[str, Any], group: int | None, tp: int, tmp_path: Path
+) -> None:
+    """Each rank's dequantized weight is exactly its slice of the full dequantized weight."""
+    from tests.tinymodels import make_tiny_hf
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    hf = make_tiny_hf("llama", tmp_path / "hf")
+    convert_hf_checkpoint(hf, tmp_path / "c", dtype="float16")
+    quantize_checkpoint(
+        hf_dir=hf,
+        canonical_dir=tmp_path / "c",
+        out_dir=tmp_path / "q",
+        method=method,
+        params=params,
+    )
+    shard_checkpoint(tmp_path / "q", tmp_path / "s", tp=tp, pp=1)
+    p = "transformer.layers.1."
+    with CheckpointReader(tmp_path / "q") as full, CheckpointReader(tmp_path / "s") as shards:
+        for rank in range(tp):
+            ffn = slice(rank * INTER // tp, (rank + 1) * INTER // tp)
+            cols = slice(rank * HIDDEN // tp, (rank + 1) * HIDDEN // tp)
+            expected = {
+                "attention.qkv": _dequant(full, p + "attention.qkv", 0, group)[qkv_rows(rank, tp)],
+                "attention.dense": _dequant(full, p + "attention.dense", 0, group)[:, cols],
+                "mlp.fc": _dequant(full, p + "mlp.fc", 0, group)[ffn],
+                "mlp.gate": _dequant(full, p + "mlp.gate", 0, group)[ffn],
+                "mlp.proj": _dequant(full, p + "mlp.proj", 0, group)[:, ffn],
+            }
+            for module, want in expected.items():
+                assert torch.equal(_dequant(shards, p + module, rank, group), want), (rank, module)
+
+
+def test_quantizer_groups_too_wide_for_tp_are_refused(tmp_path: Path) -> None:
+    """int4 groups of 32 cannot be split 4 ways over a 64-wide input."""
+    from tests.tinymodels import make_tiny_hf
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    hf = make_tiny_hf("llama", tmp_path / "hf")
+    convert_hf_checkpoint(hf, tmp_path / "c", dtype="float16")
+    quantize_checkpoint(
+        hf_dir=hf,
+        canonical_dir=tmp_path / "c",
+        out_dir=tmp_path / "q",
+        method="int4_wo",
+        params={"group_size": 32},
+    )
+    with pytest.raises(ForgeError, match=r"weights_scaling_factor.*multiple of 32"):
+        shard_checkpoint(tmp_path / "q", tmp_path / "s", tp=4, pp=1)
