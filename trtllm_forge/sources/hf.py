@@ -124,7 +124,8 @@ def _resolve(
 
 
 def _check_repo_id(repo_id: str) -> None:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 
     try:
         validate_repo_id(repo_id)
@@ -167,7 +168,7 @@ def _remote_listing(
     rev = revision or "main"
     progress.log(f"resolving {repo_id}@{rev} on the Hugging Face Hub")
     try:
-        info = HfApi(token=token).repo_info(repo_id, revision=rev)
+        info = HfApi(token=token).model_info(repo_id, revision=rev)
     except _network_errors() as err:
         progress.log(f"hub unreachable ({type(err).__name__}); using the local HF cache")
         return None
@@ -276,9 +277,9 @@ def _dirs(folder: Path) -> list[Path]:
 
 def _silent_bars() -> type:
     """A huggingface_hub progress-bar class that never draws (forge reports through Progress)."""
-    from huggingface_hub.utils import tqdm as hf_tqdm
+    from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
 
-    class SilentTqdm(hf_tqdm):  # type: ignore[misc, valid-type]
+    class SilentTqdm(hf_tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
