@@ -197,7 +197,7 @@ def test_missing_full_sha_offline(hub: Path, tiny_files: dict[str, bytes]) -> No
 def test_missing_repo(hub: Path) -> None:
     err = expect_error(ExitCode.SOURCE, resolve_hf, "forge-test/no-such-model", "main")
     assert "forge-test/no-such-model" in err.message
-    assert err.hint and "huggingface-cli download forge-test/no-such-model" in err.hint
+    assert err.hint and "hf download forge-test/no-such-model" in err.hint
 
 
 def test_malformed_repo_id_is_a_recipe_error(hub: Path) -> None:
@@ -211,7 +211,7 @@ def test_file_listed_by_hub_but_not_downloaded(hub: Path, tiny_files: dict[str, 
     )
     err = expect_error(ExitCode.SOURCE, resolve_hf, REPO, "main")
     assert "model.safetensors" in err.message and REPO in err.message
-    assert err.hint and "huggingface-cli download" in err.hint
+    assert err.hint and "hf download" in err.hint
 
 
 def test_missing_shard_named_by_index(hub: Path, tiny_files: dict[str, bytes]) -> None:

@@ -36,9 +36,7 @@ _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _QUIET = NullProgress()
 
-_DOWNLOAD_HINT = (
-    "with network access run `huggingface-cli download {repo}{rev}` (or unset HF_HUB_OFFLINE)"
-)
+_DOWNLOAD_HINT = "with network access run `hf download {repo}{rev}` (or unset HF_HUB_OFFLINE)"
 
 
 def resolve_hf(

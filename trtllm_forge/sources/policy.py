@@ -216,7 +216,7 @@ def check_index_complete(root: Path, files: Iterable[str], *, source: str) -> No
             if shard not in present:
                 raise source_error(
                     f"{source}: {index_name} names shard {shard}, which is missing",
-                    hint="the download is incomplete; re-run it (e.g. `huggingface-cli download "
+                    hint="the download is incomplete; re-run it (e.g. `hf download "
                     f"{source}`) or copy the missing file",
                 )
 
