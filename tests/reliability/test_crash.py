@@ -1,0 +1,167 @@
+"""Crash safety: SIGKILL `forge build` at every fault point it passes.
+
+For each point (``trtllm_forge.faults``) an uninterrupted build reaches, a
+fresh store is built up to that point and the process kills itself there.
+Then:
+
+1. nothing partial is visible: every dir under ``artifacts/`` holds a manifest
+   naming exactly its files, with matching sizes and blake3 digests (checked
+   independently of the store code), and ``forge cache ls --json`` agrees;
+2. a rerun succeeds with the same stage keys and content digests as the
+   uninterrupted build, and the store holds exactly the same entries;
+3. ``forge cache gc`` removes every staging leftover of the killed process.
+
+Points reached many times (one per tensor written) are killed at their
+first, middle and last occurrence.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.reliability.conftest import Reference
+from tests.reliability.harness import (
+    KILLED,
+    audit_store,
+    base_env,
+    build_results,
+    forge,
+    ls_problems,
+    record,
+    staging_leftovers,
+    store_entries,
+)
+
+pytestmark = pytest.mark.reliability
+
+
+def kill_cases(points: list[str]) -> list[tuple[str, int]]:
+    counts = Counter(points)
+    cases = []
+    for name in dict.fromkeys(points):  # first-reached order
+        n = counts[name]
+        cases += [(name, nth) for nth in sorted({1, (n + 1) // 2, n})]
+    return cases
+
+
+@dataclass
+class Outcome:
+    point: str
+    nth: int
+    leftovers: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def run_case(ref: Reference, home: Path, point: str, nth: int) -> Outcome:
+    outcome = Outcome(point, nth)
+    problems = outcome.problems
+    build = ("build", str(ref.recipe), "--until", ref.until, "--json")
+    killed = forge(home, *build, env={"FORGE_FAULT": f"{point}:{nth}"})
+    if killed.code != KILLED:
+        problems.append(f"expected SIGKILL at {point}:{nth}, got exit {killed.code}")
+        return outcome
+    problems += audit_store(home) + ls_problems(home)
+    leftovers = staging_leftovers(home)
+    outcome.leftovers = len(leftovers)
+    rerun = forge(home, *build)
+    if rerun.code != 0:
+        problems.append(f"rerun exited {rerun.code}: {rerun.text[-800:]}")
+        return outcome
+    problems += _differences("rerun", build_results(rerun), ref.results)
+    problems += _differences("store", store_entries(home), ref.entries)
+    problems += _gc_cleans(home, leftovers)
+    return outcome
+
+
+def _differences(what: str, got: dict[Any, Any], want: dict[Any, Any]) -> list[str]:
+    """Entries that differ from the uninterrupted build, compactly."""
+    return [f"{what} {name}: {got.get(name)} != uninterrupted {want.get(name)}"
+            for name in sorted(set(got) | set(want), key=str) if got.get(name) != want.get(name)]
+
+
+def _gc_cleans(home: Path, leftovers: list[str]) -> list[str]:
+    gc = forge(home, "cache", "gc", "--json")
+    if gc.code != 0:
+        return [f"gc exited {gc.code}: {gc.text[-500:]}"]
+    removed = {Path(item["path"]).name for item in gc.json()["removed"]
+               if item.get("stage") == "(staging)"}
+    problems = []
+    if not set(leftovers) <= removed:
+        problems.append(f"gc left staging leftovers {sorted(set(leftovers) - removed)}")
+    if staging_leftovers(home):
+        problems.append(f"tmp/ not empty after gc: {staging_leftovers(home)}")
+    return problems + audit_store(home)
+
+
+def test_points_cover_every_stage_commit_and_ref(reference: Reference) -> None:
+    reached = set(reference.points)
+    for stage in reference.stages:
+        assert f"stage.{stage}.start" in reached
+        for step in ("before_manifest", "after_manifest", "before_rename", "after_rename"):
+            assert f"store.commit.{stage}.{step}" in reached
+    assert {"runner.ref.before_write", "store.ref.before_replace", "runner.ref.after_write"} <= reached
+    assert Counter(reference.points)["safetensors.tensor_written"] >= 10  # convert wrote each tensor
+
+
+def test_kill_at_every_point_leaves_a_consistent_store(reference: Reference, tmp_path: Path) -> None:
+    cases = kill_cases(reference.points)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(lambda ic: run_case(reference, tmp_path / f"case{ic[0]}", *ic[1]),
+                                 enumerate(cases)))
+    failed = [o for o in outcomes if o.problems]
+    record("crash", {
+        "stages": list(reference.stages),
+        "not_covered": reference.stopped,
+        "distinct_points": len(set(reference.points)),
+        "points_reached": len(reference.points),
+        "kills": len(outcomes),
+        "kills_survived": len(outcomes) - len(failed),
+        "kills_leaving_staging": sum(1 for o in outcomes if o.leftovers),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "failures": [f"{o.point}:{o.nth}: {o.problems}" for o in failed],
+    })
+    assert len(cases) >= 20
+    assert any(o.leftovers for o in outcomes)  # some kills really left a half-built artifact
+    assert not failed, "\n".join(f"{o.point}:{o.nth}: {p}" for o in failed for p in o.problems)
+
+
+def test_fault_env_semantics(tmp_path: Path) -> None:
+    """nth occurrence, the points list, and SIGSTOP — through a real process."""
+    listing = tmp_path / "points.txt"
+    code = ("from trtllm_forge.faults import point\n"
+            "for _ in range(3):\n    point('a')\n    point('b')\nprint('survived')\n")
+    env = base_env(tmp_path, FORGE_FAULT="b:2", FORGE_FAULT_LIST=str(listing))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == KILLED and "survived" not in proc.stdout
+    assert listing.read_text().split() == ["a", "b", "a", "b"]
+    env = base_env(tmp_path, FORGE_FAULT="c")  # a point never reached: no effect
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "survived" in proc.stdout
+
+
+def test_points_cost_nothing_when_unset() -> None:
+    """With no FORGE_FAULT*, the env is read once and point() is a global check."""
+    from trtllm_forge import faults
+
+    faults.reset({})
+    assert faults._config is None
+    n = 200_000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        faults.point("store.commit.convert.before_rename")
+    per_call_ns = (time.perf_counter() - t0) / n * 1e9
+    faults.reset({"FORGE_FAULT": "x:3", "FORGE_FAULT_ACTION": "stop"})
+    assert isinstance(faults._config, faults._Config)
+    assert (faults._config.target, faults._config.nth) == ("x", 3)
+    faults.reset({})
+    record("fault_overhead", {"ns_per_point_unset": round(per_call_ns, 1)})
