@@ -38,37 +38,27 @@ def _group(ctx: LoweringContext) -> list[int]:
     return list(range(first, first + ctx.layout.tp_size))
 
 
-def all_reduce(ctx: LoweringContext, x: str, hint: str) -> str:
-    """Sum partial results over the TP group (identity when tp == 1)."""
+def all_reduce(ctx: LoweringContext, x: str, features: int, hint: str) -> str:
+    """Sum a [batch, seq, features] partial result over the TP group (identity when tp == 1)."""
     if ctx.layout.tp_size == 1:
         return x
     y = ctx.graph.op(
-        ALL_REDUCE,
-        [x],
-        hint,
-        domain=COLLECTIVE_DOMAIN,
-        reduce_op="SUM",
-        nb_rank=ctx.layout.tp_size,
-        groups=_group(ctx),
-    )
-    ctx.graph.annotate(y, ctx.compute_type)
+        ALL_REDUCE, [x], hint, domain=COLLECTIVE_DOMAIN,
+        reduce_op="SUM", nb_rank=ctx.layout.tp_size, groups=_group(ctx),
+    )  # fmt: skip
+    ctx.graph.annotate(y, ctx.compute_type, ["batch", "seq", features])
     return y
 
 
-def all_gather(ctx: LoweringContext, x: str, axis: int, hint: str) -> str:
-    """Concatenate the TP ranks' shards along ``axis`` (identity when tp == 1)."""
+def all_gather(ctx: LoweringContext, x: str, features: int, hint: str) -> str:
+    """Concatenate the TP ranks' [batch, seq, features/tp] shards along the last axis."""
     if ctx.layout.tp_size == 1:
         return x
     y = ctx.graph.op(
-        ALL_GATHER,
-        [x],
-        hint,
-        domain=COLLECTIVE_DOMAIN,
-        axis=axis,
-        nb_rank=ctx.layout.tp_size,
-        groups=_group(ctx),
-    )
-    ctx.graph.annotate(y, ctx.compute_type)
+        ALL_GATHER, [x], hint, domain=COLLECTIVE_DOMAIN,
+        axis=-1, nb_rank=ctx.layout.tp_size, groups=_group(ctx),
+    )  # fmt: skip
+    ctx.graph.annotate(y, ctx.compute_type, ["batch", "seq", features])
     return y
 
 

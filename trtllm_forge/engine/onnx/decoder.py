@@ -92,7 +92,9 @@ def _embedding(ctx: LoweringContext, ids: str) -> str:
     rows, cols = tensor.shape
     table = ctx.constant_weight(name, tensor)
     if cols != model.hidden_size:  # sharded along hidden (embedding_sharding_dim 1)
-        return all_gather(ctx, g.op("Gather", [table, ids], "embed.part"), -1, "embed.out")
+        return all_gather(
+            ctx, g.op("Gather", [table, ids], "embed.part"), model.hidden_size, "embed.out"
+        )
     if rows >= model.vocab_size or layout.tp_size == 1:
         return g.op("Gather", [table, ids], "embed.out")
     # Vocab-sharded (use_parallel_embedding, dim 0): each rank looks up the ids it owns
@@ -111,7 +113,7 @@ def _embedding(ctx: LoweringContext, ids: str) -> str:
         "Unsqueeze", [g.op("Cast", [owned], "embed.owned_f", to=FLOAT), g.i64(-1)], "embed.keep"
     )
     part = g.op("Mul", [g.op("Gather", [table, safe], "embed.rows"), keep], "embed.part")
-    return all_reduce(ctx, part, "embed.out")
+    return all_reduce(ctx, part, model.hidden_size, "embed.out")
 
 
 def _rope_tables(ctx: LoweringContext, positions: str) -> tuple[str, str]:
@@ -175,7 +177,7 @@ def _linear(ctx: LoweringContext, x: str, module: str, parallel: str, n_in: int,
     g = ctx.graph
     y = lower_linear(ctx, LinearSite(module, parallel, n_in, n_out), x)  # type: ignore[arg-type]
     if parallel == "row":
-        y = all_reduce(ctx, y, f"{module}.reduced")
+        y = all_reduce(ctx, y, n_out, f"{module}.reduced")
     if ctx.weights.has(f"{module}.bias"):
         y = g.op("Add", [y, ctx.load(f"{module}.bias")], f"{module}.biased")
     return y
@@ -300,7 +302,7 @@ def _lm_head(ctx: LoweringContext, x: str) -> str:
         local = lower_linear(ctx, LinearSite("lm_head", "column", model.hidden_size, rows), x)
     else:
         local = _tied_lm_head(ctx, x)
-    logits = all_gather(ctx, local, -1, "logits.padded")
+    logits = all_gather(ctx, local, padded_vocab(model, layout.tp_size), "logits.padded")
     if padded_vocab(model, layout.tp_size) != model.vocab_size:
         logits = g.op(
             "Slice", [logits, g.i64(0), g.i64(model.vocab_size), g.i64(-1)], "logits.unpadded"
