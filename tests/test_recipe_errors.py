@@ -179,3 +179,11 @@ def test_json_error_document(recipe: Path) -> None:
     assert doc["ok"] is False
     assert doc["error"]["location"]["line"] == 5
     assert doc["error"]["location"]["field"] == "bogus"
+
+
+def test_int4_groups_must_align_with_tp_shards(recipe: Path, tiny_models: dict[str, Path]) -> None:
+    # tiny llama: hidden 64; tp=2 leaves 32 input channels per rank, not a multiple of 64
+    write_recipe(recipe, source={"path": str(tiny_models["llama"])},
+                 quantize={"method": "int4_wo", "group_size": 64}, parallel={"tp": 2})
+    run = forge("plan", str(recipe))
+    assert_clean_error(run, 2, "quantize.group_size", "tp=2")

@@ -69,6 +69,39 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
             hint=f"use pp ≤ {layers}",
             location=loaded.locate("parallel.pp"),
         )
+    inter = dims["intermediate_size"]
+    if inter % tp:
+        raise recipe_error(
+            f"tp={tp} does not divide the model's intermediate size {inter}",
+            hint=f"choose tp from {_divisors(inter)[:12]}",
+            location=loaded.locate("parallel.tp"),
+        )
+    _check_group_alignment(loaded, dims)
+
+
+def _check_group_alignment(loaded: LoadedRecipe, dims: dict[str, int]) -> None:
+    """Int4 groups run along a linear layer's input. Row-parallel layers (attention
+    output, MLP down-projection) split that input across tp ranks, so each rank's
+    share must hold whole groups; the sharder refuses otherwise — say so before an
+    expensive calibration instead."""
+    group = getattr(loaded.recipe.quantize, "group_size", None)
+    if group is None:
+        return
+    tp = loaded.recipe.parallel.tp
+    inputs = {
+        "hidden size": (dims["hidden_size"], 1),
+        "attention width": (dims["num_attention_heads"] * dims["head_size"], tp),
+        "intermediate size": (dims["intermediate_size"], tp),
+    }
+    for name, (width, split) in inputs.items():
+        if (width // split) % group:
+            per_rank = f"with tp={tp}, each rank's share of the {name} is {width // split}" if split > 1 \
+                else f"the model's {name} is {width}"
+            raise recipe_error(
+                f"{per_rank}, not a multiple of group_size {group}",
+                hint="lower quantize.group_size" + (" or parallel.tp" if split > 1 else ""),
+                location=loaded.locate("quantize.group_size"),
+            )
 
 
 def _divisors(n: int) -> list[int]:
