@@ -207,7 +207,9 @@ def from_texts(texts: list[str], tokenizer_dir: Path, spec: CalibrationSpec) -> 
     return _windows(texts, tokenizer_dir, spec, "texts")
 
 
-def _windows(documents: list[str], tokenizer_dir: Path, spec: CalibrationSpec, source: str) -> CalibrationData:
+def _windows(
+    documents: list[str], tokenizer_dir: Path, spec: CalibrationSpec, source: str
+) -> CalibrationData:
     tokenizer = load_tokenizer(tokenizer_dir)
     stream = token_stream(documents, tokenizer)
     tokens = sample_windows(

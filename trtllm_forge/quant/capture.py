@@ -77,7 +77,10 @@ def input_hessians(
         counts[name] += flat.shape[0]
 
     batches = list(batches)
-    with _input_hooks(model, names, record), progress.task("collecting Hessians", total=len(batches)) as task:
+    with (
+        _input_hooks(model, names, record),
+        progress.task("collecting Hessians", total=len(batches)) as task,
+    ):
         for ids in batches:
             model(input_ids=ids)
             task.advance()

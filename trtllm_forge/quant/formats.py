@@ -71,7 +71,10 @@ def sq_per_channel(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
 
 def sq_per_token_plugin(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
     scale = layout.scale_from_amax(lq.weight_amax, layout.INT8_MAX)
-    out = {"weight": layout.quantize_int8(lq.weight, scale), "per_channel_scale": scale.reshape(1, -1)}
+    out = {
+        "weight": layout.quantize_int8(lq.weight, scale),
+        "per_channel_scale": scale.reshape(1, -1),
+    }
     if row:
         # Row layers divide their input by `smoother` at run time; ModelOpt's
         # pre_quant_scale multiplies it, so the smoother is its inverse.

@@ -31,7 +31,9 @@ def quantize_model(
         raise ValueError("FP8 needs calibration data")
     mtq = modelopt_glue.mtq(progress)
     per_channel = params.granularity == "per_channel_per_token"
-    preset = copy.deepcopy(mtq.FP8_PER_CHANNEL_PER_TOKEN_CFG if per_channel else mtq.FP8_DEFAULT_CFG)
+    preset = copy.deepcopy(
+        mtq.FP8_PER_CHANNEL_PER_TOKEN_CFG if per_channel else mtq.FP8_DEFAULT_CFG
+    )
     config = modelopt_glue.target_config(preset, targets)
     modelopt_glue.calibrate(model, config, data, progress)
     return modelopt_glue.extract(model, targets)

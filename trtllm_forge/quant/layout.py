@@ -52,7 +52,9 @@ def quantize_int8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def quantize_int4(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Group-wise symmetric INT4 (``scale [out, groups]``) as int8 values in [-8, 7]."""
-    return (weight.float() / expand_groups(scale, weight.shape[1])).round().clamp(-8, 7).to(torch.int8)
+    return (
+        (weight.float() / expand_groups(scale, weight.shape[1])).round().clamp(-8, 7).to(torch.int8)
+    )
 
 
 def quantize_fp8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

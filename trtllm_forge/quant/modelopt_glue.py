@@ -70,7 +70,11 @@ def preset_numerics(preset: dict[str, Any]) -> tuple[dict[str, Any] | None, dict
     for entry in preset["quant_cfg"]:
         name = entry.get("quantizer_name")
         if name in ("*weight_quantizer", "*input_quantizer") and "parent_class" not in entry:
-            found[name] = copy.deepcopy(entry["cfg"]) if entry.get("enable", True) and "cfg" in entry else None
+            found[name] = (
+                copy.deepcopy(entry["cfg"])
+                if entry.get("enable", True) and "cfg" in entry
+                else None
+            )
     return found.get("*weight_quantizer"), found.get("*input_quantizer")
 
 
@@ -92,12 +96,20 @@ def target_config(
     for name in targets:
         entries.append({"quantizer_name": f"{name}.weight_quantizer", "cfg": copy.deepcopy(weight)})
         if preset_input is not None:
-            entries.append({"quantizer_name": f"{name}.input_quantizer", "cfg": copy.deepcopy(preset_input)})
-    return {"quant_cfg": entries, "algorithm": algorithm if algorithm is not None else preset.get("algorithm")}
+            entries.append(
+                {"quantizer_name": f"{name}.input_quantizer", "cfg": copy.deepcopy(preset_input)}
+            )
+    return {
+        "quant_cfg": entries,
+        "algorithm": algorithm if algorithm is not None else preset.get("algorithm"),
+    }
 
 
 def calibrate(
-    model: nn.Module, config: dict[str, Any], data: CalibrationData, progress: Progress = _NO_PROGRESS
+    model: nn.Module,
+    config: dict[str, Any],
+    data: CalibrationData,
+    progress: Progress = _NO_PROGRESS,
 ) -> nn.Module:
     """``mtq.quantize`` over the calibration windows (in place; returns the model)."""
     module = mtq(progress)

@@ -71,14 +71,22 @@ def quantize_checkpoint(
     data = None
     if info.needs_data or spec.kv_cache:
         data = _calibration_data(calibration, Path(tokenizer_dir or hf_dir))
-        progress.log(f"calibration: {data.tokens.shape[0]} x {data.tokens.shape[1]} tokens ({data.source})")
+        progress.log(
+            f"calibration: {data.tokens.shape[0]} x {data.tokens.shape[1]} tokens ({data.source})"
+        )
     model = load_hf_model(Path(hf_dir))
     kv = kv_ranges(model, data.batches(8), progress) if spec.kv_cache and data is not None else {}
     result = info.load().quantize_model(model, data, spec.params, plan.hf_modules(), progress)
     result.kv_amax = kv
     forge_info = _forge_info(spec, exclude, data, info.uses_modelopt)
     summary = write_checkpoint(
-        Path(canonical_dir), Path(out_dir), spec=spec, plan=plan, result=result, forge_info=forge_info, progress=progress
+        Path(canonical_dir),
+        Path(out_dir),
+        spec=spec,
+        plan=plan,
+        result=result,
+        forge_info=forge_info,
+        progress=progress,
     )
     summary.update(forge_info)
     summary["kv_amax"] = {str(layer): list(pair) for layer, pair in sorted(kv.items())}
@@ -90,7 +98,8 @@ def _kv_name(kv_cache: str | None) -> str | None:
         return None
     if kv_cache not in KV_CACHE_ALGOS:
         raise recipe_error(
-            f"unknown kv_cache format {kv_cache!r}", hint=f"use one of: none, {', '.join(KV_CACHE_ALGOS)}"
+            f"unknown kv_cache format {kv_cache!r}",
+            hint=f"use one of: none, {', '.join(KV_CACHE_ALGOS)}",
         )
     return kv_cache
 
@@ -107,8 +116,12 @@ def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -
                 hint="pick a group size dividing every layer's input size, or exclude the layer",
             )
         if group is not None and out_features % 2:
-            raise recipe_error(f"{target.module}: INT4 packing needs an even out_features ({out_features})")
-    per_token_sq = isinstance(spec.params, SmoothQuantParams) and spec.params.activations == "per_token"
+            raise recipe_error(
+                f"{target.module}: INT4 packing needs an even out_features ({out_features})"
+            )
+    per_token_sq = (
+        isinstance(spec.params, SmoothQuantParams) and spec.params.activations == "per_token"
+    )
     if per_token_sq and plan.excluded:
         raise recipe_error(
             "smoothquant with activations: per_token cannot exclude decoder linears "
@@ -118,7 +131,9 @@ def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -
         )
 
 
-def _calibration_data(calibration: Calibration | None, tokenizer_dir: Path) -> calib.CalibrationData:
+def _calibration_data(
+    calibration: Calibration | None, tokenizer_dir: Path
+) -> calib.CalibrationData:
     if isinstance(calibration, torch.Tensor):
         return calib.from_tokens(calibration)
     if calibration is None or isinstance(calibration, calib.CalibrationSpec):

@@ -110,5 +110,12 @@ def _shared_pre_quant_scale(parts: list[LinearQuant]) -> list[LinearQuant]:
             out.append(part)
             continue
         weight = part.weight.float() * old.float() / average.float()
-        out.append(replace(part, weight=weight, weight_amax=part.recompute_amax(weight), pre_quant_scale=average))
+        out.append(
+            replace(
+                part,
+                weight=weight,
+                weight_amax=part.recompute_amax(weight),
+                pre_quant_scale=average,
+            )
+        )
     return out

@@ -75,7 +75,9 @@ def linear_targets(hf_config: Mapping[str, Any]) -> list[LinearTarget]:
         if parsed.parallel not in ("column", "row"):
             continue
         sources = tuple(s.removesuffix(".weight") for s in rule.sources)
-        targets.append(LinearTarget(rule.target.removesuffix(".weight"), sources, parsed.layer, parsed.module))
+        targets.append(
+            LinearTarget(rule.target.removesuffix(".weight"), sources, parsed.layer, parsed.module)
+        )
     return targets
 
 

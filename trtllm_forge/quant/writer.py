@@ -61,9 +61,14 @@ def quantization_block(spec: QuantSpec, plan: TargetPlan) -> dict[str, Any]:
     return block
 
 
-def _fused_linears(spec: QuantSpec, plan: TargetPlan, result: QuantResult) -> dict[str, LinearQuant]:
+def _fused_linears(
+    spec: QuantSpec, plan: TargetPlan, result: QuantResult
+) -> dict[str, LinearQuant]:
     """TensorRT-LLM module → its fused record, with input groups reconciled."""
-    fused = {t.module: concat(share_input([result.linears[s] for s in t.sources])) for t in plan.quantized}
+    fused = {
+        t.module: concat(share_input([result.linears[s] for s in t.sources]))
+        for t in plan.quantized
+    }
     if spec.quant_algo in formats.SHARE_INPUT_GROUPS:
         for group in _input_groups(plan):
             for module, lq in zip(group, share_input([fused[m] for m in group]), strict=True):
@@ -162,7 +167,10 @@ def write_checkpoint(
         new.update(kv_tensors(spec, result))
         dropped = _replaced_weights(plan, spec)
         kept = [n for n in reader.names() if n not in dropped and n not in new]
-        specs = [TensorSpec(n, ST_TO_TORCH[str(reader.get_slice(n).get_dtype())], reader.shape(n)) for n in kept]
+        specs = [
+            TensorSpec(n, ST_TO_TORCH[str(reader.get_slice(n).get_dtype())], reader.shape(n))
+            for n in kept
+        ]
         specs += [TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in new.items()]
         with (
             progress.task("writing quantized checkpoint", total=len(specs)) as task,

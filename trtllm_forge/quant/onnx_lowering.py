@@ -1,0 +1,200 @@
+"""ONNX lowering of quantized linears and KV caches (explicit Q/DQ, opset 21).
+
+Registered into the engine's hook tables (``engine.onnx.linear``) on import; the
+engine imports this module the first time it meets a quantized checkpoint.
+Each lowering reads every tensor its module stores (the build fails on unread
+tensors) and returns ``x @ W.T`` without bias, in the compute type.
+
+=====================================  ======================================================
+quant_algo                             graph
+=====================================  ======================================================
+W8A16                                  DQ(int8 Wᵀ, per-column scale) → MatMul
+W4A16_AWQ                              [x·pre_quant_scale] → MatMul(DQ(int4 Wᵀ, blocked scale))
+W8A8_SQ_PER_CHANNEL                    x·pqs → Q/DQ int8 (static scale) → MatMul(DQ(int8 Wᵀ))
+W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN   [x ÷ smoother] → Q/DQ int8 per token → MatMul(DQ(int8 Wᵀ))
+FP8                                    Q/DQ fp8 (static) → MatMul(DQ(fp8 Wᵀ, scalar))
+FP8_PER_CHANNEL_PER_TOKEN              Q/DQ fp8 per token → MatMul(DQ(fp8 Wᵀ, per column))
+kv_cache INT8 / FP8                    Q/DQ of new K and V with ``kv_cache_scaling_factor``
+=====================================  ======================================================
+
+Weights are stored transposed (``[in, out]``) so no Transpose ever touches an
+8-bit tensor (ONNX Runtime has no FP8 Transpose kernel). Per-token scales use
+blocked Q/DQ along the hidden axis with one block per token. All of these run
+on ONNX Runtime's CPU provider (checked by the tests).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from onnx import TensorProto
+
+from trtllm_forge.checkpoint.layout import parse_name
+from trtllm_forge.engine.onnx.context import LoweringContext
+from trtllm_forge.engine.onnx.linear import (
+    LinearSite,
+    register_kv_cache_lowering,
+    register_linear_lowering,
+)
+from trtllm_forge.quant import layout
+from trtllm_forge.quant.targets import INPUT_NORM
+
+_INT8, _FP8 = TensorProto.INT8, TensorProto.FLOAT8E4M3FN
+# Smallest per-token scale: an all-zero token quantizes to 0 with any positive scale.
+_TINY_SCALE = 1e-30
+
+
+def _scale_flat(ctx: LoweringContext, name: str, shape: tuple[int, ...]) -> str:
+    """A stored scale, reshaped, as a compute-typed constant (marks it used)."""
+    return ctx.constant_weight(name, ctx.weights.get(name).float().reshape(shape))
+
+
+def _int4_weight(ctx: LoweringContext, name: str, values: torch.Tensor) -> str:
+    """An INT4 initializer from int8 values in [-8, 7] (ONNX packs 2 per byte, low nibble first)."""
+    flat = values.reshape(-1).to(torch.int16)
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_zeros(1)])
+    pairs = flat.reshape(-1, 2)
+    packed = ((pairs[:, 0] & 0x0F) | ((pairs[:, 1] & 0x0F) << 4)).to(torch.uint8)
+    value = ctx.graph.fresh(name)
+    # Written as bytes, then retyped: torch has no int4 dtype to hand the builder.
+    proto = ctx.graph.weights.add(value, packed)
+    proto.data_type = TensorProto.INT4
+    del proto.dims[:]
+    proto.dims.extend(values.shape)
+    ctx.graph.initializers.append(proto)
+    return value
+
+
+def _dq_weight(ctx: LoweringContext, site: LinearSite, scale: str, **attrs: int) -> str:
+    """Dequantized ``Wᵀ`` [in, out] from the stored int8 / fp8 weight."""
+    stored = ctx.weights.get(f"{site.module}.weight")
+    value = ctx.graph.weight(f"{site.module}.weight", stored.t().contiguous())
+    return ctx.graph.op("DequantizeLinear", [value, scale], f"{site.module}.w_dq", **attrs)
+
+
+def _per_column_scale(ctx: LoweringContext, site: LinearSite, param: str) -> str:
+    return _scale_flat(ctx, f"{site.module}.{param}", (site.out_features,))
+
+
+def _qdq_static(ctx: LoweringContext, x: str, scale: str, dtype: int, hint: str) -> str:
+    g = ctx.graph
+    q = g.op("QuantizeLinear", [x, scale], f"{hint}.q", output_dtype=dtype)
+    return g.op("DequantizeLinear", [q, scale], f"{hint}.dq")
+
+
+def _qdq_per_token(
+    ctx: LoweringContext, x: str, qmax: float, dtype: int, hint: str, width: int
+) -> str:
+    """Dynamic per-token Q/DQ: scale = max|x_t| / qmax, one block per token."""
+    g = ctx.graph
+    amax = g.op(
+        "ReduceMax", [g.op("Abs", [x], f"{hint}.abs"), g.i64(-1)], f"{hint}.amax", keepdims=1
+    )
+    scale = g.op("Div", [amax, g.const(qmax, np.float32, "qmax")], f"{hint}.scale_raw")
+    scale = g.op("Max", [scale, g.const(_TINY_SCALE, np.float32, "tiny_scale")], f"{hint}.scale")
+    blocks = {"axis": -1, "block_size": width}
+    q = g.op("QuantizeLinear", [x, scale], f"{hint}.q", output_dtype=dtype, **blocks)
+    return g.op("DequantizeLinear", [q, scale], f"{hint}.dq", **blocks)
+
+
+def _mul_input(
+    ctx: LoweringContext, site: LinearSite, x: str, param: str, *, divide: bool = False
+) -> str:
+    name = f"{site.module}.{param}"
+    if not ctx.weights.has(name):
+        return x
+    factor = _scale_flat(ctx, name, (site.in_features,))
+    return ctx.graph.op("Div" if divide else "Mul", [x, factor], f"{site.module}.{param}.applied")
+
+
+def _matmul(ctx: LoweringContext, site: LinearSite, x: str, w: str) -> str:
+    return ctx.graph.op("MatMul", [x, w], f"{site.module}.out")
+
+
+def w8a16(ctx: LoweringContext, site: LinearSite, x: str) -> str:
+    scale = _per_column_scale(ctx, site, "weights_scaling_factor")
+    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, axis=1))
+
+
+def w4a16_groupwise(ctx: LoweringContext, site: LinearSite, x: str) -> str:
+    x = _mul_input(ctx, site, x, "prequant_scaling_factor")
+    values = layout.unpack_int4_rows(ctx.weights.get(f"{site.module}.weight"))  # [out, in]
+    scale = ctx.weights.get(f"{site.module}.weights_scaling_factor").float()  # [out, groups]
+    group = values.shape[1] // scale.shape[1]
+    weight = _int4_weight(ctx, f"{site.module}.weight", values.t().contiguous())
+    scale_t = ctx.constant_weight(f"{site.module}.weights_scaling_factor", scale.t().contiguous())
+    w = ctx.graph.op(
+        "DequantizeLinear", [weight, scale_t], f"{site.module}.w_dq", axis=0, block_size=group
+    )
+    return _matmul(ctx, site, x, w)
+
+
+def sq_per_channel(ctx: LoweringContext, site: LinearSite, x: str) -> str:
+    x = _mul_input(ctx, site, x, "prequant_scaling_factor")
+    act = _scale_flat(ctx, f"{site.module}.activation_scaling_factor", ())
+    x = _qdq_static(ctx, x, act, _INT8, f"{site.module}.act")
+    scale = _per_column_scale(ctx, site, "weights_scaling_factor")
+    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, axis=1))
+
+
+def sq_per_token(ctx: LoweringContext, site: LinearSite, x: str) -> str:
+    _consume_norm_scale(ctx, site)
+    x = _mul_input(ctx, site, x, "smoother", divide=True)
+    x = _qdq_per_token(ctx, x, layout.INT8_MAX, _INT8, f"{site.module}.act", site.in_features)
+    scale = _per_column_scale(ctx, site, "per_channel_scale")
+    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, axis=1))
+
+
+def _consume_norm_scale(ctx: LoweringContext, site: LinearSite) -> None:
+    """The norm's ``scale_to_int`` is 1.0 under per-token scaling (runtime computes the scale)."""
+    parsed = parse_name(f"{site.module}.weight")
+    norm = INPUT_NORM.get(parsed.module) if parsed is not None else None
+    if parsed is None or norm is None:
+        return
+    name = f"transformer.layers.{parsed.layer}.{norm}.scale_to_int"
+    if ctx.weights.has(name):
+        ctx.weights.get(name)
+
+
+def fp8_per_tensor(ctx: LoweringContext, site: LinearSite, x: str) -> str:
+    act = _scale_flat(ctx, f"{site.module}.activation_scaling_factor", ())
+    x = _qdq_static(ctx, x, act, _FP8, f"{site.module}.act")
+    scale = _scale_flat(ctx, f"{site.module}.weights_scaling_factor", ())
+    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale))
+
+
+def fp8_per_channel(ctx: LoweringContext, site: LinearSite, x: str) -> str:
+    x = _qdq_per_token(ctx, x, layout.FP8_MAX, _FP8, f"{site.module}.act", site.in_features)
+    scale = _per_column_scale(ctx, site, "per_channel_scale")
+    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, axis=1))
+
+
+def _kv_cache(dtype: int):  # type: ignore[no-untyped-def]
+    def lower(ctx: LoweringContext, layer: str, k: str, v: str) -> tuple[str, str]:
+        # TensorRT-LLM applies the one kv scale to both caches; k/v ones are informational.
+        for part in ("k_cache_scaling_factor", "v_cache_scaling_factor"):
+            if ctx.weights.has(f"{layer}.{part}"):
+                ctx.weights.get(f"{layer}.{part}")
+        scale = _scale_flat(ctx, f"{layer}.kv_cache_scaling_factor", ())
+        return (
+            _qdq_static(ctx, k, scale, dtype, f"{layer}.k_cache"),
+            _qdq_static(ctx, v, scale, dtype, f"{layer}.v_cache"),
+        )
+
+    return lower
+
+
+LINEAR = {
+    "W8A16": w8a16,
+    "W4A16_AWQ": w4a16_groupwise,
+    "W8A8_SQ_PER_CHANNEL": sq_per_channel,
+    "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": sq_per_token,
+    "FP8": fp8_per_tensor,
+    "FP8_PER_CHANNEL_PER_TOKEN": fp8_per_channel,
+}
+
+for _algo, _fn in LINEAR.items():
+    register_linear_lowering(_algo, _fn)
+register_kv_cache_lowering("INT8", _kv_cache(_INT8))
+register_kv_cache_lowering("FP8", _kv_cache(_FP8))
