@@ -197,6 +197,7 @@ class Runner:
         changed = changed_inputs(self._previous_inputs(stage.name), doc)
 
         def waiting() -> None:
+            self._event("wait", stage.name, key)
             self.ctx.progress.log(f"{stage.name}: another build holds {short(key)}; waiting")
 
         with self.store.lock(key, on_wait=waiting):

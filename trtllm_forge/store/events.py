@@ -1,7 +1,7 @@
 """Append-only event log: ``$FORGE_HOME/log/events.jsonl``.
 
 One JSON object per line, one line per stage event (``start``, ``commit``,
-``hit``, ``rejected``, ``failed``) with the pid, stage and key, so anyone can
+``hit``, ``wait``, ``rejected``, ``failed``) with the pid, stage and key, so anyone can
 answer "who built what, when, and how often" after the fact — e.g. that four
 concurrent builds of one recipe ran each stage once.
 
