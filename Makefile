@@ -38,7 +38,7 @@ typecheck: venv
 	$(BIN)/mypy trtllm_forge/engine/backends/tensorrt.py
 
 data: venv
-	$(BIN)/python -m bench.data
+	$(BIN)/python -m bench.data --hf-dir
 
 bench: venv data
 	$(BIN)/python -m bench
