@@ -170,8 +170,10 @@ def build_results(run: Run) -> dict[str, tuple[str, str]]:
 
 
 def staging_leftovers(home: Path) -> list[str]:
+    """Names of half-written things: staging dirs in tmp/ and refs/*.tmp."""
     tmp = home / "tmp"
-    return sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
+    names = [p.name for p in tmp.iterdir()] if tmp.exists() else []
+    return sorted(names + [p.name for p in (home / "refs").glob("*.tmp")])
 
 
 def ls_problems(home: Path) -> list[str]:

@@ -36,10 +36,11 @@ def _referenced(store: Store) -> dict[str, list[str]]:
     return users
 
 
-def entries(store: Store) -> list[Entry]:
+def entries(store: Store, *, deep: bool = False) -> list[Entry]:
+    """Every entry, validated (``deep``: re-read every file's bytes, for ``forge cache verify``)."""
     users = _referenced(store)
     out: list[Entry] = []
-    for item in store.artifacts():
+    for item in store.artifacts(deep=deep):
         if isinstance(item, Artifact):
             out.append(Entry(item.stage, item.key, item.path, dir_size(item.path),
                              item.manifest.get("created_unix"), None,
@@ -53,13 +54,17 @@ def entries(store: Store) -> list[Entry]:
 
 
 def staging_leftovers(store: Store) -> list[Path]:
-    """Staging dirs whose writer process is gone (crashed or killed builds)."""
-    if not store.tmp_root.exists():
-        return []
+    """Staging dirs (and half-written refs) whose writer process is gone (crashed or killed builds)."""
     dead = []
-    for path in store.tmp_root.iterdir():
-        pid = _pid_of(path.name)
-        if pid is None or not _alive(pid):
+    if store.tmp_root.exists():
+        for path in store.tmp_root.iterdir():
+            pid = _pid_of(path.name)
+            if pid is None or not _alive(pid):
+                dead.append(path)
+    refs = store.root / "refs"
+    for path in refs.glob("*.tmp") if refs.exists() else []:
+        pid_part = path.name.split(".")[-2] if path.name.count(".") >= 2 else ""
+        if not pid_part.isdigit() or not _alive(int(pid_part)):  # refs/<id>.<pid>.tmp
             dead.append(path)
     return dead
 
@@ -103,7 +108,10 @@ def gc(store: Store, *, keep_referenced: bool = True, dry_run: bool = False) -> 
         size = dir_size(path) if path.is_dir() else path.stat().st_size
         removed.append({"path": str(path), "size": size, "stage": "(staging)"})
         if not dry_run:
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             freed += size
     return {"removed": removed, "freed_bytes": freed, "dry_run": dry_run}
 

@@ -100,8 +100,11 @@ class Store:
         return self._memo
 
     # -- reading -----------------------------------------------------------
-    def lookup(self, stage: str, key: str) -> Artifact | Invalid | None:
-        """The valid artifact for ``key``; ``Invalid`` if present but damaged; None if absent."""
+    def lookup(self, stage: str, key: str, *, deep: bool = False) -> Artifact | Invalid | None:
+        """The valid artifact for ``key``; ``Invalid`` if present but damaged; None if absent.
+
+        ``deep`` re-reads every file instead of trusting the stat memo (``forge cache verify``).
+        """
         path = self.artifact_dir(stage, key)
         if not path.exists():
             return None
@@ -110,37 +113,39 @@ class Store:
             return Invalid("manifest.json is missing or unreadable")
         if manifest.get("key") != key or manifest.get("stage") != stage:
             return Invalid("manifest.json belongs to another key")
-        problem = self._check_files(path, manifest)
+        problem = self._check_files(path, manifest, deep)
         if problem:
             return Invalid(problem)
         return Artifact(stage, key, path, manifest)
 
-    def _check_files(self, path: Path, manifest: dict[str, Any]) -> str | None:
+    def _check_files(self, path: Path, manifest: dict[str, Any], deep: bool = False) -> str | None:
         for name, meta in manifest.get("files", {}).items():
-            problem = self._check_one(path / name, meta, name)
+            problem = self._check_one(path / name, meta, name, deep=deep)
             if problem:
                 return problem
         ext = manifest.get("external")
         if ext:
             root = Path(ext["root"])
             for name, meta in ext.get("files", {}).items():
-                problem = self._check_one(root / name, meta, f"{root}/{name}", rehash=ext.get("rehash", True))
+                problem = self._check_one(root / name, meta, f"{root}/{name}",
+                                          rehash=ext.get("rehash", True), deep=deep)
                 if problem:
                     return problem
         return None
 
-    def _check_one(self, file: Path, meta: dict[str, Any], label: str, rehash: bool = True) -> str | None:
+    def _check_one(self, file: Path, meta: dict[str, Any], label: str, rehash: bool = True,
+                   deep: bool = False) -> str | None:
         try:
             size = file.stat().st_size
         except OSError:
             return f"{label} is missing"
         if size != meta["size"]:
             return f"{label} has size {size}, expected {meta['size']}"
-        if rehash and self.memo.digest(file) != meta["digest"]:
+        if rehash and self.memo.digest(file, fresh=deep) != meta["digest"]:
             return f"{label} does not match its digest (corrupted?)"
         return None
 
-    def artifacts(self) -> Iterator[Artifact | tuple[Path, Invalid]]:
+    def artifacts(self, *, deep: bool = False) -> Iterator[Artifact | tuple[Path, Invalid]]:
         """Every entry in the store (validated), for ``forge cache ls/verify``."""
         base = self.root / "artifacts"
         if not base.exists():
@@ -149,7 +154,7 @@ class Store:
             for entry in sorted(stage_dir.iterdir()):
                 manifest = read_manifest(entry)
                 key = str(manifest.get("key")) if manifest else f"blake3:{entry.name}"
-                found = self.lookup(stage_dir.name, key)
+                found = self.lookup(stage_dir.name, key, deep=deep)
                 if isinstance(found, Artifact):
                     yield found
                 else:
