@@ -10,14 +10,15 @@ import numpy as np
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    result: np.ndarray = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return result
 
 
 def kl_per_token(reference: np.ndarray, engine: np.ndarray) -> np.ndarray:
     """KL(reference ‖ engine) for every row of two [tokens, vocab] logit arrays."""
     log_p, log_q = log_softmax(reference), log_softmax(engine)
-    kl: np.ndarray = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
-    return np.maximum(kl, 0.0)  # tiny negatives are rounding
+    kl: np.ndarray = np.maximum((np.exp(log_p) * (log_p - log_q)).sum(axis=-1), 0.0)
+    return kl  # (clipped: tiny negatives are rounding)
 
 
 def top1_matches(reference: np.ndarray, engine: np.ndarray) -> np.ndarray:

@@ -113,4 +113,5 @@ def render_junit(result: VerifyResult) -> bytes:
                 message=f"{gate.metric} = {_fmt(gate.value)}, required {gate.comparison} {_fmt(gate.threshold)}",
             )
             failure.text = gate.reason or None
-    return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
+    data: bytes = ET.tostring(suite, encoding="utf-8", xml_declaration=True)
+    return data

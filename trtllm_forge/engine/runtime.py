@@ -49,14 +49,14 @@ def ort_threads() -> int:
     return 0
 
 
-def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
+def _session(rank_dir: Path, file: str, threads: int) -> Any:
+    import onnxruntime as ort  # type: ignore[import-untyped,unused-ignore]
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(rank_dir / file), options, providers=["CPUExecutionProvider"])
 
 
 @dataclass
@@ -66,7 +66,7 @@ class _Rank:
     pp_rank: int
     layers: range
     steps: list[Step]
-    sessions: dict[str, Any]  # segment file -> InferenceSession
+    sessions: list[Any]  # per step: its InferenceSession (None for a collective)
     kv_heads: int
 
 
@@ -119,9 +119,9 @@ class OrtEngine:
                 raise source_error(
                     f"{engine_dir}: rank {entry['rank']} was built without ORT segments"
                 )
-            sessions = {
-                s.file: _session(root / entry["dir"] / s.file, threads) for s in steps if s.file
-            }
+            sessions = [
+                _session(root / entry["dir"], s.file, threads) if s.file else None for s in steps
+            ]
             first = int(entry["first_layer"])
             ranks.append(
                 _Rank(
@@ -181,10 +181,8 @@ class OrtEngine:
         for index, step in enumerate(ranks[0].steps):
             if step.kind == "segment":
                 for r, env in zip(ranks, envs, strict=True):
-                    mine = r.steps[index]
-                    outputs = r.sessions[mine.file].run(
-                        mine.outputs, {n: env[n] for n in mine.inputs}
-                    )
+                    mine, session = r.steps[index], r.sessions[index]
+                    outputs = session.run(mine.outputs, {n: env[n] for n in mine.inputs})
                     env.update(zip(mine.outputs, outputs, strict=True))
             else:
                 result = execute(step.op or "", step.attrs, [env[step.inputs[0]] for env in envs])
@@ -232,7 +230,8 @@ class OrtEngine:
             positions = positions[:, -1:] + 1
             logits = self.forward(tokens[-1][:, None], mask, positions, cache)
             tokens.append(logits[:, -1].argmax(axis=-1))
-        return np.stack(tokens, axis=1).tolist()
+        generated: list[list[int]] = np.stack(tokens, axis=1).tolist()
+        return generated
 
     def _check_length(self, prompt_len: int, total: int) -> None:
         if prompt_len > self.max_input_len or total > self.max_seq_len:

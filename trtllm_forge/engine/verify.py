@@ -111,7 +111,7 @@ def load_reference(reference_dir: Path) -> Any:
     model = AutoModelForCausalLM.from_pretrained(
         reference_dir, dtype=torch.float32, trust_remote_code=False
     )
-    return model.eval()
+    return model.eval()  # type: ignore[no-untyped-call,unused-ignore]
 
 
 def reference_greedy(model: Any, prompt: Sequence[int], max_new_tokens: int) -> list[int]:

@@ -25,7 +25,7 @@ TOOLS = ("onnx", "onnxruntime")
 
 def unavailable_reason() -> str | None:
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
     except ImportError as exc:  # pragma: no cover - a declared dependency
         return f"onnxruntime is not importable: {exc}"
     return None
