@@ -140,3 +140,21 @@ def test_inspect_engine_and_checkpoint(fp16_tp2: TinyBuild) -> None:
     # Per rank: 2 query heads + 1 key head + 1 value head, 16 wide each → 64 rows.
     assert qkv == {"dtype": "F16", "shape": [64, 64], "bytes": 64 * 64 * 2}
     assert checkpoint["ranks"][0]["dtypes"] == {"F16": len(tensors)}
+
+
+def test_verify_build_tokenizes_with_the_snapshot_tokenizer_and_builtin_text(
+    tmp_path: Path,
+) -> None:
+    from trtllm_forge.engine.verify import verify_build
+
+    build = tiny_engine(tmp_path, "llama", with_tokenizer=True)
+    summary = verify_build(
+        engine_dir=build.engine, reference_dir=build.hf,
+        prompts=["The quick brown fox", "Hello world!"], texts=[],  # empty: the built-in eval text
+        max_new_tokens=8, max_text_tokens=100,
+        gates={"min_token_agreement": 1.0, "max_rel_logit_diff": 1e-4}, out_dir=tmp_path / "report",
+    )  # fmt: skip
+    assert summary["passed"] and summary["failed_gates"] == []
+    assert summary["metrics"]["text_tokens"] == 100  # the built-in text, cut to max_text_tokens
+    assert Path(summary["reports"]["junit"]).is_file()
+    json.dumps(summary)  # the stage stores it as artifact info

@@ -4,6 +4,10 @@ The reference is the ORIGINAL Hugging Face directory loaded in float32 (never wi
 remote code). Inputs are token ids: the caller tokenizes prompts and texts with
 the snapshot's tokenizer, so engine and reference see identical ids.
 
+Two entry points: :func:`verify_engine` takes token ids; :func:`verify_build` (what the
+verify stage calls) takes strings and tokenizes them with the reference directory's
+tokenizer (the HF snapshot's), using the built-in held-out text when none is given.
+
 Metrics:
   token_agreement     greedy generation, fraction of positions with the same token
   kl_mean / kl_max    KL(reference ‖ engine) per teacher-forced position over texts
@@ -245,3 +249,62 @@ def _compare_scoring(
             text_tokens=float(all_kl.size),
         )
     return values
+
+
+def tokenize_inputs(
+    reference_dir: Path, prompts: Sequence[str], texts: Sequence[str], max_text_tokens: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of prompts (with the tokenizer's special tokens, as a user's request would
+    have) and of texts (plain, each cut to ``max_text_tokens``)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(reference_dir), trust_remote_code=False)
+    prompt_ids = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    text_ids = [
+        list(tokenizer(t, add_special_tokens=False)["input_ids"])[:max_text_tokens] for t in texts
+    ]
+    return prompt_ids, text_ids
+
+
+def verify_build(
+    *,
+    engine_dir: Path,
+    reference_dir: Path,
+    prompts: Sequence[str],
+    texts: Sequence[str],
+    max_new_tokens: int,
+    max_text_tokens: int,
+    gates: Mapping[str, float | None],
+    out_dir: Path,
+    progress: Progress = _NO_PROGRESS,
+) -> dict[str, Any]:
+    """The verify stage's call: tokenize, compare, write the reports; returns a JSON summary.
+
+    ``texts`` empty means forge's built-in held-out text (trtllm_forge/data/eval.txt).
+    The summary has ``passed``, ``failed_gates`` (names), ``metrics`` and ``reports``.
+    """
+    if not texts:
+        from trtllm_forge.quickeval import builtin_eval_text
+
+        texts = [builtin_eval_text()]
+    prompt_ids, text_ids = tokenize_inputs(Path(reference_dir), prompts, texts, max_text_tokens)
+    result = verify_engine(
+        Path(engine_dir),
+        Path(reference_dir),
+        prompts_token_ids=prompt_ids,
+        texts_token_ids=text_ids,
+        max_new_tokens=max_new_tokens,
+        gates=gates,
+        out_dir=Path(out_dir),
+        progress=progress,
+    )
+    return {
+        "passed": result.passed,
+        "failed_gates": [g.name for g in result.failed_gates()],
+        "metrics": {k: (v if np.isfinite(v) else None) for k, v in result.metrics.items()},
+        "gates": {
+            g.name: {"value": g.value, "threshold": g.threshold, "passed": g.passed}
+            for g in result.gates
+        },
+        "reports": result.files,
+    }
