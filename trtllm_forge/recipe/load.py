@@ -77,6 +77,7 @@ def _compose(text: str, path: Path) -> yaml.Node:
     """Parse to a node tree. Aliases are refused: they are how 'billion laughs' bombs
     work, and a recipe never needs them."""
     try:
+        depth = 0
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
                 raise recipe_error(
@@ -84,6 +85,12 @@ def _compose(text: str, path: Path) -> yaml.Node:
                     hint="write the value out in full",
                     location=_mark_location(path, event.start_mark),
                 )
+            # Depth is checked on the (iterative) event stream: yaml.compose recurses
+            # once per level and would hit Python's recursion limit on `[[[[...`.
+            depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+            if depth > MAX_DEPTH + 1:
+                raise recipe_error(f"recipe nests deeper than {MAX_DEPTH} levels",
+                                   location=_mark_location(path, event.start_mark))
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
