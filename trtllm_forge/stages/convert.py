@@ -35,6 +35,7 @@ class ConvertStage:
         from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 
         src = snapshot_dir(job.upstream["fetch"])
+        _validate_weights(src)  # a lying header is a clear exit 5 before any offset in it is trusted
         summary = convert_hf_checkpoint(
             src, out_dir, dtype=job.recipe.convert.dtype, progress=job.ctx.progress
         )
@@ -42,6 +43,13 @@ class ConvertStage:
 
 
 STAGE = ConvertStage()
+
+
+def _validate_weights(src: Path) -> None:
+    from trtllm_forge.checkpoint.validate import validate_safetensors
+
+    for file in sorted(src.glob("*.safetensors")):
+        validate_safetensors(file)
 
 
 def source_config(job: StageJob) -> dict[str, Any]:
