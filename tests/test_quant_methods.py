@@ -385,3 +385,26 @@ def test_recipe_adapter_splits_the_quantize_section(tiny: dict[str, Path]) -> No
     assert summary["calibration"]["samples"] == 2 and summary["calibration"]["seq_len"] == 16
     assert summary["params"] == {"group_size": 64, "damping": 0.05, "act_order": False}
     assert summary["quantization"]["quant_algo"] == "W4A16_AWQ"
+
+
+def test_trtllm_export_dequantizes_w8a16_only(quantized: dict[str, Path]) -> None:
+    from safetensors.torch import load_file
+
+    from trtllm_forge.quant.trtllm_compat import trtllm_build_tensors
+
+    w8 = quantized["int8_wo"]
+    tensors = load_file(w8 / "rank0.safetensors")
+    out = trtllm_build_tensors(tensors, read_config(w8)["quantization"], torch.float16)
+    module = "transformer.layers.1.mlp.proj"
+    assert f"{module}.weights_scaling_factor" not in out
+    assert out[f"{module}.weight"].dtype == torch.float16
+    with CheckpointReader(w8) as reader:
+        expected = dequantized_weight(reader, module)
+    assert expected is not None
+    assert torch.allclose(out[f"{module}.weight"].float(), expected, rtol=1e-3, atol=1e-6)
+    awq = quantized["awq"]
+    tensors = load_file(awq / "rank0.safetensors")
+    assert (
+        trtllm_build_tensors(tensors, read_config(awq)["quantization"], torch.float16).keys()
+        == tensors.keys()
+    )

@@ -55,7 +55,9 @@ class CalibrationData:
     source_tokens: int
 
     def batches(self, batch_size: int = 1) -> list[torch.Tensor]:
-        return list(self.tokens.split(batch_size, dim=0))
+        import torch
+
+        return list(torch.split(self.tokens, batch_size, dim=0))
 
 
 def builtin_corpus_path() -> Path:

@@ -31,7 +31,8 @@ def inverse_hessian_factor(hessian: torch.Tensor, damping: float) -> torch.Tenso
     idx = torch.arange(h.shape[0])
     h[idx, idx] += damping * h.diagonal().mean()
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    return torch.linalg.cholesky(inverse, upper=True).float()
+    factor: torch.Tensor = torch.linalg.cholesky(inverse, upper=True)
+    return factor.float()
 
 
 def gptq_quantize(

@@ -55,13 +55,14 @@ def mtq(progress: Progress = _NO_PROGRESS) -> ModuleType:
     """``modelopt.torch.quantization`` (about 7 s to import, so only when needed)."""
     try:
         with quiet(progress):
-            import modelopt.torch.quantization as module
+            import modelopt.torch.quantization as module  # type: ignore[import-untyped]
     except ImportError as exc:
         raise dependency_error(
             f"nvidia-modelopt is not importable: {exc}",
             hint="pip install 'nvidia-modelopt>=0.47' requests",
         ) from None
-    return module
+    loaded: ModuleType = module
+    return loaded
 
 
 def preset_numerics(preset: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -121,13 +122,14 @@ def calibrate(
                 m(input_ids=ids)
 
     with quiet(progress):
-        return module.quantize(model, config, forward_loop)  # type: ignore[no-any-return]
+        quantized: nn.Module = module.quantize(model, config, forward_loop)
+    return quantized
 
 
-def _weight_amax(linear: nn.Module) -> torch.Tensor:
+def _weight_amax(linear: Any) -> torch.Tensor:
     quantizer = linear.weight_quantizer
-    amax = quantizer.amax.detach().float()
-    out_features = linear.weight.shape[0]
+    amax: torch.Tensor = quantizer.amax.detach().float()
+    out_features = int(linear.weight.shape[0])
     if amax.numel() == 1:
         return amax.reshape(())
     if amax.numel() == out_features:
@@ -135,16 +137,17 @@ def _weight_amax(linear: nn.Module) -> torch.Tensor:
     return amax.reshape(out_features, -1)  # block quantization: one amax per (row, group)
 
 
-def _input_amax(linear: nn.Module) -> torch.Tensor | None:
+def _input_amax(linear: Any) -> torch.Tensor | None:
     quantizer = linear.input_quantizer
     if not quantizer.is_enabled or quantizer.amax is None or quantizer.amax.numel() != 1:
         return None  # weight-only, or dynamic (per-token) activations
-    return quantizer.amax.detach().float().reshape(())
+    amax: torch.Tensor = quantizer.amax.detach().float().reshape(())
+    return amax
 
 
 def extract(model: nn.Module, targets: list[str]) -> QuantResult:
     """Read ModelOpt's calibrated state of each target linear."""
-    modules = dict(model.named_modules())
+    modules: dict[str, Any] = dict(model.named_modules())
     result = QuantResult()
     for name in targets:
         linear = modules[name]

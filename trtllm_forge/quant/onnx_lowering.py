@@ -66,11 +66,13 @@ def _int4_weight(ctx: LoweringContext, name: str, values: torch.Tensor) -> str:
     return value
 
 
-def _dq_weight(ctx: LoweringContext, site: LinearSite, scale: str, **attrs: int) -> str:
+def _dq_weight(ctx: LoweringContext, site: LinearSite, scale: str, *, per_column: bool) -> str:
     """Dequantized ``Wᵀ`` [in, out] from the stored int8 / fp8 weight."""
     stored = ctx.weights.get(f"{site.module}.weight")
     value = ctx.graph.weight(f"{site.module}.weight", stored.t().contiguous())
-    return ctx.graph.op("DequantizeLinear", [value, scale], f"{site.module}.w_dq", **attrs)
+    if per_column:
+        return ctx.graph.op("DequantizeLinear", [value, scale], f"{site.module}.w_dq", axis=1)
+    return ctx.graph.op("DequantizeLinear", [value, scale], f"{site.module}.w_dq")
 
 
 def _per_column_scale(ctx: LoweringContext, site: LinearSite, param: str) -> str:
@@ -93,9 +95,10 @@ def _qdq_per_token(
     )
     scale = g.op("Div", [amax, g.const(qmax, np.float32, "qmax")], f"{hint}.scale_raw")
     scale = g.op("Max", [scale, g.const(_TINY_SCALE, np.float32, "tiny_scale")], f"{hint}.scale")
-    blocks = {"axis": -1, "block_size": width}
-    q = g.op("QuantizeLinear", [x, scale], f"{hint}.q", output_dtype=dtype, **blocks)
-    return g.op("DequantizeLinear", [q, scale], f"{hint}.dq", **blocks)
+    q = g.op(
+        "QuantizeLinear", [x, scale], f"{hint}.q", output_dtype=dtype, axis=-1, block_size=width
+    )
+    return g.op("DequantizeLinear", [q, scale], f"{hint}.dq", axis=-1, block_size=width)
 
 
 def _mul_input(
@@ -114,7 +117,7 @@ def _matmul(ctx: LoweringContext, site: LinearSite, x: str, w: str) -> str:
 
 def w8a16(ctx: LoweringContext, site: LinearSite, x: str) -> str:
     scale = _per_column_scale(ctx, site, "weights_scaling_factor")
-    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, axis=1))
+    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, per_column=True))
 
 
 def w4a16_groupwise(ctx: LoweringContext, site: LinearSite, x: str) -> str:
@@ -135,7 +138,7 @@ def sq_per_channel(ctx: LoweringContext, site: LinearSite, x: str) -> str:
     act = _scale_flat(ctx, f"{site.module}.activation_scaling_factor", ())
     x = _qdq_static(ctx, x, act, _INT8, f"{site.module}.act")
     scale = _per_column_scale(ctx, site, "weights_scaling_factor")
-    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, axis=1))
+    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, per_column=True))
 
 
 def sq_per_token(ctx: LoweringContext, site: LinearSite, x: str) -> str:
@@ -143,7 +146,7 @@ def sq_per_token(ctx: LoweringContext, site: LinearSite, x: str) -> str:
     x = _mul_input(ctx, site, x, "smoother", divide=True)
     x = _qdq_per_token(ctx, x, layout.INT8_MAX, _INT8, f"{site.module}.act", site.in_features)
     scale = _per_column_scale(ctx, site, "per_channel_scale")
-    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, axis=1))
+    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, per_column=True))
 
 
 def _consume_norm_scale(ctx: LoweringContext, site: LinearSite) -> None:
@@ -161,13 +164,13 @@ def fp8_per_tensor(ctx: LoweringContext, site: LinearSite, x: str) -> str:
     act = _scale_flat(ctx, f"{site.module}.activation_scaling_factor", ())
     x = _qdq_static(ctx, x, act, _FP8, f"{site.module}.act")
     scale = _scale_flat(ctx, f"{site.module}.weights_scaling_factor", ())
-    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale))
+    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, per_column=False))
 
 
 def fp8_per_channel(ctx: LoweringContext, site: LinearSite, x: str) -> str:
     x = _qdq_per_token(ctx, x, layout.FP8_MAX, _FP8, f"{site.module}.act", site.in_features)
     scale = _per_column_scale(ctx, site, "per_channel_scale")
-    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, axis=1))
+    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, per_column=True))
 
 
 def _kv_cache(dtype: int):  # type: ignore[no-untyped-def]

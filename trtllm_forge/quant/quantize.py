@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -156,7 +156,9 @@ def load_hf_model(hf_dir: Path) -> nn.Module:
             f"cannot load the HF model from {hf_dir}: {exc}".splitlines()[0],
             hint="calibration needs the original HF snapshot (config.json + safetensors)",
         ) from None
-    return model.eval()
+    module = cast(nn.Module, model)
+    module.train(False)
+    return module
 
 
 def _forge_info(

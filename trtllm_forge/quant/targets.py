@@ -101,7 +101,8 @@ def plan_targets(hf_config: Mapping[str, Any], exclude: Sequence[str]) -> Target
                 hint=f"patterns match module names such as {targets[0].module if targets else 'lm_head'}"
                 f" or {targets[0].sources[0] if targets else 'lm_head'}",
             )
-    quantized, excluded = [], []
+    quantized: list[LinearTarget] = []
+    excluded: list[LinearTarget] = []
     for t in targets:
         hit = any(fnmatch.fnmatchcase(n, p) for p in exclude for n in (t.module, *t.sources))
         (excluded if hit else quantized).append(t)
