@@ -56,6 +56,9 @@ def _session(rank_dir: Path, file: str, threads: int) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # A TP engine holds one session per segment per rank; per-session arenas would each keep
+    # their peak activation buffers (measured: +0.9 GB on a 135M model at tp=3).
+    options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(rank_dir / file), options, providers=["CPUExecutionProvider"])
 
 
