@@ -408,3 +408,20 @@ def test_trtllm_export_dequantizes_w8a16_only(quantized: dict[str, Path]) -> Non
         trtllm_build_tensors(tensors, read_config(awq)["quantization"], torch.float16).keys()
         == tensors.keys()
     )
+
+
+def test_awq_with_one_group_per_row(tmp_path: Path) -> None:
+    """in_features == group_size: ModelOpt's block amax has the numel of a per-channel one."""
+    hf = make_tiny_hf("llama", tmp_path / "hf", with_tokenizer=True)  # hidden 64
+    convert_hf_checkpoint(hf, tmp_path / "canonical", dtype="float16")
+    quantize_checkpoint(
+        hf_dir=hf,
+        canonical_dir=tmp_path / "canonical",
+        out_dir=tmp_path / "q",
+        method="awq",
+        params={"group_size": 64},
+        calibration=CalibrationSpec(samples=2, seq_len=16),
+    )
+    with CheckpointReader(tmp_path / "q") as reader:
+        assert reader.shape("transformer.layers.0.attention.qkv.weights_scaling_factor") == (128, 1)
+        assert reader.shape("transformer.layers.0.mlp.proj.weights_scaling_factor") == (64, 2)

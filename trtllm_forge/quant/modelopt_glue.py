@@ -130,11 +130,14 @@ def _weight_amax(linear: Any) -> torch.Tensor:
     quantizer = linear.weight_quantizer
     amax: torch.Tensor = quantizer.amax.detach().float()
     out_features = int(linear.weight.shape[0])
+    blocks = getattr(quantizer, "block_sizes", None) or {}
+    if blocks.get(-1):
+        # One amax per (row, group); with a single group per row it has the numel of a
+        # per-channel amax, so the quantizer's config decides, not the shape.
+        return amax.reshape(out_features, -1)
     if amax.numel() == 1:
         return amax.reshape(())
-    if amax.numel() == out_features:
-        return amax.reshape(out_features)
-    return amax.reshape(out_features, -1)  # block quantization: one amax per (row, group)
+    return amax.reshape(out_features)
 
 
 def _input_amax(linear: Any) -> torch.Tensor | None:
