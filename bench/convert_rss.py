@@ -33,7 +33,9 @@ def _anon_rss(pid: int) -> int:
     return 0
 
 
-def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[dict[str, int], float, subprocess.CompletedProcess[str]]:
+def peak_rss(
+    cmd: list[str], env: dict[str, str]
+) -> tuple[dict[str, int], float, subprocess.CompletedProcess[str]]:
     """Run ``cmd``; return ({rss, anon} peaks in bytes over it and its children, seconds, result)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -48,7 +50,11 @@ def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[dict[str, int], float
             pass
         time.sleep(0.02)
     out, err = proc.communicate()
-    return peak, time.perf_counter() - t0, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return (
+        peak,
+        time.perf_counter() - t0,
+        subprocess.CompletedProcess(cmd, proc.returncode, out, err),
+    )
 
 
 def main() -> None:
@@ -59,11 +65,35 @@ def main() -> None:
     home = args.home or tempfile.mkdtemp(prefix="forge-rss-")
     env = {**os.environ, "FORGE_HOME": home, "OMP_NUM_THREADS": "1"}
     # fetch first (a GGUF source is dequantized there), so the measurement is convert alone
-    fetch = subprocess.run([sys.executable, "-m", "trtllm_forge", "build", args.recipe, "--until", "fetch",
-                            "--json", "-q"], env=env, capture_output=True, text=True)
+    fetch = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trtllm_forge",
+            "build",
+            args.recipe,
+            "--until",
+            "fetch",
+            "--json",
+            "-q",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if fetch.returncode:
         sys.exit(f"fetch failed:\n{fetch.stderr}")
-    cmd = [sys.executable, "-m", "trtllm_forge", "build", args.recipe, "--until", "convert", "--json", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trtllm_forge",
+        "build",
+        args.recipe,
+        "--until",
+        "convert",
+        "--json",
+        "-q",
+    ]
     peak, seconds, result = peak_rss(cmd, env)
     if result.returncode:
         sys.exit(f"convert failed:\n{result.stderr}")
@@ -72,11 +102,15 @@ def main() -> None:
     ckpt_bytes = sum(p.stat().st_size for p in convert_dir.glob("rank*.safetensors"))
     baseline, _, _ = peak_rss([sys.executable, "-c", "import torch, safetensors"], env)
     mib = 2**20
-    report = {"recipe": args.recipe, "convert_seconds": round(seconds, 2),
-              "peak_rss_mib": round(peak["rss"] / mib, 1), "peak_anon_rss_mib": round(peak["anon"] / mib, 1),
-              "baseline_python_torch_rss_mib": round(baseline["rss"] / mib, 1),
-              "baseline_python_torch_anon_mib": round(baseline["anon"] / mib, 1),
-              "checkpoint_mib": round(ckpt_bytes / mib, 1)}
+    report = {
+        "recipe": args.recipe,
+        "convert_seconds": round(seconds, 2),
+        "peak_rss_mib": round(peak["rss"] / mib, 1),
+        "peak_anon_rss_mib": round(peak["anon"] / mib, 1),
+        "baseline_python_torch_rss_mib": round(baseline["rss"] / mib, 1),
+        "baseline_python_torch_anon_mib": round(baseline["anon"] / mib, 1),
+        "checkpoint_mib": round(ckpt_bytes / mib, 1),
+    }
     print(json.dumps(report, indent=2))
 
 

@@ -14,7 +14,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _isolated_env(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     home = tmp_path_factory.mktemp("forge-home")
     monkeypatch.setenv("FORGE_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -32,4 +34,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tests.tinymodels import make_tiny_hf
 
     root = tmp_path_factory.mktemp("tiny-models")
-    return {arch: make_tiny_hf(arch, root / arch, with_tokenizer=True) for arch in ("llama", "mistral", "qwen2")}
+    return {
+        arch: make_tiny_hf(arch, root / arch, with_tokenizer=True)
+        for arch in ("llama", "mistral", "qwen2")
+    }

@@ -25,10 +25,18 @@ class Run:
         return json.loads(self.out)
 
 
-def forge(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> Run:
+def forge(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600
+) -> Run:
     """Run the real CLI in a subprocess (inherits the test's FORGE_HOME etc.)."""
-    proc = subprocess.run([*FORGE, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [*FORGE, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 

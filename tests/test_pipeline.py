@@ -25,7 +25,9 @@ def _statuses(run) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 def test_second_build_is_all_hits_and_fast(tmp_path: Path, model: Path) -> None:
-    recipe = write_recipe(tmp_path / "r.yaml", source={"path": str(model)}, convert={"dtype": "float16"})
+    recipe = write_recipe(
+        tmp_path / "r.yaml", source={"path": str(model)}, convert={"dtype": "float16"}
+    )
     first = forge("build", str(recipe), "--until", "convert", "--json")
     assert _statuses(first) == {"fetch": "built", "convert": "built"}
     t0 = time.perf_counter()
@@ -38,7 +40,9 @@ def test_second_build_is_all_hits_and_fast(tmp_path: Path, model: Path) -> None:
 
 
 def test_dtype_change_reruns_convert_only_and_plan_names_it(tmp_path: Path, model: Path) -> None:
-    recipe = write_recipe(tmp_path / "r.yaml", source={"path": str(model)}, convert={"dtype": "float16"})
+    recipe = write_recipe(
+        tmp_path / "r.yaml", source={"path": str(model)}, convert={"dtype": "float16"}
+    )
     assert forge("build", str(recipe), "--until", "convert").code == 0
     write_recipe(recipe, source={"path": str(model)}, convert={"dtype": "bfloat16"})
     plan = forge("plan", str(recipe), "--until", "convert", "--json")
@@ -74,7 +78,9 @@ def test_force_rebuilds_identical_artifact(tmp_path: Path, model: Path) -> None:
 
 
 def test_manifest_records_inputs_files_and_versions(tmp_path: Path, model: Path) -> None:
-    recipe = write_recipe(tmp_path / "r.yaml", source={"path": str(model)}, convert={"dtype": "bfloat16"})
+    recipe = write_recipe(
+        tmp_path / "r.yaml", source={"path": str(model)}, convert={"dtype": "bfloat16"}
+    )
     run = forge("build", str(recipe), "--until", "convert", "--json")
     path = Path(run.json()["stages"][1]["path"])
     manifest = json.loads((path / "manifest.json").read_text())

@@ -22,13 +22,25 @@ def model(tmp_path: Path, tiny_models: dict[str, Path]) -> Path:
 
 def test_quantize_int8_wo_writes_checkpoint_and_summary(tmp_path: Path, model: Path) -> None:
     out = tmp_path / "ckpt"
-    run = forge("quantize", str(model), "--method", "int8_wo", "--dtype", "float32", "-o", str(out), "--json")
+    run = forge(
+        "quantize",
+        str(model),
+        "--method",
+        "int8_wo",
+        "--dtype",
+        "float32",
+        "-o",
+        str(out),
+        "--json",
+    )
     assert run.code == 0, run.err
     doc = run.json()
     assert doc["files"] == ["config.json", "rank0.safetensors"]
     config = json.loads((out / "config.json").read_text())
     assert config["quantization"]["quant_algo"] == "W8A16"
-    assert doc["quantized_modules"] == 2 * 5  # 2 layers × (qkv, dense, fc, gate, proj); lm_head excluded
+    assert (
+        doc["quantized_modules"] == 2 * 5
+    )  # 2 layers × (qkv, dense, fc, gate, proj); lm_head excluded
     with safe_open(str(out / "rank0.safetensors"), "pt") as f:
         qkv = f.get_tensor("transformer.layers.0.attention.qkv.weight")
     assert str(qkv.dtype) == "torch.int8"
@@ -37,30 +49,58 @@ def test_quantize_int8_wo_writes_checkpoint_and_summary(tmp_path: Path, model: P
     assert ppl["tokens"] > 100 and abs(ppl["delta_pct"]) < 5.0
 
 
-def test_quantize_shares_calibration_with_build_and_tp_reuses_it(tmp_path: Path, model: Path) -> None:
+def test_quantize_shares_calibration_with_build_and_tp_reuses_it(
+    tmp_path: Path, model: Path
+) -> None:
     out = tmp_path / "ckpt"
-    quantized = forge("quantize", str(model), "--method", "int8_wo", "--dtype", "float32", "-o", str(out),
-                      "--no-eval", "--json")
+    quantized = forge(
+        "quantize",
+        str(model),
+        "--method",
+        "int8_wo",
+        "--dtype",
+        "float32",
+        "-o",
+        str(out),
+        "--no-eval",
+        "--json",
+    )
     assert quantized.code == 0, quantized.err
     calib_key = next(s["key"] for s in quantized.json()["stages"] if s["stage"] == "calibrate")
-    recipe = write_recipe(tmp_path / "r.yaml", source={"path": str(model)}, convert={"dtype": "float32"},
-                          quantize={"method": "int8_wo"}, parallel={"tp": 1})
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        source={"path": str(model)},
+        convert={"dtype": "float32"},
+        quantize={"method": "int8_wo"},
+        parallel={"tp": 1},
+    )
     plan = forge("plan", str(recipe), "--until", "calibrate", "--json").json()["stages"]
     assert [s["status"] for s in plan] == ["hit", "hit", "hit"]
     assert plan[2]["key"] == calib_key
-    write_recipe(recipe, source={"path": str(model)}, convert={"dtype": "float32"},
-                 quantize={"method": "int8_wo"}, parallel={"tp": 2})
+    write_recipe(
+        recipe,
+        source={"path": str(model)},
+        convert={"dtype": "float32"},
+        quantize={"method": "int8_wo"},
+        parallel={"tp": 2},
+    )
     plan2 = forge("plan", str(recipe), "--until", "calibrate", "--json").json()["stages"]
     assert plan2[2]["status"] == "hit" and plan2[2]["key"] == calib_key
 
 
 def test_export_tp2_pp2(tmp_path: Path, model: Path) -> None:
-    recipe = write_recipe(tmp_path / "r.yaml", source={"path": str(model)}, convert={"dtype": "float32"},
-                          parallel={"tp": 2, "pp": 2})
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        source={"path": str(model)},
+        convert={"dtype": "float32"},
+        parallel={"tp": 2, "pp": 2},
+    )
     out = tmp_path / "export"
     run = forge("export", "trtllm-ckpt", str(recipe), str(out), "--json")
     assert run.code == 0, run.err
-    assert sorted(p.name for p in out.iterdir()) == ["config.json"] + [f"rank{r}.safetensors" for r in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"] + [
+        f"rank{r}.safetensors" for r in range(4)
+    ]
     mapping = json.loads((out / "config.json").read_text())["mapping"]
     assert (mapping["tp_size"], mapping["pp_size"], mapping["world_size"]) == (2, 2, 4)
     again = forge("export", "trtllm-ckpt", str(recipe), str(out))

@@ -17,11 +17,20 @@ REAL = ["llama2-7b-int8wo-trt.yaml", "llama2-7b-int8wo-trt-tp2.yaml", "llama2-7b
 
 # The public facts of Llama-2-7b-hf's config.json.
 LLAMA2_7B_CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-    "intermediate_size": 11008, "num_attention_heads": 32, "num_hidden_layers": 32,
-    "num_key_value_heads": 32, "vocab_size": 32000, "rms_norm_eps": 1e-5,
-    "max_position_embeddings": 4096, "hidden_act": "silu", "rope_theta": 10000.0,
-    "tie_word_embeddings": False, "torch_dtype": "float16",
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32000,
+    "rms_norm_eps": 1e-5,
+    "max_position_embeddings": 4096,
+    "hidden_act": "silu",
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
 }
 
 
@@ -69,14 +78,18 @@ def test_tp_checked_against_real_config(tmp_path: Path) -> None:
     cache = tmp_path / "hub"
     _hub_with_config(cache, "meta-llama/Llama-2-7b-hf", LLAMA2_7B_CONFIG)
     recipe = tmp_path / "recipe.yaml"
-    text = (ROOT / "recipes" / "llama2-7b-int8wo-trt-tp2.yaml").read_text().replace("tp: 2", "tp: 3")
+    text = (
+        (ROOT / "recipes" / "llama2-7b-int8wo-trt-tp2.yaml").read_text().replace("tp: 2", "tp: 3")
+    )
     recipe.write_text(text)
     run = forge("plan", str(recipe), env={"HF_HUB_CACHE": str(cache)})
     if "does not divide" in run.err:
         assert_clean_error(run, 2, "parallel.tp", "32 attention heads")
 
 
-@pytest.mark.skipif(shutil.which("trtllm-build") is not None, reason="trtllm-build is installed here")
+@pytest.mark.skipif(
+    shutil.which("trtllm-build") is not None, reason="trtllm-build is installed here"
+)
 def test_trtllm_backend_absent_exits_4_before_work(tmp_path: Path) -> None:
     run = forge("build", str(ROOT / "recipes" / "llama2-7b-fp16-trtllm.yaml"))
     assert_clean_error(run, 4, "trtllm-build")

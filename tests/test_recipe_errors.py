@@ -47,7 +47,9 @@ def test_bad_enum(recipe: Path) -> None:
 
 
 def test_method_specific_field_is_located_without_union_tag(recipe: Path) -> None:
-    recipe.write_text("schema_version: 1\nname: t\nsource:\n  path: m\nquantize:\n  method: awq\n  group_size: 100\n")
+    recipe.write_text(
+        "schema_version: 1\nname: t\nsource:\n  path: m\nquantize:\n  method: awq\n  group_size: 100\n"
+    )
     run = forge("recipe", "check", str(recipe))
     assert_clean_error(run, 2, "quantize.group_size")
     _located(run.err, 7, 15)
@@ -82,7 +84,10 @@ def test_schema_version_required(recipe: Path) -> None:
 
 def test_yaml_alias_bomb_refused(recipe: Path) -> None:
     lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
-    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]" for i in range(8)]
+    lines += [
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]"
+        for i in range(8)
+    ]
     recipe.write_text("\n".join(lines) + "\n")
     run = forge("recipe", "check", str(recipe), timeout=30)
     assert_clean_error(run, 2, "aliases")
@@ -163,7 +168,9 @@ def test_repo_not_found_offline(recipe: Path) -> None:
 def test_pickle_refused(recipe: Path, tmp_path: Path) -> None:
     model = tmp_path / "pickled"
     model.mkdir()
-    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    (model / "config.json").write_text(
+        '{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}'
+    )
     (model / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     write_recipe(recipe, source={"path": str(model)})
     run = forge("build", str(recipe), "--until", "fetch")
@@ -183,7 +190,11 @@ def test_json_error_document(recipe: Path) -> None:
 
 def test_int4_groups_must_align_with_tp_shards(recipe: Path, tiny_models: dict[str, Path]) -> None:
     # tiny llama: hidden 64; tp=2 leaves 32 input channels per rank, not a multiple of 64
-    write_recipe(recipe, source={"path": str(tiny_models["llama"])},
-                 quantize={"method": "int4_wo", "group_size": 64}, parallel={"tp": 2})
+    write_recipe(
+        recipe,
+        source={"path": str(tiny_models["llama"])},
+        quantize={"method": "int4_wo", "group_size": 64},
+        parallel={"tp": 2},
+    )
     run = forge("plan", str(recipe))
     assert_clean_error(run, 2, "quantize.group_size", "tp=2")

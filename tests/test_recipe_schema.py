@@ -45,9 +45,12 @@ def test_show_fills_defaults(tmp_path: Path) -> None:
     assert run.code == 0, run.err
     shown = yaml.safe_load(run.out)
     assert shown["build"]["backend"] == "onnxruntime"
-    assert shown["quantize"] == {"kv_cache": "none", "exclude": ["lm_head"],
-                                 "calibration": {"file": None, "samples": 64, "seq_len": 256, "seed": 0},
-                                 "method": "none"}
+    assert shown["quantize"] == {
+        "kv_cache": "none",
+        "exclude": ["lm_head"],
+        "calibration": {"file": None, "samples": 64, "seq_len": 256, "seed": 0},
+        "method": "none",
+    }
     # What `show` prints is itself a valid recipe.
     again = tmp_path / "again.yaml"
     again.write_text(run.out)

@@ -25,15 +25,22 @@ def check(*, recipe: str | Path) -> LoadedRecipe:
     return loaded
 
 
-def build(*, recipe: str | Path, until: str | None = None, force: Sequence[str] = (),
-          ctx: RunContext | None = None,
-          on_result: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+def build(
+    *,
+    recipe: str | Path,
+    until: str | None = None,
+    force: Sequence[str] = (),
+    ctx: RunContext | None = None,
+    on_result: Callable[[StageResult], None] | None = None,
+) -> list[StageResult]:
     """Run every stage that is not cached, up to ``until``."""
     loaded = check(recipe=recipe)
     return Runner(loaded, _context(ctx)).build(until=until, force=force, on_result=on_result)
 
 
-def plan(*, recipe: str | Path, until: str | None = None, ctx: RunContext | None = None) -> list[StageResult]:
+def plan(
+    *, recipe: str | Path, until: str | None = None, ctx: RunContext | None = None
+) -> list[StageResult]:
     """Per stage: cached or not, and for a miss which inputs changed since the last build."""
     loaded = check(recipe=recipe)
     return Runner(loaded, _context(ctx)).plan(until=until)
@@ -44,8 +51,9 @@ def store(ctx: RunContext | None = None) -> Store:
     return Store(settings.home, lock_timeout_s=settings.lock_timeout_s)
 
 
-def export_trtllm_checkpoint(*, recipe: str | Path, dest: str | Path, overwrite: bool = False,
-                             ctx: RunContext | None = None) -> dict[str, Any]:
+def export_trtllm_checkpoint(
+    *, recipe: str | Path, dest: str | Path, overwrite: bool = False, ctx: RunContext | None = None
+) -> dict[str, Any]:
     """Write the recipe's per-rank TensorRT-LLM checkpoint (for `trtllm-build`) to ``dest``.
 
     Builds fetch → convert → calibrate and the shard sub-artifact as needed (all cached).
@@ -58,8 +66,13 @@ def export_trtllm_checkpoint(*, recipe: str | Path, dest: str | Path, overwrite:
     assert runner.job is not None
     shard = sharded_checkpoint(runner.job)
     copied = copy_checkpoint(shard.path, target)
-    return {"dest": str(target), "files": copied, "shard_key": shard.key,
-            "tp": runner.loaded.recipe.parallel.tp, "pp": runner.loaded.recipe.parallel.pp}
+    return {
+        "dest": str(target),
+        "files": copied,
+        "shard_key": shard.key,
+        "tp": runner.loaded.recipe.parallel.tp,
+        "pp": runner.loaded.recipe.parallel.pp,
+    }
 
 
 def copy_checkpoint(src: Path, dest: Path) -> list[str]:
@@ -82,7 +95,9 @@ def _empty_target(dest: Path, overwrite: bool) -> Path:
     if dest.exists() and not dest.is_dir():
         raise recipe_error(f"{dest} exists and is not a directory")
     if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise recipe_error(f"{dest} is not empty", hint="choose an empty directory or pass --overwrite")
+        raise recipe_error(
+            f"{dest} is not empty", hint="choose an empty directory or pass --overwrite"
+        )
     return dest
 
 
@@ -93,10 +108,21 @@ def inspect(*, target: str, ctx: RunContext | None = None) -> dict[str, Any]:
     return inspect_target(target, store(ctx))
 
 
-def quantize(*, model: str, method: str, out: str | Path, params: dict[str, Any] | None = None,
-             kv_cache: str = "none", calibration_file: str | None = None, dtype: str = "float16",
-             tp: int = 1, pp: int = 1, overwrite: bool = False, evaluate: bool = True,
-             ctx: RunContext | None = None) -> dict[str, Any]:
+def quantize(
+    *,
+    model: str,
+    method: str,
+    out: str | Path,
+    params: dict[str, Any] | None = None,
+    kv_cache: str = "none",
+    calibration_file: str | None = None,
+    dtype: str = "float16",
+    tp: int = 1,
+    pp: int = 1,
+    overwrite: bool = False,
+    evaluate: bool = True,
+    ctx: RunContext | None = None,
+) -> dict[str, Any]:
     """fetch → convert → calibrate for MODEL (hub id, local dir or .gguf file), sharing the
     cache with `forge build`, then write a TensorRT-LLM checkpoint (tp×pp ranks) to ``out``."""
     import time
@@ -106,9 +132,17 @@ def quantize(*, model: str, method: str, out: str | Path, params: dict[str, Any]
 
     target = _empty_target(Path(out), overwrite)
     context = _context(ctx)
-    recipe_path = _write_quantize_recipe(context, model=model, method=method, params=params or {},
-                                         kv_cache=kv_cache, calibration_file=calibration_file, dtype=dtype,
-                                         tp=tp, pp=pp)
+    recipe_path = _write_quantize_recipe(
+        context,
+        model=model,
+        method=method,
+        params=params or {},
+        kv_cache=kv_cache,
+        calibration_file=calibration_file,
+        dtype=dtype,
+        tp=tp,
+        pp=pp,
+    )
     runner = Runner(check(recipe=recipe_path), context)
     t0 = time.perf_counter()
     results = runner.build(until="calibrate")
@@ -118,8 +152,14 @@ def quantize(*, model: str, method: str, out: str | Path, params: dict[str, Any]
     calibrated = job.upstream["calibrate"]
     files = copy_checkpoint(source.path if source else checkpoint_dir(calibrated), target)
     summary: dict[str, Any] = {
-        "model": model, "method": method, "kv_cache": kv_cache, "dest": str(target), "files": files,
-        "tp": tp, "pp": pp, "recipe": str(recipe_path),
+        "model": model,
+        "method": method,
+        "kv_cache": kv_cache,
+        "dest": str(target),
+        "files": files,
+        "tp": tp,
+        "pp": pp,
+        "recipe": str(recipe_path),
         "stages": [r.to_json() for r in results],
         "seconds": round(time.perf_counter() - t0, 3),
         "calibrate_seconds": calibrated.manifest.get("seconds"),
@@ -131,9 +171,11 @@ def quantize(*, model: str, method: str, out: str | Path, params: dict[str, Any]
     if evaluate and method != "none":
         from trtllm_forge.quickeval import perplexity_delta
 
-        summary["perplexity"] = perplexity_delta(reference_ckpt=job.upstream["convert"].path,
-                                                 quantized_ckpt=checkpoint_dir(calibrated),
-                                                 tokenizer_dir=snapshot_dir(job.upstream["fetch"]))
+        summary["perplexity"] = perplexity_delta(
+            reference_ckpt=job.upstream["convert"].path,
+            quantized_ckpt=checkpoint_dir(calibrated),
+            tokenizer_dir=snapshot_dir(job.upstream["fetch"]),
+        )
     return summary
 
 
@@ -141,8 +183,18 @@ def _checkpoint_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.glob("rank*.safetensors"))
 
 
-def _write_quantize_recipe(ctx: RunContext, *, model: str, method: str, params: dict[str, Any], kv_cache: str,
-                           calibration_file: str | None, dtype: str, tp: int, pp: int) -> Path:
+def _write_quantize_recipe(
+    ctx: RunContext,
+    *,
+    model: str,
+    method: str,
+    params: dict[str, Any],
+    kv_cache: str,
+    calibration_file: str | None,
+    dtype: str,
+    tp: int,
+    pp: int,
+) -> Path:
     """`forge quantize` is a recipe in disguise: write it where refs and plan can see it."""
     import yaml
 
@@ -150,9 +202,18 @@ def _write_quantize_recipe(ctx: RunContext, *, model: str, method: str, params: 
 
     quantize_section: dict[str, Any] = {"method": method, "kv_cache": kv_cache, **params}
     if calibration_file:
-        quantize_section["calibration"] = {"file": str(Path(calibration_file).expanduser().resolve())}
-    doc = {"schema_version": 1, "name": "", "source": _source_for(model), "convert": {"dtype": dtype},
-           "quantize": quantize_section, "parallel": {"tp": tp, "pp": pp}, "verify": {"enabled": False}}
+        quantize_section["calibration"] = {
+            "file": str(Path(calibration_file).expanduser().resolve())
+        }
+    doc = {
+        "schema_version": 1,
+        "name": "",
+        "source": _source_for(model),
+        "convert": {"dtype": dtype},
+        "quantize": quantize_section,
+        "parallel": {"tp": tp, "pp": pp},
+        "verify": {"enabled": False},
+    }
     ident = short(digest_json(doc), 10)
     doc["name"] = f"quantize-{ident}"
     path = ctx.settings.home / "recipes" / f"quantize-{ident}.yaml"

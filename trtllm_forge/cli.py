@@ -136,24 +136,23 @@ def build(
 
     def body() -> None:
         ctx = RunContext.default()
+        results: list[Any] = []
+
+        def done(result: Any) -> None:
+            results.append(result)
+            ctx.progress.log(_result_line(result))
+
         with make_progress(quiet or as_json) as progress:
             ctx.progress = progress
             try:
-                results = api.build(
-                    recipe=recipe,
-                    until=until,
-                    force=force or [],
-                    ctx=ctx,
-                    on_result=lambda r: progress.log(_result_line(r)),
-                )
+                api.build(recipe=recipe, until=until, force=force or [], ctx=ctx, on_result=done)
             except ForgeError as err:
-                if err.code == ExitCode.GATE and as_json:
-                    _print_json({"ok": False, "error": err.to_dict()})
-                raise
-        if as_json:
-            _print_json({"ok": True, "stages": [r.to_json() for r in results]})
-        else:
-            _results_table(results, title="forge build")
+                if err.code != ExitCode.GATE:
+                    raise
+                # A failed gate still produced a report: show it, then exit 3.
+                _show_build(results, as_json, error=err)
+                raise typer.Exit(int(err.code)) from None
+        _show_build(results, as_json)
 
     _guard(body, as_json)
 
@@ -172,6 +171,50 @@ def plan(recipe: RecipeArg, until: StageOpt = None, as_json: JsonOpt = False) ->
             _results_table(results, title="forge plan", plan=True)
 
     _guard(body, as_json)
+
+
+def _show_build(results: list[Any], as_json: bool, error: ForgeError | None = None) -> None:
+    verify = next((r for r in results if r.stage == "verify"), None)
+    if as_json:
+        doc: dict[str, Any] = {"ok": error is None, "stages": [r.to_json() for r in results]}
+        if verify is not None:
+            doc["verify"] = verify.info
+        if error is not None:
+            doc["error"] = error.to_dict()
+        _print_json(doc)
+        return
+    _results_table(results, title="forge build")
+    if verify is not None and verify.info.get("metrics"):
+        _verify_table(verify)
+    if error is not None:
+        from trtllm_forge.ui import stderr_console
+
+        stderr_console().print(
+            f"[bold red]error[/bold red]: {error.message}\n  [dim]hint[/dim]: {error.hint}"
+        )
+
+
+def _verify_table(verify: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    info = verify.info
+    table = Table(
+        title="verify: " + ("[green]PASSED[/]" if info.get("passed") else "[red]FAILED[/]")
+    )
+    for col in ("gate / metric", "value", "threshold", "result"):
+        table.add_column(col)
+    for name, gate in sorted(info.get("gates", {}).items()):
+        verdict = "[green]pass[/]" if gate["passed"] else "[red]FAIL[/]"
+        table.add_row(name, f"{gate['value']:.6g}", f"{gate['threshold']:g}", verdict)
+    for metric, value in sorted(info.get("metrics", {}).items()):
+        table.add_row(f"[dim]{metric}[/]", f"{value:.6g}", "", "")
+    Console(soft_wrap=True).print(table)
+    reports = info.get("reports") or {}
+    if reports and verify.path:
+        Console(soft_wrap=True).print(
+            f"reports: {verify.path}/{{{','.join(sorted(reports.values()))}}}"
+        )
 
 
 def _result_line(result: Any) -> str:
@@ -243,18 +286,36 @@ def recipe_check(recipe: RecipeArg) -> None:
 # -- quantize ---------------------------------------------------------------
 @app.command()
 def quantize(
-    model: Annotated[str, typer.Argument(help="Hub id (org/name), local HF directory, or .gguf file.")],
-    method: Annotated[str, typer.Option("--method", "-m", help="none, int8_wo, int4_wo, smoothquant, awq, "
-                                        "gptq or fp8.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Empty directory for the TensorRT-LLM checkpoint.")],
-    group_size: Annotated[int | None, typer.Option("--group-size", help="int4_wo/awq/gptq group size.")] = None,
+    model: Annotated[
+        str, typer.Argument(help="Hub id (org/name), local HF directory, or .gguf file.")
+    ],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method", "-m", help="none, int8_wo, int4_wo, smoothquant, awq, gptq or fp8."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Empty directory for the TensorRT-LLM checkpoint.")
+    ],
+    group_size: Annotated[
+        int | None, typer.Option("--group-size", help="int4_wo/awq/gptq group size.")
+    ] = None,
     kv_cache: Annotated[str, typer.Option("--kv-cache", help="none, int8 or fp8.")] = "none",
-    calib: Annotated[Path | None, typer.Option("--calib", help="Calibration text (.txt or .jsonl).")] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="Dtype of unquantized tensors.")] = "float16",
+    calib: Annotated[
+        Path | None, typer.Option("--calib", help="Calibration text (.txt or .jsonl).")
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Dtype of unquantized tensors.")
+    ] = "float16",
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel ranks to write.")] = 1,
     pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel ranks to write.")] = 1,
-    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the perplexity comparison.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty --out.")] = False,
+    no_eval: Annotated[
+        bool, typer.Option("--no-eval", help="Skip the perplexity comparison.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Allow a non-empty --out.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Quantize MODEL once (fetch → convert → calibrate, cached and shared with `forge build`)
@@ -266,9 +327,19 @@ def quantize(
 
     def body() -> None:
         params = {"group_size": group_size} if group_size is not None else {}
-        doc = api.quantize(model=model, method=method, out=out, params=params, kv_cache=kv_cache,
-                           calibration_file=str(calib) if calib else None, dtype=dtype, tp=tp, pp=pp,
-                           overwrite=overwrite, evaluate=not no_eval)
+        doc = api.quantize(
+            model=model,
+            method=method,
+            out=out,
+            params=params,
+            kv_cache=kv_cache,
+            calibration_file=str(calib) if calib else None,
+            dtype=dtype,
+            tp=tp,
+            pp=pp,
+            overwrite=overwrite,
+            evaluate=not no_eval,
+        )
         if as_json:
             _print_json({"ok": True, **doc})
         else:
@@ -281,26 +352,38 @@ def _print_quantize_summary(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"forge quantize: {doc['method']}" + (f" + kv {doc['kv_cache']}"
-                                                               if doc["kv_cache"] != "none" else ""))
+    table = Table(
+        title=f"forge quantize: {doc['method']}"
+        + (f" + kv {doc['kv_cache']}" if doc["kv_cache"] != "none" else "")
+    )
     table.add_column("")
     table.add_column("value")
     table.add_row("model", doc["model"])
     table.add_row("quantized modules", str(doc["quantized_modules"]))
-    table.add_row("size before → after", f"{_human(doc['bytes_before'])} → {_human(doc['bytes_after'])}")
-    table.add_row("time (calibrate / total)", f"{doc['calibrate_seconds'] or 0:.1f}s / {doc['seconds']:.1f}s")
+    table.add_row(
+        "size before → after", f"{_human(doc['bytes_before'])} → {_human(doc['bytes_after'])}"
+    )
+    table.add_row(
+        "time (calibrate / total)", f"{doc['calibrate_seconds'] or 0:.1f}s / {doc['seconds']:.1f}s"
+    )
     ppl = doc.get("perplexity")
     if ppl:
-        table.add_row("perplexity (built-in eval text)",
-                      f"{ppl['reference_ppl']:.3f} → {ppl['quantized_ppl']:.3f} ({ppl['delta_pct']:+.2f}%)")
-    table.add_row("written", f"{doc['dest']} ({len(doc['files'])} files, tp={doc['tp']}, pp={doc['pp']})")
+        table.add_row(
+            "perplexity (built-in eval text)",
+            f"{ppl['reference_ppl']:.3f} → {ppl['quantized_ppl']:.3f} ({ppl['delta_pct']:+.2f}%)",
+        )
+    table.add_row(
+        "written", f"{doc['dest']} ({len(doc['files'])} files, tp={doc['tp']}, pp={doc['pp']})"
+    )
     Console(soft_wrap=True).print(table)
 
 
 # -- inspect / export -------------------------------------------------------
 @app.command()
 def inspect(
-    target: Annotated[str, typer.Argument(help="Engine dir, checkpoint dir, artifact dir, or key prefix.")],
+    target: Annotated[
+        str, typer.Argument(help="Engine dir, checkpoint dir, artifact dir, or key prefix.")
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Describe an engine (I/O, shapes, profiles, quantization, ranks, provenance), a
@@ -334,7 +417,9 @@ def _print_inspection(doc: dict[str, Any]) -> None:
 @export_app.command("trtllm-ckpt")
 def export_trtllm_ckpt(
     recipe: RecipeArg,
-    dest: Annotated[Path, typer.Argument(help="Empty directory to write config.json + rank*.safetensors into.")],
+    dest: Annotated[
+        Path, typer.Argument(help="Empty directory to write config.json + rank*.safetensors into.")
+    ],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty DEST.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -346,7 +431,9 @@ def export_trtllm_ckpt(
         if as_json:
             _print_json({"ok": True, **doc})
         else:
-            print(f"wrote {len(doc['files'])} files (tp={doc['tp']}, pp={doc['pp']}) to {doc['dest']}")
+            print(
+                f"wrote {len(doc['files'])} files (tp={doc['tp']}, pp={doc['pp']}) to {doc['dest']}"
+            )
 
     _guard(body, as_json)
 

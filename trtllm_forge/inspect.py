@@ -24,7 +24,9 @@ def inspect_target(target: str, store: Store) -> dict[str, Any]:
         out["manifest"] = manifest
     content = _content_dir(path, manifest)
     kind, details = _describe(content)
-    out["kind"] = kind if kind != "unknown" or manifest is None else f"{manifest.get('stage')} artifact"
+    out["kind"] = (
+        kind if kind != "unknown" or manifest is None else f"{manifest.get('stage')} artifact"
+    )
     if details:
         out[kind] = details
     return out
@@ -67,13 +69,17 @@ def _describe(path: Path) -> tuple[str, dict[str, Any] | None]:
 def _find_key(prefix: str, store: Store) -> Path:
     wanted = prefix.split(":", 1)[-1].lower()
     if len(wanted) < 4 or any(c not in "0123456789abcdef" for c in wanted):
-        raise recipe_error(f"{prefix!r} is neither an existing path nor an artifact key",
-                           hint="give a path, or at least 4 hex characters of a key (see `forge cache ls`)")
+        raise recipe_error(
+            f"{prefix!r} is neither an existing path nor an artifact key",
+            hint="give a path, or at least 4 hex characters of a key (see `forge cache ls`)",
+        )
     base = store.root / "artifacts"
     matches = sorted(base.glob(f"*/{wanted}*")) if base.exists() else []
     if not matches:
         raise recipe_error(f"no artifact key starts with {wanted}", hint="see `forge cache ls`")
     if len(matches) > 1:
         names = ", ".join(f"{m.parent.name}/{m.name[:12]}" for m in matches[:5])
-        raise recipe_error(f"key prefix {wanted} is ambiguous ({names})", hint="give more characters")
+        raise recipe_error(
+            f"key prefix {wanted} is ambiguous ({names})", hint="give more characters"
+        )
     return matches[0]

@@ -15,8 +15,9 @@ def builtin_eval_text() -> str:
     return (resources.files("trtllm_forge") / "data" / "eval.txt").read_text(encoding="utf-8")
 
 
-def perplexity_delta(*, reference_ckpt: Path, quantized_ckpt: Path, tokenizer_dir: Path,
-                     text: str | None = None) -> dict[str, Any]:
+def perplexity_delta(
+    *, reference_ckpt: Path, quantized_ckpt: Path, tokenizer_dir: Path, text: str | None = None
+) -> dict[str, Any]:
     """Perplexity of both checkpoints over ``text`` in windows of WINDOW tokens."""
     import torch
     from transformers import AutoTokenizer
@@ -26,7 +27,7 @@ def perplexity_delta(*, reference_ckpt: Path, quantized_ckpt: Path, tokenizer_di
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
     ids = tokenizer(text or builtin_eval_text(), add_special_tokens=False)["input_ids"]
-    windows = [torch.tensor([ids[i:i + WINDOW]]) for i in range(0, max(len(ids) - 1, 1), WINDOW)]
+    windows = [torch.tensor([ids[i : i + WINDOW]]) for i in range(0, max(len(ids) - 1, 1), WINDOW)]
     windows = [w for w in windows if w.shape[1] > 1]
     reference = CheckpointForward(reference_ckpt)
     quantized = FakeQuantForward(quantized_ckpt)
@@ -36,8 +37,12 @@ def perplexity_delta(*, reference_ckpt: Path, quantized_ckpt: Path, tokenizer_di
     finally:
         reference.close()
         quantized.close()
-    return {"tokens": len(ids), "reference_ppl": ref, "quantized_ppl": quant,
-            "delta_pct": 100.0 * (quant / ref - 1.0)}
+    return {
+        "tokens": len(ids),
+        "reference_ppl": ref,
+        "quantized_ppl": quant,
+        "delta_pct": 100.0 * (quant / ref - 1.0),
+    }
 
 
 def _perplexity(logits_fn: Any, windows: list[Any]) -> float:

@@ -63,14 +63,23 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("verify.gates", s.Gates),
     ("quantize.calibration", s.Calibration),
 ]
-QUANT_METHODS: list[type[BaseModel]] = [s.NoQuant, s.Int8WeightOnly, s.Int4WeightOnly, s.SmoothQuant, s.Awq,
-                                        s.Gptq, s.Fp8]
+QUANT_METHODS: list[type[BaseModel]] = [
+    s.NoQuant,
+    s.Int8WeightOnly,
+    s.Int4WeightOnly,
+    s.SmoothQuant,
+    s.Awq,
+    s.Gptq,
+    s.Fp8,
+]
 
 
 def _type_name(info: FieldInfo) -> str:
     text = str(info.annotation).replace("typing.", "").replace("trtllm_forge.recipe.schema.", "")
-    text = text.replace("Annotated[str, FieldInfo(annotation=NoneType, required=True, metadata=[MinLen(min_length=1)])]",
-                        "str")
+    text = text.replace(
+        "Annotated[str, FieldInfo(annotation=NoneType, required=True, metadata=[MinLen(min_length=1)])]",
+        "str",
+    )
     text = text.replace("<class '", "").replace("'>", "")
     if text.startswith("dict["):
         return "mapping: name → str \\| bool"
@@ -96,7 +105,9 @@ def _table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[str]:
     for name, info in model.model_fields.items():
         if name in skip:
             continue
-        rows.append(f"| `{name}` | {_type_name(info)} | {_default(info)} | {info.description or ''} |")
+        rows.append(
+            f"| `{name}` | {_type_name(info)} | {_default(info)} | {info.description or ''} |"
+        )
     return rows
 
 
@@ -108,15 +119,27 @@ def render() -> str:
     out = [INTRO]
     for title, model in SECTIONS:
         out += [f"## {title}", "", _doc(model), "", *_table(model), ""]
-    out += ["## quantize", "", "Pick one `method`; each method takes the common fields below plus its own.", "",
-            "Common fields:", "", *_table(s.NoQuant, skip=("method",)), ""]
+    out += [
+        "## quantize",
+        "",
+        "Pick one `method`; each method takes the common fields below plus its own.",
+        "",
+        "Common fields:",
+        "",
+        *_table(s.NoQuant, skip=("method",)),
+        "",
+    ]
     for model in QUANT_METHODS:
         method = model.model_fields["method"].annotation.__args__[0]  # type: ignore[union-attr]
         own = tuple(n for n in model.model_fields if n in s.NoQuant.model_fields)
         out += [f"### `method: {method}`", "", _doc(model), ""]
         rows = _table(model, skip=own)
         out += [*(rows if len(rows) > 2 else ["(no extra fields)"]), ""]
-    out += ["## Default verify prompts", ""] + [f"- `{json.dumps(p)}`" for p in s.DEFAULT_PROMPTS] + [""]
+    out += (
+        ["## Default verify prompts", ""]
+        + [f"- `{json.dumps(p)}`" for p in s.DEFAULT_PROMPTS]
+        + [""]
+    )
     return "\n".join(out)
 
 

@@ -87,10 +87,14 @@ def _compose(text: str, path: Path) -> yaml.Node:
                 )
             # Depth is checked on the (iterative) event stream: yaml.compose recurses
             # once per level and would hit Python's recursion limit on `[[[[...`.
-            depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+            depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(
+                event, yaml.CollectionEndEvent
+            )
             if depth > MAX_DEPTH + 1:
-                raise recipe_error(f"recipe nests deeper than {MAX_DEPTH} levels",
-                                   location=_mark_location(path, event.start_mark))
+                raise recipe_error(
+                    f"recipe nests deeper than {MAX_DEPTH} levels",
+                    location=_mark_location(path, event.start_mark),
+                )
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -102,8 +106,11 @@ def _compose(text: str, path: Path) -> yaml.Node:
     except yaml.YAMLError as exc:
         raise recipe_error(f"invalid YAML: {exc}", location=_mark_location(path, None)) from None
     if root is None:
-        raise recipe_error("recipe is empty", hint="start from recipes/tiny-llama.yaml",
-                           location=_mark_location(path, None))
+        raise recipe_error(
+            "recipe is empty",
+            hint="start from recipes/tiny-llama.yaml",
+            location=_mark_location(path, None),
+        )
     _check_shape(root, path, depth=0)
     return root
 
@@ -111,15 +118,20 @@ def _compose(text: str, path: Path) -> yaml.Node:
 def _check_shape(node: yaml.Node, path: Path, depth: int) -> None:
     """Reject deep nesting and duplicate keys before constructing anything."""
     if depth > MAX_DEPTH:
-        raise recipe_error(f"recipe nests deeper than {MAX_DEPTH} levels",
-                           location=_mark_location(path, node.start_mark))
+        raise recipe_error(
+            f"recipe nests deeper than {MAX_DEPTH} levels",
+            location=_mark_location(path, node.start_mark),
+        )
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
             name = str(key.value)
             if name in seen:
-                raise recipe_error(f"duplicate key '{name}'", hint="remove one of them",
-                                   location=_mark_location(path, key.start_mark, name))
+                raise recipe_error(
+                    f"duplicate key '{name}'",
+                    hint="remove one of them",
+                    location=_mark_location(path, key.start_mark, name),
+                )
             seen.add(name)
             _check_shape(value, path, depth + 1)
     elif isinstance(node, yaml.SequenceNode):
@@ -140,8 +152,10 @@ def _construct(root: yaml.Node, path: Path) -> dict[str, Any]:
     finally:
         loader.dispose()
     if not isinstance(data, dict):
-        raise recipe_error("a recipe must be a YAML mapping (key: value pairs)",
-                           location=_mark_location(path, root.start_mark))
+        raise recipe_error(
+            "a recipe must be a YAML mapping (key: value pairs)",
+            location=_mark_location(path, root.start_mark),
+        )
     return data
 
 
@@ -157,7 +171,9 @@ def _first_error(exc: ValidationError, path: Path, root: yaml.Node) -> Exception
     if more:
         hint = f"{hint + '; ' if hint else ''}{more} more error(s) after this one"
     at_key = err["type"] == "extra_forbidden"
-    return recipe_error(message, hint=hint, location=locate_field(path, root, loc, field, at_key=at_key))
+    return recipe_error(
+        message, hint=hint, location=locate_field(path, root, loc, field, at_key=at_key)
+    )
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -191,7 +207,12 @@ def _dotted(loc: tuple[Any, ...], root: yaml.Node) -> str:
     node: yaml.Node | None = root
     for part in loc:
         child = _child(node, part)
-        if child is None and isinstance(node, yaml.MappingNode) and isinstance(part, str) and _is_tag(part):
+        if (
+            child is None
+            and isinstance(node, yaml.MappingNode)
+            and isinstance(part, str)
+            and _is_tag(part)
+        ):
             continue
         parts.append(f"[{part}]" if isinstance(part, int) else str(part))
         node = child
@@ -209,7 +230,11 @@ def _child(node: yaml.Node | None, part: Any) -> yaml.Node | None:
         for key, value in node.value:
             if key.value == part:
                 return value
-    elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+    elif (
+        isinstance(node, yaml.SequenceNode)
+        and isinstance(part, int)
+        and 0 <= part < len(node.value)
+    ):
         return node.value[part]
     return None
 

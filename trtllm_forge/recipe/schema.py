@@ -33,16 +33,22 @@ class Source(_Strict):
 
     hf: str | None = Field(None, pattern=HF_REPO_PATTERN, description="Hub repo id `org/name`.")
     revision: str | None = Field(
-        None, min_length=1, max_length=256, description="Branch, tag or commit of `hf` (default: main)."
+        None,
+        min_length=1,
+        max_length=256,
+        description="Branch, tag or commit of `hf` (default: main).",
     )
     path: str | None = Field(
         None, min_length=1, description="Local HF-format directory (relative to the recipe file)."
     )
     gguf: str | None = Field(
-        None, min_length=1, description="Local GGUF file, dequantized with transformers' GGUF loader."
+        None,
+        min_length=1,
+        description="Local GGUF file, dequantized with transformers' GGUF loader.",
     )
     allow_pickle: bool = Field(
-        False, description="Allow pickle weights (`.bin`, `.pt`). Pickle can run code: off by default."
+        False,
+        description="Allow pickle weights (`.bin`, `.pt`). Pickle can run code: off by default.",
     )
 
     @model_validator(mode="after")
@@ -50,7 +56,8 @@ class Source(_Strict):
         given = [k for k in ("hf", "path", "gguf") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of `hf`, `path` or `gguf`" + (f" (got {', '.join(given)})" if given else "")
+                "give exactly one of `hf`, `path` or `gguf`"
+                + (f" (got {', '.join(given)})" if given else "")
             )
         if self.revision is not None and self.hf is None:
             raise ValueError("`revision` only applies to `hf` sources")
@@ -60,13 +67,19 @@ class Source(_Strict):
 class Convert(_Strict):
     """HF → canonical TensorRT-LLM checkpoint. `dtype` is the stored dtype of unquantized weights."""
 
-    dtype: Dtype = Field("float16", description="Stored dtype of unquantized weights: float32, float16 or bfloat16.")
+    dtype: Dtype = Field(
+        "float16", description="Stored dtype of unquantized weights: float32, float16 or bfloat16."
+    )
 
 
 class Calibration(_Strict):
     """Calibration text: the built-in corpus, or a `.txt` / `.jsonl` (field `text`) file."""
 
-    file: str | None = Field(None, min_length=1, description="Text file relative to the recipe; default: built-in corpus.")
+    file: str | None = Field(
+        None,
+        min_length=1,
+        description="Text file relative to the recipe; default: built-in corpus.",
+    )
     samples: int = Field(64, ge=1, le=100_000, description="Number of calibration sequences.")
     seq_len: int = Field(256, ge=8, le=131_072, description="Tokens per calibration sequence.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for choosing the sequences.")
@@ -104,9 +117,13 @@ class SmoothQuant(_QuantBase):
     """SmoothQuant W8A8: per-channel INT8 weights, INT8 activations after smoothing."""
 
     method: Literal["smoothquant"] = Field(description="Quantization method.")
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Migration strength (0: none, 1: all to weights).")
+    alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Migration strength (0: none, 1: all to weights)."
+    )
     activations: Literal["per_tensor", "per_token"] = Field(
-        "per_tensor", description="Activation scale granularity: one static scale, or dynamic per token.")
+        "per_tensor",
+        description="Activation scale granularity: one static scale, or dynamic per token.",
+    )
 
 
 class Awq(_QuantBase):
@@ -121,8 +138,12 @@ class Gptq(_QuantBase):
 
     method: Literal["gptq"] = Field(description="Quantization method.")
     group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale.")
-    damping: float = Field(0.01, gt=0.0, le=1.0, description="Hessian dampening, as a fraction of its mean diagonal.")
-    act_order: bool = Field(False, description="Quantize columns in order of decreasing activation energy.")
+    damping: float = Field(
+        0.01, gt=0.0, le=1.0, description="Hessian dampening, as a fraction of its mean diagonal."
+    )
+    act_order: bool = Field(
+        False, description="Quantize columns in order of decreasing activation energy."
+    )
 
 
 class Fp8(_QuantBase):
@@ -130,7 +151,8 @@ class Fp8(_QuantBase):
 
     method: Literal["fp8"] = Field(description="Quantization method.")
     granularity: Literal["per_tensor", "per_channel_per_token"] = Field(
-        "per_tensor", description="Scale granularity of weights / activations.")
+        "per_tensor", description="Scale granularity of weights / activations."
+    )
 
 
 Quantize = Annotated[
@@ -143,8 +165,12 @@ QUANT_METHODS = ("none", "int8_wo", "int4_wo", "smoothquant", "awq", "gptq", "fp
 class Parallel(_Strict):
     """Tensor- and pipeline-parallel sizes; one engine per rank (rank = pp_rank·tp + tp_rank)."""
 
-    tp: int = Field(1, ge=1, le=256, description="Tensor-parallel size (must divide the attention heads).")
-    pp: int = Field(1, ge=1, le=256, description="Pipeline-parallel size (at most the number of layers).")
+    tp: int = Field(
+        1, ge=1, le=256, description="Tensor-parallel size (must divide the attention heads)."
+    )
+    pp: int = Field(
+        1, ge=1, le=256, description="Pipeline-parallel size (at most the number of layers)."
+    )
 
 
 class Build(_Strict):
@@ -154,10 +180,14 @@ class Build(_Strict):
     `trtllm-build` from TensorRT-LLM ≤ 1.2 on the exported checkpoint.
     """
 
-    backend: Literal["onnxruntime", "tensorrt", "trtllm"] = Field("onnxruntime", description="Engine backend.")
+    backend: Literal["onnxruntime", "tensorrt", "trtllm"] = Field(
+        "onnxruntime", description="Engine backend."
+    )
     max_batch_size: int = Field(8, ge=1, le=4096, description="Largest batch the engine accepts.")
     max_input_len: int = Field(512, ge=1, le=1_048_576, description="Longest prompt, in tokens.")
-    max_seq_len: int = Field(1024, ge=2, le=1_048_576, description="Longest prompt + generated sequence.")
+    max_seq_len: int = Field(
+        1024, ge=2, le=1_048_576, description="Longest prompt + generated sequence."
+    )
     plugins: dict[Annotated[str, Field(min_length=1, max_length=64)], str | bool] = Field(
         default_factory=dict, description="Backend plugin switches, validated per backend."
     )
@@ -177,12 +207,18 @@ class Gates(_Strict):
     """Verify thresholds; a failed gate makes `forge build` exit 3. Unset gates are reported only."""
 
     min_token_agreement: float | None = Field(
-        None, ge=0.0, le=1.0, description="Fraction of greedy tokens equal to the reference's.")
-    min_top1: float | None = Field(None, ge=0.0, le=1.0, description="Top-1 agreement over the texts.")
-    max_kl: float | None = Field(None, ge=0.0, description="Mean per-token KL(reference ‖ engine), nats.")
+        None, ge=0.0, le=1.0, description="Fraction of greedy tokens equal to the reference's."
+    )
+    min_top1: float | None = Field(
+        None, ge=0.0, le=1.0, description="Top-1 agreement over the texts."
+    )
+    max_kl: float | None = Field(
+        None, ge=0.0, description="Mean per-token KL(reference ‖ engine), nats."
+    )
     max_ppl_ratio: float | None = Field(None, ge=1.0, description="Engine / reference perplexity.")
     max_rel_logit_diff: float | None = Field(
-        None, ge=0.0, description="max |logit diff| / max |reference logit| over the texts.")
+        None, ge=0.0, description="max |logit diff| / max |reference logit| over the texts."
+    )
 
 
 DEFAULT_PROMPTS = [
@@ -202,13 +238,21 @@ class Verify(_Strict):
 
     enabled: bool = Field(True, description="Run verification at all.")
     prompts: list[Annotated[str, Field(min_length=1, max_length=100_000)]] = Field(
-        default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1, max_length=1024,
-        description="Prompts for the greedy token-agreement check (default: 8 built-in prompts).")
-    max_new_tokens: int = Field(32, ge=1, le=4096, description="Greedy tokens generated per prompt.")
-    texts: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=list, description="Held-out texts for KL / top-1 / perplexity (default: built-in)."
+        default_factory=lambda: list(DEFAULT_PROMPTS),
+        min_length=1,
+        max_length=1024,
+        description="Prompts for the greedy token-agreement check (default: 8 built-in prompts).",
     )
-    text_file: str | None = Field(None, min_length=1, description="A held-out text file relative to the recipe.")
+    max_new_tokens: int = Field(
+        32, ge=1, le=4096, description="Greedy tokens generated per prompt."
+    )
+    texts: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="Held-out texts for KL / top-1 / perplexity (default: built-in).",
+    )
+    text_file: str | None = Field(
+        None, min_length=1, description="A held-out text file relative to the recipe."
+    )
     max_text_tokens: int = Field(512, ge=8, le=1_048_576, description="Tokens scored per text.")
     gates: Gates = Field(default_factory=Gates, description="Pass/fail thresholds.")
 
@@ -217,10 +261,21 @@ class Recipe(_Strict):
     """A forge recipe: the single source of truth for one engine build."""
 
     schema_version: Literal[1] = Field(description="Recipe schema version; currently 1.")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="Recipe name (letters, digits, . _ -).")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="Recipe name (letters, digits, . _ -).",
+    )
     source: Source = Field(description="Where the checkpoint comes from.")
-    convert: Convert = Field(default_factory=Convert, description="Conversion to the canonical checkpoint.")
-    quantize: Quantize = Field(default_factory=NoQuant, description="Quantization method and its parameters.")
-    parallel: Parallel = Field(default_factory=Parallel, description="Tensor/pipeline parallel sizes.")
+    convert: Convert = Field(
+        default_factory=Convert, description="Conversion to the canonical checkpoint."
+    )
+    quantize: Quantize = Field(
+        default_factory=NoQuant, description="Quantization method and its parameters."
+    )
+    parallel: Parallel = Field(
+        default_factory=Parallel, description="Tensor/pipeline parallel sizes."
+    )
     build: Build = Field(default_factory=Build, description="Engine backend and limits.")
-    verify: Verify = Field(default_factory=Verify, description="Engine-vs-reference checks and gates.")
+    verify: Verify = Field(
+        default_factory=Verify, description="Engine-vs-reference checks and gates."
+    )

@@ -35,7 +35,9 @@ class ConvertStage:
         from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 
         src = snapshot_dir(job.upstream["fetch"])
-        _validate_weights(src)  # a lying header is a clear exit 5 before any offset in it is trusted
+        _validate_weights(
+            src
+        )  # a lying header is a clear exit 5 before any offset in it is trusted
         summary = convert_hf_checkpoint(
             src, out_dir, dtype=job.recipe.convert.dtype, progress=job.ctx.progress
         )

@@ -61,7 +61,12 @@ class VerifyStage:
             out_dir=out_dir,
             progress=job.ctx.progress,
         )
-        return StageOutput(info=dict(result))
+        info = dict(result)
+        # Paths inside the staging dir die with it; record names relative to the artifact.
+        info["reports"] = {
+            kind: Path(path).name for kind, path in (info.get("reports") or {}).items()
+        }
+        return StageOutput(info=info)
 
     def check(self, artifact: Artifact) -> None:
         failed = artifact.info.get("failed_gates") or []
