@@ -16,7 +16,8 @@ the decoder adds the column bias, and for row-parallel layers all-reduces first
 and then adds the (unsplit) bias once. The hook must read every tensor of its
 module through ``ctx.weights.get`` (unread tensors fail the build).
 
-Hook contract (KV cache): ``hook(ctx, layer_prefix, k, v) -> (k, v)`` receives the
+Hook contract (KV cache): ``hook(ctx, attention, k, v) -> (k, v)`` (``attention`` is the
+module prefix, e.g. ``transformer.layers.0.attention``) receives the
 new keys (after rope) and values ``[batch, kv_heads, seq, head]`` before they are
 appended to the cache, keyed by ``quantization.kv_cache_quant_algo``. The ONNX
 Runtime cache stays float32, so a Q/DQ pair here reproduces a quantized cache.
