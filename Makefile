@@ -19,7 +19,13 @@ $(BIN)/forge: pyproject.toml
 venv: $(BIN)/forge
 
 demo: venv
-	FORGE_HOME=$${FORGE_HOME:-$(CURDIR)/.forge-demo/home} $(BIN)/python -m trtllm_forge.demo
+	$(BIN)/python recipes/tiny/make_models.py
+	@echo "== forge build: fetch → convert → calibrate → build (ONNX Runtime) → verify"
+	$(BIN)/forge build recipes/tiny-llama.yaml
+	@echo "== the same build again: every stage is a cache hit"
+	$(BIN)/forge build recipes/tiny-llama.yaml
+	@echo "== what the engine is"
+	$(BIN)/forge inspect $$($(BIN)/forge build recipes/tiny-llama.yaml --json -q | $(BIN)/python -c 'import json,sys; print([s["path"] for s in json.load(sys.stdin)["stages"] if s["stage"]=="build"][0])')
 
 test: venv
 	$(BIN)/python -m pytest -q -m "not slow and not reliability" -n 2

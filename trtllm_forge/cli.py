@@ -142,7 +142,7 @@ def build(
             results.append(result)
             ctx.progress.log(_result_line(result))
 
-        with make_progress(quiet or as_json) as progress:
+        with make_progress(quiet) as progress:
             ctx.progress = progress
             try:
                 api.build(recipe=recipe, until=until, force=force or [], ctx=ctx, on_result=done)
@@ -401,17 +401,71 @@ def inspect(
 
 
 def _print_inspection(doc: dict[str, Any]) -> None:
+    """Human view of `forge inspect`; `--json` has everything."""
     from rich.console import Console
-    from rich.pretty import Pretty
 
     console = Console(soft_wrap=True)
     console.print(f"[bold]{doc['kind']}[/bold]  {doc['path']}")
-    if "artifact" in doc:
-        console.print(Pretty(doc["artifact"]))
-    for section in ("engine", "checkpoint"):
-        if section in doc:
-            console.print(f"[bold]{section}[/bold]")
-            console.print(Pretty(doc[section], max_length=40))
+    art = doc.get("artifact")
+    if art:
+        console.print(
+            f"artifact: stage {art['stage']}, key {art['key']}, {art['files']} files, "
+            f"{_human(art['bytes'])}, built in {art['seconds']}s"
+        )
+        if art.get("external_root"):
+            console.print(f"references: {art['external_root']}")
+        fields = (art.get("recipe") or {}).get("fields") or {}
+        for name, value in fields.items():
+            console.print(f"  {name} = {value}")
+        for tool, version in (art.get("tools") or {}).items():
+            console.print(f"  [dim]{tool} {version}[/]")
+    if "engine" in doc:
+        _print_engine(console, doc["engine"])
+    if "checkpoint" in doc:
+        _print_checkpoint(console, doc["checkpoint"])
+
+
+def _print_engine(console: Any, eng: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    mapping = eng.get("mapping", {})
+    console.print(
+        f"engine: backend {eng['backend']}, tp {mapping.get('tp_size')}, pp {mapping.get('pp_size')}, "
+        f"quantization {eng.get('quantization') or 'none'}, limits {eng.get('limits')}, "
+        f"{_human(eng['total_bytes'])}"
+    )
+    if eng.get("profiles"):
+        console.print(f"profiles: {eng['profiles']}")
+    for rank in eng.get("ranks", []):
+        files = ", ".join(f"{name} ({_human(size)})" for name, size in rank["files"].items())
+        console.print(
+            f"rank {rank['rank']} (tp {rank['tp_rank']}, pp {rank['pp_rank']}, layers {rank['layers']}, "
+            f"{rank['segments']} segment(s), {rank['collectives']} collective(s)): {files}"
+        )
+    first = (eng.get("ranks") or [None])[0]
+    if first:
+        table = Table(title="rank 0 graph inputs / outputs")
+        for col in ("", "name", "dtype", "shape"):
+            table.add_column(col)
+        for kind in ("inputs", "outputs"):
+            for io in first[kind]:
+                table.add_row(kind[:-1], io["name"], io["dtype"], str(io["shape"]))
+        console.print(table)
+    console.print(f"provenance: {eng.get('provenance')}")
+
+
+def _print_checkpoint(console: Any, ckpt: dict[str, Any]) -> None:
+    config = ckpt.get("config", {})
+    console.print(
+        f"checkpoint: {config.get('architecture')} dtype {config.get('dtype')}, "
+        f"mapping {ckpt.get('mapping')}, quantization {ckpt.get('quantization') or 'none'}, "
+        f"{_human(ckpt['total_bytes'])}"
+    )
+    for rank in ckpt.get("ranks", []):
+        console.print(
+            f"rank {rank['rank']} (tp {rank['tp_rank']}, pp {rank['pp_rank']}, layers {rank['layers']}): "
+            f"{rank['file']} {_human(rank['file_bytes'])}, {rank['tensor_count']} tensors, dtypes {rank['dtypes']}"
+        )
 
 
 @export_app.command("trtllm-ckpt")

@@ -57,9 +57,10 @@ def _content_dir(path: Path, manifest: dict[str, Any] | None) -> Path:
 
 
 def _describe(path: Path) -> tuple[str, dict[str, Any] | None]:
-    from trtllm_forge.engine.inspect import inspect_checkpoint, inspect_engine, is_engine_dir
+    from trtllm_forge.engine.inspect import inspect_checkpoint, inspect_engine
+    from trtllm_forge.engine.metadata import ENGINE_FILE
 
-    if is_engine_dir(path):
+    if (path / ENGINE_FILE).is_file():
         return "engine", inspect_engine(path)
     if (path / "config.json").is_file() and any(path.glob("rank*.safetensors")):
         return "checkpoint", inspect_checkpoint(path)

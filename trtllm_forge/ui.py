@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from trtllm_forge.context import TaskHandle
+from trtllm_forge.context import NullProgress, TaskHandle
 
 
 def stderr_console() -> Console:
@@ -88,8 +88,18 @@ class PlainProgress:
         self.log(f"{description} done in {time.perf_counter() - t0:.1f}s")
 
 
-def make_progress(quiet: bool) -> RichProgress | PlainProgress:
+class QuietProgress(NullProgress):
+    """`-q`: nothing on stderr but errors."""
+
+    def __enter__(self) -> QuietProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def make_progress(quiet: bool) -> RichProgress | PlainProgress | QuietProgress:
+    if quiet:
+        return QuietProgress()
     console = stderr_console()
-    if console.is_terminal and not quiet:
-        return RichProgress(console)
-    return PlainProgress()
+    return RichProgress(console) if console.is_terminal else PlainProgress()
