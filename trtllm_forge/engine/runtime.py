@@ -79,11 +79,6 @@ class KvCache:
     def __init__(self, values: dict[int, dict[str, np.ndarray]]) -> None:
         self.values = values
 
-    @property
-    def length(self) -> int:
-        first = next(iter(self.values.values()))
-        return int(next(iter(first.values())).shape[2]) if first else 0
-
 
 class OrtEngine:
     """An ONNX engine directory loaded into ONNX Runtime sessions (all ranks)."""
@@ -205,6 +200,8 @@ class OrtEngine:
         """Greedy continuation of each prompt (new tokens only; cut after ``eos_token_id``)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise recipe_error("generate needs at least one prompt and no empty prompt")
+        if max_new_tokens < 1:
+            raise recipe_error(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
         results: list[list[int]] = []
         for start in range(0, len(prompts), self.max_batch_size):
             results += self._generate_batch(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -62,8 +62,6 @@ class LoweringContext:
     model: ModelSpec
     layout: RankLayout
     compute_type: int = TensorProto.FLOAT
-    # Filled by the decoder so hooks can see where they are (e.g. "transformer.layers.3").
-    notes: dict[str, str] = field(default_factory=dict)
 
     def constant_weight(self, name: str, tensor: torch.Tensor, *, transpose: bool = False) -> str:
         """Put a checkpoint tensor in the graph as external data and cast it to the compute type.

@@ -279,7 +279,6 @@ def _decoder_layer(
 ) -> str:
     g = ctx.graph
     prefix = f"transformer.layers.{local}"
-    ctx.notes["layer"] = prefix
     attn = _attention(
         ctx,
         _rms_norm(ctx, hidden, f"{prefix}.input_layernorm"),
