@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
 
 import torch
 from onnx import TensorProto
-from safetensors import safe_open
 
+from trtllm_forge.checkpoint.io import CheckpointReader, rank_file
 from trtllm_forge.engine.onnx.graph import TORCH_TO_ONNX, GraphBuilder
 from trtllm_forge.engine.spec import ModelSpec, RankLayout
 from trtllm_forge.errors import source_error
 
 
 class RankWeights:
-    """Reads one rank file lazily and remembers which tensors the lowering consumed.
+    """One rank's tensors (read through the checkpoint reader) and which ones the lowering used.
 
     Every tensor must be consumed: a tensor nobody lowered (a quantization scale, a
     bias) would otherwise be dropped silently and the engine would be wrong.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._file = safe_open(str(self.path), framework="pt")
-        self.names: set[str] = set(self._file.keys())  # type: ignore[no-untyped-call]
+    def __init__(self, reader: CheckpointReader, rank: int) -> None:
+        self._reader, self._rank = reader, rank
+        self.file = rank_file(rank)
+        self.names = set(reader.names(rank))
         self.used: set[str] = set()
 
     def has(self, name: str) -> bool:
@@ -33,24 +31,12 @@ class RankWeights:
 
     def get(self, name: str) -> torch.Tensor:
         if name not in self.names:
-            raise source_error(f"{self.path.name}: tensor {name!r} is missing")
+            raise source_error(f"{self.file}: tensor {name!r} is missing")
         self.used.add(name)
-        tensor: torch.Tensor = self._file.get_tensor(name)  # type: ignore[no-untyped-call]
-        return tensor
+        return self._reader.get(name, self._rank)
 
     def unused(self) -> list[str]:
         return sorted(self.names - self.used)
-
-    def __enter__(self) -> RankWeights:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._file = None  # type: ignore[assignment]  # safe_open has no close(); drop the handle
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 
 import onnx
 
+from trtllm_forge.checkpoint.io import CheckpointReader
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.engine.onnx import OPSET
 from trtllm_forge.engine.onnx.context import LoweringContext, RankWeights
@@ -50,10 +51,16 @@ def lower_checkpoint(
     ckpt = read_checkpoint(checkpoint_dir)
     out_dir = Path(out_dir)
     ranks = []
-    with progress.task("lowering to ONNX", total=len(ckpt.ranks)) as task:
+    with (
+        CheckpointReader(ckpt.path) as reader,
+        progress.task("lowering to ONNX", total=len(ckpt.ranks)) as task,
+    ):
         for layout in ckpt.ranks:
+            weights = RankWeights(reader, layout.rank)
             ranks.append(
-                _lower_rank(ckpt, layout, out_dir, segments=segments, full_check=full_check)
+                _lower_rank(
+                    ckpt, layout, weights, out_dir, segments=segments, full_check=full_check
+                )
             )
             task.advance()
     return {
@@ -66,21 +73,26 @@ def lower_checkpoint(
 
 
 def _lower_rank(
-    ckpt: Checkpoint, layout: RankLayout, out_dir: Path, *, segments: bool, full_check: bool
+    ckpt: Checkpoint,
+    layout: RankLayout,
+    weights: RankWeights,
+    out_dir: Path,
+    *,
+    segments: bool,
+    full_check: bool,
 ) -> dict[str, Any]:
     rank_dir = out_dir / f"rank{layout.rank}"
     rank_dir.mkdir(parents=True, exist_ok=True)
     data = ExternalData(rank_dir / DATA_FILE)
     try:
-        with RankWeights(ckpt.rank_file(layout.rank)) as weights:
-            ctx = LoweringContext(GraphBuilder(data), weights, ckpt.model, layout)
-            build_decoder(ctx)
-            unused = weights.unused()
+        ctx = LoweringContext(GraphBuilder(data), weights, ckpt.model, layout)
+        build_decoder(ctx)
     finally:
         data.close()
+    unused = weights.unused()
     if unused:
         raise source_error(
-            f"rank{layout.rank}.safetensors has {len(unused)} tensor(s) the lowering did not use: "
+            f"{weights.file} has {len(unused)} tensor(s) the lowering did not use: "
             f"{', '.join(unused[:4])}",
             hint="the checkpoint holds a layer kind or quantization this lowering does not implement",
         )
