@@ -1,0 +1,278 @@
+"""Hostile inputs: each is refused with a clear ForgeError — the documented exit
+code, a message naming the problem, never a traceback — and nothing is written
+outside $FORGE_HOME (checked with strace when it is installed) and nothing
+partial inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import resource
+import shutil
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.reliability import tracing
+from tests.reliability.conftest import Reference
+from tests.reliability.harness import Run, audit_store, forge, record, tiny_recipe
+
+pytestmark = pytest.mark.reliability
+
+_COUNTS: dict[str, int] = {}
+
+
+def rejected(run: Run, codes: tuple[int, ...], *fragments: str) -> None:
+    assert run.code in codes, f"exit {run.code}, wanted {codes}:\n{run.text}"
+    assert "Traceback" not in run.text and "internal error" not in run.text, run.text
+    for fragment in fragments:
+        assert fragment in run.err, f"{fragment!r} not in:\n{run.err}"
+
+
+def build_rejected(home: Path, recipe: Path, codes: tuple[int, ...], *fragments: str,
+                   kind: str, extra_roots: tuple[Path, ...] = ()) -> Run:
+    """`forge build --until convert` must refuse; the store stays clean; nothing escapes."""
+    if tracing.available():
+        run, written = tracing.traced_forge(home, "build", str(recipe), "--until", "convert")
+        assert tracing.outside(written, home, *extra_roots) == [], "wrote outside FORGE_HOME"
+    else:
+        run = forge(home, "build", str(recipe), "--until", "convert")
+    rejected(run, codes, *fragments)
+    assert audit_store(home) == []
+    assert not list((home / "artifacts").glob("convert/*")), "a convert artifact was committed"
+    assert not list((home / "tmp").glob("*")) if (home / "tmp").exists() else True, "staging left"
+    _COUNTS[kind] = _COUNTS.get(kind, 0) + 1
+    return run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _record_counts() -> Any:
+    yield
+    record("hostile", {"rejected": dict(sorted(_COUNTS.items())), "total": sum(_COUNTS.values()),
+                       "write_tracing": tracing.available()})
+
+
+def model_copy(ref: Reference, tmp_path: Path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(ref.model, dst)
+    return dst
+
+
+# -- lying safetensors ----------------------------------------------------------------
+def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def _join(header: dict[str, Any], body: bytes, length: int | None = None) -> bytes:
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text) if length is None else length) + text + body
+
+
+def _tensors(header: dict[str, Any]) -> list[str]:
+    return sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+
+
+def _edit(change: Callable[[dict[str, Any], list[str]], None]) -> Callable[[bytes], bytes]:
+    def apply(data: bytes) -> bytes:
+        header, body = _split(data)
+        change(header, _tensors(header))
+        return _join(header, body)
+    return apply
+
+
+def _set(field: str, value: Callable[[Any], Any]) -> Callable[[dict[str, Any], list[str]], None]:
+    def change(header: dict[str, Any], names: list[str]) -> None:
+        header[names[0]][field] = value(header[names[0]][field])
+    return change
+
+
+def _overlap(header: dict[str, Any], names: list[str]) -> None:
+    header[names[1]]["data_offsets"] = list(header[names[0]]["data_offsets"])
+    header[names[1]]["shape"] = list(header[names[0]]["shape"])
+    header[names[1]]["dtype"] = header[names[0]]["dtype"]
+
+
+LIES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    "header-length-past-eof": (lambda d: _join(*_split(d), length=len(d) * 4), "runs past the end"),
+    "header-length-huge": (lambda d: _join(*_split(d), length=2**63), "larger than"),
+    "header-not-json": (lambda d: struct.pack("<Q", 16) + b"{not json at all" + d[8:], "not valid JSON"),
+    "header-not-object": (lambda d: struct.pack("<Q", 8) + b"[1,2,3] " + d[8:], "not an object"),
+    "offsets-past-eof": (_edit(_set("data_offsets", lambda o: [o[0], o[1] + 10**9])), "data_offsets"),
+    "overlapping-tensors": (_edit(_overlap), "overlap"),
+    "shape-disagrees-with-offsets": (_edit(_set("shape", lambda s: [d * 2 for d in s])), "needs"),
+    "huge-shape": (_edit(_set("shape", lambda s: [10**12, 10**12])), "needs"),
+    "negative-dim": (_edit(_set("shape", lambda s: [-1, *s[1:]])), "invalid shape"),
+    "unknown-dtype": (_edit(_set("dtype", lambda d: "Q4_K")), "unknown dtype"),
+    "reversed-offsets": (_edit(_set("data_offsets", lambda o: [o[1], o[0]])), "invalid data_offsets"),
+    "truncated-data": (lambda d: d[: len(d) - len(d) // 3], "past its end"),
+    "truncated-header": (lambda d: d[:20], "runs past the end"),
+    "four-bytes": (lambda d: d[:4], "8-byte header length"),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(LIES))
+def test_lying_safetensors_is_a_source_error(reference: Reference, tmp_path: Path, lie: str) -> None:
+    model = model_copy(reference, tmp_path)
+    weights = model / "model.safetensors"
+    mutate, fragment = LIES[lie]
+    weights.write_bytes(mutate(weights.read_bytes()))
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
+    build_rejected(tmp_path / "home", recipe, (5,), "model.safetensors", fragment, kind="safetensors")
+
+
+# -- absurd configs -------------------------------------------------------------------
+ABSURD = {"hidden_size": 10**12, "num_hidden_layers": 10**9, "vocab_size": 10**13,
+          "intermediate_size": 10**15, "num_attention_heads": 0, "head_dim": 10**9}
+
+
+@pytest.mark.parametrize("field", sorted(ABSURD))
+def test_absurd_config_is_rejected_before_allocating(reference: Reference, tmp_path: Path, field: str) -> None:
+    model = model_copy(reference, tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    config[field] = ABSURD[field]
+    (model / "config.json").write_text(json.dumps(config))
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
+    build_rejected(tmp_path / "home", recipe, (2, 5), "config", kind="config")
+
+
+# -- code execution: pickle, remote code -------------------------------------------------
+class _Bomb:
+    """Unpickling this runs ``open(marker, "w")``: the proof that a pickle was loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_only_checkpoint_needs_allow_pickle_and_is_never_loaded(reference: Reference,
+                                                                      tmp_path: Path) -> None:
+    model = model_copy(reference, tmp_path)
+    marker = tmp_path / "PICKLE-WAS-LOADED"
+    (model / "model.safetensors").unlink()
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps(_Bomb(marker)))
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
+    build_rejected(tmp_path / "home", recipe, (2,), "pickle", "allow_pickle", kind="pickle")
+    assert not marker.exists()
+
+
+def test_pickle_next_to_safetensors_is_ignored(reference: Reference, tmp_path: Path) -> None:
+    model = model_copy(reference, tmp_path)
+    marker = tmp_path / "PICKLE-WAS-LOADED"
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps(_Bomb(marker)))
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
+    run = forge(tmp_path / "home", "build", str(recipe), "--until", "convert")
+    assert run.code == 0, run.text
+    assert not marker.exists()
+
+
+EVIL_MODULE = "import pathlib\npathlib.Path({marker!r}).write_text('remote code ran')\n"
+
+
+@pytest.mark.parametrize("where", ["config.json", "tokenizer_config.json"])
+def test_auto_map_remote_code_is_never_honoured(reference: Reference, tmp_path: Path, where: str) -> None:
+    model = model_copy(reference, tmp_path)
+    marker = tmp_path / "REMOTE-CODE-RAN"
+    (model / "modeling_evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+    (model / "tokenization_evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+    doc = json.loads((model / where).read_text())
+    doc["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel",
+                       "AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    (model / where).write_text(json.dumps(doc))
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
+    build_rejected(tmp_path / "home", recipe, (2,), "auto_map", kind="remote-code")
+    assert not marker.exists()
+
+
+def test_architecture_outside_transformers_is_refused(reference: Reference, tmp_path: Path) -> None:
+    model = model_copy(reference, tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["EvilForCausalLM"]
+    (model / "config.json").write_text(json.dumps(config))
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
+    build_rejected(tmp_path / "home", recipe, (2,), "EvilForCausalLM", kind="remote-code")
+
+
+# -- paths escaping the model folder ---------------------------------------------------
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_symlink_out_of_the_snapshot_is_refused(reference: Reference, tmp_path: Path, name: str) -> None:
+    model = model_copy(reference, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.move(model / name, elsewhere / name)
+    (model / name).symlink_to(elsewhere / name)
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
+    build_rejected(tmp_path / "home", recipe, (5,), "symlink", "outside", kind="path-escape")
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors",
+                                   "sub/inner.safetensors", "..", ""])
+def test_index_shard_names_must_stay_in_the_folder(reference: Reference, tmp_path: Path, shard: str) -> None:
+    model = model_copy(reference, tmp_path)
+    header, _body = _split((model / "model.safetensors").read_bytes())
+    weight_map = {name: "model.safetensors" for name in _tensors(header)}
+    weight_map[_tensors(header)[0]] = shard
+    (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
+    build_rejected(tmp_path / "home", recipe, (5,), "model.safetensors.index.json", kind="path-escape")
+
+
+# -- malicious YAML ---------------------------------------------------------------------
+def _laughs(levels: int = 12) -> str:
+    lines = ['l0: &l0 "lol"']
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]")
+    return "\n".join(lines) + "\nschema_version: 1\nname: bomb\nsource: {path: m}\n"
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a bomb would hit this, not the host
+
+
+YAML_ATTACKS: dict[str, tuple[str, str]] = {
+    "billion-laughs": (_laughs(), "aliases"),
+    "merge-key-alias": ("base: &b {tp: 2}\nparallel:\n  <<: *b\n", "aliases"),
+    "python-object-apply": ('x: !!python/object/apply:os.system ["touch {marker}"]\n', "unsupported YAML"),
+    "python-object-new": ('x: !!python/object/new:subprocess.Popen [["touch", "{marker}"]]\n', "unsupported YAML"),
+    "python-name": ("x: !!python/name:os.system\n", "unsupported YAML"),
+    "python-module": ("x: !!python/module:os\n", "unsupported YAML"),
+    "deep-flow-nesting": ("x: " + "[" * 100_000 + "]" * 100_000 + "\n", "nests deeper"),
+    "deep-block-nesting": ("".join("  " * i + f"k{i}:\n" for i in range(200)) + "  " * 200 + "v: 1\n",
+                           "nests deeper"),
+    "oversized": ("schema_version: 1\n# " + "x" * (2 << 20) + "\n", "larger than"),
+    "not-utf8": ("schema_version: 1\nname: \udcff\n", "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(YAML_ATTACKS))
+@pytest.mark.parametrize("command", ["recipe-check", "build"])
+def test_malicious_yaml_is_refused_safely(tmp_path: Path, attack: str, command: str) -> None:
+    marker = tmp_path / "YAML-RAN-CODE"
+    text, fragment = YAML_ATTACKS[attack]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_bytes(text.replace("{marker}", str(marker)).encode("utf-8", "surrogateescape"))
+    home = tmp_path / "home"
+    args = ("recipe", "check", str(recipe)) if command == "recipe-check" else ("build", str(recipe))
+    run = forge(home, *args, timeout=60, preexec_fn=_limit_memory)
+    rejected(run, (2,), fragment)
+    assert not marker.exists()
+    assert not (home / "artifacts").exists()
+    _COUNTS["yaml"] = _COUNTS.get("yaml", 0) + 1
+
+
+def test_unreadable_recipe_and_directory_are_clear(tmp_path: Path) -> None:
+    rejected(forge(tmp_path / "home", "recipe", "check", str(tmp_path / "missing.yaml")), (5,), "not found")
+    rejected(forge(tmp_path / "home", "recipe", "check", str(tmp_path)), (2,), "directory")
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked.yaml"
+        locked.write_text("schema_version: 1\n")
+        locked.chmod(0)
+        rejected(forge(tmp_path / "home", "recipe", "check", str(locked)), (2, 5))
