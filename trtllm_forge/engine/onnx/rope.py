@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from trtllm_forge.checkpoint.forward import rope_inv_freq
 from trtllm_forge.errors import recipe_error
 
 SUPPORTED_SCALING = ("linear", "llama3", "yarn")
@@ -28,35 +29,17 @@ class Rope:
 def rope_frequencies(
     head_size: int, base: float, scaling: dict[str, Any] | None, max_positions: int | None
 ) -> Rope:
-    inv_freq = 1.0 / (
-        base ** (torch.arange(0, head_size, 2, dtype=torch.int64).float() / head_size)
-    )
-    if scaling is None:
-        return Rope(inv_freq, 1.0)
-    kind = scaling["type"]
-    if kind == "linear":
-        return Rope(inv_freq / float(scaling["factor"]), 1.0)
-    if kind == "llama3":
-        return Rope(_llama3(inv_freq, scaling), 1.0)
-    if kind == "yarn":
+    kind = "none" if scaling is None else scaling["type"]
+    if kind in ("none", "linear", "llama3"):
+        # One implementation with the float32 reference forward (checkpoint/forward.py).
+        config = {"head_size": head_size, "rotary_base": base, "rotary_scaling": scaling}
+        return Rope(rope_inv_freq(config, seq_len=0), 1.0)
+    if scaling is not None and kind == "yarn":
         return _yarn(head_size, base, scaling, max_positions)
     raise recipe_error(
         f"rotary scaling type {kind!r} is not supported by the engine lowering",
         hint=f"supported: {', '.join(SUPPORTED_SCALING)}",
     )
-
-
-def _llama3(inv_freq: torch.Tensor, s: dict[str, Any]) -> torch.Tensor:
-    factor = float(s["factor"])
-    low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
-    old_len = float(s["original_max_position_embeddings"])
-    wavelen = 2 * math.pi / inv_freq
-    # Long wavelengths are slowed down by `factor`, short ones kept, the band between blended.
-    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-    smooth = (old_len / wavelen - low) / (high - low)
-    blended = (1 - smooth) * scaled / factor + smooth * scaled
-    in_band = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
-    return torch.where(in_band, blended, scaled)
 
 
 def _yarn(head_size: int, base: float, s: dict[str, Any], max_positions: int | None) -> Rope:
