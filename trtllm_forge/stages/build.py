@@ -123,8 +123,17 @@ def _options(build: Any) -> Any:
 
 
 def _summary(meta: dict[str, Any]) -> dict[str, Any]:
-    keep = ("backend", "world_size", "tp_size", "pp_size", "quantization", "opset", "ranks")
-    return {k: meta[k] for k in keep if k in meta}
+    """The engine.json facts worth showing without opening the engine."""
+    onnx = meta.get("onnx") or {}
+    quant = meta.get("quantization") or {}
+    return {
+        "backend": meta.get("backend"),
+        **(meta.get("mapping") or {}),
+        "quant_algo": quant.get("quant_algo"),
+        "kv_cache_quant_algo": quant.get("kv_cache_quant_algo"),
+        "opset": onnx.get("opset"),
+        "limits": meta.get("limits"),
+    }
 
 
 # -- TensorRT timing cache: its own artifact, keyed by GPU SM + TensorRT version only,
