@@ -18,6 +18,16 @@ from trtllm_forge.context import NullProgress, Progress
 _NO_PROGRESS = NullProgress()
 
 
+def decoder(model: nn.Module) -> nn.Module:
+    """The model without its LM head (HF ``model.model``), else the model itself.
+
+    Calibration never needs logits (lm_head is never quantized), and the vocab
+    projection is a fifth of a small model's FLOPs, so passes skip it.
+    """
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
 def _cache_layers(cache: object) -> list[tuple[torch.Tensor, torch.Tensor]]:
     layers = getattr(cache, "layers", None)
     if layers is not None:  # transformers >= 4.56
@@ -33,9 +43,10 @@ def kv_ranges(
     """Layer index → (max |K|, max |V|) over all calibration tokens."""
     ranges: dict[int, tuple[float, float]] = {}
     batches = list(batches)
+    body = decoder(model)
     with progress.task("calibrating KV cache", total=len(batches)) as task:
         for ids in batches:
-            out = model(input_ids=ids, use_cache=True)
+            out = body(input_ids=ids, use_cache=True)
             for i, (k, v) in enumerate(_cache_layers(out.past_key_values)):
                 old_k, old_v = ranges.get(i, (0.0, 0.0))
                 ranges[i] = (max(old_k, k.abs().max().item()), max(old_v, v.abs().max().item()))
@@ -82,6 +93,6 @@ def input_hessians(
         progress.task("collecting Hessians", total=len(batches)) as task,
     ):
         for ids in batches:
-            model(input_ids=ids)
+            decoder(model)(input_ids=ids)
             task.advance()
     return {name: (2.0 * sums[name] / counts[name]).float() for name in sums}

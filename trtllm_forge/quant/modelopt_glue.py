@@ -27,6 +27,7 @@ from torch import nn
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.errors import dependency_error
 from trtllm_forge.quant.calibration import CalibrationData
+from trtllm_forge.quant.capture import decoder
 from trtllm_forge.quant.result import LinearQuant, QuantResult
 
 BATCH_SIZE = 8
@@ -119,7 +120,7 @@ def calibrate(
     def forward_loop(m: nn.Module) -> None:
         with torch.no_grad():
             for ids in batches:
-                m(input_ids=ids)
+                decoder(m)(input_ids=ids)
 
     with quiet(progress):
         quantized: nn.Module = module.quantize(model, config, forward_loop)
