@@ -8,6 +8,7 @@ run the stage into a staging dir and commit it atomically.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -123,9 +124,13 @@ class Runner:
                 check = getattr(self.stages[name], "check", None)
                 if check is not None:
                     check(artifact)  # e.g. verify: a failed gate fails cached builds too
-        finally:
-            if record:
-                self._write_ref(record)
+        except BaseException:
+            if record:  # remember what did get built, but never mask the stage's own error
+                with contextlib.suppress(ForgeError):
+                    self._write_ref(record)
+            raise
+        if record:
+            self._write_ref(record)
         return results
 
     def plan(self, *, until: str | None = None) -> list[StageResult]:
@@ -280,6 +285,7 @@ class Runner:
             artifact = self.store.commit(name, key, staging, manifest)
         except Exception as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            self._event("failed", name, key, error=type(exc).__name__)
             _raise_if_disk_full(exc, f"committing the {name} artifact")
             raise
         self._event("commit", name, key)
@@ -306,6 +312,7 @@ class Runner:
             self.store.write_ref(recipe_id(self.loaded), new)
             point("runner.ref.after_write")
         except OSError as exc:
+            _raise_if_disk_full(exc, "recording the build")
             raise ForgeError(ExitCode.STORE, f"cannot record the build: {exc.strerror}") from None
 
 

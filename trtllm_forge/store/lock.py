@@ -7,6 +7,7 @@ The lock file records the holder's pid for ``forge cache ls`` diagnostics only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -21,8 +22,15 @@ from trtllm_forge.errors import store_error
 @contextmanager
 def key_lock(path: Path, *, timeout_s: float, on_wait: object = None) -> Iterator[bool]:
     """Hold an exclusive lock on ``path``; yields True if we had to wait for it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise store_error(
+            f"{'out of disk space while creating' if full else 'cannot create'} lock {path}: {exc.strerror}",
+            hint="free space under FORGE_HOME (`forge cache gc`)" if full else "check FORGE_HOME and its permissions",
+        ) from None
     waited = False
     try:
         deadline = time.monotonic() + timeout_s
@@ -42,8 +50,9 @@ def key_lock(path: Path, *, timeout_s: float, on_wait: object = None) -> Iterato
                     hint="another forge build holds it; raise FORGE_LOCK_TIMEOUT or wait",
                 )
             time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        with contextlib.suppress(OSError):  # the pid is for diagnostics; a full disk must not fail here
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         yield waited
     finally:
         os.close(fd)  # closing the descriptor releases the flock

@@ -234,9 +234,13 @@ class Store:
         path = self.root / "refs" / f"{recipe_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-        point("store.ref.before_replace")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+            point("store.ref.before_replace")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # e.g. a full disk: leave no half-written ref behind
+            raise
 
     def read_ref(self, recipe_id: str) -> dict[str, Any] | None:
         try:
