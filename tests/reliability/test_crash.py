@@ -78,7 +78,7 @@ def run_case(ref: Reference, home: Path, point: str, nth: int) -> Outcome:
         return outcome
     problems += _differences("rerun", ref.stable_results(build_results(rerun)), ref.stable_results(ref.results))
     problems += _differences("store", ref.stable(store_entries(home)), ref.stable(ref.entries))
-    problems += _gc_cleans(home, leftovers)
+    problems += _gc_cleans(home, leftovers, set(ref.entries))
     return outcome
 
 
@@ -88,7 +88,8 @@ def _differences(what: str, got: dict[Any, Any], want: dict[Any, Any]) -> list[s
             for name in sorted(set(got) | set(want), key=str) if got.get(name) != want.get(name)]
 
 
-def _gc_cleans(home: Path, leftovers: list[str]) -> list[str]:
+def _gc_cleans(home: Path, leftovers: list[str], wanted: set[tuple[str, str]]) -> list[str]:
+    """gc removes every leftover of the kill and nothing the finished build uses."""
     gc = forge(home, "cache", "gc", "--json")
     if gc.code != 0:
         return [f"gc exited {gc.code}: {gc.text[-500:]}"]
@@ -99,6 +100,8 @@ def _gc_cleans(home: Path, leftovers: list[str]) -> list[str]:
         problems.append(f"gc left staging leftovers {sorted(set(leftovers) - removed)}")
     if staging_leftovers(home):
         problems.append(f"tmp/ not empty after gc: {staging_leftovers(home)}")
+    if set(store_entries(home)) != wanted:
+        problems.append(f"gc removed artifacts the build uses: {sorted(wanted - set(store_entries(home)))}")
     return problems + audit_store(home)
 
 

@@ -85,6 +85,7 @@ class Runner:
         self.stages = stages or load_stages()
         self.previous = self.store.read_ref(recipe_id(loaded))
         self.job: StageJob | None = None  # the last build's job (upstream artifacts), for export
+        self._uses: dict[str, str] = {}  # sub-artifacts the running stage used: name → key
 
     # -- public ------------------------------------------------------------
     def build(
@@ -110,6 +111,7 @@ class Runner:
         record: dict[str, Any] = {}
         try:
             for name in names:
+                self._uses = {}
                 result, artifact, doc = self._build_one(self.stages[name], job, force=name in force)
                 job.upstream[name] = artifact
                 record[name] = {
@@ -117,6 +119,7 @@ class Runner:
                     "inputs": doc,
                     "path": str(artifact.path),
                     "content_digest": artifact.content_digest,
+                    "uses": self._used_paths(artifact),  # so `forge cache gc` keeps them
                 }
                 results.append(result)
                 if on_result:
@@ -168,6 +171,11 @@ class Runner:
         upstream = {name: job.upstream[name].content_digest for name in stage.upstream}
         doc = key_document(stage.name, stage.version, stage.key_inputs(job), upstream)
         return stage_key(doc), doc
+
+    def _used_paths(self, artifact: Artifact) -> dict[str, str]:
+        """Sub-artifacts a stage's artifact was made from (its manifest says so when cached)."""
+        used = self._uses or dict(artifact.manifest.get("uses") or {})
+        return {name: str(self.store.artifact_dir(name, key)) for name, key in sorted(used.items())}
 
     def _previous_inputs(self, name: str) -> dict[str, Any] | None:
         if not self.previous:
@@ -247,13 +255,15 @@ class Runner:
         found = self.store.lookup(name, key)
         if isinstance(found, Artifact):
             self._event("hit", name, key)
-            return found
-        with self.store.lock(key):
-            found = self.store.lookup(name, key)
-            if isinstance(found, Artifact):
-                self._event("hit", name, key, waited=True)
-                return found
-            return self._produce(name, key, doc, producer)
+        else:
+            with self.store.lock(key):
+                found = self.store.lookup(name, key)
+                if isinstance(found, Artifact):
+                    self._event("hit", name, key, waited=True)
+                else:
+                    found = self._produce(name, key, doc, producer)
+        self._uses[name] = found.key
+        return found
 
     def _produce(
         self, name: str, key: str, doc: dict[str, Any], producer: Callable[[Path], StageOutput]
@@ -281,6 +291,8 @@ class Runner:
         }
         if output.external is not None:
             manifest["external"] = output.external
+        if name in STAGE_NAMES and self._uses:
+            manifest["uses"] = dict(self._uses)
         try:
             artifact = self.store.commit(name, key, staging, manifest)
         except Exception as exc:

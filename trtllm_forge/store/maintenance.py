@@ -32,7 +32,9 @@ def _referenced(store: Store) -> dict[str, list[str]]:
     users: dict[str, list[str]] = {}
     for ref in store.refs().values():
         for stage in ref.get("stages", {}).values():
-            users.setdefault(str(stage.get("path")), []).append(str(ref.get("name")))
+            used = [stage.get("path"), *dict(stage.get("uses") or {}).values()]  # + sub-artifacts
+            for path in used:
+                users.setdefault(str(path), []).append(str(ref.get("name")))
     return users
 
 
