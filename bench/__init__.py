@@ -1,0 +1,1 @@
+"""Rerunnable benchmarks and benchmark data (see docs/performance.md)."""
