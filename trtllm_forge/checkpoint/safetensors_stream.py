@@ -15,9 +15,12 @@ the reference implementation writes, so the output is byte-identical to
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -67,6 +70,12 @@ TORCH_TO_ST: dict[torch.dtype, str] = {
 }
 
 ST_TO_TORCH: dict[str, torch.dtype] = {name: dtype for dtype, name in TORCH_TO_ST.items()}
+ITEMSIZE: dict[str, int] = {name: torch.empty((), dtype=dt).element_size() for dt, name in TORCH_TO_ST.items()}
+
+# Bytes moved per read when data has to pass through Python (casts, strided
+# slices): big enough to amortise syscalls, small enough to stay in cache and
+# keep the process small.
+BLOCK_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -120,8 +129,9 @@ class StreamingWriter:
         self._file: BinaryIO | None = None
 
     def __enter__(self) -> StreamingWriter:
-        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in __exit__
-        self._file.write(self._header())
+        # Unbuffered: tensors are large, and copy_range writes through the descriptor.
+        self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed in __exit__
+        _write_all(self._file.fileno(), memoryview(self._header()))
         return self
 
     def __exit__(
@@ -159,20 +169,153 @@ class StreamingWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append ``tensor``; it must be the next name in :attr:`order` with its declared spec."""
-        if self._file is None:
-            raise RuntimeError("StreamingWriter.write called outside its with-block")
-        if self._next >= len(self.order) or self.order[self._next] != name:
-            expected = self.order[self._next] if self._next < len(self.order) else "nothing"
-            raise RuntimeError(f"wrote {name!r} out of order; expected {expected!r}")
-        spec = self._specs[name]
+        spec = self._expect(name)
         if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
             raise RuntimeError(
                 f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, "
                 f"declared {spec.dtype} {spec.shape}"
             )
-        self._file.write(tensor_bytes(tensor))
+        with self.tensor(name) as sink:
+            sink.write(tensor_bytes(tensor))
+
+    @contextmanager
+    def tensor(self, name: str) -> Iterator[TensorSink]:
+        """Append the next tensor from raw pieces (bytes, file ranges, zeros) without
+        building it in memory. Its pieces must add up to exactly its declared size."""
+        spec = self._expect(name)
+        assert self._file is not None
+        sink = TensorSink(self._file.fileno())
+        yield sink
+        if sink.written != spec.nbytes:
+            raise RuntimeError(f"{name}: wrote {sink.written} bytes, declared {spec.nbytes}")
         self._next += 1
         point("safetensors.tensor_written")  # crash tests kill here, mid-file
+
+    def _expect(self, name: str) -> TensorSpec:
+        if self._file is None:
+            raise RuntimeError("StreamingWriter.write called outside its with-block")
+        if self._next >= len(self.order) or self.order[self._next] != name:
+            expected = self.order[self._next] if self._next < len(self.order) else "nothing"
+            raise RuntimeError(f"wrote {name!r} out of order; expected {expected!r}")
+        return self._specs[name]
+
+
+class TensorSink:
+    """Where one tensor's bytes go, in order: buffers, ranges of other files, zeros."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.written = 0
+
+    def write(self, data: memoryview | bytes) -> None:
+        view = memoryview(data).cast("B")
+        _write_all(self._fd, view)
+        self.written += len(view)
+
+    def copy(self, src_fd: int, offset: int, length: int) -> None:
+        """Append ``length`` bytes of another file, copied by the kernel (no Python buffer)."""
+        copy_range(src_fd, self._fd, offset, length)
+        self.written += length
+
+    def zeros(self, length: int) -> None:
+        block = bytes(min(length, BLOCK_BYTES))
+        left = length
+        while left:
+            n = min(left, len(block))
+            self.write(memoryview(block)[:n])
+            left -= n
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while len(view):
+        view = view[os.write(fd, view) :]
+
+
+# -- reading raw tensor bytes ----------------------------------------------------
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where a tensor's bytes are in a safetensors file."""
+
+    dtype: str  # safetensors dtype name, e.g. "F16"
+    shape: tuple[int, ...]
+    offset: int  # absolute file offset of the first byte
+    nbytes: int
+
+
+def read_layout(path: Path) -> dict[str, StoredTensor]:
+    """Name -> :class:`StoredTensor` from a safetensors header (no tensor data is read).
+
+    Meant for files already opened once with ``safe_open``, which validates them;
+    the checks here only guard against reading outside a tensor.
+    """
+    with open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(length))
+        size = os.fstat(fh.fileno()).st_size
+    base = 8 + length
+    out: dict[str, StoredTensor] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = (int(x) for x in entry["data_offsets"])
+        shape = tuple(int(d) for d in entry["shape"])
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if end - start != numel * ITEMSIZE[entry["dtype"]] or base + end > size:
+            raise ValueError(f"{path.name}: tensor {name} has inconsistent data offsets")
+        out[name] = StoredTensor(entry["dtype"], shape, base + start, end - start)
+    return out
+
+
+def pread_exact(fd: int, buffer: memoryview, offset: int) -> None:
+    """Fill ``buffer`` from ``fd`` at ``offset`` (a short read is an error, not EOF data)."""
+    view = buffer.cast("B")
+    while len(view):
+        n = os.preadv(fd, [view], offset)
+        if n == 0:
+            raise OSError(errno.EIO, "file ended before the tensor's last byte")
+        view, offset = view[n:], offset + n
+
+
+def read_block(fd: int, offset: int, nbytes: int) -> torch.Tensor:
+    """``nbytes`` bytes of ``fd`` at ``offset`` as a fresh uint8 tensor."""
+    out = torch.empty(nbytes, dtype=torch.uint8)
+    if nbytes:
+        array: Any = out.numpy()
+        pread_exact(fd, memoryview(array), offset)
+    return out
+
+
+# errno values meaning "copy_file_range cannot do this pair of files"; fall back to read/write.
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.ETXTBSY}
+_kernel_copy = hasattr(os, "copy_file_range")
+
+
+def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
+    """Append ``length`` bytes of ``src_fd`` at ``offset`` to ``dst_fd`` at its position.
+
+    ``copy_file_range`` moves the bytes inside the kernel (page cache to page
+    cache, or a reflink), like ``cp``; where the kernel or filesystem cannot,
+    the bytes go through a bounded buffer instead.
+    """
+    global _kernel_copy
+    while length and _kernel_copy:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, length, offset)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            _kernel_copy = False
+            break
+        if n == 0:
+            raise OSError(errno.EIO, "file ended before the tensor's last byte")
+        offset, length = offset + n, length - n
+    while length:
+        n = min(length, BLOCK_BYTES)
+        array: Any = read_block(src_fd, offset, n).numpy()
+        _write_all(dst_fd, memoryview(array))
+        offset, length = offset + n, length - n
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:

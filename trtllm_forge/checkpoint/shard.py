@@ -1,10 +1,12 @@
 """Split an unsharded TensorRT-LLM checkpoint into per-rank files (reference §3–§4).
 
 Every output tensor is described first as a :class:`Split` (which source, which
-axis, which index ranges, how much zero padding) by pure functions; only then
-are bytes read, through safetensors slices, one output tensor at a time. So
-peak memory is one rank-local tensor, and ``plan_shards`` can be inspected or
-tested without touching weights.
+axis, which index ranges, how much zero padding) by pure functions, so
+``plan_shards`` can be inspected or tested without touching weights. Only then
+are bytes moved, one output tensor at a time, all tp ranks of a pipeline stage
+side by side: contiguous ranges are copied by the kernel (``copy_file_range``)
+and strided ones (row-parallel weights) are read once in blocks of rows and
+sliced for every rank. Peak memory is one block, whatever the model size.
 
 How a tensor is split is decided by two tables, not by code paths:
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,18 @@ import torch
 
 from trtllm_forge.checkpoint.io import CheckpointReader, rank_file, world_size, write_config
 from trtllm_forge.checkpoint.layout import TensorName, module_dims, parse_name
-from trtllm_forge.checkpoint.safetensors_stream import ST_TO_TORCH, StreamingWriter, TensorSpec
+from trtllm_forge.checkpoint.safetensors_stream import (
+    BLOCK_BYTES,
+    ITEMSIZE,
+    ST_TO_TORCH,
+    StoredTensor,
+    StreamingWriter,
+    TensorSink,
+    TensorSpec,
+    read_block,
+    read_layout,
+    tensor_bytes,
+)
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error
 
@@ -325,9 +339,14 @@ def shard_checkpoint(
         dtypes = {name: reader.get_slice(name).get_dtype() for name in shapes}
         total_tensors = sum(len(local) for local in ranks.values())
         total_bytes = 0
-        with progress.task(f"sharding tp={tp} pp={pp}", total=total_tensors) as task:
-            for rank, local in ranks.items():
-                total_bytes += _write_rank(reader, out_dir / rank_file(rank), local, dtypes, task)
+        source = Path(src_dir) / rank_file(0)
+        layout = read_layout(source)
+        with (
+            progress.task(f"sharding tp={tp} pp={pp}", total=total_tensors) as task,
+            open(source, "rb", buffering=0) as src,
+        ):
+            for group in _tp_groups(ranks, tp):
+                total_bytes += _write_group(src.fileno(), layout, out_dir, group, dtypes, task)
     config["mapping"] = {"world_size": tp * pp, "tp_size": tp, "pp_size": pp}
     write_config(out_dir, config)
     extra = Path(src_dir) / "quant_cfg.json"
@@ -345,19 +364,98 @@ def shard_checkpoint(
     }
 
 
-def _write_rank(
-    reader: CheckpointReader,
-    path: Path,
-    local: Mapping[str, Split],
+def _tp_groups(ranks: Mapping[int, Mapping[str, Split]], tp: int) -> list[dict[int, Mapping[str, Split]]]:
+    """Ranks of one pipeline stage (they hold the same tensor names, in the same order)."""
+    groups: dict[int, dict[int, Mapping[str, Split]]] = {}
+    for rank, local in ranks.items():
+        groups.setdefault(rank // tp, {})[rank] = local
+    return list(groups.values())
+
+
+def _write_group(
+    src_fd: int,
+    layout: Mapping[str, StoredTensor],
+    out_dir: Path,
+    group: Mapping[int, Mapping[str, Split]],
     dtypes: Mapping[str, str],
     task: Any,
 ) -> int:
-    specs = [
-        TensorSpec(target, ST_TO_TORCH[dtypes[split.source]], split.shape)
-        for target, split in local.items()
-    ]
-    with StreamingWriter(path, specs) as writer:
-        for target in writer.order:
-            writer.write(target, read_split(reader, local[target]))
-            task.advance()
-    return sum(spec.nbytes for spec in specs)
+    """Write the rank files of one pipeline stage side by side, tensor by tensor, so a
+    source tensor that several tp ranks slice (row-parallel weights) is read once."""
+    specs = {
+        rank: [
+            TensorSpec(target, ST_TO_TORCH[dtypes[split.source]], split.shape)
+            for target, split in local.items()
+        ]
+        for rank, local in group.items()
+    }
+    with ExitStack() as files:
+        writers = {
+            rank: files.enter_context(StreamingWriter(out_dir / rank_file(rank), specs[rank]))
+            for rank in group
+        }
+        order = next(iter(writers.values())).order
+        if any(w.order != order for w in writers.values()):  # plan_shards guarantees they agree
+            raise ForgeError(ExitCode.INTERNAL, "tp ranks of one pipeline stage hold different tensors")
+        for target in order:
+            with ExitStack() as tensors:
+                sinks = [
+                    (group[rank][target], tensors.enter_context(writers[rank].tensor(target)))
+                    for rank in group
+                ]
+                _fill(src_fd, layout, sinks)
+            task.advance(len(group))
+    return sum(spec.nbytes for rank_specs in specs.values() for spec in rank_specs)
+
+
+def _fill(src_fd: int, layout: Mapping[str, StoredTensor], sinks: Sequence[tuple[Split, TensorSink]]) -> None:
+    """Write each :class:`Split` into its sink, byte for byte what :func:`read_split` returns.
+
+    Viewing the source as ``[outer, axis, inner]``, a split keeps index ranges of
+    the middle axis then appends zero padding. With ``outer == 1`` (splits along
+    the first axis) every range is one contiguous run of bytes, copied by the
+    kernel; otherwise rows of the source are read in blocks and sliced, once for
+    all the ranks that share the source.
+    """
+    strided: dict[tuple[str, int], list[tuple[Split, TensorSink]]] = {}
+    for split, sink in sinks:
+        stored = layout[split.source]
+        if split.axis is None:
+            sink.copy(src_fd, stored.offset, stored.nbytes)
+            continue
+        outer, _, unit = _geometry(stored, split.axis)
+        if outer != 1:
+            strided.setdefault((split.source, split.axis), []).append((split, sink))
+            continue
+        for start, end in split.ranges:
+            sink.copy(src_fd, stored.offset + start * unit, (end - start) * unit)
+        sink.zeros(split.pad * unit)
+    for (source, axis), pairs in strided.items():
+        _fill_strided(src_fd, layout[source], axis, pairs)
+
+
+def _geometry(stored: StoredTensor, axis: int) -> tuple[int, int, int]:
+    """``(outer, size of axis, bytes per index of axis)`` of a row-major tensor."""
+    outer = _numel(stored.shape[:axis])
+    inner = _numel(stored.shape[axis + 1 :])
+    return outer, stored.shape[axis], inner * ITEMSIZE[stored.dtype]
+
+
+def _fill_strided(
+    src_fd: int, stored: StoredTensor, axis: int, pairs: Sequence[tuple[Split, TensorSink]]
+) -> None:
+    outer, size, unit = _geometry(stored, axis)
+    row = size * unit
+    if row == 0:
+        for split, sink in pairs:
+            sink.zeros(outer * split.pad * unit)
+        return
+    step = max(1, BLOCK_BYTES // row)
+    for first in range(0, outer, step):
+        n = min(step, outer - first)
+        block = read_block(src_fd, stored.offset + first * row, n * row).view(n, row)
+        for split, sink in pairs:
+            parts = [block[:, start * unit : end * unit] for start, end in split.ranges]
+            if split.pad:
+                parts.append(torch.zeros(n, split.pad * unit, dtype=torch.uint8))
+            sink.write(tensor_bytes(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]))
