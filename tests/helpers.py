@@ -54,3 +54,22 @@ def assert_clean_error(run: Run, code: int, *fragments: str) -> None:
     assert "Traceback" not in text, text
     for fragment in fragments:
         assert fragment in text, f"{fragment!r} not in:\n{text}"
+
+
+def hub_cache(cache: Path, repo: str, files: dict[str, bytes]) -> str:
+    """A real huggingface_hub cache layout (blobs, refs/main, snapshot symlinks) holding one
+    commit of ``repo`` with ``files``; returns the commit sha."""
+    import hashlib
+
+    storage = cache / f"models--{repo.replace('/', '--')}"
+    sha = hashlib.sha1(repo.encode()).hexdigest()
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(sha)
+    snap = storage / "snapshots" / sha
+    snap.mkdir(parents=True)
+    (storage / "blobs").mkdir()
+    for name, data in files.items():
+        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / name).symlink_to(Path("../../blobs") / blob.name)
+    return sha

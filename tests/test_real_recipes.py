@@ -3,14 +3,13 @@ downloading anything; their TensorRT/trtllm builds stop with exit 4 before any w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_clean_error, forge
+from tests.helpers import assert_clean_error, forge, hub_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ["llama2-7b-int8wo-trt.yaml", "llama2-7b-int8wo-trt-tp2.yaml", "llama2-7b-fp16-trtllm.yaml"]
@@ -34,22 +33,6 @@ LLAMA2_7B_CONFIG = {
 }
 
 
-def _hub_with_config(cache: Path, repo: str, config: dict) -> str:  # type: ignore[type-arg]
-    """A real huggingface_hub cache layout holding config.json only (no weights)."""
-    storage = cache / f"models--{repo.replace('/', '--')}"
-    sha = hashlib.sha1(repo.encode()).hexdigest()
-    (storage / "refs").mkdir(parents=True)
-    (storage / "refs" / "main").write_text(sha)
-    snap = storage / "snapshots" / sha
-    snap.mkdir(parents=True)
-    (storage / "blobs").mkdir()
-    data = json.dumps(config).encode()
-    blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
-    blob.write_bytes(data)
-    (snap / "config.json").symlink_to(Path("../../blobs") / blob.name)
-    return sha
-
-
 @pytest.mark.parametrize("name", REAL)
 def test_show_resolves_every_default(name: str) -> None:
     run = forge("recipe", "show", str(ROOT / "recipes" / name), "--json")
@@ -62,7 +45,9 @@ def test_show_resolves_every_default(name: str) -> None:
 @pytest.mark.parametrize("name", REAL)
 def test_plan_without_download(name: str, tmp_path: Path) -> None:
     cache = tmp_path / "hub"
-    _hub_with_config(cache, "meta-llama/Llama-2-7b-hf", LLAMA2_7B_CONFIG)
+    hub_cache(
+        cache, "meta-llama/Llama-2-7b-hf", {"config.json": json.dumps(LLAMA2_7B_CONFIG).encode()}
+    )
     run = forge("plan", str(ROOT / "recipes" / name), "--json", env={"HF_HUB_CACHE": str(cache)})
     text = run.out + run.err
     # Offline with no weights cached, fetch cannot resolve a complete snapshot: the
@@ -76,7 +61,9 @@ def test_plan_without_download(name: str, tmp_path: Path) -> None:
 
 def test_tp_checked_against_real_config(tmp_path: Path) -> None:
     cache = tmp_path / "hub"
-    _hub_with_config(cache, "meta-llama/Llama-2-7b-hf", LLAMA2_7B_CONFIG)
+    hub_cache(
+        cache, "meta-llama/Llama-2-7b-hf", {"config.json": json.dumps(LLAMA2_7B_CONFIG).encode()}
+    )
     recipe = tmp_path / "recipe.yaml"
     text = (
         (ROOT / "recipes" / "llama2-7b-int8wo-trt-tp2.yaml").read_text().replace("tp: 2", "tp: 3")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_clean_error, forge, write_recipe
+from tests.helpers import assert_clean_error, forge, hub_cache, write_recipe
 
 LOC = re.compile(r"recipe\.yaml:\d+:\d+")
 
@@ -131,27 +131,9 @@ def test_pp_larger_than_layers(recipe: Path, tiny_models: dict[str, Path]) -> No
     assert_clean_error(run, 2, "parallel.pp", "2 layers")
 
 
-def _hub_cache_with_main(cache: Path, repo: str, files: dict[str, bytes]) -> str:
-    """A real huggingface_hub cache layout holding one commit on `main`."""
-    import hashlib
-
-    storage = cache / f"models--{repo.replace('/', '--')}"
-    sha = hashlib.sha1(repo.encode()).hexdigest()
-    (storage / "refs").mkdir(parents=True)
-    (storage / "refs" / "main").write_text(sha)
-    snap = storage / "snapshots" / sha
-    snap.mkdir(parents=True)
-    (storage / "blobs").mkdir()
-    for name, data in files.items():
-        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / name).symlink_to(Path("../../blobs") / blob.name)
-    return sha
-
-
 def test_revision_not_found_offline(recipe: Path, tmp_path: Path) -> None:
     cache = tmp_path / "hub"
-    _hub_cache_with_main(cache, "acme/tiny", {"config.json": b'{"model_type": "llama"}'})
+    hub_cache(cache, "acme/tiny", {"config.json": b'{"model_type": "llama"}'})
     write_recipe(recipe, source={"hf": "acme/tiny", "revision": "v9"})
     run = forge("build", str(recipe), "--until", "fetch", env={"HF_HUB_CACHE": str(cache)})
     assert_clean_error(run, 5, "acme/tiny", "v9")
