@@ -27,7 +27,28 @@ TINY_DEFAULTS: dict[str, Any] = {
     "pad_token_id": 0,
 }
 
-ARCHES = ("llama", "mistral", "qwen2")
+ARCHES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma")
+ARCHES += ("falcon", "bloom", "mpt")
+
+# Per-arch changes to TINY_DEFAULTS: GPT-2-style configs name the FFN size n_inner and
+# have no num_key_value_heads (GPTBigCode: multi_query); GPT-J rotates 8 of 16 channels.
+_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": {"num_key_value_heads": None, "n_inner": 128, "intermediate_size": None},
+    "gpt_bigcode": {"num_key_value_heads": None, "n_inner": 128, "intermediate_size": None},
+    "gptj": {"num_key_value_heads": None, "n_inner": 128, "intermediate_size": None, "rotary_dim": 8},
+    "gpt_neox": {"num_key_value_heads": None, "partial_rotary_factor": 0.5},
+    "gemma": {"head_dim": 16},
+    # Falcon defaults to the old decoder (Falcon-7B: MQA, parallel attention, no biases);
+    # new_decoder_architecture=True uses num_kv_heads (GQA) and two layernorms.
+    "falcon": {"num_key_value_heads": None, "intermediate_size": None, "num_kv_heads": 2,
+               "ffn_hidden_size": 128},
+    # BLOOM's FFN is 4 x hidden and it has no position table (ALiBi).
+    "bloom": {"num_key_value_heads": None, "intermediate_size": None,
+              "max_position_embeddings": None},
+    # MPT: FFN 4 x hidden, ALiBi over max_seq_len slots, no biases.
+    "mpt": {"num_key_value_heads": None, "intermediate_size": None,
+            "max_position_embeddings": None, "max_seq_len": 128},
+}
 
 # A small, varied English text the in-memory tokenizer is trained on.
 _TOKENIZER_TEXT = """\
@@ -48,6 +69,14 @@ def _config_class(arch: str) -> Any:
         "llama": transformers.LlamaConfig,
         "mistral": transformers.MistralConfig,
         "qwen2": transformers.Qwen2Config,
+        "gpt2": transformers.GPT2Config,
+        "gpt_neox": transformers.GPTNeoXConfig,
+        "gpt_bigcode": transformers.GPTBigCodeConfig,
+        "gptj": transformers.GPTJConfig,
+        "gemma": transformers.GemmaConfig,
+        "falcon": transformers.FalconConfig,
+        "bloom": transformers.BloomConfig,
+        "mpt": transformers.MptConfig,
     }
     if arch not in classes:
         raise ValueError(f"unknown tiny arch {arch!r}; choose one of {', '.join(ARCHES)}")
@@ -61,7 +90,7 @@ def _perturb_weights(model: Any, seed: int) -> None:
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
-            if "norm" in name:
+            if "norm" in name or ".ln_" in name or name.startswith("ln_"):
                 param.copy_(1.0 + 0.1 * noise)
             elif name.endswith(".bias"):
                 param.copy_(0.1 * noise)
@@ -127,7 +156,8 @@ def make_tiny_hf(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields = {**TINY_DEFAULTS, **config_overrides}
+    fields = {**TINY_DEFAULTS, **_ARCH_DEFAULTS.get(arch, {}), **config_overrides}
+    fields = {k: v for k, v in fields.items() if v is not None}
     dtype_name = fields.pop("torch_dtype", fields.pop("dtype", "float32"))
     dtype = getattr(torch, dtype_name) if isinstance(dtype_name, str) else dtype_name
     config = _config_class(arch)(**fields)

@@ -107,6 +107,10 @@ class _SourceTensors:
         sl = self._handle(name).get_slice(name)
         return tuple(sl.get_shape()), str(sl.get_dtype())
 
+    def load(self, name: str) -> torch.Tensor:
+        tensor: torch.Tensor = self._handle(name).get_tensor(name)
+        return tensor
+
     def raw(self, name: str) -> tuple[int, StoredTensor]:
         """An open descriptor of the file holding ``name`` and where its bytes are."""
         path = self._files[name]
@@ -130,7 +134,9 @@ def _fused_shape(rule: TensorRule, sources: _SourceTensors) -> tuple[int, ...]:
                 "unquantized model",
             )
         shapes.append(shape)
-    if rule.fusion == "identity":
+    if rule.fusion == "transpose":
+        return tuple(reversed(shapes[0]))
+    if rule.fusion != "concat_rows":
         return shapes[0]
     tails = {shape[1:] for shape in shapes}
     if len(tails) != 1:
@@ -154,14 +160,32 @@ def _write_tensor(sink: TensorSink, rule: TensorRule, sources: _SourceTensors, d
     """Stream one output tensor: its sources' bytes one after the other.
 
     Fusions concatenate along dim 0 of row-major tensors whose other dims agree
-    (checked by ``_fused_shape``), which is exactly byte concatenation.
+    (checked by ``_fused_shape``), which is exactly byte concatenation. Rules that
+    transpose, reorder or add go through torch (:func:`transformed_tensor`).
     """
+    if not rule.streams_bytes:
+        source = sources.load(rule.sources[0])
+        sink.write(tensor_bytes(transformed_tensor(rule, source, dtype)))
+        return
     for name in rule.sources:
         fd, stored = sources.raw(name)
         if ST_TO_TORCH[stored.dtype] == dtype:
             sink.copy(fd, stored.offset, stored.nbytes)
         else:
             _write_cast(sink, fd, stored, dtype)
+
+
+def transformed_tensor(rule: TensorRule, source: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The output of a one-source rule that is not a byte copy (computed in float32)."""
+    x = source.to(torch.float32)
+    if rule.fusion == "transpose":
+        x = x.t()
+    elif rule.fusion == "add_one":
+        x = x + 1.0
+    order = rule.row_order(x.shape[0])
+    if order is not None:
+        x = x[torch.tensor(order)]
+    return x.to(dtype).contiguous()
 
 
 def _write_cast(sink: TensorSink, fd: int, stored: StoredTensor, dtype: torch.dtype) -> None:

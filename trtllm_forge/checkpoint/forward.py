@@ -35,9 +35,18 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (x * torch.rsqrt(variance + eps))
 
 
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def rotary_dim(config: Mapping[str, Any]) -> int:
+    """How many leading channels of each head rope rotates (partial rotary: < head_size)."""
+    return int(config.get("rotary_embedding_dim") or config["head_size"])
+
+
 def rope_inv_freq(config: Mapping[str, Any], seq_len: int) -> torch.Tensor:
     """Inverse frequencies for rope_gpt_neox, with the config's rotary scaling applied."""
-    dim = int(config["head_size"])
+    dim = rotary_dim(config)
     base = float(config.get("rotary_base", 10000.0))
     scaling = config.get("rotary_scaling") or {}
     kind = scaling.get("type", scaling.get("rope_type", "none"))
@@ -78,12 +87,47 @@ def _llama3_inv_freq(
 
 
 def rope_cos_sin(config: Mapping[str, Any], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cos, sin`` of shape [seq, head_size] (the half-frequency table repeated twice)."""
+    """``cos, sin`` of shape [seq, rotary_dim]: the half-frequency table repeated twice
+    (rope_gpt_neox), or each frequency repeated for its channel pair (rope_gptj)."""
     inv_freq = rope_inv_freq(config, seq_len)
     positions = torch.arange(seq_len, dtype=torch.float32)
     freqs = torch.outer(positions, inv_freq)
-    table = torch.cat([freqs, freqs], dim=-1)
+    if config.get("position_embedding_type") == "rope_gptj":
+        table = freqs.repeat_interleave(2, dim=-1)
+    else:
+        table = torch.cat([freqs, freqs], dim=-1)
     return table.cos(), table.sin()
+
+
+def apply_rope_gptj(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """GPT-J rope: rotate channel pairs (0,1), (2,3) ... instead of the two halves."""
+    pairs = x.unflatten(-1, (-1, 2))
+    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+    return x * cos + rotated * sin
+
+
+def apply_position_rope(
+    config: Mapping[str, Any], x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
+    """Rope on the first ``rotary_dim`` channels of each head (all of them unless partial)."""
+    kind = config.get("position_embedding_type", "rope_gpt_neox")
+    if kind not in ("rope_gpt_neox", "rope_gptj"):
+        return x
+    dim = cos.shape[-1]
+    rotate = apply_rope_gptj if kind == "rope_gptj" else apply_rope
+    if dim == x.shape[-1]:
+        return rotate(x, cos, sin)
+    return torch.cat([rotate(x[..., :dim], cos, sin), x[..., dim:]], dim=-1)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": torch.nn.functional.silu,
+    "relu": torch.relu,
+    "gelu": torch.nn.functional.gelu,
+    "gelu_new": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+}
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -93,18 +137,44 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def alibi_slopes(heads: int, bias_max: float = 8.0) -> torch.Tensor:
+    """ALiBi slope of each head [heads] (Press et al.; BLOOM, MPT, TensorRT-LLM agree).
+
+    For a power of two ``n``: ``2^(-bias_max·i/n)``, i = 1..n. Otherwise the slopes of
+    the next lower power of two, then every other slope of the next higher one.
+    """
+    low = 2 ** math.floor(math.log2(heads))
+    slopes = [2.0 ** (-bias_max * i / low) for i in range(1, low + 1)]
+    extra = [2.0 ** (-bias_max * i / (2 * low)) for i in range(1, 2 * low + 1, 2)]
+    return torch.tensor(slopes + extra[: heads - low], dtype=torch.float32)
+
+
+def alibi_bias(slopes: torch.Tensor, seq: int) -> torch.Tensor:
+    """[heads, seq, seq] additive scores ``slope_h · (key - query)`` (≤ 0 where causal)."""
+    distance = torch.arange(seq)[None, :] - torch.arange(seq)[:, None]
+    return slopes[:, None, None] * distance.to(torch.float32)
+
+
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sliding_window: int | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    sliding_window: int | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention for q [b, hq, s, d] over k, v [b, hkv, s, d] (GQA when hkv < hq).
 
-    Query head h reads KV head ``h // (hq // hkv)``. Returns [b, s, hq * d].
+    Query head h reads KV head ``h // (hq // hkv)``. ``bias`` [hq, s, s] is added to
+    the scaled scores (ALiBi). Returns [b, s, hq * d].
     """
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
     seq = q.shape[2]
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias
     query_pos = torch.arange(seq)[:, None]
     key_pos = torch.arange(seq)[None, :]
     allowed = key_pos <= query_pos
@@ -184,20 +254,48 @@ class CheckpointForward:
         bias = self.weight(f"{module}.bias")
         return out if bias is None else out + bias
 
+    def norm(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        """RMSNorm, or LayerNorm (weight + bias) when ``forge.norm_type`` says so."""
+        eps = float(self.config.get("norm_epsilon", 1e-5))
+        weight = self._required(f"{prefix}.weight")
+        if (self.config.get("forge") or {}).get("norm_type") == "layernorm":
+            return layer_norm(x, weight, self.weight(f"{prefix}.bias"), eps)
+        return rms_norm(x, weight, eps)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embedding (× ``embedding_multiplier``) + learned positions if the model has them."""
+        h = self._required("transformer.vocab_embedding.weight")[input_ids]
+        multiplier = self.config.get("embedding_multiplier")
+        if multiplier is not None and float(multiplier) != 1.0:
+            h = h * float(multiplier)
+        if self.config.get("position_embedding_type") == "learned_absolute":
+            positions = torch.arange(input_ids.shape[1])
+            h = h + self._required("transformer.position_embedding.weight")[positions]
+        return h
+
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[batch, seq] token ids -> [batch, seq, vocab_size] float32 logits."""
         cfg = self.config
-        eps = float(cfg.get("norm_epsilon", 1e-5))
-        h = self._required("transformer.vocab_embedding.weight")[input_ids]
+        h = self.embed(input_ids)
         cos, sin = rope_cos_sin(cfg, input_ids.shape[1])
+        parallel = bool((cfg.get("forge") or {}).get("parallel_residual"))
         for i in range(int(cfg["num_hidden_layers"])):
             prefix = f"transformer.layers.{i}."
-            x = rms_norm(h, self._required(prefix + "input_layernorm.weight"), eps)
-            h = h + self._attention(prefix, x, cos, sin)
-            x = rms_norm(h, self._required(prefix + "post_layernorm.weight"), eps)
+            x = self.norm(prefix + "input_layernorm", h)
+            attn = self._attention(prefix, x, cos, sin)
+            if parallel:
+                # NeoX: the MLP reads its own norm of h; GPT-J (no post_layernorm): the same x.
+                if self.weight(prefix + "post_layernorm.weight") is not None:
+                    x = self.norm(prefix + "post_layernorm", h)
+                elif self.weight(prefix + "mlp_layernorm.weight") is not None:
+                    x = self.norm(prefix + "mlp_layernorm", h)  # Falcon new decoder (ln_mlp)
+                h = h + attn + self._mlp(prefix, x)
+                continue
+            h = h + attn
+            x = self.norm(prefix + "post_layernorm", h)
             h = h + self._mlp(prefix, x)
-        h = rms_norm(h, self._required("transformer.ln_f.weight"), eps)
+        h = self.norm("transformer.ln_f", h)
         return self.linear("lm_head", h)[..., : int(cfg["vocab_size"])]
 
     def _attention(
@@ -209,16 +307,27 @@ class CheckpointForward:
         size = int(cfg["head_size"])
         qkv = self.linear(prefix + "attention.qkv", x)
         q, k, v = torch.split(qkv, [heads * size, kv_heads * size, kv_heads * size], dim=-1)
-        q = apply_rope(split_heads(q, heads, size), cos, sin)
-        k = apply_rope(split_heads(k, kv_heads, size), cos, sin)
+        q = apply_position_rope(cfg, split_heads(q, heads, size), cos, sin)
+        k = apply_position_rope(cfg, split_heads(k, kv_heads, size), cos, sin)
         v = split_heads(v, kv_heads, size)
         if self.kv_hook is not None:
             k, v = self.kv_hook(prefix.rstrip("."), k, v)
         window = (cfg.get("forge") or {}).get("sliding_window")
-        out = causal_attention(q, k, v, sliding_window=window)
+        out = causal_attention(q, k, v, sliding_window=window, bias=self._alibi(q.shape[2]))
         return self.linear(prefix + "attention.dense", out)
 
+    def _alibi(self, seq: int) -> torch.Tensor | None:
+        """ALiBi scores bias [heads, seq, seq] when ``position_embedding_type`` is alibi."""
+        if self.config.get("position_embedding_type") != "alibi":
+            return None
+        bias_max = float(self.config.get("alibi_bias_max") or 8.0)
+        return alibi_bias(alibi_slopes(int(self.config["num_attention_heads"]), bias_max), seq)
+
     def _mlp(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
-        # TensorRT-LLM GatedMLP: proj(silu(fc(x)) * gate(x)); fc = HF gate_proj.
-        activated = torch.nn.functional.silu(self.linear(prefix + "mlp.fc", x))
+        # TensorRT-LLM GatedMLP: proj(act(fc(x)) * gate(x)); fc = HF gate_proj.
+        # Plain MLP (forge.mlp_type "plain"): proj(act(fc(x))).
+        act = ACTIVATIONS[str(self.config.get("hidden_act", "silu"))]
+        activated = act(self.linear(prefix + "mlp.fc", x))
+        if (self.config.get("forge") or {}).get("mlp_type") == "plain":
+            return self.linear(prefix + "mlp.proj", activated)
         return self.linear(prefix + "mlp.proj", activated * self.linear(prefix + "mlp.gate", x))

@@ -27,10 +27,13 @@ LAYER_MODULES: dict[str, Parallel] = {
     "mlp.proj": "row",
     "input_layernorm": "none",
     "post_layernorm": "none",
+    "mlp_layernorm": "none",  # Falcon new decoder: the MLP's own norm (HF ln_mlp)
     "attention": "none",  # kv_cache_scaling_factor and friends live on the attention module
 }
 GLOBAL_MODULES: dict[str, tuple[Parallel, Placement]] = {
     "transformer.vocab_embedding": ("none", "first"),
+    "transformer.position_embedding": ("none", "first"),  # learned absolute positions (GPT-2)
+    "transformer.ln_embed": ("none", "first"),  # BLOOM: LayerNorm of the token embedding
     "transformer.ln_f": ("none", "last"),
     "lm_head": ("column", "last"),
 }
@@ -103,8 +106,13 @@ def unquantized_shape(name: str, config: Mapping[str, Any]) -> tuple[int, ...] |
     parsed = parse_name(name)
     if parsed is None or parsed.param not in ("weight", "bias"):
         return None
-    if parsed.module in ("input_layernorm", "post_layernorm", "transformer.ln_f"):
-        return (int(config["hidden_size"]),) if parsed.param == "weight" else None
+    norms = ("input_layernorm", "post_layernorm", "mlp_layernorm", "transformer.ln_embed")
+    if parsed.module in (*norms, "transformer.ln_f"):
+        # LayerNorm families also carry a bias of the same size.
+        return (int(config["hidden_size"]),) if parsed.param in ("weight", "bias") else None
+    if parsed.module == "transformer.position_embedding":
+        rows = int(config.get("max_position_embeddings") or 0)
+        return (rows, int(config["hidden_size"])) if parsed.param == "weight" and rows else None
     if parsed.module == "attention":
         return None
     out, inp = module_dims(parsed.module, config)

@@ -20,7 +20,13 @@ SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
+    "GPTForCausalLM",  # GPT-2 (and GPTBigCode, as TensorRT-LLM names them)
+    "GPTNeoXForCausalLM",
+    "GPTJForCausalLM",
+    "GemmaForCausalLM",
 )
+# Position encodings the lowering implements (families-A: learned_absolute, rope_gptj).
+SUPPORTED_POSITION_EMBEDDINGS = ("rope_gpt_neox", "rope_gptj", "learned_absolute")
 _LAYER_RE = re.compile(r"^transformer\.layers\.(\d+)\.")
 
 
@@ -48,6 +54,13 @@ class ModelSpec:
     embedding_sharding_dim: int
     quantization: dict[str, Any]
     sliding_window: int | None = None  # Mistral-style local attention (forge extra)
+    # Decoder variants (flags written by models/gpt_common.py; defaults = Llama).
+    position_embedding_type: str = "rope_gpt_neox"
+    rotary_dim: int | None = None  # channels of a head that rope rotates; None = all
+    norm_type: str = "rmsnorm"  # or "layernorm" (weight + bias)
+    mlp_type: str = "gated"  # or "plain": proj(act(fc(x)))
+    parallel_residual: bool = False  # h + attn(ln1 h) + mlp(ln2 h), NeoX / GPT-J
+    embedding_multiplier: float = 1.0  # token embedding scale (Gemma: sqrt(hidden))
 
     @property
     def quant_algo(self) -> str | None:
@@ -142,17 +155,18 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
             hint=f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}",
         )
     rope = config.get("position_embedding_type", "rope_gpt_neox")
-    if rope != "rope_gpt_neox":
+    if rope not in SUPPORTED_POSITION_EMBEDDINGS:
         raise recipe_error(
-            f"position_embedding_type {rope!r} is not supported (rope_gpt_neox only)"
+            f"position_embedding_type {rope!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_POSITION_EMBEDDINGS)})"
         )
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     forge = config.get("forge") or {}
     head_size = int(config.get("head_size") or forge.get("head_dim") or hidden // heads)
     rotary_dim = config.get("rotary_embedding_dim")
-    if rotary_dim is not None and int(rotary_dim) != head_size:
-        raise recipe_error("partial rotary embeddings are not supported by the engine lowering")
+    if rotary_dim is not None and not (0 < int(rotary_dim) <= head_size and int(rotary_dim) % 2 == 0):
+        raise recipe_error(f"rotary_embedding_dim {rotary_dim} must be even and <= head_size {head_size}")
     return ModelSpec(
         architecture=arch,
         dtype=str(config.get("dtype", "float32")),
@@ -174,6 +188,12 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
         embedding_sharding_dim=int(config.get("embedding_sharding_dim", 0)),
         quantization=dict(config.get("quantization") or {}),
         sliding_window=int(forge["sliding_window"]) if forge.get("sliding_window") else None,
+        position_embedding_type=str(rope),
+        rotary_dim=None if rotary_dim is None else int(rotary_dim),
+        norm_type=str(forge.get("norm_type", "rmsnorm")),
+        mlp_type=str(forge.get("mlp_type", "gated")),
+        parallel_residual=bool(forge.get("parallel_residual", False)),
+        embedding_multiplier=float(config.get("embedding_multiplier") or 1.0),
     )
 
 

@@ -18,7 +18,15 @@ from typing import Any, Literal
 
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
 
-Fusion = Literal["identity", "concat_rows"]
+# identity: one source as is. concat_rows: sources stacked along dim 0 (q; k; v).
+# transpose: one 2-D source stored [in, out] (GPT-2 Conv1D) written [out, in].
+# qkv_interleaved: one fused QKV source whose rows are grouped per head as [heads, 3, d]
+#   (GPT-NeoX); written as contiguous q, k, v blocks (reference §3.2). ``heads`` is set.
+# add_one: one source plus 1.0 (Gemma RMSNorm stores w and computes x·(1 + w)).
+# qkv_grouped: one fused QKV source grouped per KV head as [kv_heads, heads/kv_heads + 2, d]
+#   (Falcon: each group's query heads, then its k head, then its v head); written as
+#   contiguous q, k, v blocks. ``heads`` and ``kv_heads`` are set.
+Fusion = Literal["identity", "concat_rows", "transpose", "qkv_interleaved", "add_one", "qkv_grouped"]
 
 # Limits far above any real model; they exist so a typo (hidden_size 10**12) fails in
 # microseconds with a message instead of in an out-of-memory kill.
@@ -41,10 +49,56 @@ class TensorRule:
     target: str
     sources: tuple[str, ...]
     fusion: Fusion = "identity"
+    heads: int = 0  # qkv_interleaved only: number of heads of the fused source
+    kv_heads: int = 0  # qkv_grouped only (with heads): number of KV heads = groups
 
     def __post_init__(self) -> None:
-        if self.fusion == "identity" and len(self.sources) != 1:
-            raise ValueError(f"identity rule for {self.target} needs exactly one source")
+        if self.fusion != "concat_rows" and len(self.sources) != 1:
+            raise ValueError(f"{self.fusion} rule for {self.target} needs exactly one source")
+        if self.fusion == "qkv_interleaved" and self.heads <= 0:
+            raise ValueError(f"qkv_interleaved rule for {self.target} needs heads > 0")
+
+    @property
+    def streams_bytes(self) -> bool:
+        """Whether the output is its sources' bytes in order (no arithmetic, no reordering)."""
+        return self.fusion in ("identity", "concat_rows")
+
+    def row_order(self, rows: int) -> list[int] | None:
+        """Source row index of each output row, when the rule reorders rows; else None.
+
+        ``qkv_interleaved``: source rows are ``[head, (q|k|v), d]``; output rows are
+        all q heads, then all k heads, then all v heads.
+        """
+        if self.fusion == "qkv_grouped":
+            return grouped_qkv_order(rows, self.heads, self.kv_heads)
+        if self.fusion != "qkv_interleaved":
+            return None
+        size = rows // (3 * self.heads)
+        return [
+            (head * 3 + part) * size + i
+            for part in range(3)
+            for head in range(self.heads)
+            for i in range(size)
+        ]
+
+
+def grouped_qkv_order(rows: int, heads: int, kv_heads: int) -> list[int]:
+    """Row order turning Falcon's ``[kv_heads, heads/kv_heads + 2, d]`` rows into [q; k; v].
+
+    Group ``g`` holds query heads ``g·per .. g·per + per - 1``, then KV head ``g``'s
+    key, then its value (reference §3.2, Falcon).
+    """
+    per = heads // kv_heads
+    size = rows // (heads + 2 * kv_heads)
+
+    def block(group: int, slot: int) -> range:
+        start = (group * (per + 2) + slot) * size
+        return range(start, start + size)
+
+    q = [r for g in range(kv_heads) for j in range(per) for r in block(g, j)]
+    k = [r for g in range(kv_heads) for r in block(g, per)]
+    v = [r for g in range(kv_heads) for r in block(g, per + 1)]
+    return q + k + v
 
 
 @dataclass(frozen=True)
@@ -141,10 +195,34 @@ def _raw_dims(hf_config: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
+# GPT-2-style config keys (GPT-2, GPT-J, GPTBigCode) -> the names the rest of forge reads.
+_KEY_ALIASES = {
+    "n_embd": "hidden_size",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_inner": "intermediate_size",
+    "n_positions": "max_position_embeddings",
+    # Falcon and MPT spell them differently again.
+    "num_kv_heads": "num_key_value_heads",
+    "ffn_hidden_size": "intermediate_size",
+    "d_model": "hidden_size",
+    "n_heads": "num_attention_heads",
+    "n_layers": "num_hidden_layers",
+    "max_seq_len": "max_position_embeddings",
+}
+
+
 def text_config(hf_config: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The decoder config (multimodal wrappers nest it under ``text_config``)."""
+    """The decoder config (multimodal wrappers nest it under ``text_config``), with
+    GPT-2-style keys (``n_embd``, ``n_head`` ...) also readable under the common names."""
     nested = hf_config.get("text_config")
-    return nested if isinstance(nested, Mapping) else hf_config
+    cfg = nested if isinstance(nested, Mapping) else hf_config
+    aliased = {
+        common: cfg[old]
+        for old, common in _KEY_ALIASES.items()
+        if cfg.get(old) is not None and common not in cfg
+    }
+    return {**cfg, **aliased} if aliased else cfg
 
 
 _LIMITS = {

@@ -17,7 +17,11 @@ from typing import Any
 
 from trtllm_forge.errors import ExitCode, ForgeError
 from trtllm_forge.models.base import Family
+from trtllm_forge.models.bloom import BloomFamily
+from trtllm_forge.models.falcon import FalconFamily
+from trtllm_forge.models.gpt2 import Gpt2Family
 from trtllm_forge.models.llama import LlamaFamily
+from trtllm_forge.models.mpt import MptFamily
 
 PLUGIN_GROUP = "trtllm_forge.plugins"
 
@@ -98,6 +102,10 @@ def _entry_points(group: str) -> Iterable[Any]:
 
 REGISTRY = FamilyRegistry()
 REGISTRY.register(LlamaFamily())
+REGISTRY.register(FalconFamily())
+REGISTRY.register(BloomFamily())
+REGISTRY.register(MptFamily())
+REGISTRY.register(Gpt2Family())
 
 
 def family_for(hf_config: Mapping[str, Any], registry: FamilyRegistry = REGISTRY) -> Family:

@@ -8,6 +8,7 @@ AllGather nodes; PP appears as hidden-state graph inputs/outputs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -40,9 +41,10 @@ MASKED_SCORE = float(np.finfo(np.float32).min)
 def build_decoder(ctx: LoweringContext) -> None:
     """Add the whole rank graph (inputs, layers, outputs) to ``ctx.graph``."""
     g, model, layout = ctx.graph, ctx.model, ctx.layout
-    if model.hidden_act != "silu":
+    if model.hidden_act not in _ACTIVATIONS:
         raise recipe_error(
-            f"hidden_act {model.hidden_act!r} is not supported (gated SiLU MLP only)"
+            f"hidden_act {model.hidden_act!r} is not supported "
+            f"(supported: {', '.join(sorted(_ACTIVATIONS))})"
         )
     _, kv_heads = heads_per_rank(model, layout.tp_size)
     if layout.is_first_stage:
@@ -50,6 +52,8 @@ def build_decoder(ctx: LoweringContext) -> None:
     else:
         hidden = g.add_input(HIDDEN_IN, FLOAT, ["batch", "seq", model.hidden_size])
     positions = g.add_input(POSITION_IDS, INT64, ["batch", "seq"])
+    if layout.is_first_stage and model.position_embedding_type == "learned_absolute":
+        hidden = _position_embedding(ctx, hidden, positions)
     mask = g.add_input(ATTENTION_MASK, INT64, ["batch", "total_seq"])
     cache_shape: list[int | str] = ["batch", kv_heads, "past_seq", model.head_size]
     pasts = {
@@ -64,10 +68,22 @@ def build_decoder(ctx: LoweringContext) -> None:
     for local, layer in enumerate(layout.layers):
         hidden = _decoder_layer(ctx, hidden, local, layer, pasts[layer], cos, sin, allowed)
     if layout.is_last_stage:
-        logits = _lm_head(ctx, _rms_norm(ctx, hidden, "transformer.ln_f"))
+        logits = _lm_head(ctx, _norm(ctx, hidden, "transformer.ln_f"))
         g.add_output(logits, LOGITS, FLOAT, ["batch", "seq", model.vocab_size])
     else:
         g.add_output(hidden, HIDDEN_OUT, FLOAT, ["batch", "seq", model.hidden_size])
+
+
+def _norm(ctx: LoweringContext, x: str, prefix: str) -> str:
+    """The model's norm: RMSNorm, or LayerNorm with its bias (``norm_type`` layernorm)."""
+    if ctx.model.norm_type != "layernorm":
+        return _rms_norm(ctx, x, prefix)
+    inputs = [x, ctx.load(f"{prefix}.weight")]
+    if ctx.weights.has(f"{prefix}.bias"):
+        inputs.append(ctx.load(f"{prefix}.bias"))
+    return ctx.graph.op(
+        "LayerNormalization", inputs, f"{prefix}.out", axis=-1, epsilon=ctx.model.norm_epsilon
+    )
 
 
 def _rms_norm(ctx: LoweringContext, x: str, prefix: str) -> str:
@@ -85,7 +101,23 @@ def _rms_norm(ctx: LoweringContext, x: str, prefix: str) -> str:
     return g.op("Mul", [normed, weight], f"{prefix}.out")
 
 
+def _position_embedding(ctx: LoweringContext, hidden: str, positions: str) -> str:
+    """Learned absolute positions (GPT-2): add the row of each token's position id."""
+    g = ctx.graph
+    table = ctx.load("transformer.position_embedding.weight")
+    rows = g.op("Gather", [table, positions], "position_embedding.rows")
+    return g.op("Add", [hidden, rows], "embed.with_positions")
+
+
 def _embedding(ctx: LoweringContext, ids: str) -> str:
+    looked_up = _token_embedding(ctx, ids)
+    multiplier = ctx.model.embedding_multiplier
+    if multiplier == 1.0:
+        return looked_up
+    return ctx.graph.op("Mul", [looked_up, ctx.graph.scalar(multiplier)], "embed.scaled")
+
+
+def _token_embedding(ctx: LoweringContext, ids: str) -> str:
     g, model, layout = ctx.graph, ctx.model, ctx.layout
     name = "transformer.vocab_embedding.weight"
     tensor = ctx.weights.get(name)
@@ -120,14 +152,23 @@ def _rope_tables(ctx: LoweringContext, positions: str) -> tuple[str, str]:
     """cos/sin [batch, 1, seq, head] from position ids (shared by all layers)."""
     g, model = ctx.graph, ctx.model
     rope = rope_frequencies(
-        model.head_size, model.rotary_base, model.rotary_scaling, model.max_position_embeddings
+        model.rotary_dim or model.head_size,
+        model.rotary_base,
+        model.rotary_scaling,
+        model.max_position_embeddings,
     )
     inv_freq = g.const(rope.inv_freq.numpy(), np.float32, "rope.inv_freq")
     pos = g.op(
         "Unsqueeze", [g.op("Cast", [positions], "rope.pos_f", to=FLOAT), g.i64(-1)], "rope.pos"
     )
     freqs = g.op("Mul", [pos, inv_freq], "rope.freqs")
-    angles = g.op("Concat", [freqs, freqs], "rope.angles", axis=-1)
+    if model.position_embedding_type == "rope_gptj":
+        # Each frequency serves one channel pair: [f0, f0, f1, f1, ...].
+        pairs = g.op("Unsqueeze", [freqs, g.i64(-1)], "rope.freqs_1")
+        pairs = g.op("Concat", [pairs, pairs], "rope.freq_pairs", axis=-1)
+        angles = g.op("Reshape", [pairs, g.i64(0, 0, -1)], "rope.angles")
+    else:
+        angles = g.op("Concat", [freqs, freqs], "rope.angles", axis=-1)
     tables = []
     for fn in ("Cos", "Sin"):
         table = g.op(fn, [angles], f"rope.{fn.lower()}")
@@ -183,6 +224,41 @@ def _linear(ctx: LoweringContext, x: str, module: str, parallel: str, n_in: int,
     return y
 
 
+def _position_rope(ctx: LoweringContext, x: str, cos: str, sin: str, hint: str) -> str:
+    """The model's rope on [batch, heads, seq, head]: none (learned positions), GPT-NeoX or
+    GPT-J style, on all channels or only the first ``rotary_dim`` (partial rotary)."""
+    g, model = ctx.graph, ctx.model
+    kind = model.position_embedding_type
+    if kind not in ("rope_gpt_neox", "rope_gptj"):
+        return x
+    rotate = _rotate_pairs if kind == "rope_gptj" else _rotate
+    dim = model.rotary_dim or model.head_size
+    if dim == model.head_size:
+        return rotate(ctx, x, cos, sin, hint)
+    part, rest = g.op_n(
+        "Split",
+        [x, g.i64(dim, model.head_size - dim)],
+        [f"{hint}.rot_part", f"{hint}.pass_part"],
+        axis=-1,
+    )
+    roped = rotate(ctx, part, cos, sin, hint)
+    return g.op("Concat", [roped, rest], f"{hint}.partial_roped", axis=-1)
+
+
+def _rotate_pairs(ctx: LoweringContext, x: str, cos: str, sin: str, hint: str) -> str:
+    """GPT-J rope: channel pairs (2i, 2i+1) rotate: rotated = [-x_odd, x_even] interleaved."""
+    g = ctx.graph
+    pairs = g.op("Reshape", [x, g.i64(0, 0, 0, -1, 2)], f"{hint}.pairs")
+    even, odd = g.op_n("Split", [pairs], [f"{hint}.even", f"{hint}.odd"], axis=-1, num_outputs=2)
+    swapped = g.op("Concat", [g.op("Neg", [odd], f"{hint}.neg_odd"), even], f"{hint}.swap", axis=-1)
+    rotated = g.op("Reshape", [swapped, g.i64(0, 0, 0, -1)], f"{hint}.rot")
+    return g.op(
+        "Add",
+        [g.op("Mul", [x, cos], f"{hint}.xcos"), g.op("Mul", [rotated, sin], f"{hint}.rsin")],
+        f"{hint}.roped",
+    )
+
+
 def _rotate(ctx: LoweringContext, x: str, cos: str, sin: str, hint: str) -> str:
     """GPT-NeoX rope: x·cos + rotate_half(x)·sin with rotate_half(x) = [-x2, x1]."""
     g = ctx.graph
@@ -224,8 +300,8 @@ def _attention(
         [f"{prefix}.q", f"{prefix}.k", f"{prefix}.v"],
         axis=-1,
     )
-    q = _rotate(ctx, _heads(ctx, q, q_heads, f"{prefix}.q"), cos, sin, f"{prefix}.q")
-    k = _rotate(ctx, _heads(ctx, k, kv_heads, f"{prefix}.k"), cos, sin, f"{prefix}.k")
+    q = _position_rope(ctx, _heads(ctx, q, q_heads, f"{prefix}.q"), cos, sin, f"{prefix}.q")
+    k = _position_rope(ctx, _heads(ctx, k, kv_heads, f"{prefix}.k"), cos, sin, f"{prefix}.k")
     v = _heads(ctx, v, kv_heads, f"{prefix}.v")
     k, v = lower_kv_cache(ctx, prefix, k, v)
     keys = g.op("Concat", [past[0], k], f"{prefix}.keys", axis=2)
@@ -256,13 +332,42 @@ def _attention(
     return _linear(ctx, context, f"{prefix}.dense", "row", q_heads * d, model.hidden_size)
 
 
+def _silu(ctx: LoweringContext, x: str, hint: str) -> str:
+    return ctx.graph.op("Mul", [x, ctx.graph.op("Sigmoid", [x], f"{hint}.sigmoid")], f"{hint}.silu")
+
+
+def _gelu(approximate: str) -> Callable[[LoweringContext, str, str], str]:
+    def lower(ctx: LoweringContext, x: str, hint: str) -> str:
+        return ctx.graph.op("Gelu", [x], f"{hint}.gelu", approximate=approximate)
+
+    return lower
+
+
+def _relu(ctx: LoweringContext, x: str, hint: str) -> str:
+    return ctx.graph.op("Relu", [x], f"{hint}.relu")
+
+
+# hidden_act -> lowering; "gelu" is the exact (erf) form, the other gelus the tanh one.
+_ACTIVATIONS: dict[str, Callable[[LoweringContext, str, str], str]] = {
+    "silu": _silu,
+    "relu": _relu,
+    "gelu": _gelu("none"),
+    "gelu_new": _gelu("tanh"),
+    "gelu_pytorch_tanh": _gelu("tanh"),
+    "gelu_fast": _gelu("tanh"),
+}
+
+
 def _mlp(ctx: LoweringContext, x: str, prefix: str) -> str:
-    """TRT GatedMLP: proj(silu(fc(x)) · gate(x)); fc is HF gate_proj, gate is HF up_proj."""
+    """TRT GatedMLP: proj(act(fc(x)) · gate(x)); fc is HF gate_proj, gate is HF up_proj.
+    Plain MLP (``mlp_type`` plain, GPT-2/NeoX/GPT-J): proj(act(fc(x)))."""
     g, model = ctx.graph, ctx.model
     inner = model.intermediate_size // ctx.layout.tp_size
     fc = _linear(ctx, x, f"{prefix}.fc", "column", model.hidden_size, inner)
+    activated = _ACTIVATIONS[model.hidden_act](ctx, fc, prefix)
+    if model.mlp_type == "plain":
+        return _linear(ctx, activated, f"{prefix}.proj", "row", inner, model.hidden_size)
     gate = _linear(ctx, x, f"{prefix}.gate", "column", model.hidden_size, inner)
-    activated = g.op("Mul", [fc, g.op("Sigmoid", [fc], f"{prefix}.sigmoid")], f"{prefix}.silu")
     product = g.op("Mul", [activated, gate], f"{prefix}.gated")
     return _linear(ctx, product, f"{prefix}.proj", "row", inner, model.hidden_size)
 
@@ -279,19 +384,23 @@ def _decoder_layer(
 ) -> str:
     g = ctx.graph
     prefix = f"transformer.layers.{local}"
-    attn = _attention(
-        ctx,
-        _rms_norm(ctx, hidden, f"{prefix}.input_layernorm"),
-        f"{prefix}.attention",
-        layer,
-        past,
-        cos,
-        sin,
-        allowed,
-    )
+    normed = _norm(ctx, hidden, f"{prefix}.input_layernorm")
+    attn = _attention(ctx, normed, f"{prefix}.attention", layer, past, cos, sin, allowed)
+    if ctx.model.parallel_residual:
+        return _parallel_residual(ctx, hidden, normed, attn, prefix)
     hidden = g.op("Add", [hidden, attn], f"{prefix}.attn_residual")
-    mlp = _mlp(ctx, _rms_norm(ctx, hidden, f"{prefix}.post_layernorm"), f"{prefix}.mlp")
+    mlp = _mlp(ctx, _norm(ctx, hidden, f"{prefix}.post_layernorm"), f"{prefix}.mlp")
     return g.op("Add", [hidden, mlp], f"{prefix}.out")
+
+
+def _parallel_residual(ctx: LoweringContext, hidden: str, normed: str, attn: str, prefix: str) -> str:
+    """h + attn(ln1 h) + mlp(ln2 h) (NeoX); GPT-J has no ln2 and feeds the MLP ln1 h."""
+    g = ctx.graph
+    if ctx.weights.has(f"{prefix}.post_layernorm.weight"):
+        normed = _norm(ctx, hidden, f"{prefix}.post_layernorm")
+    mlp = _mlp(ctx, normed, f"{prefix}.mlp")
+    branches = g.op("Add", [attn, mlp], f"{prefix}.branches")
+    return g.op("Add", [hidden, branches], f"{prefix}.out")
 
 
 def _lm_head(ctx: LoweringContext, x: str) -> str:
@@ -299,6 +408,8 @@ def _lm_head(ctx: LoweringContext, x: str) -> str:
     if ctx.weights.has("lm_head.weight"):
         rows = padded_vocab(model, layout.tp_size) // layout.tp_size
         local = lower_linear(ctx, LinearSite("lm_head", "column", model.hidden_size, rows), x)
+        if ctx.weights.has("lm_head.bias"):  # GPT-J's head has a bias (padded like the rows)
+            local = g.op("Add", [local, ctx.load("lm_head.bias")], "lm_head.biased")
     else:
         local = _tied_lm_head(ctx, x)
     logits = all_gather(ctx, local, padded_vocab(model, layout.tp_size), "logits.padded")

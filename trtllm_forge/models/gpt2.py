@@ -1,0 +1,88 @@
+"""GPT-2 (``GPT2LMHeadModel``): learned positions, LayerNorm, plain GELU MLP, Conv1D weights.
+
+Reference §3.3: every HF linear is a Conv1D stored ``[in, out]`` and is written
+transposed; ``c_attn`` is already ``[q; k; v]``; the head is tied to ``wte``.
+TensorRT-LLM's name for the architecture is ``GPTForCausalLM``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from trtllm_forge.models import gpt_common
+from trtllm_forge.models.base import Family, TensorPlan, TensorRule, model_dims, text_config
+
+CONVERTER_VERSION = 1
+
+# (TRT-LLM module inside a layer, HF module inside transformer.h.{i}, Conv1D?)
+_LAYER_MODULES: tuple[tuple[str, str, bool], ...] = (
+    ("input_layernorm", "ln_1", False),
+    ("attention.qkv", "attn.c_attn", True),
+    ("attention.dense", "attn.c_proj", True),
+    ("post_layernorm", "ln_2", False),
+    ("mlp.fc", "mlp.c_fc", True),
+    ("mlp.proj", "mlp.c_proj", True),
+)
+# Causal-mask buffers some transformers versions saved with the weights.
+_IGNORED = (re.compile(r"transformer\.h\.\d+\.attn\.(masked_)?bias"),)
+
+
+class Gpt2Family(Family):
+    name = "gpt2"
+    architectures = ("GPT2LMHeadModel",)
+    version = str(CONVERTER_VERSION)
+
+    def validate(self, hf_config: Mapping[str, Any]) -> None:
+        super().validate(hf_config)
+        cfg = text_config(hf_config)
+        gpt_common.reject_prequantized(cfg)
+        gpt_common.activation(cfg, "activation_function", default="gelu_new")
+        if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("reorder_and_upcast_attn"):
+            raise gpt_common.unsupported("scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn")
+        if cfg.get("scale_attn_weights") is False:
+            raise gpt_common.unsupported("scale_attn_weights = false")
+        if cfg.get("add_cross_attention"):
+            raise gpt_common.unsupported("cross attention")
+
+    def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
+        self.validate(hf_config)
+        cfg = text_config(hf_config)
+        config = gpt_common.base_config(
+            hf_config,
+            family=self.name,
+            trt_architecture="GPTForCausalLM",
+            dtype=dtype,
+            converter_version=CONVERTER_VERSION,
+            hidden_act=gpt_common.activation(cfg, "activation_function", default="gelu_new"),
+            norm_epsilon=float(cfg.get("layer_norm_epsilon", 1e-5)),
+            position_embedding_type="learned_absolute",
+            norm_type="layernorm",
+            mlp_type="plain",
+            parallel_residual=False,
+            tied=bool(cfg.get("tie_word_embeddings", True)),
+        )
+        config.update({"bias": True, "gpt_variant": "gpt2", "attn_bias": True, "mlp_bias": True})
+        return config
+
+    def tensor_plan(self, hf_config: Mapping[str, Any]) -> TensorPlan:
+        cfg = text_config(hf_config)
+        tied = bool(cfg.get("tie_word_embeddings", True))
+        rules = [
+            TensorRule("transformer.vocab_embedding.weight", ("transformer.wte.weight",)),
+            TensorRule("transformer.position_embedding.weight", ("transformer.wpe.weight",)),
+            TensorRule("transformer.ln_f.weight", ("transformer.ln_f.weight",)),
+            TensorRule("transformer.ln_f.bias", ("transformer.ln_f.bias",)),
+            TensorRule("lm_head.weight", ("transformer.wte.weight" if tied else "lm_head.weight",)),
+        ]
+        for i in range(model_dims(cfg)["num_hidden_layers"]):
+            for dst, src, conv1d in _LAYER_MODULES:
+                prefix, source = f"transformer.layers.{i}.{dst}", f"transformer.h.{i}.{src}"
+                fusion = "transpose" if conv1d else "identity"
+                rules.append(TensorRule(f"{prefix}.weight", (f"{source}.weight",), fusion))
+                rules.append(TensorRule(f"{prefix}.bias", (f"{source}.bias",)))
+        ignored: tuple[re.Pattern[str], ...] = _IGNORED
+        if tied:
+            ignored = (*ignored, re.compile(r"lm_head\.weight"))
+        return TensorPlan(rules=tuple(rules), ignored=ignored)
