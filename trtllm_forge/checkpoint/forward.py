@@ -271,6 +271,8 @@ class CheckpointForward:
         if self.config.get("position_embedding_type") == "learned_absolute":
             positions = torch.arange(input_ids.shape[1])
             h = h + self._required("transformer.position_embedding.weight")[positions]
+        if self.weight("transformer.ln_embed.weight") is not None:
+            h = self.norm("transformer.ln_embed", h)  # BLOOM's word_embeddings_layernorm
         return h
 
     @torch.no_grad()

@@ -1,0 +1,92 @@
+"""BLOOM (``BloomForCausalLM``): ALiBi, LayerNorm everywhere, an embedding LayerNorm.
+
+* No position table: attention scores get ``slope_h · (key - query)`` (ALiBi,
+  ``position_embedding_type: alibi``; slopes are computed, never stored).
+* The token embedding is normalized (``word_embeddings_layernorm``) before the
+  first layer: TRT-LLM's ``transformer.ln_embed``, held by the first PP rank.
+* The fused ``query_key_value`` rows are ``[heads, 3, d]`` (q, k, v per head) and
+  are re-ordered to contiguous q, k, v blocks (reference §3.2).
+* GELU is the tanh approximation; every linear has a bias; the head is tied.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from trtllm_forge.models import gpt_common
+from trtllm_forge.models.base import Family, TensorPlan, TensorRule, model_dims, text_config
+
+CONVERTER_VERSION = 1
+
+_LAYER_TABLE: tuple[tuple[str, str], ...] = (
+    ("input_layernorm", "input_layernorm"),
+    ("attention.dense", "self_attention.dense"),
+    ("post_layernorm", "post_attention_layernorm"),
+    ("mlp.fc", "mlp.dense_h_to_4h"),
+    ("mlp.proj", "mlp.dense_4h_to_h"),
+)
+
+
+class BloomFamily(Family):
+    name = "bloom"
+    architectures = ("BloomForCausalLM",)
+    version = str(CONVERTER_VERSION)
+
+    def validate(self, hf_config: Mapping[str, Any]) -> None:
+        super().validate(hf_config)
+        cfg = text_config(hf_config)
+        gpt_common.reject_prequantized(cfg)
+        if cfg.get("apply_residual_connection_post_layernorm"):
+            raise gpt_common.unsupported("apply_residual_connection_post_layernorm")
+
+    def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
+        self.validate(hf_config)
+        cfg = text_config(hf_config)
+        config = gpt_common.base_config(
+            hf_config,
+            family=self.name,
+            trt_architecture="BloomForCausalLM",
+            dtype=dtype,
+            converter_version=CONVERTER_VERSION,
+            hidden_act="gelu_pytorch_tanh",
+            norm_epsilon=float(cfg.get("layer_norm_epsilon", 1e-5)),
+            position_embedding_type="alibi",
+            norm_type="layernorm",
+            mlp_type="plain",
+            parallel_residual=False,
+            tied=bool(cfg.get("tie_word_embeddings", True)),
+        )
+        config.update({"bias": True, "attn_bias": True, "mlp_bias": True})
+        config["forge"]["embedding_layernorm"] = True
+        return config
+
+    def tensor_plan(self, hf_config: Mapping[str, Any]) -> TensorPlan:
+        cfg = text_config(hf_config)
+        dims = model_dims(cfg)
+        tied = bool(cfg.get("tie_word_embeddings", True))
+        embed = "transformer.word_embeddings.weight"
+        rules = [
+            TensorRule("transformer.vocab_embedding.weight", (embed,)),
+            TensorRule("lm_head.weight", (embed if tied else "lm_head.weight",)),
+        ]
+        for dst, src in (
+            ("transformer.ln_embed", "transformer.word_embeddings_layernorm"),
+            ("transformer.ln_f", "transformer.ln_f"),
+        ):
+            rules.extend(TensorRule(f"{dst}.{p}", (f"{src}.{p}",)) for p in ("weight", "bias"))
+        for i in range(dims["num_hidden_layers"]):
+            src, dst = f"transformer.h.{i}.", f"transformer.layers.{i}."
+            for p in ("weight", "bias"):
+                rules.append(
+                    TensorRule(
+                        f"{dst}attention.qkv.{p}",
+                        (f"{src}self_attention.query_key_value.{p}",),
+                        "qkv_interleaved",
+                        heads=dims["num_attention_heads"],
+                    )
+                )
+                rules.extend(TensorRule(f"{dst}{t}.{p}", (f"{src}{s}.{p}",)) for t, s in _LAYER_TABLE)
+        ignored = (re.compile(r"lm_head\.weight"),) if tied else ()
+        return TensorPlan(rules=tuple(rules), ignored=ignored)
