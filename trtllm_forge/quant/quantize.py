@@ -158,7 +158,23 @@ def load_hf_model(hf_dir: Path) -> nn.Module:
         ) from None
     module = cast(nn.Module, model)
     module.train(False)
+    _conv1d_as_linear(module)
     return module
+
+
+def _conv1d_as_linear(model: nn.Module) -> None:
+    """Swap HF ``Conv1D`` layers (GPT-2: weight stored [in, out]) for equivalent nn.Linear,
+    so every method reads ``weight`` as [out, in] like the checkpoint stores it."""
+    from transformers.pytorch_utils import Conv1D
+
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1])
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    linear.bias.copy_(child.bias)
+                setattr(parent, child_name, linear)
 
 
 def _forge_info(

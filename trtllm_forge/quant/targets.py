@@ -18,6 +18,7 @@ from typing import Any
 
 from trtllm_forge.checkpoint.layout import parse_name
 from trtllm_forge.errors import recipe_error
+from trtllm_forge.models.base import TensorRule
 from trtllm_forge.models.registry import family_for
 
 # Modules never quantized (TensorRT-LLM's own default exclusions for dense decoders).
@@ -44,6 +45,12 @@ class LinearTarget:
     sources: tuple[str, ...]
     layer: int
     kind: str  # module name inside the layer, e.g. "attention.qkv"
+    # The family's rule for the weight: a rule that reorders rows (GPT-NeoX fused QKV)
+    # must reorder the quantized rows and per-channel ranges the same way.
+    rule: TensorRule | None = None
+
+    def row_order(self, rows: int) -> list[int] | None:
+        return None if self.rule is None else self.rule.row_order(rows)
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,9 @@ def linear_targets(hf_config: Mapping[str, Any]) -> list[LinearTarget]:
             continue
         sources = tuple(s.removesuffix(".weight") for s in rule.sources)
         targets.append(
-            LinearTarget(rule.target.removesuffix(".weight"), sources, parsed.layer, parsed.module)
+            LinearTarget(
+                rule.target.removesuffix(".weight"), sources, parsed.layer, parsed.module, rule
+            )
         )
     return targets
 

@@ -12,7 +12,7 @@ recording how it was made.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.quant import formats
 from trtllm_forge.quant.params import KV_CACHE_ALGOS, MethodParams
 from trtllm_forge.quant.result import LinearQuant, QuantResult, concat, share_input
-from trtllm_forge.quant.targets import INPUT_NORM, SHARED_INPUT_GROUPS, TargetPlan
+from trtllm_forge.quant.targets import INPUT_NORM, SHARED_INPUT_GROUPS, LinearTarget, TargetPlan
 
 _NO_PROGRESS = NullProgress()
 
@@ -66,7 +66,7 @@ def _fused_linears(
 ) -> dict[str, LinearQuant]:
     """TensorRT-LLM module → its fused record, with input groups reconciled."""
     fused = {
-        t.module: concat(share_input([result.linears[s] for s in t.sources]))
+        t.module: reorder_rows(concat(share_input([result.linears[s] for s in t.sources])), t)
         for t in plan.quantized
     }
     if spec.quant_algo in formats.SHARE_INPUT_GROUPS:
@@ -74,6 +74,16 @@ def _fused_linears(
             for module, lq in zip(group, share_input([fused[m] for m in group]), strict=True):
                 fused[module] = lq
     return fused
+
+
+def reorder_rows(lq: LinearQuant, target: LinearTarget) -> LinearQuant:
+    """Apply the family rule's row order (e.g. NeoX [heads, 3, d] QKV) to a fused record."""
+    order = target.row_order(int(lq.weight.shape[0]))
+    if order is None:
+        return lq
+    index = torch.tensor(order)
+    amax = lq.weight_amax if lq.weight_amax.dim() == 0 else lq.weight_amax[index]
+    return replace(lq, weight=lq.weight[index], weight_amax=amax)
 
 
 def _input_groups(plan: TargetPlan) -> list[list[str]]:

@@ -1,0 +1,152 @@
+"""GPT-2, GPT-NeoX, GPTBigCode, GPT-J and Gemma end to end on tiny random models.
+
+Per family: the converted tensors are the HF tensors (transposed / re-ordered where
+the layout says so), the float32 reference forward equals transformers, the ORT
+engine's greedy tokens equal transformers' (8 prompts × 32 tokens), TP=2 and PP=2
+engines equal TP=1, and int8_wo / fp8 quantized checkpoints verify with the Llama
+tolerances of tests/test_quant_methods.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from tests.engine_support import random_prompts, random_texts, rel_diff, tiny_engine
+from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+from trtllm_forge.checkpoint.forward import CheckpointForward
+from trtllm_forge.checkpoint.io import CheckpointReader, read_config
+from trtllm_forge.engine.runtime import load_engine
+from trtllm_forge.engine.verify import load_reference, reference_greedy, reference_logits
+from trtllm_forge.quant.calibration import CalibrationSpec
+from trtllm_forge.quant.fakequant import FakeQuantForward, dequantized_weight
+from trtllm_forge.quant.quantize import load_hf_model, quantize_checkpoint
+from trtllm_forge.quant.targets import linear_targets
+
+FAMILIES = ["gpt2"]
+PROMPTS = random_prompts(8)
+TEXT = random_texts(1)[0]
+NEW_TOKENS = 32
+
+
+def _hf_tensors(hf: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(hf / "model.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k).float() for k in f.keys()}
+
+
+def _neox_qkv(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """[heads, 3, d, ...] rows -> [3, heads, d, ...] rows (written out independently of the rule)."""
+    return w.reshape(heads, 3, -1, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
+
+
+# (TRT-LLM tensor, how to compute it from the HF tensors) spot checks per family.
+EXPECTED: dict[str, dict[str, Any]] = {
+    "gpt2": {
+        "transformer.vocab_embedding.weight": lambda t: t["transformer.wte.weight"],
+        "transformer.position_embedding.weight": lambda t: t["transformer.wpe.weight"],
+        "lm_head.weight": lambda t: t["transformer.wte.weight"],
+        "transformer.layers.1.attention.qkv.weight": lambda t: t["transformer.h.1.attn.c_attn.weight"].T,
+        "transformer.layers.1.attention.qkv.bias": lambda t: t["transformer.h.1.attn.c_attn.bias"],
+        "transformer.layers.0.attention.dense.weight": lambda t: t["transformer.h.0.attn.c_proj.weight"].T,
+        "transformer.layers.0.mlp.fc.weight": lambda t: t["transformer.h.0.mlp.c_fc.weight"].T,
+        "transformer.layers.0.mlp.proj.bias": lambda t: t["transformer.h.0.mlp.c_proj.bias"],
+        "transformer.layers.0.post_layernorm.bias": lambda t: t["transformer.h.0.ln_2.bias"],
+        "transformer.ln_f.weight": lambda t: t["transformer.ln_f.weight"],
+    },
+}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    arch = str(request.param)
+    root = tmp_path_factory.mktemp(arch)
+    build = tiny_engine(root, arch)
+    return {"arch": arch, "root": root, "hf": build.hf, "engine": build.engine,
+            "canonical": root / "ckpt-float32"}
+
+
+def test_converted_tensors_are_the_hf_tensors(family: dict[str, Any]) -> None:
+    hf = _hf_tensors(family["hf"])
+    with CheckpointReader(family["canonical"]) as reader:
+        for name, expected in EXPECTED[family["arch"]].items():
+            assert torch.equal(reader.get(name).float(), expected(hf).contiguous()), name
+
+
+def test_reference_forward_matches_transformers(family: dict[str, Any]) -> None:
+    ids = torch.randint(3, 250, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = load_hf_model(family["hf"])(input_ids=ids).logits
+    forward = CheckpointForward(family["canonical"])
+    try:
+        got = forward.logits(ids)
+    finally:
+        forward.close()
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+
+
+def test_engine_greedy_matches_transformers(family: dict[str, Any]) -> None:
+    engine, reference = load_engine(family["engine"]), load_reference(family["hf"])
+    assert engine.generate(PROMPTS, NEW_TOKENS) == [
+        reference_greedy(reference, p, NEW_TOKENS) for p in PROMPTS
+    ]
+    assert rel_diff(reference_logits(reference, TEXT, 128), engine.score(TEXT)) < 1e-4
+
+
+@pytest.mark.parametrize(("tp", "pp"), [(2, 1), (1, 2)])
+def test_parallel_engine_matches_tp1(family: dict[str, Any], tp: int, pp: int) -> None:
+    single = load_engine(family["engine"])
+    parallel = load_engine(tiny_engine(family["root"], family["arch"], tp=tp, pp=pp).engine)
+    assert (parallel.tp_size, parallel.pp_size) == (tp, pp)
+    assert parallel.generate(PROMPTS, NEW_TOKENS) == single.generate(PROMPTS, NEW_TOKENS)
+    assert rel_diff(single.score(TEXT), parallel.score(TEXT)) < 1e-5
+
+
+# The Llama tolerances of tests/test_quant_methods.py (weights, fake-quant logits, ORT).
+QUANT = {"int8_wo": (0.01, 0.05), "fp8": (0.05, 0.2)}
+ORT_TOL = 1e-4
+
+
+@pytest.mark.parametrize("method", list(QUANT))
+def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
+    from tests.test_quant_methods import _ort_logits
+
+    root, hf = family["root"], family["hf"]
+    out = root / f"q_{method}"
+    if not out.exists():
+        convert_hf_checkpoint(hf, root / "canonical-f16", dtype="float16")
+        quantize_checkpoint(
+            hf_dir=hf,
+            canonical_dir=root / "canonical-f16",
+            out_dir=out,
+            method=method,
+            calibration=torch.randint(3, 250, (8, 32), generator=torch.Generator().manual_seed(0)),
+        )
+    weight_tol, logit_tol = QUANT[method]
+    hf_config = json.loads((hf / "config.json").read_text())
+    targets = linear_targets(hf_config)
+    with CheckpointReader(out) as reader, CheckpointReader(root / "canonical-f16") as base:
+        assert read_config(out)["quantization"]["quant_algo"] == {"int8_wo": "W8A16", "fp8": "FP8"}[method]
+        for target in targets:
+            original = base.get(f"{target.module}.weight").float()
+            effective = dequantized_weight(reader, target.module)
+            assert effective is not None, target.module
+            rel = float((effective - original).norm() / original.norm())
+            assert rel < weight_tol, (target.module, rel)
+    ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        float_logits = load_hf_model(hf)(input_ids=ids).logits
+    fake = FakeQuantForward(out)
+    try:
+        fake_logits = fake.logits(ids)
+    finally:
+        fake.close()
+    rel = float((fake_logits - float_logits).norm() / float_logits.norm())
+    assert 0 < rel < logit_tol
+    got = _ort_logits(out, root / f"onnx_{method}", ids)
+    assert float(np.linalg.norm(got - fake_logits.numpy()) / np.linalg.norm(fake_logits.numpy())) < ORT_TOL
