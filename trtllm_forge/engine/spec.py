@@ -25,8 +25,10 @@ SUPPORTED_ARCHITECTURES = (
     "GPTJForCausalLM",
     "GemmaForCausalLM",
 )
+SUPPORTED_ARCHITECTURES += ("FalconForCausalLM", "BloomForCausalLM", "MPTForCausalLM")  # families-B
 # Position encodings the lowering implements (families-A: learned_absolute, rope_gptj).
 SUPPORTED_POSITION_EMBEDDINGS = ("rope_gpt_neox", "rope_gptj", "learned_absolute")
+SUPPORTED_POSITION_EMBEDDINGS += ("alibi",)  # families-B: BLOOM, MPT
 _LAYER_RE = re.compile(r"^transformer\.layers\.(\d+)\.")
 
 
@@ -61,6 +63,7 @@ class ModelSpec:
     mlp_type: str = "gated"  # or "plain": proj(act(fc(x)))
     parallel_residual: bool = False  # h + attn(ln1 h) + mlp(ln2 h), NeoX / GPT-J
     embedding_multiplier: float = 1.0  # token embedding scale (Gemma: sqrt(hidden))
+    alibi_bias_max: float = 8.0  # ALiBi slope exponent cap (MPT's alibi_bias_max; BLOOM 8)
 
     @property
     def quant_algo(self) -> str | None:
@@ -194,6 +197,7 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
         mlp_type=str(forge.get("mlp_type", "gated")),
         parallel_residual=bool(forge.get("parallel_residual", False)),
         embedding_multiplier=float(config.get("embedding_multiplier") or 1.0),
+        alibi_bias_max=float(config.get("alibi_bias_max") or 8.0),
     )
 
 

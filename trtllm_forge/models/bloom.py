@@ -87,6 +87,8 @@ class BloomFamily(Family):
                         heads=dims["num_attention_heads"],
                     )
                 )
-                rules.extend(TensorRule(f"{dst}{t}.{p}", (f"{src}{s}.{p}",)) for t, s in _LAYER_TABLE)
+                rules.extend(
+                    TensorRule(f"{dst}{t}.{p}", (f"{src}{s}.{p}",)) for t, s in _LAYER_TABLE
+                )
         ignored = (re.compile(r"lm_head\.weight"),) if tied else ()
         return TensorPlan(rules=tuple(rules), ignored=ignored)

@@ -62,7 +62,9 @@ class FalconFamily(Family):
         gpt_common.reject_prequantized(cfg)
         gpt_common.activation(cfg, "activation", default="gelu")
         if cfg.get("alibi"):
-            raise gpt_common.unsupported("Falcon with alibi (Falcon-RW scales ALiBi with the scores)")
+            raise gpt_common.unsupported(
+                "Falcon with alibi (Falcon-RW scales ALiBi with the scores)"
+            )
         if cfg.get("new_decoder_architecture") and cfg.get("parallel_attn") is False:
             raise gpt_common.unsupported("new_decoder_architecture without parallel_attn")
         if cfg.get("num_ln_in_parallel_attn") not in (None, 1, 2):
@@ -71,7 +73,9 @@ class FalconFamily(Family):
             )
         heads = int(cfg["num_attention_heads"])
         if heads % kv_heads(cfg):
-            raise gpt_common.unsupported(f"{heads} heads not a multiple of {kv_heads(cfg)} KV heads")
+            raise gpt_common.unsupported(
+                f"{heads} heads not a multiple of {kv_heads(cfg)} KV heads"
+            )
         rope_settings(cfg)
 
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
@@ -115,11 +119,14 @@ class FalconFamily(Family):
         cfg = text_config(hf_config)
         tied = bool(cfg.get("tie_word_embeddings", True))
         rules = [
-            TensorRule("transformer.vocab_embedding.weight", ("transformer.word_embeddings.weight",)),
+            TensorRule(
+                "transformer.vocab_embedding.weight", ("transformer.word_embeddings.weight",)
+            ),
             TensorRule("transformer.ln_f.weight", ("transformer.ln_f.weight",)),
             TensorRule("transformer.ln_f.bias", ("transformer.ln_f.bias",)),
             TensorRule(
-                "lm_head.weight", ("transformer.word_embeddings.weight" if tied else "lm_head.weight",)
+                "lm_head.weight",
+                ("transformer.word_embeddings.weight" if tied else "lm_head.weight",),
             ),
         ]
         for i in range(int(cfg["num_hidden_layers"])):

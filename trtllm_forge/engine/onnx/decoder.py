@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from onnx import TensorProto
 
+from trtllm_forge.checkpoint.forward import alibi_slopes
 from trtllm_forge.engine.onnx.collectives import all_gather, all_reduce
 from trtllm_forge.engine.onnx.context import LoweringContext
 from trtllm_forge.engine.onnx.linear import LinearSite, lower_kv_cache, lower_linear
@@ -65,8 +66,11 @@ def build_decoder(ctx: LoweringContext) -> None:
     }
     cos, sin = _rope_tables(ctx, positions)
     allowed = _attention_allowed(ctx, mask, positions)
+    alibi = _alibi_bias(ctx, mask, positions) if model.position_embedding_type == "alibi" else None
     for local, layer in enumerate(layout.layers):
-        hidden = _decoder_layer(ctx, hidden, local, layer, pasts[layer], cos, sin, allowed)
+        hidden = _decoder_layer(
+            ctx, hidden, local, layer, pasts[layer], cos, sin, allowed, alibi=alibi
+        )
     if layout.is_last_stage:
         logits = _lm_head(ctx, _norm(ctx, hidden, "transformer.ln_f"))
         g.add_output(logits, LOGITS, FLOAT, ["batch", "seq", model.vocab_size])
@@ -111,6 +115,8 @@ def _position_embedding(ctx: LoweringContext, hidden: str, positions: str) -> st
 
 def _embedding(ctx: LoweringContext, ids: str) -> str:
     looked_up = _token_embedding(ctx, ids)
+    if ctx.weights.has("transformer.ln_embed.weight"):  # BLOOM's word_embeddings_layernorm
+        looked_up = _norm(ctx, looked_up, "transformer.ln_embed")
     multiplier = ctx.model.embedding_multiplier
     if multiplier == 1.0:
         return looked_up
@@ -213,6 +219,35 @@ def _attention_allowed(ctx: LoweringContext, mask: str, positions: str) -> str:
     return g.op("Unsqueeze", [allowed, g.i64(1, 2)], "mask.allowed5")
 
 
+def _alibi_bias(ctx: LoweringContext, mask: str, positions: str) -> str:
+    """float [1, kv, rep, seq, total_seq]: ``slope_h · (key slot - query slot)`` for this
+    rank's query heads (ALiBi). Slots, not positions: left padding shifts a row's keys and
+    queries alike, and softmax ignores a per-row constant."""
+    g, model, layout = ctx.graph, ctx.model, ctx.layout
+    q_heads, kv_heads = heads_per_rank(model, layout.tp_size)
+    slopes = alibi_slopes(model.num_heads, model.alibi_bias_max)
+    local = slopes[layout.tp_rank * q_heads : (layout.tp_rank + 1) * q_heads]
+    local_slopes = g.const(
+        local.numpy().reshape(1, kv_heads, q_heads // kv_heads, 1, 1), np.float32, "alibi.slopes"
+    )
+
+    def length(value: str, hint: str) -> str:
+        dim = g.op("Shape", [value], f"{hint}.shape", start=1, end=2)
+        return g.op("Squeeze", [dim, g.i64(0)], hint)
+
+    total, seq = length(mask, "alibi.total_len"), length(positions, "alibi.seq_len")
+    one, zero = g.const(1, np.int64), g.const(0, np.int64)
+    past = g.op("Sub", [total, seq], "alibi.past_len")
+    queries = g.op(
+        "Unsqueeze", [g.op("Range", [past, total, one], "alibi.query_slots"), g.i64(1)], "alibi.q"
+    )
+    keys = g.op(
+        "Unsqueeze", [g.op("Range", [zero, total, one], "alibi.key_slots"), g.i64(0)], "alibi.k"
+    )
+    distance = g.op("Cast", [g.op("Sub", [keys, queries], "alibi.dist_i")], "alibi.dist", to=FLOAT)
+    return g.op("Mul", [local_slopes, distance], "alibi.bias")
+
+
 def _linear(ctx: LoweringContext, x: str, module: str, parallel: str, n_in: int, n_out: int) -> str:
     """Linear with TP semantics: column adds its bias; row all-reduces, then adds the full bias."""
     g = ctx.graph
@@ -287,6 +322,8 @@ def _attention(
     cos: str,
     sin: str,
     allowed: str,
+    *,
+    alibi: str | None = None,
 ) -> str:
     g, model = ctx.graph, ctx.model
     q_heads, kv_heads = heads_per_rank(model, ctx.layout.tp_size)
@@ -322,6 +359,8 @@ def _attention(
         f"{prefix}.keys_t5",
     )
     scores = g.op("MatMul", [grouped, keys_t], f"{prefix}.scores")
+    if alibi is not None:
+        scores = g.op("Add", [scores, alibi], f"{prefix}.scores_alibi")
     scores = g.op("Where", [allowed, scores, g.scalar(MASKED_SCORE)], f"{prefix}.scores_masked")
     probs = g.op("Softmax", [scores], f"{prefix}.probs", axis=-1)
     values5 = g.op("Unsqueeze", [values, g.i64(2)], f"{prefix}.values5")
@@ -381,11 +420,15 @@ def _decoder_layer(
     cos: str,
     sin: str,
     allowed: str,
+    *,
+    alibi: str | None = None,
 ) -> str:
     g = ctx.graph
     prefix = f"transformer.layers.{local}"
     normed = _norm(ctx, hidden, f"{prefix}.input_layernorm")
-    attn = _attention(ctx, normed, f"{prefix}.attention", layer, past, cos, sin, allowed)
+    attn = _attention(
+        ctx, normed, f"{prefix}.attention", layer, past, cos, sin, allowed, alibi=alibi
+    )
     if ctx.model.parallel_residual:
         return _parallel_residual(ctx, hidden, normed, attn, prefix)
     hidden = g.op("Add", [hidden, attn], f"{prefix}.attn_residual")
@@ -398,6 +441,8 @@ def _parallel_residual(ctx: LoweringContext, hidden: str, normed: str, attn: str
     g = ctx.graph
     if ctx.weights.has(f"{prefix}.post_layernorm.weight"):
         normed = _norm(ctx, hidden, f"{prefix}.post_layernorm")
+    elif ctx.weights.has(f"{prefix}.mlp_layernorm.weight"):  # Falcon new decoder (ln_mlp)
+        normed = _norm(ctx, hidden, f"{prefix}.mlp_layernorm")
     mlp = _mlp(ctx, normed, f"{prefix}.mlp")
     branches = g.op("Add", [attn, mlp], f"{prefix}.branches")
     return g.op("Add", [hidden, branches], f"{prefix}.out")
