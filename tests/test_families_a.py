@@ -29,7 +29,7 @@ from trtllm_forge.quant.fakequant import FakeQuantForward, dequantized_weight
 from trtllm_forge.quant.quantize import load_hf_model, quantize_checkpoint
 from trtllm_forge.quant.targets import linear_targets
 
-FAMILIES = ["gpt2"]
+FAMILIES = ["gpt2", "gpt_neox"]
 PROMPTS = random_prompts(8)
 TEXT = random_texts(1)[0]
 NEW_TOKENS = 32
@@ -59,7 +59,36 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "transformer.layers.0.post_layernorm.bias": lambda t: t["transformer.h.0.ln_2.bias"],
         "transformer.ln_f.weight": lambda t: t["transformer.ln_f.weight"],
     },
+    "gpt_neox": {
+        "transformer.vocab_embedding.weight": lambda t: t["gpt_neox.embed_in.weight"],
+        "lm_head.weight": lambda t: t["embed_out.weight"],
+        "transformer.layers.1.attention.qkv.weight": lambda t: _neox_qkv(
+            t["gpt_neox.layers.1.attention.query_key_value.weight"], 4
+        ),
+        "transformer.layers.1.attention.qkv.bias": lambda t: _neox_qkv(
+            t["gpt_neox.layers.1.attention.query_key_value.bias"], 4
+        ),
+        "transformer.layers.0.attention.dense.bias": lambda t: t["gpt_neox.layers.0.attention.dense.bias"],
+        "transformer.layers.0.mlp.fc.weight": lambda t: t["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"],
+        "transformer.layers.0.mlp.proj.weight": lambda t: t["gpt_neox.layers.0.mlp.dense_4h_to_h.weight"],
+        "transformer.layers.0.post_layernorm.weight": lambda t: t[
+            "gpt_neox.layers.0.post_attention_layernorm.weight"
+        ],
+        "transformer.ln_f.bias": lambda t: t["gpt_neox.final_layer_norm.bias"],
+    },
 }
+
+
+def test_tiny_configs_exercise_the_features(family: dict[str, Any]) -> None:
+    """The tiny models really use the feature each family is here for."""
+    config = read_config(family["canonical"])
+    features = {
+        "gpt2": {"position_embedding_type": "learned_absolute", "hidden_act": "gelu_new"},
+        "gpt_neox": {"rotary_embedding_dim": 8, "hidden_act": "gelu"},
+    }[family["arch"]]
+    assert {k: config[k] for k in features} == features
+    if family["arch"] == "gpt_neox":
+        assert config["forge"]["parallel_residual"] is True
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -36,7 +36,10 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "gpt2": {"num_key_value_heads": None, "n_inner": 128, "intermediate_size": None},
     "gpt_bigcode": {"num_key_value_heads": None, "n_inner": 128, "intermediate_size": None},
     "gptj": {"num_key_value_heads": None, "n_inner": 128, "intermediate_size": None, "rotary_dim": 8},
-    "gpt_neox": {"num_key_value_heads": None, "partial_rotary_factor": 0.5},
+    "gpt_neox": {
+        "num_key_value_heads": None,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    },
     "gemma": {"head_dim": 16},
     # Falcon defaults to the old decoder (Falcon-7B: MQA, parallel attention, no biases);
     # new_decoder_architecture=True uses num_kv_heads (GQA) and two layernorms.
