@@ -122,9 +122,39 @@ def calibrate(
             for ids in batches:
                 decoder(m)(input_ids=ids)
 
-    with quiet(progress):
+    with quiet(progress), _tolerant_model_plugins():
         quantized: nn.Module = module.quantize(model, config, forward_loop)
     return quantized
+
+
+@contextlib.contextmanager
+def _tolerant_model_plugins() -> Iterator[None]:
+    """Let a failing ModelOpt on-the-fly model plugin skip its registration, not the run.
+
+    ModelOpt 0.47 registers HF attention classes for its KV-cache BMM quantizers
+    (which forge never enables: every quantizer but the targets' is disabled) by
+    parsing their source, and raises IndexError on BLOOM's ``baddbmm`` attention.
+    """
+    from modelopt.torch.quantization.plugins import custom  # type: ignore[import-untyped]
+
+    original = set(custom.CUSTOM_MODEL_PLUGINS)
+
+    def tolerant(plugin: Any) -> Any:
+        def run(model: nn.Module) -> None:
+            try:
+                plugin(model)
+            except IndexError as exc:
+                warnings.warn(f"skipped {getattr(plugin, '__name__', plugin)}: {exc!r}", stacklevel=1)
+
+        return run
+
+    custom.CUSTOM_MODEL_PLUGINS.clear()
+    custom.CUSTOM_MODEL_PLUGINS.update(tolerant(plugin) for plugin in original)
+    try:
+        yield
+    finally:
+        custom.CUSTOM_MODEL_PLUGINS.clear()
+        custom.CUSTOM_MODEL_PLUGINS.update(original)
 
 
 def _weight_amax(linear: Any) -> torch.Tensor:
