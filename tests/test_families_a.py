@@ -29,7 +29,7 @@ from trtllm_forge.quant.fakequant import FakeQuantForward, dequantized_weight
 from trtllm_forge.quant.quantize import load_hf_model, quantize_checkpoint
 from trtllm_forge.quant.targets import linear_targets
 
-FAMILIES = ["gpt2", "gpt_neox"]
+FAMILIES = ["gpt2", "gpt_neox", "gpt_bigcode"]
 PROMPTS = random_prompts(8)
 TEXT = random_texts(1)[0]
 NEW_TOKENS = 32
@@ -76,6 +76,15 @@ EXPECTED: dict[str, dict[str, Any]] = {
         ],
         "transformer.ln_f.bias": lambda t: t["gpt_neox.final_layer_norm.bias"],
     },
+    "gpt_bigcode": {
+        "transformer.position_embedding.weight": lambda t: t["transformer.wpe.weight"],
+        "lm_head.weight": lambda t: t["transformer.wte.weight"],
+        # Multi-query c_attn is already [q; k; v] in nn.Linear layout: copied as is.
+        "transformer.layers.1.attention.qkv.weight": lambda t: t["transformer.h.1.attn.c_attn.weight"],
+        "transformer.layers.1.attention.qkv.bias": lambda t: t["transformer.h.1.attn.c_attn.bias"],
+        "transformer.layers.0.mlp.fc.weight": lambda t: t["transformer.h.0.mlp.c_fc.weight"],
+        "transformer.layers.0.mlp.proj.bias": lambda t: t["transformer.h.0.mlp.c_proj.bias"],
+    },
 }
 
 
@@ -85,6 +94,7 @@ def test_tiny_configs_exercise_the_features(family: dict[str, Any]) -> None:
     features = {
         "gpt2": {"position_embedding_type": "learned_absolute", "hidden_act": "gelu_new"},
         "gpt_neox": {"rotary_embedding_dim": 8, "hidden_act": "gelu"},
+        "gpt_bigcode": {"num_key_value_heads": 1, "hidden_act": "gelu_pytorch_tanh"},
     }[family["arch"]]
     assert {k: config[k] for k in features} == features
     if family["arch"] == "gpt_neox":
@@ -108,15 +118,7 @@ def test_converted_tensors_are_the_hf_tensors(family: dict[str, Any]) -> None:
 
 
 def test_reference_forward_matches_transformers(family: dict[str, Any]) -> None:
-    ids = torch.randint(3, 250, (2, 24), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        want = load_hf_model(family["hf"])(input_ids=ids).logits
-    forward = CheckpointForward(family["canonical"])
-    try:
-        got = forward.logits(ids)
-    finally:
-        forward.close()
-    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+    assert _forward_rel_diff(family["hf"], family["canonical"]) < 1e-5
 
 
 def test_engine_greedy_matches_transformers(family: dict[str, Any]) -> None:
@@ -179,3 +181,24 @@ def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
     assert 0 < rel < logit_tol
     got = _ort_logits(out, root / f"onnx_{method}", ids)
     assert float(np.linalg.norm(got - fake_logits.numpy()) / np.linalg.norm(fake_logits.numpy())) < ORT_TOL
+
+
+def _forward_rel_diff(hf: Path, ckpt: Path) -> float:
+    ids = torch.randint(3, 250, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = load_hf_model(hf)(input_ids=ids).logits
+    forward = CheckpointForward(ckpt)
+    try:
+        got = forward.logits(ids)
+    finally:
+        forward.close()
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def test_bigcode_without_multi_query_is_reordered_per_head(tmp_path: Path) -> None:
+    from tests.tinymodels import make_tiny_hf
+
+    hf = make_tiny_hf("gpt_bigcode", tmp_path / "hf", multi_query=False)
+    convert_hf_checkpoint(hf, tmp_path / "ckpt", dtype="float32")
+    assert read_config(tmp_path / "ckpt")["num_key_value_heads"] == 4
+    assert _forward_rel_diff(hf, tmp_path / "ckpt") < 1e-5

@@ -222,6 +222,13 @@ def text_config(hf_config: Mapping[str, Any]) -> Mapping[str, Any]:
         for old, common in _KEY_ALIASES.items()
         if cfg.get(old) is not None and common not in cfg
     }
+    if "multi_query" in cfg:
+        # GPTBigCode's modeling code derives KV heads from multi_query alone (the saved
+        # num_key_value_heads can be stale), so forge does too.
+        heads = cfg.get("n_head", cfg.get("num_attention_heads"))
+        kv = 1 if cfg["multi_query"] else heads
+        if cfg.get("num_key_value_heads") != kv:
+            aliased["num_key_value_heads"] = kv
     return {**cfg, **aliased} if aliased else cfg
 
 

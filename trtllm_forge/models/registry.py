@@ -20,6 +20,7 @@ from trtllm_forge.models.base import Family
 from trtllm_forge.models.bloom import BloomFamily
 from trtllm_forge.models.falcon import FalconFamily
 from trtllm_forge.models.gpt2 import Gpt2Family
+from trtllm_forge.models.gpt_bigcode import GptBigCodeFamily
 from trtllm_forge.models.gpt_neox import GptNeoxFamily
 from trtllm_forge.models.llama import LlamaFamily
 from trtllm_forge.models.mpt import MptFamily
@@ -108,6 +109,7 @@ REGISTRY.register(BloomFamily())
 REGISTRY.register(MptFamily())
 REGISTRY.register(Gpt2Family())
 REGISTRY.register(GptNeoxFamily())
+REGISTRY.register(GptBigCodeFamily())
 
 
 def family_for(hf_config: Mapping[str, Any], registry: FamilyRegistry = REGISTRY) -> Family:
