@@ -258,3 +258,18 @@ def test_quantized_family_verifies(tmp_path: Path, name: str, method: str) -> No
     got = _ort_logits(out, tmp_path / "onnx", ids)
     assert float(np.linalg.norm(got - want.numpy()) / np.linalg.norm(want.numpy())) < 1e-4
     assert _config(out)["quantization"]["quant_algo"] == {"int8_wo": "W8A16", "fp8": "FP8"}[method]
+
+
+@pytest.mark.slow  # one CLI subprocess per recipe: ~25 s each on 2 cores
+@pytest.mark.parametrize("family", ["falcon", "bloom", "mpt"])
+def test_tiny_recipe_builds_and_verifies(tmp_path: Path, family: str) -> None:
+    """recipes/tiny-<family>.yaml through the real CLI (model made as make_models.py does)."""
+    from tests.helpers import forge
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    make_tiny_hf(family, tmp_path / "tiny" / family, with_tokenizer=True)
+    recipe = tmp_path / f"tiny-{family}.yaml"
+    recipe.write_text((root / f"tiny-{family}.yaml").read_text())
+    run = forge("build", str(recipe))
+    assert run.code == 0, run.err[-2000:]
+    assert "token_agreement" in run.out

@@ -17,9 +17,12 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from tests.tinymodels import make_tiny_hf  # noqa: E402
 
+# Tiny models of the other families (families-B: recipes/tiny-{falcon,bloom,mpt}.yaml).
+FAMILY_ARCHES = ("falcon", "bloom", "mpt")
+
 
 def main() -> None:
-    for arch in ("llama", "mistral", "qwen2"):
+    for arch in ("llama", "mistral", "qwen2", *FAMILY_ARCHES):
         out = HERE / arch
         if (out / "config.json").exists():
             print(f"{out} exists")
