@@ -29,7 +29,7 @@ from trtllm_forge.quant.fakequant import FakeQuantForward, dequantized_weight
 from trtllm_forge.quant.quantize import load_hf_model, quantize_checkpoint
 from trtllm_forge.quant.targets import linear_targets
 
-FAMILIES = ["gpt2", "gpt_neox", "gpt_bigcode"]
+FAMILIES = ["gpt2", "gpt_neox", "gpt_bigcode", "gptj"]
 PROMPTS = random_prompts(8)
 TEXT = random_texts(1)[0]
 NEW_TOKENS = 32
@@ -85,6 +85,17 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "transformer.layers.0.mlp.fc.weight": lambda t: t["transformer.h.0.mlp.c_fc.weight"],
         "transformer.layers.0.mlp.proj.bias": lambda t: t["transformer.h.0.mlp.c_proj.bias"],
     },
+    "gptj": {
+        "lm_head.weight": lambda t: t["lm_head.weight"],
+        "lm_head.bias": lambda t: t["lm_head.bias"],
+        "transformer.layers.1.attention.qkv.weight": lambda t: torch.cat(
+            [t[f"transformer.h.1.attn.{p}_proj.weight"] for p in "qkv"]
+        ),
+        "transformer.layers.0.attention.dense.weight": lambda t: t["transformer.h.0.attn.out_proj.weight"],
+        "transformer.layers.0.input_layernorm.bias": lambda t: t["transformer.h.0.ln_1.bias"],
+        "transformer.layers.0.mlp.fc.bias": lambda t: t["transformer.h.0.mlp.fc_in.bias"],
+        "transformer.layers.0.mlp.proj.weight": lambda t: t["transformer.h.0.mlp.fc_out.weight"],
+    },
 }
 
 
@@ -95,9 +106,10 @@ def test_tiny_configs_exercise_the_features(family: dict[str, Any]) -> None:
         "gpt2": {"position_embedding_type": "learned_absolute", "hidden_act": "gelu_new"},
         "gpt_neox": {"rotary_embedding_dim": 8, "hidden_act": "gelu"},
         "gpt_bigcode": {"num_key_value_heads": 1, "hidden_act": "gelu_pytorch_tanh"},
+        "gptj": {"position_embedding_type": "rope_gptj", "rotary_embedding_dim": 8},
     }[family["arch"]]
     assert {k: config[k] for k in features} == features
-    if family["arch"] == "gpt_neox":
+    if family["arch"] in ("gpt_neox", "gptj"):
         assert config["forge"]["parallel_residual"] is True
 
 
@@ -202,3 +214,12 @@ def test_bigcode_without_multi_query_is_reordered_per_head(tmp_path: Path) -> No
     convert_hf_checkpoint(hf, tmp_path / "ckpt", dtype="float32")
     assert read_config(tmp_path / "ckpt")["num_key_value_heads"] == 4
     assert _forward_rel_diff(hf, tmp_path / "ckpt") < 1e-5
+
+
+def test_gptj_head_bias_is_padded_and_split_with_an_odd_vocab(tmp_path: Path) -> None:
+    single = load_engine(tiny_engine(tmp_path, "gptj", vocab_size=251).engine)
+    parallel = load_engine(tiny_engine(tmp_path, "gptj", tp=2, vocab_size=251).engine)
+    with CheckpointReader(tmp_path / "ckpt-float32-tp2-pp1") as reader:
+        assert reader.shape("lm_head.bias", 1) == (126,)  # 251 padded to 252, split in two
+    assert parallel.generate(PROMPTS[:4], 16) == single.generate(PROMPTS[:4], 16)
+    assert rel_diff(single.score(TEXT), parallel.score(TEXT)) < 1e-5

@@ -22,6 +22,7 @@ from trtllm_forge.models.falcon import FalconFamily
 from trtllm_forge.models.gpt2 import Gpt2Family
 from trtllm_forge.models.gpt_bigcode import GptBigCodeFamily
 from trtllm_forge.models.gpt_neox import GptNeoxFamily
+from trtllm_forge.models.gptj import GptjFamily
 from trtllm_forge.models.llama import LlamaFamily
 from trtllm_forge.models.mpt import MptFamily
 
@@ -110,6 +111,7 @@ REGISTRY.register(MptFamily())
 REGISTRY.register(Gpt2Family())
 REGISTRY.register(GptNeoxFamily())
 REGISTRY.register(GptBigCodeFamily())
+REGISTRY.register(GptjFamily())
 
 
 def family_for(hf_config: Mapping[str, Any], registry: FamilyRegistry = REGISTRY) -> Family:
