@@ -29,7 +29,7 @@ from trtllm_forge.quant.fakequant import FakeQuantForward, dequantized_weight
 from trtllm_forge.quant.quantize import load_hf_model, quantize_checkpoint
 from trtllm_forge.quant.targets import linear_targets
 
-FAMILIES = ["gpt2", "gpt_neox", "gpt_bigcode", "gptj"]
+FAMILIES = ["gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma"]
 PROMPTS = random_prompts(8)
 TEXT = random_texts(1)[0]
 NEW_TOKENS = 32
@@ -96,6 +96,19 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "transformer.layers.0.mlp.fc.bias": lambda t: t["transformer.h.0.mlp.fc_in.bias"],
         "transformer.layers.0.mlp.proj.weight": lambda t: t["transformer.h.0.mlp.fc_out.weight"],
     },
+    "gemma": {
+        "transformer.vocab_embedding.weight": lambda t: t["model.embed_tokens.weight"],  # unscaled
+        "lm_head.weight": lambda t: t["model.embed_tokens.weight"],
+        # Gemma's RMSNorm multiplies by (1 + w): the checkpoint stores 1 + w.
+        "transformer.layers.0.input_layernorm.weight": lambda t: t["model.layers.0.input_layernorm.weight"] + 1,
+        "transformer.layers.1.post_layernorm.weight": lambda t: t[
+            "model.layers.1.post_attention_layernorm.weight"
+        ]
+        + 1,
+        "transformer.ln_f.weight": lambda t: t["model.norm.weight"] + 1,
+        "transformer.layers.0.mlp.fc.weight": lambda t: t["model.layers.0.mlp.gate_proj.weight"],
+        "transformer.layers.0.mlp.gate.weight": lambda t: t["model.layers.0.mlp.up_proj.weight"],
+    },
 }
 
 
@@ -107,6 +120,7 @@ def test_tiny_configs_exercise_the_features(family: dict[str, Any]) -> None:
         "gpt_neox": {"rotary_embedding_dim": 8, "hidden_act": "gelu"},
         "gpt_bigcode": {"num_key_value_heads": 1, "hidden_act": "gelu_pytorch_tanh"},
         "gptj": {"position_embedding_type": "rope_gptj", "rotary_embedding_dim": 8},
+        "gemma": {"embedding_multiplier": 8.0, "hidden_act": "gelu_pytorch_tanh"},
     }[family["arch"]]
     assert {k: config[k] for k in features} == features
     if family["arch"] in ("gpt_neox", "gptj"):

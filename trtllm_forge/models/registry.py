@@ -19,6 +19,7 @@ from trtllm_forge.errors import ExitCode, ForgeError
 from trtllm_forge.models.base import Family
 from trtllm_forge.models.bloom import BloomFamily
 from trtllm_forge.models.falcon import FalconFamily
+from trtllm_forge.models.gemma import GemmaFamily
 from trtllm_forge.models.gpt2 import Gpt2Family
 from trtllm_forge.models.gpt_bigcode import GptBigCodeFamily
 from trtllm_forge.models.gpt_neox import GptNeoxFamily
@@ -112,6 +113,7 @@ REGISTRY.register(Gpt2Family())
 REGISTRY.register(GptNeoxFamily())
 REGISTRY.register(GptBigCodeFamily())
 REGISTRY.register(GptjFamily())
+REGISTRY.register(GemmaFamily())
 
 
 def family_for(hf_config: Mapping[str, Any], registry: FamilyRegistry = REGISTRY) -> Family:
