@@ -237,3 +237,23 @@ def test_gptj_head_bias_is_padded_and_split_with_an_odd_vocab(tmp_path: Path) ->
         assert reader.shape("lm_head.bias", 1) == (126,)  # 251 padded to 252, split in two
     assert parallel.generate(PROMPTS[:4], 16) == single.generate(PROMPTS[:4], 16)
     assert rel_diff(single.score(TEXT), parallel.score(TEXT)) < 1e-5
+
+
+RECIPES = {"gpt2": "gpt2", "gpt_neox": "gpt-neox", "gpt_bigcode": "gpt-bigcode", "gptj": "gptj"}
+RECIPES["gemma"] = "gemma"
+
+
+@pytest.mark.slow  # one CLI subprocess per recipe: ~25 s each on 2 cores
+@pytest.mark.parametrize("arch", list(RECIPES))
+def test_tiny_recipe_builds_and_verifies(tmp_path: Path, arch: str) -> None:
+    """recipes/tiny-<family>.yaml through the real CLI (model made as make_models.py does)."""
+    from tests.helpers import forge
+    from tests.tinymodels import make_tiny_hf
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    make_tiny_hf(arch, tmp_path / "tiny" / arch, with_tokenizer=True)
+    recipe = tmp_path / f"tiny-{RECIPES[arch]}.yaml"
+    recipe.write_text((root / recipe.name).read_text())
+    run = forge("build", str(recipe))
+    assert run.code == 0, run.err[-2000:]
+    assert "token_agreement" in run.out

@@ -19,10 +19,12 @@ from tests.tinymodels import make_tiny_hf  # noqa: E402
 
 # Tiny models of the other families (families-B: recipes/tiny-{falcon,bloom,mpt}.yaml).
 FAMILY_ARCHES = ("falcon", "bloom", "mpt")
+# families-A: recipes/tiny-{gpt2,gpt-neox,gpt-bigcode,gptj,gemma}.yaml.
+FAMILY_A_ARCHES = ("gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma")
 
 
 def main() -> None:
-    for arch in ("llama", "mistral", "qwen2", *FAMILY_ARCHES):
+    for arch in ("llama", "mistral", "qwen2", *FAMILY_ARCHES, *FAMILY_A_ARCHES):
         out = HERE / arch
         if (out / "config.json").exists():
             print(f"{out} exists")
