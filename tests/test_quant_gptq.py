@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,3 +54,38 @@ def test_dead_inputs_are_zeroed() -> None:
     h[:, 5] = 0
     qdq, _ = gptq_quantize(w, h, group_size=64)
     assert torch.all(qdq[:, 5] == 0)
+
+
+def test_hessians_are_shared_by_linears_reading_one_input(tiny_models: dict[str, Path]) -> None:
+    from trtllm_forge.quant.capture import input_hessians
+    from trtllm_forge.quant.quantize import load_hf_model
+
+    model = load_hf_model(tiny_models["llama"])
+    attn, mlp = "model.layers.1.self_attn.", "model.layers.1.mlp."
+    names = [
+        attn + "q_proj",
+        attn + "k_proj",
+        attn + "v_proj",
+        attn + "o_proj",
+        mlp + "gate_proj",
+        mlp + "up_proj",
+    ]
+    batches = [
+        torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(i)) for i in range(2)
+    ]
+    hessians = input_hessians(model, names, batches)
+    assert hessians[names[0]] is hessians[names[1]] is hessians[names[2]]
+    assert hessians[names[4]] is hessians[names[5]]
+    assert hessians[names[3]] is not hessians[names[0]]
+    inputs: list[torch.Tensor] = []
+    hook = dict(model.named_modules())[names[1]].register_forward_pre_hook(
+        lambda _m, a: inputs.append(a[0].reshape(-1, a[0].shape[-1]))
+    )
+    with torch.no_grad():
+        for ids in batches:
+            model.model(input_ids=ids)
+    hook.remove()
+    x = torch.cat(inputs).double()
+    assert torch.allclose(
+        hessians[names[1]].double(), 2 * x.T @ x / x.shape[0], rtol=1e-5, atol=1e-6
+    )

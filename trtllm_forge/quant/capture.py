@@ -75,11 +75,25 @@ def input_hessians(
     batches: Iterable[torch.Tensor],
     progress: Progress = _NO_PROGRESS,
 ) -> dict[str, torch.Tensor]:
-    """Linear name → ``2/n · XᵀX`` (fp32 ``[in, in]``) over every calibration token."""
+    """Linear name → ``2/n · XᵀX`` (fp32 ``[in, in]``) over every calibration token.
+
+    Linears fed the very same tensor (q/k/v, gate/up) share one Hessian: it is
+    computed once and the returned dict maps them to the same tensor object, so
+    callers can tell which linears read one input.
+    """
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
+    alias: dict[str, str] = {}
+    # The previous hook's input, held so its identity (not a reusable address) is compared.
+    previous: dict[str, object] = {"x": None, "owner": ""}
 
     def record(name: str, x: torch.Tensor) -> None:
+        if x is previous["x"]:
+            alias.setdefault(name, str(previous["owner"]))
+            return
+        previous["x"], previous["owner"] = x, name
+        if name in alias:
+            return
         flat = x.reshape(-1, x.shape[-1]).float()
         if name not in sums:
             sums[name] = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64)
@@ -94,5 +108,7 @@ def input_hessians(
     ):
         for ids in batches:
             decoder(model)(input_ids=ids)
+            previous["x"] = None
             task.advance()
-    return {name: (2.0 * sums[name] / counts[name]).float() for name in sums}
+    hessians = {name: (2.0 * sums[name] / counts[name]).float() for name in sums}
+    return {name: hessians[alias.get(name, name)] for name in names}

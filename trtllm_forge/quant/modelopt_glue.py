@@ -144,7 +144,9 @@ def _tolerant_model_plugins() -> Iterator[None]:
             try:
                 plugin(model)
             except IndexError as exc:
-                warnings.warn(f"skipped {getattr(plugin, '__name__', plugin)}: {exc!r}", stacklevel=1)
+                warnings.warn(
+                    f"skipped {getattr(plugin, '__name__', plugin)}: {exc!r}", stacklevel=1
+                )
 
         return run
 

@@ -78,7 +78,7 @@ def quantize_checkpoint(
     kv = kv_ranges(model, data.batches(8), progress) if spec.kv_cache and data is not None else {}
     result = info.load().quantize_model(model, data, spec.params, plan.hf_modules(), progress)
     result.kv_amax = kv
-    forge_info = _forge_info(spec, exclude, data, info.uses_modelopt)
+    forge_info = _forge_info(spec, exclude, data)
     summary = write_checkpoint(
         Path(canonical_dir),
         Path(out_dir),
@@ -178,7 +178,7 @@ def _conv1d_as_linear(model: nn.Module) -> None:
 
 
 def _forge_info(
-    spec: QuantSpec, exclude: Sequence[str], data: calib.CalibrationData | None, modelopt: bool
+    spec: QuantSpec, exclude: Sequence[str], data: calib.CalibrationData | None
 ) -> dict[str, Any]:
     return {
         "method": spec.method,
