@@ -222,9 +222,10 @@ def text_config(hf_config: Mapping[str, Any]) -> Mapping[str, Any]:
         for old, common in _KEY_ALIASES.items()
         if cfg.get(old) is not None and common not in cfg
     }
-    if "multi_query" in cfg:
+    if "multi_query" in cfg and not cfg.get("new_decoder_architecture"):
         # GPTBigCode's modeling code derives KV heads from multi_query alone (the saved
-        # num_key_value_heads can be stale), so forge does too.
+        # num_key_value_heads can be stale), so forge does too. So does Falcon's old
+        # decoder; Falcon's new decoder keeps multi_query but uses num_kv_heads.
         heads = cfg.get("n_head", cfg.get("num_attention_heads"))
         kv = 1 if cfg["multi_query"] else heads
         if cfg.get("num_key_value_heads") != kv:
