@@ -256,11 +256,11 @@ def test_unknown_architecture_lists_valid_names(
     src = tmp_path / "src"
     src.mkdir()
     config = json.loads((tiny_sources["llama"] / "config.json").read_text())
-    config["architectures"] = ["GPTNeoXForCausalLM"]
+    config["architectures"] = ["RwkvForCausalLM"]  # GPTNeoX was the example until it landed
     (src / "config.json").write_text(json.dumps(config))
     with pytest.raises(ForgeError, match="LlamaForCausalLM, MistralForCausalLM") as err:
         convert_hf_checkpoint(src, tmp_path / "out", dtype="float32")
-    assert "GPTNeoXForCausalLM" in str(err.value)
+    assert "RwkvForCausalLM" in str(err.value)
 
 
 def test_no_safetensors_is_a_source_error(tiny_sources: dict[str, Path], tmp_path: Path) -> None:

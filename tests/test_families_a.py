@@ -24,7 +24,6 @@ from trtllm_forge.checkpoint.forward import CheckpointForward
 from trtllm_forge.checkpoint.io import CheckpointReader, read_config
 from trtllm_forge.engine.runtime import load_engine
 from trtllm_forge.engine.verify import load_reference, reference_greedy, reference_logits
-from trtllm_forge.quant.calibration import CalibrationSpec
 from trtllm_forge.quant.fakequant import FakeQuantForward, dequantized_weight
 from trtllm_forge.quant.quantize import load_hf_model, quantize_checkpoint
 from trtllm_forge.quant.targets import linear_targets
@@ -51,9 +50,13 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "transformer.vocab_embedding.weight": lambda t: t["transformer.wte.weight"],
         "transformer.position_embedding.weight": lambda t: t["transformer.wpe.weight"],
         "lm_head.weight": lambda t: t["transformer.wte.weight"],
-        "transformer.layers.1.attention.qkv.weight": lambda t: t["transformer.h.1.attn.c_attn.weight"].T,
+        "transformer.layers.1.attention.qkv.weight": lambda t: (
+            t["transformer.h.1.attn.c_attn.weight"].T
+        ),
         "transformer.layers.1.attention.qkv.bias": lambda t: t["transformer.h.1.attn.c_attn.bias"],
-        "transformer.layers.0.attention.dense.weight": lambda t: t["transformer.h.0.attn.c_proj.weight"].T,
+        "transformer.layers.0.attention.dense.weight": lambda t: (
+            t["transformer.h.0.attn.c_proj.weight"].T
+        ),
         "transformer.layers.0.mlp.fc.weight": lambda t: t["transformer.h.0.mlp.c_fc.weight"].T,
         "transformer.layers.0.mlp.proj.bias": lambda t: t["transformer.h.0.mlp.c_proj.bias"],
         "transformer.layers.0.post_layernorm.bias": lambda t: t["transformer.h.0.ln_2.bias"],
@@ -68,9 +71,15 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "transformer.layers.1.attention.qkv.bias": lambda t: _neox_qkv(
             t["gpt_neox.layers.1.attention.query_key_value.bias"], 4
         ),
-        "transformer.layers.0.attention.dense.bias": lambda t: t["gpt_neox.layers.0.attention.dense.bias"],
-        "transformer.layers.0.mlp.fc.weight": lambda t: t["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"],
-        "transformer.layers.0.mlp.proj.weight": lambda t: t["gpt_neox.layers.0.mlp.dense_4h_to_h.weight"],
+        "transformer.layers.0.attention.dense.bias": lambda t: t[
+            "gpt_neox.layers.0.attention.dense.bias"
+        ],
+        "transformer.layers.0.mlp.fc.weight": lambda t: t[
+            "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
+        ],
+        "transformer.layers.0.mlp.proj.weight": lambda t: t[
+            "gpt_neox.layers.0.mlp.dense_4h_to_h.weight"
+        ],
         "transformer.layers.0.post_layernorm.weight": lambda t: t[
             "gpt_neox.layers.0.post_attention_layernorm.weight"
         ],
@@ -80,7 +89,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "transformer.position_embedding.weight": lambda t: t["transformer.wpe.weight"],
         "lm_head.weight": lambda t: t["transformer.wte.weight"],
         # Multi-query c_attn is already [q; k; v] in nn.Linear layout: copied as is.
-        "transformer.layers.1.attention.qkv.weight": lambda t: t["transformer.h.1.attn.c_attn.weight"],
+        "transformer.layers.1.attention.qkv.weight": lambda t: t[
+            "transformer.h.1.attn.c_attn.weight"
+        ],
         "transformer.layers.1.attention.qkv.bias": lambda t: t["transformer.h.1.attn.c_attn.bias"],
         "transformer.layers.0.mlp.fc.weight": lambda t: t["transformer.h.0.mlp.c_fc.weight"],
         "transformer.layers.0.mlp.proj.bias": lambda t: t["transformer.h.0.mlp.c_proj.bias"],
@@ -91,7 +102,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "transformer.layers.1.attention.qkv.weight": lambda t: torch.cat(
             [t[f"transformer.h.1.attn.{p}_proj.weight"] for p in "qkv"]
         ),
-        "transformer.layers.0.attention.dense.weight": lambda t: t["transformer.h.0.attn.out_proj.weight"],
+        "transformer.layers.0.attention.dense.weight": lambda t: t[
+            "transformer.h.0.attn.out_proj.weight"
+        ],
         "transformer.layers.0.input_layernorm.bias": lambda t: t["transformer.h.0.ln_1.bias"],
         "transformer.layers.0.mlp.fc.bias": lambda t: t["transformer.h.0.mlp.fc_in.bias"],
         "transformer.layers.0.mlp.proj.weight": lambda t: t["transformer.h.0.mlp.fc_out.weight"],
@@ -100,11 +113,12 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "transformer.vocab_embedding.weight": lambda t: t["model.embed_tokens.weight"],  # unscaled
         "lm_head.weight": lambda t: t["model.embed_tokens.weight"],
         # Gemma's RMSNorm multiplies by (1 + w): the checkpoint stores 1 + w.
-        "transformer.layers.0.input_layernorm.weight": lambda t: t["model.layers.0.input_layernorm.weight"] + 1,
-        "transformer.layers.1.post_layernorm.weight": lambda t: t[
-            "model.layers.1.post_attention_layernorm.weight"
-        ]
-        + 1,
+        "transformer.layers.0.input_layernorm.weight": lambda t: (
+            t["model.layers.0.input_layernorm.weight"] + 1
+        ),
+        "transformer.layers.1.post_layernorm.weight": lambda t: (
+            t["model.layers.1.post_attention_layernorm.weight"] + 1
+        ),
         "transformer.ln_f.weight": lambda t: t["model.norm.weight"] + 1,
         "transformer.layers.0.mlp.fc.weight": lambda t: t["model.layers.0.mlp.gate_proj.weight"],
         "transformer.layers.0.mlp.gate.weight": lambda t: t["model.layers.0.mlp.up_proj.weight"],
@@ -128,12 +142,19 @@ def test_tiny_configs_exercise_the_features(family: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def family(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     arch = str(request.param)
     root = tmp_path_factory.mktemp(arch)
     build = tiny_engine(root, arch)
-    return {"arch": arch, "root": root, "hf": build.hf, "engine": build.engine,
-            "canonical": root / "ckpt-float32"}
+    return {
+        "arch": arch,
+        "root": root,
+        "hf": build.hf,
+        "engine": build.engine,
+        "canonical": root / "ckpt-float32",
+    }
 
 
 def test_converted_tensors_are_the_hf_tensors(family: dict[str, Any]) -> None:
@@ -188,7 +209,10 @@ def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
     hf_config = json.loads((hf / "config.json").read_text())
     targets = linear_targets(hf_config)
     with CheckpointReader(out) as reader, CheckpointReader(root / "canonical-f16") as base:
-        assert read_config(out)["quantization"]["quant_algo"] == {"int8_wo": "W8A16", "fp8": "FP8"}[method]
+        assert (
+            read_config(out)["quantization"]["quant_algo"]
+            == {"int8_wo": "W8A16", "fp8": "FP8"}[method]
+        )
         for target in targets:
             original = base.get(f"{target.module}.weight").float()
             effective = dequantized_weight(reader, target.module)
@@ -206,7 +230,10 @@ def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
     rel = float((fake_logits - float_logits).norm() / float_logits.norm())
     assert 0 < rel < logit_tol
     got = _ort_logits(out, root / f"onnx_{method}", ids)
-    assert float(np.linalg.norm(got - fake_logits.numpy()) / np.linalg.norm(fake_logits.numpy())) < ORT_TOL
+    assert (
+        float(np.linalg.norm(got - fake_logits.numpy()) / np.linalg.norm(fake_logits.numpy()))
+        < ORT_TOL
+    )
 
 
 def _forward_rel_diff(hf: Path, ckpt: Path) -> float:

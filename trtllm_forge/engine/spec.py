@@ -16,7 +16,7 @@ from typing import Any
 
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
 
-SUPPORTED_ARCHITECTURES = (
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
@@ -27,7 +27,7 @@ SUPPORTED_ARCHITECTURES = (
 )
 SUPPORTED_ARCHITECTURES += ("FalconForCausalLM", "BloomForCausalLM", "MPTForCausalLM")  # families-B
 # Position encodings the lowering implements (families-A: learned_absolute, rope_gptj).
-SUPPORTED_POSITION_EMBEDDINGS = ("rope_gpt_neox", "rope_gptj", "learned_absolute")
+SUPPORTED_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope_gpt_neox", "rope_gptj", "learned_absolute")
 SUPPORTED_POSITION_EMBEDDINGS += ("alibi",)  # families-B: BLOOM, MPT
 _LAYER_RE = re.compile(r"^transformer\.layers\.(\d+)\.")
 

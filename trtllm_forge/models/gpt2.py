@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from trtllm_forge.models import gpt_common
-from trtllm_forge.models.base import Family, TensorPlan, TensorRule, model_dims, text_config
+from trtllm_forge.models.base import (
+    Family,
+    Fusion,
+    TensorPlan,
+    TensorRule,
+    model_dims,
+    text_config,
+)
 
 CONVERTER_VERSION = 1
 
@@ -40,7 +47,9 @@ class Gpt2Family(Family):
         gpt_common.reject_prequantized(cfg)
         gpt_common.activation(cfg, "activation_function", default="gelu_new")
         if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("reorder_and_upcast_attn"):
-            raise gpt_common.unsupported("scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn")
+            raise gpt_common.unsupported(
+                "scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn"
+            )
         if cfg.get("scale_attn_weights") is False:
             raise gpt_common.unsupported("scale_attn_weights = false")
         if cfg.get("add_cross_attention"):
@@ -79,7 +88,7 @@ class Gpt2Family(Family):
         for i in range(model_dims(cfg)["num_hidden_layers"]):
             for dst, src, conv1d in _LAYER_MODULES:
                 prefix, source = f"transformer.layers.{i}.{dst}", f"transformer.h.{i}.{src}"
-                fusion = "transpose" if conv1d else "identity"
+                fusion: Fusion = "transpose" if conv1d else "identity"
                 rules.append(TensorRule(f"{prefix}.weight", (f"{source}.weight",), fusion))
                 rules.append(TensorRule(f"{prefix}.bias", (f"{source}.bias",)))
         ignored: tuple[re.Pattern[str], ...] = _IGNORED

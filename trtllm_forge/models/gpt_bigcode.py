@@ -55,7 +55,9 @@ class GptBigCodeFamily(Gpt2Family):
             parallel_residual=False,
             tied=bool(cfg.get("tie_word_embeddings", True)),
         )
-        config.update({"bias": True, "gpt_variant": "starcoder", "attn_bias": True, "mlp_bias": True})
+        config.update(
+            {"bias": True, "gpt_variant": "starcoder", "attn_bias": True, "mlp_bias": True}
+        )
         return config
 
     def tensor_plan(self, hf_config: Mapping[str, Any]) -> TensorPlan:
@@ -86,7 +88,8 @@ class GptBigCodeFamily(Gpt2Family):
                         )
                     )
                 rules.extend(
-                    TensorRule(f"{dst}{t}.{param}", (f"{src}{s}.{param}",)) for t, s in _LAYER_MODULES
+                    TensorRule(f"{dst}{t}.{param}", (f"{src}{s}.{param}",))
+                    for t, s in _LAYER_MODULES
                 )
         ignored: tuple[re.Pattern[str], ...] = _IGNORED
         if tied:
