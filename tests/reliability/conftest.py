@@ -8,13 +8,24 @@ builds when it runs (``Reference.until``) and says which one it stopped at.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.reliability.harness import STAGES, Run, build_results, forge, store_entries, tiny_recipe
+from tests.reliability.harness import (
+    ROOT,
+    STAGES,
+    Run,
+    build_results,
+    forge,
+    store_entries,
+    tiny_recipe,
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,15 @@ class Reference:
     def stages(self) -> tuple[str, ...]:
         return STAGES[: STAGES.index(self.until) + 1]
 
+    def entries_until(self, stage: str) -> dict[tuple[str, str], str]:
+        """The reference artifacts of ``stage`` and the stages before it (sub-artifacts included)."""
+        keys = {self.results[s][0] for s in STAGES[: STAGES.index(stage) + 1]}
+        for s in STAGES[: STAGES.index(stage) + 1]:
+            manifest = json.loads((self.home / "artifacts" / s / self.results[s][0].split(":", 1)[1]
+                                   / "manifest.json").read_text())
+            keys |= set(dict(manifest.get("uses") or {}).values())
+        return {k: v for k, v in self.entries.items() if k[1] in keys}
+
     def stable(self, entries: dict[tuple[str, str], str]) -> dict[tuple[str, str], str | None]:
         """``entries`` with the content digests of unstable artifacts blanked out."""
         return {k: (None if k in self.unstable else v) for k, v in entries.items()}
@@ -43,6 +63,22 @@ class Reference:
     def stable_results(self, results: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str | None]]:
         unstable_stages = {stage for stage, _key in self.unstable}
         return {s: (k, None if s in unstable_stages else d) for s, (k, d) in results.items()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _frozen_code(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Subprocesses run a snapshot of forge taken now (see harness.code_root)."""
+    if os.environ.get("FORGE_RELIABILITY_CODE"):
+        yield Path(os.environ["FORGE_RELIABILITY_CODE"])
+        return
+    dst = tmp_path_factory.mktemp("code")
+    for package in ("trtllm_forge", "tests"):
+        shutil.copytree(ROOT / package, dst / package, ignore=shutil.ignore_patterns("__pycache__"))
+    os.environ["FORGE_RELIABILITY_CODE"] = str(dst)
+    try:
+        yield dst
+    finally:
+        del os.environ["FORGE_RELIABILITY_CODE"]
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +122,32 @@ def _error_message(run: Run) -> str:
         return str(run.json()["error"]["message"])[:200]
     except (ValueError, KeyError, TypeError):
         return run.text.strip().splitlines()[-1][:200] if run.text.strip() else "(no output)"
+
+
+# -- tier summary for docs/reliability.md -----------------------------------------------
+_TALLY: dict[str, int] = {}
+_STARTED: list[float] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import time
+
+    _STARTED.append(time.time())
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "reliability" not in report.keywords:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        outcome = "xfailed" if hasattr(report, "wasxfail") and report.skipped else report.outcome
+        _TALLY[outcome] = _TALLY.get(outcome, 0) + 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import time
+
+    from tests.reliability.harness import record
+
+    if _TALLY and _STARTED and not hasattr(session.config, "workerinput"):
+        record("tier", {"outcomes": dict(sorted(_TALLY.items())), "seconds": round(time.time() - _STARTED[0]),
+                        "cpus": os.cpu_count(), "complete": session.testscollected == sum(_TALLY.values())})

@@ -48,10 +48,20 @@ class Run:
         return self.err + self.out
 
 
+def code_root() -> Path:
+    """Where subprocesses import forge (and this package) from.
+
+    The tier's conftest points this at a snapshot of the tree taken when the
+    session starts: a run takes many minutes, and edits landing meanwhile must
+    not mix two versions of forge into one set of results.
+    """
+    return Path(os.environ.get("FORGE_RELIABILITY_CODE") or ROOT)
+
+
 def base_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DROP}
     env.update({"FORGE_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                "COLUMNS": "200", "PYTHONDONTWRITEBYTECODE": "1"})
+                "COLUMNS": "200", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(code_root())})
     env.update(extra)
     return env
 
@@ -61,7 +71,7 @@ def forge(home: Path, *args: str, env: dict[str, str] | None = None, timeout: fl
     """Run the real CLI with ``FORGE_HOME=home`` (plus ``env``) and wait for it."""
     t0 = time.perf_counter()
     proc = subprocess.run([*FORGE, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd or ROOT, env={**base_env(home), **(env or {})}, **popen)
+                          cwd=cwd or code_root(), env={**base_env(home), **(env or {})}, **popen)
     return Run(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - t0)
 
 
@@ -71,7 +81,7 @@ def spawn(home: Path, *args: str, env: dict[str, str] | None = None, cwd: Path |
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - inherited by the child
     try:
         return subprocess.Popen([*FORGE, *args], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=cwd or ROOT, env={**base_env(home), **(env or {})})
+                                cwd=cwd or code_root(), env={**base_env(home), **(env or {})})
     finally:
         if log:
             out.close()  # type: ignore[union-attr]

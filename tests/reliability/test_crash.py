@@ -12,7 +12,10 @@ Then:
 3. ``forge cache gc`` removes every staging leftover of the killed process.
 
 Points reached many times (one per tensor written) are killed at their
-first, middle and last occurrence.
+first, middle and last occurrence in each stage. A kill inside stage S runs
+the build ``--until S``: stages after S only ever see S's finished artifact,
+so running them again after every kill would add time, not coverage (kills
+while writing the ref at the very end run the whole build).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ import pytest
 from tests.reliability.conftest import Reference
 from tests.reliability.harness import (
     KILLED,
+    STAGES,
     audit_store,
     base_env,
     build_results,
+    code_root,
     forge,
     ls_problems,
     record,
@@ -44,12 +49,31 @@ from tests.reliability.harness import (
 pytestmark = pytest.mark.reliability
 
 
-def kill_cases(points: list[str]) -> list[tuple[str, int]]:
-    counts = Counter(points)
+@dataclass(frozen=True)
+class Case:
+    point: str
+    nth: int  # which occurrence of ``point`` in the whole build
+    until: str  # the top-level stage the point belongs to
+
+
+def kill_cases(points: list[str], last_stage: str) -> list[Case]:
+    """(point, nth, stage) to kill at: every point, first/middle/last occurrence per stage."""
+    stage_of: list[str] = []
+    stage = STAGES[0]
+    for name in points:
+        parts = name.split(".")
+        if parts[0] == "stage" and parts[1] in STAGES and parts[2] == "start":
+            stage = parts[1]
+        stage_of.append(last_stage if name.startswith(("runner.ref", "store.ref")) else stage)
+    seen: Counter[str] = Counter()
+    by_segment: dict[tuple[str, str], list[int]] = {}
+    for name, segment in zip(points, stage_of, strict=True):
+        seen[name] += 1
+        by_segment.setdefault((name, segment), []).append(seen[name])
     cases = []
-    for name in dict.fromkeys(points):  # first-reached order
-        n = counts[name]
-        cases += [(name, nth) for nth in sorted({1, (n + 1) // 2, n})]
+    for (name, segment), nths in by_segment.items():  # first-reached order
+        picks = sorted({nths[0], nths[(len(nths) - 1) // 2], nths[-1]})
+        cases += [Case(name, nth, segment) for nth in picks]
     return cases
 
 
@@ -61,10 +85,11 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
 
 
-def run_case(ref: Reference, home: Path, point: str, nth: int) -> Outcome:
+def run_case(ref: Reference, home: Path, case: Case) -> Outcome:
+    point, nth = case.point, case.nth
     outcome = Outcome(point, nth)
     problems = outcome.problems
-    build = ("build", str(ref.recipe), "--until", ref.until, "--json")
+    build = ("build", str(ref.recipe), "--until", case.until, "--json")
     killed = forge(home, *build, env={"FORGE_FAULT": f"{point}:{nth}"})
     if killed.code != KILLED:
         problems.append(f"expected SIGKILL at {point}:{nth}, got exit {killed.code}")
@@ -76,9 +101,11 @@ def run_case(ref: Reference, home: Path, point: str, nth: int) -> Outcome:
     if rerun.code != 0:
         problems.append(f"rerun exited {rerun.code}: {rerun.text[-800:]}")
         return outcome
-    problems += _differences("rerun", ref.stable_results(build_results(rerun)), ref.stable_results(ref.results))
-    problems += _differences("store", ref.stable(store_entries(home)), ref.stable(ref.entries))
-    problems += _gc_cleans(home, leftovers, set(ref.entries))
+    wanted = ref.entries_until(case.until)
+    want_results = {s: r for s, r in ref.results.items() if s in STAGES[: STAGES.index(case.until) + 1]}
+    problems += _differences("rerun", ref.stable_results(build_results(rerun)), ref.stable_results(want_results))
+    problems += _differences("store", ref.stable(store_entries(home)), ref.stable(wanted))
+    problems += _gc_cleans(home, leftovers, set(wanted))
     return outcome
 
 
@@ -125,10 +152,10 @@ def test_uninterrupted_builds_are_bit_reproducible(reference: Reference) -> None
 
 
 def test_kill_at_every_point_leaves_a_consistent_store(reference: Reference, tmp_path: Path) -> None:
-    cases = kill_cases(reference.points)
+    cases = kill_cases(reference.points, reference.until)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(pool.map(lambda ic: run_case(reference, tmp_path / f"case{ic[0]}", *ic[1]),
+        outcomes = list(pool.map(lambda ic: run_case(reference, tmp_path / f"case{ic[0]}", ic[1]),
                                  enumerate(cases)))
     failed = [o for o in outcomes if o.problems]
     record("crash", {
@@ -153,11 +180,13 @@ def test_fault_env_semantics(tmp_path: Path) -> None:
     code = ("from trtllm_forge.faults import point\n"
             "for _ in range(3):\n    point('a')\n    point('b')\nprint('survived')\n")
     env = base_env(tmp_path, FORGE_FAULT="b:2", FORGE_FAULT_LIST=str(listing))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=code_root())
     assert proc.returncode == KILLED and "survived" not in proc.stdout
     assert listing.read_text().split() == ["a", "b", "a", "b"]
     env = base_env(tmp_path, FORGE_FAULT="c")  # a point never reached: no effect
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=code_root())
     assert proc.returncode == 0 and "survived" in proc.stdout
 
 

@@ -26,11 +26,11 @@ import pytest
 
 from tests.reliability.conftest import Reference
 from tests.reliability.harness import (
-    ROOT,
     STAGES,
     audit_store,
     base_env,
     build_results,
+    code_root,
     forge,
     record,
     staging_leftovers,
@@ -104,7 +104,7 @@ def test_real_full_disk_on_a_tiny_tmpfs(reference: Reference, tmp_path: Path) ->
         work = tmp_path / stage
         cmd = ["unshare", "-rm", sys.executable, "-m", "tests.reliability.enospc", str(reference.recipe),
                stage, previous, str(work)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=base_env(work / "unused"),
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=code_root(), env=base_env(work / "unused"),
                               timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         seen = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.reliability.harness import FORGE, ROOT, Run, base_env
+from tests.reliability.harness import FORGE, Run, base_env, code_root
 
 _SYSCALLS = ("open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,"
              "link,linkat,symlink,symlinkat,truncate,chmod,fchmodat,utimensat")
@@ -35,7 +35,7 @@ def traced_forge(home: Path, *args: str, env: dict[str, str] | None = None,
     log = home.parent / f"strace-{time.monotonic_ns()}.txt"
     cmd = ["strace", "-f", "-qq", "-y", "-s", "4096", "-o", str(log), "-e", f"trace={_SYSCALLS}", *FORGE, *args]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=code_root(),
                           env={**base_env(home), **(env or {})})
     run = Run(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - t0)
     return run, written_paths(log.read_text(errors="replace"))
