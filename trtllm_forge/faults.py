@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping
 
 _UNSET = object()
 _config: object = _UNSET  # None when inactive, else _Config
@@ -34,7 +35,7 @@ class _Config:
         self.list_file = list_file
 
 
-def _parse(env: dict[str, str] | os._Environ[str]) -> _Config | None:
+def _parse(env: Mapping[str, str]) -> _Config | None:
     spec = env.get("FORGE_FAULT") or None
     list_file = env.get("FORGE_FAULT_LIST") or None
     if spec is None and list_file is None:
@@ -48,7 +49,7 @@ def _parse(env: dict[str, str] | os._Environ[str]) -> _Config | None:
     return _Config(target, nth, action, list_file)
 
 
-def reset(env: dict[str, str] | None = None) -> None:
+def reset(env: Mapping[str, str] | None = None) -> None:
     """Re-read the configuration (tests that drive points in-process)."""
     global _config
     _config = _parse(os.environ if env is None else env)
