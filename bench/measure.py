@@ -106,6 +106,7 @@ class Repeated:
 
     command: str
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # user + system of the child
 
     @property
     def best(self) -> float:
@@ -122,7 +123,9 @@ def repeat(argv: Sequence[str], times: int, *, env: dict[str, str] | None = None
         run(argv, env=env, cwd=cwd)
     rep = Repeated(shlex.join(argv))
     for _ in range(times):
-        rep.seconds.append(run(argv, env=env, cwd=cwd).seconds)
+        result = run(argv, env=env, cwd=cwd)
+        rep.seconds.append(result.seconds)
+        rep.cpu_seconds.append(result.cpu_seconds)
     return rep
 
 

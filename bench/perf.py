@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -115,7 +116,8 @@ class Bench:
         }
         for label, argv in runs.items():
             rep = measure.repeat(argv, REPEATS, env=self.env, cwd=ROOT)
-            self.results[label] = {"best_s": rep.best, "median_s": rep.median, "all_s": rep.seconds}
+            self.results[label] = {"best_s": rep.best, "median_s": rep.median, "all_s": rep.seconds,
+                                   "cpu_median_s": statistics.median(rep.cpu_seconds)}
             self.results["commands"][label] = rep.command
             self.log(f"{label}: best {rep.best * 1000:.0f} ms, median {rep.median * 1000:.0f} ms")
         statuses = [s["status"] for s in json.loads(measure.run(build, env=self.env, cwd=ROOT).stdout)["stages"]]

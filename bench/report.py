@@ -50,6 +50,7 @@ def figures(r: dict[str, Any]) -> dict[str, float]:
         "noop_build_s": r["noop_build"]["median_s"],
         "help_s": r["help"]["median_s"],
         "digest_gbps_per_core": d["bytes"] / d["miss_cold_cache"]["cpu_seconds"] / GB,
+        "digest_cached_gbps_per_core": d["bytes"] / d["miss_warm_cache"]["cpu_seconds"] / GB,
         "digest_hit_s": d["hit"]["seconds"],
     }
 
@@ -63,8 +64,11 @@ def _goal_rows(f: dict[str, float]) -> list[str]:
         ("no-op `forge build` (median)", _ms(f["noop_build_s"]), "≤ 500 ms",
          f["noop_build_s"] <= GOALS["noop_build_s"]),
         ("`forge --help` (median)", _ms(f["help_s"]), "≤ 300 ms", f["help_s"] <= GOALS["help_s"]),
-        ("digest, memo miss, page cache dropped: GB per CPU-second", f"{f['digest_gbps_per_core']:.2f} GB/s",
+        ("digest, memo miss, file read from disk: GB per CPU-second", f"{f['digest_gbps_per_core']:.2f} GB/s",
          "≥ 1 GB/s per core", f["digest_gbps_per_core"] >= GOALS["digest_gbps_per_core"]),
+        ("digest, memo miss, file in the page cache: GB per CPU-second",
+         f"{f['digest_cached_gbps_per_core']:.2f} GB/s", "≥ 1 GB/s per core",
+         f["digest_cached_gbps_per_core"] >= GOALS["digest_gbps_per_core"]),
         ("digest of the unchanged snapshot, memo hit (new process: open memo, stat, look up)",
          _ms(f["digest_hit_s"]), "≤ 50 ms", f["digest_hit_s"] <= GOALS["digest_hit_s"]),
     ]
@@ -114,8 +118,8 @@ def render(r: dict[str, Any]) -> str:
         "",
         "#### Start-up and cache hits",
         "",
-        "| command | best | median | runs |",
-        "|---|---|---|---|",
+        "| command | best | median | CPU (median) | runs |",
+        "|---|---|---|---|---|",
         *(_rep_row(name, r[key]) for name, key in (
             ("`python -c pass`", "python_pass"),
             ("no-op `forge build --until calibrate` (all cached)", "noop_build"),
@@ -129,13 +133,18 @@ def render(r: dict[str, Any]) -> str:
         "",
         *_digest_rows(r["digest"]),
         "",
-        "#### Commands",
+        "#### Commands (run from the repository root)",
         "",
         "```",
-        *(f"{k}: {v}" for k, v in r["commands"].items()),
+        *(f"{k}: {_relative(v)}" for k, v in r["commands"].items()),
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _relative(command: str) -> str:
+    root = str(Path(__file__).resolve().parents[1])
+    return command.replace(root + "/", "")
 
 
 def _stage_s(build: dict[str, Any], stage: str) -> float:
@@ -152,7 +161,8 @@ def _proc_row(name: str, p: dict[str, Any], nbytes: int) -> str:
 
 
 def _rep_row(name: str, rep: dict[str, Any]) -> str:
-    return f"| {name} | {_ms(rep['best_s'])} | {_ms(rep['median_s'])} | {len(rep['all_s'])} |"
+    cpu = _ms(rep["cpu_median_s"]) if "cpu_median_s" in rep else "-"
+    return f"| {name} | {_ms(rep['best_s'])} | {_ms(rep['median_s'])} | {cpu} | {len(rep['all_s'])} |"
 
 
 def _digest_rows(d: dict[str, Any]) -> list[str]:
