@@ -26,7 +26,9 @@ from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
 # qkv_grouped: one fused QKV source grouped per KV head as [kv_heads, heads/kv_heads + 2, d]
 #   (Falcon: each group's query heads, then its k head, then its v head); written as
 #   contiguous q, k, v blocks. ``heads`` and ``kv_heads`` are set.
-Fusion = Literal["identity", "concat_rows", "transpose", "qkv_interleaved", "add_one", "qkv_grouped"]
+Fusion = Literal[
+    "identity", "concat_rows", "transpose", "qkv_interleaved", "add_one", "qkv_grouped"
+]
 
 # Limits far above any real model; they exist so a typo (hidden_size 10**12) fails in
 # microseconds with a message instead of in an out-of-memory kill.
@@ -279,6 +281,66 @@ def _bad_config(message: str) -> ForgeError:
         f"invalid model config: {message}",
         hint="check the model's config.json (or the recipe's config overrides)",
     )
+
+
+def architecture(hf_config: Mapping[str, Any]) -> str:
+    """The HF class name the checkpoint was saved from (``architectures[0]``), or ""."""
+    archs = hf_config.get("architectures") or []
+    return str(archs[0]) if archs else ""
+
+
+def common_config(
+    hf_config: Mapping[str, Any],
+    *,
+    family: str,
+    trt_architecture: str,
+    dtype: str,
+    converter_version: int,
+    hidden_act: str,
+    norm_epsilon: float,
+    position_embedding_type: str,
+    tied: bool,
+) -> dict[str, Any]:
+    """The config.json fields every family writes (reference §1.2), unsharded and unquantized.
+
+    Families add their own fields (rope, biases, variant flags) and ``forge`` extras.
+    """
+    cfg = text_config(hf_config)
+    dims = model_dims(cfg)
+    return {
+        "architecture": trt_architecture,
+        "dtype": check_dtype(dtype),
+        "logits_dtype": "float32",
+        "vocab_size": dims["vocab_size"],
+        "hidden_size": dims["hidden_size"],
+        "num_hidden_layers": dims["num_hidden_layers"],
+        "num_attention_heads": dims["num_attention_heads"],
+        "num_key_value_heads": dims["num_key_value_heads"],
+        "head_size": dims["head_size"],
+        "hidden_act": hidden_act,
+        "intermediate_size": dims["intermediate_size"],
+        "norm_epsilon": norm_epsilon,
+        "position_embedding_type": position_embedding_type,
+        "max_position_embeddings": cfg.get("max_position_embeddings"),
+        "tie_word_embeddings": tied,
+        "use_parallel_embedding": False,
+        "embedding_sharding_dim": 0,
+        "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+        "quantization": {
+            "quant_algo": None,
+            "kv_cache_quant_algo": None,
+            "group_size": 128,
+            "has_zero_point": False,
+            "pre_quant_scale": False,
+            "exclude_modules": None,
+        },
+        "forge": {
+            "source_architecture": architecture(hf_config),
+            "family": family,
+            "converter_version": converter_version,
+            "head_dim": dims["head_size"],
+        },
+    }
 
 
 def check_dtype(dtype: str) -> str:

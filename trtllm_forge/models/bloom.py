@@ -11,16 +11,20 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from trtllm_forge.models import gpt_common
-from trtllm_forge.models.base import Family, TensorPlan, TensorRule, model_dims, text_config
+from trtllm_forge.models import gpt_common, tables
+from trtllm_forge.models.base import TensorPlan, model_dims, text_config
 
 CONVERTER_VERSION = 1
 
-_LAYER_TABLE: tuple[tuple[str, str], ...] = (
+# (TRT-LLM module, HF module) outside the layers: the embedding LayerNorm and the final one.
+_TOP_NORMS: tuple[tuple[str, str], ...] = (
+    ("ln_embed", "word_embeddings_layernorm"),
+    ("ln_f", "ln_f"),
+)
+_LAYER_MODULES: tuple[tuple[str, str], ...] = (
     ("input_layernorm", "input_layernorm"),
     ("attention.dense", "self_attention.dense"),
     ("post_layernorm", "post_attention_layernorm"),
@@ -29,16 +33,14 @@ _LAYER_TABLE: tuple[tuple[str, str], ...] = (
 )
 
 
-class BloomFamily(Family):
+class BloomFamily(gpt_common.GptStyleFamily):
     name = "bloom"
     architectures = ("BloomForCausalLM",)
     version = str(CONVERTER_VERSION)
 
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)
-        cfg = text_config(hf_config)
-        gpt_common.reject_prequantized(cfg)
-        if cfg.get("apply_residual_connection_post_layernorm"):
+        if text_config(hf_config).get("apply_residual_connection_post_layernorm"):
             raise gpt_common.unsupported("apply_residual_connection_post_layernorm")
 
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
@@ -66,29 +68,13 @@ class BloomFamily(Family):
         cfg = text_config(hf_config)
         dims = model_dims(cfg)
         tied = bool(cfg.get("tie_word_embeddings", True))
-        embed = "transformer.word_embeddings.weight"
         rules = [
-            TensorRule("transformer.vocab_embedding.weight", (embed,)),
-            TensorRule("lm_head.weight", (embed if tied else "lm_head.weight",)),
+            *tables.embedding_rules("transformer.word_embeddings.weight", tied=tied),
+            *tables.module_rules("transformer.", "transformer.", _TOP_NORMS),
         ]
-        for dst, src in (
-            ("transformer.ln_embed", "transformer.word_embeddings_layernorm"),
-            ("transformer.ln_f", "transformer.ln_f"),
-        ):
-            rules.extend(TensorRule(f"{dst}.{p}", (f"{src}.{p}",)) for p in ("weight", "bias"))
-        for i in range(dims["num_hidden_layers"]):
-            src, dst = f"transformer.h.{i}.", f"transformer.layers.{i}."
-            for p in ("weight", "bias"):
-                rules.append(
-                    TensorRule(
-                        f"{dst}attention.qkv.{p}",
-                        (f"{src}self_attention.query_key_value.{p}",),
-                        "qkv_interleaved",
-                        heads=dims["num_attention_heads"],
-                    )
-                )
-                rules.extend(
-                    TensorRule(f"{dst}{t}.{p}", (f"{src}{s}.{p}",)) for t, s in _LAYER_TABLE
-                )
-        ignored = (re.compile(r"lm_head\.weight"),) if tied else ()
-        return TensorPlan(rules=tuple(rules), ignored=ignored)
+        heads = dims["num_attention_heads"]
+        for dst, src in tables.layer_prefixes("transformer.h", dims["num_hidden_layers"]):
+            qkv = f"{src}self_attention.query_key_value"
+            rules.extend(tables.interleaved_qkv_rules(dst, qkv, heads))
+            rules.extend(tables.module_rules(dst, src, _LAYER_MODULES))
+        return TensorPlan(rules=tuple(rules), ignored=tables.ignore_tied_head((), tied=tied))

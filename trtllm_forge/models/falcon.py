@@ -21,8 +21,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from trtllm_forge.models import gpt_common
-from trtllm_forge.models.base import Family, TensorPlan, TensorRule, text_config
+from trtllm_forge.models import gpt_common, tables
+from trtllm_forge.models.base import TensorPlan, TensorRule, text_config
 from trtllm_forge.models.llama import rope_settings
 
 CONVERTER_VERSION = 1
@@ -51,7 +51,7 @@ def _two_norms(cfg: Mapping[str, Any]) -> bool:
     )
 
 
-class FalconFamily(Family):
+class FalconFamily(gpt_common.GptStyleFamily):
     name = "falcon"
     architectures = ("FalconForCausalLM",)
     version = str(CONVERTER_VERSION)
@@ -59,7 +59,6 @@ class FalconFamily(Family):
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)
         cfg = text_config(hf_config)
-        gpt_common.reject_prequantized(cfg)
         gpt_common.activation(cfg, "activation", default="gelu")
         if cfg.get("alibi"):
             raise gpt_common.unsupported(
@@ -119,21 +118,13 @@ class FalconFamily(Family):
         cfg = text_config(hf_config)
         tied = bool(cfg.get("tie_word_embeddings", True))
         rules = [
-            TensorRule(
-                "transformer.vocab_embedding.weight", ("transformer.word_embeddings.weight",)
-            ),
-            TensorRule("transformer.ln_f.weight", ("transformer.ln_f.weight",)),
-            TensorRule("transformer.ln_f.bias", ("transformer.ln_f.bias",)),
-            TensorRule(
-                "lm_head.weight",
-                ("transformer.word_embeddings.weight" if tied else "lm_head.weight",),
-            ),
+            *tables.embedding_rules("transformer.word_embeddings.weight", tied=tied),
+            *tables.module_rules("transformer.", "transformer.", [("ln_f", "ln_f")]),
         ]
-        for i in range(int(cfg["num_hidden_layers"])):
-            rules.extend(_layer_rules(cfg, i))
-        ignored: tuple[re.Pattern[str], ...] = _IGNORED
-        if tied:
-            ignored = (*ignored, re.compile(r"lm_head\.weight"))
+        layers = int(cfg["num_hidden_layers"])
+        for dst, src in tables.layer_prefixes("transformer.h", layers):
+            rules.extend(_layer_rules(cfg, dst, src))
+        ignored = tables.ignore_tied_head(_IGNORED, tied=tied)
         return TensorPlan(rules=tuple(rules), ignored=ignored)
 
 
@@ -149,32 +140,28 @@ def _norm_table(cfg: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     )
 
 
-def _layer_rules(cfg: Mapping[str, Any], i: int) -> list[TensorRule]:
-    src, dst = f"transformer.h.{i}.", f"transformer.layers.{i}."
+_LINEARS: tuple[tuple[str, str], ...] = (
+    ("attention.dense", "self_attention.dense"),
+    ("mlp.fc", "mlp.dense_h_to_4h"),
+    ("mlp.proj", "mlp.dense_4h_to_h"),
+)
+
+
+def _layer_rules(cfg: Mapping[str, Any], dst: str, src: str) -> list[TensorRule]:
     heads = int(cfg["num_attention_heads"])
-    qkv = (f"{src}self_attention.query_key_value",)
-    linears = (
-        ("attention.dense", "self_attention.dense"),
-        ("mlp.fc", "mlp.dense_h_to_4h"),
-        ("mlp.proj", "mlp.dense_4h_to_h"),
-    )
+    qkv = f"{src}self_attention.query_key_value"
+    # ``bias`` covers the linears only; the LayerNorms always have biases.
     params = ("weight", "bias") if cfg.get("bias") else ("weight",)
     rules = [
         TensorRule(
             f"{dst}attention.qkv.{p}",
-            (f"{qkv[0]}.{p}",),
+            (f"{qkv}.{p}",),
             "qkv_grouped",
             heads=heads,
             kv_heads=kv_heads(cfg),
         )
         for p in params
     ]
-    rules.extend(
-        TensorRule(f"{dst}{t}.{p}", (f"{src}{s}.{p}",)) for t, s in linears for p in params
-    )
-    rules.extend(
-        TensorRule(f"{dst}{t}.{p}", (f"{src}{s}.{p}",))
-        for t, s in _norm_table(cfg)
-        for p in ("weight", "bias")
-    )
+    rules.extend(tables.module_rules(dst, src, _LINEARS, params))
+    rules.extend(tables.module_rules(dst, src, _norm_table(cfg)))
     return rules

@@ -15,17 +15,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from trtllm_forge.models import gpt_common
-from trtllm_forge.models.base import Family, TensorPlan, TensorRule, model_dims, text_config
+from trtllm_forge.models import gpt_common, tables
+from trtllm_forge.models.base import TensorPlan, TensorRule, model_dims, text_config
 from trtllm_forge.models.llama import rope_settings
 
 CONVERTER_VERSION = 1
 
-_LAYER_TABLE: tuple[tuple[str, str], ...] = (
-    ("attention.dense.weight", "self_attn.o_proj.weight"),
-    ("mlp.fc.weight", "mlp.gate_proj.weight"),  # the activated branch (reference §3.1)
-    ("mlp.gate.weight", "mlp.up_proj.weight"),
-    ("mlp.proj.weight", "mlp.down_proj.weight"),
+# (TRT-LLM module inside a layer, HF module inside model.layers.{i}); weights only.
+_LAYER_MODULES: tuple[tuple[str, str], ...] = (
+    ("attention.dense", "self_attn.o_proj"),
+    ("mlp.fc", "mlp.gate_proj"),  # the activated branch (reference §3.1)
+    ("mlp.gate", "mlp.up_proj"),
+    ("mlp.proj", "mlp.down_proj"),
 )
 _NORMS: tuple[tuple[str, str], ...] = (
     ("input_layernorm.weight", "input_layernorm.weight"),
@@ -41,7 +42,7 @@ def gemma_activation(hf_config: Mapping[str, Any]) -> str:
     return "gelu_pytorch_tanh" if act == "gelu" else act
 
 
-class GemmaFamily(Family):
+class GemmaFamily(gpt_common.GptStyleFamily):
     name = "gemma"
     architectures = ("GemmaForCausalLM",)
     version = str(CONVERTER_VERSION)
@@ -49,7 +50,6 @@ class GemmaFamily(Family):
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)
         cfg = text_config(hf_config)
-        gpt_common.reject_prequantized(cfg)
         gemma_activation(cfg)
         rope_settings(cfg)
         if cfg.get("attention_bias"):
@@ -90,19 +90,13 @@ class GemmaFamily(Family):
         cfg = text_config(hf_config)
         tied = bool(cfg.get("tie_word_embeddings", True))
         rules = [
-            TensorRule("transformer.vocab_embedding.weight", ("model.embed_tokens.weight",)),
+            *tables.embedding_rules("model.embed_tokens.weight", tied=tied),
             TensorRule("transformer.ln_f.weight", ("model.norm.weight",), "add_one"),
-            TensorRule(
-                "lm_head.weight", ("model.embed_tokens.weight" if tied else "lm_head.weight",)
-            ),
         ]
-        for i in range(model_dims(cfg)["num_hidden_layers"]):
-            dst, src = f"transformer.layers.{i}.", f"model.layers.{i}."
-            qkv = tuple(f"{src}self_attn.{p}_proj.weight" for p in "qkv")
-            rules.append(TensorRule(f"{dst}attention.qkv.weight", qkv, "concat_rows"))
-            rules.extend(TensorRule(dst + t, (src + s,)) for t, s in _LAYER_TABLE)
+        layers = model_dims(cfg)["num_hidden_layers"]
+        for dst, src in tables.layer_prefixes("model.layers", layers):
+            rules.append(tables.split_qkv_rule(dst, f"{src}self_attn", "weight"))
+            rules.extend(tables.module_rules(dst, src, _LAYER_MODULES, ("weight",)))
             rules.extend(TensorRule(dst + t, (src + s,), "add_one") for t, s in _NORMS)
-        ignored: tuple[re.Pattern[str], ...] = _IGNORED
-        if tied:
-            ignored = (*ignored, re.compile(r"lm_head\.weight"))
+        ignored = tables.ignore_tied_head(_IGNORED, tied=tied)
         return TensorPlan(rules=tuple(rules), ignored=ignored)

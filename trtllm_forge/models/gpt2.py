@@ -11,15 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from trtllm_forge.models import gpt_common
-from trtllm_forge.models.base import (
-    Family,
-    Fusion,
-    TensorPlan,
-    TensorRule,
-    model_dims,
-    text_config,
-)
+from trtllm_forge.models import gpt_common, tables
+from trtllm_forge.models.base import Fusion, TensorPlan, TensorRule, model_dims, text_config
 
 CONVERTER_VERSION = 1
 
@@ -36,7 +29,7 @@ _LAYER_MODULES: tuple[tuple[str, str, bool], ...] = (
 _IGNORED = (re.compile(r"transformer\.h\.\d+\.attn\.(masked_)?bias"),)
 
 
-class Gpt2Family(Family):
+class Gpt2Family(gpt_common.GptStyleFamily):
     name = "gpt2"
     architectures = ("GPT2LMHeadModel",)
     version = str(CONVERTER_VERSION)
@@ -44,7 +37,6 @@ class Gpt2Family(Family):
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)
         cfg = text_config(hf_config)
-        gpt_common.reject_prequantized(cfg)
         gpt_common.activation(cfg, "activation_function", default="gelu_new")
         if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("reorder_and_upcast_attn"):
             raise gpt_common.unsupported(
@@ -79,19 +71,16 @@ class Gpt2Family(Family):
         cfg = text_config(hf_config)
         tied = bool(cfg.get("tie_word_embeddings", True))
         rules = [
-            TensorRule("transformer.vocab_embedding.weight", ("transformer.wte.weight",)),
+            *tables.embedding_rules("transformer.wte.weight", tied=tied),
             TensorRule("transformer.position_embedding.weight", ("transformer.wpe.weight",)),
-            TensorRule("transformer.ln_f.weight", ("transformer.ln_f.weight",)),
-            TensorRule("transformer.ln_f.bias", ("transformer.ln_f.bias",)),
-            TensorRule("lm_head.weight", ("transformer.wte.weight" if tied else "lm_head.weight",)),
+            *tables.module_rules("transformer.", "transformer.", [("ln_f", "ln_f")]),
         ]
-        for i in range(model_dims(cfg)["num_hidden_layers"]):
-            for dst, src, conv1d in _LAYER_MODULES:
-                prefix, source = f"transformer.layers.{i}.{dst}", f"transformer.h.{i}.{src}"
+        layers = model_dims(cfg)["num_hidden_layers"]
+        for dst, src in tables.layer_prefixes("transformer.h", layers):
+            for trt_module, hf_module, conv1d in _LAYER_MODULES:
                 fusion: Fusion = "transpose" if conv1d else "identity"
-                rules.append(TensorRule(f"{prefix}.weight", (f"{source}.weight",), fusion))
-                rules.append(TensorRule(f"{prefix}.bias", (f"{source}.bias",)))
-        ignored: tuple[re.Pattern[str], ...] = _IGNORED
-        if tied:
-            ignored = (*ignored, re.compile(r"lm_head\.weight"))
+                weight = (f"{src}{hf_module}.weight",)
+                rules.append(TensorRule(f"{dst}{trt_module}.weight", weight, fusion))
+                rules.append(TensorRule(f"{dst}{trt_module}.bias", (f"{src}{hf_module}.bias",)))
+        ignored = tables.ignore_tied_head(_IGNORED, tied=tied)
         return TensorPlan(rules=tuple(rules), ignored=ignored)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from trtllm_forge.models import gpt_common
+from trtllm_forge.models import gpt_common, tables
 from trtllm_forge.models.base import TensorPlan, TensorRule, model_dims, text_config
 from trtllm_forge.models.gpt2 import Gpt2Family
 
@@ -66,32 +66,16 @@ class GptBigCodeFamily(Gpt2Family):
         tied = bool(cfg.get("tie_word_embeddings", True))
         multi_query = bool(cfg.get("multi_query", True))
         rules = [
-            TensorRule("transformer.vocab_embedding.weight", ("transformer.wte.weight",)),
+            *tables.embedding_rules("transformer.wte.weight", tied=tied),
             TensorRule("transformer.position_embedding.weight", ("transformer.wpe.weight",)),
-            TensorRule("transformer.ln_f.weight", ("transformer.ln_f.weight",)),
-            TensorRule("transformer.ln_f.bias", ("transformer.ln_f.bias",)),
-            TensorRule("lm_head.weight", ("transformer.wte.weight" if tied else "lm_head.weight",)),
+            *tables.module_rules("transformer.", "transformer.", [("ln_f", "ln_f")]),
         ]
-        for i in range(dims["num_hidden_layers"]):
-            dst, src = f"transformer.layers.{i}.", f"transformer.h.{i}."
-            for param in ("weight", "bias"):
-                source = (f"{src}attn.c_attn.{param}",)
-                if multi_query:
-                    rules.append(TensorRule(f"{dst}attention.qkv.{param}", source))
-                else:
-                    rules.append(
-                        TensorRule(
-                            f"{dst}attention.qkv.{param}",
-                            source,
-                            "qkv_interleaved",
-                            heads=dims["num_attention_heads"],
-                        )
-                    )
-                rules.extend(
-                    TensorRule(f"{dst}{t}.{param}", (f"{src}{s}.{param}",))
-                    for t, s in _LAYER_MODULES
-                )
-        ignored: tuple[re.Pattern[str], ...] = _IGNORED
-        if tied:
-            ignored = (*ignored, re.compile(r"lm_head\.weight"))
+        for dst, src in tables.layer_prefixes("transformer.h", dims["num_hidden_layers"]):
+            if multi_query:  # c_attn is already [q; k; v]
+                rules.extend(tables.module_rules(dst, src, [("attention.qkv", "attn.c_attn")]))
+            else:
+                heads = dims["num_attention_heads"]
+                rules.extend(tables.interleaved_qkv_rules(dst, f"{src}attn.c_attn", heads))
+            rules.extend(tables.module_rules(dst, src, _LAYER_MODULES))
+        ignored = tables.ignore_tied_head(_IGNORED, tied=tied)
         return TensorPlan(rules=tuple(rules), ignored=ignored)

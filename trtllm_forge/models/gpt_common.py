@@ -19,16 +19,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from trtllm_forge.errors import ExitCode, ForgeError
-from trtllm_forge.models.base import check_dtype, model_dims, text_config
+from trtllm_forge.models.base import Family, common_config, text_config
 
 # HF activation names forge's forward and lowering implement ("gelu" is the exact erf form;
 # the others are the tanh approximation under different names).
 SUPPORTED_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu")
-
-
-def architecture(hf_config: Mapping[str, Any]) -> str:
-    archs = hf_config.get("architectures") or []
-    return str(archs[0]) if archs else ""
 
 
 def activation(hf_config: Mapping[str, Any], *keys: str, default: str) -> str:
@@ -54,47 +49,30 @@ def base_config(
     parallel_residual: bool,
     tied: bool,
 ) -> dict[str, Any]:
-    """The config.json fields every family writes (reference §1.2), plus the forge flags."""
-    cfg = text_config(hf_config)
-    dims = model_dims(cfg)
-    arch = architecture(hf_config)
-    return {
-        "architecture": trt_architecture,
-        "dtype": check_dtype(dtype),
-        "logits_dtype": "float32",
-        "vocab_size": dims["vocab_size"],
-        "hidden_size": dims["hidden_size"],
-        "num_hidden_layers": dims["num_hidden_layers"],
-        "num_attention_heads": dims["num_attention_heads"],
-        "num_key_value_heads": dims["num_key_value_heads"],
-        "head_size": dims["head_size"],
-        "hidden_act": hidden_act,
-        "intermediate_size": dims["intermediate_size"],
-        "norm_epsilon": norm_epsilon,
-        "position_embedding_type": position_embedding_type,
-        "max_position_embeddings": cfg.get("max_position_embeddings"),
-        "tie_word_embeddings": tied,
-        "use_parallel_embedding": False,
-        "embedding_sharding_dim": 0,
-        "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
-        "quantization": {
-            "quant_algo": None,
-            "kv_cache_quant_algo": None,
-            "group_size": 128,
-            "has_zero_point": False,
-            "pre_quant_scale": False,
-            "exclude_modules": None,
-        },
-        "forge": {
-            "source_architecture": arch,
-            "family": family,
-            "converter_version": converter_version,
-            "head_dim": dims["head_size"],
-            "norm_type": norm_type,
-            "mlp_type": mlp_type,
-            "parallel_residual": parallel_residual,
-        },
-    }
+    """:func:`~trtllm_forge.models.base.common_config` plus the decoder-feature flags."""
+    config = common_config(
+        hf_config,
+        family=family,
+        trt_architecture=trt_architecture,
+        dtype=dtype,
+        converter_version=converter_version,
+        hidden_act=hidden_act,
+        norm_epsilon=norm_epsilon,
+        position_embedding_type=position_embedding_type,
+        tied=tied,
+    )
+    config["forge"].update(
+        {"norm_type": norm_type, "mlp_type": mlp_type, "parallel_residual": parallel_residual}
+    )
+    return config
+
+
+class GptStyleFamily(Family):
+    """A family converted through :func:`base_config`: refuses pre-quantized checkpoints."""
+
+    def validate(self, hf_config: Mapping[str, Any]) -> None:
+        super().validate(hf_config)
+        reject_prequantized(hf_config)
 
 
 def reject_prequantized(hf_config: Mapping[str, Any]) -> None:

@@ -13,8 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from trtllm_forge.models import gpt_common
-from trtllm_forge.models.base import Family, TensorPlan, TensorRule, model_dims, text_config
+from trtllm_forge.models import gpt_common, tables
+from trtllm_forge.models.base import TensorPlan, model_dims, text_config
 from trtllm_forge.models.llama import rope_settings
 
 CONVERTER_VERSION = 1
@@ -26,6 +26,7 @@ _LAYER_MODULES: tuple[tuple[str, str], ...] = (
     ("mlp.fc", "mlp.dense_h_to_4h"),
     ("mlp.proj", "mlp.dense_4h_to_h"),
 )
+_HEAD = "embed_out.weight"  # GPT-NeoX's name for the untied LM head
 # Buffers older transformers versions saved with the weights.
 _IGNORED = (
     re.compile(r"gpt_neox\.layers\.\d+\.attention\.(masked_)?bias"),
@@ -43,7 +44,7 @@ def rotary_pct(hf_config: Mapping[str, Any]) -> float:
     return float(cfg.get("rotary_pct", 1.0))
 
 
-class GptNeoxFamily(Family):
+class GptNeoxFamily(gpt_common.GptStyleFamily):
     name = "gpt_neox"
     architectures = ("GPTNeoXForCausalLM",)
     version = str(CONVERTER_VERSION)
@@ -51,7 +52,6 @@ class GptNeoxFamily(Family):
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)
         cfg = text_config(hf_config)
-        gpt_common.reject_prequantized(cfg)
         gpt_common.activation(cfg, "hidden_act", default="gelu")
         rope_settings(cfg)
         dim = int(model_dims(cfg)["head_size"] * rotary_pct(cfg))
@@ -97,33 +97,17 @@ class GptNeoxFamily(Family):
         tied = bool(cfg.get("tie_word_embeddings", False))
         bias = bool(cfg.get("attention_bias", True))
         rules = [
-            TensorRule("transformer.vocab_embedding.weight", ("gpt_neox.embed_in.weight",)),
-            TensorRule("transformer.ln_f.weight", ("gpt_neox.final_layer_norm.weight",)),
-            TensorRule("transformer.ln_f.bias", ("gpt_neox.final_layer_norm.bias",)),
-            TensorRule(
-                "lm_head.weight", ("gpt_neox.embed_in.weight" if tied else "embed_out.weight",)
-            ),
+            *tables.embedding_rules("gpt_neox.embed_in.weight", tied=tied, head=_HEAD),
+            *tables.module_rules("transformer.", "gpt_neox.", [("ln_f", "final_layer_norm")]),
         ]
+        # attention_bias covers the attention linears only; norms and MLP always have biases.
         params = ("weight", "bias") if bias else ("weight",)
-        for i in range(dims["num_hidden_layers"]):
-            dst, src = f"transformer.layers.{i}.", f"gpt_neox.layers.{i}."
-            for param in params:
-                rules.append(
-                    TensorRule(
-                        f"{dst}attention.qkv.{param}",
-                        (f"{src}attention.query_key_value.{param}",),
-                        "qkv_interleaved",
-                        heads=dims["num_attention_heads"],
-                    )
-                )
-                rules.append(
-                    TensorRule(f"{dst}attention.dense.{param}", (f"{src}attention.dense.{param}",))
-                )
-            for t, s in _LAYER_MODULES:
-                rules.extend(
-                    TensorRule(f"{dst}{t}.{p}", (f"{src}{s}.{p}",)) for p in ("weight", "bias")
-                )
-        ignored: tuple[re.Pattern[str], ...] = _IGNORED
-        if tied:
-            ignored = (*ignored, re.compile(r"embed_out\.weight"))
+        heads = dims["num_attention_heads"]
+        for dst, src in tables.layer_prefixes("gpt_neox.layers", dims["num_hidden_layers"]):
+            qkv = f"{src}attention.query_key_value"
+            rules.extend(tables.interleaved_qkv_rules(dst, qkv, heads, params))
+            dense = [("attention.dense", "attention.dense")]
+            rules.extend(tables.module_rules(dst, src, dense, params))
+            rules.extend(tables.module_rules(dst, src, _LAYER_MODULES))
+        ignored = tables.ignore_tied_head(_IGNORED, tied=tied, head=_HEAD)
         return TensorPlan(rules=tuple(rules), ignored=ignored)

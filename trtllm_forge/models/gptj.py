@@ -9,21 +9,19 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from trtllm_forge.models import gpt_common
-from trtllm_forge.models.base import Family, TensorPlan, TensorRule, model_dims, text_config
+from trtllm_forge.models import gpt_common, tables
+from trtllm_forge.models.base import TensorPlan, TensorRule, model_dims, text_config
 
 CONVERTER_VERSION = 1
 
-# (TRT-LLM tensor inside a layer, HF tensor inside transformer.h.{i})
-_LAYER_TABLE: tuple[tuple[str, str], ...] = (
-    ("input_layernorm.weight", "ln_1.weight"),
-    ("input_layernorm.bias", "ln_1.bias"),
-    ("attention.dense.weight", "attn.out_proj.weight"),
-    ("mlp.fc.weight", "mlp.fc_in.weight"),
-    ("mlp.fc.bias", "mlp.fc_in.bias"),
-    ("mlp.proj.weight", "mlp.fc_out.weight"),
-    ("mlp.proj.bias", "mlp.fc_out.bias"),
+# (TRT-LLM module inside a layer, HF module inside transformer.h.{i}): all have weights,
+# only the LayerNorm and the MLP have biases (q/k/v and out_proj do not).
+_BIASED_MODULES: tuple[tuple[str, str], ...] = (
+    ("input_layernorm", "ln_1"),
+    ("mlp.fc", "mlp.fc_in"),
+    ("mlp.proj", "mlp.fc_out"),
 )
+_LAYER_MODULES = (*_BIASED_MODULES, ("attention.dense", "attn.out_proj"))
 # Buffers (causal mask, sinusoid table) older transformers versions saved.
 _IGNORED = (re.compile(r"transformer\.h\.\d+\.attn\.(masked_bias|bias|embed_positions)"),)
 
@@ -33,7 +31,7 @@ def rotary_dim(hf_config: Mapping[str, Any]) -> int:
     return int(cfg.get("rotary_dim") or model_dims(cfg)["head_size"])
 
 
-class GptjFamily(Family):
+class GptjFamily(gpt_common.GptStyleFamily):
     name = "gptj"
     architectures = ("GPTJForCausalLM",)
     version = str(CONVERTER_VERSION)
@@ -41,7 +39,6 @@ class GptjFamily(Family):
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)
         cfg = text_config(hf_config)
-        gpt_common.reject_prequantized(cfg)
         gpt_common.activation(cfg, "activation_function", default="gelu_new")
         dim = rotary_dim(cfg)
         if dim <= 0 or dim % 2 or dim > model_dims(cfg)["head_size"]:
@@ -80,18 +77,14 @@ class GptjFamily(Family):
         cfg = text_config(hf_config)
         tied = bool(cfg.get("tie_word_embeddings", False))
         rules = [
-            TensorRule("transformer.vocab_embedding.weight", ("transformer.wte.weight",)),
-            TensorRule("transformer.ln_f.weight", ("transformer.ln_f.weight",)),
-            TensorRule("transformer.ln_f.bias", ("transformer.ln_f.bias",)),
-            TensorRule("lm_head.weight", ("transformer.wte.weight" if tied else "lm_head.weight",)),
+            *tables.embedding_rules("transformer.wte.weight", tied=tied),
             TensorRule("lm_head.bias", ("lm_head.bias",)),  # GPT-J's head always has one
+            *tables.module_rules("transformer.", "transformer.", [("ln_f", "ln_f")]),
         ]
-        for i in range(model_dims(cfg)["num_hidden_layers"]):
-            dst, src = f"transformer.layers.{i}.", f"transformer.h.{i}."
-            qkv = tuple(f"{src}attn.{p}_proj.weight" for p in "qkv")
-            rules.append(TensorRule(f"{dst}attention.qkv.weight", qkv, "concat_rows"))
-            rules.extend(TensorRule(dst + t, (src + s,)) for t, s in _LAYER_TABLE)
-        ignored: tuple[re.Pattern[str], ...] = _IGNORED
-        if tied:
-            ignored = (*ignored, re.compile(r"lm_head\.weight"))
+        layers = model_dims(cfg)["num_hidden_layers"]
+        for dst, src in tables.layer_prefixes("transformer.h", layers):
+            rules.append(tables.split_qkv_rule(dst, f"{src}attn", "weight"))
+            rules.extend(tables.module_rules(dst, src, _LAYER_MODULES, ("weight",)))
+            rules.extend(tables.module_rules(dst, src, _BIASED_MODULES, ("bias",)))
+        ignored = tables.ignore_tied_head(_IGNORED, tied=tied)
         return TensorPlan(rules=tuple(rules), ignored=ignored)

@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from trtllm_forge.errors import ExitCode, ForgeError
+from trtllm_forge.models import tables
 from trtllm_forge.models.base import (
     Family,
     TensorPlan,
     TensorRule,
-    check_dtype,
+    architecture,
+    common_config,
     model_dims,
     text_config,
 )
@@ -87,7 +89,7 @@ class LlamaFamily(Family):
             raise _unsupported(f"hidden_act {cfg.get('hidden_act')!r} (only 'silu')")
         if cfg.get("partial_rotary_factor", 1.0) != 1.0:
             raise _unsupported("partial_rotary_factor != 1")
-        if _architecture(hf_config) == "Qwen2ForCausalLM" and cfg.get("use_sliding_window"):
+        if architecture(hf_config) == "Qwen2ForCausalLM" and cfg.get("use_sliding_window"):
             raise _unsupported("Qwen2 use_sliding_window")
         if cfg.get("quantization_config"):
             raise _unsupported("pre-quantized HF checkpoints (quantization_config)")
@@ -96,51 +98,35 @@ class LlamaFamily(Family):
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
         self.validate(hf_config)
         cfg = text_config(hf_config)
-        dims = model_dims(cfg)
         theta, scaling = rope_settings(cfg)
-        arch = _architecture(hf_config)
+        arch = architecture(hf_config)
         qkv_bias, dense_bias = _attention_biases(hf_config)
-        config: dict[str, Any] = {
-            "architecture": arch,
-            "dtype": check_dtype(dtype),
-            "logits_dtype": "float32",
-            "vocab_size": dims["vocab_size"],
-            "hidden_size": dims["hidden_size"],
-            "num_hidden_layers": dims["num_hidden_layers"],
-            "num_attention_heads": dims["num_attention_heads"],
-            "num_key_value_heads": dims["num_key_value_heads"],
-            "head_size": dims["head_size"],
-            "hidden_act": "silu",
-            "intermediate_size": dims["intermediate_size"],
-            "norm_epsilon": float(cfg.get("rms_norm_eps", 1e-6)),
-            "position_embedding_type": "rope_gpt_neox",
-            "max_position_embeddings": cfg.get("max_position_embeddings"),
-            "rotary_base": theta,
-            "rotary_scaling": scaling,
-            "attn_bias": qkv_bias,
-            "mlp_bias": bool(cfg.get("mlp_bias", False)),
-            "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
-            "use_parallel_embedding": False,
-            "embedding_sharding_dim": 0,
-            "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
-            "quantization": {
-                "quant_algo": None,
-                "kv_cache_quant_algo": None,
-                "group_size": 128,
-                "has_zero_point": False,
-                "pre_quant_scale": False,
-                "exclude_modules": None,
-            },
-            "forge": {
-                "source_architecture": arch,
-                "family": self.name,
-                "converter_version": CONVERTER_VERSION,
-                "head_dim": dims["head_size"],
+        config = common_config(
+            hf_config,
+            family=self.name,
+            trt_architecture=arch,  # TensorRT-LLM keeps the HF names for this family
+            dtype=dtype,
+            converter_version=CONVERTER_VERSION,
+            hidden_act="silu",
+            norm_epsilon=float(cfg.get("rms_norm_eps", 1e-6)),
+            position_embedding_type="rope_gpt_neox",
+            tied=bool(cfg.get("tie_word_embeddings", False)),
+        )
+        config.update(
+            {
+                "rotary_base": theta,
+                "rotary_scaling": scaling,
+                "attn_bias": qkv_bias,
+                "mlp_bias": bool(cfg.get("mlp_bias", False)),
+            }
+        )
+        config["forge"].update(
+            {
                 "qkv_bias": qkv_bias,
                 "dense_bias": dense_bias,
                 "sliding_window": _sliding_window(hf_config),
-            },
-        }
+            }
+        )
         if arch == "Qwen2ForCausalLM":
             config["qwen_type"] = "qwen2"
         return config
@@ -150,30 +136,23 @@ class LlamaFamily(Family):
         layers = model_dims(cfg)["num_hidden_layers"]
         qkv_bias, dense_bias = _attention_biases(hf_config)
         tied = bool(cfg.get("tie_word_embeddings", False))
-        rules: list[TensorRule] = [
-            TensorRule("transformer.vocab_embedding.weight", ("model.embed_tokens.weight",)),
+        rules = [
+            *tables.embedding_rules("model.embed_tokens.weight", tied=tied),
             TensorRule("transformer.ln_f.weight", ("model.norm.weight",)),
-            TensorRule(
-                "lm_head.weight", ("model.embed_tokens.weight" if tied else "lm_head.weight",)
-            ),
         ]
-        for i in range(layers):
-            rules.extend(_layer_rules(i, qkv_bias, dense_bias, bool(cfg.get("mlp_bias"))))
-        ignored: tuple[re.Pattern[str], ...] = _IGNORED
-        if tied:
-            # Some tied checkpoints also store the (identical) head; the embedding is used.
-            ignored = (*ignored, re.compile(r"lm_head\.weight"))
+        mlp_bias = bool(cfg.get("mlp_bias"))
+        for dst, src in tables.layer_prefixes("model.layers", layers):
+            rules.extend(_layer_rules(dst, src, qkv_bias, dense_bias, mlp_bias))
+        ignored = tables.ignore_tied_head(_IGNORED, tied=tied)
         return TensorPlan(rules=tuple(rules), ignored=ignored)
 
 
-def _layer_rules(i: int, qkv_bias: bool, dense_bias: bool, mlp_bias: bool) -> list[TensorRule]:
-    src = f"model.layers.{i}."
-    dst = f"transformer.layers.{i}."
-    qkv = tuple(f"{src}self_attn.{p}_proj.weight" for p in "qkv")
-    rules = [TensorRule(f"{dst}attention.qkv.weight", qkv, "concat_rows")]
+def _layer_rules(
+    dst: str, src: str, qkv_bias: bool, dense_bias: bool, mlp_bias: bool
+) -> list[TensorRule]:
+    rules = [tables.split_qkv_rule(dst, f"{src}self_attn", "weight")]
     if qkv_bias:
-        bias = tuple(f"{src}self_attn.{p}_proj.bias" for p in "qkv")
-        rules.append(TensorRule(f"{dst}attention.qkv.bias", bias, "concat_rows"))
+        rules.append(tables.split_qkv_rule(dst, f"{src}self_attn", "bias"))
     table = _LAYER_TABLE
     if dense_bias:
         table = (*table, ("attention.dense.bias", "self_attn.o_proj.bias"))
@@ -183,14 +162,9 @@ def _layer_rules(i: int, qkv_bias: bool, dense_bias: bool, mlp_bias: bool) -> li
     return rules
 
 
-def _architecture(hf_config: Mapping[str, Any]) -> str:
-    archs = hf_config.get("architectures") or []
-    return str(archs[0]) if archs else ""
-
-
 def _attention_biases(hf_config: Mapping[str, Any]) -> tuple[bool, bool]:
     """(q/k/v have bias, o_proj has bias). Qwen2 has the first by design, not the second."""
-    if _architecture(hf_config) == "Qwen2ForCausalLM":
+    if architecture(hf_config) == "Qwen2ForCausalLM":
         return True, False
     bias = bool(text_config(hf_config).get("attention_bias", False))
     return bias, bias
@@ -198,7 +172,7 @@ def _attention_biases(hf_config: Mapping[str, Any]) -> tuple[bool, bool]:
 
 def _sliding_window(hf_config: Mapping[str, Any]) -> int | None:
     cfg = text_config(hf_config)
-    if _architecture(hf_config) != "MistralForCausalLM":
+    if architecture(hf_config) != "MistralForCausalLM":
         return None
     window = cfg.get("sliding_window")
     return int(window) if window else None

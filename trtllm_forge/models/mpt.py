@@ -10,22 +10,23 @@ and ``bias: false``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from trtllm_forge.models import gpt_common
-from trtllm_forge.models.base import Family, TensorPlan, TensorRule, model_dims, text_config
+from trtllm_forge.models import gpt_common, tables
+from trtllm_forge.models.base import TensorPlan, model_dims, text_config
 
 CONVERTER_VERSION = 1
 
-_LAYER_TABLE: tuple[tuple[str, str], ...] = (
-    ("input_layernorm.weight", "norm_1.weight"),
-    ("attention.qkv.weight", "attn.Wqkv.weight"),
-    ("attention.dense.weight", "attn.out_proj.weight"),
-    ("post_layernorm.weight", "norm_2.weight"),
-    ("mlp.fc.weight", "ffn.up_proj.weight"),
-    ("mlp.proj.weight", "ffn.down_proj.weight"),
+# (TRT-LLM module inside a layer, HF module inside transformer.blocks.{i}); Wqkv is
+# already [q; k; v].
+_LAYER_MODULES: tuple[tuple[str, str], ...] = (
+    ("input_layernorm", "norm_1"),
+    ("attention.qkv", "attn.Wqkv"),
+    ("attention.dense", "attn.out_proj"),
+    ("post_layernorm", "norm_2"),
+    ("mlp.fc", "ffn.up_proj"),
+    ("mlp.proj", "ffn.down_proj"),
 )
 
 
@@ -34,7 +35,7 @@ def _attn_config(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
     return attn if isinstance(attn, Mapping) else {}
 
 
-class MptFamily(Family):
+class MptFamily(gpt_common.GptStyleFamily):
     name = "mpt"
     architectures = ("MptForCausalLM",)
     version = str(CONVERTER_VERSION)
@@ -42,7 +43,6 @@ class MptFamily(Family):
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)
         cfg = text_config(hf_config)
-        gpt_common.reject_prequantized(cfg)
         attn = _attn_config(cfg)
         problems = {
             "attn_config.alibi = false": attn.get("alibi", True) is False,
@@ -83,13 +83,13 @@ class MptFamily(Family):
 
     def tensor_plan(self, hf_config: Mapping[str, Any]) -> TensorPlan:
         cfg = text_config(hf_config)
+        weight = ("weight",)  # MPT has no biases at all (LayerNorms included)
         rules = [
-            TensorRule("transformer.vocab_embedding.weight", ("transformer.wte.weight",)),
-            TensorRule("transformer.ln_f.weight", ("transformer.norm_f.weight",)),
             # transformers' MPT always ties the head to wte.
-            TensorRule("lm_head.weight", ("transformer.wte.weight",)),
+            *tables.embedding_rules("transformer.wte.weight", tied=True),
+            *tables.module_rules("transformer.", "transformer.", [("ln_f", "norm_f")], weight),
         ]
-        for i in range(model_dims(cfg)["num_hidden_layers"]):
-            src, dst = f"transformer.blocks.{i}.", f"transformer.layers.{i}."
-            rules.extend(TensorRule(dst + t, (src + s,)) for t, s in _LAYER_TABLE)
-        return TensorPlan(rules=tuple(rules), ignored=(re.compile(r"lm_head\.weight"),))
+        layers = model_dims(cfg)["num_hidden_layers"]
+        for dst, src in tables.layer_prefixes("transformer.blocks", layers):
+            rules.extend(tables.module_rules(dst, src, _LAYER_MODULES, weight))
+        return TensorPlan(rules=tuple(rules), ignored=tables.ignore_tied_head((), tied=True))
