@@ -57,6 +57,9 @@ class StageOutput:
 
 
 class Stage(Protocol):
+    """A stage may also define ``check(artifact) -> None``: the runner calls it after a
+    hit or a build, so an artifact can fail the build even when cached (verify gates)."""
+
     name: str
     version: str  # bump when the stage's output for the same inputs changes
     upstream: tuple[str, ...]
@@ -64,12 +67,6 @@ class Stage(Protocol):
     def key_inputs(self, job: StageJob) -> KeyInputs: ...
 
     def run(self, job: StageJob, out_dir: Path) -> StageOutput: ...
-
-
-class CheckedStage(Stage, Protocol):
-    """A stage whose artifact can fail the build even when cached (verify gates)."""
-
-    def check(self, artifact: Artifact) -> None: ...
 
 
 def fields_of(recipe: Any, *paths: str) -> dict[str, Any]:
