@@ -127,12 +127,26 @@ def _error_message(run: Run) -> str:
 # -- tier summary for docs/reliability.md -----------------------------------------------
 _TALLY: dict[str, int] = {}
 _STARTED: list[float] = []
+_PARTIAL: list[str] = []  # why this session is not a whole-tier run
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     import time
 
     _STARTED.append(time.time())
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if any("reliability" in item.keywords for item in items):
+        _PARTIAL.append("some reliability tests were deselected")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    here = Path(__file__).parent
+    ran = {Path(str(item.fspath)).name for item in session.items if "reliability" in item.keywords}
+    missing = {p.name for p in here.glob("test_*.py")} - ran
+    if missing:
+        _PARTIAL.append(f"not collected: {sorted(missing)}")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -144,10 +158,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Record the whole tier's outcome (a partial run leaves the last whole-tier record alone)."""
     import time
 
     from tests.reliability.harness import record
 
-    if _TALLY and _STARTED and not hasattr(session.config, "workerinput"):
+    if _TALLY and _STARTED and not _PARTIAL and not hasattr(session.config, "workerinput"):
         record("tier", {"outcomes": dict(sorted(_TALLY.items())), "seconds": round(time.time() - _STARTED[0]),
-                        "cpus": os.cpu_count(), "complete": session.testscollected == sum(_TALLY.values())})
+                        "cpus": os.cpu_count()})
