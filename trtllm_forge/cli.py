@@ -566,24 +566,30 @@ def cache_verify(
         if fix:
             for e in bad:
                 maintenance.remove(store, key_prefix=e.key, stage=None, everything=False)
-        if as_json:
-            _print_json(
-                {
-                    "ok": not bad or fix,
-                    "checked": len(found),
-                    "damaged": [e.to_json() for e in bad],
-                    "fixed": fix,
-                }
-            )
-        else:
-            for e in bad:
-                print(f"damaged: {e.stage} {e.key}: {e.problem}" + (" (removed)" if fix else ""))
-            print(f"checked {len(found)} artifact(s), {len(bad)} damaged")
+        error = None
         if bad and not fix:
-            raise store_error(
+            error = store_error(
                 f"{len(bad)} damaged artifact(s) in the store",
                 hint="run `forge cache verify --fix` to delete them; builds rebuild them",
             )
+        if as_json:  # one document, carrying the error when there is one
+            doc: dict[str, Any] = {
+                "ok": error is None,
+                "checked": len(found),
+                "damaged": [e.to_json() for e in bad],
+                "fixed": fix,
+            }
+            if error is not None:
+                doc["error"] = error.to_dict()
+            _print_json(doc)
+            if error is not None:
+                raise typer.Exit(int(error.code))
+            return
+        for e in bad:
+            print(f"damaged: {e.stage} {e.key}: {e.problem}" + (" (removed)" if fix else ""))
+        print(f"checked {len(found)} artifact(s), {len(bad)} damaged")
+        if error is not None:
+            raise error
 
     _guard(body, as_json)
 
