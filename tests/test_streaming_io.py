@@ -1,8 +1,9 @@
 """The byte-streaming paths behind convert, shard and digests (added for speed).
 
 Each fast path is checked against the straightforward one it replaced: the
-tensor-level reference (``read_split``, ``torch`` casts), the kernel copy against
-the buffered fallback, and many small blocks against one big block. Real tiny
+tensor-level reference (``read_split``, ``torch`` casts), many small blocks
+against one big block, and the digest noted while writing against reading the
+file back. Real tiny
 models and real files throughout; blocks are made tiny so that every
 multi-block branch runs.
 """
@@ -20,12 +21,12 @@ from safetensors.torch import save_file
 
 from tests.tinymodels import make_tiny_hf
 from trtllm_forge.checkpoint import convert, shard
-from trtllm_forge.checkpoint import safetensors_stream as stream
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 from trtllm_forge.checkpoint.io import CheckpointReader
 from trtllm_forge.checkpoint.safetensors_stream import StreamingWriter, TensorSpec, read_layout
 from trtllm_forge.checkpoint.shard import plan_shards, read_split, shard_checkpoint
 from trtllm_forge.store import digest
+from trtllm_forge.store.memo import DigestMemo
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def _files(directory: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_block_wise_cast_equals_torch_cast(tiny_hf: Path, tmp_path: Path, dtype: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(convert, "BLOCK_BYTES", 100)  # a few rows per block, many blocks per tensor
+    monkeypatch.setattr(convert, "CAST_BLOCK_BYTES", 100)  # a few rows per block, many blocks per tensor
     convert_hf_checkpoint(tiny_hf, tmp_path / "small", dtype=dtype)
     target = getattr(torch, dtype)
     with CheckpointReader(tmp_path / "small") as ours, safe_open(
@@ -50,21 +51,27 @@ def test_block_wise_cast_equals_torch_cast(tiny_hf: Path, tmp_path: Path, dtype:
         assert torch.equal(ours.get("transformer.vocab_embedding.weight"), embed)
         q, k, v = (hf.get_tensor(f"model.layers.1.self_attn.{n}_proj.weight").to(target) for n in "qkv")
         assert torch.equal(ours.get("transformer.layers.1.attention.qkv.weight"), torch.cat([q, k, v]))
-    monkeypatch.setattr(convert, "BLOCK_BYTES", 1 << 30)
+    monkeypatch.setattr(convert, "CAST_BLOCK_BYTES", 1 << 30)
     convert_hf_checkpoint(tiny_hf, tmp_path / "big", dtype=dtype)
     assert _files(tmp_path / "small") == _files(tmp_path / "big")
 
 
-def test_buffered_fallback_equals_kernel_copy(tiny_hf: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    convert_hf_checkpoint(tiny_hf, tmp_path / "kernel", dtype="float32")  # same dtype: all copies
-    shard_checkpoint(tmp_path / "kernel", tmp_path / "kernel_tp2", tp=2, pp=1)
-    monkeypatch.setattr(stream, "_kernel_copy", False)
-    monkeypatch.setattr(stream, "BLOCK_BYTES", 64)
-    convert_hf_checkpoint(tiny_hf, tmp_path / "buffered", dtype="float32")
-    shard_checkpoint(tmp_path / "buffered", tmp_path / "buffered_tp2", tp=2, pp=1)
-    assert _files(tmp_path / "kernel") == _files(tmp_path / "buffered")
-    assert _files(tmp_path / "kernel_tp2") == _files(tmp_path / "buffered_tp2")
+def test_written_digests_are_exact_and_used_by_the_memo(tiny_hf: Path, tmp_path: Path) -> None:
+    convert_hf_checkpoint(tiny_hf, tmp_path / "ckpt", dtype="float16")
+    shard_checkpoint(tmp_path / "ckpt", tmp_path / "tp2", tp=2, pp=1)
+    files = [tmp_path / "ckpt" / "rank0.safetensors", *sorted((tmp_path / "tp2").glob("rank*.safetensors"))]
+    memo = DigestMemo(tmp_path / "memo.sqlite")
+    for file in files:
+        noted = digest.written_digest(os.stat(file))
+        assert noted == digest.digest_file(file)  # what was hashed on the way out is the file
+        assert memo.digest(file) == noted
+    assert (memo.hits, memo.misses) == (len(files), 0)
+    assert memo.digest(files[0], fresh=True) == digest.digest_file(files[0])  # a scrub re-reads
+    with open(files[1], "ab") as fh:  # a later write changes the stamp: the note no longer applies
+        fh.write(b"x")
+    assert digest.written_digest(os.stat(files[1])) is None
+    assert DigestMemo(tmp_path / "other.sqlite").digest(files[1]) == digest.digest_file(files[1])
+    memo.close()
 
 
 @pytest.mark.parametrize(("tp", "pp"), [(2, 1), (4, 1), (2, 2)])

@@ -4,9 +4,10 @@ Every output tensor is described first as a :class:`Split` (which source, which
 axis, which index ranges, how much zero padding) by pure functions, so
 ``plan_shards`` can be inspected or tested without touching weights. Only then
 are bytes moved, one output tensor at a time, all tp ranks of a pipeline stage
-side by side: contiguous ranges are copied by the kernel (``copy_file_range``)
-and strided ones (row-parallel weights) are read once in blocks of rows and
-sliced for every rank. Peak memory is one block, whatever the model size.
+side by side: contiguous ranges are copied as raw bytes, and strided ones
+(row-parallel weights) are read once in blocks of rows and handed to every
+rank's file as ``writev`` ranges. Peak memory is one block, whatever the model
+size.
 
 How a tensor is split is decided by two tables, not by code paths:
 
@@ -45,9 +46,8 @@ from trtllm_forge.checkpoint.safetensors_stream import (
     StreamingWriter,
     TensorSink,
     TensorSpec,
-    read_block,
+    pread_exact,
     read_layout,
-    tensor_bytes,
 )
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error
@@ -413,9 +413,9 @@ def _fill(src_fd: int, layout: Mapping[str, StoredTensor], sinks: Sequence[tuple
 
     Viewing the source as ``[outer, axis, inner]``, a split keeps index ranges of
     the middle axis then appends zero padding. With ``outer == 1`` (splits along
-    the first axis) every range is one contiguous run of bytes, copied by the
-    kernel; otherwise rows of the source are read in blocks and sliced, once for
-    all the ranks that share the source.
+    the first axis) every range is one contiguous run of bytes, copied as is;
+    otherwise rows of the source are read in blocks and sliced, once for all the
+    ranks that share the source.
     """
     strided: dict[tuple[str, int], list[tuple[Split, TensorSink]]] = {}
     for split, sink in sinks:
@@ -444,18 +444,22 @@ def _geometry(stored: StoredTensor, axis: int) -> tuple[int, int, int]:
 def _fill_strided(
     src_fd: int, stored: StoredTensor, axis: int, pairs: Sequence[tuple[Split, TensorSink]]
 ) -> None:
+    """Read whole rows of the ``[outer, axis, inner]`` view a block at a time; hand each
+    rank its ranges of every row (and its padding) as one ``writev``, without copying."""
     outer, size, unit = _geometry(stored, axis)
     row = size * unit
-    if row == 0:
-        for split, sink in pairs:
-            sink.zeros(outer * split.pad * unit)
-        return
-    step = max(1, BLOCK_BYTES // row)
+    padding = memoryview(bytes(max(split.pad for split, _ in pairs) * unit))
+    step = max(1, BLOCK_BYTES // row if row else outer)
+    buffer = memoryview(bytearray(min(step, outer) * row))
     for first in range(0, outer, step):
         n = min(step, outer - first)
-        block = read_block(src_fd, stored.offset + first * row, n * row).view(n, row)
+        block = buffer[: n * row]
+        pread_exact(src_fd, block, stored.offset + first * row)
         for split, sink in pairs:
-            parts = [block[:, start * unit : end * unit] for start, end in split.ranges]
-            if split.pad:
-                parts.append(torch.zeros(n, split.pad * unit, dtype=torch.uint8))
-            sink.write(tensor_bytes(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]))
+            views: list[memoryview] = []
+            for r in range(n):
+                base = r * row
+                views.extend(block[base + start * unit : base + end * unit] for start, end in split.ranges)
+                if split.pad:
+                    views.append(padding[: split.pad * unit])
+            sink.write_views(views)
