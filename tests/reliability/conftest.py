@@ -126,6 +126,7 @@ def _error_message(run: Run) -> str:
 
 # -- tier summary for docs/reliability.md -----------------------------------------------
 _TALLY: dict[str, int] = {}
+_NOT_PASSED: dict[str, list[str]] = {"failed": [], "xfailed": [], "skipped": []}
 _STARTED: list[float] = []
 _PARTIAL: list[str] = []  # why this session is not a whole-tier run
 
@@ -155,14 +156,19 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         outcome = "xfailed" if hasattr(report, "wasxfail") and report.skipped else report.outcome
         _TALLY[outcome] = _TALLY.get(outcome, 0) + 1
+        if outcome in _NOT_PASSED:
+            _NOT_PASSED[outcome].append(report.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Record the whole tier's outcome (a partial run leaves the last whole-tier record alone)."""
+    import resource
     import time
 
     from tests.reliability.harness import record
 
     if _TALLY and _STARTED and not _PARTIAL and not hasattr(session.config, "workerinput"):
+        cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                    resource.getrusage(resource.RUSAGE_CHILDREN)))
         record("tier", {"outcomes": dict(sorted(_TALLY.items())), "seconds": round(time.time() - _STARTED[0]),
-                        "cpus": os.cpu_count()})
+                        "cpu_seconds": round(cpu), "cpus": os.cpu_count(), **_NOT_PASSED})

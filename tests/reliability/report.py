@@ -97,7 +97,8 @@ def _reproducible(d: dict[str, Any]) -> str:
 
 def _footprint(d: dict[str, Any]) -> str:
     left = d["writes_outside_forge_home"]
-    return "nothing outside $FORGE_HOME" if not left else f"**writes outside $FORGE_HOME**: {', '.join(left[:4])}"
+    leaves = [p for p in left if not any(o.startswith(p + "/") for o in left)]  # files, not their dirs
+    return "nothing outside $FORGE_HOME" if not left else f"writes outside $FORGE_HOME: {', '.join(leaves[:4])}"
 
 
 def _secrets(d: dict[str, Any]) -> str:
@@ -108,7 +109,18 @@ def _secrets(d: dict[str, Any]) -> str:
 
 def _tier(d: dict[str, Any]) -> str:
     outcomes = ", ".join(f"{n} {k}" for k, n in d["outcomes"].items())
-    return f"{outcomes} in {d['seconds'] // 60} min {d['seconds'] % 60} s on {d['cpus']} CPUs"
+    cpu = f", {d['cpu_seconds'] // 60} min of CPU" if "cpu_seconds" in d else ""
+    return f"{outcomes} in {d['seconds'] // 60} min {d['seconds'] % 60} s on {d['cpus']} CPUs{cpu}"
+
+
+def _verdict(tier: dict[str, Any], test: str) -> str:
+    """How the row's test(s) ended in the last whole-tier run, when not a plain pass."""
+    marks = []
+    for outcome, label in (("failed", "FAILED"), ("xfailed", "known failure (xfail)")):
+        hits = [n.split("::")[-1] for n in tier.get(outcome, []) if n.startswith(test)]
+        if hits:
+            marks.append(f"**{label}**: `{'`, `'.join(hits)}` · ")
+    return "".join(marks)
 
 
 def render(data: dict[str, dict[str, Any]]) -> str:
@@ -120,14 +132,16 @@ def render(data: dict[str, dict[str, Any]]) -> str:
          "files; `forge cache ls` agrees", f"{T}/test_crash.py::test_kill_at_every_point_leaves_a_consistent_store",
          f("crash", _crash)),
         ("After a kill, rerunning gives the same keys and content digests as an uninterrupted build; "
-         "`forge cache gc` removes the leftovers and nothing the build uses", "same test", "(same kills)"),
+         "`forge cache gc` removes the leftovers and nothing the build uses",
+         f"{T}/test_crash.py::test_kill_at_every_point_leaves_a_consistent_store", "the same kills"),
         ("Two clean builds of one recipe produce bit-identical artifacts",
          f"{T}/test_crash.py::test_uninterrupted_builds_are_bit_reproducible", f("reproducible", _reproducible)),
         ("Concurrent builds of one recipe do each stage's work once and agree bit for bit",
          f"{T}/test_concurrency.py::test_concurrent_builds_of_one_recipe_do_each_stage_once",
          f("concurrency", _concurrency)),
         ("Builds wait only on keys they share; a lock dies with its holder (SIGKILL); a lock wait "
-         "times out with exit 6", f"{T}/test_concurrency.py (5 more tests)", "parked holders, see tests"),
+         "times out with exit 6", f"{T}/test_concurrency.py",
+         f("concurrency_locks", lambda d: "; ".join(d["proved"]) or "none proved")),
         ("A damaged artifact (flipped byte with mtime restored, truncation, deleted file or manifest, "
          "garbage manifest) is a miss: rejected, said so, rebuilt identical",
          f"{T}/test_integrity.py", f("integrity_flip", lambda d: f"flipped a byte in {', '.join(d['stages'])}: "
@@ -148,7 +162,8 @@ def render(data: dict[str, dict[str, Any]]) -> str:
         ("An HF token is never written to a manifest, key, ref, event, report or memo, nor printed",
          f"{T}/test_footprint.py::test_hf_token_is_never_written_or_printed", f("secrets", _secrets)),
     ]
-    table = "\n".join(f"| {i} | {what} | `{test}` | {fig} |" for i, (what, test, fig) in enumerate(rows, 1))
+    table = "\n".join(f"| {i} | {what} | `{test}` | {_verdict(tier, test)}{fig} |"
+                      for i, (what, test, fig) in enumerate(rows, 1))
     overhead = f("fault_overhead", lambda d: f"{d['ns_per_point_unset']:.0f} ns")
     return TEMPLATE.format(ran=ran, commit=_commit(), python=platform.python_version(),
                            machine=f"{platform.system()} {platform.machine()}", tier=f("tier", _tier),
@@ -163,7 +178,7 @@ concurrent processes, real full disks, no mocks. The figures are from its last
 run, rendered by a script so anyone can refresh them:
 
 ```bash
-make test-reliability                 # ~15 min on 2 cores; writes build/reliability/*.json
+make test-reliability                 # writes build/reliability/*.json (time: see "Last run")
 python -m tests.reliability.report    # rewrites this page from those files
 ```
 

@@ -37,6 +37,13 @@ from trtllm_forge.store.events import read_events
 
 pytestmark = pytest.mark.reliability
 N_BUILDS = 4
+_LOCKS: list[str] = []  # one line per interleaving proved, for docs/reliability.md
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _record_locks() -> Iterator[None]:
+    yield
+    record("concurrency_locks", {"proved": _LOCKS})
 
 
 @contextmanager
@@ -121,6 +128,7 @@ def test_waiters_reuse_the_holders_work(reference: Reference, tmp_path: Path) ->
     assert all(n == 1 for n in starts(home).values())
     waited = [e for e in read_events(home) if e["event"] == "hit" and e.get("waited")]
     assert {e["pid"] for e in waited if e["stage"] == "convert"} == {p.pid for p in procs[1:]}
+    _LOCKS.append(f"{N_BUILDS - 1} builds queued on a parked holder's convert lock, then reused its artifact")
 
 
 def test_different_recipes_block_only_on_shared_keys(reference: Reference, tmp_path: Path) -> None:
@@ -138,6 +146,7 @@ def test_different_recipes_block_only_on_shared_keys(reference: Reference, tmp_p
         keys_a = finish(procs[0], log_a)
     assert keys_a["fetch"] == keys_b["fetch"] and keys_a["convert"] != keys_b["convert"]
     assert starts(home)[("fetch", keys_a["fetch"])] == 1
+    _LOCKS.append("another recipe built its own convert while the first held its convert lock")
 
 
 def test_shared_upstream_key_is_waited_for(reference: Reference, tmp_path: Path) -> None:
@@ -154,6 +163,7 @@ def test_shared_upstream_key_is_waited_for(reference: Reference, tmp_path: Path)
         keys_a, keys_b = finish(procs[0], log_a), finish(procs[1], log_b)
     assert keys_a["fetch"] == keys_b["fetch"]
     assert starts(home)[("fetch", keys_a["fetch"])] == 1
+    _LOCKS.append("another recipe waited on the shared fetch key until its holder finished")
 
 
 def test_lock_of_a_killed_holder_is_recovered(reference: Reference, tmp_path: Path) -> None:
@@ -176,6 +186,7 @@ def test_lock_of_a_killed_holder_is_recovered(reference: Reference, tmp_path: Pa
     assert any(str(procs[0].pid) in name for name in leftovers)  # the dead holder's half-built dir
     assert forge(home, "cache", "gc").code == 0
     assert staging_leftovers(home) == []
+    _LOCKS.append("SIGKILLing a lock holder let its waiter build at once; gc removed the dead holder's staging")
 
 
 def test_lock_timeout_is_a_store_error(reference: Reference, tmp_path: Path) -> None:
@@ -186,3 +197,4 @@ def test_lock_timeout_is_a_store_error(reference: Reference, tmp_path: Path) -> 
                     env={"FORGE_LOCK_TIMEOUT": "1"})
     assert run.code == 6 and "Traceback" not in run.text
     assert "timed out" in run.err and "FORGE_LOCK_TIMEOUT" in run.err
+    _LOCKS.append("a lock wait past FORGE_LOCK_TIMEOUT is exit 6 naming the variable")
