@@ -6,12 +6,12 @@ created (runtime.py), so the engine directory is portable across CPUs.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.engine.metadata import engine_metadata, write_metadata
-from trtllm_forge.engine.onnx.lower import lower_checkpoint
 from trtllm_forge.engine.spec import read_checkpoint
 
 if TYPE_CHECKING:
@@ -24,16 +24,18 @@ TOOLS = ("onnx", "onnxruntime")
 
 
 def unavailable_reason() -> str | None:
-    try:
-        import onnxruntime  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        return f"onnxruntime is not importable: {exc}"
+    # find_spec, not import: this runs on every build's key computation, cached or not,
+    # and importing onnxruntime (or the lowering, which pulls in torch) costs seconds.
+    if importlib.util.find_spec("onnxruntime") is None:  # pragma: no cover - a declared dependency
+        return "onnxruntime is not installed (pip install onnxruntime)"
     return None
 
 
 def build(
     checkpoint_dir: Path, out_dir: Path, options: BuildOptions, *, progress: Progress = _NO_PROGRESS
 ) -> dict[str, Any]:
+    from trtllm_forge.engine.onnx.lower import lower_checkpoint
+
     ckpt = read_checkpoint(checkpoint_dir)
     meta = engine_metadata(
         ckpt, backend=NAME, limits=options.limits(), plugins=dict(options.plugins), tools=TOOLS
