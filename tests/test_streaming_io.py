@@ -1,9 +1,8 @@
 """The byte-streaming paths behind convert, shard and digests (added for speed).
 
 Each fast path is checked against the straightforward one it replaced: the
-tensor-level reference (``read_split``, ``torch`` casts), many small blocks
-against one big block, and the digest noted while writing against reading the
-file back. Real tiny
+tensor-level reference (``read_split``, ``torch`` casts), the kernel copy
+against the buffered fallback, and many small blocks against one big block. Real tiny
 models and real files throughout; blocks are made tiny so that every
 multi-block branch runs.
 """
@@ -21,12 +20,12 @@ from safetensors.torch import save_file
 
 from tests.tinymodels import make_tiny_hf
 from trtllm_forge.checkpoint import convert, shard
+from trtllm_forge.checkpoint import safetensors_stream as stream
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 from trtllm_forge.checkpoint.io import CheckpointReader
 from trtllm_forge.checkpoint.safetensors_stream import StreamingWriter, TensorSpec, read_layout
 from trtllm_forge.checkpoint.shard import plan_shards, read_split, shard_checkpoint
 from trtllm_forge.store import digest
-from trtllm_forge.store.memo import DigestMemo
 
 
 @pytest.fixture(scope="module")
@@ -56,22 +55,16 @@ def test_block_wise_cast_equals_torch_cast(tiny_hf: Path, tmp_path: Path, dtype:
     assert _files(tmp_path / "small") == _files(tmp_path / "big")
 
 
-def test_written_digests_are_exact_and_used_by_the_memo(tiny_hf: Path, tmp_path: Path) -> None:
-    convert_hf_checkpoint(tiny_hf, tmp_path / "ckpt", dtype="float16")
-    shard_checkpoint(tmp_path / "ckpt", tmp_path / "tp2", tp=2, pp=1)
-    files = [tmp_path / "ckpt" / "rank0.safetensors", *sorted((tmp_path / "tp2").glob("rank*.safetensors"))]
-    memo = DigestMemo(tmp_path / "memo.sqlite")
-    for file in files:
-        noted = digest.written_digest(os.stat(file))
-        assert noted == digest.digest_file(file)  # what was hashed on the way out is the file
-        assert memo.digest(file) == noted
-    assert (memo.hits, memo.misses) == (len(files), 0)
-    assert memo.digest(files[0], fresh=True) == digest.digest_file(files[0])  # a scrub re-reads
-    with open(files[1], "ab") as fh:  # a later write changes the stamp: the note no longer applies
-        fh.write(b"x")
-    assert digest.written_digest(os.stat(files[1])) is None
-    assert DigestMemo(tmp_path / "other.sqlite").digest(files[1]) == digest.digest_file(files[1])
-    memo.close()
+def test_buffered_fallback_equals_kernel_copy(tiny_hf: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    convert_hf_checkpoint(tiny_hf, tmp_path / "kernel", dtype="float32")  # same dtype: all copies
+    shard_checkpoint(tmp_path / "kernel", tmp_path / "kernel_tp2", tp=2, pp=1)
+    monkeypatch.setattr(stream, "_kernel_copy", False)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 64)
+    convert_hf_checkpoint(tiny_hf, tmp_path / "buffered", dtype="float32")
+    shard_checkpoint(tmp_path / "buffered", tmp_path / "buffered_tp2", tp=2, pp=1)
+    assert _files(tmp_path / "kernel") == _files(tmp_path / "buffered")
+    assert _files(tmp_path / "kernel_tp2") == _files(tmp_path / "buffered_tp2")
 
 
 @pytest.mark.parametrize(("tp", "pp"), [(2, 1), (4, 1), (2, 2)])

@@ -2,12 +2,11 @@
 
 Source headers are validated with ``safe_open``; the bytes are then streamed
 straight into the output file. A tensor already in the target dtype is copied
-as raw bytes through a small buffer, and a fusion is the concatenation of its
-sources' bytes (q, k and v stacked along rows), so no tensor object is built.
-Tensors that need a cast pass through in row blocks of a few MB. Memory is flat
-whatever the model size, and no source file is memory-mapped, so reading it
-does not add its pages to our RSS. The writer hashes what it writes, so the
-store does not read the output back to digest it.
+by the kernel (``copy_file_range``, as ``cp`` does) and a fusion is the
+concatenation of its sources' bytes (q, k and v stacked along rows), so no
+tensor object is built. Tensors that need a cast pass through in row blocks of
+a few MB. Memory is flat whatever the model size, and no source file is
+memory-mapped, so reading it does not add its pages to our RSS.
 """
 
 from __future__ import annotations

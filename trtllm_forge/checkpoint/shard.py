@@ -4,9 +4,9 @@ Every output tensor is described first as a :class:`Split` (which source, which
 axis, which index ranges, how much zero padding) by pure functions, so
 ``plan_shards`` can be inspected or tested without touching weights. Only then
 are bytes moved, one output tensor at a time, all tp ranks of a pipeline stage
-side by side: contiguous ranges are copied as raw bytes, and strided ones
-(row-parallel weights) are read once in blocks of rows and handed to every
-rank's file as ``writev`` ranges. Peak memory is one block, whatever the model
+side by side: contiguous ranges are copied by the kernel (``copy_file_range``),
+and strided ones (row-parallel weights) are read once in blocks of rows and
+handed to every rank's file as ``writev`` ranges. Peak memory is one block, whatever the model
 size.
 
 How a tensor is split is decided by two tables, not by code paths:
@@ -413,8 +413,8 @@ def _fill(src_fd: int, layout: Mapping[str, StoredTensor], sinks: Sequence[tuple
 
     Viewing the source as ``[outer, axis, inner]``, a split keeps index ranges of
     the middle axis then appends zero padding. With ``outer == 1`` (splits along
-    the first axis) every range is one contiguous run of bytes, copied as is;
-    otherwise rows of the source are read in blocks and sliced, once for all the
+    the first axis) every range is one contiguous run of bytes, copied by the
+    kernel; otherwise rows of the source are read in blocks and sliced, once for all the
     ranks that share the source.
     """
     strided: dict[tuple[str, int], list[tuple[Split, TensorSink]]] = {}

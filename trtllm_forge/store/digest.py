@@ -50,28 +50,6 @@ def digest_file(path: Path) -> str:
     return f"{ALGO}:{hasher.hexdigest()}"
 
 
-# Digests of files this process wrote and hashed on the way out (the streaming
-# checkpoint writer does), keyed like the memo by the file's identity and stamp
-# once closed: a later write changes the stamp, so an entry can never vouch for
-# other bytes. It lets a store commit take the digest of 13 GB just written
-# instead of reading it all back.
-_WRITTEN: dict[tuple[int, int, int, int, int], str] = {}
-
-
-def _stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def note_written(path: Path, hexdigest: str) -> None:
-    """Record the blake3 of a file this process just wrote and closed."""
-    _WRITTEN[_stamp(os.stat(path))] = f"{ALGO}:{hexdigest}"
-
-
-def written_digest(st: os.stat_result) -> str | None:
-    """The digest :func:`note_written` recorded for exactly this file state, if any."""
-    return _WRITTEN.get(_stamp(st))
-
-
 def short(digest: str, n: int = 12) -> str:
     """The first ``n`` hex characters, for display only."""
     return digest.split(":", 1)[-1][:n]

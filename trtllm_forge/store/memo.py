@@ -15,7 +15,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from trtllm_forge.store.digest import digest_file, written_digest
+from trtllm_forge.store.digest import digest_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS file_digest (
@@ -83,11 +83,6 @@ class DigestMemo:
         if row is not None and tuple(row[:3]) == stamp:
             self.hits += 1
             return str(row[3])
-        written = None if fresh else written_digest(st)
-        if written is not None:  # hashed by this process while writing it
-            self.hits += 1
-            self._remember(st.st_dev, st.st_ino, stamp, written)
-            return written
         self.misses += 1
         value = digest_file(path)
         self._remember(st.st_dev, st.st_ino, stamp, value)
