@@ -27,7 +27,9 @@ def write_reports(result: VerifyResult, out_dir: Path) -> dict[str, Path]:
         "markdown": out_dir / REPORT_MD,
         "junit": out_dir / JUNIT_XML,
     }
-    result.files = {k: str(v) for k, v in paths.items()}
+    # Names relative to the report's own directory: absolute paths would point into a
+    # staging dir and make two identical verify runs differ byte for byte.
+    result.files = {k: v.name for k, v in paths.items()}
     paths["json"].write_text(json.dumps(_finite(result.to_json()), indent=2, sort_keys=True) + "\n")
     paths["markdown"].write_text(render_markdown(result))
     paths["junit"].write_bytes(render_junit(result))

@@ -178,7 +178,7 @@ def verify_engine(
     if out_dir is not None:
         from trtllm_forge.engine.report import write_reports
 
-        write_reports(result, Path(out_dir))  # also records the paths in result.files
+        write_reports(result, Path(out_dir))  # also records the file names in result.files
     return result
 
 
