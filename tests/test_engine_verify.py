@@ -156,5 +156,5 @@ def test_verify_build_tokenizes_with_the_snapshot_tokenizer_and_builtin_text(
     )  # fmt: skip
     assert summary["passed"] and summary["failed_gates"] == []
     assert summary["metrics"]["text_tokens"] == 100  # the built-in text, cut to max_text_tokens
-    assert Path(summary["reports"]["junit"]).is_file()
+    assert (tmp_path / "report" / summary["reports"]["junit"]).is_file()  # relative to out_dir
     json.dumps(summary)  # the stage stores it as artifact info
