@@ -129,12 +129,19 @@ _TALLY: dict[str, int] = {}
 _NOT_PASSED: dict[str, list[str]] = {"failed": [], "xfailed": [], "skipped": []}
 _STARTED: list[float] = []
 _PARTIAL: list[str] = []  # why this session is not a whole-tier run
+_CODE: dict[str, object] = {}  # the commit the subprocesses' snapshot was taken from
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    import subprocess
     import time
 
     _STARTED.append(time.time())
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "trtllm_forge"],
+                           capture_output=True, text=True)
+    _CODE.update(commit=head.stdout.strip() or "unknown", dirty=bool(dirty.stdout.strip()))
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -171,4 +178,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))
         record("tier", {"outcomes": dict(sorted(_TALLY.items())), "seconds": round(time.time() - _STARTED[0]),
-                        "cpu_seconds": round(cpu), "cpus": os.cpu_count(), **_NOT_PASSED})
+                        "cpu_seconds": round(cpu), "cpus": os.cpu_count(), **_CODE, **_NOT_PASSED})

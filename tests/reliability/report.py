@@ -165,7 +165,8 @@ def render(data: dict[str, dict[str, Any]]) -> str:
     table = "\n".join(f"| {i} | {what} | `{test}` | {_verdict(tier, test)}{fig} |"
                       for i, (what, test, fig) in enumerate(rows, 1))
     overhead = f("fault_overhead", lambda d: f"{d['ns_per_point_unset']:.0f} ns")
-    return TEMPLATE.format(ran=ran, commit=_commit(), python=platform.python_version(),
+    commit = f"{tier['commit']}{' + uncommitted changes' if tier.get('dirty') else ''}" if tier else _commit()
+    return TEMPLATE.format(ran=ran, commit=commit, python=platform.python_version(),
                            machine=f"{platform.system()} {platform.machine()}", tier=f("tier", _tier),
                            table=table, overhead=overhead)
 
