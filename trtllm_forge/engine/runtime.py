@@ -49,6 +49,18 @@ def ort_threads() -> int:
     return 0
 
 
+# ORT's QDQ fusions (on by default) replace DequantizeLinear -> MatMul with its integer and
+# 4-bit kernels, which quantize the activations of weight-only layers on the fly (logits of a
+# weight-only SmolLM2 engine moved by ~2) and reject float8 inputs (FP8 engines fail to load).
+# These documented session keys (onnxruntime_session_options_config_keys.h) keep the Q/DQ
+# nodes as the lowering wrote them, so the engine computes what the checkpoint means; ORT
+# then folds each constant weight's DequantizeLinear into a float32 initializer once, at load.
+QDQ_AS_WRITTEN = {
+    "session.disable_quant_qdq": "1",  # no QDQ propagation / selector-action fusions
+    "session.disable_double_qdq_remover": "1",  # Q->DQ->Q->DQ chains are not merged either
+}
+
+
 def _session(rank_dir: Path, file: str, threads: int) -> Any:
     import onnxruntime as ort  # type: ignore[import-untyped,unused-ignore]
 
@@ -59,6 +71,8 @@ def _session(rank_dir: Path, file: str, threads: int) -> Any:
     # A TP engine holds one session per segment per rank; per-session arenas would each keep
     # their peak activation buffers (measured: +0.9 GB on a 135M model at tp=3).
     options.enable_cpu_mem_arena = False
+    for key, value in QDQ_AS_WRITTEN.items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(rank_dir / file), options, providers=["CPUExecutionProvider"])
 
 
