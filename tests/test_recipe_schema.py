@@ -48,7 +48,14 @@ def test_show_fills_defaults(tmp_path: Path) -> None:
     assert shown["quantize"] == {
         "kv_cache": "none",
         "exclude": ["lm_head"],
-        "calibration": {"file": None, "samples": 64, "seq_len": 256, "seed": 0},
+        "calibration": {
+            "file": None,
+            "samples": 64,
+            "seq_len": 256,
+            "seed": 0,
+            "device": "cpu",
+            "dtype": "float32",
+        },
         "method": "none",
     }
     # What `show` prints is itself a valid recipe.

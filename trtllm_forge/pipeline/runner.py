@@ -100,6 +100,10 @@ class Runner:
             from trtllm_forge.stages.build import require_backend
 
             require_backend(self.loaded.recipe.build.backend)  # exit 4 before any work is done
+        if "calibrate" in names:
+            from trtllm_forge.stages.calibrate import require_calibration_device
+
+            require_calibration_device(self.loaded.recipe)  # cuda without a GPU: exit 4 now
         for name in force:
             if name not in STAGE_NAMES:
                 raise recipe_error(

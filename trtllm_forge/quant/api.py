@@ -50,5 +50,7 @@ def quantize_checkpoint(
         exclude=list(spec.exclude),
         calibration=calibration,
         tokenizer_dir=tokenizer_dir,
+        device=calib.device,
+        dtype=calib.dtype,
         progress=progress,
     )

@@ -96,7 +96,9 @@ def input_hessians(
             return
         flat = x.reshape(-1, x.shape[-1]).float()
         if name not in sums:
-            sums[name] = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64)
+            sums[name] = torch.zeros(
+                flat.shape[1], flat.shape[1], dtype=torch.float64, device=flat.device
+            )
             counts[name] = 0
         sums[name] += (flat.T @ flat).double()
         counts[name] += flat.shape[0]

@@ -23,6 +23,7 @@ from trtllm_forge.models.base import model_dims
 from trtllm_forge.quant import calibration as calib
 from trtllm_forge.quant import registry
 from trtllm_forge.quant.capture import kv_ranges
+from trtllm_forge.quant.device import Placement
 from trtllm_forge.quant.params import KV_CACHE_ALGOS, SmoothQuantParams
 from trtllm_forge.quant.targets import TargetPlan, plan_targets
 from trtllm_forge.quant.writer import QuantSpec, write_checkpoint
@@ -42,6 +43,8 @@ def quantize_checkpoint(
     exclude: Sequence[str] = ("lm_head",),
     calibration: Calibration | None = None,
     tokenizer_dir: Path | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
     progress: Progress = _NO_PROGRESS,
 ) -> dict[str, Any]:
     """Quantize a model and write the TensorRT-LLM checkpoint into ``out_dir``.
@@ -58,6 +61,9 @@ def quantize_checkpoint(
         calibration: a :class:`CalibrationSpec` (default: built-in corpus, 64 × 256
             tokens, seed 0), ready token windows ``[samples, seq_len]``, or texts.
         tokenizer_dir: where the tokenizer lives (default ``hf_dir``).
+        device: ``cpu``, ``cuda`` or ``auto`` — where calibration runs (see
+            :mod:`trtllm_forge.quant.device`).
+        dtype: the model's compute dtype while calibrating (``float32`` default).
 
     Returns:
         A JSON-serialisable summary: tensors written, quantized/excluded modules,
@@ -68,15 +74,18 @@ def quantize_checkpoint(
     hf_config = load_hf_config(Path(hf_dir))
     plan = plan_targets(hf_config, list(exclude))
     preflight(spec, plan, hf_config)
+    placement = Placement.of(device, dtype)  # exit 4 for cuda without a GPU, before any work
     data = None
     if info.needs_data or spec.kv_cache:
         data = _calibration_data(calibration, Path(tokenizer_dir or hf_dir))
         progress.log(
             f"calibration: {data.tokens.shape[0]} x {data.tokens.shape[1]} tokens ({data.source})"
         )
-    model = load_hf_model(Path(hf_dir))
+    model = placement.model(load_hf_model(Path(hf_dir)))
+    data = placement.data(data)
     kv = kv_ranges(model, data.batches(8), progress) if spec.kv_cache and data is not None else {}
     result = info.load().quantize_model(model, data, spec.params, plan.hf_modules(), progress)
+    result = placement.to_cpu(result)
     result.kv_amax = kv
     forge_info = _forge_info(spec, exclude, data)
     summary = write_checkpoint(
@@ -89,6 +98,7 @@ def quantize_checkpoint(
         progress=progress,
     )
     summary.update(forge_info)
+    summary["calibration_placement"] = {"device": placement.device, "dtype": placement.dtype}
     summary["kv_amax"] = {str(layer): list(pair) for layer, pair in sorted(kv.items())}
     return summary
 

@@ -73,7 +73,15 @@ class Convert(_Strict):
 
 
 class Calibration(_Strict):
-    """Calibration text: the built-in corpus, or a `.txt` / `.jsonl` (field `text`) file."""
+    """Calibration text (the built-in corpus, or a `.txt` / `.jsonl` file with field `text`),
+    and where the calibration passes run.
+
+    ```yaml
+    quantize:
+      method: awq
+      calibration: {samples: 128, device: cuda, dtype: float16}
+    ```
+    """
 
     file: str | None = Field(
         None,
@@ -83,6 +91,17 @@ class Calibration(_Strict):
     samples: int = Field(64, ge=1, le=100_000, description="Number of calibration sequences.")
     seq_len: int = Field(256, ge=8, le=131_072, description="Tokens per calibration sequence.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for choosing the sequences.")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu",
+        description="Where calibration runs: `cpu`, `cuda` (exit 4 without a CUDA GPU) or "
+        "`auto` (cuda when available). Part of the cache key (resolved, so `auto` keys as "
+        "what it chose).",
+    )
+    dtype: Dtype = Field(
+        "float32",
+        description="Compute dtype of the model while calibrating (`float16` is the usual "
+        "GPU choice). Part of the cache key; cpu + float32 keys as before the field existed.",
+    )
 
 
 class _QuantBase(_Strict):

@@ -12,6 +12,7 @@ from typing import Any
 
 from trtllm_forge.errors import source_error
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, versions
+from trtllm_forge.quant.device import key_fields, require_device
 from trtllm_forge.stages.fetch import snapshot_dir
 from trtllm_forge.store.digest import digest_json
 
@@ -40,8 +41,10 @@ class CalibrateStage:
             return KeyInputs({"quantize.method": "none", "quantize.kv_cache": "none"})
         calib = quant.pop("calibration")
         calib_file = calib.pop("file")
+        placement = key_fields(calib.pop("device"), calib.pop("dtype"))
         fields = {f"quantize.{k}": v for k, v in quant.items()}
         fields.update({f"quantize.calibration.{k}": v for k, v in calib.items()})
+        fields.update(placement)  # empty for cpu/float32: older keys stay valid
         extra = {
             "calibration_data": self._calibration_digest(job, calib_file),
             "tokenizer": self._tokenizer_digest(job),
@@ -96,6 +99,12 @@ class CalibrateStage:
             if (root / name).is_file()
         }
         return digest_json(found)
+
+
+def require_calibration_device(recipe: Any) -> None:
+    """Exit 4 before any work when the recipe calibrates on a GPU this machine lacks."""
+    if not passes_through(recipe):
+        require_device(recipe.quantize.calibration.device)
 
 
 def _builtin_corpus() -> Path:
