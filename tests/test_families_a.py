@@ -192,7 +192,7 @@ ORT_TOL = 1e-4
 
 @pytest.mark.parametrize("method", list(QUANT))
 def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
-    from tests.test_quant_methods import _ort_logits
+    from tests.test_quant_methods import _engine_logits
 
     root, hf = family["root"], family["hf"]
     out = root / f"q_{method}"
@@ -229,7 +229,7 @@ def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
         fake.close()
     rel = float((fake_logits - float_logits).norm() / float_logits.norm())
     assert 0 < rel < logit_tol
-    got = _ort_logits(out, root / f"onnx_{method}", ids)
+    got = _engine_logits(out, root / f"onnx_{method}", ids)
     assert (
         float(np.linalg.norm(got - fake_logits.numpy()) / np.linalg.norm(fake_logits.numpy()))
         < ORT_TOL
@@ -268,6 +268,7 @@ def test_gptj_head_bias_is_padded_and_split_with_an_odd_vocab(tmp_path: Path) ->
 
 RECIPES = {"gpt2": "gpt2", "gpt_neox": "gpt-neox", "gpt_bigcode": "gpt-bigcode", "gptj": "gptj"}
 RECIPES["gemma"] = "gemma"
+RECIPES["gemma2"] = "gemma2"  # the family's own tests: tests/test_family_gemma2.py
 
 
 @pytest.mark.slow  # one CLI subprocess per recipe: ~25 s each on 2 cores
@@ -284,3 +285,51 @@ def test_tiny_recipe_builds_and_verifies(tmp_path: Path, arch: str) -> None:
     run = forge("build", str(recipe))
     assert run.code == 0, run.err[-2000:]
     assert "token_agreement" in run.out
+
+
+def check_bfloat16_family(root: Path, arch: str) -> None:
+    """HF weights saved in bfloat16 -> bfloat16 checkpoint -> ORT engine.
+
+    Conversion: byte-copied tensors equal HF's, ``1 + w`` norms equal HF's plus one
+    rounded to bfloat16. Engine: the gates of the Llama bfloat16 test
+    (tests/test_engine_parity.py) against transformers in float32.
+    """
+    from trtllm_forge.engine.verify import verify_engine
+    from trtllm_forge.models.registry import family_for
+
+    build = tiny_engine(root, arch, dtype="bfloat16", torch_dtype="bfloat16")
+    hf = {}
+    with safe_open(str(build.hf / "model.safetensors"), "pt") as f:
+        hf = {k: f.get_tensor(k) for k in f.keys()}
+    assert {t.dtype for t in hf.values()} == {torch.bfloat16}
+    plan = family_for(json.loads((build.hf / "config.json").read_text())).tensor_plan(
+        json.loads((build.hf / "config.json").read_text())
+    )
+    checked = 0
+    with CheckpointReader(build.checkpoint) as reader:
+        assert {reader.get(n).dtype for n in reader.names()} == {torch.bfloat16}
+        for rule in plan.rules:
+            sources = [hf[s] for s in rule.sources]
+            if rule.fusion in ("identity", "concat_rows"):
+                expected = torch.cat(sources)
+            elif rule.fusion == "add_one":
+                expected = (sources[0].float() + 1).to(torch.bfloat16)
+            else:
+                continue
+            assert torch.equal(reader.get(rule.target), expected), rule.target
+            checked += 1
+    assert checked > len(plan.rules) // 2
+    result = verify_engine(
+        build.engine,
+        build.hf,
+        prompts_token_ids=PROMPTS,
+        texts_token_ids=random_texts(3, 128, seed=5),
+        max_new_tokens=NEW_TOKENS,
+        gates={"min_top1": 0.98, "max_ppl_ratio": 1.005},
+    )
+    assert result.passed, result.gates
+
+
+@pytest.mark.parametrize("arch", ["gemma", "gpt_neox"])
+def test_bfloat16_checkpoint_verifies(tmp_path: Path, arch: str) -> None:
+    check_bfloat16_family(tmp_path, arch)

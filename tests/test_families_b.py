@@ -227,7 +227,7 @@ QUANT_VARIANTS = ["falcon-7b-like", "falcon-40b-like", "bloom", "mpt"]
 @pytest.mark.parametrize("method", list(QUANT_CASES))
 @pytest.mark.parametrize("name", QUANT_VARIANTS)
 def test_quantized_family_verifies(tmp_path: Path, name: str, method: str) -> None:
-    from tests.test_quant_methods import _ort_logits
+    from tests.test_quant_methods import _engine_logits
     from trtllm_forge.quant.calibration import CalibrationSpec
     from trtllm_forge.quant.fakequant import FakeQuantForward
     from trtllm_forge.quant.quantize import quantize_checkpoint
@@ -255,7 +255,7 @@ def test_quantized_family_verifies(tmp_path: Path, name: str, method: str) -> No
         fake.close()
     rel = float((want - float_logits).norm() / float_logits.norm())
     assert 0 < rel < logit_tol
-    got = _ort_logits(out, tmp_path / "onnx", ids)
+    got = _engine_logits(out, tmp_path / "onnx", ids)
     assert float(np.linalg.norm(got - want.numpy()) / np.linalg.norm(want.numpy())) < 1e-4
     assert _config(out)["quantization"]["quant_algo"] == {"int8_wo": "W8A16", "fp8": "FP8"}[method]
 

@@ -29,6 +29,7 @@ TINY_DEFAULTS: dict[str, Any] = {
 
 ARCHES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma")
 ARCHES += ("falcon", "bloom", "mpt")
+ARCHES += ("gemma2",)
 
 # Per-arch changes to TINY_DEFAULTS: GPT-2-style configs name the FFN size n_inner and
 # have no num_key_value_heads (GPTBigCode: multi_query); GPT-J rotates 8 of 16 channels.
@@ -41,6 +42,11 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
     },
     "gemma": {"head_dim": 16},
+    # Gemma 2: every feature on and biting at this size. The 16-token window is shorter than
+    # the engine tests' prompts + generations; the caps saturate part of the scores and
+    # logits; query_pre_attn_scalar differs from head_dim (16).
+    "gemma2": {"head_dim": 16, "sliding_window": 16, "query_pre_attn_scalar": 24,
+               "attn_logit_softcapping": 1.0, "final_logit_softcapping": 1.0},
     # Falcon defaults to the old decoder (Falcon-7B: MQA, parallel attention, no biases);
     # new_decoder_architecture=True uses num_kv_heads (GQA) and two layernorms.
     "falcon": {"num_key_value_heads": None, "intermediate_size": None, "num_kv_heads": 2,
@@ -77,6 +83,7 @@ def _config_class(arch: str) -> Any:
         "gpt_bigcode": transformers.GPTBigCodeConfig,
         "gptj": transformers.GPTJConfig,
         "gemma": transformers.GemmaConfig,
+        "gemma2": transformers.Gemma2Config,
         "falcon": transformers.FalconConfig,
         "bloom": transformers.BloomConfig,
         "mpt": transformers.MptConfig,

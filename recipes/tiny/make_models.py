@@ -1,6 +1,6 @@
 """Write the tiny random-weight models the tiny recipes build from.
 
-    python recipes/tiny/make_models.py        # -> recipes/tiny/{llama,mistral,qwen2}/
+    python recipes/tiny/make_models.py        # -> recipes/tiny/{llama,mistral,qwen2,...}/
 
 They are real transformers checkpoints (seeded, so every machine gets the same
 bytes) small enough for a whole forge build to run in seconds on a CPU. They
@@ -21,10 +21,12 @@ from tests.tinymodels import make_tiny_hf  # noqa: E402
 FAMILY_ARCHES = ("falcon", "bloom", "mpt")
 # families-A: recipes/tiny-{gpt2,gpt-neox,gpt-bigcode,gptj,gemma}.yaml.
 FAMILY_A_ARCHES = ("gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma")
+# recipes/tiny-gemma2.yaml (soft-caps, sandwich norms, a 16-token window on layer 0).
+GEMMA2_ARCHES = ("gemma2",)
 
 
 def main() -> None:
-    for arch in ("llama", "mistral", "qwen2", *FAMILY_ARCHES, *FAMILY_A_ARCHES):
+    for arch in ("llama", "mistral", "qwen2", *FAMILY_ARCHES, *FAMILY_A_ARCHES, *GEMMA2_ARCHES):
         out = HERE / arch
         if (out / "config.json").exists():
             print(f"{out} exists")

@@ -35,7 +35,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (x * torch.rsqrt(variance + eps))
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
     return torch.nn.functional.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
@@ -162,17 +164,22 @@ def causal_attention(
     *,
     sliding_window: int | None = None,
     bias: torch.Tensor | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Softmax attention for q [b, hq, s, d] over k, v [b, hkv, s, d] (GQA when hkv < hq).
 
-    Query head h reads KV head ``h // (hq // hkv)``. ``bias`` [hq, s, s] is added to
-    the scaled scores (ALiBi). Returns [b, s, hq * d].
+    Query head h reads KV head ``h // (hq // hkv)``. Scores are ``q·k · scale`` (default
+    ``1/sqrt(d)``), then soft-capped to ``softcap · tanh(x / softcap)`` when ``softcap``
+    is set (Gemma 2). ``bias`` [hq, s, s] is added to them (ALiBi). Returns [b, s, hq * d].
     """
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
     seq = q.shape[2]
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    scores = (q @ k.transpose(-1, -2)) * (scale or 1.0 / math.sqrt(q.shape[-1]))
+    if softcap:
+        scores = soft_cap(scores, softcap)
     if bias is not None:
         scores = scores + bias
     query_pos = torch.arange(seq)[:, None]
@@ -183,6 +190,31 @@ def causal_attention(
     scores = scores.masked_fill(~allowed, float("-inf"))
     out = torch.softmax(scores, dim=-1) @ v
     return out.transpose(1, 2).reshape(q.shape[0], seq, -1)
+
+
+def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """``cap · tanh(x / cap)``: smoothly bounds ``x`` to (-cap, cap) (Gemma 2)."""
+    return torch.tanh(x / cap) * cap
+
+
+def attention_scale(config: Mapping[str, Any]) -> float:
+    """The factor on q·k: ``query_pre_attn_scalar ** -0.5`` when set (Gemma 2), else
+    ``head_size ** -0.5``."""
+    return float(config.get("query_pre_attn_scalar") or config["head_size"]) ** -0.5
+
+
+def layer_window(config: Mapping[str, Any], layer: int) -> int | None:
+    """The sliding window of global layer ``layer``, None for full attention.
+
+    ``forge.sliding_window`` applies to every layer (Mistral) unless
+    ``forge.sliding_window_layers`` lists the layers it applies to (Gemma 2).
+    """
+    forge = config.get("forge") or {}
+    window = forge.get("sliding_window")
+    listed = forge.get("sliding_window_layers")
+    if not window or (listed is not None and layer not in listed):
+        return None
+    return int(window)
 
 
 def split_heads(x: torch.Tensor, heads: int, head_size: int) -> torch.Tensor:
@@ -285,7 +317,10 @@ class CheckpointForward:
         for i in range(int(cfg["num_hidden_layers"])):
             prefix = f"transformer.layers.{i}."
             x = self.norm(prefix + "input_layernorm", h)
-            attn = self._attention(prefix, x, cos, sin)
+            attn = self._attention(prefix, x, cos, sin, window=layer_window(cfg, i))
+            if cfg.get("inter_layernorms"):
+                h = self._sandwich_layer(prefix, h, attn)
+                continue
             if parallel:
                 # NeoX: the MLP reads its own norm of h; GPT-J (no post_layernorm): the same x.
                 if self.weight(prefix + "post_layernorm.weight") is not None:
@@ -298,10 +333,26 @@ class CheckpointForward:
             x = self.norm(prefix + "post_layernorm", h)
             h = h + self._mlp(prefix, x)
         h = self.norm("transformer.ln_f", h)
-        return self.linear("lm_head", h)[..., : int(cfg["vocab_size"])]
+        logits = self.linear("lm_head", h)[..., : int(cfg["vocab_size"])]
+        cap = cfg.get("final_logit_softcapping")
+        return soft_cap(logits, float(cap)) if cap else logits
+
+    def _sandwich_layer(self, prefix: str, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Gemma 2 (``inter_layernorms``): each branch output is normalized before its
+        residual add; ``post_layernorm`` normalizes the attention output and the MLP
+        reads ``pre_feedforward_layernorm``."""
+        h = h + self.norm(prefix + "post_layernorm", attn)
+        mlp = self._mlp(prefix, self.norm(prefix + "pre_feedforward_layernorm", h))
+        return h + self.norm(prefix + "post_feedforward_layernorm", mlp)
 
     def _attention(
-        self, prefix: str, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self,
+        prefix: str,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        *,
+        window: int | None,
     ) -> torch.Tensor:
         cfg = self.config
         heads = int(cfg["num_attention_heads"])
@@ -314,8 +365,16 @@ class CheckpointForward:
         v = split_heads(v, kv_heads, size)
         if self.kv_hook is not None:
             k, v = self.kv_hook(prefix.rstrip("."), k, v)
-        window = (cfg.get("forge") or {}).get("sliding_window")
-        out = causal_attention(q, k, v, sliding_window=window, bias=self._alibi(q.shape[2]))
+        cap = cfg.get("attn_logit_softcapping")
+        out = causal_attention(
+            q,
+            k,
+            v,
+            sliding_window=window,
+            bias=self._alibi(q.shape[2]),
+            scale=attention_scale(cfg),
+            softcap=float(cap) if cap else None,
+        )
         return self.linear(prefix + "attention.dense", out)
 
     def _alibi(self, seq: int) -> torch.Tensor | None:

@@ -28,6 +28,8 @@ LAYER_MODULES: dict[str, Parallel] = {
     "input_layernorm": "none",
     "post_layernorm": "none",
     "mlp_layernorm": "none",  # Falcon new decoder: the MLP's own norm (HF ln_mlp)
+    "pre_feedforward_layernorm": "none",  # Gemma 2 sandwich norms around the MLP
+    "post_feedforward_layernorm": "none",
     "attention": "none",  # kv_cache_scaling_factor and friends live on the attention module
 }
 GLOBAL_MODULES: dict[str, tuple[Parallel, Placement]] = {
@@ -107,6 +109,7 @@ def unquantized_shape(name: str, config: Mapping[str, Any]) -> tuple[int, ...] |
     if parsed is None or parsed.param not in ("weight", "bias"):
         return None
     norms = ("input_layernorm", "post_layernorm", "mlp_layernorm", "transformer.ln_embed")
+    norms += ("pre_feedforward_layernorm", "post_feedforward_layernorm")  # Gemma 2
     if parsed.module in (*norms, "transformer.ln_f"):
         # LayerNorm families also carry a bias of the same size.
         return (int(config["hidden_size"]),) if parsed.param in ("weight", "bias") else None

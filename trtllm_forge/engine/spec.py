@@ -24,6 +24,7 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "GPTNeoXForCausalLM",
     "GPTJForCausalLM",
     "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
 )
 SUPPORTED_ARCHITECTURES += ("FalconForCausalLM", "BloomForCausalLM", "MPTForCausalLM")  # families-B
 # Position encodings the lowering implements (families-A: learned_absolute, rope_gptj).
@@ -64,6 +65,23 @@ class ModelSpec:
     parallel_residual: bool = False  # h + attn(ln1 h) + mlp(ln2 h), NeoX / GPT-J
     embedding_multiplier: float = 1.0  # token embedding scale (Gemma: sqrt(hidden))
     alibi_bias_max: float = 8.0  # ALiBi slope exponent cap (MPT's alibi_bias_max; BLOOM 8)
+    # Gemma 2 (TRT-LLM keys): q·k scale query_pre_attn_scalar**-0.5, tanh soft-caps on the
+    # attention scores and the logits, sandwich norms around both branches; the window
+    # applies only to sliding_window_layers (global indices) when that is set.
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    inter_layernorms: bool = False
+    sliding_window_layers: tuple[int, ...] | None = None
+
+    @property
+    def attention_scale(self) -> float:
+        return float(self.query_pre_attn_scalar or self.head_size) ** -0.5
+
+    def layer_window(self, layer: int) -> int | None:
+        """Sliding window of global layer ``layer`` (None: full attention)."""
+        listed = self.sliding_window_layers
+        return None if listed is not None and layer not in listed else self.sliding_window
 
     @property
     def quant_algo(self) -> str | None:
@@ -168,8 +186,12 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
     forge = config.get("forge") or {}
     head_size = int(config.get("head_size") or forge.get("head_dim") or hidden // heads)
     rotary_dim = config.get("rotary_embedding_dim")
-    if rotary_dim is not None and not (0 < int(rotary_dim) <= head_size and int(rotary_dim) % 2 == 0):
-        raise recipe_error(f"rotary_embedding_dim {rotary_dim} must be even and <= head_size {head_size}")
+    if rotary_dim is not None and not (
+        0 < int(rotary_dim) <= head_size and int(rotary_dim) % 2 == 0
+    ):
+        raise recipe_error(
+            f"rotary_embedding_dim {rotary_dim} must be even and <= head_size {head_size}"
+        )
     return ModelSpec(
         architecture=arch,
         dtype=str(config.get("dtype", "float32")),
@@ -198,7 +220,20 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
         parallel_residual=bool(forge.get("parallel_residual", False)),
         embedding_multiplier=float(config.get("embedding_multiplier") or 1.0),
         alibi_bias_max=float(config.get("alibi_bias_max") or 8.0),
+        query_pre_attn_scalar=_optional_float(config.get("query_pre_attn_scalar")),
+        attn_logit_softcapping=_optional_float(config.get("attn_logit_softcapping")),
+        final_logit_softcapping=_optional_float(config.get("final_logit_softcapping")),
+        inter_layernorms=bool(config.get("inter_layernorms", False)),
+        sliding_window_layers=_optional_layers(forge.get("sliding_window_layers")),
     )
+
+
+def _optional_float(value: Any) -> float | None:
+    return float(value) if value else None
+
+
+def _optional_layers(value: Any) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(layer) for layer in value)
 
 
 def _rotary_scaling(raw: Any) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from trtllm_forge.models.base import Family
 from trtllm_forge.models.bloom import BloomFamily
 from trtllm_forge.models.falcon import FalconFamily
 from trtllm_forge.models.gemma import GemmaFamily
+from trtllm_forge.models.gemma2 import Gemma2Family
 from trtllm_forge.models.gpt2 import Gpt2Family
 from trtllm_forge.models.gpt_bigcode import GptBigCodeFamily
 from trtllm_forge.models.gpt_neox import GptNeoxFamily
@@ -114,6 +115,7 @@ REGISTRY.register(GptNeoxFamily())
 REGISTRY.register(GptBigCodeFamily())
 REGISTRY.register(GptjFamily())
 REGISTRY.register(GemmaFamily())
+REGISTRY.register(Gemma2Family())
 
 
 def family_for(hf_config: Mapping[str, Any], registry: FamilyRegistry = REGISTRY) -> Family:

@@ -7,7 +7,6 @@ AllGather nodes; PP appears as hidden-state graph inputs/outputs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -65,14 +64,18 @@ def build_decoder(ctx: LoweringContext) -> None:
         for layer in layout.layers
     }
     cos, sin = _rope_tables(ctx, positions)
-    allowed = _attention_allowed(ctx, mask, positions)
+    # One mask per distinct window among this rank's layers (Gemma 2 alternates two).
+    allowed = _attention_masks(ctx, mask, positions, {model.layer_window(i) for i in layout.layers})
     alibi = _alibi_bias(ctx, mask, positions) if model.position_embedding_type == "alibi" else None
     for local, layer in enumerate(layout.layers):
+        layer_allowed = allowed[model.layer_window(layer)]
         hidden = _decoder_layer(
-            ctx, hidden, local, layer, pasts[layer], cos, sin, allowed, alibi=alibi
+            ctx, hidden, local, layer, pasts[layer], cos, sin, layer_allowed, alibi=alibi
         )
     if layout.is_last_stage:
         logits = _lm_head(ctx, _norm(ctx, hidden, "transformer.ln_f"))
+        if model.final_logit_softcapping:
+            logits = _soft_cap(ctx, logits, model.final_logit_softcapping, "logits")
         g.add_output(logits, LOGITS, FLOAT, ["batch", "seq", model.vocab_size])
     else:
         g.add_output(hidden, HIDDEN_OUT, FLOAT, ["batch", "seq", model.hidden_size])
@@ -186,8 +189,20 @@ def _rope_tables(ctx: LoweringContext, positions: str) -> tuple[str, str]:
     return tables[0], tables[1]
 
 
-def _attention_allowed(ctx: LoweringContext, mask: str, positions: str) -> str:
-    """bool [batch, 1, 1, seq, total_seq]: causal (by cache slot), in the window, not padding."""
+def _soft_cap(ctx: LoweringContext, x: str, cap: float, hint: str) -> str:
+    """``cap · tanh(x / cap)`` (Gemma 2 attention scores and logits)."""
+    g = ctx.graph
+    scaled = g.op("Mul", [x, g.scalar(1.0 / cap)], f"{hint}.cap_in")
+    return g.op("Mul", [g.op("Tanh", [scaled], f"{hint}.tanh"), g.scalar(cap)], f"{hint}.capped")
+
+
+def _attention_masks(
+    ctx: LoweringContext, mask: str, positions: str, windows: set[int | None]
+) -> dict[int | None, str]:
+    """window -> bool [batch, 1, 1, seq, total_seq]: causal (by cache slot), not padding,
+    and, for a window, only the last ``window`` cache slots (Mistral; Gemma 2's sliding
+    layers). Left padding shifts keys and queries alike, so slot distances are token
+    distances."""
     g = ctx.graph
 
     def length(value: str, hint: str) -> str:
@@ -202,21 +217,24 @@ def _attention_allowed(ctx: LoweringContext, mask: str, positions: str) -> str:
         "Unsqueeze", [g.op("Range", [zero, total, one], "mask.key_slots"), g.i64(0)], "mask.keys"
     )
     queries = g.op("Unsqueeze", [query_slots, g.i64(1)], "mask.queries")
-    allowed = g.op("LessOrEqual", [keys, queries], "mask.causal")
-    window = ctx.model.sliding_window
-    if window is not None:
-        # Mistral local attention: a query sees only the last `window` cache slots.
-        earliest = g.op("Sub", [queries, g.const(window, np.int64)], "mask.earliest")
-        recent = g.op("Greater", [keys, earliest], "mask.recent")
-        allowed = g.op("And", [allowed, recent], "mask.windowed")
     present = g.op(
         "Cast",
         [g.op("Unsqueeze", [mask, g.i64(1)], "mask.b1t")],
         "mask.present",
         to=TensorProto.BOOL,
     )
-    allowed = g.op("And", [allowed, present], "mask.allowed")
-    return g.op("Unsqueeze", [allowed, g.i64(1, 2)], "mask.allowed5")
+    causal = g.op("LessOrEqual", [keys, queries], "mask.causal")
+    causal = g.op("And", [causal, present], "mask.causal_present")
+    out = {}
+    for window in windows:
+        allowed = causal
+        if window is not None:
+            hint = f"mask.window{window}"
+            earliest = g.op("Sub", [queries, g.const(window, np.int64)], f"{hint}.earliest")
+            recent = g.op("Greater", [keys, earliest], f"{hint}.recent")
+            allowed = g.op("And", [causal, recent], f"{hint}.allowed")
+        out[window] = g.op("Unsqueeze", [allowed, g.i64(1, 2)], f"{allowed}5")
+    return out
 
 
 def _alibi_bias(ctx: LoweringContext, mask: str, positions: str) -> str:
@@ -352,13 +370,15 @@ def _attention(
     # ([b, kv, rep, s, d]) and K/V broadcast over the `rep` axis in the MatMuls.
     rep = q_heads // kv_heads
     grouped = g.op("Reshape", [q, g.i64(0, kv_heads, rep, -1, d)], f"{prefix}.q_grouped")
-    grouped = g.op("Mul", [grouped, g.scalar(1.0 / math.sqrt(d))], f"{prefix}.q_scaled")
+    grouped = g.op("Mul", [grouped, g.scalar(model.attention_scale)], f"{prefix}.q_scaled")
     keys_t = g.op(
         "Unsqueeze",
         [g.op("Transpose", [keys], f"{prefix}.keys_t", perm=[0, 1, 3, 2]), g.i64(2)],
         f"{prefix}.keys_t5",
     )
     scores = g.op("MatMul", [grouped, keys_t], f"{prefix}.scores")
+    if model.attn_logit_softcapping:
+        scores = _soft_cap(ctx, scores, model.attn_logit_softcapping, f"{prefix}.scores")
     if alibi is not None:
         scores = g.op("Add", [scores, alibi], f"{prefix}.scores_alibi")
     scores = g.op("Where", [allowed, scores, g.scalar(MASKED_SCORE)], f"{prefix}.scores_masked")
@@ -431,12 +451,16 @@ def _decoder_layer(
     )
     if ctx.model.parallel_residual:
         return _parallel_residual(ctx, hidden, normed, attn, prefix)
+    if ctx.model.inter_layernorms:
+        return _sandwich_residual(ctx, hidden, attn, prefix)
     hidden = g.op("Add", [hidden, attn], f"{prefix}.attn_residual")
     mlp = _mlp(ctx, _norm(ctx, hidden, f"{prefix}.post_layernorm"), f"{prefix}.mlp")
     return g.op("Add", [hidden, mlp], f"{prefix}.out")
 
 
-def _parallel_residual(ctx: LoweringContext, hidden: str, normed: str, attn: str, prefix: str) -> str:
+def _parallel_residual(
+    ctx: LoweringContext, hidden: str, normed: str, attn: str, prefix: str
+) -> str:
     """h + attn(ln1 h) + mlp(ln2 h) (NeoX); GPT-J has no ln2 and feeds the MLP ln1 h."""
     g = ctx.graph
     if ctx.weights.has(f"{prefix}.post_layernorm.weight"):
@@ -446,6 +470,16 @@ def _parallel_residual(ctx: LoweringContext, hidden: str, normed: str, attn: str
     mlp = _mlp(ctx, normed, f"{prefix}.mlp")
     branches = g.op("Add", [attn, mlp], f"{prefix}.branches")
     return g.op("Add", [hidden, branches], f"{prefix}.out")
+
+
+def _sandwich_residual(ctx: LoweringContext, hidden: str, attn: str, prefix: str) -> str:
+    """Gemma 2: h += post_layernorm(attn); h += post_ff_norm(mlp(pre_ff_norm(h)))."""
+    g = ctx.graph
+    attn = _norm(ctx, attn, f"{prefix}.post_layernorm")
+    hidden = g.op("Add", [hidden, attn], f"{prefix}.attn_residual")
+    mlp = _mlp(ctx, _norm(ctx, hidden, f"{prefix}.pre_feedforward_layernorm"), f"{prefix}.mlp")
+    mlp = _norm(ctx, mlp, f"{prefix}.post_feedforward_layernorm")
+    return g.op("Add", [hidden, mlp], f"{prefix}.out")
 
 
 def _lm_head(ctx: LoweringContext, x: str) -> str:
