@@ -157,6 +157,16 @@ class Family:
         """Reject configs this family cannot convert; default: dimension sanity only."""
         validate_dims(hf_config)
 
+    def mlp_input_norm(self, hf_config: Mapping[str, Any]) -> str | None:
+        """The layer norm (TensorRT-LLM name) whose output is the MLP's input.
+
+        SmoothQuant's plugin layout folds the MLP's smoothing into this norm's
+        weight (and bias). ``None`` means the attention's ``input_layernorm``
+        feeds the MLP too (parallel blocks), so the two smoothings cannot both
+        live in it. Default: a sequential block with ``post_layernorm``.
+        """
+        return "post_layernorm"
+
 
 def _int_field(hf_config: Mapping[str, Any], key: str, default: Any = None) -> int:
     value = hf_config.get(key, default)

@@ -56,6 +56,12 @@ class FalconFamily(gpt_common.GptStyleFamily):
     architectures = ("FalconForCausalLM",)
     version = str(CONVERTER_VERSION)
 
+    def mlp_input_norm(self, hf_config: Mapping[str, Any]) -> str | None:
+        cfg = text_config(hf_config)
+        if _two_norms(cfg):
+            return "mlp_layernorm"
+        return None if _parallel(cfg) else "post_layernorm"
+
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)
         cfg = text_config(hf_config)

@@ -95,6 +95,10 @@ class Gemma2Family(GemmaFamily):
             raise gpt_common.unsupported("Gemma 2 query_pre_attn_scalar null")
         sliding_layers(cfg)
 
+    def mlp_input_norm(self, hf_config: Mapping[str, Any]) -> str | None:
+        # post_layernorm normalizes the attention output (sandwich norm), not the MLP input.
+        return "pre_feedforward_layernorm"
+
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
         config = super().trtllm_config(hf_config, dtype=dtype)
         cfg = text_config(hf_config)

@@ -44,6 +44,9 @@ class GptjFamily(gpt_common.GptStyleFamily):
         if dim <= 0 or dim % 2 or dim > model_dims(cfg)["head_size"]:
             raise gpt_common.unsupported(f"rotary_dim {dim} (must be even and <= head size)")
 
+    def mlp_input_norm(self, hf_config: Mapping[str, Any]) -> str | None:
+        return None  # parallel block: ln_1 feeds attention and MLP alike
+
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
         self.validate(hf_config)
         cfg = text_config(hf_config)

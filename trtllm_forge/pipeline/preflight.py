@@ -77,6 +77,22 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
             location=loaded.locate("parallel.tp"),
         )
     _check_group_alignment(loaded, dims)
+    _check_smoothing_fold(loaded, hf_config)
+
+
+def _check_smoothing_fold(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
+    """Per-token SmoothQuant needs a norm of its own before each column linear."""
+    quantize = loaded.recipe.quantize
+    if getattr(quantize, "activations", None) != "per_token":
+        return
+    from trtllm_forge.errors import ForgeError
+    from trtllm_forge.quant.targets import check_smoothing_fold
+
+    try:
+        check_smoothing_fold(hf_config)
+    except ForgeError as error:
+        error.location = loaded.locate("quantize.activations")
+        raise
 
 
 def _check_group_alignment(loaded: LoadedRecipe, dims: dict[str, int]) -> None:
@@ -95,8 +111,11 @@ def _check_group_alignment(loaded: LoadedRecipe, dims: dict[str, int]) -> None:
     }
     for name, (width, split) in inputs.items():
         if (width // split) % group:
-            per_rank = f"with tp={tp}, each rank's share of the {name} is {width // split}" if split > 1 \
+            per_rank = (
+                f"with tp={tp}, each rank's share of the {name} is {width // split}"
+                if split > 1
                 else f"the model's {name} is {width}"
+            )
             raise recipe_error(
                 f"{per_rank}, not a multiple of group_size {group}",
                 hint="lower quantize.group_size" + (" or parallel.tp" if split > 1 else ""),

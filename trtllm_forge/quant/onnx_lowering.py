@@ -37,7 +37,7 @@ from trtllm_forge.engine.onnx.linear import (
     register_linear_lowering,
 )
 from trtllm_forge.quant import layout
-from trtllm_forge.quant.targets import INPUT_NORM
+from trtllm_forge.quant.targets import SMOOTHING_NORMS
 
 _INT8, _FP8 = TensorProto.INT8, TensorProto.FLOAT8E4M3FN
 # Smallest per-token scale: an all-zero token quantizes to 0 with any positive scale.
@@ -152,12 +152,12 @@ def sq_per_token(ctx: LoweringContext, site: LinearSite, x: str) -> str:
 def _consume_norm_scale(ctx: LoweringContext, site: LinearSite) -> None:
     """The norm's ``scale_to_int`` is 1.0 under per-token scaling (runtime computes the scale)."""
     parsed = parse_name(f"{site.module}.weight")
-    norm = INPUT_NORM.get(parsed.module) if parsed is not None else None
-    if parsed is None or norm is None:
+    if parsed is None:
         return
-    name = f"transformer.layers.{parsed.layer}.{norm}.scale_to_int"
-    if ctx.weights.has(name):
-        ctx.weights.get(name)
+    for norm in SMOOTHING_NORMS:
+        name = f"transformer.layers.{parsed.layer}.{norm}.scale_to_int"
+        if ctx.weights.has(name):
+            ctx.weights.get(name)
 
 
 def fp8_per_tensor(ctx: LoweringContext, site: LinearSite, x: str) -> str:

@@ -25,7 +25,7 @@ from trtllm_forge.quant import registry
 from trtllm_forge.quant.capture import kv_ranges
 from trtllm_forge.quant.device import Placement
 from trtllm_forge.quant.params import KV_CACHE_ALGOS, SmoothQuantParams
-from trtllm_forge.quant.targets import TargetPlan, plan_targets
+from trtllm_forge.quant.targets import TargetPlan, check_smoothing_fold, plan_targets
 from trtllm_forge.quant.writer import QuantSpec, write_checkpoint
 
 _NO_PROGRESS = NullProgress()
@@ -139,6 +139,8 @@ def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -
             hint="TensorRT-LLM's SmoothQuant plugin layers cover whole decoder layers; "
             "use activations: per_tensor to exclude single layers",
         )
+    if per_token_sq:
+        check_smoothing_fold(hf_config)
 
 
 def _calibration_data(

@@ -18,7 +18,7 @@ from typing import Any
 
 from trtllm_forge.checkpoint.layout import parse_name
 from trtllm_forge.errors import recipe_error
-from trtllm_forge.models.base import TensorRule
+from trtllm_forge.models.base import Family, TensorRule
 from trtllm_forge.models.registry import family_for
 
 # Modules never quantized (TensorRT-LLM's own default exclusions for dense decoders).
@@ -29,12 +29,14 @@ ALWAYS_EXCLUDED = ("lm_head", "transformer.vocab_embedding")
 # on that shared input must agree across the group.
 SHARED_INPUT_GROUPS: tuple[tuple[str, ...], ...] = (("mlp.fc", "mlp.gate"),)
 
-# The norm whose output feeds each linear, for formats that fold smoothing into it.
-INPUT_NORM = {
-    "attention.qkv": "input_layernorm",
-    "mlp.fc": "post_layernorm",
-    "mlp.gate": "post_layernorm",
-}
+# Every norm a layer may fold a column linear's smoothing into (the MLP's one is the
+# family's: ``Family.mlp_input_norm``).
+SMOOTHING_NORMS = (
+    "input_layernorm",
+    "post_layernorm",
+    "mlp_layernorm",
+    "pre_feedforward_layernorm",
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class LinearTarget:
     # The family's rule for the weight: a rule that reorders rows (GPT-NeoX fused QKV)
     # must reorder the quantized rows and per-channel ranges the same way.
     rule: TensorRule | None = None
+    # The norm whose output is this linear's input and feeds nothing else, for formats
+    # that fold smoothing into it; None for row-parallel layers and shared norms.
+    input_norm: str | None = None
 
     def row_order(self, rows: int) -> list[int] | None:
         return None if self.rule is None else self.rule.row_order(rows)
@@ -73,7 +78,9 @@ class TargetPlan:
 
 def linear_targets(hf_config: Mapping[str, Any]) -> list[LinearTarget]:
     """Every quantizable linear of the model, in checkpoint order."""
-    plan = family_for(hf_config).tensor_plan(hf_config)
+    family = family_for(hf_config)
+    plan = family.tensor_plan(hf_config)
+    norms = _input_norms(family, hf_config)
     targets = []
     for rule in plan.rules:
         parsed = parse_name(rule.target)
@@ -82,12 +89,29 @@ def linear_targets(hf_config: Mapping[str, Any]) -> list[LinearTarget]:
         if parsed.parallel not in ("column", "row"):
             continue
         sources = tuple(s.removesuffix(".weight") for s in rule.sources)
-        targets.append(
-            LinearTarget(
-                rule.target.removesuffix(".weight"), sources, parsed.layer, parsed.module, rule
-            )
-        )
+        module = rule.target.removesuffix(".weight")
+        norm = norms.get(parsed.module)
+        targets.append(LinearTarget(module, sources, parsed.layer, parsed.module, rule, norm))
     return targets
+
+
+def _input_norms(family: Family, hf_config: Mapping[str, Any]) -> dict[str, str]:
+    """The norm feeding each column linear kind alone (see ``Family.mlp_input_norm``)."""
+    mlp = family.mlp_input_norm(hf_config)
+    if mlp is None:
+        return {}  # one norm feeds attention and MLP: neither owns it
+    return {"attention.qkv": "input_layernorm", "mlp.fc": mlp, "mlp.gate": mlp}
+
+
+def check_smoothing_fold(hf_config: Mapping[str, Any]) -> None:
+    """Refuse a layout that folds smoothing into norms when the model's norms are shared."""
+    family = family_for(hf_config)
+    if family.mlp_input_norm(hf_config) is None:
+        raise recipe_error(
+            f"per-token SmoothQuant folds each linear's smoothing into the norm before it, but "
+            f"in this {family.name} model one norm feeds both attention and MLP",
+            hint="use activations: per_tensor (a pre-quant scale per linear), or fp8 / int8_wo",
+        )
 
 
 def plan_targets(hf_config: Mapping[str, Any], exclude: Sequence[str]) -> TargetPlan:

@@ -25,7 +25,7 @@ from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.quant import formats
 from trtllm_forge.quant.params import KV_CACHE_ALGOS, MethodParams
 from trtllm_forge.quant.result import LinearQuant, QuantResult, concat, share_input
-from trtllm_forge.quant.targets import INPUT_NORM, SHARED_INPUT_GROUPS, LinearTarget, TargetPlan
+from trtllm_forge.quant.targets import SHARED_INPUT_GROUPS, LinearTarget, TargetPlan
 
 _NO_PROGRESS = NullProgress()
 
@@ -130,13 +130,18 @@ def folded_norms(
         return {}
     out: dict[str, torch.Tensor] = {}
     for target in plan.quantized:
-        norm = INPUT_NORM.get(target.kind)
-        if norm is None:
-            continue
-        prefix = f"transformer.layers.{target.layer}.{norm}"
+        if _is_row(target.module):
+            continue  # row-parallel inputs are smoothed by their own `smoother`
+        if target.input_norm is None:
+            raise AssertionError(f"{target.module}: no norm of its own (check_smoothing_fold)")
+        prefix = f"transformer.layers.{target.layer}.{target.input_norm}"
         pqs = fused[target.module].pre_quant_scale
         assert pqs is not None
-        out[f"{prefix}.weight"] = (reader.get(f"{prefix}.weight").float() * pqs).to(dtype)
+        # norm(x) * w + b, scaled per channel: both the weight and the bias carry it.
+        for param in ("weight", "bias"):
+            name = f"{prefix}.{param}"
+            if param == "weight" or reader.has(name):
+                out[name] = (reader.get(name).float() * pqs).to(dtype)
         # Per-token scaling computes the int8 scale at run time; the plugin still reads this.
         out[f"{prefix}.scale_to_int"] = torch.ones(1, dtype=dtype)
     return out

@@ -30,6 +30,17 @@ def passes_through(recipe: Any) -> bool:
     return recipe.quantize.method == "none" and recipe.quantize.kv_cache == "none"
 
 
+def layout_revision(quant: dict[str, Any]) -> int:
+    """Revision of the checkpoint layout forge writes for this quantize section.
+
+    2: per-token SmoothQuant folds smoothing into norm biases too, and into each
+    family's own MLP-input norm (Gemma 2's pre_feedforward_layernorm).
+    """
+    if quant.get("method") == "smoothquant" and quant.get("activations") == "per_token":
+        return 2
+    return 1
+
+
 class CalibrateStage:
     name = "calibrate"
     version = "1"
@@ -45,6 +56,9 @@ class CalibrateStage:
         fields = {f"quantize.{k}": v for k, v in quant.items()}
         fields.update({f"quantize.calibration.{k}": v for k, v in calib.items()})
         fields.update(placement)  # empty for cpu/float32: older keys stay valid
+        revision = layout_revision(quant)
+        if revision > 1:  # only where the written bytes changed: other keys stay valid
+            fields["quantize.layout_revision"] = revision
         extra = {
             "calibration_data": self._calibration_digest(job, calib_file),
             "tokenizer": self._tokenizer_digest(job),
