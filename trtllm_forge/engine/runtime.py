@@ -61,9 +61,24 @@ QDQ_AS_WRITTEN = {
 }
 
 
-def _session(rank_dir: Path, file: str, threads: int) -> Any:
+def _import_onnxruntime() -> Any:
+    """onnxruntime, imported with its telemetry off.
+
+    On Linux, onnxruntime 1.31 starts its 1DS telemetry when the native library loads
+    (core/platform/posix/telemetry_1ds.cc, device_id.cc): it creates
+    ``~/.cache/Microsoft/DeveloperTools/.onnxruntime`` with a device id and an offline event
+    queue (``deviceid``, ``onnxruntime.db``). A build must write nothing outside $FORGE_HOME,
+    so unless the user set it themselves we set ORT_DISABLE_TELEMETRY, which the library
+    reads once as it loads: it cannot help if this process imported onnxruntime earlier.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime as ort  # type: ignore[import-untyped,unused-ignore]
 
+    return ort
+
+
+def _session(rank_dir: Path, file: str, threads: int) -> Any:
+    ort = _import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
