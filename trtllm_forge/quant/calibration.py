@@ -138,9 +138,10 @@ def load_tokenizer(tokenizer_dir: Path) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # files from anyone: tokenizers raises KeyError, ValueError, ...
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise source_error(
-            f"cannot load a tokenizer from {tokenizer_dir}: {exc}".splitlines()[0],
+            f"cannot load a tokenizer from {tokenizer_dir}: {why}",
             hint="calibration tokenizes text with the model's tokenizer; the snapshot must include it",
         ) from None
 

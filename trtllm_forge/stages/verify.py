@@ -6,10 +6,11 @@ Writes report.json / report.md / junit.xml. A failed gate fails the build
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trtllm_forge.errors import ExitCode, ForgeError
+from trtllm_forge.errors import ExitCode, ForgeError, source_error
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields_of, versions
 from trtllm_forge.stages.fetch import snapshot_dir
 from trtllm_forge.store.store import Artifact
@@ -32,8 +33,7 @@ class VerifyStage:
     def key_inputs(self, job: StageJob) -> KeyInputs:
         extra: dict[str, Any] = {}
         if job.recipe.verify.text_file:
-            path = job.loaded.resolve_path(job.recipe.verify.text_file, "verify.text_file")
-            extra["text_file"] = job.store.memo.digest(path)
+            extra["text_file"] = _guarded(job, lambda path: job.store.memo.digest(path))
         return KeyInputs(
             fields_of(job.recipe, *VERIFY_FIELDS),
             tools=versions("transformers", "torch", "onnxruntime"),
@@ -49,7 +49,7 @@ class VerifyStage:
 
         texts = list(spec.texts)
         if spec.text_file:
-            texts.append(job.loaded.resolve_path(spec.text_file, "verify.text_file").read_text())
+            texts.append(_guarded(job, lambda path: path.read_text(errors="replace")))
         result = verify_build(
             engine_dir=Path(job.upstream["build"].path) / "engine",
             reference_dir=snapshot_dir(job.upstream["fetch"]),
@@ -77,6 +77,25 @@ class VerifyStage:
                 f"verify gate(s) failed: {names}",
                 hint=f"see {artifact.path / 'report.md'}",
             )
+
+
+def _guarded(job: StageJob, use: Callable[[Path], str]) -> str:
+    """``use(verify.text_file)``; a missing, unreadable or non-regular file is a source error
+    at the recipe field (a FIFO or /dev/zero named there would be read forever)."""
+    field = "verify.text_file"
+    path = job.loaded.resolve_path(str(job.recipe.verify.text_file), field)
+    try:
+        if path.is_file():
+            return use(path)
+        problem = "is not a regular file" if path.exists() else "does not exist"
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or exc})"
+    err = source_error(
+        f"{path} {problem}",
+        hint="verify.text_file names a text file, relative to the recipe",
+    )
+    err.location = job.loaded.locate(field)
+    raise err
 
 
 STAGE = VerifyStage()
