@@ -31,6 +31,40 @@ ModelOpt's CUDA extension compiled (its first use JIT-compiles it) and every
 method run once on both sides with 2 x 64 tokens; GPU work is synchronised
 before each clock read. Perplexity is over ``--eval-windows`` windows of
 ``--eval-len`` tokens of held-out text (bench/.data/enwiki-eval.txt).
+
+On a lent GPU machine with no network and 64 MiB per call (how
+bench/results/gpu_calib.json was made), from the repository root here::
+
+    echo /.whl/ >> .git/info/exclude; echo /.gpu-carry1/ >> .git/info/exclude
+    echo /.gpu-carry2/ >> .git/info/exclude
+    pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_17_x86_64 -d .whl \
+        nvidia-modelopt==0.47.0 pulp==3.3.2 omegaconf==2.3.0 pydantic==2.14.3 \
+        pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 \
+        typing-extensions==4.16.0 blake3==1.0.11 gguf==0.19.0
+    pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3   # sdist only
+    G=bench/.data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    mkdir -p .gpu-carry1 .gpu-carry2
+    head -c 42000000 $G > .gpu-carry1/gguf.part1
+    tail -c +42000001 $G > .gpu-carry2/gguf.part2
+    tar czf .gpu-carry2/texts.tar.gz bench/.data/enwiki-eval.txt \
+        bench/.data/calib/wiki-summaries.txt
+
+then call 1 (carry ``.whl`` and ``.gpu-carry1``; it also JIT-compiles ModelOpt's
+CUDA extension, 60 s on the H100, so call 2 finds it cached)::
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    cp .gpu-carry1/gguf.part1 /tmp/
+    PYTHONPATH=/tmp/site python3 -c "import torch; torch.zeros(1, device='cuda'); \
+        from modelopt.torch.quantization.extensions import get_cuda_ext; get_cuda_ext()"
+
+and, within the 30 s the machine stays warm, call 2 (carry ``.gpu-carry2``)::
+
+    export PYTHONPATH=/tmp/site; G=bench/.data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    mkdir -p bench/.data/smollm2
+    cat /tmp/gguf.part1 .gpu-carry2/gguf.part2 > $G
+    tar xzf .gpu-carry2/texts.tar.gz
+    python3 -m bench.gpu_calib run --gguf $G --out $OUT/gpu_calib.json
 """
 
 from __future__ import annotations
@@ -367,20 +401,11 @@ def save(path: Path | None, results: dict[str, Any]) -> None:
 
 
 def render(r: dict[str, Any]) -> str:
-    m = r["machine"]
-    cal, ev, ref = r["calibration"], r["eval"], r["reference_perplexity"]
-    where = f"{r['device']}, {r['dtype']}"
+    m, ref = r["machine"], r["reference_perplexity"]
     lines = [
         f"## GPU: calibration time and perplexity ({m.get('gpu') or r['device']}, {r['date']})",
         "",
-        f"Machine: {m.get('gpu') or 'no GPU'}; {m['cpu_cores']} CPU cores; python {m['python']}; "
-        f"torch {m['torch']}; transformers {m['transformers']}; nvidia-modelopt {m['modelopt']}.",
-        f"Model: SmolLM2-135M-Instruct from `{Path(r['model']).name}` (Q4_1 weights dequantized to "
-        "float32 by forge's GGUF fetch, so perplexities are those of the Q4_1 model), "
-        f"calibrated in {r['dtype']} on {r['device']}. Calibration: {cal['samples']} windows x "
-        f"{cal['seq_len']} tokens of `{cal['file']}` (seed {cal['seed']}), the same tensor for "
-        f"both sides. Perplexity: {ev['windows']} windows x {ev['len']} tokens of held-out "
-        f"`{ev['text']}`.",
+        *_setting(r),
         "",
         "| method | forge: calibrate stage, end to end | forge: method alone | "
         "ModelOpt direct: load + `mtq.quantize` | ModelOpt: `mtq.quantize` alone | "
@@ -388,38 +413,28 @@ def render(r: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
-        if method not in r["methods"]:
-            continue
-        f, o = r["methods"][method]["forge"], r["methods"][method]["modelopt"]
-        lines.append(
-            f"| {method} | {f['seconds']:.2f} s | {f['method_s']:.2f} s | {o['seconds']:.2f} s | "
-            f"{o['quantize_s']:.2f} s | {f['perplexity']:.3f} | {o['perplexity']:.3f} |"
-        )
-    w = r["warm_up"]
-    ext = ""
-    if "cuda_ext_s" in w:
-        built = "compiled" if w.get("cuda_ext_built") else "could not be built (torch fallback)"
-        ext = f" ModelOpt's CUDA extension {built} in {w['cuda_ext_s']:.1f} s;"
+        if method in r["methods"]:
+            f, o = r["methods"][method]["forge"], r["methods"][method]["modelopt"]
+            lines.append(
+                f"| {method} | {f['seconds']:.2f} s | {f['method_s']:.2f} s | "
+                f"{o['seconds']:.2f} s | {o['quantize_s']:.2f} s | "
+                f"{_ppl(f['perplexity'], ref['hf'])} | {_ppl(o['perplexity'], ref['hf'])} |"
+            )
+    gap = abs(ref["forge_forward_fp32_cpu"] / ref["hf"] - 1) * 100
     lines += [
         "",
-        f"Unquantized reference perplexity: {ref['hf']:.3f} (HF model, {where}); "
+        f"Unquantized reference perplexity: {ref['hf']:.3f} (HF model, {r['dtype']} on "
+        f"{r['device']}; the percentages above are against it) and "
         f"{ref['forge_forward_fp32_cpu']:.3f} (forge's reference forward of the float32 "
-        "canonical checkpoint, float32 on the CPU: the evaluator forge's column uses).",
+        f"canonical checkpoint on the CPU, the evaluator of forge's column): the two evaluators "
+        f"differ by {gap:.3f} % on the same weights.",
         "",
-        "How it was timed: wall clock, GPU synchronised before each read. Not timed (the warm-up "
-        f"paid it first): importing ModelOpt ({w['import_modelopt_s']:.1f} s);{ext} one run of "
-        f"every method on both sides with 2 x 64 tokens ({w['methods_s']:.1f} s). 'End to end' "
-        "is `quantize_checkpoint` as the calibrate stage calls it: read the float32 HF weights, "
-        "cast and move them, calibrate, bring the results to the CPU and write the TensorRT-LLM "
-        "checkpoint; 'method alone' is the method's `quantize_model` inside it (AWQ and "
-        "SmoothQuant: ModelOpt's calibration on forge's target linears plus reading the result "
-        "back; GPTQ: forge's own Hessians and solver). ModelOpt's load is `from_pretrained` in "
-        f"{r['dtype']} plus `.to({r['device']!r})`. Each figure is one run. forge's perplexity "
-        "is of the written checkpoint (packed INT4/INT8 dequantized, activations fake-quantized) "
-        "in float32 on the CPU; ModelOpt's is of its fake-quantized model in "
-        f"{r['dtype']} on {r['device']}.",
+        *_how_timed(r),
         "",
-        "Rerun (the model travels as the GGUF; see the docstring of `bench/gpu_calib.py`):",
+        "Rerun: the model, the texts and the missing packages (nvidia-modelopt, pydantic, "
+        "blake3, gguf and their needs, as Python 3.12 wheels) must be on the machine first; on "
+        "this workplace's H100 they travelled in two calls of at most 64 MiB, the GGUF split in "
+        "two pieces (see the docstring of `bench/gpu_calib.py`). Then, from the repository root:",
         "",
         "```sh",
         r["command"],
@@ -428,6 +443,63 @@ def render(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _ppl(value: float, reference: float) -> str:
+    return f"{value:.3f} (+{(value / reference - 1) * 100:.1f} %)"
+
+
+def _setting(r: dict[str, Any]) -> list[str]:
+    m, cal, ev = r["machine"], r["calibration"], r["eval"]
+    return [
+        f"Machine: {m.get('gpu') or 'no GPU'}; {m['cpu_cores']} CPU cores; python "
+        f"{m['python']}; torch {m['torch']}; transformers {m['transformers']}; nvidia-modelopt "
+        f"{m['modelopt']}. Whole run: {r.get('total_s', 0) / 60:.1f} min.",
+        "",
+        f"Model: SmolLM2-135M-Instruct from `{Path(r['model']).name}`, its Q4_1 weights "
+        "dequantized to float32 by forge's GGUF fetch (so every perplexity is that of the Q4_1 "
+        f"model), then calibrated in {r['dtype']} on {r['device']} by both sides: forge with "
+        f"`quantize.calibration: {{device: {r['device']}, dtype: {r['dtype']}}}`. Calibration: "
+        f"{cal['samples']} windows x {cal['seq_len']} tokens of `{cal['file']}` (seed "
+        f"{cal['seed']}), the same tensor for both sides. Numerics: INT4 groups of {GROUP} "
+        "(AWQ, GPTQ), GPTQ damping 0.01, SmoothQuant alpha 0.5 with INT8 per-channel weights and "
+        "per-tensor activations; lm_head left unquantized. Perplexity: "
+        f"{ev['windows']} windows x {ev['len']} tokens of held-out `{ev['text']}`.",
+    ]
+
+
+def _how_timed(r: dict[str, Any]) -> list[str]:
+    w, device, dtype = r["warm_up"], r["device"], r["dtype"]
+    ext = ""
+    if "cuda_ext_s" in w and not w.get("cuda_ext_built"):
+        ext = " ModelOpt's CUDA extension could not be built (ModelOpt fell back to torch ops);"
+    elif "cuda_ext_s" in w:
+        how = "loaded from its build cache" if w["cuda_ext_s"] < 5 else "JIT-compiled"
+        ext = (
+            f" ModelOpt's CUDA extension {how} in {w['cuda_ext_s']:.1f} s (its first use on a "
+            "machine compiles it);"
+        )
+    return [
+        "How it was timed: wall clock, GPU synchronised before each read, each figure one run. "
+        f"Not timed, because a warm-up paid it first: importing ModelOpt "
+        f"({w['import_modelopt_s']:.1f} s);{ext} one run of every method on both sides with "
+        f"2 x 64 tokens ({w['methods_s']:.1f} s); turning the GGUF into an HF folder "
+        f"({r.get('model_prep_s', 0):.1f} s).",
+        "",
+        "- *forge, end to end*: `quantize_checkpoint` as the calibrate stage calls it: read the "
+        "float32 HF weights, cast and move the model, calibrate, bring the results to the CPU, "
+        "write the TensorRT-LLM checkpoint.",
+        "- *forge, method alone*: the method's `quantize_model` inside it, model already placed. "
+        "AWQ and SmoothQuant: ModelOpt's calibration restricted to forge's target linears, whose "
+        "forward passes skip the LM head, plus reading the result back; GPTQ: forge's own "
+        "Hessians and solver (one solve per group of linears sharing an input), not ModelOpt's.",
+        f"- *ModelOpt direct*: `from_pretrained` in {dtype} plus `.to({device!r})`, then "
+        "`mtq.quantize` with the preset, the numerics above and a forward loop over the same "
+        "windows (8 per batch, whole model).",
+        "- *Perplexity*: forge's is of the checkpoint it wrote (packed INT4/INT8 dequantized, "
+        f"activations fake-quantized) in float32 on the CPU; ModelOpt's is of its fake-quantized "
+        f"model in {dtype} on {device}.",
+    ]
 
 
 def write_block(doc: Path, block: str) -> None:
