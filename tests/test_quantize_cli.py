@@ -110,3 +110,21 @@ def test_export_tp2_pp2(tmp_path: Path, model: Path) -> None:
 def test_quantize_unknown_method_is_a_clean_error(tmp_path: Path, model: Path) -> None:
     run = forge("quantize", str(model), "--method", "int3", "-o", str(tmp_path / "o"))
     assert_clean_error(run, 2, "int3")
+
+
+def test_quantize_calibration_options_reach_the_recipe(tmp_path: Path, model: Path) -> None:
+    """--calib-samples/--calib-dtype shape the calibration; --calib-device cuda without a
+    GPU is refused before any work (exit 4), leaving --out untouched."""
+    out = tmp_path / "ckpt"
+    common = [str(model), "--method", "smoothquant", "--dtype", "float32", "--no-eval", "--json"]
+    run = forge(
+        "quantize", *common, "--calib-samples", "4", "--calib-dtype", "bfloat16", "-o", str(out)
+    )
+    assert run.code == 0, run.err
+    recipe = Path(run.json()["recipe"]).read_text()
+    assert "samples: 4" in recipe and "dtype: bfloat16" in recipe
+    placement = json.loads((out / "config.json").read_text())
+    assert placement["quantization"]["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
+    refused = forge("quantize", *common, "--calib-device", "cuda", "-o", str(tmp_path / "gpu"))
+    assert_clean_error(refused, 4, "cuda")
+    assert not (tmp_path / "gpu").exists() or not any((tmp_path / "gpu").iterdir())

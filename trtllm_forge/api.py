@@ -116,6 +116,7 @@ def quantize(
     params: dict[str, Any] | None = None,
     kv_cache: str = "none",
     calibration_file: str | None = None,
+    calibration: dict[str, Any] | None = None,
     dtype: str = "float16",
     tp: int = 1,
     pp: int = 1,
@@ -139,6 +140,7 @@ def quantize(
         params=params or {},
         kv_cache=kv_cache,
         calibration_file=calibration_file,
+        calibration=calibration or {},
         dtype=dtype,
         tp=tp,
         pp=pp,
@@ -191,6 +193,7 @@ def _write_quantize_recipe(
     params: dict[str, Any],
     kv_cache: str,
     calibration_file: str | None,
+    calibration: dict[str, Any],
     dtype: str,
     tp: int,
     pp: int,
@@ -201,10 +204,11 @@ def _write_quantize_recipe(
     from trtllm_forge.store.digest import digest_json, short
 
     quantize_section: dict[str, Any] = {"method": method, "kv_cache": kv_cache, **params}
+    calib = {k: v for k, v in calibration.items() if v is not None}  # samples, device, dtype
     if calibration_file:
-        quantize_section["calibration"] = {
-            "file": str(Path(calibration_file).expanduser().resolve())
-        }
+        calib["file"] = str(Path(calibration_file).expanduser().resolve())
+    if calib:
+        quantize_section["calibration"] = calib
     doc = {
         "schema_version": 1,
         "name": "",

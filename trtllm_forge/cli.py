@@ -305,6 +305,20 @@ def quantize(
     calib: Annotated[
         Path | None, typer.Option("--calib", help="Calibration text (.txt or .jsonl).")
     ] = None,
+    calib_samples: Annotated[
+        int | None, typer.Option("--calib-samples", help="Calibration sequences (default 64).")
+    ] = None,
+    calib_device: Annotated[
+        str | None,
+        typer.Option("--calib-device", help="Where calibration runs: cpu (default), cuda, auto."),
+    ] = None,
+    calib_dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--calib-dtype",
+            help="Model dtype while calibrating: float32 (default), float16, bfloat16.",
+        ),
+    ] = None,
     dtype: Annotated[
         str, typer.Option("--dtype", help="Dtype of unquantized tensors.")
     ] = "float16",
@@ -322,6 +336,8 @@ def quantize(
     and write a TensorRT-LLM checkpoint.
 
     Example: forge quantize ./my-llama --method awq --group-size 128 --kv-cache fp8 -o ckpt/
+
+    On a GPU machine, add --calib-device cuda --calib-dtype float16 to calibrate there.
     """
     from trtllm_forge import api
 
@@ -334,6 +350,7 @@ def quantize(
             params=params,
             kv_cache=kv_cache,
             calibration_file=str(calib) if calib else None,
+            calibration={"samples": calib_samples, "device": calib_device, "dtype": calib_dtype},
             dtype=dtype,
             tp=tp,
             pp=pp,
