@@ -409,7 +409,7 @@ def evaluate_forge(ckpt: Path, engine: Path, windows: Any, ref: Reference) -> di
     fake = FakeQuantForward(ckpt)
     noisy = nudged(FakeQuantForward(ckpt)) if quantizes_activations(ckpt) else None
     ort = OrtEngine.load(engine, threads=1)
-    nll_fake, nll_eng, kl, top1 = [], [], [], []
+    nll_fake, nll_eng, nll_nudged, kl, top1 = [], [], [], [], []
     engine_vs_fake, nudge_vs_fake = Divergence(), Divergence()
     try:
         for ids, ref_logits in zip(windows, ref.logits, strict=True):
@@ -423,7 +423,9 @@ def evaluate_forge(ckpt: Path, engine: Path, windows: Any, ref: Reference) -> di
             engine_vs_fake.add(eng, fq)
             if noisy is not None:
                 with torch.no_grad():
-                    nudge_vs_fake.add(noisy.logits(ids[None])[0].float().numpy(), fq)
+                    nudged_logits = noisy.logits(ids[None])[0].float().numpy()
+                nudge_vs_fake.add(nudged_logits, fq)
+                nll_nudged.append(nll(nudged_logits, ids))
     finally:
         fake.close()
         if noisy is not None:
@@ -435,6 +437,7 @@ def evaluate_forge(ckpt: Path, engine: Path, windows: Any, ref: Reference) -> di
         "top1_engine": float(np.concatenate(top1).mean()),
         "engine_vs_fakequant": engine_vs_fake.as_dict(),
         "nudged_vs_fakequant": nudge_vs_fake.as_dict() if noisy is not None else None,
+        "ppl_nudged": perplexity(nll_nudged) if noisy is not None else None,
     }
 
 

@@ -124,23 +124,28 @@ BEGIN = (
 END = "<!-- bench.quant:end -->"
 
 
+def _ratio(value: float | None, base: float) -> str:
+    return "–" if value is None else f"{100 * (value / base - 1.0):+.3f} %"
+
+
 def _runtime_lines(results: dict[str, Any]) -> list[str]:
     lines = [
         "| method | max \\|Δlogit\\| | mean \\|Δlogit\\| | argmax differs "
-        "| ppl engine / fake-quant | nudged fake-quant: mean \\|Δlogit\\| | … argmax differs |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| ppl engine / fake-quant | nudged fake-quant: mean \\|Δlogit\\| | … argmax differs "
+        "| … ppl / fake-quant |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["rows"]:
         eng, floor = row["engine_vs_fakequant"], row.get("nudged_vs_fakequant")
-        ratio = row["ppl_engine"] / row["ppl_fakequant"] - 1.0
         cells = [
             row["label"],
             f"{eng['max_abs_logit']:.2g}",
             f"{eng['mean_abs_logit']:.2g}",
             f"{100 * eng['argmax_differs']:.2f} %",
-            f"{100 * ratio:+.3f} %",
+            _ratio(row["ppl_engine"], row["ppl_fakequant"]),
             "–" if floor is None else f"{floor['mean_abs_logit']:.2g}",
             "–" if floor is None else f"{100 * floor['argmax_differs']:.2f} %",
+            _ratio(row.get("ppl_nudged"), row["ppl_fakequant"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -190,7 +195,7 @@ def render(results: dict[str, Any]) -> str:
         "",
         "The engine as forge ships it (`OrtEngine`, the runtime verify uses) against forge's "
         "float32 fake-quant model of the same checkpoint, over all evaluation positions. The "
-        "last two columns are the fake-quant model against itself with every linear input "
+        "last three columns are the fake-quant model against itself with every linear input "
         "nudged by a relative 1e-7 (float32 rounding noise) before its activation "
         "quantization: the noise floor of formats that quantize activations.",
         "",
