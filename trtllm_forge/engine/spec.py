@@ -76,7 +76,7 @@ class ModelSpec:
 
     @property
     def attention_scale(self) -> float:
-        return float(self.query_pre_attn_scalar or self.head_size) ** -0.5
+        return 1.0 / math.sqrt(float(self.query_pre_attn_scalar or self.head_size))
 
     def layer_window(self, layer: int) -> int | None:
         """Sliding window of global layer ``layer`` (None: full attention)."""
