@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.harness import (
+    REAL_QUANTIZE,
     ROOT,
     STAGES,
     Run,
@@ -91,7 +92,7 @@ def rel_model(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="session")
 def reference(rel_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Reference:
     work = tmp_path_factory.mktemp("rel-reference")
-    recipe = tiny_recipe(work / "recipe.yaml", rel_model)
+    recipe = tiny_recipe(work / "recipe.yaml", rel_model, quantize=REAL_QUANTIZE)
     until, stopped = _farthest_stage(work / "probe-home", recipe)
     probe = store_entries(work / "probe-home")  # a second uninterrupted build, stage by stage
     home = work / "home"
@@ -132,14 +133,32 @@ _PARTIAL: list[str] = []  # why this session is not a whole-tier run
 _CODE: dict[str, object] = {}  # the commit the subprocesses' snapshot was taken from
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+_LOAD: list[float] = []  # 1-minute load average, sampled while the tier runs (shared machines)
+
+
+def _sample_load() -> None:
+    import threading
+
+    _LOAD.append(os.getloadavg()[0])
+    timer = threading.Timer(30, _sample_load)
+    timer.daemon = True
+    timer.start()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Not pytest_sessionstart: pytest calls that only for conftests it loads before collecting
+    # (those of the rootdir and of the paths given), so `make test-reliability`, which names
+    # no path, never recorded the tier. A conftest's pytest_configure runs when it is loaded.
     import subprocess
     import time
 
     _STARTED.append(time.time())
+    if not hasattr(config, "workerinput"):
+        _sample_load()
     git = ["git", "-C", str(ROOT)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "trtllm_forge"],
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "trtllm_forge",
+                            "tests/reliability"],
                            capture_output=True, text=True)
     _CODE.update(commit=head.stdout.strip() or "unknown", dirty=bool(dirty.stdout.strip()))
 
@@ -178,4 +197,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))
         record("tier", {"outcomes": dict(sorted(_TALLY.items())), "seconds": round(time.time() - _STARTED[0]),
-                        "cpu_seconds": round(cpu), "cpus": os.cpu_count(), **_CODE, **_NOT_PASSED})
+                        "cpu_seconds": round(cpu), "cpus": os.cpu_count(), **_CODE, **_NOT_PASSED,
+                        "load_mean": round(sum(_LOAD) / len(_LOAD), 1) if _LOAD else None,
+                        "load_max": round(max(_LOAD), 1) if _LOAD else None})

@@ -60,8 +60,11 @@ class Figures:
 
 
 def _crash(d: dict[str, Any]) -> str:
+    method = d.get("quantize", "none")
+    per_stage = ", ".join(f"{stage} {n}" + (f" ({method} quantization)" if stage == "calibrate" else "")
+                          for stage, n in (d.get("kills_by_stage") or {}).items())
     text = (f"{d['kills_survived']}/{d['kills']} kills survived at {d['distinct_points']} distinct points "
-            f"({d['points_reached']} reached by one build; stages {', '.join(d['stages'])}); "
+            f"({d['points_reached']} reached by one build; kills per stage: {per_stage or ', '.join(d['stages'])}); "
             f"{d['kills_leaving_staging']} left a half-built staging dir that gc removed")
     if d.get("not_covered"):
         text += f"; not covered: {d['not_covered']}"
@@ -80,8 +83,10 @@ def _hostile(d: dict[str, Any]) -> str:
 
 
 def _fuzz(d: dict[str, Any]) -> str:
+    traced = f" ({d['cli_traced']} under strace)" if d.get("cli_traced") else ""
     return (f"{d['recipes']:,} generated recipes ({d['valid']:,} valid, {d['rejected']:,} rejected with a "
-            f"located exit-2 error), {d['cli_recipes']} of them also through `forge recipe check`")
+            f"located exit-2 error), {d['cli_recipes']} of them also through `forge recipe check`{traced}; "
+            "no write outside the recipe's folder")
 
 
 def _disk(d: dict[str, Any]) -> str:
@@ -110,7 +115,10 @@ def _secrets(d: dict[str, Any]) -> str:
 def _tier(d: dict[str, Any]) -> str:
     outcomes = ", ".join(f"{n} {k}" for k, n in d["outcomes"].items())
     cpu = f", {d['cpu_seconds'] // 60} min of CPU" if "cpu_seconds" in d else ""
-    return f"{outcomes} in {d['seconds'] // 60} min {d['seconds'] % 60} s on {d['cpus']} CPUs{cpu}"
+    load = ""
+    if d.get("load_mean") is not None:  # the machine may have been shared: wall time depends on it
+        load = f" (load average {d['load_mean']} mean, {d['load_max']} peak, sampled every 30 s)"
+    return f"{outcomes} in {d['seconds'] // 60} min {d['seconds'] % 60} s on {d['cpus']} CPUs{load}{cpu}"
 
 
 def _verdict(tier: dict[str, Any], test: str) -> str:
@@ -154,10 +162,12 @@ def render(data: dict[str, dict[str, Any]]) -> str:
         ("Any recipe is either valid or an exit-2 error at file:line:col — never a traceback",
          f"{T}/test_recipe_fuzz.py", f("fuzz", _fuzz)),
         ("Hostile inputs (lying safetensors headers, truncated files, absurd configs, pickle, remote "
-         "code, paths escaping the model folder, YAML bombs and python tags) are refused with a clear "
-         "error; nothing is written outside $FORGE_HOME and nothing partial inside it",
+         "code, unloadable tokenizers, paths escaping the model folder, recipe paths naming a device, FIFO "
+         "or directory, YAML bombs and python tags) are refused with a clear error; nothing is written "
+         "outside $FORGE_HOME and nothing partial inside it",
          f"{T}/test_hostile_inputs.py", f("hostile", _hostile)),
-        ("A build writes nothing outside $FORGE_HOME", f"{T}/test_footprint.py::test_full_build_writes_only_under_forge_home",
+        ("A build writes nothing outside $FORGE_HOME (onnxruntime's telemetry is switched off; see below)",
+         f"{T}/test_footprint.py::test_full_build_writes_only_under_forge_home",
          f("footprint", _footprint)),
         ("An HF token is never written to a manifest, key, ref, event, report or memo, nor printed",
          f"{T}/test_footprint.py::test_hf_token_is_never_written_or_printed", f("secrets", _secrets)),
@@ -198,6 +208,13 @@ manifest, before/after the rename that publishes an artifact), and around
 writing the recipe's ref. With no environment variable set a point costs one
 global check ({overhead} per call, last run).
 
+The tier's reference recipe runs all five stages on a tiny Llama and quantizes
+for real — AWQ through ModelOpt on 8 calibration sequences, group size 32 — so
+calibrate streams a checkpoint of its own (packed INT4 weights, group scales, AWQ pre-quant
+scales) through the instrumented writer, and build lowers it to an ONNX Q/DQ
+engine that verify runs. Kills, full disks and flipped bytes reach that
+checkpoint like any other.
+
 | variable | effect |
 |---|---|
 | `FORGE_FAULT=<point>[:<n>]` | on the n-th time (default 1st) the process reaches `<point>`, it SIGKILLs itself: no `finally`, no `atexit`, no flush |
@@ -218,6 +235,20 @@ entry, with the reason), `failed` — with the time, pid, stage and key. Each li
 is one `write()` on an `O_APPEND` descriptor, so concurrent builds never
 interleave; logging never fails a build. It is how the concurrency tests count
 that each stage ran once.
+
+## Writes by libraries forge uses
+
+onnxruntime 1.31 on Linux starts Microsoft's 1DS telemetry when its native library
+loads (`core/platform/posix/telemetry_1ds.cc`, `device_id.cc` in its source): it
+creates `~/.cache/Microsoft/DeveloperTools/.onnxruntime/` holding a device id
+(`deviceid`) and an offline event queue (`onnxruntime.db`). It stays quiet when it
+sees a CI runner (`CI`, `GITHUB_ACTIONS`, ...), which is why the tier removes those
+variables from its subprocesses. forge imports onnxruntime in one place
+(`trtllm_forge/engine/runtime.py`, `_import_onnxruntime`) and sets
+`ORT_DISABLE_TELEMETRY=1` first, unless the variable is already set: `0` is a user's
+explicit opt-in. The variable is read once, when the library loads, so a program
+that imported onnxruntime before calling forge's Python API keeps its own choice.
+`test_onnxruntime_telemetry_is_off_unless_the_user_opts_in` traces both cases.
 
 ## What the tier does not cover
 

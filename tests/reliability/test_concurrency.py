@@ -68,7 +68,7 @@ def parked(home: Path, recipe: Path, until: str, point: str, log: Path) -> subpr
     return proc
 
 
-def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> dict[str, str]:
+def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 900) -> dict[str, str]:
     """Wait for a build; stage → key from its --json output."""
     code = proc.wait(timeout=timeout)
     text = log.read_text()

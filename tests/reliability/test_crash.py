@@ -34,6 +34,7 @@ import pytest
 from tests.reliability.conftest import Reference
 from tests.reliability.harness import (
     KILLED,
+    REAL_QUANTIZE,
     STAGES,
     audit_store,
     base_env,
@@ -56,8 +57,8 @@ class Case:
     until: str  # the top-level stage the point belongs to
 
 
-def kill_cases(points: list[str], last_stage: str) -> list[Case]:
-    """(point, nth, stage) to kill at: every point, first/middle/last occurrence per stage."""
+def stage_of_points(points: list[str], last_stage: str) -> list[str]:
+    """The top-level stage each reached point belongs to (ref writes: the last stage's)."""
     stage_of: list[str] = []
     stage = STAGES[0]
     for name in points:
@@ -65,6 +66,12 @@ def kill_cases(points: list[str], last_stage: str) -> list[Case]:
         if parts[0] == "stage" and parts[1] in STAGES and parts[2] == "start":
             stage = parts[1]
         stage_of.append(last_stage if name.startswith(("runner.ref", "store.ref")) else stage)
+    return stage_of
+
+
+def kill_cases(points: list[str], last_stage: str) -> list[Case]:
+    """(point, nth, stage) to kill at: every point, first/middle/last occurrence per stage."""
+    stage_of = stage_of_points(points, last_stage)
     seen: Counter[str] = Counter()
     by_segment: dict[tuple[str, str], list[int]] = {}
     for name, segment in zip(points, stage_of, strict=True):
@@ -133,13 +140,18 @@ def _gc_cleans(home: Path, leftovers: list[str], wanted: set[tuple[str, str]]) -
 
 
 def test_points_cover_every_stage_commit_and_ref(reference: Reference) -> None:
+    assert reference.until == STAGES[-1], f"not every stage builds: {reference.stopped}"
     reached = set(reference.points)
     for stage in reference.stages:
         assert f"stage.{stage}.start" in reached
         for step in ("before_manifest", "after_manifest", "before_rename", "after_rename"):
             assert f"store.commit.{stage}.{step}" in reached
     assert {"runner.ref.before_write", "store.ref.before_replace", "runner.ref.after_write"} <= reached
-    assert Counter(reference.points)["safetensors.tensor_written"] >= 10  # convert wrote each tensor
+    written = Counter(stage for name, stage in zip(reference.points, stage_of_points(
+        reference.points, reference.until), strict=True) if name == "safetensors.tensor_written")
+    # convert and calibrate (a real AWQ checkpoint: weights, scales, pre-quant scales) stream
+    # every tensor through the instrumented writer, so kills land mid-file in both.
+    assert written["convert"] >= 10 and written["calibrate"] >= written["convert"], written
 
 
 def test_uninterrupted_builds_are_bit_reproducible(reference: Reference) -> None:
@@ -164,6 +176,8 @@ def test_kill_at_every_point_leaves_a_consistent_store(reference: Reference, tmp
         "distinct_points": len(set(reference.points)),
         "points_reached": len(reference.points),
         "kills": len(outcomes),
+        "kills_by_stage": dict(Counter(case.until for case in cases)),
+        "quantize": REAL_QUANTIZE["method"],
         "kills_survived": len(outcomes) - len(failed),
         "kills_leaving_staging": sum(1 for o in outcomes if o.leftovers),
         "seconds": round(time.perf_counter() - t0, 1),

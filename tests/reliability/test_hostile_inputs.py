@@ -20,7 +20,7 @@ import pytest
 
 from tests.reliability import tracing
 from tests.reliability.conftest import Reference
-from tests.reliability.harness import Run, audit_store, forge, record, tiny_recipe
+from tests.reliability.harness import REAL_QUANTIZE, Run, audit_store, forge, record, tiny_recipe
 
 pytestmark = pytest.mark.reliability
 
@@ -35,16 +35,16 @@ def rejected(run: Run, codes: tuple[int, ...], *fragments: str) -> None:
 
 
 def build_rejected(home: Path, recipe: Path, codes: tuple[int, ...], *fragments: str,
-                   kind: str, extra_roots: tuple[Path, ...] = ()) -> Run:
-    """`forge build --until convert` must refuse; the store stays clean; nothing escapes."""
+                   kind: str, extra_roots: tuple[Path, ...] = (), until: str = "convert") -> Run:
+    """`forge build --until <until>` must refuse; the store stays clean; nothing escapes."""
     if tracing.available():
-        run, written = tracing.traced_forge(home, "build", str(recipe), "--until", "convert")
+        run, written = tracing.traced_forge(home, "build", str(recipe), "--until", until)
         assert tracing.outside(written, home, *extra_roots) == [], "wrote outside FORGE_HOME"
     else:
-        run = forge(home, "build", str(recipe), "--until", "convert")
+        run = forge(home, "build", str(recipe), "--until", until)
     rejected(run, codes, *fragments)
     assert audit_store(home) == []
-    assert not list((home / "artifacts").glob("convert/*")), "a convert artifact was committed"
+    assert not list((home / "artifacts").glob(f"{until}/*")), f"a {until} artifact was committed"
     assert not list((home / "tmp").glob("*")) if (home / "tmp").exists() else True, "staging left"
     _COUNTS[kind] = _COUNTS.get(kind, 0) + 1
     return run
@@ -201,6 +201,62 @@ def test_architecture_outside_transformers_is_refused(reference: Reference, tmp_
     build_rejected(tmp_path / "home", recipe, (2,), "EvilForCausalLM", kind="remote-code")
 
 
+# -- tokenizers nobody can load -----------------------------------------------------------
+TOKENIZERS: dict[str, Callable[[Path], None]] = {
+    "missing": lambda model: (model / "tokenizer.json").unlink(),
+    "not-json": lambda model: (model / "tokenizer.json").write_text('{"model": [1, 2'),
+    "wrong-structure": lambda model: (model / "tokenizer.json").write_text('{"model": {"type": "BPE"}}'),
+    "not-utf8": lambda model: (model / "tokenizer.json").write_bytes(b"\xff\xfe\x00{"),
+}
+
+
+@pytest.mark.parametrize("stage", ["calibrate", "verify"])
+@pytest.mark.parametrize("damage", sorted(TOKENIZERS))
+def test_unloadable_tokenizer_is_a_source_error(reference: Reference, tmp_path: Path, damage: str,
+                                                stage: str) -> None:
+    """Calibration (a real AWQ run) and verify both tokenize with the model's own tokenizer."""
+    model = model_copy(reference, tmp_path)
+    TOKENIZERS[damage](model)
+    quantize = REAL_QUANTIZE if stage == "calibrate" else {"method": "none"}
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", model, quantize=quantize)
+    build_rejected(tmp_path / "home", recipe, (5,), "tokenizer", kind="tokenizer", until=stage)
+
+
+# -- recipe paths that are not the files they should be ----------------------------------------
+RECIPE_PATHS: dict[str, tuple[str, dict[str, Any], str]] = {
+    # name: (stage that must refuse it, recipe sections, fragment of the message)
+    "source-path-escapes-to-nothing": ("fetch", {"source": {"path": "../" * 40 + "no-such-model"}},
+                                       "does not exist"),
+    "source-path-is-a-device": ("fetch", {"source": {"path": "/dev/null"}}, "not a model directory"),
+    "source-path-is-the-root": ("fetch", {"source": {"path": "../" * 40}}, "no config.json"),
+    "gguf-is-a-device": ("fetch", {"source": {"gguf": "/dev/zero"}}, "GGUF"),
+    "calibration-file-is-a-device": ("calibrate", {"quantize": {**REAL_QUANTIZE, "calibration": {
+        "file": "/dev/zero"}}}, "calibration file"),
+    "calibration-file-is-a-directory": ("calibrate", {"quantize": {**REAL_QUANTIZE, "calibration": {
+        "file": "../" * 40 + "etc"}}}, "calibration file"),
+    "verify-text-is-a-device": ("verify", {"verify": {"text_file": "/dev/zero"}}, "not a regular file"),
+    "verify-text-is-a-fifo": ("verify", {"verify": {"text_file": "fifo"}}, "not a regular file"),
+    "verify-text-is-a-directory": ("verify", {"verify": {"text_file": ".."}}, "not a regular file"),
+    "verify-text-escapes-to-nothing": ("verify", {"verify": {"text_file": "../" * 40 + "no-such.txt"}},
+                                       "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RECIPE_PATHS))
+def test_recipe_paths_must_name_regular_files(reference: Reference, tmp_path: Path, case: str) -> None:
+    """A device, FIFO or directory where a file belongs would be read forever or crash a
+    stage: each is a located source error, and nothing is written outside FORGE_HOME."""
+    stage, sections, fragment = RECIPE_PATHS[case]
+    work = tmp_path / "recipe-dir"
+    work.mkdir()
+    os.mkfifo(work / "fifo")  # never opened for writing: reading it would block forever
+    sections = {"source": {"path": str(reference.model)}, **sections}
+    recipe = tiny_recipe(work / "recipe.yaml", reference.model, **sections)
+    run = build_rejected(tmp_path / "home", recipe, (5,), fragment, kind="recipe-path", until=stage)
+    if stage == "verify":  # points at the recipe line
+        assert "recipe.yaml:" in run.err, run.err
+
+
 # -- paths escaping the model folder ---------------------------------------------------
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
 def test_symlink_out_of_the_snapshot_is_refused(reference: Reference, tmp_path: Path, name: str) -> None:
@@ -261,7 +317,11 @@ def test_malicious_yaml_is_refused_safely(tmp_path: Path, attack: str, command: 
     recipe.write_bytes(text.replace("{marker}", str(marker)).encode("utf-8", "surrogateescape"))
     home = tmp_path / "home"
     args = ("recipe", "check", str(recipe)) if command == "recipe-check" else ("build", str(recipe))
-    run = forge(home, *args, timeout=60, preexec_fn=_limit_memory)
+    if tracing.available():
+        run, written = tracing.traced_forge(home, *args, timeout=180, preexec_fn=_limit_memory)
+        assert tracing.outside(written, home) == [], "wrote outside FORGE_HOME"
+    else:
+        run = forge(home, *args, timeout=180, preexec_fn=_limit_memory)
     rejected(run, (2,), fragment)
     assert not marker.exists()
     assert not (home / "artifacts").exists()

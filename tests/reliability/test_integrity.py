@@ -137,17 +137,23 @@ def test_cache_verify_finds_damage_everywhere_and_fix_removes_it(reference: Refe
     home = tmp_path / "home"
     build(reference, home)
     assert forge(home, "cache", "verify").code == 0
-    damaged = {stage for stage, _key in reference.entries if stage not in ("fetch", "calibrate")}
-    for stage, key in reference.entries:
-        if stage in damaged:
+    manifests = {(stage, key): json.loads((artifact_dir(home, stage, key) / "manifest.json").read_text())
+                 for stage, key in reference.entries}
+    # Flip a byte in every artifact holding files of its own (fetch references the source
+    # model in place, a pass-through calibrate references convert's checkpoint).
+    damaged = {stage for (stage, _key), manifest in manifests.items() if manifest["files"]}
+    for (stage, key), manifest in manifests.items():
+        if manifest["files"]:
             flip_byte(largest_file(artifact_dir(home, stage, key)))
     run = forge(home, "cache", "verify", "--json")
     assert run.code == 6 and "Traceback" not in run.text
     report, end = json.JSONDecoder().raw_decode(run.out)
     found = {d["stage"] for d in report["damaged"]}
-    # calibrate (pass-through) references convert's files, so it is damaged with them.
-    expected = damaged | ({"calibrate"} if "calibrate" in reference.stages else set())
-    assert found == expected
+    # An artifact referencing another artifact's (damaged) files is damaged with them.
+    store = str(home / "artifacts") + "/"
+    expected = damaged | {stage for (stage, _key), manifest in manifests.items()
+                          if str((manifest.get("external") or {}).get("root", "")).startswith(store)}
+    assert "calibrate" in expected and found == expected
     text = forge(home, "cache", "verify")
     assert text.code == 6 and "damaged" in text.out and "cache verify --fix" in text.err
     fixed = forge(home, "cache", "verify", "--fix")
