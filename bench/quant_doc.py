@@ -172,7 +172,7 @@ def render(results: dict[str, Any]) -> str:
         f"{s['windows']} windows × {s['window_len']} tokens of the gensim Wikipedia text. "
         f"Calibration: {s['samples']} × {s['seq_len']} tokens for SmoothQuant, FP8 and KV caches, "
         f"{s['gptq_samples']} × {s['seq_len']} for GPTQ, {s['awq_samples']} × {s['seq_len']} for "
-        'AWQ (see "Cost" below), seed 0.',
+        "AWQ, seed 0.",
         "",
         *table(results),
         "",
