@@ -377,7 +377,8 @@ def render(results: dict[str, Any]) -> str:
         "",
         "Commands: "
         + "; ".join(f"`{c.strip()}`" for c in results.get("commands") or [results["command"]])
-        + " (then `python -m bench.quant_gap --render`).",
+        + f" ({results.get('wall_seconds', 0) / 60:.0f} min in all; one run does the same: "
+        f"`{COMMAND} --methods awq,gptq`; `python -m bench.quant_gap --render` re-renders).",
         f"SmolLM2-135M, CPU float32, INT4 group size {st['group_size']} on every decoder "
         f"linear (150 TensorRT-LLM modules, 210 HF linears), {st['awq_samples']} × {st['seq_len']} AWQ calibration tokens (GPTQ: "
         f"{st['gptq_samples']}), the {st['windows']} × {st['window_len']}-token evaluation "
@@ -387,11 +388,12 @@ def render(results: dict[str, Any]) -> str:
         + ".",
         "",
     ]
-    for method, data in results["methods"].items():
-        lines += _method_table(method, data)
-    if "awq" in results["methods"]:
-        lines += _awq_findings(results["methods"]["awq"])
-    lines += _GPTQ_AND_SCOPE
+    methods = results["methods"]
+    for method in sorted(methods, key=lambda m: (m != "awq", m)):
+        lines += _method_table(method, methods[method])
+    if "awq" in methods:
+        lines += _awq_findings(methods["awq"])
+    lines += _gptq_and_scope(methods)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -465,7 +467,9 @@ def _awq_findings(data: dict[str, Any]) -> list[str]:
             "gate/up too and folds the shared scales into the norms: (c_unified) "
             f"{r['c_unified']:.3f}. Sharing gate/up alone {moves} perplexity here "
             f"((c_gate_up) {r['c_gate_up']:.3f} vs (b) {r['b']:.3f}): `awq_lite` minimises each "
-            "GEMM's output error, not perplexity, so a shared scale is not always a loss. "
+            "GEMM's output error, not perplexity, so a shared scale is not always a loss "
+            "(hence the unified export's small edge over forge's checkpoint on this model, one "
+            "model's evidence and no rule). "
             "forge keeps `mlp.fc` and `mlp.gate` as separate modules with their own "
             "`prequant_scaling_factor`, as ModelOpt's TensorRT-LLM exporter does for AWQ."
         )
@@ -512,26 +516,36 @@ def _awq_findings(data: dict[str, Any]) -> list[str]:
     return out
 
 
-_GPTQ_AND_SCOPE = [
-    "## GPTQ, and what this does not cover",
-    "",
-    "* GPTQ has no pre-quant scale and its INT4 ranges are per (row, group), so fusing "
-    "q/k/v or gate/up only stacks rows: `quant.result.share_input` leaves such records "
-    "unchanged and ModelOpt's `preprocess_linear_fusion` is a no-op on them (by their code; "
-    "`--methods gptq` measures (c_qkv) against (b)). The GPTQ differences between forge and "
-    "ModelOpt "
-    "(CPU g64: forge 29.34 vs 29.56; H100 float16: 35.45 vs 33.97) therefore come from the "
-    "two GPTQ implementations, not from fusion. Known differences, not measured here: "
-    "forge takes each group's scale when GPTQ reaches the group, from the error-corrected "
-    "weights (the paper's rule); ModelOpt 0.47 takes every scale up front from the "
-    "original weights (`max_calibrate` before the column loop; read from its code); forge "
-    "sums its Hessian in float64.",
-    "* The H100 rows of bench/results/gpu_calib.json use another model (the Q4_1 GGUF of "
-    "SmolLM2-135M-Instruct, dequantized), 64 calibration windows, float16 and 16 "
-    "evaluation windows, and were not rerun here; the AWQ gap there (30.73 vs 29.71) has "
-    "the same sign and size as on the CPU, consistent with the same cause.",
-    "",
-]
+def _gptq_and_scope(methods: dict[str, Any]) -> list[str]:
+    rows = {k: v["ppl"] for k, v in methods.get("gptq", {}).get("rows", {}).items()}
+    measured = (
+        f"measured: (c_qkv) {rows['c_qkv']:.3f} = (b) {rows['b']:.3f}"
+        if {"b", "c_qkv"} <= rows.keys()
+        else "by their code; `--methods gptq` measures it"
+    )
+    forge_vs = (
+        f"forge {rows['a']:.2f} vs ModelOpt {rows['b']:.2f} here"
+        if {"a", "b"} <= rows.keys()
+        else "forge 29.34 vs ModelOpt 29.56 in docs/quantization.md"
+    )
+    return [
+        "## GPTQ, and what this does not cover",
+        "",
+        "* GPTQ has no pre-quant scale and its INT4 ranges are per (row, group), so fusing "
+        "q/k/v or gate/up only stacks rows: `quant.result.share_input` leaves such records "
+        f"unchanged and ModelOpt's `preprocess_linear_fusion` is a no-op on them ({measured}). "
+        f"The GPTQ differences between forge and ModelOpt (CPU g64: {forge_vs}; H100 "
+        "float16: 35.45 vs 33.97) therefore come from the two GPTQ implementations, not from "
+        "fusion. Differences read from the code, not measured one by one: forge takes each "
+        "group's scale when GPTQ reaches the group, from the error-corrected weights (the "
+        "paper's rule); ModelOpt 0.47 fixes every group's range up front from the original "
+        "weights (`max_calibrate` before the column loop); forge sums its Hessian in float64.",
+        "* The H100 rows of bench/results/gpu_calib.json use another model (the Q4_1 GGUF of "
+        "SmolLM2-135M-Instruct, dequantized), 64 calibration windows, float16 and 16 "
+        "evaluation windows, and were not rerun here; the AWQ gap there (30.73 vs 29.71) has "
+        "the same sign and size as on the CPU, consistent with the same cause.",
+        "",
+    ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -558,11 +572,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     progress = qb.StderrProgress()
+    # Read before anything is saved: every measurement rewrites the results file.
+    previous = json.loads(RESULTS.read_text()) if args.merge else None
     run = Run(args, progress)
     started = time.perf_counter()
     run.reference()
-    if args.merge:
-        run.merge(json.loads(RESULTS.read_text()))
+    if previous is not None:
+        run.merge(previous)
     with tempfile.TemporaryDirectory(prefix="forge-quant-gap-") as tmp:
         for name in args.methods.split(","):
             if name not in ("awq", "gptq"):
