@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.reliability.harness import RESULTS, ROOT
+from tests.reliability.harness import RESULTS, ROOT, STAGES
 
 DOC = ROOT / "docs" / "reliability.md"
 T = "tests/reliability"
@@ -60,9 +60,10 @@ class Figures:
 
 
 def _crash(d: dict[str, Any]) -> str:
-    method = d.get("quantize", "none")
-    per_stage = ", ".join(f"{stage} {n}" + (f" ({method} quantization)" if stage == "calibrate" else "")
-                          for stage, n in (d.get("kills_by_stage") or {}).items())
+    method = str(d.get("quantize", "none")).upper()
+    kills = d.get("kills_by_stage") or {}
+    per_stage = ", ".join(f"{stage} {kills[stage]}" + (f" ({method})" if stage == "calibrate" else "")
+                          for stage in STAGES if stage in kills)
     text = (f"{d['kills_survived']}/{d['kills']} kills survived at {d['distinct_points']} distinct points "
             f"({d['points_reached']} reached by one build; kills per stage: {per_stage or ', '.join(d['stages'])}); "
             f"{d['kills_leaving_staging']} left a half-built staging dir that gc removed")
