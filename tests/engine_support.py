@@ -83,3 +83,25 @@ def random_texts(
 
 def rel_diff(reference: np.ndarray, engine: np.ndarray) -> float:
     return float(np.abs(reference - engine).max() / np.abs(reference).max())
+
+
+def quantized_logits_check(hf: Path, ckpt: Path, onnx_dir: Path, ids: Any) -> tuple[float, float]:
+    """How far a quantized checkpoint's fake-quant logits are from the HF float model's,
+    and how far the engine built from it is from that fake quant (relative norms)."""
+    import torch
+
+    from tests.test_quant_methods import _engine_logits
+    from trtllm_forge.quant.fakequant import FakeQuantForward
+    from trtllm_forge.quant.quantize import load_hf_model
+
+    with torch.no_grad():
+        float_logits = load_hf_model(hf)(input_ids=ids).logits
+    fake = FakeQuantForward(ckpt)
+    try:
+        want = fake.logits(ids)
+    finally:
+        fake.close()
+    vs_float = float((want - float_logits).norm() / float_logits.norm())
+    got = _engine_logits(ckpt, onnx_dir, ids)
+    vs_fake = float(np.linalg.norm(got - want.numpy()) / np.linalg.norm(want.numpy()))
+    return vs_float, vs_fake

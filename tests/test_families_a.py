@@ -13,18 +13,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
-from tests.engine_support import random_prompts, random_texts, rel_diff, tiny_engine
+from tests.engine_support import (
+    quantized_logits_check,
+    random_prompts,
+    random_texts,
+    rel_diff,
+    tiny_engine,
+)
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 from trtllm_forge.checkpoint.forward import CheckpointForward
 from trtllm_forge.checkpoint.io import CheckpointReader, read_config
 from trtllm_forge.engine.runtime import load_engine
 from trtllm_forge.engine.verify import load_reference, reference_greedy, reference_logits
-from trtllm_forge.quant.fakequant import FakeQuantForward, dequantized_weight
+from trtllm_forge.quant.fakequant import dequantized_weight
 from trtllm_forge.quant.quantize import load_hf_model, quantize_checkpoint
 from trtllm_forge.quant.targets import linear_targets
 
@@ -192,7 +197,6 @@ ORT_TOL = 1e-4
 
 @pytest.mark.parametrize("method", list(QUANT))
 def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
-    from tests.test_quant_methods import _engine_logits
 
     root, hf = family["root"], family["hf"]
     out = root / f"q_{method}"
@@ -220,20 +224,9 @@ def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
             rel = float((effective - original).norm() / original.norm())
             assert rel < weight_tol, (target.module, rel)
     ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        float_logits = load_hf_model(hf)(input_ids=ids).logits
-    fake = FakeQuantForward(out)
-    try:
-        fake_logits = fake.logits(ids)
-    finally:
-        fake.close()
-    rel = float((fake_logits - float_logits).norm() / float_logits.norm())
-    assert 0 < rel < logit_tol
-    got = _engine_logits(out, root / f"onnx_{method}", ids)
-    assert (
-        float(np.linalg.norm(got - fake_logits.numpy()) / np.linalg.norm(fake_logits.numpy()))
-        < ORT_TOL
-    )
+    vs_float, vs_fake = quantized_logits_check(hf, out, root / f"onnx_{method}", ids)
+    assert 0 < vs_float < logit_tol
+    assert vs_fake < ORT_TOL
 
 
 def _forward_rel_diff(hf: Path, ckpt: Path) -> float:

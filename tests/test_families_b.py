@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
 from tests.engine_support import (
+    quantized_logits_check,
     random_prompts,
     random_texts,
     rel_diff,
@@ -227,9 +227,7 @@ QUANT_VARIANTS = ["falcon-7b-like", "falcon-40b-like", "bloom", "mpt"]
 @pytest.mark.parametrize("method", list(QUANT_CASES))
 @pytest.mark.parametrize("name", QUANT_VARIANTS)
 def test_quantized_family_verifies(tmp_path: Path, name: str, method: str) -> None:
-    from tests.test_quant_methods import _engine_logits
     from trtllm_forge.quant.calibration import CalibrationSpec
-    from trtllm_forge.quant.fakequant import FakeQuantForward
     from trtllm_forge.quant.quantize import quantize_checkpoint
 
     arch, overrides = VARIANTS[name]
@@ -246,17 +244,9 @@ def test_quantized_family_verifies(tmp_path: Path, name: str, method: str) -> No
         calibration=CalibrationSpec(samples=8, seq_len=32, seed=0),
     )
     ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        float_logits = load_hf_model(hf)(input_ids=ids).logits
-    fake = FakeQuantForward(out)
-    try:
-        want = fake.logits(ids)
-    finally:
-        fake.close()
-    rel = float((want - float_logits).norm() / float_logits.norm())
-    assert 0 < rel < logit_tol
-    got = _engine_logits(out, tmp_path / "onnx", ids)
-    assert float(np.linalg.norm(got - want.numpy()) / np.linalg.norm(want.numpy())) < 1e-4
+    vs_float, vs_fake = quantized_logits_check(hf, out, tmp_path / "onnx", ids)
+    assert 0 < vs_float < logit_tol
+    assert vs_fake < 1e-4
     assert _config(out)["quantization"]["quant_algo"] == {"int8_wo": "W8A16", "fp8": "FP8"}[method]
 
 

@@ -16,12 +16,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
-from tests.engine_support import random_prompts, random_texts, rel_diff, tiny_engine
+from tests.engine_support import (
+    quantized_logits_check,
+    random_prompts,
+    random_texts,
+    rel_diff,
+    tiny_engine,
+)
 from tests.tinymodels import make_tiny_hf
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 from trtllm_forge.checkpoint.forward import CheckpointForward
@@ -185,8 +190,6 @@ QUANT = {"int8_wo": (None, 0.05), "fp8": ("fp8", 0.2)}
 
 @pytest.mark.parametrize("method", list(QUANT))
 def test_quantized_gemma2_verifies(tiny: dict[str, Path], method: str) -> None:
-    from tests.test_quant_methods import _engine_logits
-    from trtllm_forge.quant.fakequant import FakeQuantForward
     from trtllm_forge.quant.quantize import quantize_checkpoint
 
     root, hf = tiny["root"], tiny["hf"]
@@ -206,17 +209,9 @@ def test_quantized_gemma2_verifies(tiny: dict[str, Path], method: str) -> None:
         read_config(out)["quantization"]["quant_algo"] == {"int8_wo": "W8A16", "fp8": "FP8"}[method]
     )
     ids = IDS[:, :24]  # longer than the window
-    with torch.no_grad():
-        float_logits = load_hf_model(hf)(input_ids=ids).logits
-    fake = FakeQuantForward(out)
-    try:
-        want = fake.logits(ids)
-    finally:
-        fake.close()
-    rel = float((want - float_logits).norm() / float_logits.norm())
-    assert 0 < rel < logit_tol
-    got = _engine_logits(out, root / f"onnx_{method}", ids)
-    assert float(np.linalg.norm(got - want.numpy()) / np.linalg.norm(want.numpy())) < 1e-4
+    vs_float, vs_fake = quantized_logits_check(hf, out, root / f"onnx_{method}", ids)
+    assert 0 < vs_float < logit_tol
+    assert vs_fake < 1e-4
 
 
 def test_bfloat16_checkpoint_verifies(tmp_path: Path) -> None:
