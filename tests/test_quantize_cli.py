@@ -128,3 +128,11 @@ def test_quantize_calibration_options_reach_the_recipe(tmp_path: Path, model: Pa
     refused = forge("quantize", *common, "--calib-device", "cuda", "-o", str(tmp_path / "gpu"))
     assert_clean_error(refused, 4, "cuda")
     assert not (tmp_path / "gpu").exists() or not any((tmp_path / "gpu").iterdir())
+
+
+def test_quantize_with_a_broken_tokenizer_is_a_source_error(tmp_path: Path, model: Path) -> None:
+    """int8_wo reads no calibration text, so the summary's perplexity is the first
+    thing that tokenizes: a corrupt tokenizer must be a located source error there too."""
+    (model / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 3')
+    run = forge("quantize", str(model), "--method", "int8_wo", "-o", str(tmp_path / "o"))
+    assert_clean_error(run, 5, "tokenizer")

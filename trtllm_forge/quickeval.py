@@ -20,12 +20,12 @@ def perplexity_delta(
 ) -> dict[str, Any]:
     """Perplexity of both checkpoints over ``text`` in windows of WINDOW tokens."""
     import torch
-    from transformers import AutoTokenizer
 
     from trtllm_forge.checkpoint.forward import CheckpointForward
+    from trtllm_forge.quant.calibration import load_tokenizer  # a bad tokenizer: source error
     from trtllm_forge.quant.fakequant import FakeQuantForward
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
+    tokenizer = load_tokenizer(tokenizer_dir)
     ids = tokenizer(text or builtin_eval_text(), add_special_tokens=False)["input_ids"]
     windows = [torch.tensor([ids[i : i + WINDOW]]) for i in range(0, max(len(ids) - 1, 1), WINDOW)]
     windows = [w for w in windows if w.shape[1] > 1]
