@@ -39,6 +39,7 @@ test-reliability: venv
 
 lint: venv
 	$(BIN)/ruff check trtllm_forge tests bench
+	$(BIN)/ruff format --check trtllm_forge tests bench
 
 # The TensorRT backend, mypy --strict against tensorrt-stubs (the test sanitizes the
 # stubs' syntax errors first; see tests/test_engine_backends.py). `make test` runs it too.

@@ -36,12 +36,18 @@ class Run:
         return shlex.join(self.argv)
 
 
-def run(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-        check: bool = True) -> Run:
+def run(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> Run:
     """Run ``argv`` to completion; wall time, CPU time and peak memory of the child."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        list(argv), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     sampler = _AnonSampler(proc.pid)
     sampler.start()
     out, err = _drain(proc)
@@ -49,8 +55,16 @@ def run(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | N
     seconds = time.perf_counter() - t0
     sampler.stop()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    result = Run(list(argv), seconds, proc.returncode, usage.ru_maxrss * 1024, sampler.peak,
-                 usage.ru_utime + usage.ru_stime, out, err)
+    result = Run(
+        list(argv),
+        seconds,
+        proc.returncode,
+        usage.ru_maxrss * 1024,
+        sampler.peak,
+        usage.ru_utime + usage.ru_stime,
+        out,
+        err,
+    )
     if check and result.returncode != 0:
         raise RuntimeError(f"{result.command} exited {result.returncode}:\n{err[-4000:]}")
     return result
@@ -65,8 +79,10 @@ def _drain(proc: subprocess.Popen[str]) -> tuple[str, str]:
         for line in stream:  # type: ignore[attr-defined]
             chunks[key].append(line)
 
-    threads = [threading.Thread(target=pump, args=(proc.stdout, "out")),
-               threading.Thread(target=pump, args=(proc.stderr, "err"))]
+    threads = [
+        threading.Thread(target=pump, args=(proc.stdout, "out")),
+        threading.Thread(target=pump, args=(proc.stderr, "err")),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -117,8 +133,14 @@ class Repeated:
         return statistics.median(self.seconds)
 
 
-def repeat(argv: Sequence[str], times: int, *, env: dict[str, str] | None = None, cwd: Path | None = None,
-           warmup: int = 1) -> Repeated:
+def repeat(
+    argv: Sequence[str],
+    times: int,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    warmup: int = 1,
+) -> Repeated:
     for _ in range(warmup):
         run(argv, env=env, cwd=cwd)
     rep = Repeated(shlex.join(argv))
@@ -240,7 +262,9 @@ def _disk_description(path: Path) -> str:
     st = os.statvfs(path)
     free = st.f_bavail * st.f_frsize / GB
     size = st.f_blocks * st.f_frsize / GB
-    out = subprocess.run(["df", "--output=source,fstype", str(path)], capture_output=True, text=True)
+    out = subprocess.run(
+        ["df", "--output=source,fstype", str(path)], capture_output=True, text=True
+    )
     source = " ".join(out.stdout.split()[2:]) if out.returncode == 0 else "?"
     rotational = "?"
     dev = source.split()[0].rsplit("/", 1)[-1] if source != "?" else ""

@@ -59,11 +59,16 @@ class Bench:
 
     def _synth(self) -> None:
         t0 = time.perf_counter()
-        self.log(f"synthetic {self.shape.name} checkpoint ({self.shape.nbytes / 1e9:.2f} GB) in {self.src}")
+        self.log(
+            f"synthetic {self.shape.name} checkpoint ({self.shape.nbytes / 1e9:.2f} GB) in {self.src}"
+        )
         written = ensure_checkpoint(self.src, self.shape)
-        self.results["synth"] = {"written_now": written, "seconds": time.perf_counter() - t0,
-                                 "bytes": measure.tree_bytes([self.src]),
-                                 "files": sorted(p.name for p in self.src.iterdir())}
+        self.results["synth"] = {
+            "written_now": written,
+            "seconds": time.perf_counter() - t0,
+            "bytes": measure.tree_bytes([self.src]),
+            "files": sorted(p.name for p in self.src.iterdir()),
+        }
 
     def _fresh_run_dir(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -79,8 +84,13 @@ class Bench:
         cp = measure.run(["cp", "--", *map(str, files), str(dest)])
         copies = [dest / f.name for f in files]
         sync = measure.run(["sync", "--", *map(str, copies)])
-        self.results[label] = {"cp_s": cp.seconds, "sync_s": sync.seconds, "total_s": cp.seconds + sync.seconds,
-                               "bytes": measure.tree_bytes(files), "what": what}
+        self.results[label] = {
+            "cp_s": cp.seconds,
+            "sync_s": sync.seconds,
+            "total_s": cp.seconds + sync.seconds,
+            "bytes": measure.tree_bytes(files),
+            "what": what,
+        }
         self.results["commands"][label] = f"{cp.command} && {sync.command}"
         self.log(f"{label}: cp {cp.seconds:.1f}s + sync {sync.seconds:.1f}s")
         shutil.rmtree(dest)
@@ -92,17 +102,31 @@ class Bench:
         stages = json.loads(result.stdout)["stages"]
         self.results[f"build_{until}"] = _process_figures(result) | {"stages": stages}
         self.results["commands"][f"build_{until}"] = result.command
-        self.log(f"forge build --until {until}: {result.seconds:.1f}s, max RSS {result.max_rss_bytes / 1e9:.2f} GB")
+        self.log(
+            f"forge build --until {until}: {result.seconds:.1f}s, max RSS {result.max_rss_bytes / 1e9:.2f} GB"
+        )
         return Path(stages[-1]["path"])
 
     def _shard(self, converted: Path) -> None:
         measure.evict([converted])
-        argv = [sys.executable, "-m", "bench.steps", "shard", "--home", str(self.home), "--src", str(converted),
-                "--tp", str(TP)]
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.steps",
+            "shard",
+            "--home",
+            str(self.home),
+            "--src",
+            str(converted),
+            "--tp",
+            str(TP),
+        ]
         result = measure.run(argv, env=self.env, cwd=ROOT)
         self.results["shard"] = _process_figures(result) | json.loads(result.stdout)
         self.results["commands"]["shard"] = result.command
-        self.log(f"shard tp={TP}: {result.seconds:.1f}s, max RSS {result.max_rss_bytes / 1e9:.2f} GB")
+        self.log(
+            f"shard tp={TP}: {result.seconds:.1f}s, max RSS {result.max_rss_bytes / 1e9:.2f} GB"
+        )
 
     def _noop(self) -> None:
         until = "calibrate"  # the last stage this benchmark builds (build needs a 7B ONNX lowering)
@@ -116,11 +140,18 @@ class Bench:
         }
         for label, argv in runs.items():
             rep = measure.repeat(argv, REPEATS, env=self.env, cwd=ROOT)
-            self.results[label] = {"best_s": rep.best, "median_s": rep.median, "all_s": rep.seconds,
-                                   "cpu_median_s": statistics.median(rep.cpu_seconds)}
+            self.results[label] = {
+                "best_s": rep.best,
+                "median_s": rep.median,
+                "all_s": rep.seconds,
+                "cpu_median_s": statistics.median(rep.cpu_seconds),
+            }
             self.results["commands"][label] = rep.command
             self.log(f"{label}: best {rep.best * 1000:.0f} ms, median {rep.median * 1000:.0f} ms")
-        statuses = [s["status"] for s in json.loads(measure.run(build, env=self.env, cwd=ROOT).stdout)["stages"]]
+        statuses = [
+            s["status"]
+            for s in json.loads(measure.run(build, env=self.env, cwd=ROOT).stdout)["stages"]
+        ]
         self.results["noop_build"]["statuses"] = statuses
         self._noop_all_stages()
 
@@ -134,29 +165,50 @@ class Bench:
         build = [*self.forge, "build", str(ROOT / "recipes" / "tiny-llama.yaml"), "--json"]
         measure.run(build, env=env, cwd=ROOT)  # builds the five artifacts
         rep = measure.repeat(build, REPEATS, env=env, cwd=ROOT)
-        statuses = [s["status"] for s in json.loads(measure.run(build, env=env, cwd=ROOT).stdout)["stages"]]
-        self.results["noop_build_all"] = {"best_s": rep.best, "median_s": rep.median, "all_s": rep.seconds,
-                                          "cpu_median_s": statistics.median(rep.cpu_seconds),
-                                          "statuses": statuses}
+        statuses = [
+            s["status"] for s in json.loads(measure.run(build, env=env, cwd=ROOT).stdout)["stages"]
+        ]
+        self.results["noop_build_all"] = {
+            "best_s": rep.best,
+            "median_s": rep.median,
+            "all_s": rep.seconds,
+            "cpu_median_s": statistics.median(rep.cpu_seconds),
+            "statuses": statuses,
+        }
         self.results["commands"]["noop_build_all"] = rep.command
-        self.log(f"noop_build_all: best {rep.best * 1000:.0f} ms, median {rep.median * 1000:.0f} ms")
+        self.log(
+            f"noop_build_all: best {rep.best * 1000:.0f} ms, median {rep.median * 1000:.0f} ms"
+        )
 
     def _digest(self) -> None:
         files = sorted(p for p in self.src.iterdir() if p.is_file() and p.name != "synth.json")
-        argv = [sys.executable, "-m", "bench.steps", "digest", *map(str, files), "--memo",
-                str(self.run_dir / "digest-memo.sqlite")]
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.steps",
+            "digest",
+            *map(str, files),
+            "--memo",
+            str(self.run_dir / "digest-memo.sqlite"),
+        ]
         result = measure.run(argv, env=self.env, cwd=ROOT)
         self.results["digest"] = json.loads(result.stdout)
         self.results["commands"]["digest"] = result.command
         d = self.results["digest"]
-        self.log(f"digest: miss/cold {d['bytes'] / d['miss_cold_cache']['seconds'] / 1e9:.2f} GB/s, "
-                 f"miss/warm {d['bytes'] / d['miss_warm_cache']['seconds'] / 1e9:.2f} GB/s, "
-                 f"hit {d['hit']['seconds'] * 1000:.1f} ms")
+        self.log(
+            f"digest: miss/cold {d['bytes'] / d['miss_cold_cache']['seconds'] / 1e9:.2f} GB/s, "
+            f"miss/warm {d['bytes'] / d['miss_warm_cache']['seconds'] / 1e9:.2f} GB/s, "
+            f"hit {d['hit']['seconds'] * 1000:.1f} ms"
+        )
 
 
 def _process_figures(result: measure.Run) -> dict[str, Any]:
-    return {"seconds": result.seconds, "cpu_seconds": result.cpu_seconds, "max_rss_bytes": result.max_rss_bytes,
-            "peak_anon_bytes": result.peak_anon_bytes}
+    return {
+        "seconds": result.seconds,
+        "cpu_seconds": result.cpu_seconds,
+        "max_rss_bytes": result.max_rss_bytes,
+        "peak_anon_bytes": result.peak_anon_bytes,
+    }
 
 
 def _forge_command() -> list[str]:
@@ -166,16 +218,28 @@ def _forge_command() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1B shape (CI smoke test) instead of 7B")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="Markdown file to write (default: docs/performance.md; "
-                        "bench/.data/performance-quick.md with --quick)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1B shape (CI smoke test) instead of 7B"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Markdown file to write (default: docs/performance.md; "
+        "bench/.data/performance-quick.md with --quick)",
+    )
     parser.add_argument("--data", type=Path, default=DATA, help="where checkpoints and stores go")
-    parser.add_argument("--keep", action="store_true", help="keep the converted and sharded checkpoints")
-    parser.add_argument("--label", default="", help="suffix of the raw results file (e.g. 'before')")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the converted and sharded checkpoints"
+    )
+    parser.add_argument(
+        "--label", default="", help="suffix of the raw results file (e.g. 'before')"
+    )
     args = parser.parse_args(argv)
     shape = SHAPES["llama-1b" if args.quick else "llama-7b"]
-    out = args.out or (args.data / "performance-quick.md" if args.quick else ROOT / "docs" / "performance.md")
+    out = args.out or (
+        args.data / "performance-quick.md" if args.quick else ROOT / "docs" / "performance.md"
+    )
     bench = Bench(shape, args.data)
     started = time.time()
     try:

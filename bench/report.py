@@ -57,23 +57,49 @@ def figures(r: dict[str, Any]) -> dict[str, float]:
 
 def _goal_rows(f: dict[str, float]) -> list[str]:
     rows = [
-        ("convert + shard (TP=2) vs cp + fsync of the same bytes", f"{f['convert_shard_vs_cp']:.2f}×",
-         "≤ 1.5×", f["convert_shard_vs_cp"] <= GOALS["convert_shard_vs_cp"]),
-        ("peak RSS of the convert and shard processes", f"{f['peak_rss_bytes'] / GB:.2f} GB", "≤ 2 GB",
-         f["peak_rss_bytes"] <= GOALS["peak_rss_bytes"]),
-        ("no-op `forge build` (median)", _ms(f["noop_build_s"]), "≤ 500 ms",
-         f["noop_build_s"] <= GOALS["noop_build_s"]),
+        (
+            "convert + shard (TP=2) vs cp + fsync of the same bytes",
+            f"{f['convert_shard_vs_cp']:.2f}×",
+            "≤ 1.5×",
+            f["convert_shard_vs_cp"] <= GOALS["convert_shard_vs_cp"],
+        ),
+        (
+            "peak RSS of the convert and shard processes",
+            f"{f['peak_rss_bytes'] / GB:.2f} GB",
+            "≤ 2 GB",
+            f["peak_rss_bytes"] <= GOALS["peak_rss_bytes"],
+        ),
+        (
+            "no-op `forge build` (median)",
+            _ms(f["noop_build_s"]),
+            "≤ 500 ms",
+            f["noop_build_s"] <= GOALS["noop_build_s"],
+        ),
         ("`forge --help` (median)", _ms(f["help_s"]), "≤ 300 ms", f["help_s"] <= GOALS["help_s"]),
-        ("digest, memo miss, file read from disk: GB per CPU-second", f"{f['digest_gbps_per_core']:.2f} GB/s",
-         "≥ 1 GB/s per core", f["digest_gbps_per_core"] >= GOALS["digest_gbps_per_core"]),
-        ("digest, memo miss, file in the page cache: GB per CPU-second",
-         f"{f['digest_cached_gbps_per_core']:.2f} GB/s", "≥ 1 GB/s per core",
-         f["digest_cached_gbps_per_core"] >= GOALS["digest_gbps_per_core"]),
-        ("digest of the unchanged snapshot, memo hit (new process: open memo, stat, look up)",
-         _ms(f["digest_hit_s"]), "≤ 50 ms", f["digest_hit_s"] <= GOALS["digest_hit_s"]),
+        (
+            "digest, memo miss, file read from disk: GB per CPU-second",
+            f"{f['digest_gbps_per_core']:.2f} GB/s",
+            "≥ 1 GB/s per core",
+            f["digest_gbps_per_core"] >= GOALS["digest_gbps_per_core"],
+        ),
+        (
+            "digest, memo miss, file in the page cache: GB per CPU-second",
+            f"{f['digest_cached_gbps_per_core']:.2f} GB/s",
+            "≥ 1 GB/s per core",
+            f["digest_cached_gbps_per_core"] >= GOALS["digest_gbps_per_core"],
+        ),
+        (
+            "digest of the unchanged snapshot, memo hit (new process: open memo, stat, look up)",
+            _ms(f["digest_hit_s"]),
+            "≤ 50 ms",
+            f["digest_hit_s"] <= GOALS["digest_hit_s"],
+        ),
     ]
     out = ["| goal | measured | target | met |", "|---|---|---|---|"]
-    out += [f"| {name} | {value} | {target} | {'yes' if ok else '**no**'} |" for name, value, target, ok in rows]
+    out += [
+        f"| {name} | {value} | {target} | {'yes' if ok else '**no**'} |"
+        for name, value, target, ok in rows
+    ]
     return out
 
 
@@ -88,7 +114,9 @@ def _gb(n: float) -> str:
 def render(r: dict[str, Any]) -> str:
     f = figures(r)
     m = r["machine"]
-    when = dt.datetime.fromtimestamp(r["started_unix"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.fromtimestamp(r["started_unix"], dt.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC"
+    )
     lines = [
         f"### Results: `{r['invocation']}` ({r['shape']} shape, {when}, {r['duration_s'] / 60:.1f} min)",
         "",
@@ -104,11 +132,20 @@ def render(r: dict[str, Any]) -> str:
         "| step | bytes | wall | CPU | max RSS | peak anon RSS |",
         "|---|---|---|---|---|---|",
         _cp_row("`cp` source snapshot + sync", r["cp_source"]),
-        _proc_row("`forge build --until fetch` (hash the source, memo empty)", r["build_fetch"],
-                  r["synth"]["bytes"]),
-        _proc_row("`forge build --until convert` (fetch cached)", r["build_convert"], r["synth"]["bytes"]),
+        _proc_row(
+            "`forge build --until fetch` (hash the source, memo empty)",
+            r["build_fetch"],
+            r["synth"]["bytes"],
+        ),
+        _proc_row(
+            "`forge build --until convert` (fetch cached)", r["build_convert"], r["synth"]["bytes"]
+        ),
         _cp_row("`cp` converted checkpoint + sync", r["cp_converted"]),
-        _proc_row(f"shard to TP={r['tp']} (`python -m bench.steps shard`)", r["shard"], r["shard"]["bytes"]),
+        _proc_row(
+            f"shard to TP={r['tp']} (`python -m bench.steps shard`)",
+            r["shard"],
+            r["shard"]["bytes"],
+        ),
         "",
         f"convert + shard: {f['convert_shard_s']:.1f} s; cp + sync of the same bytes: {f['cp_s']:.1f} s "
         f"(cp alone: {r['cp_source']['cp_s'] + r['cp_converted']['cp_s']:.1f} s). "
@@ -120,20 +157,38 @@ def render(r: dict[str, Any]) -> str:
         "",
         "| command | best | median | CPU (median) | runs |",
         "|---|---|---|---|---|",
-        *(_rep_row(name, r[key]) for name, key in (
-            ("`python -c pass`", "python_pass"),
-            ("no-op `forge build --until calibrate` (all cached)", "noop_build"),
-            ("`forge plan`", "plan"),
-            ("`forge --help`", "help"))),
-        *([_rep_row("no-op `forge build recipes/tiny-llama.yaml` (all five stages cached)",
-                    r["noop_build_all"])] if "noop_build_all" in r else []),
+        *(
+            _rep_row(name, r[key])
+            for name, key in (
+                ("`python -c pass`", "python_pass"),
+                ("no-op `forge build --until calibrate` (all cached)", "noop_build"),
+                ("`forge plan`", "plan"),
+                ("`forge --help`", "help"),
+            )
+        ),
+        *(
+            [
+                _rep_row(
+                    "no-op `forge build recipes/tiny-llama.yaml` (all five stages cached)",
+                    r["noop_build_all"],
+                )
+            ]
+            if "noop_build_all" in r
+            else []
+        ),
         "",
         f"No-op build / `python -c pass` = {r['noop_build']['median_s'] / r['python_pass']['median_s']:.1f}× "
         f"(stages: {', '.join(r['noop_build']['statuses'])}).",
-        *([f"The five-stage no-op ({', '.join(r['noop_build_all']['statuses'])}) runs on the tiny "
-           "recipe: building and verifying the 7B shape through ONNX Runtime on this machine is not "
-           "feasible (a second 13.5 GB engine; verify runs the model), so the 7B no-op stops at "
-           "calibrate."] if "noop_build_all" in r else []),
+        *(
+            [
+                f"The five-stage no-op ({', '.join(r['noop_build_all']['statuses'])}) runs on the tiny "
+                "recipe: building and verifying the 7B shape through ONNX Runtime on this machine is not "
+                "feasible (a second 13.5 GB engine; verify runs the model), so the 7B no-op stops at "
+                "calibrate."
+            ]
+            if "noop_build_all" in r
+            else []
+        ),
         "",
         "#### Digests (blake3)",
         "",
@@ -162,25 +217,42 @@ def _cp_row(name: str, c: dict[str, Any]) -> str:
 
 
 def _proc_row(name: str, p: dict[str, Any], nbytes: int) -> str:
-    return (f"| {name} | {_gb(nbytes)} | {p['seconds']:.1f} s | {p['cpu_seconds']:.1f} s | "
-            f"{_gb(p['max_rss_bytes'])} | {_gb(p['peak_anon_bytes'])} |")
+    return (
+        f"| {name} | {_gb(nbytes)} | {p['seconds']:.1f} s | {p['cpu_seconds']:.1f} s | "
+        f"{_gb(p['max_rss_bytes'])} | {_gb(p['peak_anon_bytes'])} |"
+    )
 
 
 def _rep_row(name: str, rep: dict[str, Any]) -> str:
     cpu = _ms(rep["cpu_median_s"]) if "cpu_median_s" in rep else "-"
-    return f"| {name} | {_ms(rep['best_s'])} | {_ms(rep['median_s'])} | {cpu} | {len(rep['all_s'])} |"
+    return (
+        f"| {name} | {_ms(rep['best_s'])} | {_ms(rep['median_s'])} | {cpu} | {len(rep['all_s'])} |"
+    )
 
 
 def _digest_rows(d: dict[str, Any]) -> list[str]:
-    out = [f"{d['files']} files, {_gb(d['bytes'])}; blake3 AUTO threads = {d['threads_auto']}.", "",
-           "| case | wall | CPU | GB/s (wall) | GB per CPU-second |", "|---|---|---|---|---|"]
-    for name, key in (("memo miss, page cache dropped", "miss_cold_cache"),
-                      (f"memo miss, file in page cache ({d['cached_before_warm']:.0%} cached)", "miss_warm_cache")):
+    out = [
+        f"{d['files']} files, {_gb(d['bytes'])}; blake3 AUTO threads = {d['threads_auto']}.",
+        "",
+        "| case | wall | CPU | GB/s (wall) | GB per CPU-second |",
+        "|---|---|---|---|---|",
+    ]
+    for name, key in (
+        ("memo miss, page cache dropped", "miss_cold_cache"),
+        (
+            f"memo miss, file in page cache ({d['cached_before_warm']:.0%} cached)",
+            "miss_warm_cache",
+        ),
+    ):
         t = d[key]
-        out.append(f"| {name} | {t['seconds']:.2f} s | {t['cpu_seconds']:.2f} s | "
-                   f"{d['bytes'] / t['seconds'] / GB:.2f} | {d['bytes'] / max(t['cpu_seconds'], 1e-9) / GB:.2f} |")
-    out.append(f"| memo hit (new process opens the memo) | {_ms(d['hit']['seconds'])} | "
-               f"{_ms(d['hit']['cpu_seconds'])} | | |")
+        out.append(
+            f"| {name} | {t['seconds']:.2f} s | {t['cpu_seconds']:.2f} s | "
+            f"{d['bytes'] / t['seconds'] / GB:.2f} | {d['bytes'] / max(t['cpu_seconds'], 1e-9) / GB:.2f} |"
+        )
+    out.append(
+        f"| memo hit (new process opens the memo) | {_ms(d['hit']['seconds'])} | "
+        f"{_ms(d['hit']['cpu_seconds'])} | | |"
+    )
     return out
 
 

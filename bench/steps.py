@@ -26,8 +26,12 @@ def shard(home: Path, src: Path, tp: int, pp: int) -> dict[str, Any]:
     from trtllm_forge.store.store import Store
 
     store = Store(home)
-    doc = {"stage": "shard", "version": "bench", "fields": {"parallel.tp": tp, "parallel.pp": pp},
-           "upstream": {"checkpoint": str(src)}}
+    doc = {
+        "stage": "shard",
+        "version": "bench",
+        "fields": {"parallel.tp": tp, "parallel.pp": pp},
+        "upstream": {"checkpoint": str(src)},
+    }
     key = digest_json(doc)
     t0 = time.perf_counter()
     with store.lock(key):
@@ -36,8 +40,13 @@ def shard(home: Path, src: Path, tp: int, pp: int) -> dict[str, Any]:
         t1 = time.perf_counter()
         artifact = store.commit("shard", key, staging, {"inputs": doc, "info": summary})
     t2 = time.perf_counter()
-    return {"path": str(artifact.path), "shard_s": t1 - t0, "commit_s": t2 - t1, "total_s": t2 - t0,
-            "bytes": summary["bytes"]}
+    return {
+        "path": str(artifact.path),
+        "shard_s": t1 - t0,
+        "commit_s": t2 - t1,
+        "total_s": t2 - t0,
+        "bytes": summary["bytes"],
+    }
 
 
 def digest(files: list[Path], memo_db: Path) -> dict[str, Any]:

@@ -115,7 +115,9 @@ def plan_shards(shape: Shape) -> list[list[tuple[str, tuple[int, ...]]]]:
 
 
 def shard_name(index: int, count: int) -> str:
-    return "model.safetensors" if count == 1 else f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+    return (
+        "model.safetensors" if count == 1 else f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+    )
 
 
 def is_complete(directory: Path, shape: Shape) -> bool:
@@ -158,10 +160,15 @@ def _write(directory: Path, shape: Shape, seed: int) -> None:
                 writer.write(name, _from_pool(pool, dims, gen))
         weight_map.update({name: fname for name, _ in tensors})
     if len(files) > 1:
-        index = {"metadata": {"total_size": shape.nbytes}, "weight_map": dict(sorted(weight_map.items()))}
+        index = {
+            "metadata": {"total_size": shape.nbytes},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
         (directory / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     (directory / "config.json").write_text(json.dumps(shape.hf_config(), indent=2) + "\n")
-    (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
+    (directory / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n"
+    )
     marker = {"generator": GENERATOR_VERSION, "shape": asdict(shape)}
     (directory / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 

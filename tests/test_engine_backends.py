@@ -224,7 +224,9 @@ def test_tensorrt_backend_type_checks_against_tensorrt_stubs(tmp_path: Path) -> 
         [sys.executable, "-m", "mypy", "--config-file", str(config), str(broken)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert run.returncode == 1 and "broken_tensorrt.py:5: error: Incompatible types" in run.stdout, run.stdout
+    assert (
+        run.returncode == 1 and "broken_tensorrt.py:5: error: Incompatible types" in run.stdout
+    ), run.stdout
 
 
 # -- trtllm ---------------------------------------------------------------------------------

@@ -38,25 +38,34 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
-def test_block_wise_cast_equals_torch_cast(tiny_hf: Path, tmp_path: Path, dtype: str,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(convert, "CAST_BLOCK_BYTES", 100)  # a few rows per block, many blocks per tensor
+def test_block_wise_cast_equals_torch_cast(
+    tiny_hf: Path, tmp_path: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        convert, "CAST_BLOCK_BYTES", 100
+    )  # a few rows per block, many blocks per tensor
     convert_hf_checkpoint(tiny_hf, tmp_path / "small", dtype=dtype)
     target = getattr(torch, dtype)
-    with CheckpointReader(tmp_path / "small") as ours, safe_open(
-        str(tiny_hf / "model.safetensors"), framework="pt"
-    ) as hf:
+    with (
+        CheckpointReader(tmp_path / "small") as ours,
+        safe_open(str(tiny_hf / "model.safetensors"), framework="pt") as hf,
+    ):
         embed = hf.get_tensor("model.embed_tokens.weight").to(target)
         assert torch.equal(ours.get("transformer.vocab_embedding.weight"), embed)
-        q, k, v = (hf.get_tensor(f"model.layers.1.self_attn.{n}_proj.weight").to(target) for n in "qkv")
-        assert torch.equal(ours.get("transformer.layers.1.attention.qkv.weight"), torch.cat([q, k, v]))
+        q, k, v = (
+            hf.get_tensor(f"model.layers.1.self_attn.{n}_proj.weight").to(target) for n in "qkv"
+        )
+        assert torch.equal(
+            ours.get("transformer.layers.1.attention.qkv.weight"), torch.cat([q, k, v])
+        )
     monkeypatch.setattr(convert, "CAST_BLOCK_BYTES", 1 << 30)
     convert_hf_checkpoint(tiny_hf, tmp_path / "big", dtype=dtype)
     assert _files(tmp_path / "small") == _files(tmp_path / "big")
 
 
-def test_buffered_fallback_equals_kernel_copy(tiny_hf: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_buffered_fallback_equals_kernel_copy(
+    tiny_hf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     convert_hf_checkpoint(tiny_hf, tmp_path / "kernel", dtype="float32")  # same dtype: all copies
     shard_checkpoint(tmp_path / "kernel", tmp_path / "kernel_tp2", tp=2, pp=1)
     monkeypatch.setattr(stream, "_kernel_copy", False)
@@ -68,8 +77,9 @@ def test_buffered_fallback_equals_kernel_copy(tiny_hf: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize(("tp", "pp"), [(2, 1), (4, 1), (2, 2)])
-def test_streamed_shards_equal_read_split(tiny_hf: Path, tmp_path: Path, tp: int, pp: int,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_streamed_shards_equal_read_split(
+    tiny_hf: Path, tmp_path: Path, tp: int, pp: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     convert_hf_checkpoint(tiny_hf, tmp_path / "ckpt", dtype="float16")
     monkeypatch.setattr(shard, "BLOCK_BYTES", 200)  # row-parallel weights span many row blocks
     shard_checkpoint(tmp_path / "ckpt", tmp_path / "out", tp=tp, pp=pp)
@@ -84,7 +94,10 @@ def test_streamed_shards_equal_read_split(tiny_hf: Path, tmp_path: Path, tp: int
 def test_strided_split_of_a_3d_tensor_with_padding(tmp_path: Path) -> None:
     source = torch.arange(2 * 5 * 3, dtype=torch.int16).reshape(2, 5, 3)
     save_file({"t": source}, str(tmp_path / "src.safetensors"))
-    splits = [shard.Split("t", (2, 4, 3), 1, ((0, 2), (4, 5)), 1), shard.Split("t", (2, 2, 3), 1, ((2, 4),), 0)]
+    splits = [
+        shard.Split("t", (2, 4, 3), 1, ((0, 2), (4, 5)), 1),
+        shard.Split("t", (2, 2, 3), 1, ((2, 4),), 0),
+    ]
     specs = [TensorSpec("t", torch.int16, s.shape) for s in splits]
     with open(tmp_path / "src.safetensors", "rb") as src:
         layout = read_layout(tmp_path / "src.safetensors")
@@ -92,8 +105,10 @@ def test_strided_split_of_a_3d_tensor_with_padding(tmp_path: Path) -> None:
         with StreamingWriter(paths[0], specs[:1]) as w0, StreamingWriter(paths[1], specs[1:]) as w1:
             with w0.tensor("t") as s0, w1.tensor("t") as s1:
                 shard._fill(src.fileno(), layout, [(splits[0], s0), (splits[1], s1)])
-    expected = [torch.cat([source[:, 0:2], source[:, 4:5], torch.zeros(2, 1, 3, dtype=torch.int16)], dim=1),
-                source[:, 2:4]]
+    expected = [
+        torch.cat([source[:, 0:2], source[:, 4:5], torch.zeros(2, 1, 3, dtype=torch.int16)], dim=1),
+        source[:, 2:4],
+    ]
     for path, want in zip(paths, expected, strict=True):
         with safe_open(str(path), framework="pt") as fh:
             assert torch.equal(fh.get_tensor("t"), want)
@@ -121,7 +136,9 @@ def test_read_layout_refuses_offsets_outside_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 1000])
-def test_block_digest_equals_one_shot_blake3(tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_block_digest_equals_one_shot_blake3(
+    tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(digest, "_CHUNK", 64)
     data = os.urandom(size)
     (tmp_path / "f").write_bytes(data)

@@ -36,27 +36,52 @@ ARCHES += ("gemma2",)
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "gpt2": {"num_key_value_heads": None, "n_inner": 128, "intermediate_size": None},
     "gpt_bigcode": {"num_key_value_heads": None, "n_inner": 128, "intermediate_size": None},
-    "gptj": {"num_key_value_heads": None, "n_inner": 128, "intermediate_size": None, "rotary_dim": 8},
+    "gptj": {
+        "num_key_value_heads": None,
+        "n_inner": 128,
+        "intermediate_size": None,
+        "rotary_dim": 8,
+    },
     "gpt_neox": {
         "num_key_value_heads": None,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.5,
+        },
     },
     "gemma": {"head_dim": 16},
     # Gemma 2: every feature on and biting at this size. The 16-token window is shorter than
     # the engine tests' prompts + generations; the caps saturate part of the scores and
     # logits; query_pre_attn_scalar differs from head_dim (16).
-    "gemma2": {"head_dim": 16, "sliding_window": 16, "query_pre_attn_scalar": 24,
-               "attn_logit_softcapping": 1.0, "final_logit_softcapping": 1.0},
+    "gemma2": {
+        "head_dim": 16,
+        "sliding_window": 16,
+        "query_pre_attn_scalar": 24,
+        "attn_logit_softcapping": 1.0,
+        "final_logit_softcapping": 1.0,
+    },
     # Falcon defaults to the old decoder (Falcon-7B: MQA, parallel attention, no biases);
     # new_decoder_architecture=True uses num_kv_heads (GQA) and two layernorms.
-    "falcon": {"num_key_value_heads": None, "intermediate_size": None, "num_kv_heads": 2,
-               "ffn_hidden_size": 128},
+    "falcon": {
+        "num_key_value_heads": None,
+        "intermediate_size": None,
+        "num_kv_heads": 2,
+        "ffn_hidden_size": 128,
+    },
     # BLOOM's FFN is 4 x hidden and it has no position table (ALiBi).
-    "bloom": {"num_key_value_heads": None, "intermediate_size": None,
-              "max_position_embeddings": None},
+    "bloom": {
+        "num_key_value_heads": None,
+        "intermediate_size": None,
+        "max_position_embeddings": None,
+    },
     # MPT: FFN 4 x hidden, ALiBi over max_seq_len slots, no biases.
-    "mpt": {"num_key_value_heads": None, "intermediate_size": None,
-            "max_position_embeddings": None, "max_seq_len": 128},
+    "mpt": {
+        "num_key_value_heads": None,
+        "intermediate_size": None,
+        "max_position_embeddings": None,
+        "max_seq_len": 128,
+    },
 }
 
 # A small, varied English text the in-memory tokenizer is trained on.

@@ -76,7 +76,9 @@ class ForgeError(Exception):
         return head if not self.hint else f"{head}\n  hint: {self.hint}"
 
 
-def recipe_error(message: str, *, hint: str | None = None, location: Location | None = None) -> ForgeError:
+def recipe_error(
+    message: str, *, hint: str | None = None, location: Location | None = None
+) -> ForgeError:
     return ForgeError(ExitCode.RECIPE, message, hint=hint, location=location)
 
 

@@ -52,8 +52,15 @@ class Reference:
         """The reference artifacts of ``stage`` and the stages before it (sub-artifacts included)."""
         keys = {self.results[s][0] for s in STAGES[: STAGES.index(stage) + 1]}
         for s in STAGES[: STAGES.index(stage) + 1]:
-            manifest = json.loads((self.home / "artifacts" / s / self.results[s][0].split(":", 1)[1]
-                                   / "manifest.json").read_text())
+            manifest = json.loads(
+                (
+                    self.home
+                    / "artifacts"
+                    / s
+                    / self.results[s][0].split(":", 1)[1]
+                    / "manifest.json"
+                ).read_text()
+            )
             keys |= set(dict(manifest.get("uses") or {}).values())
         return {k: v for k, v in self.entries.items() if k[1] in keys}
 
@@ -61,7 +68,9 @@ class Reference:
         """``entries`` with the content digests of unstable artifacts blanked out."""
         return {k: (None if k in self.unstable else v) for k, v in entries.items()}
 
-    def stable_results(self, results: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str | None]]:
+    def stable_results(
+        self, results: dict[str, tuple[str, str]]
+    ) -> dict[str, tuple[str, str | None]]:
         unstable_stages = {stage for stage, _key in self.unstable}
         return {s: (k, None if s in unstable_stages else d) for s, (k, d) in results.items()}
 
@@ -97,13 +106,29 @@ def reference(rel_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Refe
     probe = store_entries(work / "probe-home")  # a second uninterrupted build, stage by stage
     home = work / "home"
     points_file = work / "points.txt"
-    run = forge(home, "build", str(recipe), "--until", until, "--json",
-                env={"FORGE_FAULT_LIST": str(points_file)})
+    run = forge(
+        home,
+        "build",
+        str(recipe),
+        "--until",
+        until,
+        "--json",
+        env={"FORGE_FAULT_LIST": str(points_file)},
+    )
     entries = store_entries(home)
     unstable = frozenset(k for k, v in entries.items() if probe.get(k, v) != v)
-    return Reference(model=rel_model, recipe=recipe, until=until, stopped=stopped, home=home,
-                     results=build_results(run), entries=entries,
-                     points=points_file.read_text().split(), seconds=run.seconds, unstable=unstable)
+    return Reference(
+        model=rel_model,
+        recipe=recipe,
+        until=until,
+        stopped=stopped,
+        home=home,
+        results=build_results(run),
+        entries=entries,
+        points=points_file.read_text().split(),
+        seconds=run.seconds,
+        unstable=unstable,
+    )
 
 
 def _farthest_stage(home: Path, recipe: Path) -> tuple[str, str | None]:
@@ -157,9 +182,19 @@ def pytest_configure(config: pytest.Config) -> None:
         _sample_load()
     git = ["git", "-C", str(ROOT)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "trtllm_forge",
-                            "tests/reliability"],
-                           capture_output=True, text=True)
+    dirty = subprocess.run(
+        [
+            *git,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            "trtllm_forge",
+            "tests/reliability",
+        ],
+        capture_output=True,
+        text=True,
+    )
     _CODE.update(commit=head.stdout.strip() or "unknown", dirty=bool(dirty.stdout.strip()))
 
 
@@ -194,9 +229,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from tests.reliability.harness import record
 
     if _TALLY and _STARTED and not _PARTIAL and not hasattr(session.config, "workerinput"):
-        cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                    resource.getrusage(resource.RUSAGE_CHILDREN)))
-        record("tier", {"outcomes": dict(sorted(_TALLY.items())), "seconds": round(time.time() - _STARTED[0]),
-                        "cpu_seconds": round(cpu), "cpus": os.cpu_count(), **_CODE, **_NOT_PASSED,
-                        "load_mean": round(sum(_LOAD) / len(_LOAD), 1) if _LOAD else None,
-                        "load_max": round(max(_LOAD), 1) if _LOAD else None})
+        cpu = sum(
+            r.ru_utime + r.ru_stime
+            for r in (
+                resource.getrusage(resource.RUSAGE_SELF),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+            )
+        )
+        record(
+            "tier",
+            {
+                "outcomes": dict(sorted(_TALLY.items())),
+                "seconds": round(time.time() - _STARTED[0]),
+                "cpu_seconds": round(cpu),
+                "cpus": os.cpu_count(),
+                **_CODE,
+                **_NOT_PASSED,
+                "load_mean": round(sum(_LOAD) / len(_LOAD), 1) if _LOAD else None,
+                "load_max": round(max(_LOAD), 1) if _LOAD else None,
+            },
+        )

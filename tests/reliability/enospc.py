@@ -41,14 +41,23 @@ def main(recipe: str, stage: str, previous: str, workdir: str) -> None:
     limit = used(home) + MARGIN
     mount(home, limit, remount=True)
     full = forge(home, "build", recipe, "--until", stage, "--json")
-    seen = {"limit": limit, "code": full.code, "stderr": full.err[-3000:], "stdout": full.out[-3000:],
-            "audit": audit_store(home), "leftovers": staging_leftovers(home),
-            "stage_dirs": [p.name for p in (home / "artifacts" / stage).glob("*")]
-            if (home / "artifacts" / stage).exists() else []}
+    seen = {
+        "limit": limit,
+        "code": full.code,
+        "stderr": full.err[-3000:],
+        "stdout": full.out[-3000:],
+        "audit": audit_store(home),
+        "leftovers": staging_leftovers(home),
+        "stage_dirs": [p.name for p in (home / "artifacts" / stage).glob("*")]
+        if (home / "artifacts" / stage).exists()
+        else [],
+    }
     mount(home, 256 << 20, remount=True)
     again = forge(home, "build", recipe, "--until", stage, "--json")
     seen["rerun_code"] = again.code
-    seen["rerun"] = {k: list(v) for k, v in build_results(again).items()} if again.code == 0 else again.text
+    seen["rerun"] = (
+        {k: list(v) for k, v in build_results(again).items()} if again.code == 0 else again.text
+    )
     print(json.dumps(seen))
 
 

@@ -29,14 +29,34 @@ STAGES = ("fetch", "convert", "calibrate", "build", "verify")
 KILLED = -signal.SIGKILL
 
 # Keep subprocesses offline, single-threaded and free of anything secret from the caller.
-_DROP = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "FORGE_DEBUG", "FORGE_FAULT", "FORGE_FAULT_LIST",
-         "FORGE_FAULT_ACTION", "CI")
+_DROP = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "FORGE_DEBUG",
+    "FORGE_FAULT",
+    "FORGE_FAULT_LIST",
+    "FORGE_FAULT_ACTION",
+    "CI",
+)
 # onnxruntime silences its telemetry when it sees a CI runner (or its own opt-out): drop them
 # so the footprint test sees what a user's machine sees, in CI too, and forge must opt out.
-_DROP += ("ORT_DISABLE_TELEMETRY", "ORT_TELEMETRY_DISABLED", "ORT_RUNNING_UNIT_TESTS", "TF_BUILD",
-          "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TRAVIS", "JENKINS_URL", "CODEBUILD_BUILD_ID",
-          "BUILDKITE", "TEAMCITY_VERSION", "APPVEYOR", "BITBUCKET_BUILD_NUMBER",
-          "SYSTEM_TEAMFOUNDATIONCOLLECTIONURI")
+_DROP += (
+    "ORT_DISABLE_TELEMETRY",
+    "ORT_TELEMETRY_DISABLED",
+    "ORT_RUNNING_UNIT_TESTS",
+    "TF_BUILD",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "CIRCLECI",
+    "TRAVIS",
+    "JENKINS_URL",
+    "CODEBUILD_BUILD_ID",
+    "BUILDKITE",
+    "TEAMCITY_VERSION",
+    "APPVEYOR",
+    "BITBUCKET_BUILD_NUMBER",
+    "SYSTEM_TEAMFOUNDATIONCOLLECTIONURI",
+)
 
 
 @dataclass
@@ -66,28 +86,59 @@ def code_root() -> Path:
 
 def base_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DROP}
-    env.update({"FORGE_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                "COLUMNS": "200", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(code_root())})
+    env.update(
+        {
+            "FORGE_HOME": str(home),
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "COLUMNS": "200",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONPATH": str(code_root()),
+        }
+    )
     env.update(extra)
     return env
 
 
-def forge(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600,
-          cwd: Path | None = None, **popen: Any) -> Run:
+def forge(
+    home: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    cwd: Path | None = None,
+    **popen: Any,
+) -> Run:
     """Run the real CLI with ``FORGE_HOME=home`` (plus ``env``) and wait for it."""
     t0 = time.perf_counter()
-    proc = subprocess.run([*FORGE, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd or code_root(), env={**base_env(home), **(env or {})}, **popen)
+    proc = subprocess.run(
+        [*FORGE, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or code_root(),
+        env={**base_env(home), **(env or {})},
+        **popen,
+    )
     return Run(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - t0)
 
 
-def spawn(home: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-          log: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    home: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    log: Path | None = None,
+) -> subprocess.Popen[bytes]:
     """Start the real CLI without waiting (concurrency and stop/kill tests)."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - inherited by the child
     try:
-        return subprocess.Popen([*FORGE, *args], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=cwd or code_root(), env={**base_env(home), **(env or {})})
+        return subprocess.Popen(
+            [*FORGE, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd or code_root(),
+            env={**base_env(home), **(env or {})},
+        )
     finally:
         if log:
             out.close()  # type: ignore[union-attr]
@@ -119,8 +170,9 @@ def process_state(pid: int) -> str:
 REAL_QUANTIZE = {"method": "awq", "group_size": 32, "calibration": {"samples": 8, "seq_len": 32}}
 
 
-def tiny_recipe(path: Path, model: Path, *, name: str = "rel", dtype: str = "float16",
-                **sections: Any) -> Path:
+def tiny_recipe(
+    path: Path, model: Path, *, name: str = "rel", dtype: str = "float16", **sections: Any
+) -> Path:
     """The tiny-llama default recipe, pointed at ``model``, small limits."""
     doc: dict[str, Any] = {
         "schema_version": 1,
@@ -128,10 +180,17 @@ def tiny_recipe(path: Path, model: Path, *, name: str = "rel", dtype: str = "flo
         "source": {"path": str(model)},
         "convert": {"dtype": dtype},
         "quantize": {"method": "none"},
-        "build": {"backend": "onnxruntime", "max_batch_size": 2, "max_input_len": 32,
-                  "max_seq_len": 64},
-        "verify": {"prompts": ["The quick brown fox", "Hello world"], "max_new_tokens": 4,
-                   "max_text_tokens": 32},
+        "build": {
+            "backend": "onnxruntime",
+            "max_batch_size": 2,
+            "max_input_len": 32,
+            "max_seq_len": 64,
+        },
+        "verify": {
+            "prompts": ["The quick brown fox", "Hello world"],
+            "max_new_tokens": 4,
+            "max_text_tokens": 32,
+        },
     }
     doc.update(sections)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -164,7 +223,9 @@ def _audit_entry(entry: Path) -> list[str]:
     on_disk = {p.relative_to(entry).as_posix() for p in entry.rglob("*") if p.is_file()}
     listed = set(manifest.get("files", {}))
     if on_disk - {"manifest.json"} != listed:
-        problems.append(f"files differ from manifest: {sorted(on_disk ^ listed ^ {'manifest.json'})}")
+        problems.append(
+            f"files differ from manifest: {sorted(on_disk ^ listed ^ {'manifest.json'})}"
+        )
     for name, meta in manifest.get("files", {}).items():
         file = entry / name
         if not file.is_file():
@@ -206,7 +267,9 @@ def ls_problems(home: Path) -> list[str]:
     if run.code != 0:
         return [f"forge cache ls exited {run.code}: {run.text[-500:]}"]
     listed = run.json()["artifacts"]
-    problems = [f"ls: {a['stage']} {a['key'][:19]}: {a['problem']}" for a in listed if not a["valid"]]
+    problems = [
+        f"ls: {a['stage']} {a['key'][:19]}: {a['problem']}" for a in listed if not a["valid"]
+    ]
     dirs = {str(p) for p in (home / "artifacts").glob("*/*")}
     if {a["path"] for a in listed} != dirs:
         problems.append("ls does not list exactly the artifact directories")

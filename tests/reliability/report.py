@@ -33,8 +33,13 @@ def load(results: Path) -> dict[str, dict[str, Any]]:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -62,32 +67,45 @@ class Figures:
 def _crash(d: dict[str, Any]) -> str:
     method = str(d.get("quantize", "none")).upper()
     kills = d.get("kills_by_stage") or {}
-    per_stage = ", ".join(f"{stage} {kills[stage]}" + (f" ({method})" if stage == "calibrate" else "")
-                          for stage in STAGES if stage in kills)
-    text = (f"{d['kills_survived']}/{d['kills']} kills survived at {d['distinct_points']} distinct points "
-            f"({d['points_reached']} reached by one build; kills per stage: {per_stage or ', '.join(d['stages'])}); "
-            f"{d['kills_leaving_staging']} left a half-built staging dir that gc removed")
+    per_stage = ", ".join(
+        f"{stage} {kills[stage]}" + (f" ({method})" if stage == "calibrate" else "")
+        for stage in STAGES
+        if stage in kills
+    )
+    text = (
+        f"{d['kills_survived']}/{d['kills']} kills survived at {d['distinct_points']} distinct points "
+        f"({d['points_reached']} reached by one build; kills per stage: {per_stage or ', '.join(d['stages'])}); "
+        f"{d['kills_leaving_staging']} left a half-built staging dir that gc removed"
+    )
     if d.get("not_covered"):
         text += f"; not covered: {d['not_covered']}"
     return text
 
 
 def _concurrency(d: dict[str, Any]) -> str:
-    return (f"{d['builds']} simultaneous builds: {d['artifacts']} artifacts, {d['stage_runs']} stage runs "
-            f"(once each), {d['cache_hits']} cache hits")
+    return (
+        f"{d['builds']} simultaneous builds: {d['artifacts']} artifacts, {d['stage_runs']} stage runs "
+        f"(once each), {d['cache_hits']} cache hits"
+    )
 
 
 def _hostile(d: dict[str, Any]) -> str:
     parts = ", ".join(f"{n} {kind}" for kind, n in d["rejected"].items())
-    tracing = "writes traced with strace" if d.get("write_tracing") else "strace not installed: writes not traced"
+    tracing = (
+        "writes traced with strace"
+        if d.get("write_tracing")
+        else "strace not installed: writes not traced"
+    )
     return f"{d['total']} inputs rejected ({parts}); {tracing}"
 
 
 def _fuzz(d: dict[str, Any]) -> str:
     traced = f" ({d['cli_traced']} under strace)" if d.get("cli_traced") else ""
-    return (f"{d['recipes']:,} generated recipes ({d['valid']:,} valid, {d['rejected']:,} rejected with a "
-            f"located exit-2 error), {d['cli_recipes']} of them also through `forge recipe check`{traced}; "
-            "no write outside the recipe's folder")
+    return (
+        f"{d['recipes']:,} generated recipes ({d['valid']:,} valid, {d['rejected']:,} rejected with a "
+        f"located exit-2 error), {d['cli_recipes']} of them also through `forge recipe check`{traced}; "
+        "no write outside the recipe's folder"
+    )
 
 
 def _disk(d: dict[str, Any]) -> str:
@@ -103,8 +121,14 @@ def _reproducible(d: dict[str, Any]) -> str:
 
 def _footprint(d: dict[str, Any]) -> str:
     left = d["writes_outside_forge_home"]
-    leaves = [p for p in left if not any(o.startswith(p + "/") for o in left)]  # files, not their dirs
-    return "nothing outside $FORGE_HOME" if not left else f"writes outside $FORGE_HOME: {', '.join(leaves[:4])}"
+    leaves = [
+        p for p in left if not any(o.startswith(p + "/") for o in left)
+    ]  # files, not their dirs
+    return (
+        "nothing outside $FORGE_HOME"
+        if not left
+        else f"writes outside $FORGE_HOME: {', '.join(leaves[:4])}"
+    )
 
 
 def _secrets(d: dict[str, Any]) -> str:
@@ -137,49 +161,102 @@ def render(data: dict[str, dict[str, Any]]) -> str:
     tier = data.get("tier", {})
     ran = _when(tier["unix"]) if tier else "never"
     rows = [
-        ("A killed build leaves nothing partial visible: every artifact dir has a manifest matching its "
-         "files; `forge cache ls` agrees", f"{T}/test_crash.py::test_kill_at_every_point_leaves_a_consistent_store",
-         f("crash", _crash)),
-        ("After a kill, rerunning gives the same keys and content digests as an uninterrupted build; "
-         "`forge cache gc` removes the leftovers and nothing the build uses",
-         f"{T}/test_crash.py::test_kill_at_every_point_leaves_a_consistent_store", "the same kills"),
-        ("Two clean builds of one recipe produce bit-identical artifacts",
-         f"{T}/test_crash.py::test_uninterrupted_builds_are_bit_reproducible", f("reproducible", _reproducible)),
-        ("Concurrent builds of one recipe do each stage's work once and agree bit for bit",
-         f"{T}/test_concurrency.py::test_concurrent_builds_of_one_recipe_do_each_stage_once",
-         f("concurrency", _concurrency)),
-        ("Builds wait only on keys they share; a lock dies with its holder (SIGKILL); a lock wait "
-         "times out with exit 6", f"{T}/test_concurrency.py",
-         f("concurrency_locks", lambda d: "; ".join(d["proved"]) or "none proved")),
-        ("A damaged artifact (flipped byte with mtime restored, truncation, deleted file or manifest, "
-         "garbage manifest) is a miss: rejected, said so, rebuilt identical",
-         f"{T}/test_integrity.py", f("integrity_flip", lambda d: f"flipped a byte in {', '.join(d['stages'])}: "
-                                       f"{d['detected']} detected")),
-        ("`forge cache verify` finds damage anywhere in the store (exit 6); `--fix` removes it",
-         f"{T}/test_integrity.py::test_cache_verify_finds_damage_everywhere_and_fix_removes_it",
-         f("integrity_verify", lambda d: f"{d['detected_by_verify']}/{d['damaged_artifacts']} damaged artifacts found")),
-        ("A full disk in any stage is exit 6 with 'out of disk space', no partial artifact, no staging "
-         "dir; the next build succeeds", f"{T}/test_disk.py", f("disk", _disk)),
-        ("Any recipe is either valid or an exit-2 error at file:line:col — never a traceback",
-         f"{T}/test_recipe_fuzz.py", f("fuzz", _fuzz)),
-        ("Hostile inputs (lying safetensors headers, truncated files, absurd configs, pickle, remote "
-         "code, unloadable tokenizers, paths escaping the model folder, recipe paths naming a device, FIFO "
-         "or directory, YAML bombs and python tags) are refused with a clear error; nothing is written "
-         "outside $FORGE_HOME and nothing partial inside it",
-         f"{T}/test_hostile_inputs.py", f("hostile", _hostile)),
-        ("A build writes nothing outside $FORGE_HOME (onnxruntime's telemetry is switched off; see below)",
-         f"{T}/test_footprint.py::test_full_build_writes_only_under_forge_home",
-         f("footprint", _footprint)),
-        ("An HF token is never written to a manifest, key, ref, event, report or memo, nor printed",
-         f"{T}/test_footprint.py::test_hf_token_is_never_written_or_printed", f("secrets", _secrets)),
+        (
+            "A killed build leaves nothing partial visible: every artifact dir has a manifest matching its "
+            "files; `forge cache ls` agrees",
+            f"{T}/test_crash.py::test_kill_at_every_point_leaves_a_consistent_store",
+            f("crash", _crash),
+        ),
+        (
+            "After a kill, rerunning gives the same keys and content digests as an uninterrupted build; "
+            "`forge cache gc` removes the leftovers and nothing the build uses",
+            f"{T}/test_crash.py::test_kill_at_every_point_leaves_a_consistent_store",
+            "the same kills",
+        ),
+        (
+            "Two clean builds of one recipe produce bit-identical artifacts",
+            f"{T}/test_crash.py::test_uninterrupted_builds_are_bit_reproducible",
+            f("reproducible", _reproducible),
+        ),
+        (
+            "Concurrent builds of one recipe do each stage's work once and agree bit for bit",
+            f"{T}/test_concurrency.py::test_concurrent_builds_of_one_recipe_do_each_stage_once",
+            f("concurrency", _concurrency),
+        ),
+        (
+            "Builds wait only on keys they share; a lock dies with its holder (SIGKILL); a lock wait "
+            "times out with exit 6",
+            f"{T}/test_concurrency.py",
+            f("concurrency_locks", lambda d: "; ".join(d["proved"]) or "none proved"),
+        ),
+        (
+            "A damaged artifact (flipped byte with mtime restored, truncation, deleted file or manifest, "
+            "garbage manifest) is a miss: rejected, said so, rebuilt identical",
+            f"{T}/test_integrity.py",
+            f(
+                "integrity_flip",
+                lambda d: f"flipped a byte in {', '.join(d['stages'])}: {d['detected']} detected",
+            ),
+        ),
+        (
+            "`forge cache verify` finds damage anywhere in the store (exit 6); `--fix` removes it",
+            f"{T}/test_integrity.py::test_cache_verify_finds_damage_everywhere_and_fix_removes_it",
+            f(
+                "integrity_verify",
+                lambda d: (
+                    f"{d['detected_by_verify']}/{d['damaged_artifacts']} damaged artifacts found"
+                ),
+            ),
+        ),
+        (
+            "A full disk in any stage is exit 6 with 'out of disk space', no partial artifact, no staging "
+            "dir; the next build succeeds",
+            f"{T}/test_disk.py",
+            f("disk", _disk),
+        ),
+        (
+            "Any recipe is either valid or an exit-2 error at file:line:col — never a traceback",
+            f"{T}/test_recipe_fuzz.py",
+            f("fuzz", _fuzz),
+        ),
+        (
+            "Hostile inputs (lying safetensors headers, truncated files, absurd configs, pickle, remote "
+            "code, unloadable tokenizers, paths escaping the model folder, recipe paths naming a device, FIFO "
+            "or directory, YAML bombs and python tags) are refused with a clear error; nothing is written "
+            "outside $FORGE_HOME and nothing partial inside it",
+            f"{T}/test_hostile_inputs.py",
+            f("hostile", _hostile),
+        ),
+        (
+            "A build writes nothing outside $FORGE_HOME (onnxruntime's telemetry is switched off; see below)",
+            f"{T}/test_footprint.py::test_full_build_writes_only_under_forge_home",
+            f("footprint", _footprint),
+        ),
+        (
+            "An HF token is never written to a manifest, key, ref, event, report or memo, nor printed",
+            f"{T}/test_footprint.py::test_hf_token_is_never_written_or_printed",
+            f("secrets", _secrets),
+        ),
     ]
-    table = "\n".join(f"| {i} | {what} | `{test}` | {_verdict(tier, test)}{fig} |"
-                      for i, (what, test, fig) in enumerate(rows, 1))
+    table = "\n".join(
+        f"| {i} | {what} | `{test}` | {_verdict(tier, test)}{fig} |"
+        for i, (what, test, fig) in enumerate(rows, 1)
+    )
     overhead = f("fault_overhead", lambda d: f"{d['ns_per_point_unset']:.0f} ns")
-    commit = f"{tier['commit']}{' + uncommitted changes' if tier.get('dirty') else ''}" if tier else _commit()
-    return TEMPLATE.format(ran=ran, commit=commit, python=platform.python_version(),
-                           machine=f"{platform.system()} {platform.machine()}", tier=f("tier", _tier),
-                           table=table, overhead=overhead)
+    commit = (
+        f"{tier['commit']}{' + uncommitted changes' if tier.get('dirty') else ''}"
+        if tier
+        else _commit()
+    )
+    return TEMPLATE.format(
+        ran=ran,
+        commit=commit,
+        python=platform.python_version(),
+        machine=f"{platform.system()} {platform.machine()}",
+        tier=f("tier", _tier),
+        table=table,
+        overhead=overhead,
+    )
 
 
 TEMPLATE = """# Reliability: what forge guarantees, and the test that proves each

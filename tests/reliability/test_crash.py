@@ -109,8 +109,12 @@ def run_case(ref: Reference, home: Path, case: Case) -> Outcome:
         problems.append(f"rerun exited {rerun.code}: {rerun.text[-800:]}")
         return outcome
     wanted = ref.entries_until(case.until)
-    want_results = {s: r for s, r in ref.results.items() if s in STAGES[: STAGES.index(case.until) + 1]}
-    problems += _differences("rerun", ref.stable_results(build_results(rerun)), ref.stable_results(want_results))
+    want_results = {
+        s: r for s, r in ref.results.items() if s in STAGES[: STAGES.index(case.until) + 1]
+    }
+    problems += _differences(
+        "rerun", ref.stable_results(build_results(rerun)), ref.stable_results(want_results)
+    )
     problems += _differences("store", ref.stable(store_entries(home)), ref.stable(wanted))
     problems += _gc_cleans(home, leftovers, set(wanted))
     return outcome
@@ -118,8 +122,11 @@ def run_case(ref: Reference, home: Path, case: Case) -> Outcome:
 
 def _differences(what: str, got: dict[Any, Any], want: dict[Any, Any]) -> list[str]:
     """Entries that differ from the uninterrupted build, compactly."""
-    return [f"{what} {name}: {got.get(name)} != uninterrupted {want.get(name)}"
-            for name in sorted(set(got) | set(want), key=str) if got.get(name) != want.get(name)]
+    return [
+        f"{what} {name}: {got.get(name)} != uninterrupted {want.get(name)}"
+        for name in sorted(set(got) | set(want), key=str)
+        if got.get(name) != want.get(name)
+    ]
 
 
 def _gc_cleans(home: Path, leftovers: list[str], wanted: set[tuple[str, str]]) -> list[str]:
@@ -127,15 +134,18 @@ def _gc_cleans(home: Path, leftovers: list[str], wanted: set[tuple[str, str]]) -
     gc = forge(home, "cache", "gc", "--json")
     if gc.code != 0:
         return [f"gc exited {gc.code}: {gc.text[-500:]}"]
-    removed = {Path(item["path"]).name for item in gc.json()["removed"]
-               if item.get("stage") == "(staging)"}
+    removed = {
+        Path(item["path"]).name for item in gc.json()["removed"] if item.get("stage") == "(staging)"
+    }
     problems = []
     if not set(leftovers) <= removed:
         problems.append(f"gc left staging leftovers {sorted(set(leftovers) - removed)}")
     if staging_leftovers(home):
         problems.append(f"tmp/ not empty after gc: {staging_leftovers(home)}")
     if set(store_entries(home)) != wanted:
-        problems.append(f"gc removed artifacts the build uses: {sorted(wanted - set(store_entries(home)))}")
+        problems.append(
+            f"gc removed artifacts the build uses: {sorted(wanted - set(store_entries(home)))}"
+        )
     return problems + audit_store(home)
 
 
@@ -146,9 +156,18 @@ def test_points_cover_every_stage_commit_and_ref(reference: Reference) -> None:
         assert f"stage.{stage}.start" in reached
         for step in ("before_manifest", "after_manifest", "before_rename", "after_rename"):
             assert f"store.commit.{stage}.{step}" in reached
-    assert {"runner.ref.before_write", "store.ref.before_replace", "runner.ref.after_write"} <= reached
-    written = Counter(stage for name, stage in zip(reference.points, stage_of_points(
-        reference.points, reference.until), strict=True) if name == "safetensors.tensor_written")
+    assert {
+        "runner.ref.before_write",
+        "store.ref.before_replace",
+        "runner.ref.after_write",
+    } <= reached
+    written = Counter(
+        stage
+        for name, stage in zip(
+            reference.points, stage_of_points(reference.points, reference.until), strict=True
+        )
+        if name == "safetensors.tensor_written"
+    )
     # convert and calibrate (a real AWQ checkpoint: weights, scales, pre-quant scales) stream
     # every tensor through the instrumented writer, so kills land mid-file in both.
     assert written["convert"] >= 10 and written["calibrate"] >= written["convert"], written
@@ -156,33 +175,47 @@ def test_points_cover_every_stage_commit_and_ref(reference: Reference) -> None:
 
 def test_uninterrupted_builds_are_bit_reproducible(reference: Reference) -> None:
     """Two clean builds of one recipe give identical artifacts (what the kill tests compare)."""
-    record("reproducible", {"artifacts": len(reference.entries),
-                            "unstable": sorted(f"{s} {k[:19]}" for s, k in reference.unstable)})
+    record(
+        "reproducible",
+        {
+            "artifacts": len(reference.entries),
+            "unstable": sorted(f"{s} {k[:19]}" for s, k in reference.unstable),
+        },
+    )
     assert not reference.unstable, (
         "artifacts differ between two uninterrupted builds (absolute or staging paths, "
-        f"timestamps?): {sorted(reference.unstable)} — compare their files")
+        f"timestamps?): {sorted(reference.unstable)} — compare their files"
+    )
 
 
-def test_kill_at_every_point_leaves_a_consistent_store(reference: Reference, tmp_path: Path) -> None:
+def test_kill_at_every_point_leaves_a_consistent_store(
+    reference: Reference, tmp_path: Path
+) -> None:
     cases = kill_cases(reference.points, reference.until)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(pool.map(lambda ic: run_case(reference, tmp_path / f"case{ic[0]}", ic[1]),
-                                 enumerate(cases)))
+        outcomes = list(
+            pool.map(
+                lambda ic: run_case(reference, tmp_path / f"case{ic[0]}", ic[1]), enumerate(cases)
+            )
+        )
     failed = [o for o in outcomes if o.problems]
-    record("crash", {
-        "stages": list(reference.stages),
-        "not_covered": reference.stopped,
-        "distinct_points": len(set(reference.points)),
-        "points_reached": len(reference.points),
-        "kills": len(outcomes),
-        "kills_by_stage": dict(Counter(case.until for case in cases)),
-        "quantize": REAL_QUANTIZE["method"],
-        "kills_survived": len(outcomes) - len(failed),
-        "kills_leaving_staging": sum(1 for o in outcomes if o.leftovers),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "failures": [f"{o.point}:{o.nth}: {o.problems}" for o in failed],
-    })
+    record(
+        "crash",
+        {
+            "stages": list(reference.stages),
+            "not_covered": reference.stopped,
+            "distinct_points": len(set(reference.points)),
+            "points_reached": len(reference.points),
+            "kills": len(outcomes),
+            "kills_by_stage": dict(Counter(case.until for case in cases)),
+            "quantize": REAL_QUANTIZE["method"],
+            "kills_survived": len(outcomes) - len(failed),
+            "kills_leaving_staging": sum(1 for o in outcomes if o.leftovers),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "failures": [f"{o.point}:{o.nth}: {o.problems}" for o in failed],
+        },
+    )
     assert len(cases) >= 20
     assert any(o.leftovers for o in outcomes)  # some kills really left a half-built artifact
     assert not failed, "\n".join(f"{o.point}:{o.nth}: {p}" for o in failed for p in o.problems)
@@ -191,16 +224,20 @@ def test_kill_at_every_point_leaves_a_consistent_store(reference: Reference, tmp
 def test_fault_env_semantics(tmp_path: Path) -> None:
     """nth occurrence, the points list, and SIGSTOP — through a real process."""
     listing = tmp_path / "points.txt"
-    code = ("from trtllm_forge.faults import point\n"
-            "for _ in range(3):\n    point('a')\n    point('b')\nprint('survived')\n")
+    code = (
+        "from trtllm_forge.faults import point\n"
+        "for _ in range(3):\n    point('a')\n    point('b')\nprint('survived')\n"
+    )
     env = base_env(tmp_path, FORGE_FAULT="b:2", FORGE_FAULT_LIST=str(listing))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          cwd=code_root())
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=code_root()
+    )
     assert proc.returncode == KILLED and "survived" not in proc.stdout
     assert listing.read_text().split() == ["a", "b", "a", "b"]
     env = base_env(tmp_path, FORGE_FAULT="c")  # a point never reached: no effect
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          cwd=code_root())
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=code_root()
+    )
     assert proc.returncode == 0 and "survived" in proc.stdout
 
 

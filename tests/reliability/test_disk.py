@@ -75,11 +75,17 @@ def test_file_size_limit_in_every_stage(reference: Reference, tmp_path: Path) ->
         if stage != STAGES[0]:
             previous = STAGES[STAGES.index(stage) - 1]
             assert forge(home, "build", str(reference.recipe), "--until", previous).code == 0
-        full = forge(home, "build", str(reference.recipe), "--until", stage, preexec_fn=_small_files_only)
+        full = forge(
+            home, "build", str(reference.recipe), "--until", stage, preexec_fn=_small_files_only
+        )
         clean_failure(full.text, full.code)
         assert audit_store(home) == [] and staging_leftovers(home) == []
-        assert not (home / "artifacts" / stage).exists() or not any((home / "artifacts" / stage).iterdir())
-        again = build_results(forge(home, "build", str(reference.recipe), "--until", stage, "--json"))
+        assert not (home / "artifacts" / stage).exists() or not any(
+            (home / "artifacts" / stage).iterdir()
+        )
+        again = build_results(
+            forge(home, "build", str(reference.recipe), "--until", stage, "--json")
+        )
         want = {s: reference.results[s] for s in again}
         assert reference.stable_results(again) == reference.stable_results(want)
         _SEEN["rlimit"].append(stage)
@@ -102,10 +108,25 @@ def test_real_full_disk_on_a_tiny_tmpfs(reference: Reference, tmp_path: Path) ->
     for stage in stages:
         previous = STAGES[STAGES.index(stage) - 1]
         work = tmp_path / stage
-        cmd = ["unshare", "-rm", sys.executable, "-m", "tests.reliability.enospc", str(reference.recipe),
-               stage, previous, str(work)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=code_root(), env=base_env(work / "unused"),
-                              timeout=600)
+        cmd = [
+            "unshare",
+            "-rm",
+            sys.executable,
+            "-m",
+            "tests.reliability.enospc",
+            str(reference.recipe),
+            stage,
+            previous,
+            str(work),
+        ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            cwd=code_root(),
+            env=base_env(work / "unused"),
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         seen = json.loads(proc.stdout.strip().splitlines()[-1])
         clean_failure(seen["stderr"] + seen["stdout"], seen["code"])

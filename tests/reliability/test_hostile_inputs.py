@@ -34,8 +34,15 @@ def rejected(run: Run, codes: tuple[int, ...], *fragments: str) -> None:
         assert fragment in run.err, f"{fragment!r} not in:\n{run.err}"
 
 
-def build_rejected(home: Path, recipe: Path, codes: tuple[int, ...], *fragments: str,
-                   kind: str, extra_roots: tuple[Path, ...] = (), until: str = "convert") -> Run:
+def build_rejected(
+    home: Path,
+    recipe: Path,
+    codes: tuple[int, ...],
+    *fragments: str,
+    kind: str,
+    extra_roots: tuple[Path, ...] = (),
+    until: str = "convert",
+) -> Run:
     """`forge build --until <until>` must refuse; the store stays clean; nothing escapes."""
     if tracing.available():
         run, written = tracing.traced_forge(home, "build", str(recipe), "--until", until)
@@ -53,8 +60,14 @@ def build_rejected(home: Path, recipe: Path, codes: tuple[int, ...], *fragments:
 @pytest.fixture(scope="module", autouse=True)
 def _record_counts() -> Any:
     yield
-    record("hostile", {"rejected": dict(sorted(_COUNTS.items())), "total": sum(_COUNTS.values()),
-                       "write_tracing": tracing.available()})
+    record(
+        "hostile",
+        {
+            "rejected": dict(sorted(_COUNTS.items())),
+            "total": sum(_COUNTS.values()),
+            "write_tracing": tracing.available(),
+        },
+    )
 
 
 def model_copy(ref: Reference, tmp_path: Path) -> Path:
@@ -66,7 +79,7 @@ def model_copy(ref: Reference, tmp_path: Path) -> Path:
 # -- lying safetensors ----------------------------------------------------------------
 def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
     (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def _join(header: dict[str, Any], body: bytes, length: int | None = None) -> bytes:
@@ -76,7 +89,9 @@ def _join(header: dict[str, Any], body: bytes, length: int | None = None) -> byt
 
 
 def _tensors(header: dict[str, Any]) -> list[str]:
-    return sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    return sorted(
+        (k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0]
+    )
 
 
 def _edit(change: Callable[[dict[str, Any], list[str]], None]) -> Callable[[bytes], bytes]:
@@ -84,12 +99,14 @@ def _edit(change: Callable[[dict[str, Any], list[str]], None]) -> Callable[[byte
         header, body = _split(data)
         change(header, _tensors(header))
         return _join(header, body)
+
     return apply
 
 
 def _set(field: str, value: Callable[[Any], Any]) -> Callable[[dict[str, Any], list[str]], None]:
     def change(header: dict[str, Any], names: list[str]) -> None:
         header[names[0]][field] = value(header[names[0]][field])
+
     return change
 
 
@@ -102,15 +119,24 @@ def _overlap(header: dict[str, Any], names: list[str]) -> None:
 LIES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "header-length-past-eof": (lambda d: _join(*_split(d), length=len(d) * 4), "runs past the end"),
     "header-length-huge": (lambda d: _join(*_split(d), length=2**63), "larger than"),
-    "header-not-json": (lambda d: struct.pack("<Q", 16) + b"{not json at all" + d[8:], "not valid JSON"),
+    "header-not-json": (
+        lambda d: struct.pack("<Q", 16) + b"{not json at all" + d[8:],
+        "not valid JSON",
+    ),
     "header-not-object": (lambda d: struct.pack("<Q", 8) + b"[1,2,3] " + d[8:], "not an object"),
-    "offsets-past-eof": (_edit(_set("data_offsets", lambda o: [o[0], o[1] + 10**9])), "data_offsets"),
+    "offsets-past-eof": (
+        _edit(_set("data_offsets", lambda o: [o[0], o[1] + 10**9])),
+        "data_offsets",
+    ),
     "overlapping-tensors": (_edit(_overlap), "overlap"),
     "shape-disagrees-with-offsets": (_edit(_set("shape", lambda s: [d * 2 for d in s])), "needs"),
     "huge-shape": (_edit(_set("shape", lambda s: [10**12, 10**12])), "needs"),
     "negative-dim": (_edit(_set("shape", lambda s: [-1, *s[1:]])), "invalid shape"),
     "unknown-dtype": (_edit(_set("dtype", lambda d: "Q4_K")), "unknown dtype"),
-    "reversed-offsets": (_edit(_set("data_offsets", lambda o: [o[1], o[0]])), "invalid data_offsets"),
+    "reversed-offsets": (
+        _edit(_set("data_offsets", lambda o: [o[1], o[0]])),
+        "invalid data_offsets",
+    ),
     "truncated-data": (lambda d: d[: len(d) - len(d) // 3], "past its end"),
     "truncated-header": (lambda d: d[:20], "runs past the end"),
     "four-bytes": (lambda d: d[:4], "8-byte header length"),
@@ -118,22 +144,34 @@ LIES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
 
 
 @pytest.mark.parametrize("lie", sorted(LIES))
-def test_lying_safetensors_is_a_source_error(reference: Reference, tmp_path: Path, lie: str) -> None:
+def test_lying_safetensors_is_a_source_error(
+    reference: Reference, tmp_path: Path, lie: str
+) -> None:
     model = model_copy(reference, tmp_path)
     weights = model / "model.safetensors"
     mutate, fragment = LIES[lie]
     weights.write_bytes(mutate(weights.read_bytes()))
     recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
-    build_rejected(tmp_path / "home", recipe, (5,), "model.safetensors", fragment, kind="safetensors")
+    build_rejected(
+        tmp_path / "home", recipe, (5,), "model.safetensors", fragment, kind="safetensors"
+    )
 
 
 # -- absurd configs -------------------------------------------------------------------
-ABSURD = {"hidden_size": 10**12, "num_hidden_layers": 10**9, "vocab_size": 10**13,
-          "intermediate_size": 10**15, "num_attention_heads": 0, "head_dim": 10**9}
+ABSURD = {
+    "hidden_size": 10**12,
+    "num_hidden_layers": 10**9,
+    "vocab_size": 10**13,
+    "intermediate_size": 10**15,
+    "num_attention_heads": 0,
+    "head_dim": 10**9,
+}
 
 
 @pytest.mark.parametrize("field", sorted(ABSURD))
-def test_absurd_config_is_rejected_before_allocating(reference: Reference, tmp_path: Path, field: str) -> None:
+def test_absurd_config_is_rejected_before_allocating(
+    reference: Reference, tmp_path: Path, field: str
+) -> None:
     model = model_copy(reference, tmp_path)
     config = json.loads((model / "config.json").read_text())
     config[field] = ABSURD[field]
@@ -153,8 +191,9 @@ class _Bomb:
         return (open, (self.marker, "w"))
 
 
-def test_pickle_only_checkpoint_needs_allow_pickle_and_is_never_loaded(reference: Reference,
-                                                                      tmp_path: Path) -> None:
+def test_pickle_only_checkpoint_needs_allow_pickle_and_is_never_loaded(
+    reference: Reference, tmp_path: Path
+) -> None:
     model = model_copy(reference, tmp_path)
     marker = tmp_path / "PICKLE-WAS-LOADED"
     (model / "model.safetensors").unlink()
@@ -178,14 +217,18 @@ EVIL_MODULE = "import pathlib\npathlib.Path({marker!r}).write_text('remote code 
 
 
 @pytest.mark.parametrize("where", ["config.json", "tokenizer_config.json"])
-def test_auto_map_remote_code_is_never_honoured(reference: Reference, tmp_path: Path, where: str) -> None:
+def test_auto_map_remote_code_is_never_honoured(
+    reference: Reference, tmp_path: Path, where: str
+) -> None:
     model = model_copy(reference, tmp_path)
     marker = tmp_path / "REMOTE-CODE-RAN"
     (model / "modeling_evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
     (model / "tokenization_evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
     doc = json.loads((model / where).read_text())
-    doc["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel",
-                       "AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    doc["auto_map"] = {
+        "AutoModelForCausalLM": "modeling_evil.EvilModel",
+        "AutoTokenizer": ["tokenization_evil.EvilTokenizer", None],
+    }
     (model / where).write_text(json.dumps(doc))
     recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
     build_rejected(tmp_path / "home", recipe, (2,), "auto_map", kind="remote-code")
@@ -205,15 +248,18 @@ def test_architecture_outside_transformers_is_refused(reference: Reference, tmp_
 TOKENIZERS: dict[str, Callable[[Path], None]] = {
     "missing": lambda model: (model / "tokenizer.json").unlink(),
     "not-json": lambda model: (model / "tokenizer.json").write_text('{"model": [1, 2'),
-    "wrong-structure": lambda model: (model / "tokenizer.json").write_text('{"model": {"type": "BPE"}}'),
+    "wrong-structure": lambda model: (model / "tokenizer.json").write_text(
+        '{"model": {"type": "BPE"}}'
+    ),
     "not-utf8": lambda model: (model / "tokenizer.json").write_bytes(b"\xff\xfe\x00{"),
 }
 
 
 @pytest.mark.parametrize("stage", ["calibrate", "verify"])
 @pytest.mark.parametrize("damage", sorted(TOKENIZERS))
-def test_unloadable_tokenizer_is_a_source_error(reference: Reference, tmp_path: Path, damage: str,
-                                                stage: str) -> None:
+def test_unloadable_tokenizer_is_a_source_error(
+    reference: Reference, tmp_path: Path, damage: str, stage: str
+) -> None:
     """Calibration (a real AWQ run) and verify both tokenize with the model's own tokenizer."""
     model = model_copy(reference, tmp_path)
     TOKENIZERS[damage](model)
@@ -225,25 +271,47 @@ def test_unloadable_tokenizer_is_a_source_error(reference: Reference, tmp_path: 
 # -- recipe paths that are not the files they should be ----------------------------------------
 RECIPE_PATHS: dict[str, tuple[str, dict[str, Any], str]] = {
     # name: (stage that must refuse it, recipe sections, fragment of the message)
-    "source-path-escapes-to-nothing": ("fetch", {"source": {"path": "../" * 40 + "no-such-model"}},
-                                       "does not exist"),
-    "source-path-is-a-device": ("fetch", {"source": {"path": "/dev/null"}}, "not a model directory"),
+    "source-path-escapes-to-nothing": (
+        "fetch",
+        {"source": {"path": "../" * 40 + "no-such-model"}},
+        "does not exist",
+    ),
+    "source-path-is-a-device": (
+        "fetch",
+        {"source": {"path": "/dev/null"}},
+        "not a model directory",
+    ),
     "source-path-is-the-root": ("fetch", {"source": {"path": "../" * 40}}, "no config.json"),
     "gguf-is-a-device": ("fetch", {"source": {"gguf": "/dev/zero"}}, "GGUF"),
-    "calibration-file-is-a-device": ("calibrate", {"quantize": {**REAL_QUANTIZE, "calibration": {
-        "file": "/dev/zero"}}}, "calibration file"),
-    "calibration-file-is-a-directory": ("calibrate", {"quantize": {**REAL_QUANTIZE, "calibration": {
-        "file": "../" * 40 + "etc"}}}, "calibration file"),
-    "verify-text-is-a-device": ("verify", {"verify": {"text_file": "/dev/zero"}}, "not a regular file"),
+    "calibration-file-is-a-device": (
+        "calibrate",
+        {"quantize": {**REAL_QUANTIZE, "calibration": {"file": "/dev/zero"}}},
+        "calibration file",
+    ),
+    "calibration-file-is-a-directory": (
+        "calibrate",
+        {"quantize": {**REAL_QUANTIZE, "calibration": {"file": "../" * 40 + "etc"}}},
+        "calibration file",
+    ),
+    "verify-text-is-a-device": (
+        "verify",
+        {"verify": {"text_file": "/dev/zero"}},
+        "not a regular file",
+    ),
     "verify-text-is-a-fifo": ("verify", {"verify": {"text_file": "fifo"}}, "not a regular file"),
     "verify-text-is-a-directory": ("verify", {"verify": {"text_file": ".."}}, "not a regular file"),
-    "verify-text-escapes-to-nothing": ("verify", {"verify": {"text_file": "../" * 40 + "no-such.txt"}},
-                                       "does not exist"),
+    "verify-text-escapes-to-nothing": (
+        "verify",
+        {"verify": {"text_file": "../" * 40 + "no-such.txt"}},
+        "does not exist",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(RECIPE_PATHS))
-def test_recipe_paths_must_name_regular_files(reference: Reference, tmp_path: Path, case: str) -> None:
+def test_recipe_paths_must_name_regular_files(
+    reference: Reference, tmp_path: Path, case: str
+) -> None:
     """A device, FIFO or directory where a file belongs would be read forever or crash a
     stage: each is a located source error, and nothing is written outside FORGE_HOME."""
     stage, sections, fragment = RECIPE_PATHS[case]
@@ -259,7 +327,9 @@ def test_recipe_paths_must_name_regular_files(reference: Reference, tmp_path: Pa
 
 # -- paths escaping the model folder ---------------------------------------------------
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
-def test_symlink_out_of_the_snapshot_is_refused(reference: Reference, tmp_path: Path, name: str) -> None:
+def test_symlink_out_of_the_snapshot_is_refused(
+    reference: Reference, tmp_path: Path, name: str
+) -> None:
     model = model_copy(reference, tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -269,16 +339,24 @@ def test_symlink_out_of_the_snapshot_is_refused(reference: Reference, tmp_path: 
     build_rejected(tmp_path / "home", recipe, (5,), "symlink", "outside", kind="path-escape")
 
 
-@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors",
-                                   "sub/inner.safetensors", "..", ""])
-def test_index_shard_names_must_stay_in_the_folder(reference: Reference, tmp_path: Path, shard: str) -> None:
+@pytest.mark.parametrize(
+    "shard",
+    ["../outside.safetensors", "/tmp/outside.safetensors", "sub/inner.safetensors", "..", ""],
+)
+def test_index_shard_names_must_stay_in_the_folder(
+    reference: Reference, tmp_path: Path, shard: str
+) -> None:
     model = model_copy(reference, tmp_path)
     header, _body = _split((model / "model.safetensors").read_bytes())
     weight_map = {name: "model.safetensors" for name in _tensors(header)}
     weight_map[_tensors(header)[0]] = shard
-    (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
-    build_rejected(tmp_path / "home", recipe, (5,), "model.safetensors.index.json", kind="path-escape")
+    build_rejected(
+        tmp_path / "home", recipe, (5,), "model.safetensors.index.json", kind="path-escape"
+    )
 
 
 # -- malicious YAML ---------------------------------------------------------------------
@@ -290,19 +368,29 @@ def _laughs(levels: int = 12) -> str:
 
 
 def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a bomb would hit this, not the host
+    resource.setrlimit(
+        resource.RLIMIT_AS, (2 << 30, 2 << 30)
+    )  # a bomb would hit this, not the host
 
 
 YAML_ATTACKS: dict[str, tuple[str, str]] = {
     "billion-laughs": (_laughs(), "aliases"),
     "merge-key-alias": ("base: &b {tp: 2}\nparallel:\n  <<: *b\n", "aliases"),
-    "python-object-apply": ('x: !!python/object/apply:os.system ["touch {marker}"]\n', "unsupported YAML"),
-    "python-object-new": ('x: !!python/object/new:subprocess.Popen [["touch", "{marker}"]]\n', "unsupported YAML"),
+    "python-object-apply": (
+        'x: !!python/object/apply:os.system ["touch {marker}"]\n',
+        "unsupported YAML",
+    ),
+    "python-object-new": (
+        'x: !!python/object/new:subprocess.Popen [["touch", "{marker}"]]\n',
+        "unsupported YAML",
+    ),
     "python-name": ("x: !!python/name:os.system\n", "unsupported YAML"),
     "python-module": ("x: !!python/module:os\n", "unsupported YAML"),
     "deep-flow-nesting": ("x: " + "[" * 100_000 + "]" * 100_000 + "\n", "nests deeper"),
-    "deep-block-nesting": ("".join("  " * i + f"k{i}:\n" for i in range(200)) + "  " * 200 + "v: 1\n",
-                           "nests deeper"),
+    "deep-block-nesting": (
+        "".join("  " * i + f"k{i}:\n" for i in range(200)) + "  " * 200 + "v: 1\n",
+        "nests deeper",
+    ),
     "oversized": ("schema_version: 1\n# " + "x" * (2 << 20) + "\n", "larger than"),
     "not-utf8": ("schema_version: 1\nname: \udcff\n", "not UTF-8"),
 }
@@ -329,7 +417,11 @@ def test_malicious_yaml_is_refused_safely(tmp_path: Path, attack: str, command: 
 
 
 def test_unreadable_recipe_and_directory_are_clear(tmp_path: Path) -> None:
-    rejected(forge(tmp_path / "home", "recipe", "check", str(tmp_path / "missing.yaml")), (5,), "not found")
+    rejected(
+        forge(tmp_path / "home", "recipe", "check", str(tmp_path / "missing.yaml")),
+        (5,),
+        "not found",
+    )
     rejected(forge(tmp_path / "home", "recipe", "check", str(tmp_path)), (2,), "directory")
     if os.geteuid() != 0:  # root reads anything
         locked = tmp_path / "locked.yaml"

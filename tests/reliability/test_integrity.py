@@ -66,12 +66,18 @@ def build(ref: Reference, home: Path, until: str | None = None) -> dict[str, dic
     return stages
 
 
-def test_flipped_byte_in_each_stage_is_rejected_and_rebuilt(reference: Reference, tmp_path: Path) -> None:
+def test_flipped_byte_in_each_stage_is_rejected_and_rebuilt(
+    reference: Reference, tmp_path: Path
+) -> None:
     home = tmp_path / "home"
     build(reference, home)
-    own_files = [s for s in reference.stages
-                 if json.loads((artifact_dir(home, s, reference.results[s][0]) / "manifest.json")
-                               .read_text())["files"]]
+    own_files = [
+        s
+        for s in reference.stages
+        if json.loads(
+            (artifact_dir(home, s, reference.results[s][0]) / "manifest.json").read_text()
+        )["files"]
+    ]
     assert "convert" in own_files
     for stage in own_files:
         key = reference.results[stage][0]
@@ -110,14 +116,20 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "flip-byte": (flip_byte, "rank0.safetensors", "does not match its digest"),
     "truncate": (truncate, "rank0.safetensors", "has size"),
     "delete-file": (lambda p: p.unlink(), "config.json", "is missing"),
-    "delete-manifest": (lambda p: p.unlink(), "manifest.json", "manifest.json is missing or unreadable"),
+    "delete-manifest": (
+        lambda p: p.unlink(),
+        "manifest.json",
+        "manifest.json is missing or unreadable",
+    ),
     "garbage-manifest": (_garble, "manifest.json", "manifest.json is missing or unreadable"),
     "manifest-of-another-key": (_other_key, "manifest.json", "belongs to another key"),
 }
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
-def test_damaged_convert_artifact_is_a_miss(reference: Reference, tmp_path: Path, damage: str) -> None:
+def test_damaged_convert_artifact_is_a_miss(
+    reference: Reference, tmp_path: Path, damage: str
+) -> None:
     home = tmp_path / "home"
     first = build(reference, home, "calibrate")
     key = str(first["convert"]["key"])
@@ -133,12 +145,16 @@ def test_damaged_convert_artifact_is_a_miss(reference: Reference, tmp_path: Path
     assert forge(home, "cache", "verify").code == 0
 
 
-def test_cache_verify_finds_damage_everywhere_and_fix_removes_it(reference: Reference, tmp_path: Path) -> None:
+def test_cache_verify_finds_damage_everywhere_and_fix_removes_it(
+    reference: Reference, tmp_path: Path
+) -> None:
     home = tmp_path / "home"
     build(reference, home)
     assert forge(home, "cache", "verify").code == 0
-    manifests = {(stage, key): json.loads((artifact_dir(home, stage, key) / "manifest.json").read_text())
-                 for stage, key in reference.entries}
+    manifests = {
+        (stage, key): json.loads((artifact_dir(home, stage, key) / "manifest.json").read_text())
+        for stage, key in reference.entries
+    }
     # Flip a byte in every artifact holding files of its own (fetch references the source
     # model in place, a pass-through calibrate references convert's checkpoint).
     damaged = {stage for (stage, _key), manifest in manifests.items() if manifest["files"]}
@@ -151,18 +167,28 @@ def test_cache_verify_finds_damage_everywhere_and_fix_removes_it(reference: Refe
     found = {d["stage"] for d in report["damaged"]}
     # An artifact referencing another artifact's (damaged) files is damaged with them.
     store = str(home / "artifacts") + "/"
-    expected = damaged | {stage for (stage, _key), manifest in manifests.items()
-                          if str((manifest.get("external") or {}).get("root", "")).startswith(store)}
+    expected = damaged | {
+        stage
+        for (stage, _key), manifest in manifests.items()
+        if str((manifest.get("external") or {}).get("root", "")).startswith(store)
+    }
     assert "calibrate" in expected and found == expected
     text = forge(home, "cache", "verify")
     assert text.code == 6 and "damaged" in text.out and "cache verify --fix" in text.err
     fixed = forge(home, "cache", "verify", "--fix")
     assert fixed.code == 0, fixed.text
     assert forge(home, "cache", "verify").code == 0 and audit_store(home) == []
-    rebuilt = build_results(forge(home, "build", str(reference.recipe), "--until", reference.until, "--json"))
+    rebuilt = build_results(
+        forge(home, "build", str(reference.recipe), "--until", reference.until, "--json")
+    )
     assert reference.stable_results(rebuilt) == reference.stable_results(reference.results)
-    record("integrity_verify", {"damaged_artifacts": len(expected), "detected_by_verify": len(found & expected)})
-    assert not run.out[end:].strip(), f"`cache verify --json` printed more than one JSON document:\n{run.out}"
+    record(
+        "integrity_verify",
+        {"damaged_artifacts": len(expected), "detected_by_verify": len(found & expected)},
+    )
+    assert not run.out[end:].strip(), (
+        f"`cache verify --json` printed more than one JSON document:\n{run.out}"
+    )
 
 
 def test_verify_deep_rereads_bytes_under_a_stale_memo(reference: Reference, tmp_path: Path) -> None:
@@ -178,13 +204,17 @@ def test_verify_deep_rereads_bytes_under_a_stale_memo(reference: Reference, tmp_
     flip_byte(victim)
     st = victim.stat()
     with sqlite3.connect(home / "memo.sqlite") as db:
-        db.execute("INSERT OR REPLACE INTO file_digest VALUES (?,?,?,?,?,?)",
-                   (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, good))
+        db.execute(
+            "INSERT OR REPLACE INTO file_digest VALUES (?,?,?,?,?,?)",
+            (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, good),
+        )
     store = Store(home)
     assert all(e.problem is None for e in maintenance.entries(store))  # the memo is fooled
     deep = [e for e in maintenance.entries(store, deep=True) if e.problem]
     assert [e.stage for e in deep] == ["convert"]
-    assert [e.stage for e in maintenance.entries(store) if e.problem] == ["convert"]  # memo repaired
+    assert [e.stage for e in maintenance.entries(store) if e.problem] == [
+        "convert"
+    ]  # memo repaired
 
 
 def test_garbage_memo_database_is_rebuilt_not_fatal(reference: Reference, tmp_path: Path) -> None:

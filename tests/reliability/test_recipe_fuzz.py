@@ -37,33 +37,126 @@ CLI_EXAMPLES = int(os.environ.get("FORGE_FUZZ_CLI_EXAMPLES", "300"))
 TRACE_EVERY = 10  # of the CLI runs, these also go under strace (30 of 300)
 LOCATED = re.compile(r"\.yaml:\d+:\d+")
 
-FIELD_NAMES = ["schema_version", "name", "source", "hf", "revision", "path", "gguf", "allow_pickle",
-               "convert", "dtype", "quantize", "method", "kv_cache", "exclude", "calibration", "file",
-               "samples", "seq_len", "seed", "group_size", "alpha", "activations", "damping",
-               "act_order", "granularity", "parallel", "tp", "pp", "build", "backend",
-               "max_batch_size", "max_input_len", "max_seq_len", "plugins", "opt_level",
-               "workspace_gb", "verify", "enabled", "prompts", "max_new_tokens", "texts",
-               "text_file", "max_text_tokens", "gates", "min_token_agreement", "min_top1", "max_kl",
-               "max_ppl_ratio", "max_rel_logit_diff", "gemm_plugin", "gpt_attention_plugin"]
-WORDS = ["float16", "bfloat16", "float32", "int8", "fp8", "none", "onnxruntime", "tensorrt", "trtllm",
-         "per_tensor", "per_token", "per_channel_per_token", "auto", "yes", "no", "on", "off", "~",
-         "null", "1", "0x1F", "1e3", ".inf", "-.nan", "2024-01-01", "org/name", "../../etc/passwd",
-         "/abs/path", "a\x00b", "", " ", "😀", "名前", *QUANT_METHODS]
+FIELD_NAMES = [
+    "schema_version",
+    "name",
+    "source",
+    "hf",
+    "revision",
+    "path",
+    "gguf",
+    "allow_pickle",
+    "convert",
+    "dtype",
+    "quantize",
+    "method",
+    "kv_cache",
+    "exclude",
+    "calibration",
+    "file",
+    "samples",
+    "seq_len",
+    "seed",
+    "group_size",
+    "alpha",
+    "activations",
+    "damping",
+    "act_order",
+    "granularity",
+    "parallel",
+    "tp",
+    "pp",
+    "build",
+    "backend",
+    "max_batch_size",
+    "max_input_len",
+    "max_seq_len",
+    "plugins",
+    "opt_level",
+    "workspace_gb",
+    "verify",
+    "enabled",
+    "prompts",
+    "max_new_tokens",
+    "texts",
+    "text_file",
+    "max_text_tokens",
+    "gates",
+    "min_token_agreement",
+    "min_top1",
+    "max_kl",
+    "max_ppl_ratio",
+    "max_rel_logit_diff",
+    "gemm_plugin",
+    "gpt_attention_plugin",
+]
+WORDS = [
+    "float16",
+    "bfloat16",
+    "float32",
+    "int8",
+    "fp8",
+    "none",
+    "onnxruntime",
+    "tensorrt",
+    "trtllm",
+    "per_tensor",
+    "per_token",
+    "per_channel_per_token",
+    "auto",
+    "yes",
+    "no",
+    "on",
+    "off",
+    "~",
+    "null",
+    "1",
+    "0x1F",
+    "1e3",
+    ".inf",
+    "-.nan",
+    "2024-01-01",
+    "org/name",
+    "../../etc/passwd",
+    "/abs/path",
+    "a\x00b",
+    "",
+    " ",
+    "😀",
+    "名前",
+    *QUANT_METHODS,
+]
 
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=30)
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-300, 300), st.integers(min_value=-(2**200), max_value=2**200),
-    st.floats(allow_nan=True, allow_infinity=True), text, st.sampled_from(WORDS),
+    st.none(),
+    st.booleans(),
+    st.integers(-300, 300),
+    st.integers(min_value=-(2**200), max_value=2**200),
+    st.floats(allow_nan=True, allow_infinity=True),
+    text,
+    st.sampled_from(WORDS),
 )
 keys = st.one_of(st.sampled_from(FIELD_NAMES), text, st.integers(-3, 3), st.booleans())
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                      | st.dictionaries(keys, inner, max_size=4), max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
+    max_leaves=12,
+)
 
 
 @st.composite
 def valid_recipes(draw: st.DrawFn) -> dict[str, Any]:
-    source = draw(st.sampled_from([{"path": "model"}, {"hf": "org/model"},
-                                   {"hf": "org/model", "revision": "main"}, {"gguf": "m.gguf"}]))
+    source = draw(
+        st.sampled_from(
+            [
+                {"path": "model"},
+                {"hf": "org/model"},
+                {"hf": "org/model", "revision": "main"},
+                {"gguf": "m.gguf"},
+            ]
+        )
+    )
     method = draw(st.sampled_from(QUANT_METHODS))
     quantize: dict[str, Any] = {"method": method}
     if method in ("int4_wo", "awq", "gptq"):
@@ -79,10 +172,15 @@ def valid_recipes(draw: st.DrawFn) -> dict[str, Any]:
         "convert": {"dtype": draw(st.sampled_from(["float32", "float16", "bfloat16"]))},
         "quantize": quantize,
         "parallel": {"tp": draw(st.integers(1, 8)), "pp": draw(st.integers(1, 4))},
-        "build": {"backend": draw(st.sampled_from(["onnxruntime", "tensorrt", "trtllm"])),
-                  "max_input_len": max_input, "max_seq_len": max_input + draw(st.integers(1, 4096))},
-        "verify": {"max_new_tokens": draw(st.integers(1, 64)),
-                   "gates": {"min_token_agreement": draw(st.floats(0, 1))}},
+        "build": {
+            "backend": draw(st.sampled_from(["onnxruntime", "tensorrt", "trtllm"])),
+            "max_input_len": max_input,
+            "max_seq_len": max_input + draw(st.integers(1, 4096)),
+        },
+        "verify": {
+            "max_new_tokens": draw(st.integers(1, 64)),
+            "gates": {"min_token_agreement": draw(st.floats(0, 1))},
+        },
     }
 
 
@@ -149,8 +247,9 @@ def test_fuzzed_recipes_are_valid_or_located_recipe_errors(tmp_path: Path) -> No
     file = tmp_path / "recipe.yaml"
     seen: list[tuple[str, int]] = []
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(documents)
     def prop(doc: Any) -> None:
         text_ = yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
@@ -164,8 +263,17 @@ def test_fuzzed_recipes_are_valid_or_located_recipe_errors(tmp_path: Path) -> No
     assert tracing.outside(writes, tmp_path) == [], "checking a recipe wrote outside its folder"
     valid = sum(1 for _, code in seen if code == 0)
     cli, traced = _through_cli(tmp_path, seen)
-    record("fuzz", {"recipes": len(seen), "valid": valid, "rejected": len(seen) - valid,
-                    "cli_recipes": cli, "cli_traced": traced, "requested": EXAMPLES})
+    record(
+        "fuzz",
+        {
+            "recipes": len(seen),
+            "valid": valid,
+            "rejected": len(seen) - valid,
+            "cli_recipes": cli,
+            "cli_traced": traced,
+            "requested": EXAMPLES,
+        },
+    )
     assert len(seen) >= EXAMPLES >= FLOOR
     assert 0 < valid < len(seen)  # the generator reaches both sides of the property
 

@@ -21,10 +21,12 @@ from typing import Any
 
 from tests.reliability.harness import FORGE, Run, base_env, code_root
 
-_SYSCALLS = ("open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,"
-             "link,linkat,symlink,symlinkat,truncate,chmod,fchmodat,utimensat")
+_SYSCALLS = (
+    "open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,"
+    "link,linkat,symlink,symlinkat,truncate,chmod,fchmodat,utimensat"
+)
 _WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
-_CALL = re.compile(r'^\d+\s+(\w+)\((.*)\)\s+=\s+(-?\d+)')
+_CALL = re.compile(r"^\d+\s+(\w+)\((.*)\)\s+=\s+(-?\d+)")
 _PATH = re.compile(r'(?:(\d+)<([^>]*)>, )?"((?:[^"\\]|\\.)*)"')
 # Places any process may write that are not files: terminals, /dev/null, proc knobs.
 _HARMLESS = ("/dev/", "/proc/", "/sys/")
@@ -34,20 +36,51 @@ def available() -> bool:
     return shutil.which("strace") is not None
 
 
-def traced_forge(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600,
-                 cwd: Path | None = None, **popen: Any) -> tuple[Run, set[str]]:
+def traced_forge(
+    home: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    cwd: Path | None = None,
+    **popen: Any,
+) -> tuple[Run, set[str]]:
     """Run the real CLI under ``strace -f``; returns its result and every path it wrote."""
     return traced(home, [*FORGE, *args], env=env, timeout=timeout, cwd=cwd, **popen)
 
 
-def traced(home: Path, argv: list[str], env: dict[str, str] | None = None, timeout: float = 600,
-           cwd: Path | None = None, **popen: Any) -> tuple[Run, set[str]]:
+def traced(
+    home: Path,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    cwd: Path | None = None,
+    **popen: Any,
+) -> tuple[Run, set[str]]:
     """Run ``argv`` (FORGE_HOME=home) under ``strace -f``: its result and every path it wrote."""
     log = home.parent / f"strace-{time.monotonic_ns()}.txt"
-    cmd = ["strace", "-f", "-qq", "-y", "-s", "4096", "-o", str(log), "-e", f"trace={_SYSCALLS}", *argv]
+    cmd = [
+        "strace",
+        "-f",
+        "-qq",
+        "-y",
+        "-s",
+        "4096",
+        "-o",
+        str(log),
+        "-e",
+        f"trace={_SYSCALLS}",
+        *argv,
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or code_root(),
-                          env={**base_env(home), **(env or {})}, **popen)
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or code_root(),
+        env={**base_env(home), **(env or {})},
+        **popen,
+    )
     run = Run(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - t0)
     return run, written_paths(log.read_text(errors="replace"))
 
@@ -69,14 +102,27 @@ def written_paths(trace: str) -> set[str]:
 
 def outside(paths: set[str], *allowed: Path) -> list[str]:
     roots = [str(Path(a).resolve()) for a in allowed]
-    return sorted(p for p in paths
-                  if not p.startswith(_HARMLESS)
-                  and not any(p == r or p.startswith(r + "/") for r in roots))
+    return sorted(
+        p
+        for p in paths
+        if not p.startswith(_HARMLESS) and not any(p == r or p.startswith(r + "/") for r in roots)
+    )
 
 
 # -- in-process writes (Python audit hooks) ------------------------------------------
-_WRITE_EVENTS = {"os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.symlink", "os.link",
-                 "os.truncate", "os.chmod", "os.utime", "shutil.rmtree", "shutil.copyfile"}
+_WRITE_EVENTS = {
+    "os.mkdir",
+    "os.rename",
+    "os.remove",
+    "os.rmdir",
+    "os.symlink",
+    "os.link",
+    "os.truncate",
+    "os.chmod",
+    "os.utime",
+    "shutil.rmtree",
+    "shutil.copyfile",
+}
 _FLAGS_THAT_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _recording: list[set[str]] = []
 _hooked: list[bool] = []
@@ -109,4 +155,3 @@ def python_writes() -> Iterator[set[str]]:
         yield seen
     finally:
         _recording.pop()
-

@@ -156,7 +156,9 @@ def _check_shape(target: str, shape: tuple[int, ...], config: Mapping[str, Any])
         )
 
 
-def _write_tensor(sink: TensorSink, rule: TensorRule, sources: _SourceTensors, dtype: torch.dtype) -> None:
+def _write_tensor(
+    sink: TensorSink, rule: TensorRule, sources: _SourceTensors, dtype: torch.dtype
+) -> None:
     """Stream one output tensor: its sources' bytes one after the other.
 
     Fusions concatenate along dim 0 of row-major tensors whose other dims agree

@@ -70,7 +70,9 @@ TORCH_TO_ST: dict[torch.dtype, str] = {
 }
 
 ST_TO_TORCH: dict[str, torch.dtype] = {name: dtype for dtype, name in TORCH_TO_ST.items()}
-ITEMSIZE: dict[str, int] = {name: torch.empty((), dtype=dt).element_size() for dt, name in TORCH_TO_ST.items()}
+ITEMSIZE: dict[str, int] = {
+    name: torch.empty((), dtype=dt).element_size() for dt, name in TORCH_TO_ST.items()
+}
 
 # Bytes per read when data has to pass through Python. Measured on the 1B
 # bench shape: moving bytes through a buffer that stays in the CPU cache
@@ -293,7 +295,14 @@ def pread_exact(fd: int, buffer: memoryview, offset: int) -> None:
 
 
 # errno values meaning "copy_file_range cannot do this pair of files"; fall back to read/write.
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.ETXTBSY}
+_NO_KERNEL_COPY = {
+    errno.EXDEV,
+    errno.ENOSYS,
+    errno.EINVAL,
+    errno.EOPNOTSUPP,
+    errno.EPERM,
+    errno.ETXTBSY,
+}
 _kernel_copy = hasattr(os, "copy_file_range")
 
 

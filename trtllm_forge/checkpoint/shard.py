@@ -364,7 +364,9 @@ def shard_checkpoint(
     }
 
 
-def _tp_groups(ranks: Mapping[int, Mapping[str, Split]], tp: int) -> list[dict[int, Mapping[str, Split]]]:
+def _tp_groups(
+    ranks: Mapping[int, Mapping[str, Split]], tp: int
+) -> list[dict[int, Mapping[str, Split]]]:
     """Ranks of one pipeline stage (they hold the same tensor names, in the same order)."""
     groups: dict[int, dict[int, Mapping[str, Split]]] = {}
     for rank, local in ranks.items():
@@ -396,7 +398,9 @@ def _write_group(
         }
         order = next(iter(writers.values())).order
         if any(w.order != order for w in writers.values()):  # plan_shards guarantees they agree
-            raise ForgeError(ExitCode.INTERNAL, "tp ranks of one pipeline stage hold different tensors")
+            raise ForgeError(
+                ExitCode.INTERNAL, "tp ranks of one pipeline stage hold different tensors"
+            )
         for target in order:
             with ExitStack() as tensors:
                 sinks = [
@@ -408,7 +412,9 @@ def _write_group(
     return sum(spec.nbytes for rank_specs in specs.values() for spec in rank_specs)
 
 
-def _fill(src_fd: int, layout: Mapping[str, StoredTensor], sinks: Sequence[tuple[Split, TensorSink]]) -> None:
+def _fill(
+    src_fd: int, layout: Mapping[str, StoredTensor], sinks: Sequence[tuple[Split, TensorSink]]
+) -> None:
     """Write each :class:`Split` into its sink, byte for byte what :func:`read_split` returns.
 
     Viewing the source as ``[outer, axis, inner]``, a split keeps index ranges of
@@ -459,7 +465,9 @@ def _fill_strided(
             views: list[memoryview] = []
             for r in range(n):
                 base = r * row
-                views.extend(block[base + start * unit : base + end * unit] for start, end in split.ranges)
+                views.extend(
+                    block[base + start * unit : base + end * unit] for start, end in split.ranges
+                )
                 if split.pad:
                     views.append(padding[: split.pad * unit])
             sink.write_views(views)

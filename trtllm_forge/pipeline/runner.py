@@ -110,7 +110,9 @@ class Runner:
                     f"unknown stage '{name}' in --force",
                     hint=f"stages are: {', '.join(STAGE_NAMES)}",
                 )
-        job = self.job = StageJob(self.loaded, self.ctx, self.store, sub_artifact=self._sub_artifact)
+        job = self.job = StageJob(
+            self.loaded, self.ctx, self.store, sub_artifact=self._sub_artifact
+        )
         results: list[StageResult] = []
         record: dict[str, Any] = {}
         try:

@@ -29,7 +29,9 @@ def key_lock(path: Path, *, timeout_s: float, on_wait: object = None) -> Iterato
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise store_error(
             f"{'out of disk space while creating' if full else 'cannot create'} lock {path}: {exc.strerror}",
-            hint="free space under FORGE_HOME (`forge cache gc`)" if full else "check FORGE_HOME and its permissions",
+            hint="free space under FORGE_HOME (`forge cache gc`)"
+            if full
+            else "check FORGE_HOME and its permissions",
         ) from None
     waited = False
     try:
@@ -50,7 +52,9 @@ def key_lock(path: Path, *, timeout_s: float, on_wait: object = None) -> Iterato
                     hint="another forge build holds it; raise FORGE_LOCK_TIMEOUT or wait",
                 )
             time.sleep(0.05)
-        with contextlib.suppress(OSError):  # the pid is for diagnostics; a full disk must not fail here
+        with contextlib.suppress(
+            OSError
+        ):  # the pid is for diagnostics; a full disk must not fail here
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
         yield waited

@@ -22,9 +22,16 @@ class Entry:
     recipes: tuple[str, ...]  # recipes whose last build uses this entry
 
     def to_json(self) -> dict[str, Any]:
-        return {"stage": self.stage, "key": self.key, "path": str(self.path), "size": self.size,
-                "created_unix": self.created_unix, "valid": self.problem is None,
-                "problem": self.problem, "recipes": list(self.recipes)}
+        return {
+            "stage": self.stage,
+            "key": self.key,
+            "path": str(self.path),
+            "size": self.size,
+            "created_unix": self.created_unix,
+            "valid": self.problem is None,
+            "problem": self.problem,
+            "recipes": list(self.recipes),
+        }
 
 
 def _referenced(store: Store) -> dict[str, list[str]]:
@@ -44,14 +51,30 @@ def entries(store: Store, *, deep: bool = False) -> list[Entry]:
     out: list[Entry] = []
     for item in store.artifacts(deep=deep):
         if isinstance(item, Artifact):
-            out.append(Entry(item.stage, item.key, item.path, dir_size(item.path),
-                             item.manifest.get("created_unix"), None,
-                             tuple(users.get(str(item.path), ()))))
+            out.append(
+                Entry(
+                    item.stage,
+                    item.key,
+                    item.path,
+                    dir_size(item.path),
+                    item.manifest.get("created_unix"),
+                    None,
+                    tuple(users.get(str(item.path), ())),
+                )
+            )
         else:
             path, invalid = item
-            out.append(Entry(path.parent.name, f"blake3:{path.name}", path, dir_size(path), None,
-                             invalid.reason if isinstance(invalid, Invalid) else "invalid",
-                             tuple(users.get(str(path), ()))))
+            out.append(
+                Entry(
+                    path.parent.name,
+                    f"blake3:{path.name}",
+                    path,
+                    dir_size(path),
+                    None,
+                    invalid.reason if isinstance(invalid, Invalid) else "invalid",
+                    tuple(users.get(str(path), ())),
+                )
+            )
     return out
 
 
@@ -92,7 +115,9 @@ def usage(store: Store) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for entry in entries(store):
         sizes[entry.stage] = sizes.get(entry.stage, 0) + entry.size
-    sizes["(staging)"] = sum(dir_size(p) if p.is_dir() else p.stat().st_size for p in staging_leftovers(store))
+    sizes["(staging)"] = sum(
+        dir_size(p) if p.is_dir() else p.stat().st_size for p in staging_leftovers(store)
+    )
     return sizes
 
 
@@ -124,12 +149,17 @@ def _remove_locked(store: Store, entry: Entry) -> int:
         return store.remove(entry.path) if entry.path.exists() else 0
 
 
-def remove(store: Store, *, key_prefix: str | None, stage: str | None, everything: bool) -> list[Entry]:
+def remove(
+    store: Store, *, key_prefix: str | None, stage: str | None, everything: bool
+) -> list[Entry]:
     chosen = []
     for entry in entries(store):
         hexkey = entry.key.split(":", 1)[-1]
-        if everything or (stage and entry.stage == stage) or (key_prefix and hexkey.startswith(
-                key_prefix.split(":", 1)[-1])):
+        if (
+            everything
+            or (stage and entry.stage == stage)
+            or (key_prefix and hexkey.startswith(key_prefix.split(":", 1)[-1]))
+        ):
             _remove_locked(store, entry)
             chosen.append(entry)
     return chosen

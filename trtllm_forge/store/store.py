@@ -95,8 +95,10 @@ class Store:
             try:
                 self._memo = DigestMemo(self.root / "memo.sqlite")
             except OSError as exc:
-                raise store_error(f"cannot open the store at {self.root}: {exc.strerror}",
-                                  hint="check FORGE_HOME and its permissions") from None
+                raise store_error(
+                    f"cannot open the store at {self.root}: {exc.strerror}",
+                    hint="check FORGE_HOME and its permissions",
+                ) from None
         return self._memo
 
     # -- reading -----------------------------------------------------------
@@ -127,14 +129,16 @@ class Store:
         if ext:
             root = Path(ext["root"])
             for name, meta in ext.get("files", {}).items():
-                problem = self._check_one(root / name, meta, f"{root}/{name}",
-                                          rehash=ext.get("rehash", True), deep=deep)
+                problem = self._check_one(
+                    root / name, meta, f"{root}/{name}", rehash=ext.get("rehash", True), deep=deep
+                )
                 if problem:
                     return problem
         return None
 
-    def _check_one(self, file: Path, meta: dict[str, Any], label: str, rehash: bool = True,
-                   deep: bool = False) -> str | None:
+    def _check_one(
+        self, file: Path, meta: dict[str, Any], label: str, rehash: bool = True, deep: bool = False
+    ) -> str | None:
         try:
             size = file.stat().st_size
         except OSError:
@@ -163,8 +167,11 @@ class Store:
     # -- writing -----------------------------------------------------------
     @contextmanager
     def lock(self, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
-        with key_lock(self.root / "locks" / f"{_hex(key)}.lock", timeout_s=self.lock_timeout_s,
-                      on_wait=on_wait) as waited:
+        with key_lock(
+            self.root / "locks" / f"{_hex(key)}.lock",
+            timeout_s=self.lock_timeout_s,
+            on_wait=on_wait,
+        ) as waited:
             yield waited
 
     def new_staging_dir(self, stage: str, key: str) -> Path:
@@ -214,7 +221,9 @@ class Store:
         files: dict[str, FileEntry] = {}
         for file in sorted(staging.rglob("*")):
             if file.is_symlink():
-                raise store_error(f"stage wrote a symlink {file.name}; artifacts hold plain files only")
+                raise store_error(
+                    f"stage wrote a symlink {file.name}; artifacts hold plain files only"
+                )
             if file.is_file() and file.name != MANIFEST:
                 rel = file.relative_to(staging).as_posix()
                 files[rel] = FileEntry(file.stat().st_size, self.memo.digest(file))
@@ -309,5 +318,7 @@ def _disk_full(doing: str, why: str) -> ForgeError:
 def _os_store_error(exc: OSError, doing: str) -> Exception:
     if exc.errno in DISK_FULL_ERRNOS:
         return _disk_full(doing, exc.strerror or os.strerror(exc.errno))
-    return store_error(f"store I/O error while {doing}: {exc.strerror} ({exc.filename})",
-                       hint="check FORGE_HOME and its permissions")
+    return store_error(
+        f"store I/O error while {doing}: {exc.strerror} ({exc.filename})",
+        hint="check FORGE_HOME and its permissions",
+    )
