@@ -180,3 +180,24 @@ def test_int4_groups_must_align_with_tp_shards(recipe: Path, tiny_models: dict[s
     )
     run = forge("plan", str(recipe))
     assert_clean_error(run, 2, "quantize.group_size", "tp=2")
+
+
+def test_missing_gguf_is_located(recipe: Path) -> None:
+    write_recipe(recipe, source={"gguf": "nowhere/model.gguf"})
+    run = forge("plan", str(recipe))
+    assert_clean_error(run, 5, "GGUF file not found", "source.gguf")
+    _located(run.err, 4)
+
+
+def test_calibration_file_that_is_a_directory_is_located(
+    recipe: Path, tiny_models: dict[str, Path]
+) -> None:
+    (recipe.parent / "texts").mkdir()
+    write_recipe(
+        recipe,
+        source={"path": str(tiny_models["llama"])},
+        quantize={"method": "smoothquant", "calibration": {"file": "texts"}},
+    )
+    run = forge("build", str(recipe), "--until", "calibrate")
+    assert_clean_error(run, 5, "calibration file is not a regular file")
+    _located(run.err, 8)

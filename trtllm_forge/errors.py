@@ -82,8 +82,10 @@ def recipe_error(
     return ForgeError(ExitCode.RECIPE, message, hint=hint, location=location)
 
 
-def source_error(message: str, *, hint: str | None = None) -> ForgeError:
-    return ForgeError(ExitCode.SOURCE, message, hint=hint)
+def source_error(
+    message: str, *, hint: str | None = None, location: Location | None = None
+) -> ForgeError:
+    return ForgeError(ExitCode.SOURCE, message, hint=hint, location=location)
 
 
 def dependency_error(message: str, *, hint: str | None = None) -> ForgeError:

@@ -95,9 +95,11 @@ class CalibrateStage:
             return None
         path = job.loaded.resolve_path(file, "quantize.calibration.file")
         if not path.is_file():
+            what = "is not a regular file" if path.exists() else "not found"
             raise source_error(
-                f"calibration file not found: {path}",
+                f"calibration file {what}: {path}",
                 hint="quantize.calibration.file is relative to the recipe",
+                location=job.loaded.locate("quantize.calibration.file"),
             )
         return path
 

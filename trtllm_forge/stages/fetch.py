@@ -144,7 +144,10 @@ def _digests(job: StageJob, snap: Any) -> dict[str, str]:
 def _gguf_file(job: StageJob) -> Path:
     path = job.loaded.resolve_path(job.recipe.source.gguf, "source.gguf")
     if not path.is_file():
+        what = "is not a regular file" if path.exists() else "not found"
         raise source_error(
-            f"GGUF file not found: {path}", hint="check source.gguf (relative to the recipe)"
+            f"GGUF file {what}: {path}",
+            hint="check source.gguf (relative to the recipe)",
+            location=job.loaded.locate("source.gguf"),
         )
     return path
