@@ -35,12 +35,23 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def require_device(requested: str) -> None:
-    """Exit 4 (before any work) when the recipe asks for CUDA and there is none."""
+def _known(requested: str) -> None:
     if requested not in DEVICES:
         raise recipe_error(
             f"unknown calibration device {requested!r}", hint=f"use one of: {', '.join(DEVICES)}"
         )
+
+
+def _without_auto(requested: str) -> str:
+    """``auto`` as what it picks here; any other device as it is (unchecked)."""
+    if requested == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return requested
+
+
+def require_device(requested: str) -> None:
+    """Exit 4 (before any work) when the recipe asks for CUDA and there is none."""
+    _known(requested)
     if requested == "cuda" and not cuda_available():
         raise dependency_error(
             "quantize.calibration.device is cuda, but torch sees no CUDA GPU",
@@ -52,9 +63,7 @@ def require_device(requested: str) -> None:
 def resolve_device(requested: str) -> str:
     """``cpu`` or ``cuda``: what ``requested`` means on this machine."""
     require_device(requested)
-    if requested == "auto":
-        return "cuda" if cuda_available() else "cpu"
-    return requested
+    return _without_auto(requested)
 
 
 def key_fields(requested: str, dtype: str) -> dict[str, str]:
@@ -66,13 +75,8 @@ def key_fields(requested: str, dtype: str) -> dict[str, str]:
     anywhere; building it without one fails in :func:`require_device` instead.
     Only ``auto`` imports torch here, to see what it resolves to.
     """
-    if requested not in DEVICES:
-        raise recipe_error(
-            f"unknown calibration device {requested!r}", hint=f"use one of: {', '.join(DEVICES)}"
-        )
-    device = requested
-    if requested == "auto":
-        device = "cuda" if cuda_available() else "cpu"
+    _known(requested)
+    device = _without_auto(requested)
     if (device, dtype) == DEFAULT:
         return {}
     return {"quantize.calibration.device": device, "quantize.calibration.dtype": dtype}
