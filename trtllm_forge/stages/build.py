@@ -36,7 +36,9 @@ BUILD_FIELDS = (
 
 class BuildStage:
     name = "build"
-    version = "1"
+    # 2: the ONNX lowering names and orders attention masks per sliding window (same
+    # numbers, other bytes), so engines built before do not share a key with new ones.
+    version = "2"
     upstream = ("calibrate",)
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
