@@ -25,7 +25,6 @@ Wikipedia text, kept apart from the calibration text):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -225,22 +224,6 @@ def recipe_doc(case: Case, s: Settings) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def groups_fit_after_exclude() -> Iterator[None]:
-    """Skip the pipeline preflight's group-size check, which ignores ``quantize.exclude``.
-
-    pipeline/preflight.py refuses group_size 128 on SmolLM2 (hidden 576) even when every
-    576-wide linear is excluded; the calibrate stage's own preflight
-    (quant/quantize.py) still checks exactly the linears that get quantized.
-    """
-    from unittest import mock
-
-    from trtllm_forge.pipeline import preflight
-
-    with mock.patch.object(preflight, "_check_group_alignment", lambda loaded, dims: None):
-        yield
-
-
 def forge_build(
     case: Case, s: Settings, home: Path, workdir: Path, progress: Any
 ) -> dict[str, Any]:
@@ -253,10 +236,8 @@ def forge_build(
 
     recipe = workdir / f"{case.slug}.yaml"
     recipe.write_text(yaml.safe_dump(recipe_doc(case, s), sort_keys=False))
-    bypass = groups_fit_after_exclude() if case.excluded_hf else contextlib.nullcontext()
-    with bypass:
-        runner = Runner(api.check(recipe=recipe), RunContext(ForgeSettings(home=home), progress))
-        results = runner.build(until="build")
+    runner = Runner(api.check(recipe=recipe), RunContext(ForgeSettings(home=home), progress))
+    results = runner.build(until="build")
     assert runner.job is not None
     calibrated, built = runner.job.upstream["calibrate"], runner.job.upstream["build"]
     ckpt = checkpoint_dir(calibrated)

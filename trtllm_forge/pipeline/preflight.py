@@ -76,7 +76,7 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
             hint=f"choose tp from {_divisors(inter)[:12]}",
             location=loaded.locate("parallel.tp"),
         )
-    _check_group_alignment(loaded, dims)
+    _check_group_alignment(loaded, dims, hf_config)
     _check_smoothing_fold(loaded, hf_config)
 
 
@@ -95,30 +95,40 @@ def _check_smoothing_fold(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> No
         raise
 
 
-def _check_group_alignment(loaded: LoadedRecipe, dims: dict[str, int]) -> None:
+def _check_group_alignment(
+    loaded: LoadedRecipe, dims: dict[str, int], hf_config: dict[str, Any]
+) -> None:
     """Int4 groups run along a linear layer's input. Row-parallel layers (attention
     output, MLP down-projection) split that input across tp ranks, so each rank's
     share must hold whole groups; the sharder refuses otherwise — say so before an
-    expensive calibration instead."""
-    group = getattr(loaded.recipe.quantize, "group_size", None)
+    expensive calibration instead. Only the linears left after ``quantize.exclude``
+    count: excluding the misfits is the documented way out."""
+    quantize = loaded.recipe.quantize
+    group = getattr(quantize, "group_size", None)
     if group is None:
         return
+    from trtllm_forge.checkpoint.layout import module_dims, parse_name
+    from trtllm_forge.errors import ForgeError
+    from trtllm_forge.quant.targets import plan_targets
+
     tp = loaded.recipe.parallel.tp
-    inputs = {
-        "hidden size": (dims["hidden_size"], 1),
-        "attention width": (dims["num_attention_heads"] * dims["head_size"], tp),
-        "intermediate size": (dims["intermediate_size"], tp),
-    }
-    for name, (width, split) in inputs.items():
+    try:
+        plan = plan_targets(hf_config, list(quantize.exclude))
+    except ForgeError as error:  # a pattern matching nothing: point at the list
+        error.location = error.location or loaded.locate("quantize.exclude")
+        raise
+    for kind in dict.fromkeys(t.kind for t in plan.quantized):
+        width = module_dims(kind, dims)[1]
+        parsed = parse_name(f"transformer.layers.0.{kind}.weight")
+        split = tp if parsed is not None and parsed.parallel == "row" else 1
         if (width // split) % group:
-            per_rank = (
-                f"with tp={tp}, each rank's share of the {name} is {width // split}"
-                if split > 1
-                else f"the model's {name} is {width}"
-            )
+            share = f"with tp={tp}, each rank's share of {kind}'s input is {width // split}"
             raise recipe_error(
-                f"{per_rank}, not a multiple of group_size {group}",
-                hint="lower quantize.group_size" + (" or parallel.tp" if split > 1 else ""),
+                (share if split > 1 else f"{kind}'s input is {width}")
+                + f", not a multiple of group_size {group}",
+                hint="lower quantize.group_size"
+                + (" or parallel.tp" if split > 1 else "")
+                + f", or exclude it (quantize.exclude: ['*{kind}'])",
                 location=loaded.locate("quantize.group_size"),
             )
 
