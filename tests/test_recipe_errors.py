@@ -185,7 +185,7 @@ def test_int4_groups_must_align_with_tp_shards(recipe: Path, tiny_models: dict[s
 def test_missing_gguf_is_located(recipe: Path) -> None:
     write_recipe(recipe, source={"gguf": "nowhere/model.gguf"})
     run = forge("plan", str(recipe))
-    assert_clean_error(run, 5, "GGUF file not found", "source.gguf")
+    assert_clean_error(run, 5, "GGUF file does not exist", "source.gguf")
     _located(run.err, 4)
 
 

@@ -41,6 +41,19 @@ class LoadedRecipe:
             raise recipe_error("path contains a NUL byte", location=self.locate(field))
         return (self.base_dir / Path(value).expanduser()).resolve()
 
+    def regular_file(self, value: str, field: str, *, what: str, hint: str) -> Path:
+        """``resolve_path`` for a file forge will read: a missing, non-regular (a FIFO or
+        /dev/zero would be read forever) or unreadable file is a source error at ``field``."""
+        path = self.resolve_path(value, field)
+        try:
+            if path.is_file():
+                with path.open("rb"):
+                    return path
+            problem = "is not a regular file" if path.exists() else "does not exist"
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror or exc})"
+        raise source_error(f"{what} {problem}: {path}", hint=hint, location=self.locate(field))
+
 
 def load_recipe(path: str | Path) -> LoadedRecipe:
     path = Path(path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trtllm_forge.errors import source_error
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, versions
 from trtllm_forge.quant.device import key_fields, require_device
 from trtllm_forge.stages.fetch import snapshot_dir
@@ -93,15 +92,12 @@ class CalibrateStage:
         file = job.recipe.quantize.calibration.file
         if file is None:
             return None
-        path = job.loaded.resolve_path(file, "quantize.calibration.file")
-        if not path.is_file():
-            what = "is not a regular file" if path.exists() else "not found"
-            raise source_error(
-                f"calibration file {what}: {path}",
-                hint="quantize.calibration.file is relative to the recipe",
-                location=job.loaded.locate("quantize.calibration.file"),
-            )
-        return path
+        return job.loaded.regular_file(
+            file,
+            "quantize.calibration.file",
+            what="calibration file",
+            hint="quantize.calibration.file is relative to the recipe",
+        )
 
     def _calibration_digest(self, job: StageJob, file: str | None) -> str:
         path = self._calibration_path(job) if file else _builtin_corpus()

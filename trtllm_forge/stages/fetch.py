@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trtllm_forge.errors import ForgeError, source_error
+from trtllm_forge.errors import ForgeError
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields_of, versions
 from trtllm_forge.store.digest import digest_json
 from trtllm_forge.store.store import Artifact
@@ -142,12 +142,9 @@ def _digests(job: StageJob, snap: Any) -> dict[str, str]:
 
 
 def _gguf_file(job: StageJob) -> Path:
-    path = job.loaded.resolve_path(job.recipe.source.gguf, "source.gguf")
-    if not path.is_file():
-        what = "is not a regular file" if path.exists() else "not found"
-        raise source_error(
-            f"GGUF file {what}: {path}",
-            hint="check source.gguf (relative to the recipe)",
-            location=job.loaded.locate("source.gguf"),
-        )
-    return path
+    return job.loaded.regular_file(
+        job.recipe.source.gguf,
+        "source.gguf",
+        what="GGUF file",
+        hint="check source.gguf (relative to the recipe)",
+    )

@@ -85,19 +85,18 @@ def _guarded(job: StageJob, use: Callable[[Path], str]) -> str:
     """``use(verify.text_file)``; a missing, unreadable or non-regular file is a source error
     at the recipe field (a FIFO or /dev/zero named there would be read forever)."""
     field = "verify.text_file"
-    path = job.loaded.resolve_path(str(job.recipe.verify.text_file), field)
-    try:
-        if path.is_file():
-            return use(path)
-        problem = "is not a regular file" if path.exists() else "does not exist"
-    except OSError as exc:
-        problem = f"cannot be read ({exc.strerror or exc})"
-    err = source_error(
-        f"{path} {problem}",
-        hint="verify.text_file names a text file, relative to the recipe",
+    hint = "verify.text_file names a text file, relative to the recipe"
+    path = job.loaded.regular_file(
+        str(job.recipe.verify.text_file), field, what="verify text file", hint=hint
     )
-    err.location = job.loaded.locate(field)
-    raise err
+    try:
+        return use(path)
+    except OSError as exc:
+        raise source_error(
+            f"verify text file cannot be read ({exc.strerror or exc}): {path}",
+            hint=hint,
+            location=job.loaded.locate(field),
+        ) from None
 
 
 STAGE = VerifyStage()
