@@ -257,7 +257,7 @@ def test_missing_keys_take_transformers_defaults(tmp_path: Path) -> None:
 
 
 def test_embedding_multiplier_is_rounded_to_the_model_dtype() -> None:
-    from trtllm_forge.models.gemma2 import embedding_multiplier
+    from trtllm_forge.models.gemma import embedding_multiplier
 
     assert embedding_multiplier(3584, "bfloat16") == 59.75  # Gemma 2 9B: sqrt = 59.87
     assert embedding_multiplier(3584, "float16") == 59.875

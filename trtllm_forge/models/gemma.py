@@ -19,7 +19,7 @@ from trtllm_forge.models import gpt_common, tables
 from trtllm_forge.models.base import TensorPlan, TensorRule, model_dims, text_config
 from trtllm_forge.models.llama import rope_settings
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: embedding_multiplier rounded to the model dtype
 
 # (TRT-LLM module inside a layer, HF module inside model.layers.{i}); weights only.
 _LAYER_MODULES: tuple[tuple[str, str], ...] = (
@@ -40,6 +40,14 @@ def gemma_activation(hf_config: Mapping[str, Any]) -> str:
         hf_config, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh"
     )
     return "gelu_pytorch_tanh" if act == "gelu" else act
+
+
+def embedding_multiplier(hidden_size: int, dtype: str) -> float:
+    """``sqrt(hidden_size)`` rounded to the model dtype, as transformers and TensorRT-LLM
+    apply it (hidden 3584: sqrt 59.87 is 59.75 in bfloat16)."""
+    import torch
+
+    return float(torch.tensor(math.sqrt(hidden_size), dtype=getattr(torch, dtype)))
 
 
 class GemmaFamily(gpt_common.GptStyleFamily):
@@ -81,7 +89,7 @@ class GemmaFamily(gpt_common.GptStyleFamily):
                 "rotary_scaling": scaling,
                 "attn_bias": False,
                 "mlp_bias": False,
-                "embedding_multiplier": math.sqrt(config["hidden_size"]),
+                "embedding_multiplier": embedding_multiplier(config["hidden_size"], dtype),
             }
         )
         return config

@@ -18,13 +18,12 @@ Everything else (scaled embedding, GeGLU, ``1 + w`` RMSNorm, rope) is Gemma's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from trtllm_forge.models import gpt_common
 from trtllm_forge.models.base import TensorPlan, TensorRule, model_dims, text_config
-from trtllm_forge.models.gemma import GemmaFamily
+from trtllm_forge.models.gemma import GemmaFamily, embedding_multiplier
 
 CONVERTER_VERSION = 1
 
@@ -58,14 +57,6 @@ def sliding_layers(hf_config: Mapping[str, Any]) -> list[int]:
     if unknown:
         raise gpt_common.unsupported(f"Gemma 2 layer_types {', '.join(unknown)}")
     return [i for i, kind in enumerate(types) if kind == SLIDING]
-
-
-def embedding_multiplier(hidden_size: int, dtype: str) -> float:
-    """``sqrt(hidden_size)`` rounded to the model dtype, as transformers and TensorRT-LLM
-    apply it (hidden 3584: sqrt 59.87 is 59.75 in bfloat16)."""
-    import torch
-
-    return float(torch.tensor(math.sqrt(hidden_size), dtype=getattr(torch, dtype)))
 
 
 def _setting(cfg: Mapping[str, Any], key: str) -> Any:
