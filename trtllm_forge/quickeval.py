@@ -22,10 +22,10 @@ def perplexity_delta(
     import torch
 
     from trtllm_forge.checkpoint.forward import CheckpointForward
-    from trtllm_forge.quant.calibration import load_tokenizer  # a bad tokenizer: source error
     from trtllm_forge.quant.fakequant import FakeQuantForward
+    from trtllm_forge.sources.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir, needed_for="the perplexity summary tokenizes text")
     ids = tokenizer(text or builtin_eval_text(), add_special_tokens=False)["input_ids"]
     windows = [torch.tensor([ids[i : i + WINDOW]]) for i in range(0, max(len(ids) - 1, 1), WINDOW)]
     windows = [w for w in windows if w.shape[1] > 1]

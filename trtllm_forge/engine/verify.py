@@ -28,7 +28,7 @@ import numpy as np
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.engine import metrics
 from trtllm_forge.engine.runtime import OrtEngine, score_windows
-from trtllm_forge.errors import recipe_error, source_error
+from trtllm_forge.errors import recipe_error
 
 # gate name -> (metric it bounds, comparison)
 GATES: dict[str, tuple[str, str]] = {
@@ -256,18 +256,9 @@ def tokenize_inputs(
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of prompts (with the tokenizer's special tokens, as a user's request would
     have) and of texts (plain, each cut to ``max_text_tokens``)."""
-    from transformers import AutoTokenizer
+    from trtllm_forge.sources.tokenizer import load_tokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(reference_dir), trust_remote_code=False)
-    except Exception as exc:  # files from anyone: tokenizers raises KeyError, ValueError, ...
-        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise source_error(
-            f"cannot load the model's tokenizer from {reference_dir}: "
-            f"{type(exc).__name__}: {first_line}",
-            hint="verify tokenizes the prompts with the model's own tokenizer: the source "
-            "must include a loadable one (tokenizer.json or tokenizer.model)",
-        ) from None
+    tokenizer = load_tokenizer(reference_dir, needed_for="verify tokenizes the prompts")
     prompt_ids = [list(tokenizer(p)["input_ids"]) for p in prompts]
     text_ids = [
         list(tokenizer(t, add_special_tokens=False)["input_ids"])[:max_text_tokens] for t in texts

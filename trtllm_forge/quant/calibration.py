@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
-from trtllm_forge.errors import recipe_error, source_error
+from trtllm_forge.errors import recipe_error
 
 if TYPE_CHECKING:
     import torch
@@ -133,17 +133,10 @@ def _jsonl_documents(raw: str, path: Path) -> list[str]:
 
 
 def load_tokenizer(tokenizer_dir: Path) -> Any:
-    """The model's tokenizer (never with remote code)."""
-    from transformers import AutoTokenizer
+    """The model's tokenizer (never with remote code); unloadable: a source error."""
+    from trtllm_forge.sources.tokenizer import load_tokenizer as load
 
-    try:
-        return AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
-    except Exception as exc:  # files from anyone: tokenizers raises KeyError, ValueError, ...
-        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        raise source_error(
-            f"cannot load a tokenizer from {tokenizer_dir}: {why}",
-            hint="calibration tokenizes text with the model's tokenizer; the snapshot must include it",
-        ) from None
+    return load(tokenizer_dir, needed_for="calibration tokenizes text")
 
 
 def token_stream(documents: list[str], tokenizer: Any) -> list[int]:
