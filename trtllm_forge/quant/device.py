@@ -11,7 +11,7 @@ calibrate stage's key); torch loads only when a device must be resolved or used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from trtllm_forge.errors import dependency_error, recipe_error
@@ -122,28 +122,15 @@ class Placement:
         result.linears = {name: _linear_to_cpu(q) for name, q in result.linears.items()}
         return result
 
-    def synchronize(self) -> None:
-        """Wait for queued GPU work (for honest timings); a no-op on the CPU."""
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-
 
 def _linear_to_cpu(record: Any) -> Any:
-    def host(t: Any) -> Any:
-        return None if t is None else t.detach().to("cpu", dtype=_float32())
-
-    return replace(
-        record,
-        weight=host(record.weight),
-        weight_amax=host(record.weight_amax),
-        input_amax=host(record.input_amax),
-        pre_quant_scale=host(record.pre_quant_scale),
-    )
-
-
-def _float32() -> Any:
+    """Every tensor field of a LinearQuant on the CPU in float32 (a field added later
+    comes along without being named here)."""
     import torch
 
-    return torch.float32
+    moved = {
+        f.name: value.detach().to("cpu", dtype=torch.float32)
+        for f in fields(record)
+        if isinstance(value := getattr(record, f.name), torch.Tensor)
+    }
+    return replace(record, **moved)
