@@ -139,20 +139,8 @@ class Bench:
             "help": [*self.forge, "--help"],
         }
         for label, argv in runs.items():
-            rep = measure.repeat(argv, REPEATS, env=self.env, cwd=ROOT)
-            self.results[label] = {
-                "best_s": rep.best,
-                "median_s": rep.median,
-                "all_s": rep.seconds,
-                "cpu_median_s": statistics.median(rep.cpu_seconds),
-            }
-            self.results["commands"][label] = rep.command
-            self.log(f"{label}: best {rep.best * 1000:.0f} ms, median {rep.median * 1000:.0f} ms")
-        statuses = [
-            s["status"]
-            for s in json.loads(measure.run(build, env=self.env, cwd=ROOT).stdout)["stages"]
-        ]
-        self.results["noop_build"]["statuses"] = statuses
+            self._repeat_row(label, argv, self.env)
+        self.results["noop_build"]["statuses"] = _statuses(build, self.env)
         self._noop_all_stages()
 
     def _noop_all_stages(self) -> None:
@@ -164,21 +152,19 @@ class Bench:
         env = {**self.env, "FORGE_HOME": str(self.run_dir / "tiny-home")}
         build = [*self.forge, "build", str(ROOT / "recipes" / "tiny-llama.yaml"), "--json"]
         measure.run(build, env=env, cwd=ROOT)  # builds the five artifacts
-        rep = measure.repeat(build, REPEATS, env=env, cwd=ROOT)
-        statuses = [
-            s["status"] for s in json.loads(measure.run(build, env=env, cwd=ROOT).stdout)["stages"]
-        ]
-        self.results["noop_build_all"] = {
+        self._repeat_row("noop_build_all", build, env)
+        self.results["noop_build_all"]["statuses"] = _statuses(build, env)
+
+    def _repeat_row(self, label: str, argv: list[str], env: dict[str, str]) -> None:
+        rep = measure.repeat(argv, REPEATS, env=env, cwd=ROOT)
+        self.results[label] = {
             "best_s": rep.best,
             "median_s": rep.median,
             "all_s": rep.seconds,
             "cpu_median_s": statistics.median(rep.cpu_seconds),
-            "statuses": statuses,
         }
-        self.results["commands"]["noop_build_all"] = rep.command
-        self.log(
-            f"noop_build_all: best {rep.best * 1000:.0f} ms, median {rep.median * 1000:.0f} ms"
-        )
+        self.results["commands"][label] = rep.command
+        self.log(f"{label}: best {rep.best * 1000:.0f} ms, median {rep.median * 1000:.0f} ms")
 
     def _digest(self) -> None:
         files = sorted(p for p in self.src.iterdir() if p.is_file() and p.name != "synth.json")
@@ -200,6 +186,12 @@ class Bench:
             f"miss/warm {d['bytes'] / d['miss_warm_cache']['seconds'] / 1e9:.2f} GB/s, "
             f"hit {d['hit']['seconds'] * 1000:.1f} ms"
         )
+
+
+def _statuses(build: list[str], env: dict[str, str]) -> list[str]:
+    """Each stage's status in one more run of ``build`` (all ``hit`` for a no-op)."""
+    stages = json.loads(measure.run(build, env=env, cwd=ROOT).stdout)["stages"]
+    return [s["status"] for s in stages]
 
 
 def _process_figures(result: measure.Run) -> dict[str, Any]:
