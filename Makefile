@@ -7,13 +7,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
 .PHONY: venv demo test test-slow test-reliability lint typecheck bench bench-quick data clean
 
-$(BIN)/forge: pyproject.toml
+$(BIN)/forge: pyproject.toml requirements/lock.txt
 	$(PY) -m venv $(VENV)
-	# torch first and pinned: anything else pulls a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# Exactly the tested set (requirements/lock.txt, hashes checked), then forge itself.
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/lock.txt
+	$(BIN)/pip install -q --no-deps -e .
 	# tensorrt-stubs depends on tensorrt, which only installs from NVIDIA's index.
 	$(BIN)/pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
+	$(BIN)/pip check
 	touch $(BIN)/forge
 
 venv: $(BIN)/forge
