@@ -12,9 +12,9 @@ $(BIN)/forge: pyproject.toml requirements/lock.txt
 	# Exactly the tested set (requirements/lock.txt, hashes checked), then forge itself.
 	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/lock.txt
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	# tensorrt-stubs depends on tensorrt, which only installs from NVIDIA's index.
 	$(BIN)/pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
-	$(BIN)/pip check
 	touch $(BIN)/forge
 
 venv: $(BIN)/forge
