@@ -13,7 +13,7 @@ a fresh window every ``max_seq_len`` tokens.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,6 +243,20 @@ class OrtEngine:
     def _generate_batch(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int
     ) -> list[list[int]]:
+        tokens = list(self.stream(prompts, max_new_tokens))
+        generated: list[list[int]] = np.stack(tokens, axis=1).tolist()
+        return generated
+
+    def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[np.ndarray]:
+        """Greedy decoding of one batch (at most max_batch_size prompts), one step at a time:
+        yields each step's new token per prompt, exactly ``max_new_tokens`` times (no EOS stop,
+        so a benchmark can time every step and generate() can cut afterwards)."""
+        if len(prompts) > self.max_batch_size:
+            raise recipe_error(
+                f"a batch of {len(prompts)} prompts exceeds the engine's max_batch_size "
+                f"{self.max_batch_size}",
+                hint="use a smaller batch or rebuild with a larger build.max_batch_size",
+            )
         longest = max(len(p) for p in prompts)
         self._check_length(longest, longest + max_new_tokens)
         ids = np.full((len(prompts), longest), PAD_ID, np.int64)
@@ -253,14 +267,14 @@ class OrtEngine:
         positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
         cache = self.new_cache(len(prompts))
         logits = self.forward(ids, mask, positions, cache)
-        tokens = [logits[:, -1].argmax(axis=-1)]
+        token = logits[:, -1].argmax(axis=-1)
+        yield token
         for _ in range(max_new_tokens - 1):
             mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)
             positions = positions[:, -1:] + 1
-            logits = self.forward(tokens[-1][:, None], mask, positions, cache)
-            tokens.append(logits[:, -1].argmax(axis=-1))
-        generated: list[list[int]] = np.stack(tokens, axis=1).tolist()
-        return generated
+            logits = self.forward(token[:, None], mask, positions, cache)
+            token = logits[:, -1].argmax(axis=-1)
+            yield token
 
     def _check_length(self, prompt_len: int, total: int) -> None:
         if prompt_len > self.max_input_len or total > self.max_seq_len:

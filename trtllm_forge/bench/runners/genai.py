@@ -1,0 +1,71 @@
+"""Runner for onnxruntime-genai model folders (genai_config.json + ONNX model + tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtllm_forge.bench.runners.base import HostOnly, Limits
+from trtllm_forge.engine.metadata import tool_version
+from trtllm_forge.errors import dependency_error, recipe_error
+
+GENAI_CONFIG = "genai_config.json"
+
+
+class GenaiRunner(HostOnly):
+    name = "genai"
+    device = "cpu"
+
+    def __init__(self, og: Any, model: Any, target: Path, config: dict[str, Any]) -> None:
+        self._og = og
+        self.model = model
+        self.target = str(target)
+        self.threads = None
+        decoder = config.get("model", {})
+        self.vocab_size = int(decoder.get("vocab_size", 0))
+        self.pad_token_id = int(decoder.get("pad_token_id", 0))
+        context = decoder.get("context_length") or config.get("search", {}).get("max_length")
+        self.limits = Limits(max_seq_len=int(context) if context else None)
+
+    @classmethod
+    def load(cls, folder: Path) -> GenaiRunner:
+        config_path = Path(folder) / GENAI_CONFIG
+        if not config_path.is_file():
+            raise recipe_error(
+                f"{folder} is not an onnxruntime-genai model folder (no {GENAI_CONFIG})",
+                hint="--runtime genai takes a folder written by the onnxruntime-genai model "
+                "builder or a forge engine that carries genai_config.json",
+            )
+        try:
+            import onnxruntime_genai as og  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        except ImportError:
+            raise dependency_error(
+                "onnxruntime-genai is not installed",
+                hint="pip install 'trtllm-forge[runtimes]' (or onnxruntime-genai)",
+            ) from None
+        config = json.loads(config_path.read_text())
+        return cls(og, og.Model(str(folder)), Path(folder), config)
+
+    def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[list[int]]:
+        longest = max(len(p) for p in prompts)
+        ids = np.full((len(prompts), longest), self.pad_token_id, np.int32)
+        for row, prompt in enumerate(prompts):  # genai masks pad_token_id positions
+            ids[row, longest - len(prompt) :] = prompt
+        params = self._og.GeneratorParams(self.model)
+        total = longest + max_new_tokens
+        # min_length = max_length: an end-of-sequence token does not stop the timed run.
+        params.set_search_options(
+            max_length=total, min_length=total, batch_size=len(prompts), do_sample=False
+        )
+        generator = self._og.Generator(self.model, params)
+        generator.append_tokens(ids)
+        for _ in range(max_new_tokens):
+            generator.generate_next_token()
+            yield [int(t) for t in np.asarray(generator.get_next_tokens()).reshape(-1)]
+
+    def versions(self) -> dict[str, str | None]:
+        return {"onnxruntime-genai": tool_version("onnxruntime-genai")}
