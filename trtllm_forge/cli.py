@@ -655,7 +655,7 @@ def _gc_damaged_only(dry_run: bool) -> dict[str, Any]:
             maintenance.remove(store, key_prefix=e.key, stage=None, everything=False)
     return {
         "removed": [e.to_json() for e in bad],
-        "freed_bytes": 0 if dry_run else sum(e.size for e in bad),
+        "freed_bytes": sum(e.size for e in bad),  # what the real run frees, dry or not
         "dry_run": dry_run,
     }
 

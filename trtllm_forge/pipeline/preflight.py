@@ -4,14 +4,44 @@ model-dependent cross-checks (tp vs heads, pp vs layers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from trtllm_forge.errors import recipe_error
 from trtllm_forge.recipe.load import LoadedRecipe
 
+# Every file a recipe names, with how to talk about it: checked here before any stage
+# runs (a /dev/zero text file used to surface only at verify, after the engine build)
+# and resolved through the same entry by the stage that reads it.
+NAMED_FILES: dict[str, tuple[str, str]] = {
+    "source.gguf": ("GGUF file", "check source.gguf (relative to the recipe)"),
+    "quantize.calibration.file": (
+        "calibration file",
+        "quantize.calibration.file is relative to the recipe",
+    ),
+    "verify.text_file": (
+        "verify text file",
+        "verify.text_file names a text file, relative to the recipe",
+    ),
+}
+
+
+def named_file(loaded: LoadedRecipe, field: str) -> Path | None:
+    """The regular file the recipe names at ``field`` (None when unset), or a located
+    source error for a missing, non-regular, pseudo or unreadable one."""
+    value: Any = loaded.recipe
+    for part in field.split("."):
+        value = getattr(value, part, None)
+    if value is None:
+        return None
+    what, hint = NAMED_FILES[field]
+    return loaded.regular_file(str(value), field, what=what, hint=hint)
+
 
 def check_static(loaded: LoadedRecipe) -> None:
     recipe = loaded.recipe
+    for field in NAMED_FILES:
+        named_file(loaded, field)
     for message in _plugin_problems(recipe.build.backend, dict(recipe.build.plugins)):
         raise recipe_error(
             message,

@@ -123,7 +123,7 @@ class Runner:
                 record[name] = {
                     "key": artifact.key,
                     "inputs": doc,
-                    "path": str(artifact.path),
+                    "path": self.store.recorded(artifact.path),  # relative: a store can move
                     "content_digest": artifact.content_digest,
                     "uses": self._used_paths(artifact),  # so `forge cache gc` keeps them
                 }
@@ -181,7 +181,10 @@ class Runner:
     def _used_paths(self, artifact: Artifact) -> dict[str, str]:
         """Sub-artifacts a stage's artifact was made from (its manifest says so when cached)."""
         used = self._uses or dict(artifact.manifest.get("uses") or {})
-        return {name: str(self.store.artifact_dir(name, key)) for name, key in sorted(used.items())}
+        return {
+            name: self.store.recorded(self.store.artifact_dir(name, key))
+            for name, key in sorted(used.items())
+        }
 
     def _previous_inputs(self, name: str) -> dict[str, Any] | None:
         if not self.previous:

@@ -25,6 +25,7 @@ from trtllm_forge.quant import registry
 from trtllm_forge.quant.capture import kv_ranges
 from trtllm_forge.quant.device import Placement
 from trtllm_forge.quant.params import KV_CACHE_ALGOS, SmoothQuantParams
+from trtllm_forge.quant.result import QuantResult
 from trtllm_forge.quant.targets import TargetPlan, check_smoothing_fold, plan_targets
 from trtllm_forge.quant.writer import QuantSpec, write_checkpoint
 
@@ -98,9 +99,28 @@ def quantize_checkpoint(
         progress=progress,
     )
     summary.update(forge_info)
+    summary["records"] = _save_records(Path(out_dir), Path(hf_dir), plan, result, placement.dtype)
     summary["calibration_placement"] = {"device": placement.device, "dtype": placement.dtype}
     summary["kv_amax"] = {str(layer): list(pair) for layer, pair in sorted(kv.items())}
     return summary
+
+
+def _save_records(
+    out_dir: Path, hf_dir: Path, plan: TargetPlan, result: QuantResult, dtype: str
+) -> dict[str, int]:
+    """Keep the per-module calibration result for the Hugging Face targets."""
+    from contextlib import ExitStack
+
+    from trtllm_forge.quant.linear_records import RECORDS_FILE, OriginalWeights, save_records
+
+    transposed = {
+        source: target.rule is not None and target.rule.fusion == "transpose"
+        for target in plan.quantized
+        for source in target.sources
+    }
+    with ExitStack() as stack:
+        originals = OriginalWeights(hf_dir, transposed, stack)
+        return save_records(out_dir / RECORDS_FILE, result, originals, dtype)
 
 
 def _kv_name(kv_cache: str | None) -> str | None:

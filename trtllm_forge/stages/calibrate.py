@@ -42,7 +42,9 @@ def layout_revision(quant: dict[str, Any]) -> int:
 
 class CalibrateStage:
     name = "calibrate"
-    version = "1"
+    # 2: the artifact also holds linears.safetensors (per-module calibration records the
+    # Hugging Face targets build from); older artifacts lack it.
+    version = "2"
     upstream = ("fetch", "convert")
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
@@ -89,15 +91,9 @@ class CalibrateStage:
         return StageOutput(info=dict(summary))
 
     def _calibration_path(self, job: StageJob) -> Path | None:
-        file = job.recipe.quantize.calibration.file
-        if file is None:
-            return None
-        return job.loaded.regular_file(
-            file,
-            "quantize.calibration.file",
-            what="calibration file",
-            hint="quantize.calibration.file is relative to the recipe",
-        )
+        from trtllm_forge.pipeline.preflight import named_file
+
+        return named_file(job.loaded, "quantize.calibration.file")
 
     def _calibration_digest(self, job: StageJob, file: str | None) -> str:
         path = self._calibration_path(job) if file else _builtin_corpus()

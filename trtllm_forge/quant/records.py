@@ -1,0 +1,338 @@
+"""One record per quantization format: what it stores and where each output target puts it.
+
+A *format* is what a quantized linear holds, independent of the method that
+computed it: int4_wo and GPTQ both produce ``W4A16`` (packed int4, group scales),
+AWQ adds a pre-quant scale (``W4A16_AWQ``). Each :class:`QuantFormat` says, as
+data, its TensorRT-LLM ``quant_algo`` and tensors, its packing, and its mapping
+into each Hugging Face output target — or :class:`NotCarried` with the reason,
+which the plan-time check quotes when a recipe asks for the impossible.
+
+Nothing here imports torch: ``forge plan`` refuses an uncarriable recipe from
+these records alone. The tensor arithmetic lives in ``trtllm_forge.hf``; the
+TensorRT-LLM builders in :mod:`trtllm_forge.quant.formats` (keyed by quant_algo).
+
+Still spread elsewhere (each keyed by quant_algo, listed here so a new format
+knows every place to touch): ONNX lowering (``quant/onnx_lowering.py``),
+fake-quant rules (``quant/fakequant.py``), shard axes (``checkpoint/shard.py``),
+strong typing (``engine/backends/tensorrt.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Target = Literal["modelopt", "compressed-tensors"]
+TARGETS: tuple[Target, ...] = ("modelopt", "compressed-tensors")
+
+
+@dataclass(frozen=True)
+class NotCarried:
+    """A target that cannot hold the format, and why (quoted in the plan-time error)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelOpt:
+    """ModelOpt's unified HF checkpoint (``hf_quant_config.json``), per ModelOpt 0.47's exporter.
+
+    Attributes:
+        quant_algo: ``quantization.quant_algo``.
+        tensors: per-linear tensors beside ``weight`` (``weight_scale``, ``input_scale``...).
+        share_input: linears reading one activation (q/k/v, gate/up) get one pre-quant
+            scale (averaged, weights re-smoothed), one static input range and one
+            per-tensor weight range — the exporter's fusion rule. ModelOpt skips it for
+            per-tensor FP8, whose consumers requantize fused GEMMs themselves.
+        fold_pre_quant_scale: the shared pre-quant scale of q/k/v and gate/up is folded
+            into the norm before them (AWQ); o_proj/down_proj keep theirs.
+        group_fields: whether ``group_size``/``has_zero_point``/``pre_quant_scale`` are written.
+    """
+
+    quant_algo: str
+    tensors: tuple[str, ...]
+    share_input: bool = True
+    fold_pre_quant_scale: bool = False
+    group_fields: bool = False
+
+
+@dataclass(frozen=True)
+class CompressedTensors:
+    """A compressed-tensors ``config_groups`` entry and the compressor ``format``.
+
+    ``weights`` / ``input_activations`` are ``QuantizationArgs`` fields; ``group_size``
+    and ``actorder`` are filled from the method's parameters.
+    """
+
+    format: str
+    weights: dict[str, Any]
+    input_activations: dict[str, Any] | None
+    tensors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """One quantization format.
+
+    Attributes:
+        name: forge's name of the format (the TensorRT-LLM quant_algo, except
+            ``W4A16`` = groupwise INT4 without a pre-quant scale).
+        trtllm_algo: ``quantization.quant_algo`` of the canonical checkpoint.
+        weight: stored weight dtype and granularity, in words.
+        packing: how the weight is packed in the canonical checkpoint.
+        trtllm_tensors: canonical tensors of one linear (reference §2).
+        strongly_typed: TensorRT must build the engine strongly typed.
+        modelopt / compressed_tensors: the HF targets' mapping, or why not.
+    """
+
+    name: str
+    trtllm_algo: str
+    weight: str
+    packing: str
+    trtllm_tensors: tuple[str, ...]
+    strongly_typed: bool
+    modelopt: ModelOpt | NotCarried
+    compressed_tensors: CompressedTensors | NotCarried
+
+    def target(self, target: Target) -> ModelOpt | CompressedTensors | NotCarried:
+        return self.modelopt if target == "modelopt" else self.compressed_tensors
+
+
+_INT8_CHANNEL = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"}
+_INT4_GROUP = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group"}
+_FP8 = {"num_bits": 8, "type": "float", "symmetric": True}
+_PRE_QUANT_IN_CT = (
+    "compressed-tensors has no per-input-channel activation scale: the pre-quant scale of "
+    "o_proj/down_proj (whose inputs have no norm to fold it into) cannot be stored"
+)
+
+FORMATS: dict[str, QuantFormat] = {
+    f.name: f
+    for f in (
+        QuantFormat(
+            name="W8A16",
+            trtllm_algo="W8A16",
+            weight="int8, one scale per output channel",
+            packing="int8 [out, in]",
+            trtllm_tensors=("weight I8 [out,in]", "weights_scaling_factor F32 [out]"),
+            strongly_typed=False,
+            modelopt=ModelOpt("W8A16", ("weight_scale",)),
+            compressed_tensors=CompressedTensors(
+                "pack-quantized", _INT8_CHANNEL, None, ("weight_packed", "weight_scale")
+            ),
+        ),
+        QuantFormat(
+            name="W4A16",
+            trtllm_algo="W4A16_AWQ",
+            weight="int4, one scale per (output channel, input group)",
+            packing="two int4 output rows per byte, low nibble = even row",
+            trtllm_tensors=("weight I8 [out/2,in]", "weights_scaling_factor F32 [out,in/g]"),
+            strongly_typed=False,
+            modelopt=ModelOpt("W4A16_AWQ", ("weight_scale",), group_fields=True),
+            compressed_tensors=CompressedTensors(
+                "pack-quantized", _INT4_GROUP, None, ("weight_packed", "weight_scale")
+            ),
+        ),
+        QuantFormat(
+            name="W4A16_AWQ",
+            trtllm_algo="W4A16_AWQ",
+            weight="int4 groups of the AWQ-smoothed weight, plus a pre-quant scale",
+            packing="two int4 output rows per byte, low nibble = even row",
+            trtllm_tensors=(
+                "weight I8 [out/2,in]",
+                "weights_scaling_factor F32 [out,in/g]",
+                "prequant_scaling_factor dtype [in]",
+            ),
+            strongly_typed=False,
+            modelopt=ModelOpt(
+                "W4A16_AWQ",
+                ("weight_scale", "pre_quant_scale"),
+                fold_pre_quant_scale=True,
+                group_fields=True,
+            ),
+            compressed_tensors=NotCarried(_PRE_QUANT_IN_CT),
+        ),
+        QuantFormat(
+            name="W8A8_SQ_PER_CHANNEL",
+            trtllm_algo="W8A8_SQ_PER_CHANNEL",
+            weight="int8 per output channel of the smoothed weight; static int8 activations",
+            packing="int8 [out, in]",
+            trtllm_tensors=(
+                "weight I8",
+                "weights_scaling_factor F32 [out]",
+                "activation_scaling_factor F32 [1]",
+                "prequant_scaling_factor dtype [in]",
+            ),
+            strongly_typed=False,
+            modelopt=ModelOpt(
+                "W8A8_SQ_PER_CHANNEL", ("weight_scale", "input_scale", "pre_quant_scale")
+            ),
+            compressed_tensors=NotCarried(_PRE_QUANT_IN_CT),
+        ),
+        QuantFormat(
+            name="W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
+            trtllm_algo="W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
+            weight="int8 per output channel; dynamic per-token int8 activations",
+            packing="int8 [out, in]",
+            trtllm_tensors=("weight I8", "per_channel_scale F32 [1,out]", "smoother F32 [1,in]"),
+            strongly_typed=False,
+            modelopt=NotCarried(
+                "ModelOpt's format has no dynamic per-token INT8 activations "
+                "(its SmoothQuant is W8A8_SQ_PER_CHANNEL with a static input scale)"
+            ),
+            compressed_tensors=NotCarried(
+                "the row layers' smoother (o_proj/down_proj inputs) has no place in "
+                "compressed-tensors"
+            ),
+        ),
+        QuantFormat(
+            name="FP8",
+            trtllm_algo="FP8",
+            weight="float8 e4m3, one scale per tensor; static fp8 activations",
+            packing="float8_e4m3fn [out, in]",
+            trtllm_tensors=(
+                "weight F8_E4M3",
+                "weights_scaling_factor F32 [1]",
+                "activation_scaling_factor F32 [1]",
+            ),
+            strongly_typed=True,
+            modelopt=ModelOpt("FP8", ("weight_scale", "input_scale"), share_input=False),
+            compressed_tensors=CompressedTensors(
+                "float-quantized",
+                {**_FP8, "strategy": "tensor"},
+                {**_FP8, "strategy": "tensor", "dynamic": False},
+                ("weight", "weight_scale", "input_scale"),
+            ),
+        ),
+        QuantFormat(
+            name="FP8_PER_CHANNEL_PER_TOKEN",
+            trtllm_algo="FP8_PER_CHANNEL_PER_TOKEN",
+            weight="float8 e4m3, one scale per output channel; dynamic per-token activations",
+            packing="float8_e4m3fn [out, in]",
+            trtllm_tensors=("weight F8_E4M3", "per_channel_scale F32 [out]"),
+            strongly_typed=True,
+            modelopt=ModelOpt("FP8_PER_CHANNEL_PER_TOKEN", ("weight_scale",)),
+            compressed_tensors=CompressedTensors(
+                "float-quantized",
+                {**_FP8, "strategy": "channel"},
+                {**_FP8, "strategy": "token", "dynamic": True},
+                ("weight", "weight_scale"),
+            ),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class KvFormat:
+    """A KV-cache format: recipe name, TensorRT-LLM algo, and each HF target's spelling."""
+
+    name: str
+    trtllm_algo: str
+    qmax: float
+    modelopt: str | NotCarried  # hf_quant_config kv_cache_quant_algo
+    compressed_tensors: dict[str, Any] | NotCarried  # kv_cache_scheme
+
+
+KV_FORMATS: dict[str, KvFormat] = {
+    "int8": KvFormat(
+        "int8",
+        "INT8",
+        127.0,
+        "INT8",
+        {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "tensor", "dynamic": False},
+    ),
+    "fp8": KvFormat(
+        "fp8",
+        "FP8",
+        448.0,
+        "FP8",
+        {
+            "num_bits": 8,
+            "type": "float",
+            "symmetric": True,
+            "strategy": "tensor",
+            "dynamic": False,
+        },
+    ),
+}
+
+
+def format_name(method: str, quant: dict[str, Any]) -> str | None:
+    """The format a recipe ``quantize`` section produces (None: weights stay unquantized)."""
+    if method == "none":
+        return None
+    if method == "int8_wo":
+        return "W8A16"
+    if method in ("int4_wo", "gptq"):
+        return "W4A16"
+    if method == "awq":
+        return "W4A16_AWQ"
+    if method == "smoothquant":
+        if quant.get("activations") == "per_token":
+            return "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
+        return "W8A8_SQ_PER_CHANNEL"
+    if method == "fp8":
+        if quant.get("granularity") == "per_channel_per_token":
+            return "FP8_PER_CHANNEL_PER_TOKEN"
+        return "FP8"
+    raise KeyError(f"no format record for method {method!r}")
+
+
+def why_not(target: Target, fmt: str | None, kv: str | None) -> str | None:
+    """Why ``target`` cannot carry this format / KV combination (None: it can)."""
+    if fmt is not None:
+        mapping = FORMATS[fmt].target(target)
+        if isinstance(mapping, NotCarried):
+            return f"{fmt}: {mapping.reason}"
+    if kv is not None:
+        kv_mapping = getattr(KV_FORMATS[kv], target.replace("-", "_"))
+        if isinstance(kv_mapping, NotCarried):
+            return f"{kv} KV cache: {kv_mapping.reason}"
+    return None
+
+
+def carriers(fmt: str | None, kv: str | None) -> list[Target]:
+    """The HF targets that can carry the combination."""
+    return [t for t in TARGETS if why_not(t, fmt, kv) is None]
+
+
+def method_table() -> list[tuple[str, str, str, str]]:
+    """(method, format, modelopt, compressed-tensors) rows for the docs, from the records."""
+    rows = []
+    cases = [
+        ("int8_wo", {}),
+        ("int4_wo", {}),
+        ("gptq", {}),
+        ("awq", {}),
+        ("smoothquant", {"activations": "per_tensor"}),
+        ("smoothquant", {"activations": "per_token"}),
+        ("fp8", {"granularity": "per_tensor"}),
+        ("fp8", {"granularity": "per_channel_per_token"}),
+    ]
+    for method, quant in cases:
+        fmt = FORMATS[str(format_name(method, quant))]
+        label = method + "".join(f" {v}" for v in quant.values())
+        rows.append((label, fmt.name, _cell(fmt.modelopt), _cell(fmt.compressed_tensors)))
+    for kv in KV_FORMATS.values():
+        rows.append(
+            (
+                f"kv_cache: {kv.name}",
+                kv.trtllm_algo,
+                _cell(kv.modelopt),
+                _cell(kv.compressed_tensors),
+            )
+        )
+    return rows
+
+
+def _cell(mapping: Any) -> str:
+    if isinstance(mapping, NotCarried):
+        return f"no — {mapping.reason}"
+    if isinstance(mapping, ModelOpt):
+        return f"yes (`{mapping.quant_algo}`)"
+    if isinstance(mapping, CompressedTensors):
+        return f"yes (`{mapping.format}`)"
+    if isinstance(mapping, str):
+        return f"yes (`{mapping}`)"
+    return "yes (`kv_cache_scheme`)"
