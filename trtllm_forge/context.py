@@ -56,8 +56,28 @@ class Settings:
         return cls(
             home=Path(home).expanduser().resolve(),
             debug=os.environ.get("FORGE_DEBUG", "") not in ("", "0"),
-            lock_timeout_s=float(os.environ.get("FORGE_LOCK_TIMEOUT", "3600")),
+            lock_timeout_s=_seconds_setting("FORGE_LOCK_TIMEOUT", "3600"),
         )
+
+
+def _seconds_setting(name: str, default: str) -> float:
+    """A non-negative number of seconds from the environment; anything else is a bad
+    setting (exit 2), not a crash deep inside the first lock wait."""
+    import math
+
+    from trtllm_forge.errors import recipe_error
+
+    text = os.environ.get(name, default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise recipe_error(
+            f"{name}={text!r} is not a number of seconds",
+            hint=f"set {name} to a non-negative number (e.g. {default}) or unset it",
+        )
+    return value
 
 
 @dataclass

@@ -52,7 +52,10 @@ def _content_dir(path: Path, manifest: dict[str, Any] | None) -> Path:
     if (path / "engine").is_dir():
         return path / "engine"
     if manifest and manifest.get("external") and not (path / "config.json").exists():
-        return Path(manifest["external"]["root"])
+        from trtllm_forge.store.store import resolve_recorded
+
+        # path is <store>/artifacts/<stage>/<hex>; a root inside the store is relative to it
+        return resolve_recorded(path.resolve().parents[2], str(manifest["external"]["root"]))
     return path
 
 

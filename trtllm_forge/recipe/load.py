@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from trtllm_forge.errors import Location, recipe_error, source_error
 from trtllm_forge.recipe.schema import Recipe
+from trtllm_forge.userfiles import UnsafeFile, pseudo_file_problem, read_regular
 
 MAX_RECIPE_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -46,10 +47,13 @@ class LoadedRecipe:
         /dev/zero would be read forever) or unreadable file is a source error at ``field``."""
         path = self.resolve_path(value, field)
         try:
-            if path.is_file():
+            # /proc/self/environ passes is_file(): the environment, tokens included,
+            # must never be read as calibration or evaluation text.
+            problem = pseudo_file_problem(path)
+            if problem is None and path.is_file():
                 with path.open("rb"):
                     return path
-            problem = "is not a regular file" if path.exists() else "does not exist"
+            problem = problem or ("is not a regular file" if path.exists() else "does not exist")
         except OSError as exc:
             problem = f"cannot be read ({exc.strerror or exc})"
         raise source_error(f"{what} {problem}: {path}", hint=hint, location=self.locate(field))
@@ -69,13 +73,21 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
 
 def _read_text(path: Path) -> str:
     try:
-        if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise recipe_error(f"{path}: recipe is larger than {MAX_RECIPE_BYTES} bytes")
-        return path.read_text(encoding="utf-8")
+        data = read_regular(path, limit=MAX_RECIPE_BYTES)
     except FileNotFoundError:
         raise source_error(f"recipe file not found: {path}", hint="check the path") from None
-    except IsADirectoryError:
-        raise recipe_error(f"{path} is a directory, not a recipe file") from None
+    except UnsafeFile as exc:
+        if exc.reason == "is a directory":
+            raise recipe_error(f"{path} is a directory, not a recipe file") from None
+        raise recipe_error(
+            f"{path}: recipe {exc.reason}", hint="give the path of a recipe YAML file"
+        ) from None
+    except OSError as exc:
+        raise source_error(
+            f"cannot read recipe {path}: {exc.strerror or exc}", hint="check its permissions"
+        ) from None
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise recipe_error(f"{path}: recipe is not UTF-8 text ({exc.reason})") from None
 

@@ -142,9 +142,8 @@ def _digests(job: StageJob, snap: Any) -> dict[str, str]:
 
 
 def _gguf_file(job: StageJob) -> Path:
-    return job.loaded.regular_file(
-        job.recipe.source.gguf,
-        "source.gguf",
-        what="GGUF file",
-        hint="check source.gguf (relative to the recipe)",
-    )
+    from trtllm_forge.pipeline.preflight import named_file
+
+    path = named_file(job.loaded, "source.gguf")
+    assert path is not None  # only called for gguf sources
+    return path

@@ -84,11 +84,12 @@ class VerifyStage:
 def _guarded(job: StageJob, use: Callable[[Path], str]) -> str:
     """``use(verify.text_file)``; a missing, unreadable or non-regular file is a source error
     at the recipe field (a FIFO or /dev/zero named there would be read forever)."""
+    from trtllm_forge.pipeline.preflight import NAMED_FILES, named_file
+
     field = "verify.text_file"
-    hint = "verify.text_file names a text file, relative to the recipe"
-    path = job.loaded.regular_file(
-        str(job.recipe.verify.text_file), field, what="verify text file", hint=hint
-    )
+    hint = NAMED_FILES[field][1]
+    path = named_file(job.loaded, field)
+    assert path is not None  # only called when verify.text_file is set
     try:
         return use(path)
     except OSError as exc:

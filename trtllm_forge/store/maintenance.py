@@ -35,13 +35,19 @@ class Entry:
 
 
 def _referenced(store: Store) -> dict[str, list[str]]:
-    """Artifact path → names of recipes whose last build uses it."""
+    """Artifact path → names of recipes whose last build uses it.
+
+    Refs record paths relative to the store; older refs (and refs of a store that was
+    copied or moved) hold absolute ones, which ``resolve_recorded`` maps to this store.
+    """
     users: dict[str, list[str]] = {}
     for ref in store.refs().values():
         for stage in ref.get("stages", {}).values():
             used = [stage.get("path"), *dict(stage.get("uses") or {}).values()]  # + sub-artifacts
-            for path in used:
-                users.setdefault(str(path), []).append(str(ref.get("name")))
+            for recorded in used:
+                if isinstance(recorded, str) and recorded:
+                    path = str(store.resolve_recorded(recorded))
+                    users.setdefault(path, []).append(str(ref.get("name")))
     return users
 
 
@@ -129,12 +135,14 @@ def gc(store: Store, *, keep_referenced: bool = True, dry_run: bool = False) -> 
         if entry.problem is None and keep_referenced and entry.recipes:
             continue
         removed.append(entry.to_json())
-        if not dry_run:
-            freed += _remove_locked(store, entry)
+        # A dry run reports the bytes the real run would free (it printed "0 B freed").
+        freed += entry.size if dry_run else _remove_locked(store, entry)
     for path in staging_leftovers(store):
         size = dir_size(path) if path.is_dir() else path.stat().st_size
         removed.append({"path": str(path), "size": size, "stage": "(staging)"})
-        if not dry_run:
+        if dry_run:
+            freed += size
+        else:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +43,7 @@ from trtllm_forge.store.manifest import (
     write_manifest,
 )
 from trtllm_forge.store.memo import DigestMemo
+from trtllm_forge.userfiles import pseudo_file_problem
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class Artifact:
     @property
     def external_root(self) -> Path | None:
         ext = self.manifest.get("external")
-        return Path(ext["root"]) if ext else None
+        # self.path is <store root>/artifacts/<stage>/<hex>
+        return resolve_recorded(self.path.parents[2], ext["root"]) if ext else None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,35 @@ class Invalid:
 
 def _hex(key: str) -> str:
     return key.split(":", 1)[-1]
+
+
+# The tail every artifact directory's path ends in (keys are 64-hex blake3 digests).
+_ARTIFACT_TAIL = re.compile(r"artifacts/[A-Za-z0-9_.-]+/[0-9a-f]{64}")
+
+
+def recorded(root: Path, path: Path) -> str:
+    """How the store records a path of its own (refs, external roots): relative to the
+    store root, so a copied or moved store keeps meaning the same entries."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)  # outside the store (a user's model folder): kept as given
+
+
+def resolve_recorded(root: Path, text: str) -> Path:
+    """The path a recorded string stands for in the store at ``root``.
+
+    Relative strings are under the root. Absolute ones ending in
+    ``artifacts/<stage>/<hex>`` were written by an older forge, or by this store before
+    it moved: they name this store's entry of that stage and key.
+    """
+    path = Path(text)
+    if not path.is_absolute():
+        return root / path
+    tail = Path(*path.parts[-3:]) if len(path.parts) > 3 else None
+    if tail is not None and _ARTIFACT_TAIL.fullmatch(tail.as_posix()):
+        return root / tail
+    return path
 
 
 class Store:
@@ -122,13 +155,19 @@ class Store:
 
     def _check_files(self, path: Path, manifest: dict[str, Any], deep: bool = False) -> str | None:
         for name, meta in manifest.get("files", {}).items():
-            problem = self._check_one(path / name, meta, name, deep=deep)
+            problem = _unsafe_name(name) or self._check_one(path / name, meta, name, deep=deep)
             if problem:
                 return problem
         ext = manifest.get("external")
         if ext:
-            root = Path(ext["root"])
+            root = self.resolve_recorded(str(ext["root"]))
+            problem = pseudo_file_problem(root)
+            if problem:
+                return f"external root {root} {problem}"
             for name, meta in ext.get("files", {}).items():
+                problem = _unsafe_name(name)
+                if problem:
+                    return problem
                 problem = self._check_one(
                     root / name, meta, f"{root}/{name}", rehash=ext.get("rehash", True), deep=deep
                 )
@@ -140,9 +179,13 @@ class Store:
         self, file: Path, meta: dict[str, Any], label: str, rehash: bool = True, deep: bool = False
     ) -> str | None:
         try:
-            size = file.stat().st_size
+            st = file.stat()
         except OSError:
             return f"{label} is missing"
+        # A manifest edited to name /dev/zero or a FIFO would be hashed forever.
+        if not stat.S_ISREG(st.st_mode):
+            return f"{label} is not a regular file"
+        size = st.st_size
         if size != meta["size"]:
             return f"{label} has size {size}, expected {meta['size']}"
         if rehash and self.memo.digest(file, fresh=deep) != meta["digest"]:
@@ -163,6 +206,12 @@ class Store:
                     yield found
                 else:
                     yield entry, found or Invalid("unreadable entry")
+
+    def recorded(self, path: Path) -> str:
+        return recorded(self.root, path)
+
+    def resolve_recorded(self, text: str) -> Path:
+        return resolve_recorded(self.root, text)
 
     # -- writing -----------------------------------------------------------
     @contextmanager
@@ -190,12 +239,15 @@ class Store:
         try:
             files = self._digest_tree(staging)
             external = manifest.get("external")
+            if external is not None:  # a pass-through pointing into the store: relative
+                external = {**external, "root": recorded(self.root, Path(external["root"]))}
             manifest = {
                 **manifest,
                 "schema": MANIFEST_SCHEMA,
                 "stage": stage,
                 "key": key,
                 "files": {name: entry.to_json() for name, entry in sorted(files.items())},
+                **({"external": external} if external is not None else {}),
                 "content_digest": content_digest(files, external),
                 "created_unix": time.time(),
             }
@@ -266,6 +318,14 @@ class Store:
             if ref is not None:
                 out[file.stem] = ref
         return out
+
+
+def _unsafe_name(name: str) -> str | None:
+    """A manifest's file names are relative to their root and never climb out of it."""
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts:
+        return f"manifest names a file outside its root: {name!r}"
+    return None
 
 
 def dir_size(path: Path) -> int:
