@@ -95,11 +95,16 @@ def _guard(fn: Callable[[], T], as_json: bool = False) -> T:
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort):
         raise
-    except Exception as exc:  # a bug: say so, traceback only when asked
+    except Exception as exc:  # a library's failure (exit 4) or a bug: traceback only when asked
         if _state["verbose"]:
             import traceback
 
             traceback.print_exc()
+        from trtllm_forge.thirdparty import library_error
+
+        failure = library_error(exc, "running this command")
+        if failure is not None:
+            _fail(failure, as_json)
         internal = ForgeError(
             ExitCode.INTERNAL,
             f"internal error: {type(exc).__name__}: {exc}",

@@ -25,6 +25,7 @@ from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.store import events
 from trtllm_forge.store.digest import digest_json, short
 from trtllm_forge.store.store import Artifact, Invalid, Store, disk_full_error
+from trtllm_forge.thirdparty import library_error
 
 STAGE_NAMES = ("fetch", "convert", "calibrate", "build", "verify")
 
@@ -290,6 +291,7 @@ class Runner:
             shutil.rmtree(staging, ignore_errors=True)  # nothing partial is ever left behind
             self._event("failed", name, key, error=type(exc).__name__)
             _raise_if_disk_full(exc, f"running the {name} stage")
+            _raise_if_library_failed(exc, f"running the {name} stage")
             raise
         manifest = {
             "inputs": doc,
@@ -342,6 +344,13 @@ def _raise_if_disk_full(exc: BaseException, doing: str) -> None:
     full = disk_full_error(exc, doing)
     if full is not None:
         raise full from None
+
+
+def _raise_if_library_failed(exc: BaseException, doing: str) -> None:
+    """An exception from inside ModelOpt, transformers, onnx… is a dependency problem (exit 4)."""
+    failure = library_error(exc, doing)
+    if failure is not None:
+        raise failure from exc
 
 
 def _forge_version() -> str:

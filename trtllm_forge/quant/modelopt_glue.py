@@ -122,36 +122,28 @@ def calibrate(
             for ids in batches:
                 decoder(m)(input_ids=ids)
 
-    with quiet(progress), _tolerant_model_plugins():
+    with quiet(progress), _without_unused_plugins():
         quantized: nn.Module = module.quantize(model, config, forward_loop)
     return quantized
 
 
-@contextlib.contextmanager
-def _tolerant_model_plugins() -> Iterator[None]:
-    """Let a failing ModelOpt on-the-fly model plugin skip its registration, not the run.
+# ModelOpt's plugin that rewrites every HF ``*Attention`` class from its source so that
+# its KV-cache BMM quantizers can be inserted. forge never enables those quantizers (every
+# quantizer but the targets' is disabled, and KV-cache ranges come from forge's own hooks,
+# quant/capture.py:kv_ranges), so the rewrite is pure risk: it raised IndexError on BLOOM's attention and,
+# under transformers 5.24, AssertionError on MPT's decorated forward, and it writes the
+# generated class to a temporary file outside FORGE_HOME.
+_UNUSED_PLUGINS = ("register_hf_attentions_on_the_fly",)
 
-    ModelOpt 0.47 registers HF attention classes for its KV-cache BMM quantizers
-    (which forge never enables: every quantizer but the targets' is disabled) by
-    parsing their source, and raises IndexError on BLOOM's ``baddbmm`` attention.
-    """
+
+@contextlib.contextmanager
+def _without_unused_plugins() -> Iterator[None]:
+    """Run ``mtq.quantize`` without ModelOpt's on-the-fly plugins forge has no use for."""
     from modelopt.torch.quantization.plugins import custom  # type: ignore[import-untyped]
 
     original = set(custom.CUSTOM_MODEL_PLUGINS)
-
-    def tolerant(plugin: Any) -> Any:
-        def run(model: nn.Module) -> None:
-            try:
-                plugin(model)
-            except IndexError as exc:
-                warnings.warn(
-                    f"skipped {getattr(plugin, '__name__', plugin)}: {exc!r}", stacklevel=1
-                )
-
-        return run
-
-    custom.CUSTOM_MODEL_PLUGINS.clear()
-    custom.CUSTOM_MODEL_PLUGINS.update(tolerant(plugin) for plugin in original)
+    unused = {p for p in original if getattr(p, "__name__", "") in _UNUSED_PLUGINS}
+    custom.CUSTOM_MODEL_PLUGINS.difference_update(unused)
     try:
         yield
     finally:
