@@ -10,6 +10,7 @@ forge fuses and packs the result (``W4A16_AWQ``: packed int4, per-group scales,
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from torch import nn
 
@@ -31,11 +32,17 @@ def quantize_model(
 ) -> QuantResult:
     if data is None:
         raise ValueError("AWQ needs calibration data")
-    mtq = modelopt_glue.mtq(progress)
-    preset = copy.deepcopy(mtq.INT4_AWQ_CFG)
+    config = modelopt_config(params, targets, progress)
+    modelopt_glue.calibrate(model, config, data, progress)
+    return modelopt_glue.extract(model, targets)
+
+
+def modelopt_config(
+    params: AwqParams, targets: list[str], progress: Progress = _NO_PROGRESS
+) -> dict[str, Any]:
+    """The ModelOpt config forge calibrates with (tests hand it to ModelOpt's exporter too)."""
+    preset = copy.deepcopy(modelopt_glue.mtq(progress).INT4_AWQ_CFG)
     weight_cfg, _ = modelopt_glue.preset_numerics(preset)
     assert weight_cfg is not None
     weight_cfg["block_sizes"] = {-1: params.group_size, "type": "static"}
-    config = modelopt_glue.target_config(preset, targets, weight_cfg=weight_cfg)
-    modelopt_glue.calibrate(model, config, data, progress)
-    return modelopt_glue.extract(model, targets)
+    return modelopt_glue.target_config(preset, targets, weight_cfg=weight_cfg)

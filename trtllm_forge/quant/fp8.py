@@ -8,6 +8,7 @@ per-token activation scales (``FP8_PER_CHANNEL_PER_TOKEN``).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from torch import nn
 
@@ -29,11 +30,18 @@ def quantize_model(
 ) -> QuantResult:
     if data is None:
         raise ValueError("FP8 needs calibration data")
+    config = modelopt_config(params, targets, progress)
+    modelopt_glue.calibrate(model, config, data, progress)
+    return modelopt_glue.extract(model, targets)
+
+
+def modelopt_config(
+    params: Fp8Params, targets: list[str], progress: Progress = _NO_PROGRESS
+) -> dict[str, Any]:
+    """The ModelOpt config forge calibrates with (tests hand it to ModelOpt's exporter too)."""
     mtq = modelopt_glue.mtq(progress)
     per_channel = params.granularity == "per_channel_per_token"
     preset = copy.deepcopy(
         mtq.FP8_PER_CHANNEL_PER_TOKEN_CFG if per_channel else mtq.FP8_DEFAULT_CFG
     )
-    config = modelopt_glue.target_config(preset, targets)
-    modelopt_glue.calibrate(model, config, data, progress)
-    return modelopt_glue.extract(model, targets)
+    return modelopt_glue.target_config(preset, targets)

@@ -11,6 +11,7 @@ range is then unused).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from torch import nn
 
@@ -32,9 +33,15 @@ def quantize_model(
 ) -> QuantResult:
     if data is None:
         raise ValueError("SmoothQuant needs calibration data")
-    mtq = modelopt_glue.mtq(progress)
-    preset = copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG)
-    algorithm = {"method": "smoothquant", "alpha": params.alpha}
-    config = modelopt_glue.target_config(preset, targets, algorithm=algorithm)
+    config = modelopt_config(params, targets, progress)
     modelopt_glue.calibrate(model, config, data, progress)
     return modelopt_glue.extract(model, targets)
+
+
+def modelopt_config(
+    params: SmoothQuantParams, targets: list[str], progress: Progress = _NO_PROGRESS
+) -> dict[str, Any]:
+    """The ModelOpt config forge calibrates with (tests hand it to ModelOpt's exporter too)."""
+    preset = copy.deepcopy(modelopt_glue.mtq(progress).INT8_SMOOTHQUANT_CFG)
+    algorithm = {"method": "smoothquant", "alpha": params.alpha}
+    return modelopt_glue.target_config(preset, targets, algorithm=algorithm)

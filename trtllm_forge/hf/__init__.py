@@ -1,0 +1,1 @@
+"""Hugging Face model folders as build targets: ModelOpt unified format, compressed-tensors."""

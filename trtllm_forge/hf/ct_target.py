@@ -1,0 +1,150 @@
+"""compressed-tensors: tensors per linear and config.json's ``quantization_config``.
+
+As compressed-tensors 0.20 reads them (``compressors/``, ``quantization/lifecycle``):
+
+* ``pack-quantized`` (integer weights, no activation quantization): ``weight_packed``
+  int32 — each value offset by 2^(b-1) and packed densely along the input dim, element
+  ``i`` of a word at bit ``i·b`` — plus ``weight_shape`` (int64 [2]) and ``weight_scale``
+  ([out, 1] per channel, [out, in/g] per group);
+* ``float-quantized``: ``weight`` float8_e4m3fn plus ``weight_scale`` ([1] per tensor,
+  [out, 1] per channel) and, for static activations, ``input_scale`` [1];
+* scales in the checkpoint dtype (the loader allocates them in the weight's dtype);
+* KV cache: ``self_attn.k_scale`` / ``self_attn.v_scale`` [1] = amax / qmax.
+
+The integers are forge's own (the fp32 weight over its fp32 scale, as the canonical
+checkpoint computes them), so a loader's dequantization equals forge's fake-quant
+model up to the scale's rounding to the checkpoint dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from trtllm_forge.quant import layout
+from trtllm_forge.quant.records import KV_FORMATS, CompressedTensors, NotCarried, QuantFormat
+from trtllm_forge.quant.result import LinearQuant
+
+Tensors = dict[str, torch.Tensor]
+
+
+def pack_int32(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Signed ``bits``-bit integers ``[rows, cols]`` → int32 ``[rows, cols·bits/32]``."""
+    rows, cols = q.shape
+    per_word = 32 // bits
+    if cols % per_word:
+        raise ValueError(f"in_features {cols} is not a multiple of {per_word}")
+    unsigned = (q.to(torch.int64) + (1 << (bits - 1))).reshape(rows, cols // per_word, per_word)
+    shifts = torch.arange(per_word, dtype=torch.int64) * bits
+    words = (unsigned << shifts).sum(dim=-1)
+    signed = torch.where(words >= 1 << 31, words - (1 << 32), words)
+    return signed.to(torch.int32)
+
+
+def unpack_int32(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
+    """Inverse of :func:`pack_int32` (an independent reader's view of the format)."""
+    per_word = 32 // bits
+    words = packed.to(torch.int64) & 0xFFFFFFFF
+    shifts = torch.arange(per_word, dtype=torch.int64) * bits
+    values = (words[..., None] >> shifts) & ((1 << bits) - 1)
+    return (values.reshape(packed.shape[0], -1)[:, :cols] - (1 << (bits - 1))).to(torch.int8)
+
+
+def linear_tensors(fmt: QuantFormat, lq: LinearQuant, dtype: torch.dtype) -> Tensors:
+    """``{param: tensor}`` of one quantized linear."""
+    weight = lq.weight.float()
+    if fmt.name == "W8A16":
+        scale = layout.scale_from_amax(lq.weight_amax, layout.INT8_MAX)
+        q = layout.quantize_int8(weight, scale)
+        return _packed(q, 8, scale[:, None], dtype)
+    if fmt.name == "W4A16":
+        scale = layout.scale_from_amax(lq.weight_amax, layout.INT4_MAX)
+        return _packed(layout.quantize_int4(weight, scale), 4, scale, dtype)
+    if fmt.name in ("FP8", "FP8_PER_CHANNEL_PER_TOKEN"):
+        scale = layout.scale_from_amax(lq.weight_amax, layout.FP8_MAX)
+        out = {
+            "weight": layout.quantize_fp8(weight, scale),
+            "weight_scale": (scale[:, None] if scale.dim() == 1 else scale.reshape(1)).to(dtype),
+        }
+        if fmt.name == "FP8":
+            act = layout.scale_from_amax(_need(lq.input_amax), layout.FP8_MAX)
+            out["input_scale"] = act.reshape(1).to(dtype)
+        return out
+    raise AssertionError(f"{fmt.name} has no compressed-tensors mapping")
+
+
+def _need(t: torch.Tensor | None) -> torch.Tensor:
+    if t is None:
+        raise ValueError("calibration produced no activation range")
+    return t
+
+
+def _packed(q: torch.Tensor, bits: int, scale: torch.Tensor, dtype: torch.dtype) -> Tensors:
+    return {
+        "weight_packed": pack_int32(q, bits),
+        "weight_shape": torch.tensor(list(q.shape), dtype=torch.int64),
+        "weight_scale": scale.to(dtype),
+    }
+
+
+def kv_tensors(
+    kv: str, k_amax: float, v_amax: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    qmax = KV_FORMATS[kv].qmax
+    return tuple(  # type: ignore[return-value]
+        layout.scale_from_amax(torch.tensor([amax]), qmax).to(dtype) for amax in (k_amax, v_amax)
+    )
+
+
+def quantization_config(
+    fmt: QuantFormat | None,
+    kv: str | None,
+    *,
+    group_size: int | None,
+    act_order: bool,
+    ignore: list[str],
+    version: str,
+) -> dict[str, Any]:
+    """config.json ``quantization_config`` (``quant_method: compressed-tensors``)."""
+    groups: dict[str, Any] = {}
+    compression = "dense"
+    if fmt is not None:
+        mapping = fmt.compressed_tensors
+        assert not isinstance(mapping, NotCarried)
+        compression = mapping.format
+        groups["group_0"] = _config_group(mapping, group_size, act_order)
+    kv_scheme = None
+    if kv is not None:
+        scheme = KV_FORMATS[kv].compressed_tensors
+        assert not isinstance(scheme, NotCarried)
+        kv_scheme = dict(scheme)
+    return {
+        "quant_method": "compressed-tensors",
+        "format": compression,
+        "quantization_status": "compressed",
+        "config_groups": groups,
+        "ignore": ignore,
+        "kv_cache_scheme": kv_scheme,
+        "global_compression_ratio": None,
+        "version": version,
+    }
+
+
+def _config_group(
+    mapping: CompressedTensors, group_size: int | None, act_order: bool
+) -> dict[str, Any]:
+    weights = {**mapping.weights, "dynamic": False}
+    if weights.get("strategy") == "group":
+        weights["group_size"] = group_size
+        # forge's GPTQ visits columns by activation order but keeps groups contiguous:
+        # compressed-tensors calls that "weight" ordering (no g_idx to store).
+        if act_order:
+            weights["actorder"] = "weight"
+    group: dict[str, Any] = {"targets": ["Linear"], "weights": weights}
+    group["input_activations"] = (
+        dict(mapping.input_activations) if mapping.input_activations else None
+    )
+    group["output_activations"] = None
+    group["format"] = mapping.format
+    return group
