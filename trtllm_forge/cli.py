@@ -514,6 +514,207 @@ def export_trtllm_ckpt(
     _guard(body, as_json)
 
 
+# -- bench / run ------------------------------------------------------------
+TargetArg = Annotated[
+    Path,
+    typer.Argument(
+        help="A recipe (built first if needed), a forge engine dir, an onnxruntime-genai "
+        "model folder or a Hugging Face model dir.",
+        show_default=False,
+    ),
+]
+RuntimeOpt = Annotated[
+    str, typer.Option("--runtime", help="forge (default), genai or transformers.")
+]
+TokenizerOpt = Annotated[
+    Path | None,
+    typer.Option("--tokenizer", help="Tokenizer dir for an engine dir (a recipe knows its own)."),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="Intra-op threads (default: $OMP_NUM_THREADS).")
+]
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    from trtllm_forge.errors import recipe_error
+
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise recipe_error(
+            f"{option} {text!r} is not a comma-separated list of positive integers",
+            hint=f"e.g. {option} 1,4,8",
+        )
+    return values
+
+
+@app.command()
+def bench(
+    target: TargetArg,
+    runtime: RuntimeOpt = "forge",
+    batch_sizes: Annotated[
+        str | None,
+        typer.Option("--batch-sizes", help="Comma list (default 1,4,8 up to the engine limit)."),
+    ] = None,
+    input_len: Annotated[
+        str, typer.Option("--input-len", help="Prompt lengths, comma list.")
+    ] = "32",
+    output_len: Annotated[
+        str, typer.Option("--output-len", help="Output lengths, comma list.")
+    ] = "32",
+    batches: Annotated[
+        int, typer.Option("--batches", help="Timed batches per synthetic scenario.")
+    ] = 2,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset", help="trtllm-bench JSONL (task_id, prompt|input_ids, output_tokens)."
+        ),
+    ] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed batches per scenario.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic prompts.")] = 0,
+    tokenizer: TokenizerOpt = None,
+    threads: ThreadsOpt = None,
+    device: Annotated[
+        str, typer.Option("--device", help="transformers only: cpu or cuda.")
+    ] = "cpu",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Also write the JSON here.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG of tokens/s vs latency here.")
+    ] = None,
+    as_json: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress display.")] = False,
+) -> None:
+    """Time TARGET: TTFT, TPOT, ITL, end-to-end latency (p50/p90/p99), tokens/s, requests/s
+    and peak memory over batch sizes × prompt/output lengths (docs/bench.md).
+
+    Example: forge bench recipes/tiny-llama.yaml --out bench.json --plot bench.png
+    """
+    import time
+
+    from trtllm_forge.bench import load_dataset, open_runner, run_bench, synthetic_workload
+    from trtllm_forge.bench.targets import require_tokenizer, resolve_target
+    from trtllm_forge.context import RunContext
+    from trtllm_forge.ui import make_progress
+
+    def body() -> None:
+        ctx = RunContext.default()
+        with make_progress(quiet) as progress:
+            ctx.progress = progress
+            resolved = resolve_target(target, runtime=runtime, ctx=ctx, tokenizer=tokenizer)
+            t0 = time.perf_counter()
+            runner = open_runner(runtime, resolved.path, threads=threads, device=device)
+            load_s = time.perf_counter() - t0
+            limit = runner.limits.max_batch_size
+            sizes = (
+                _int_list(batch_sizes, "--batch-sizes")
+                if batch_sizes
+                else [b for b in (1, 4, 8) if limit is None or b <= limit] or [1]
+            )
+            if dataset is not None:
+                tokenize = None
+                if resolved.tokenizer_dir is not None or tokenizer is not None:
+                    from trtllm_forge.sources.tokenizer import load_tokenizer
+
+                    tok = load_tokenizer(
+                        require_tokenizer(resolved, needed_for="dataset prompts"),
+                        needed_for="forge bench tokenizes the dataset's prompts",
+                    )
+                    tokenize = lambda text: list(tok(text)["input_ids"])  # noqa: E731
+                workload = load_dataset(dataset, batch_sizes=sizes, tokenize=tokenize)
+            else:
+                workload = synthetic_workload(
+                    batch_sizes=sizes,
+                    input_lens=_int_list(input_len, "--input-len"),
+                    output_lens=_int_list(output_len, "--output-len"),
+                    vocab_size=runner.vocab_size,
+                    batches_per_scenario=batches,
+                    seed=seed,
+                )
+            report = run_bench(runner, workload, warmup=warmup, load_s=load_s, progress=progress)
+        document = report.model_dump(mode="json")
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(document, indent=2) + "\n")
+        if plot is not None:
+            from trtllm_forge.bench.plot import write_plot
+
+            write_plot(report, plot)
+        if as_json:
+            _print_json({"ok": True, "report": document})
+            return
+        from rich.console import Console
+
+        from trtllm_forge.bench.table import bench_table
+
+        console = Console(soft_wrap=True)
+        if not console.is_terminal:  # a pipe or a file: room for every column
+            console = Console(soft_wrap=True, width=160)
+        console.print(bench_table(report))
+        for label, path in (("json", out), ("plot", plot)):
+            if path is not None:
+                print(f"{label}: {path}")
+
+    _guard(body, as_json)
+
+
+@app.command()
+def run(
+    target: TargetArg,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text to continue.")],
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.")
+    ] = 64,
+    runtime: RuntimeOpt = "forge",
+    tokenizer: TokenizerOpt = None,
+    threads: ThreadsOpt = None,
+    device: Annotated[
+        str, typer.Option("--device", help="transformers only: cpu or cuda.")
+    ] = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate from TARGET (greedy) and stream the text to the terminal.
+
+    Example: forge run recipes/tiny-llama.yaml --prompt "The capital of France is"
+    """
+    from trtllm_forge.bench import open_runner
+    from trtllm_forge.bench.generate import stream_text
+    from trtllm_forge.bench.targets import require_tokenizer, resolve_target
+    from trtllm_forge.context import RunContext
+    from trtllm_forge.errors import recipe_error
+    from trtllm_forge.sources.tokenizer import load_tokenizer
+    from trtllm_forge.ui import make_progress
+
+    def body() -> None:
+        if max_new_tokens < 1:
+            raise recipe_error(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+        ctx = RunContext.default()
+        with make_progress(as_json) as progress:
+            ctx.progress = progress
+            resolved = resolve_target(target, runtime=runtime, ctx=ctx, tokenizer=tokenizer)
+            tok = load_tokenizer(
+                require_tokenizer(resolved, needed_for="forge run tokenizes the prompt"),
+                needed_for="forge run tokenizes the prompt",
+            )
+            runner = open_runner(runtime, resolved.path, threads=threads, device=device)
+        pieces = []
+        for piece in stream_text(runner, tok, prompt, max_new_tokens):
+            pieces.append(piece)
+            if not as_json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        if as_json:
+            _print_json({"ok": True, "prompt": prompt, "text": "".join(pieces)})
+        else:
+            sys.stdout.write("\n")
+
+    _guard(body, as_json)
+
+
 # -- cache ------------------------------------------------------------------
 def _store() -> Any:
     from trtllm_forge import api

@@ -17,7 +17,7 @@ def open_runner(
     if runtime == "forge":
         from trtllm_forge.bench.runners.forge import ForgeRunner
 
-        return ForgeRunner.load(path, threads=threads)
+        return ForgeRunner.load(path, threads=threads, device=device)
     if runtime == "genai":
         from trtllm_forge.bench.runners.genai import GenaiRunner
 

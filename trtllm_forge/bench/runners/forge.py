@@ -4,34 +4,44 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trtllm_forge.bench.runners.base import HostOnly, Limits
 from trtllm_forge.engine.metadata import ENGINE_FILE, tool_version
-from trtllm_forge.engine.runtime import OrtEngine, ort_threads
 from trtllm_forge.errors import recipe_error
+
+if TYPE_CHECKING:
+    from trtllm_forge.engine.runtime import OrtEngine
 
 
 class ForgeRunner(HostOnly):
     name = "forge"
     device = "cpu"
 
-    def __init__(self, engine: OrtEngine, *, threads: int | None) -> None:
+    def __init__(self, engine: OrtEngine, *, threads: int | None, device: str = "cpu") -> None:
         self.engine = engine
+        self.device = device
         self.target = str(engine.engine_dir)
         self.vocab_size = engine.vocab_size
         self.threads = threads
         self.limits = Limits(engine.max_batch_size, engine.max_input_len, engine.max_seq_len)
 
     @classmethod
-    def load(cls, engine_dir: Path, *, threads: int | None = None) -> ForgeRunner:
+    def load(
+        cls, engine_dir: Path, *, threads: int | None = None, device: str = "cpu"
+    ) -> ForgeRunner:
         if not (Path(engine_dir) / ENGINE_FILE).is_file():
             raise recipe_error(
                 f"{engine_dir} is not a forge engine directory (no {ENGINE_FILE})",
                 hint="pass a built engine directory (forge build prints it) or a recipe; "
                 "use --runtime genai or transformers for other model folders",
             )
+        # The runtime pulls in onnx and torch (seconds): only once the directory is an engine.
+        from trtllm_forge.engine.runtime import OrtEngine, ort_threads
+
         threads = ort_threads() if threads is None else threads
-        return cls(OrtEngine.load(engine_dir, threads=threads), threads=threads or None)
+        engine = OrtEngine.load(engine_dir, threads=threads, device=device)
+        return cls(engine, threads=threads or None, device=device)
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[list[int]]:
         for step in self.engine.stream(prompts, max_new_tokens):
