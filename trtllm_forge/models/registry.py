@@ -68,14 +68,16 @@ class FamilyRegistry:
         return family
 
     def _unknown(self, architecture: str) -> ForgeError:
+        """A model forge cannot convert is a recipe/model choice (exit 2), not an
+        unavailable source. A close name is suggested only for what looks like a typo:
+        "Gemma3ForCausalLM → did you mean GemmaForCausalLM?" helps nobody."""
         names = sorted(self._by_arch)
         close = difflib.get_close_matches(architecture, names, n=1)
-        maybe = f" (did you mean {close[0]}?)" if close else ""
+        maybe = f" (did you mean {close[0]}?)" if close and not _is_real(architecture) else ""
         return ForgeError(
-            ExitCode.SOURCE,
-            f"unknown model architecture {architecture!r}{maybe}",
-            hint=f"supported architectures: {', '.join(names)}; more can be added through a "
-            f"'{PLUGIN_GROUP}' entry point",
+            ExitCode.RECIPE,
+            f"forge cannot convert model architecture {architecture!r}{maybe}",
+            hint=f"supported architectures: {', '.join(names)} (docs/models.md)",
         )
 
     def _load_plugins(self) -> None:
@@ -118,6 +120,26 @@ REGISTRY.register(GemmaFamily())
 REGISTRY.register(Gemma2Family())
 
 
+# The model_type transformers pairs with each built-in architecture. transformers picks
+# its config class (and so the reference model verify loads) by model_type, not by
+# architecture: a config whose model_type disagrees used to pass fetch, convert,
+# calibrate and build and fail only in verify. Plugin architectures are not listed.
+MODEL_TYPES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "FalconForCausalLM": "falcon",
+    "BloomForCausalLM": "bloom",
+    "MptForCausalLM": "mpt",
+    "GPT2LMHeadModel": "gpt2",
+    "GPTNeoXForCausalLM": "gpt_neox",
+    "GPTBigCodeForCausalLM": "gpt_bigcode",
+    "GPTJForCausalLM": "gptj",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
+}
+
+
 def family_for(hf_config: Mapping[str, Any], registry: FamilyRegistry = REGISTRY) -> Family:
     """The family converting this HF config (by ``architectures[0]``), validated."""
     archs = hf_config.get("architectures") or []
@@ -131,3 +153,24 @@ def family_for(hf_config: Mapping[str, Any], registry: FamilyRegistry = REGISTRY
     family = registry.get(str(archs[0]))
     family.validate(hf_config)
     return family
+
+
+def check_model_type(hf_config: Mapping[str, Any]) -> None:
+    """config.json's model_type is the one transformers pairs with its architecture."""
+    archs = hf_config.get("architectures") or [None]
+    architecture, model_type = str(archs[0]), hf_config.get("model_type")
+    expected = MODEL_TYPES.get(architecture)
+    if expected is not None and model_type != expected:
+        raise ForgeError(
+            ExitCode.SOURCE,
+            f"config.json says model_type {model_type!r} for architecture {architecture}, "
+            f"which transformers loads only as model_type {expected!r}",
+            hint=f'set "model_type": "{expected}" in config.json, or use an unmodified checkpoint',
+        )
+
+
+def _is_real(architecture: str) -> bool:
+    """Whether transformers ships this class (dir() of its lazy module imports nothing)."""
+    import transformers
+
+    return architecture in dir(transformers)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trtllm_forge.errors import recipe_error
+from trtllm_forge.errors import ForgeError, recipe_error
 from trtllm_forge.recipe.load import LoadedRecipe
 
 # Every file a recipe names, with how to talk about it: checked here before any stage
@@ -42,6 +42,7 @@ def check_static(loaded: LoadedRecipe) -> None:
     recipe = loaded.recipe
     for field in NAMED_FILES:
         named_file(loaded, field)
+    _check_local_source(loaded)
     for message in _plugin_problems(recipe.build.backend, dict(recipe.build.plugins)):
         raise recipe_error(
             message,
@@ -60,6 +61,35 @@ def check_static(loaded: LoadedRecipe) -> None:
         )
 
 
+def _check_local_source(loaded: LoadedRecipe) -> None:
+    """What the model itself rules out, when it is on this machine: `forge recipe check`
+    and `forge plan` say so at once instead of after a fetch or a dequantization (a hub
+    model is checked from its config.json before its weights download, in fetch)."""
+    source = loaded.recipe.source
+    if source.gguf is not None:
+        from trtllm_forge.sources.gguf_header import hf_architecture, read_header
+
+        path = named_file(loaded, "source.gguf")
+        assert path is not None
+        try:
+            hf_architecture(read_header(path), path)
+        except ForgeError as error:
+            error.location = error.location or loaded.locate("source.gguf")
+            raise
+    elif source.path is not None:
+        root = loaded.resolve_path(source.path, "source.path")
+        if (root / "config.json").is_file():  # anything else is fetch's to report
+            from trtllm_forge.sources.local import resolve_local
+            from trtllm_forge.sources.policy import read_config
+
+            try:  # the folder's own rules first (pickle, remote code), as fetch orders them
+                resolve_local(root, allow_pickle=source.allow_pickle)
+            except ForgeError as error:
+                error.location = error.location or loaded.locate("source.path")
+                raise
+            check_model(loaded, read_config(root))
+
+
 def _plugin_problems(backend: str, plugins: dict[str, Any]) -> list[str]:
     try:
         from trtllm_forge.engine.backends import validate_plugins
@@ -73,6 +103,7 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     from trtllm_forge.models.base import model_dims
 
     recipe = loaded.recipe
+    _check_architecture(loaded, hf_config)
     dims = model_dims(hf_config)  # also rejects absurd sizes before anything is allocated
     heads, kv_heads, layers = (
         dims["num_attention_heads"],
@@ -108,6 +139,24 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
         )
     _check_group_alignment(loaded, dims, hf_config)
     _check_smoothing_fold(loaded, hf_config)
+
+
+def _check_architecture(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
+    """A model forge cannot convert is refused from its config.json, before the weights
+    are downloaded or converted (a Gemma 3 used to be fetched and converted first)."""
+    from trtllm_forge.models.registry import check_model_type, family_for
+
+    try:
+        family_for(hf_config)
+        check_model_type(hf_config)
+    except ForgeError as error:
+        error.location = error.location or loaded.locate(f"source.{_source_field(loaded)}")
+        raise
+
+
+def _source_field(loaded: LoadedRecipe) -> str:
+    source = loaded.recipe.source
+    return next((f for f in ("hf", "path", "gguf") if getattr(source, f) is not None), "path")
 
 
 def _check_smoothing_fold(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:

@@ -24,12 +24,12 @@ from typing import Any
 
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.errors import dependency_error, recipe_error, source_error
+from trtllm_forge.sources.gguf_header import read_header
 from trtllm_forge.sources.local import resolve_local
 from trtllm_forge.sources.policy import read_config
 from trtllm_forge.sources.snapshot import Snapshot
 
 DTYPES = ("float32", "bfloat16", "float16")
-GGUF_MAGIC = b"GGUF"
 _QUIET = NullProgress()
 
 __all__ = ["DTYPES", "gguf_snapshot", "gguf_to_hf", "read_config"]
@@ -60,13 +60,31 @@ def gguf_to_hf(
     out_dir.mkdir(parents=True, exist_ok=True)
     progress.log(f"reading GGUF metadata from {gguf_file.name}")
     with _transformers_bars_off():
-        config = _load_config(gguf_file)
-        model = _load_model(gguf_file, config, progress)
+        with _unreadable_is_a_source_error(gguf_file):
+            config = _load_config(gguf_file)
+            model = _load_model(gguf_file, config, progress)
+            tokenizer = _load_tokenizer(gguf_file)
         progress.log(f"saving {type(model).__name__} as {dtype} safetensors to {out_dir}")
         model.to(torch_dtype)
         model.config.dtype = torch_dtype
         model.save_pretrained(out_dir, safe_serialization=True)
-        _load_tokenizer(gguf_file).save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+
+
+# What transformers' and gguf's readers raise for metadata they cannot use (a missing
+# or mistyped key, an array where a number belongs) once the header itself is sound.
+_READ_ERRORS = (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError)
+
+
+@contextmanager
+def _unreadable_is_a_source_error(gguf_file: Path) -> Iterator[None]:
+    try:
+        yield
+    except _READ_ERRORS as exc:
+        raise source_error(
+            f"transformers cannot read {gguf_file.name}: {type(exc).__name__}: {exc}",
+            hint="the GGUF metadata is incomplete or not what llama.cpp's converters write",
+        ) from None
 
 
 def gguf_snapshot(out_dir: Path) -> Snapshot:
@@ -85,15 +103,11 @@ def _torch_dtype(name: str) -> Any:
 
 
 def _check_gguf_file(path: Path) -> None:
+    """The whole header is checked against the file's size (bounded counts and lengths)
+    before transformers and the gguf package, which trust it, ever open the file."""
     if not path.is_file():
         raise source_error(f"GGUF file {path} does not exist", hint="check `source.gguf`")
-    with path.open("rb") as handle:
-        magic = handle.read(4)
-    if magic != GGUF_MAGIC:
-        raise source_error(
-            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')",
-            hint="give a .gguf file as written by llama.cpp's converters",
-        )
+    read_header(path)
 
 
 def _require_gguf_package() -> None:

@@ -19,14 +19,19 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
-from trtllm_forge.sources.policy import check_index_complete, check_no_remote_code, select_files
+from trtllm_forge.sources.policy import (
+    check_index_complete,
+    check_no_remote_code,
+    read_config,
+    select_files,
+)
 from trtllm_forge.sources.snapshot import FileRef, Snapshot
 
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
@@ -47,6 +52,7 @@ def resolve_hf(
     token: str | None = None,
     allow_pickle: bool = False,
     progress: Progress = _QUIET,
+    check_config: Callable[[dict[str, Any]], None] | None = None,
 ) -> Snapshot:
     """Resolve ``repo_id@revision`` to a full commit sha and its files in the HF cache.
 
@@ -61,6 +67,8 @@ def resolve_hf(
         token: hub token; ``None`` lets huggingface_hub use ``HF_TOKEN`` or the login file.
         allow_pickle: accept pickle weights when the repo has no safetensors.
         progress: progress sink.
+        check_config: called with config.json before the other files download, so a
+            model the recipe cannot use is refused before its weights are fetched.
 
     Raises:
         ForgeError: SOURCE when the repo, revision or a file cannot be had;
@@ -69,7 +77,7 @@ def resolve_hf(
     """
     secrets = _secrets(token)
     try:
-        return _resolve(repo_id, revision, cache_dir, token, allow_pickle, progress)
+        return _resolve(repo_id, revision, cache_dir, token, allow_pickle, progress, check_config)
     except ForgeError as err:
         raise _scrubbed(err, secrets) from None
 
@@ -105,6 +113,7 @@ def _resolve(
     token: str | None,
     allow_pickle: bool,
     progress: Progress,
+    check_config: Callable[[dict[str, Any]], None] | None = None,
 ) -> Snapshot:
     _check_repo_id(repo_id)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else hub_cache_dir()
@@ -112,6 +121,9 @@ def _resolve(
     listing = _listing(repo_id, revision, cache, token, progress)
     source = f"{repo_id}@{revision or 'main'}"
     wanted = select_files(listing.names, allow_pickle=allow_pickle, source=source)
+    if check_config is not None and "config.json" in wanted:
+        first = _download(repo_id, revision, listing, ["config.json"], cache, token, progress)
+        check_config(read_config(first))
     root = _download(repo_id, revision, listing, wanted, cache, token, progress)
     files = {name: _file_ref(root, name, repo_id, revision) for name in wanted}
     check_no_remote_code(root, files, source=source)

@@ -115,6 +115,7 @@ def _resolve(job: StageJob) -> Any:
 def _resolve_source(job: StageJob) -> Any:
     source = job.recipe.source
     if source.hf is not None:
+        from trtllm_forge.pipeline.preflight import check_model
         from trtllm_forge.sources.hf import resolve_hf
 
         return resolve_hf(
@@ -123,6 +124,7 @@ def _resolve_source(job: StageJob) -> Any:
             token=os.environ.get("HF_TOKEN") or None,
             allow_pickle=source.allow_pickle,
             progress=job.ctx.progress,
+            check_config=lambda config: check_model(job.loaded, config),
         )
     from trtllm_forge.sources.local import resolve_local
 
