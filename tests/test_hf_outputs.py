@@ -112,6 +112,7 @@ def _modelopt_export(tiny: Path, tokens: torch.Tensor, case: str, out: Path) -> 
     from trtllm_forge.checkpoint.convert import load_hf_config
     from trtllm_forge.quant import calibration as calib
     from trtllm_forge.quant import modelopt_glue, registry
+    from trtllm_forge.quant.capture import decoder
     from trtllm_forge.quant.quantize import load_hf_model
     from trtllm_forge.quant.targets import plan_targets
 
@@ -131,14 +132,23 @@ def _modelopt_export(tiny: Path, tokens: torch.Tensor, case: str, out: Path) -> 
         config["quant_cfg"].append(
             {"quantizer_name": "*[kv]_bmm_quantizer", "cfg": {"num_bits": bits, "axis": None}}
         )
-    modelopt_glue.calibrate(model, config, data)
+
+    def forward_loop(m: Any) -> None:  # forge's calibration loop (modelopt_glue.calibrate)
+        with torch.no_grad():
+            for ids in data.batches(modelopt_glue.BATCH_SIZE):
+                decoder(m)(input_ids=ids)
+
+    # mtq.quantize itself: forge's calibrate wraps ModelOpt's model plugins, which also
+    # registers the attention classes the KV-cache quantizers need.
+    with modelopt_glue.quiet(modelopt_glue._NO_PROGRESS):
+        mtq.quantize(model, config, forward_loop)
     model.config.architectures = ["LlamaForCausalLM"]
     with modelopt_glue.quiet(modelopt_glue._NO_PROGRESS):
         export_hf_checkpoint(model, dtype=torch.float32, export_dir=out)
     return out
 
 
-MODELOPT_CASES = ["int8_wo", "awq", "smoothquant", "fp8", "fp8_pcpt", "int8_wo+int8kv", "fp8+fp8kv"]
+MODELOPT_CASES = ["int8_wo", "awq", "smoothquant", "fp8", "fp8_pcpt", "fp8+fp8kv"]
 
 
 @pytest.mark.parametrize("case", MODELOPT_CASES)
@@ -161,3 +171,55 @@ def test_modelopt_folder_equals_modelopt_export(
         assert torch.equal(
             got.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
         ), name
+
+
+# -- compressed-tensors through the real loader -------------------------------------
+
+CT_CASES = ["int8_wo", "int4_wo", "gptq", "fp8", "fp8_pcpt", "int8_wo+int8kv", "fp8+fp8kv"]
+
+
+@pytest.mark.parametrize("case", CT_CASES)
+def test_compressed_tensors_folder_loads_and_matches_fake_quant(
+    case: str, tiny: Path, calibrated: Any, tmp_path: Path
+) -> None:
+    import transformers
+
+    from trtllm_forge.quant.fakequant import FakeQuantForward
+    from trtllm_forge.quant.quantize import load_hf_model
+
+    folder = _folder(tiny, calibrated(case), "compressed-tensors", tmp_path / "ct")
+    ids = torch.randint(4, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)  # decompresses on the CPU
+    assert "compressed" in type(model.hf_quantizer).__name__.lower()
+    fake = FakeQuantForward(calibrated(case))
+    fake.forward.kv_hook = _kv_hook(folder, CASES[case][2])
+    with torch.no_grad():
+        got = model(input_ids=ids).logits.float()
+        want = fake.logits(ids)
+        float_logits = load_hf_model(tiny)(input_ids=ids).logits
+    fake.close()
+    vs_fake = float((got - want).norm() / want.norm())
+    vs_float = float((got - float_logits).norm() / float_logits.norm())
+    print(case, vs_fake, vs_float)
+    assert vs_fake < 1e-5
+    assert vs_float > 1e-4  # the loader really ran quantized weights
+
+
+def _kv_hook(folder: Path, kv: str | None) -> Any:
+    """Q/DQ of K and V with the folder's own ``k_scale`` / ``v_scale`` (compressed-tensors
+    keeps one per cache; the canonical checkpoint shares one)."""
+    from trtllm_forge.quant import layout
+
+    if kv is None:
+        return None
+    tensors = _tensors(folder)
+    fq = layout.fake_quant_fp8 if kv == "fp8" else layout.fake_quant_int8
+
+    def hook(layer: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = layer.split(".")[-1]
+        prefix = f"model.layers.{index}.self_attn"
+        k_scale = tensors[f"{prefix}.k_scale"].float().reshape(())
+        v_scale = tensors[f"{prefix}.v_scale"].float().reshape(())
+        return fq(k, k_scale), fq(v, v_scale)
+
+    return hook

@@ -11,7 +11,8 @@ The exporter's rules, as forge applies them:
 * the weight is rounded to the checkpoint dtype *before* it is divided by its scale;
 * scales are fp32 (``weight_scale`` [out] / [out, in/g] / 0-d, ``input_scale`` 0-d),
   the pre-quant scale is in the checkpoint dtype, int4 is packed two output rows per
-  byte (uint8), and the KV-cache scales are ``k_proj.k_scale`` / ``v_proj.v_scale``.
+  byte (uint8), and the FP8 KV-cache scales are ``k_proj.k_scale`` / ``v_proj.v_scale``
+  (amax / 448, not raised to 1.0 as the TensorRT-LLM checkpoint does).
 """
 
 from __future__ import annotations
@@ -62,12 +63,11 @@ def linear_tensors(
 
 
 def kv_tensors(kv: str, k_amax: float, v_amax: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``k_scale``, ``v_scale`` (fp32, 0-d): amax / qmax, FP8 raised to at least 1.0."""
+    """``k_scale``, ``v_scale`` (fp32, 0-d): amax / 448. Unlike ModelOpt's TensorRT-LLM
+    checkpoint export, the HF export does not raise FP8 KV scales to 1.0."""
     qmax = KV_FORMATS[kv].qmax
-    scales = [torch.tensor(amax, dtype=torch.float32) / qmax for amax in (k_amax, v_amax)]
-    if kv == "fp8":
-        scales = [torch.clamp(s, min=1.0) for s in scales]
-    return scales[0], scales[1]
+    k, v = (torch.tensor(amax, dtype=torch.float32) / qmax for amax in (k_amax, v_amax))
+    return k, v
 
 
 def quant_config(

@@ -239,7 +239,10 @@ KV_FORMATS: dict[str, KvFormat] = {
         "int8",
         "INT8",
         127.0,
-        "INT8",
+        NotCarried(
+            "ModelOpt's HF exporter writes only FP8 (and NVFP4) KV-cache scales; 0.47 refuses "
+            "an INT8 KV cache ('Invalid KV cache quantization format')"
+        ),
         {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "tensor", "dynamic": False},
     ),
     "fp8": KvFormat(
