@@ -8,6 +8,10 @@ next stage's ``hidden_states_in``. Each rank keeps its own KV cache.
 ``generate`` is greedy decoding with left padding; ``score`` returns teacher-forced
 logits, feeding long inputs in chunks through the KV cache (exact) and starting
 a fresh window every ``max_seq_len`` tokens.
+
+Engines of the ``ort`` profile (and any single-rank engine on ``device="cuda"``) run
+through IO binding (engine/bound.py) so the KV cache never passes through numpy; the
+ort profile's attention wants each row's tokens first, so it decodes right-padded.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from trtllm_forge.engine.bound import CUDA, BoundCache, BoundSession
 from trtllm_forge.engine.metadata import read_metadata
 from trtllm_forge.engine.onnx.collectives import execute
 from trtllm_forge.engine.onnx.names import (
@@ -35,9 +40,15 @@ from trtllm_forge.engine.onnx.names import (
 )
 from trtllm_forge.engine.onnx.segments import Step
 from trtllm_forge.engine.spec import ModelSpec, heads_per_rank
-from trtllm_forge.errors import recipe_error, source_error
+from trtllm_forge.errors import dependency_error, recipe_error, source_error
 
-PAD_ID = 0  # left padding id; masked out, so any valid id works
+PAD_ID = 0  # padding id; masked out, so any valid id works
+DEVICES = ("cpu", CUDA)
+CUDA_INSTALL = (
+    "on a machine with an NVIDIA GPU: pip uninstall onnxruntime && "
+    "pip install onnxruntime-gpu==1.31.1 (CUDA 13 and cuDNN 9 libraries, e.g. from the "
+    "nvidia-*-cu13 wheels, on LD_LIBRARY_PATH)"
+)
 
 
 def ort_threads() -> int:
@@ -77,8 +88,23 @@ def _import_onnxruntime() -> Any:
     return ort
 
 
-def _session(rank_dir: Path, file: str, threads: int) -> Any:
+def _providers(ort: Any, device: str) -> list[Any]:
+    if device not in DEVICES:
+        raise recipe_error(f"unknown device {device!r}", hint=f"choose one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise dependency_error(
+            f"device cuda needs onnxruntime-gpu; the installed onnxruntime {ort.__version__} "
+            "has no CUDAExecutionProvider",
+            hint=CUDA_INSTALL,
+        )
+    return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+
+
+def _session(rank_dir: Path, file: str, threads: int, device: str = "cpu") -> Any:
     ort = _import_onnxruntime()
+    providers = _providers(ort, device)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -88,7 +114,14 @@ def _session(rank_dir: Path, file: str, threads: int) -> Any:
     options.enable_cpu_mem_arena = False
     for key, value in QDQ_AS_WRITTEN.items():
         options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(rank_dir / file), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(rank_dir / file), options, providers=providers)
+    if device == CUDA and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise dependency_error(
+            "CUDAExecutionProvider could not start (no CUDA GPU visible, or the CUDA 13 / "
+            "cuDNN 9 libraries onnxruntime-gpu links are missing)",
+            hint=CUDA_INSTALL,
+        )
+    return session
 
 
 @dataclass
@@ -112,10 +145,18 @@ class KvCache:
 class OrtEngine:
     """An ONNX engine directory loaded into ONNX Runtime sessions (all ranks)."""
 
-    def __init__(self, engine_dir: Path, meta: dict[str, Any], ranks: list[_Rank]) -> None:
+    def __init__(
+        self,
+        engine_dir: Path,
+        meta: dict[str, Any],
+        ranks: list[_Rank],
+        bound: BoundSession | None = None,
+    ) -> None:
         self.engine_dir = engine_dir
         self.meta = meta
         self.ranks = ranks
+        self.bound = bound  # single-rank IO-binding path (ort profile, or device cuda)
+        self.profile = str((meta.get("onnx") or {}).get("profile", "portable"))
         self.tp_size = int(meta["mapping"]["tp_size"])
         self.pp_size = int(meta["mapping"]["pp_size"])
         model = meta["model"]
@@ -127,7 +168,9 @@ class OrtEngine:
         self.max_seq_len = int(limits.get("max_seq_len", 1 << 30))
 
     @classmethod
-    def load(cls, engine_dir: Path, *, threads: int | None = None) -> OrtEngine:
+    def load(
+        cls, engine_dir: Path, *, threads: int | None = None, device: str = "cpu"
+    ) -> OrtEngine:
         engine_dir = Path(engine_dir)
         meta = read_metadata(engine_dir)
         onnx_meta = meta.get("onnx")
@@ -138,6 +181,12 @@ class OrtEngine:
             )
         root = engine_dir / onnx_meta.get("root", ".")
         threads = ort_threads() if threads is None else threads
+        if device not in DEVICES:
+            raise recipe_error(
+                f"unknown device {device!r}", hint=f"choose one of {', '.join(DEVICES)}"
+            )
+        if onnx_meta.get("profile") == "ort" or device == CUDA:
+            return cls._load_bound(engine_dir, meta, root, threads, device)
         _, kv_heads = heads_per_rank(ModelSpec(**meta["model"]), int(meta["mapping"]["tp_size"]))
         ranks = []
         for entry in onnx_meta["ranks"]:
@@ -163,9 +212,41 @@ class OrtEngine:
             )
         return cls(engine_dir, meta, ranks)
 
+    @classmethod
+    def _load_bound(
+        cls, engine_dir: Path, meta: dict[str, Any], root: Path, threads: int, device: str
+    ) -> OrtEngine:
+        entries = meta["onnx"]["ranks"]
+        if len(entries) != 1 or len(entries[0]["schedule"]) != 1:
+            raise recipe_error(
+                f"{engine_dir} has {len(entries)} rank(s); device {device} runs single-rank "
+                "engines only",
+                hint="build with parallel.tp = parallel.pp = 1 for a GPU run, or run on cpu",
+            )
+        entry = entries[0]
+        step = Step.from_json(entry["schedule"][0])
+        session = _session(root / entry["dir"], step.file or "", threads, device)
+        _, kv_heads = heads_per_rank(ModelSpec(**meta["model"]), 1)
+        limits = meta.get("limits", {})
+        bound = BoundSession(
+            _import_onnxruntime(),
+            session,
+            device=device,
+            shared=meta["onnx"].get("profile") == "ort",
+            cache_shape=(kv_heads, int(meta["model"]["head_size"])),
+            max_seq_len=int(limits.get("max_seq_len", 0)),
+        )
+        first = int(entry["first_layer"])
+        rank = _Rank(
+            0, 0, 0, range(first, first + int(entry["num_layers"])), [step], [session], kv_heads
+        )
+        return cls(engine_dir, meta, [rank], bound)
+
     # -- one forward pass -------------------------------------------------------------
 
-    def new_cache(self, batch: int) -> KvCache:
+    def new_cache(self, batch: int) -> KvCache | BoundCache:
+        if self.bound is not None:
+            return self.bound.new_cache(batch)
         empty = np.zeros((batch, self.ranks[0].kv_heads, 0, self.head_size), np.float32)
         return KvCache(
             {
@@ -181,13 +262,20 @@ class OrtEngine:
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
-        cache: KvCache,
+        cache: KvCache | BoundCache,
     ) -> np.ndarray:
-        """Logits [batch, seq, vocab] for new tokens; ``cache`` is advanced in place."""
+        """Logits [batch, seq, vocab] for new tokens; ``cache`` is advanced in place.
+
+        The ort profile has no ``position_ids`` input: row b's tokens are its first
+        ``sum(attention_mask[b])`` slots (see :meth:`_stream_right_padded`)."""
         common = {
             ATTENTION_MASK: attention_mask.astype(np.int64),
             POSITION_IDS: position_ids.astype(np.int64),
         }
+        if self.bound is not None:
+            assert isinstance(cache, BoundCache)
+            return self.bound.forward({INPUT_IDS: input_ids.astype(np.int64), **common}, cache)
+        assert isinstance(cache, KvCache)
         carry: dict[str, np.ndarray] = {INPUT_IDS: input_ids.astype(np.int64)}
         for stage in range(self.pp_size):
             ranks = [r for r in self.ranks if r.pp_rank == stage]
@@ -259,6 +347,9 @@ class OrtEngine:
             )
         longest = max(len(p) for p in prompts)
         self._check_length(longest, longest + max_new_tokens)
+        if self.profile == "ort":
+            yield from self._stream_right_padded(prompts, max_new_tokens)
+            return
         ids = np.full((len(prompts), longest), PAD_ID, np.int64)
         mask = np.zeros((len(prompts), longest), np.int64)
         for row, prompt in enumerate(prompts):
@@ -273,6 +364,30 @@ class OrtEngine:
             mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)
             positions = positions[:, -1:] + 1
             logits = self.forward(token[:, None], mask, positions, cache)
+            token = logits[:, -1].argmax(axis=-1)
+            yield token
+
+    def _stream_right_padded(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int
+    ) -> Iterator[np.ndarray]:
+        """Greedy decoding for the ort profile: GroupQueryAttention writes row b's step-t
+        token at slot len(prompt_b) + t and rotates it by that position, both read from
+        the mask's per-row count, so prompts are right-padded and the mask counts tokens."""
+        lengths = np.asarray([len(p) for p in prompts], np.int64)
+        longest = int(lengths.max())
+        ids = np.full((len(prompts), longest), PAD_ID, np.int64)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = prompt
+        cache = self.new_cache(len(prompts))
+        rows = np.arange(len(prompts))
+        mask = (np.arange(longest)[None] < lengths[:, None]).astype(np.int64)
+        logits = self.forward(ids, mask, np.zeros_like(ids), cache)
+        token = logits[rows, lengths - 1].argmax(axis=-1)
+        yield token
+        for step in range(1, max_new_tokens):
+            width = longest + step
+            mask = (np.arange(width)[None] < (lengths + step)[:, None]).astype(np.int64)
+            logits = self.forward(token[:, None], mask, (lengths + step - 1)[:, None], cache)
             token = logits[:, -1].argmax(axis=-1)
             yield token
 
@@ -309,6 +424,9 @@ def score_windows(length: int, window: int) -> list[tuple[int, int]]:
     return [(start, min(start + window, length)) for start in range(0, length, window)]
 
 
-def load_engine(engine_dir: Path, *, threads: int | None = None) -> OrtEngine:
-    """Load an engine directory built by the onnxruntime (or tensorrt) backend."""
-    return OrtEngine.load(engine_dir, threads=threads)
+def load_engine(engine_dir: Path, *, threads: int | None = None, device: str = "cpu") -> OrtEngine:
+    """Load an engine directory built by the onnxruntime (or tensorrt) backend.
+
+    ``device="cuda"`` runs it on ONNX Runtime's CUDAExecutionProvider (onnxruntime-gpu;
+    exit 4 without it or without a GPU), the KV cache kept in GPU memory."""
+    return OrtEngine.load(engine_dir, threads=threads, device=device)

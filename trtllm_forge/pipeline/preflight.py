@@ -59,6 +59,19 @@ def check_static(loaded: LoadedRecipe) -> None:
             hint="set quantize.method or quantize.kv_cache, or remove calibration",
             location=loaded.locate("quantize.calibration"),
         )
+    _check_profile(loaded)
+
+
+def _check_profile(loaded: LoadedRecipe) -> None:
+    """build.profile ort lowers a subset of what portable does: refuse the rest now."""
+    if loaded.recipe.build.profile != "ort":
+        return
+    from trtllm_forge.engine.onnx.ort.support import recipe_refusals
+
+    for refusal in recipe_refusals(loaded.recipe):
+        raise recipe_error(
+            refusal.message, hint=refusal.hint, location=loaded.locate(refusal.field)
+        )
 
 
 def _check_local_source(loaded: LoadedRecipe) -> None:
@@ -139,6 +152,21 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
         )
     _check_group_alignment(loaded, dims, hf_config)
     _check_smoothing_fold(loaded, hf_config)
+    _check_profile_model(loaded, hf_config)
+
+
+def _check_profile_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
+    if loaded.recipe.build.profile != "ort":
+        return
+    from trtllm_forge.engine.onnx.ort.support import model_refusal
+
+    reason = model_refusal(hf_config)
+    if reason:
+        raise recipe_error(
+            reason,
+            hint="use build.profile: portable, which lowers every supported family",
+            location=loaded.locate("build.profile"),
+        )
 
 
 def _check_architecture(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:

@@ -202,6 +202,13 @@ class Build(_Strict):
     backend: Literal["onnxruntime", "tensorrt", "trtllm"] = Field(
         "onnxruntime", description="Engine backend."
     )
+    profile: Literal["portable", "ort"] = Field(
+        "portable",
+        description="ONNX lowering: `portable` (standard ops; the oracle and TensorRT's input) "
+        "or `ort` (ONNX Runtime contrib ops: GroupQueryAttention, SkipSimplifiedLayerNormalization, "
+        "MatMulNBits; Llama/Mistral/Qwen2, none/int8_wo/int4_wo/awq/gptq, tp = pp = 1, "
+        "backend onnxruntime; anything else is refused at plan time).",
+    )
     max_batch_size: int = Field(8, ge=1, le=4096, description="Largest batch the engine accepts.")
     max_input_len: int = Field(512, ge=1, le=1_048_576, description="Longest prompt, in tokens.")
     max_seq_len: int = Field(

@@ -25,6 +25,7 @@ BUILD_FIELDS = (
     "parallel.tp",
     "parallel.pp",
     "build.backend",
+    "build.profile",
     "build.max_batch_size",
     "build.max_input_len",
     "build.max_seq_len",
@@ -121,6 +122,7 @@ def _options(build: Any) -> Any:
         plugins=dict(build.plugins),
         opt_level=build.opt_level,
         workspace_gb=build.workspace_gb,
+        profile=build.profile,
     )
 
 
@@ -134,6 +136,7 @@ def _summary(meta: dict[str, Any]) -> dict[str, Any]:
         "quant_algo": quant.get("quant_algo"),
         "kv_cache_quant_algo": quant.get("kv_cache_quant_algo"),
         "opset": onnx.get("opset"),
+        "profile": onnx.get("profile", "portable") if onnx else None,
         "limits": meta.get("limits"),
     }
 

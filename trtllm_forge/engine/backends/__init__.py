@@ -42,6 +42,7 @@ class BuildOptions:
     workspace_gb: float = 4.0
     timing_cache: Path | None = None
     strongly_typed: bool | None = None
+    profile: str = "portable"  # ONNX lowering: portable (standard ops) or ort (contrib ops)
 
     def limits(self) -> dict[str, int]:
         return {
@@ -54,6 +55,15 @@ class BuildOptions:
         if not 0 < self.max_input_len < self.max_seq_len:
             raise recipe_error(
                 f"max_input_len ({self.max_input_len}) must be positive and below max_seq_len ({self.max_seq_len})"
+            )
+        if self.profile not in ("portable", "ort"):
+            raise recipe_error(
+                f"unknown build profile {self.profile!r}", hint="choose portable or ort"
+            )
+        if self.profile == "ort" and backend != "onnxruntime":
+            raise recipe_error(
+                f"build.profile ort emits ONNX Runtime contrib ops that backend {backend!r} cannot run",
+                hint="use build.backend: onnxruntime, or build.profile: portable",
             )
         problems = validate_plugins(backend, self.plugins)
         if problems:

@@ -34,13 +34,18 @@ def unavailable_reason() -> str | None:
 def build(
     checkpoint_dir: Path, out_dir: Path, options: BuildOptions, *, progress: Progress = _NO_PROGRESS
 ) -> dict[str, Any]:
-    from trtllm_forge.engine.onnx.lower import lower_checkpoint
+    from trtllm_forge.engine.onnx.lower import OrtProfile, lower_checkpoint
 
     ckpt = read_checkpoint(checkpoint_dir)
     meta = engine_metadata(
         ckpt, backend=NAME, limits=options.limits(), plugins=dict(options.plugins), tools=TOOLS
     )
-    meta["onnx"] = {"root": ".", **lower_checkpoint(checkpoint_dir, out_dir, progress=progress)}
+    # The ort profile's rope tables cover exactly the positions the limits allow.
+    ort = OrtProfile(max_positions=options.max_seq_len) if options.profile == "ort" else None
+    meta["onnx"] = {
+        "root": ".",
+        **lower_checkpoint(checkpoint_dir, out_dir, progress=progress, ort=ort),
+    }
     write_metadata(out_dir, meta)
     progress.log(f"onnxruntime engine: {len(ckpt.ranks)} rank graph(s) in {out_dir}")
     return meta

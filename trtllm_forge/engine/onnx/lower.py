@@ -11,6 +11,8 @@ The returned dict is the ``onnx`` section of the engine metadata (engine.json).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,16 @@ _NO_PROGRESS = NullProgress()
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+PROFILES = ("portable", "ort")
+
+
+@dataclass(frozen=True)
+class OrtProfile:
+    """The ort profile's build choices: rope table rows (the engine's max_seq_len) and
+    MatMulNBits' accuracy_level (0: float activations; 4: int8 activations on CPU)."""
+
+    max_positions: int
+    accuracy_level: int = 0
 
 
 def lower_checkpoint(
@@ -39,6 +51,7 @@ def lower_checkpoint(
     segments: bool = True,
     full_check: bool = True,
     progress: Progress = _NO_PROGRESS,
+    ort: OrtProfile | None = None,
 ) -> dict[str, Any]:
     """Write every rank's ONNX graph (and its ORT segments) and return their description.
 
@@ -47,8 +60,12 @@ def lower_checkpoint(
         out_dir: directory to write ``rank{r}/`` into (created).
         segments: also write the graph split at collectives, for the ORT runtime.
         full_check: run ``onnx.checker.check_model(path, full_check=True)`` on each rank graph.
+        ort: build the ``ort`` profile (ONNX Runtime contrib ops, single rank) instead of
+            the portable graph; the checker skips contrib ops, which it has no schema for.
     """
     ckpt = read_checkpoint(checkpoint_dir)
+    if ort is not None:
+        return _lower_ort(ckpt, Path(out_dir), ort, progress=progress)
     out_dir = Path(out_dir)
     ranks = []
     with (
@@ -80,13 +97,15 @@ def _lower_rank(
     *,
     segments: bool,
     full_check: bool,
+    build: Callable[[LoweringContext], None] = build_decoder,
+    custom_domains: list[str] | None = None,
 ) -> dict[str, Any]:
     rank_dir = out_dir / f"rank{layout.rank}"
     rank_dir.mkdir(parents=True, exist_ok=True)
     data = ExternalData(rank_dir / DATA_FILE)
     try:
         ctx = LoweringContext(GraphBuilder(data), weights, ckpt.model, layout)
-        build_decoder(ctx)
+        build(ctx)
     finally:
         data.close()
     unused = weights.unused()
@@ -98,7 +117,11 @@ def _lower_rank(
         )
     model = ctx.graph.model(
         f"rank{layout.rank}",
-        custom_domains=[COLLECTIVE_DOMAIN] if layout.tp_size > 1 else [],
+        custom_domains=custom_domains
+        if custom_domains is not None
+        else [COLLECTIVE_DOMAIN]
+        if layout.tp_size > 1
+        else [],
         doc=f"trtllm-forge decoder, rank {layout.rank} (tp {layout.tp_rank}/{layout.tp_size}, "
         f"pp {layout.pp_rank}/{layout.pp_size}), layers {layout.first_layer}..{layout.first_layer + layout.num_layers - 1}",
     )
@@ -141,4 +164,47 @@ def _describe(value: onnx.ValueInfoProto) -> dict[str, Any]:
         "name": value.name,
         "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
         "shape": [d.dim_param or d.dim_value for d in tensor.shape.dim],
+    }
+
+
+def _lower_ort(
+    ckpt: Checkpoint, out_dir: Path, ort: OrtProfile, *, progress: Progress
+) -> dict[str, Any]:
+    from trtllm_forge.engine.onnx.ort.decoder import build_ort_decoder
+    from trtllm_forge.engine.onnx.ort.matmul import MS_DOMAIN, OrtLinears
+
+    if len(ckpt.ranks) != 1:
+        raise source_error(
+            f"build.profile ort lowers single-rank checkpoints; this one has {len(ckpt.ranks)} ranks",
+            hint="set parallel.tp and parallel.pp to 1, or use build.profile: portable",
+        )
+
+    def build(ctx: LoweringContext) -> None:
+        build_ort_decoder(ctx, ort.max_positions, OrtLinears(ort.accuracy_level))
+
+    with (
+        CheckpointReader(ckpt.path) as reader,
+        progress.task("lowering to ONNX (ort profile)", total=1) as task,
+    ):
+        layout = ckpt.ranks[0]
+        rank = _lower_rank(
+            ckpt,
+            layout,
+            RankWeights(reader, layout.rank),
+            out_dir,
+            segments=True,
+            full_check=False,
+            build=build,
+            custom_domains=[MS_DOMAIN],
+        )
+        task.advance()
+    return {
+        "opset": OPSET,
+        "profile": "ort",
+        "contrib_domain": MS_DOMAIN,
+        "compute_dtype": "float32",
+        "weights_dtype": ckpt.model.dtype,
+        "max_positions": ort.max_positions,
+        "accuracy_level": ort.accuracy_level,
+        "ranks": [rank],
     }

@@ -1,0 +1,115 @@
+"""The ort lowering profile (engine/onnx/ort): ONNX Runtime contrib ops, same gates.
+
+Every family the profile lowers (Llama, Mistral with a window that bites, Qwen2 with its
+qkv bias) is built through the real converter and backend and verified against the
+transformers reference with the gates the portable profile meets; every weight-only
+method runs as MatMulNBits and matches the portable engine (the exact fake-quant
+oracle); the graph really uses the fused operators; the portable graph is untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.engine_support import OPTIONS, random_prompts, random_texts, tiny_checkpoint
+from trtllm_forge.engine.backends import build_engine
+from trtllm_forge.engine.runtime import OrtEngine
+from trtllm_forge.engine.verify import verify_engine
+
+ORT = replace(OPTIONS, profile="ort")
+# The portable profile's tiny engines meet these (float32 compute on both sides).
+GATES = {
+    "min_token_agreement": 1.0,
+    "min_top1": 1.0,
+    "max_kl": 1e-6,
+    "max_rel_logit_diff": 1e-4,
+}
+FAMILIES = {
+    "llama": {},
+    "mistral": {"sliding_window": 8},  # shorter than prompt + generation: the window bites
+    "qwen2": {},
+}
+FUSED = {"GroupQueryAttention", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"}
+
+
+@pytest.mark.parametrize("arch", list(FAMILIES))
+def test_family_passes_the_portable_gates(tmp_path: Path, arch: str) -> None:
+    hf, checkpoint = tiny_checkpoint(tmp_path, arch, **FAMILIES[arch])
+    engine = tmp_path / "engine"
+    meta = build_engine("onnxruntime", checkpoint, engine, ORT)
+    assert meta["onnx"]["profile"] == "ort"
+    ops = {
+        n.op_type
+        for n in onnx.load(engine / "rank0" / "model.onnx", load_external_data=False).graph.node
+    }
+    assert FUSED <= ops and "Softmax" not in ops
+    result = verify_engine(
+        engine,
+        hf,
+        prompts_token_ids=random_prompts(8),  # mixed lengths: right padding in one batch
+        texts_token_ids=random_texts(2, 96),  # 96 > max_input_len 64: chunked through the cache
+        max_new_tokens=24,
+        gates=GATES,
+    )
+    assert result.passed, [g for g in result.gates if not g.passed]
+
+
+QUANT = {
+    "int8_wo": {},
+    "int4_wo": {"group_size": 64},
+    "awq": {"group_size": 64},
+    "gptq": {"group_size": 64, "act_order": True},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_quant(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.tinymodels import make_tiny_hf
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+
+    root = tmp_path_factory.mktemp("ort-quant")
+    hf = make_tiny_hf(
+        "llama", root / "hf", hidden_size=128, intermediate_size=256, with_tokenizer=True
+    )
+    convert_hf_checkpoint(hf, root / "canonical", dtype="float16")
+    return {"hf": hf, "canonical": root / "canonical", "root": root}
+
+
+@pytest.mark.parametrize("method", list(QUANT))
+def test_weight_only_methods_run_as_matmul_nbits(tiny_quant: dict[str, Path], method: str) -> None:
+    """MatMulNBits (accuracy_level 0) computes what the portable Q/DQ graph computes."""
+    from trtllm_forge.quant.calibration import CalibrationSpec
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    root = tiny_quant["root"]
+    checkpoint = root / f"q-{method}"
+    quantize_checkpoint(
+        hf_dir=tiny_quant["hf"],
+        canonical_dir=tiny_quant["canonical"],
+        out_dir=checkpoint,
+        method=method,
+        params=QUANT[method],
+        calibration=CalibrationSpec(samples=4, seq_len=32, seed=0),
+    )
+    options = replace(OPTIONS, max_batch_size=2, max_input_len=32, max_seq_len=64)
+    build_engine("onnxruntime", checkpoint, root / f"portable-{method}", options)
+    build_engine("onnxruntime", checkpoint, root / f"ort-{method}", replace(options, profile="ort"))
+    graph = onnx.load(root / f"ort-{method}" / "rank0" / "model.onnx", load_external_data=False)
+    nbits = [n for n in graph.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 2 * 5  # qkv, dense, fc, gate, proj per layer (lm_head stays float)
+    bits = {a.i for n in nbits for a in n.attribute if a.name == "bits"}
+    assert bits == {8 if method == "int8_wo" else 4}
+    if method == "awq":  # q/k/v share one pre-quant scale: folded into the RMSNorm weight
+        assert not any(
+            n.name.startswith("transformer.layers.0.attention.qkv.prequant")
+            for n in graph.graph.node
+        )
+    ids = random_texts(1, 40, seed=3)[0]
+    want = OrtEngine.load(root / f"portable-{method}", threads=1).score(ids, chunk=16)
+    got = OrtEngine.load(root / f"ort-{method}", threads=1).score(ids, chunk=16)
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-4

@@ -1,0 +1,86 @@
+"""build.profile ort through the real CLI: what it cannot lower is refused at plan time
+(exit 2, located at the recipe field, naming what is missing); --device cuda without
+onnxruntime-gpu or a GPU is exit 4 naming what to install."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import assert_clean_error, forge, write_recipe
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tinymodels import make_tiny_hf
+
+    return make_tiny_hf("gemma", tmp_path_factory.mktemp("gemma") / "hf", with_tokenizer=True)
+
+
+def _line(err: str) -> int:
+    return int(err.split("recipe.yaml:", 1)[1].split(":", 1)[0])
+
+
+def test_a_family_the_profile_cannot_lower_is_refused_at_plan(tmp_path: Path, gemma: Path) -> None:
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", source={"path": str(gemma)}, build={"profile": "ort"}
+    )
+    run = forge("plan", str(recipe))
+    assert_clean_error(run, 2, "build.profile", "GemmaForCausalLM", "LlamaForCausalLM", "portable")
+    assert _line(run.err) == 6  # build: / profile: ort
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "field", "fragment"),
+    [
+        ("quantize", {"method": "smoothquant"}, "quantize.method", "'smoothquant'"),
+        ("quantize", {"method": "fp8"}, "quantize.method", "'fp8'"),
+        ("quantize", {"method": "int8_wo", "kv_cache": "int8"}, "quantize.kv_cache", "'int8'"),
+        ("parallel", {"tp": 2}, "parallel.tp", "collectives"),
+    ],
+)
+def test_a_method_or_layout_the_profile_cannot_lower_is_refused_at_plan(
+    tmp_path: Path,
+    tiny_models: dict[str, Path],
+    section: str,
+    value: dict,
+    field: str,
+    fragment: str,
+) -> None:
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        source={"path": str(tiny_models["llama"])},
+        **{section: value},
+        build={"profile": "ort"},
+    )
+    run = forge("plan", str(recipe))
+    assert_clean_error(run, 2, field, "build.profile ort", fragment)
+
+
+def test_supported_recipe_plans(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        source={"path": str(tiny_models["qwen2"])},
+        quantize={"method": "int8_wo"},
+        build={"profile": "ort"},
+    )
+    assert forge("plan", str(recipe)).code == 0
+
+
+def test_device_cuda_without_onnxruntime_gpu_exits_4(tmp_path: Path) -> None:
+    """This machine has the CPU onnxruntime wheel: a forge engine asked to run on cuda
+    says which package to install instead of silently running on the CPU."""
+    from tests.engine_support import tiny_engine
+    from trtllm_forge.engine.runtime import load_engine
+    from trtllm_forge.errors import ForgeError
+
+    built = tiny_engine(tmp_path, "llama", with_tokenizer=True)
+    engine = built.engine
+    with pytest.raises(ForgeError) as err:
+        load_engine(engine, device="cuda")
+    assert err.value.code == 4 and "onnxruntime-gpu" in (err.value.message + (err.value.hint or ""))
+    run = forge(
+        "run", str(engine), "--prompt", "hi", "--device", "cuda", "--tokenizer", str(built.hf)
+    )
+    assert_clean_error(run, 4, "onnxruntime-gpu")

@@ -1,0 +1,91 @@
+"""What the ``ort`` lowering profile can lower, decided from the recipe and the HF config.
+
+Torch- and onnx-free: ``forge plan`` calls it before any stage runs, so a recipe the
+profile cannot lower fails at plan time (exit 2, at the recipe field) rather than
+after an hour of calibration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PROFILE = "ort"
+# HF architectures whose decoder the ort lowering builds (the Llama graph: RMSNorm, gated
+# SiLU MLP, GPT-NeoX rope, grouped-query attention; Qwen2 adds the qkv bias, Mistral a window).
+ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+# quantize.method -> what MatMulNBits carries it as (None: float MatMul).
+METHODS = {"none": None, "int8_wo": 8, "int4_wo": 4, "awq": 4, "gptq": 4}
+ACTIVATIONS = ("silu",)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One reason the ort profile cannot lower a recipe: the field to point at and why."""
+
+    field: str
+    message: str
+    hint: str
+
+
+def recipe_refusals(recipe: Any) -> list[Refusal]:
+    """Reasons knowable from the recipe alone (method, KV cache, parallelism, backend)."""
+    out = []
+    method = recipe.quantize.method
+    if method not in METHODS:
+        out.append(
+            Refusal(
+                "quantize.method",
+                f"build.profile ort has no lowering for quantize.method {method!r}",
+                f"use one of {', '.join(METHODS)} or build.profile: portable",
+            )
+        )
+    if recipe.quantize.kv_cache != "none":
+        out.append(
+            Refusal(
+                "quantize.kv_cache",
+                f"build.profile ort keeps the KV cache in the compute dtype; "
+                f"kv_cache {recipe.quantize.kv_cache!r} is not lowered",
+                "set quantize.kv_cache: none or build.profile: portable",
+            )
+        )
+    for field in ("tp", "pp"):
+        if getattr(recipe.parallel, field) != 1:
+            out.append(
+                Refusal(
+                    f"parallel.{field}",
+                    f"build.profile ort builds single-rank engines; parallel.{field} = "
+                    f"{getattr(recipe.parallel, field)} needs the portable graph's collectives",
+                    f"set parallel.{field}: 1 or build.profile: portable",
+                )
+            )
+    if recipe.build.backend != "onnxruntime":
+        out.append(
+            Refusal(
+                "build.backend",
+                f"build.profile ort emits ONNX Runtime contrib ops that backend "
+                f"{recipe.build.backend!r} cannot run",
+                "use build.backend: onnxruntime, or build.profile: portable",
+            )
+        )
+    return out
+
+
+def model_refusal(hf_config: Mapping[str, Any]) -> str | None:
+    """Why the ort profile cannot lower this model (None when it can)."""
+    archs = hf_config.get("architectures") or []
+    arch = archs[0] if archs else None
+    if arch not in ARCHITECTURES:
+        return (
+            f"build.profile ort has no lowering for {arch or 'this model'} "
+            f"(it lowers {', '.join(ARCHITECTURES)})"
+        )
+    act = hf_config.get("hidden_act", "silu")
+    if act not in ACTIVATIONS:
+        return f"build.profile ort lowers the SiLU-gated MLP only, not hidden_act {act!r}"
+    rope = hf_config.get("rope_scaling") or hf_config.get("rope_parameters") or {}
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind not in ("default", "linear", "llama3", "yarn"):
+        return f"build.profile ort has no rotary scaling {kind!r} (default, linear, llama3, yarn)"
+    return None
