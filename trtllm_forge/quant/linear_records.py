@@ -12,7 +12,7 @@ checked when the file is written, never assumed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -83,32 +83,37 @@ def save_records(
     return {"linears": len(result.linears), "stored_weights": stored}
 
 
-def load_records(path: Path, originals: OriginalWeights) -> QuantResult:
-    """The per-module :class:`QuantResult` back, weights rebuilt from the snapshot."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        names = list(handle.keys())
-        values = {name: handle.get_tensor(name) for name in names}
-    dtype = metadata.get("calibration_dtype", "float32")
-    result = QuantResult()
-    for module in _modules(names):
-        fields = {f: values.get(f"{module}.{f}") for f in _FIELDS}
-        weight = values.get(f"{module}.weight")
+class CalibrationRecords:
+    """Lazy reader of ``linears.safetensors``: one module's :class:`LinearQuant` at a time,
+    its weight rebuilt from the snapshot (memory stays at one layer, not the model)."""
+
+    def __init__(self, path: Path, originals: OriginalWeights, stack: ExitStack) -> None:
+        self._handle = stack.enter_context(safe_open(str(path), framework="pt"))
+        self._names = set(self._handle.keys())
+        self._originals = originals
+        self.dtype = (self._handle.metadata() or {}).get("calibration_dtype", "float32")
+        self.modules = list(_modules(sorted(self._names)))
+        self.kv_amax: dict[int, tuple[float, float]] = {}
+        for name in self._names:
+            if name.startswith("kv."):
+                k_amax, v_amax = self._handle.get_tensor(name).tolist()
+                self.kv_amax[int(name.removeprefix("kv."))] = (k_amax, v_amax)
+
+    def _get(self, name: str) -> torch.Tensor | None:
+        return self._handle.get_tensor(name) if name in self._names else None
+
+    def linear(self, module: str) -> LinearQuant:
+        amax = self._get(f"{module}.weight_amax")
+        if amax is None:
+            raise KeyError(f"no calibration record for {module}")
+        pqs = self._get(f"{module}.pre_quant_scale")
+        weight = self._get(f"{module}.weight")
         if weight is None:
-            weight = rebuilt_weight(originals.get(module), fields["pre_quant_scale"], dtype)
-        amax = fields["weight_amax"]
-        assert amax is not None, f"{path}: {module} has no weight_amax"
-        result.linears[module] = LinearQuant(
-            weight, amax, fields["input_amax"], fields["pre_quant_scale"]
-        )
-    for name in names:
-        if name.startswith("kv."):
-            k_amax, v_amax = values[name].tolist()
-            result.kv_amax[int(name.removeprefix("kv."))] = (k_amax, v_amax)
-    return result
+            weight = rebuilt_weight(self._originals.get(module), pqs, self.dtype)
+        return LinearQuant(weight, amax, self._get(f"{module}.input_amax"), pqs)
 
 
-def _modules(names: list[str]) -> Iterator[str]:
+def _modules(names: Iterable[str]) -> Iterator[str]:
     seen: dict[str, None] = {}
     for name in names:
         if name.endswith(".weight_amax"):
