@@ -79,6 +79,19 @@ def render_markdown(result: VerifyResult) -> str:
         lines.append("No gate thresholds were set; metrics are reported only.")
     lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {name} | {_fmt(value)} |" for name, value in sorted(result.metrics.items())]
+    if result.texts:
+        lines += [
+            "",
+            "## Scored texts",
+            "",
+            "| text | tokens | scored | scored range | windows |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t['text']} | {t['tokens']} | {t['scored_tokens']} | "
+            f"[{t['scored_from']}, {t['scored_to']}) | {t['windows']} |"
+            for t in result.texts
+        ]
     lines += [
         "",
         "## Greedy generation",

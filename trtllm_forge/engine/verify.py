@@ -18,15 +18,18 @@ Metrics:
 
 from __future__ import annotations
 
+import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from trtllm_forge.context import NullProgress, Progress
-from trtllm_forge.engine import metrics
+from trtllm_forge.engine import metrics, streaming
+from trtllm_forge.engine.metadata import read_metadata
 from trtllm_forge.engine.runtime import OrtEngine, score_windows
 from trtllm_forge.errors import recipe_error
 
@@ -59,6 +62,7 @@ class VerifyResult:
     prompts: list[dict[str, Any]]  # per prompt: reference/engine tokens, first divergence
     engine: dict[str, Any]  # backend, mapping, quantization of the engine verified
     files: dict[str, str] = field(default_factory=dict)
+    texts: list[dict[str, Any]] = field(default_factory=list)  # per text: tokens scored, where
 
     @property
     def passed(self) -> bool:
@@ -75,6 +79,7 @@ class VerifyResult:
             "prompts": self.prompts,
             "engine": self.engine,
             "files": self.files,
+            "texts": self.texts,
         }
 
 
@@ -157,23 +162,43 @@ def verify_engine(
     gates: Mapping[str, float | None],
     out_dir: Path | None = None,
     progress: Progress = _NO_PROGRESS,
+    text_lengths: Sequence[int] | None = None,
 ) -> VerifyResult:
     """Run the comparison, evaluate ``gates`` and (if ``out_dir``) write the three reports.
 
+    The reference runs first (greedy generation, teacher-forced logits spilled to a
+    temporary file in ``out_dir``), is freed, then the engine runs and the metrics are
+    accumulated block by block (see :mod:`trtllm_forge.engine.streaming`): peak memory is
+    one model plus one block of logits, whatever the length of the texts.
+    ``text_lengths`` (each text's token count before it was cut) goes into the report.
     A failed gate does not raise: the caller turns ``not result.passed`` into exit code 3.
     """
     check_gates(gates)
-    engine = OrtEngine.load(engine_dir)
-    reference = load_reference(reference_dir)
-    values, prompt_rows = _compare_generation(
-        engine, reference, prompts_token_ids, max_new_tokens, progress
-    )
-    values.update(_compare_scoring(engine, reference, prompts_token_ids, texts_token_ids, progress))
+    meta = read_metadata(Path(engine_dir))
+    limits = meta.get("limits", {})
+    window = int(limits.get("max_seq_len", 1 << 30))
+    scored = [("text", t) for t in texts_token_ids if len(t) >= 2]
+    scored += [("prompt", p) for p in prompts_token_ids]
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out_dir) as spill_file:
+        reference_tokens, vocab = _reference_pass(
+            reference_dir, prompts_token_ids, max_new_tokens, scored, window, spill_file, progress
+        )
+        spill_file.seek(0)
+        engine = OrtEngine.load(engine_dir)
+        with progress.task("verify: engine greedy generation", total=1) as task:
+            engine_tokens = engine.generate(prompts_token_ids, max_new_tokens)
+            task.advance()
+        scores = _engine_pass(engine, scored, window, vocab, spill_file, progress)
+    values, prompt_rows = _generation_metrics(prompts_token_ids, reference_tokens, engine_tokens)
+    values.update(_scoring_metrics([kind for kind, _ in scored], scores))
     result = VerifyResult(
         metrics=values,
         gates=evaluate_gates(values, gates),
         prompts=prompt_rows,
         engine={k: engine.meta.get(k) for k in ("backend", "mapping", "quantization", "limits")},
+        texts=_texts_scored(texts_token_ids, text_lengths, window),
     )
     if out_dir is not None:
         from trtllm_forge.engine.report import write_reports
@@ -182,20 +207,66 @@ def verify_engine(
     return result
 
 
-def _compare_generation(
-    engine: OrtEngine,
-    reference: Any,
+def _reference_pass(
+    reference_dir: Path,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
+    scored: Sequence[tuple[str, Sequence[int]]],
+    window: int,
+    spill_file: IO[bytes],
     progress: Progress,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    with progress.task("verify: greedy generation", total=len(prompts) + 1) as task:
-        engine_tokens = engine.generate(prompts, max_new_tokens)
-        task.advance()
-        reference_tokens = []
+) -> tuple[list[list[int]], int]:
+    """Reference greedy tokens per prompt; every scored sequence's logits to ``spill_file``.
+    Returns (tokens, vocabulary width); the model is gone when this returns."""
+    import gc
+
+    reference = load_reference(reference_dir)
+    vocab = int(reference.config.vocab_size)
+    with progress.task("verify: reference", total=len(prompts) + len(scored)) as task:
+        tokens = []
         for prompt in prompts:
-            reference_tokens.append(reference_greedy(reference, prompt, max_new_tokens))
+            tokens.append(reference_greedy(reference, prompt, max_new_tokens))
             task.advance()
+        block = streaming.block_tokens(vocab, window)
+        for _, sequence in scored:
+            for logits in streaming.reference_blocks(reference, sequence, window, block):
+                vocab = logits.shape[1]
+                streaming.spill(logits, spill_file)
+            task.advance()
+    del reference
+    gc.collect()  # the engine loads next: the reference's weights must be gone by then
+    return tokens, vocab
+
+
+def _engine_pass(
+    engine: OrtEngine,
+    scored: Sequence[tuple[str, Sequence[int]]],
+    window: int,
+    vocab: int,
+    spill_file: IO[bytes],
+    progress: Progress,
+) -> list[streaming.SequenceScore]:
+    """The engine's logits block by block against the spilled reference rows."""
+    block = streaming.block_tokens(vocab, engine.max_input_len)
+    scores = []
+    with progress.task("verify: teacher-forced logits", total=len(scored)) as task:
+        for _, sequence in scored:
+            score = streaming.SequenceScore(sequence)
+            row = 0
+            for logits in streaming.engine_blocks(engine, sequence, window, block):
+                reference = streaming.unspill(spill_file, len(logits), vocab)
+                score.add(row, reference, logits)
+                row += len(logits)
+            scores.append(score)
+            task.advance()
+    return scores
+
+
+def _generation_metrics(
+    prompts: Sequence[Sequence[int]],
+    reference_tokens: Sequence[list[int]],
+    engine_tokens: Sequence[list[int]],
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     rows = [
         {
             "prompt_tokens": len(prompt),
@@ -213,42 +284,49 @@ def _compare_generation(
     return values, rows
 
 
-def _compare_scoring(
-    engine: OrtEngine,
-    reference: Any,
-    prompts: Sequence[Sequence[int]],
-    texts: Sequence[Sequence[int]],
-    progress: Progress,
+def _scoring_metrics(
+    kinds: Sequence[str], scores: Sequence[streaming.SequenceScore]
 ) -> dict[str, float]:
-    kl, top1, nll_ref, nll_eng = [], [], [], []
-    max_diff = 0.0
-    scored = [("text", t) for t in texts if len(t) >= 2] + [("prompt", p) for p in prompts]
-    with progress.task("verify: teacher-forced logits", total=len(scored)) as task:
-        for kind, tokens in scored:
-            eng = engine.score(tokens)
-            ref = reference_logits(reference, tokens, engine.max_seq_len)
-            max_diff = max(max_diff, metrics.max_relative_logit_diff(ref, eng))
-            if kind == "text":
-                kl.append(metrics.kl_per_token(ref, eng))
-                top1.append(metrics.top1_matches(ref, eng))
-                nll_ref.append(metrics.next_token_nll(ref, tokens))
-                nll_eng.append(metrics.next_token_nll(eng, tokens))
-            task.advance()
-    values = {"max_rel_logit_diff": max_diff if scored else float("nan")}
-    if kl:
-        all_kl = np.concatenate(kl)
-        ppl_ref = metrics.perplexity(np.concatenate(nll_ref))
-        ppl_eng = metrics.perplexity(np.concatenate(nll_eng))
+    """KL, top-1 and perplexities over the texts; the logit difference over everything."""
+    values = {
+        "max_rel_logit_diff": max((s.max_relative_logit_diff for s in scores), default=float("nan"))
+    }
+    texts = [s for kind, s in zip(kinds, scores, strict=True) if kind == "text"]
+    rows = sum(s.rows for s in texts)
+    if rows:
+        targets = sum(s.targets for s in texts)
+        ppl_ref = math.exp(sum(s.nll_reference for s in texts) / targets) if targets else math.nan
+        ppl_eng = math.exp(sum(s.nll_engine for s in texts) / targets) if targets else math.nan
         values.update(
-            kl_mean=float(all_kl.mean()),
-            kl_max=float(all_kl.max()),
-            top1_agreement=float(np.concatenate(top1).mean()),
+            kl_mean=sum(s.kl_sum for s in texts) / rows,
+            kl_max=max(s.kl_max for s in texts),
+            top1_agreement=sum(s.top1_same for s in texts) / rows,
             ppl_reference=ppl_ref,
             ppl_engine=ppl_eng,
             ppl_ratio=ppl_eng / ppl_ref,
-            text_tokens=float(all_kl.size),
+            text_tokens=float(rows),
         )
     return values
+
+
+def _texts_scored(
+    texts: Sequence[Sequence[int]], lengths: Sequence[int] | None, window: int
+) -> list[dict[str, Any]]:
+    """Per text: how many of its tokens were scored, which ones, in how many windows."""
+    rows = []
+    for index, tokens in enumerate(texts):
+        scored = len(tokens) if len(tokens) >= 2 else 0
+        rows.append(
+            {
+                "text": index,
+                "tokens": lengths[index] if lengths is not None else len(tokens),
+                "scored_tokens": scored,
+                "scored_from": 0,
+                "scored_to": scored,  # exclusive: tokens [0, scored_to) of the tokenized text
+                "windows": len(streaming.blocks(scored, window, window)) if scored else 0,
+            }
+        )
+    return rows
 
 
 def tokenize_inputs(
@@ -256,13 +334,18 @@ def tokenize_inputs(
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of prompts (with the tokenizer's special tokens, as a user's request would
     have) and of texts (plain, each cut to ``max_text_tokens``)."""
+    prompt_ids, text_ids = _tokenize(reference_dir, prompts, texts)
+    return prompt_ids, [ids[:max_text_tokens] for ids in text_ids]
+
+
+def _tokenize(
+    reference_dir: Path, prompts: Sequence[str], texts: Sequence[str]
+) -> tuple[list[list[int]], list[list[int]]]:
     from trtllm_forge.sources.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(reference_dir, needed_for="verify tokenizes the prompts")
     prompt_ids = [list(tokenizer(p)["input_ids"]) for p in prompts]
-    text_ids = [
-        list(tokenizer(t, add_special_tokens=False)["input_ids"])[:max_text_tokens] for t in texts
-    ]
+    text_ids = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     return prompt_ids, text_ids
 
 
@@ -287,7 +370,8 @@ def verify_build(
         from trtllm_forge.quickeval import builtin_eval_text
 
         texts = [builtin_eval_text()]
-    prompt_ids, text_ids = tokenize_inputs(Path(reference_dir), prompts, texts, max_text_tokens)
+    prompt_ids, full_texts = _tokenize(Path(reference_dir), prompts, texts)
+    text_ids = [ids[:max_text_tokens] for ids in full_texts]
     result = verify_engine(
         Path(engine_dir),
         Path(reference_dir),
@@ -297,6 +381,7 @@ def verify_build(
         gates=gates,
         out_dir=Path(out_dir),
         progress=progress,
+        text_lengths=[len(ids) for ids in full_texts],
     )
     return {
         "passed": result.passed,
@@ -307,4 +392,5 @@ def verify_build(
             for g in result.gates
         },
         "reports": result.files,
+        "texts": result.texts,
     }

@@ -29,7 +29,9 @@ class VerifyStage:
     name = "verify"
     # 2: the runtime keeps Q/DQ as written (ORT's QDQ fusions off), which changes what a
     # quantized engine computes; reports and gate results made before are not reused.
-    version = "2"
+    # 3: metrics accumulated block by block in float32 (were float64 over whole texts) and
+    # the report lists the tokens scored per text: values and report.json changed.
+    version = "3"
     upstream = ("fetch", "build")
 
     def key_inputs(self, job: StageJob) -> KeyInputs:

@@ -1,0 +1,74 @@
+"""Streaming verify: block-by-block float32 metrics equal the whole-text float64 ones, and
+the report says which tokens were scored (real tiny engine, real reference)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.engine_support import TinyBuild, random_prompts, random_texts, tiny_engine
+from trtllm_forge.engine import metrics, streaming
+from trtllm_forge.engine.runtime import OrtEngine
+from trtllm_forge.engine.verify import load_reference, reference_logits, verify_engine
+
+
+@pytest.fixture(scope="module")
+def fp16(tmp_path_factory: pytest.TempPathFactory) -> TinyBuild:
+    return tiny_engine(tmp_path_factory.mktemp("streaming"), "llama", dtype="float16")
+
+
+def test_blocks_cover_every_token_once_and_restart_at_each_window() -> None:
+    spans = streaming.blocks(300, 128, 50)
+    assert [b[1:] for b in spans][:4] == [(0, 50), (50, 100), (100, 128), (128, 178)]
+    assert sum(stop - start for _, start, stop in spans) == 300
+    assert {window for window, _, _ in spans} == {0, 128, 256}
+    assert streaming.block_tokens(151_936, 2048) * 151_936 * 4 <= streaming.BLOCK_BYTES
+
+
+def test_streamed_metrics_equal_whole_text_metrics(fp16: TinyBuild) -> None:
+    """A 300-token text over 128-token windows, in 40-token engine blocks and 50-token
+    reference blocks: the accumulated float32 figures match float64 over whole arrays."""
+    (text,) = random_texts(1, 300)
+    engine = OrtEngine.load(fp16.engine)
+    reference = load_reference(fp16.hf)
+    ref_blocks = list(streaming.reference_blocks(reference, text, 128, 50))
+    eng_blocks = list(streaming.engine_blocks(engine, text, 128, 40))
+    assert [len(b) for b in ref_blocks][:3] == [50, 50, 28]
+    ref, eng = np.concatenate(ref_blocks), np.concatenate(eng_blocks)
+    whole_ref = reference_logits(reference, text, 128)
+    assert np.abs(ref - whole_ref).max() <= 1e-4 * np.abs(whole_ref).max()  # KV-cache chunks
+    assert np.abs(eng - engine.score(text)).max() == 0.0
+
+    score = streaming.SequenceScore(text)
+    row = 0
+    for block in eng_blocks:
+        score.add(row, ref[row : row + len(block)], block)
+        row += len(block)
+    kl = metrics.kl_per_token(ref, eng)
+    assert score.rows == 300 and score.targets == 299
+    # A KL of ~4e-8 (float16 weights) sits at float32's resolution of the logits: a few %.
+    assert score.kl_sum / score.rows == pytest.approx(kl.mean(), rel=5e-2)
+    assert score.kl_max == pytest.approx(kl.max(), rel=5e-2)
+    assert score.top1_same == int(metrics.top1_matches(ref, eng).sum())
+    nll = metrics.next_token_nll(eng, text)
+    assert score.nll_engine == pytest.approx(nll.sum(), rel=1e-5)
+    assert score.max_relative_logit_diff == pytest.approx(
+        metrics.max_relative_logit_diff(ref, eng), rel=1e-6
+    )
+
+
+def test_report_says_which_tokens_were_scored(fp16: TinyBuild, tmp_path: Path) -> None:
+    texts = random_texts(2, 200)
+    result = verify_engine(
+        fp16.engine, fp16.hf, prompts_token_ids=random_prompts(2), texts_token_ids=texts,
+        max_new_tokens=4, gates={"min_top1": 0.9}, out_dir=tmp_path, text_lengths=[500, 200],
+    )  # fmt: skip
+    assert result.passed and result.metrics["text_tokens"] == 400
+    assert result.texts[0] == {"text": 0, "tokens": 500, "scored_tokens": 200,
+                               "scored_from": 0, "scored_to": 200, "windows": 2}  # fmt: skip
+    assert json.loads((tmp_path / "report.json").read_text())["texts"] == result.texts
+    assert "| 0 | 500 | 200 | [0, 200) | 2 |" in (tmp_path / "report.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "report.json", "report.md"]
