@@ -60,6 +60,29 @@ def check_static(loaded: LoadedRecipe) -> None:
             location=loaded.locate("quantize.calibration"),
         )
     _check_profile(loaded)
+    _check_hf_format(loaded)
+
+
+def _check_hf_format(loaded: LoadedRecipe) -> None:
+    """A quantization the chosen Hugging Face format cannot carry: refused before any work."""
+    build = loaded.recipe.build
+    if build.backend != "hf" or build.format is None:
+        return
+    from trtllm_forge.quant import records
+
+    quant = loaded.recipe.quantize
+    fmt = records.format_name(quant.method, quant.model_dump(mode="json"))
+    kv = None if quant.kv_cache == "none" else quant.kv_cache
+    reason = records.why_not(build.format, fmt, kv)
+    if reason:
+        able = records.carriers(fmt, kv)
+        raise recipe_error(
+            f"build.format {build.format} cannot carry this quantization: {reason}",
+            hint=f"formats that can: {', '.join(able)}"
+            if able
+            else "no Hugging Face format carries it; use build.backend: onnxruntime",
+            location=loaded.locate("build.format"),
+        )
 
 
 def _check_profile(loaded: LoadedRecipe) -> None:
@@ -104,6 +127,8 @@ def _check_local_source(loaded: LoadedRecipe) -> None:
 
 
 def _plugin_problems(backend: str, plugins: dict[str, Any]) -> list[str]:
+    if backend == "hf":  # a Hugging Face folder, not an engine: nothing to switch
+        return [f"plugin {name!r}: the hf target takes no plugins" for name in plugins]
     try:
         from trtllm_forge.engine.backends import validate_plugins
     except ImportError:  # engine package not installed in a stripped build

@@ -196,11 +196,24 @@ class Build(_Strict):
     """Engine backend and limits.
 
     `onnxruntime` runs anywhere; `tensorrt` needs TensorRT and a CUDA GPU; `trtllm` runs
-    `trtllm-build` from TensorRT-LLM ≤ 1.2 on the exported checkpoint.
+    `trtllm-build` from TensorRT-LLM ≤ 1.2 on the exported checkpoint; `hf` writes a
+    quantized Hugging Face folder in `format` (docs/outputs.md).
+
+    ```yaml
+    build:
+      backend: hf
+      format: compressed-tensors
+    ```
     """
 
-    backend: Literal["onnxruntime", "tensorrt", "trtllm"] = Field(
-        "onnxruntime", description="Engine backend."
+    backend: Literal["onnxruntime", "tensorrt", "trtllm", "hf"] = Field(
+        "onnxruntime", description="Engine backend, or `hf` for a quantized Hugging Face folder."
+    )
+    format: Literal["modelopt", "compressed-tensors"] | None = Field(
+        None,
+        description="With backend `hf` (and only then): `modelopt` (ModelOpt's unified "
+        "checkpoint: TensorRT-LLM, vLLM, SGLang) or `compressed-tensors` (vLLM, transformers, "
+        "TensorRT-LLM for FP8). A quantization the format cannot carry is refused at plan time.",
     )
     profile: Literal["portable", "ort"] = Field(
         "portable",
@@ -222,6 +235,11 @@ class Build(_Strict):
 
     @model_validator(mode="after")
     def _limits(self) -> Build:
+        if (self.backend == "hf") != (self.format is not None):
+            raise ValueError(
+                "`format` goes with backend `hf`, and backend `hf` needs a `format` "
+                "(modelopt or compressed-tensors)"
+            )
         if self.max_input_len >= self.max_seq_len:
             raise ValueError(
                 f"max_input_len ({self.max_input_len}) must be less than max_seq_len ({self.max_seq_len})"

@@ -44,6 +44,10 @@ class BuildStage:
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
         backend = job.recipe.build.backend
+        if backend == "hf":  # a Hugging Face folder (trtllm_forge/hf), not an engine
+            from trtllm_forge.hf import stage as hf_stage
+
+            return hf_stage.key_inputs(job)
         require_backend(backend)  # exit 4 before any work when the toolchain is missing
         tools = versions("onnx")
         if backend == "tensorrt":
@@ -55,6 +59,10 @@ class BuildStage:
         return KeyInputs(fields_of(job.recipe, *BUILD_FIELDS), tools=tools)
 
     def run(self, job: StageJob, out_dir: Path) -> StageOutput:
+        if job.recipe.build.backend == "hf":
+            from trtllm_forge.hf import stage as hf_stage
+
+            return hf_stage.run(job, out_dir, checkpoint_dir(job.upstream["calibrate"]))
         from trtllm_forge.engine.backends import build_engine
 
         shard = sharded_checkpoint(job)
@@ -190,6 +198,8 @@ def _keep_timing_cache(job: StageJob, out_dir: Path) -> None:
 
 def require_backend(backend: str) -> None:
     """Exit 4 with one line when the backend cannot build on this machine."""
+    if backend == "hf":
+        return  # writing a Hugging Face folder needs nothing beyond forge's own dependencies
     from trtllm_forge.engine.backends import backend_unavailable
 
     reason = backend_unavailable(backend)

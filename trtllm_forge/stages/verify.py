@@ -51,6 +51,9 @@ class VerifyStage:
             return StageOutput(info={"skipped": True, "passed": True})
         from trtllm_forge.engine.verify import verify_build
 
+        if job.recipe.build.backend == "hf":  # a Hugging Face folder: its own loader
+            from trtllm_forge.hf.verify import verify_build  # type: ignore[assignment]
+
         texts = list(spec.texts)
         if spec.text_file:
             texts.append(_guarded(job, lambda path: path.read_text(errors="replace")))

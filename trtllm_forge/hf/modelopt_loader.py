@@ -1,0 +1,113 @@
+"""Load a ModelOpt unified HF checkpoint into a float transformers model (forge's own
+loader; nothing in transformers reads this format).
+
+Per quantized linear, from the format's tensors alone:
+
+* weight: int8 × ``weight_scale`` [out]; uint8 holding two int4 output rows per byte
+  (low nibble = even row, two's complement) × ``weight_scale`` [out, in/g]; float8
+  × ``weight_scale`` (0-d or [out]);
+* input: × ``pre_quant_scale``, then Q/DQ with ``input_scale`` (INT8 for W8A8 SmoothQuant,
+  FP8 for FP8) or, for FP8_PER_CHANNEL_PER_TOKEN, with a scale per token.
+
+This module deliberately re-derives the unpacking instead of importing the writer's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from trtllm_forge.hf.reader import describe
+
+_FP8_MAX = 448.0
+
+
+def _unpack_uint4_rows(packed: torch.Tensor) -> torch.Tensor:
+    low = (packed & 0x0F).to(torch.int16)
+    high = (packed >> 4).to(torch.int16)
+    rows = torch.stack([low, high], dim=1).reshape(packed.shape[0] * 2, packed.shape[1])
+    return torch.where(rows >= 8, rows - 16, rows).float()
+
+
+def dequantize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Float32 ``[out, in]`` from one linear's stored weight and ``weight_scale``."""
+    scale = scale.float()
+    if weight.dtype == torch.uint8:
+        values = _unpack_uint4_rows(weight)
+        group = values.shape[1] // scale.shape[1]
+        return values * scale.repeat_interleave(group, dim=1)
+    values = weight.float()
+    if scale.dim() == 0 or scale.numel() == 1:
+        return values * scale.reshape(())
+    return values * scale.reshape(-1, 1)
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            out.update({name: handle.get_tensor(name) for name in handle.keys()})
+    return out
+
+
+def _input_hook(algo: str, pqs: torch.Tensor | None, scale: torch.Tensor | None) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0].float()
+        if pqs is not None:
+            x = x * pqs
+        if algo == "W8A8_SQ_PER_CHANNEL" and scale is not None:
+            x = (x / scale).round().clamp(-128, 127) * scale
+        elif algo == "FP8" and scale is not None:
+            x = (x / scale).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).float() * scale
+        elif algo == "FP8_PER_CHANNEL_PER_TOKEN":
+            per_token = (x.abs().amax(dim=-1, keepdim=True) / _FP8_MAX).clamp(min=1e-12)
+            x = (x / per_token).to(torch.float8_e4m3fn).float() * per_token
+        return (x.to(args[0].dtype), *args[1:])
+
+    return hook
+
+
+def load_modelopt_model(folder: Path) -> nn.Module:
+    """The folder as a float32 transformers causal LM with dequantized weights and input hooks."""
+    import transformers
+
+    folder = Path(folder)
+    info = describe(folder)
+    config_doc = json.loads((folder / "config.json").read_text())
+    config_doc.pop("quantization_config", None)
+    config = transformers.AutoConfig.for_model(**config_doc)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = _tensors(folder)
+    state: dict[str, torch.Tensor] = {}
+    hooks: dict[str, Any] = {}
+    for name, tensor in tensors.items():
+        module, _, param = name.rpartition(".")
+        if param == "weight" and f"{module}.weight_scale" in tensors:
+            state[name] = dequantize(tensor, tensors[f"{module}.weight_scale"])
+            pqs = tensors.get(f"{module}.pre_quant_scale")
+            act = tensors.get(f"{module}.input_scale")
+            hooks[module] = _input_hook(
+                str(info.quant_algo),
+                None if pqs is None else pqs.float(),
+                None if act is None else act.float().reshape(()),
+            )
+        elif param in ("weight_scale", "input_scale", "pre_quant_scale", "k_scale", "v_scale"):
+            continue
+        else:
+            state[name] = tensor.float()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(
+            f"folder does not match its config: missing {missing}, unexpected {unexpected}"
+        )
+    modules = dict(model.named_modules())
+    for module, hook in hooks.items():
+        modules[module].register_forward_pre_hook(hook)
+    model.train(False)
+    return model
