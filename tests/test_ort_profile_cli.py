@@ -4,6 +4,7 @@ onnxruntime-gpu or a GPU is exit 4 naming what to install."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,24 @@ def test_device_cuda_without_onnxruntime_gpu_exits_4(tmp_path: Path) -> None:
         "run", str(engine), "--prompt", "hi", "--device", "cuda", "--tokenizer", str(built.hf)
     )
     assert_clean_error(run, 4, "onnxruntime-gpu")
+
+
+def test_forge_build_with_the_ort_profile_passes_verify_and_carries_genai_files(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """The whole pipeline: int8 weight-only, ort profile, verify gates met; the engine
+    folder carries genai_config.json and the snapshot's tokenizer."""
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        source={"path": str(tiny_models["llama"])},
+        convert={"dtype": "float32"},
+        quantize={"method": "int8_wo"},
+        build={"profile": "ort", "max_input_len": 64, "max_seq_len": 128},
+        verify={"max_new_tokens": 8, "gates": {"min_top1": 0.9}},
+    )
+    run = forge("build", str(recipe), "--json")
+    assert run.code == 0, run.err
+    stages = {s["stage"]: s for s in run.json()["stages"]}
+    engine = Path(stages["build"]["path"]) / "engine"
+    assert (engine / "genai_config.json").is_file() and (engine / "tokenizer.json").is_file()
+    assert json.loads((engine / "engine.json").read_text())["onnx"]["profile"] == "ort"

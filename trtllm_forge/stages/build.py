@@ -39,8 +39,10 @@ class BuildStage:
     name = "build"
     # 2: the ONNX lowering names and orders attention masks per sliding window (same
     # numbers, other bytes), so engines built before do not share a key with new ones.
-    version = "2"
-    upstream = ("calibrate",)
+    # 3: single-rank onnxruntime engines also hold genai_config.json and the snapshot's
+    # tokenizer files (onnxruntime-genai loads the folder), so fetch is an input too.
+    version = "3"
+    upstream = ("fetch", "calibrate")
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
         backend = job.recipe.build.backend
@@ -75,6 +77,8 @@ class BuildStage:
         )
         if backend == "tensorrt":
             _keep_timing_cache(job, out_dir)
+        if backend == "onnxruntime":
+            _write_genai_files(job, out_dir / ENGINE_DIR, meta)
         return StageOutput(
             info={
                 "backend": backend,
@@ -108,6 +112,14 @@ def sharded_checkpoint(job: StageJob) -> Artifact:
         return StageOutput(info={"tp": tp, "pp": pp, **dict(summary or {})})
 
     return job.sub_artifact("shard", SHARD_VERSION, doc, produce)
+
+
+def _write_genai_files(job: StageJob, engine: Path, meta: dict[str, Any]) -> None:
+    """genai_config.json + tokenizer files, so onnxruntime-genai runs a tp = pp = 1 engine."""
+    from trtllm_forge.engine.genai import write_genai_folder
+    from trtllm_forge.stages.fetch import snapshot_dir
+
+    write_genai_folder(engine, meta, snapshot_dir(job.upstream["fetch"]))
 
 
 def checkpoint_dir(artifact: Artifact) -> Path:
