@@ -75,6 +75,69 @@ def export_trtllm_checkpoint(
     }
 
 
+def export_hf(
+    *,
+    recipe: str | Path,
+    dest: str | Path,
+    format: str | None = None,
+    overwrite: bool = False,
+    ctx: RunContext | None = None,
+) -> dict[str, Any]:
+    """Write the recipe's quantized Hugging Face folder (ModelOpt format or
+    compressed-tensors) to ``dest``, outside the store.
+
+    ``format`` defaults to the recipe's ``build.format``. A quantization the format
+    cannot carry is refused before anything is built or written. Builds fetch →
+    convert → calibrate as needed (cached).
+    """
+    from trtllm_forge.hf.folder import write_hf_folder
+    from trtllm_forge.stages.build import checkpoint_dir
+    from trtllm_forge.stages.fetch import snapshot_dir
+
+    loaded = check(recipe=recipe)
+    chosen = _hf_format(loaded, format)
+    target = _empty_target(Path(dest), overwrite)
+    runner = Runner(loaded, _context(ctx))
+    runner.build(until="calibrate")
+    assert runner.job is not None
+    parallel = loaded.recipe.parallel
+    summary = write_hf_folder(
+        hf_dir=snapshot_dir(runner.job.upstream["fetch"]),
+        calibrated_dir=checkpoint_dir(runner.job.upstream["calibrate"]),
+        out_dir=target,
+        target=chosen,  # type: ignore[arg-type]
+        tp=parallel.tp,
+        pp=parallel.pp,
+        progress=runner.ctx.progress,
+    )
+    return {"dest": str(target), **summary}
+
+
+def _hf_format(loaded: Any, requested: str | None) -> str:
+    """The format to write: ``--format``, else the recipe's; refuse what it cannot carry."""
+    from trtllm_forge.errors import recipe_error
+    from trtllm_forge.quant import records
+
+    chosen = requested or loaded.recipe.build.format
+    if chosen not in records.TARGETS:
+        raise recipe_error(
+            f"unknown Hugging Face format {chosen!r}" if chosen else "no format given",
+            hint=f"pass --format {' or --format '.join(records.TARGETS)}",
+        )
+    quant = loaded.recipe.quantize
+    fmt = records.format_name(quant.method, quant.model_dump(mode="json"))
+    kv = None if quant.kv_cache == "none" else quant.kv_cache
+    reason = records.why_not(chosen, fmt, kv)
+    if reason:
+        able = records.carriers(fmt, kv)
+        raise recipe_error(
+            f"the {chosen} format cannot carry this recipe's quantization: {reason}",
+            hint=f"formats that can: {', '.join(able)}" if able else "no Hugging Face format can",
+            location=loaded.locate("quantize.method"),
+        )
+    return str(chosen)
+
+
 def copy_checkpoint(src: Path, dest: Path) -> list[str]:
     """Copy config.json and rank files (never the manifest) into ``dest``."""
     import shutil

@@ -445,6 +445,19 @@ def _print_inspection(doc: dict[str, Any]) -> None:
         _print_engine(console, doc["engine"])
     if "checkpoint" in doc:
         _print_checkpoint(console, doc["checkpoint"])
+    if "hf_folder" in doc:
+        _print_hf_folder(console, doc["hf_folder"])
+
+
+def _print_hf_folder(console: Any, info: dict[str, Any]) -> None:
+    console.print(
+        f"Hugging Face folder: {info.get('architecture')}, format {info['format']}, "
+        f"quant_algo {info.get('quant_algo') or 'none'}, group size {info.get('group_size')}, "
+        f"KV cache {info.get('kv_cache') or 'none'}"
+    )
+    console.print(f"excluded modules: {', '.join(info.get('excluded_modules') or []) or 'none'}")
+    if info.get("serving"):
+        console.print(f"serving hint: {info['serving']}")
 
 
 def _print_engine(console: Any, eng: dict[str, Any]) -> None:
@@ -509,6 +522,38 @@ def export_trtllm_ckpt(
         else:
             print(
                 f"wrote {len(doc['files'])} files (tp={doc['tp']}, pp={doc['pp']}) to {doc['dest']}"
+            )
+
+    _guard(body, as_json)
+
+
+@export_app.command("hf")
+def export_hf(
+    recipe: RecipeArg,
+    dest: Annotated[Path, typer.Argument(help="Empty directory to write the model folder into.")],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="modelopt or compressed-tensors (default: the recipe's build.format).",
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty DEST.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export RECIPE's quantization as a Hugging Face folder (ModelOpt's unified format
+    or compressed-tensors) for TensorRT-LLM, vLLM, SGLang or transformers. A quantization
+    the format cannot carry exits 2 before anything is built."""
+    from trtllm_forge import api
+
+    def body() -> None:
+        doc = api.export_hf(recipe=recipe, dest=dest, format=format, overwrite=overwrite)
+        if as_json:
+            _print_json({"ok": True, **doc})
+        else:
+            print(
+                f"wrote {len(doc['files'])} files ({doc['target']}, {doc['format'] or 'unquantized'}"
+                f", KV {doc['kv_cache'] or 'none'}) to {doc['dest']}"
             )
 
     _guard(body, as_json)

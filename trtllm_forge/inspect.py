@@ -51,6 +51,8 @@ def _content_dir(path: Path, manifest: dict[str, Any] | None) -> Path:
     """Where an artifact's interesting content is (engine subdir, referenced checkpoint)."""
     if (path / "engine").is_dir():
         return path / "engine"
+    if (path / "hf").is_dir():  # build.backend: hf
+        return path / "hf"
     if manifest and manifest.get("external") and not (path / "config.json").exists():
         from trtllm_forge.store.store import resolve_recorded
 
@@ -67,6 +69,10 @@ def _describe(path: Path) -> tuple[str, dict[str, Any] | None]:
         return "engine", inspect_engine(path)
     if (path / "config.json").is_file() and any(path.glob("rank*.safetensors")):
         return "checkpoint", inspect_checkpoint(path)
+    from trtllm_forge.hf.reader import describe, is_hf_folder
+
+    if is_hf_folder(path):  # format, algo, group size, exclusions, KV; exit 5 when damaged
+        return "hf_folder", describe(path).to_dict()
     return "unknown", None
 
 
