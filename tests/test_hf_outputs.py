@@ -223,3 +223,66 @@ def _kv_hook(folder: Path, kv: str | None) -> Any:
         return fq(k, k_scale), fq(v, v_scale)
 
     return hook
+
+
+# -- every method × both formats: verify through the real loaders, and refusals --------
+
+MATRIX = [
+    (case, target)
+    for case in CASES
+    for target in ("modelopt", "compressed-tensors")
+    if not (case == "int8_wo+int8kv" and target == "modelopt")
+    and not (case in ("awq", "smoothquant") and target == "compressed-tensors")
+]
+
+
+@pytest.mark.parametrize(("case", "target"), MATRIX)
+def test_verify_gates_green(
+    case: str, target: str, tiny: Path, calibrated: Any, tmp_path: Path
+) -> None:
+    from trtllm_forge.hf.verify import verify_hf_folder
+
+    folder = _folder(tiny, calibrated(case), target, tmp_path / "hf")
+    summary = verify_hf_folder(
+        folder=folder,
+        reference_dir=tiny,
+        prompts=["The quick brown fox", "Once upon a time"],
+        texts=["The quick brown fox jumps over the lazy dog. " * 6],
+        max_new_tokens=4,
+        max_text_tokens=64,
+        gates={"min_top1": 0.5, "max_ppl_ratio": 1.5},
+        out_dir=tmp_path / "verify",
+    )
+    assert summary["passed"], summary["metrics"]
+    assert summary["folder"]["format"] == target
+    assert summary["metrics"]["kl_mean"] > 0  # the quantized model, not the reference
+    assert (tmp_path / "verify" / "report.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("case", "target", "fragment"),
+    [
+        ("awq", "compressed-tensors", "pre-quant scale"),
+        ("smoothquant", "compressed-tensors", "pre-quant scale"),
+        ("int8_wo+int8kv", "modelopt", "INT8 KV"),
+    ],
+)
+def test_uncarriable_combination_is_refused_before_writing(
+    case: str, target: str, fragment: str, tiny: Path, calibrated: Any, tmp_path: Path
+) -> None:
+    from trtllm_forge.errors import ExitCode, ForgeError
+
+    with pytest.raises(ForgeError, match=fragment) as caught:
+        _folder(tiny, calibrated(case), target, tmp_path / "hf")
+    assert caught.value.code == ExitCode.RECIPE
+    assert not (tmp_path / "hf").exists()
+
+
+def test_records_rebuild_every_modelopt_weight_from_the_snapshot(calibrated: Any) -> None:
+    """Only GPTQ's error-fed weights need storing; AWQ/SmoothQuant smoothing is rebuilt."""
+    names = {}
+    for case in ("awq", "smoothquant", "fp8", "gptq"):
+        with safe_open(str(calibrated(case) / "linears.safetensors"), framework="pt") as handle:
+            names[case] = [n for n in handle.keys() if n.endswith(".weight")]
+    assert names["awq"] == names["smoothquant"] == names["fp8"] == []
+    assert len(names["gptq"]) == 14
