@@ -7,11 +7,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
 .PHONY: venv demo test test-slow test-reliability test-latest lint typecheck bench bench-quick data clean lock lock-check
 
-$(BIN)/forge: pyproject.toml requirements/lock.txt
+$(BIN)/forge: pyproject.toml requirements/lock.txt $(wildcard plugins/*/pyproject.toml)
 	$(PY) -m venv $(VENV)
 	# Exactly the tested set (requirements/lock.txt, hashes checked), then forge itself.
 	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/lock.txt
 	$(BIN)/pip install -q --no-deps -e .
+	# First-party plugin packages (plugins/*/pyproject.toml); their dependencies are in the lock.
+	for plugin in plugins/*/pyproject.toml; do [ -e "$$plugin" ] || continue; \
+	  $(BIN)/pip install -q --no-deps -e "$$(dirname $$plugin)" || exit 1; done
 	# Byte-compile forge's sources now: where PYTHONDONTWRITEBYTECODE is set, every CLI
 	# start would otherwise recompile them (about 0.1 s of a 0.3 s no-op build).
 	$(BIN)/python -m compileall -q trtllm_forge
