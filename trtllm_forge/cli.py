@@ -931,7 +931,10 @@ def cache_rm(
             )
         if key is not None and len(key.split(":", 1)[-1]) < 4:
             raise recipe_error("key prefix too short", hint="give at least 4 hex characters")
-        gone = maintenance.remove(_store(), key_prefix=key, stage=stage, everything=everything)
+        store = _store()
+        if stage is not None:
+            maintenance.check_stage_name(store, stage)
+        gone = maintenance.remove(store, key_prefix=key, stage=stage, everything=everything)
         if as_json:
             _print_json({"ok": True, "removed": [e.to_json() for e in gone]})
         else:
@@ -945,4 +948,9 @@ def main() -> None:
     # forge reports long work through its Progress sink instead.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # (reconstructed from bytecode: the original comment of these lines was lost)
+    # torch's inductor cache goes under FORGE_HOME, not a shared /tmp directory.
+    from trtllm_forge.context import forge_home
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(forge_home() / "torchinductor"))
     app()

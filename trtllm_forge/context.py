@@ -52,12 +52,17 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = os.environ.get("FORGE_HOME") or str(Path.home() / ".cache" / "forge")
         return cls(
-            home=Path(home).expanduser().resolve(),
+            home=forge_home(),
             debug=os.environ.get("FORGE_DEBUG", "") not in ("", "0"),
             lock_timeout_s=_seconds_setting("FORGE_LOCK_TIMEOUT", "3600"),
         )
+
+
+def forge_home() -> Path:
+    """``$FORGE_HOME`` (default ``~/.cache/forge``), absolute."""
+    home = os.environ.get("FORGE_HOME") or str(Path.home() / ".cache" / "forge")
+    return Path(home).expanduser().resolve()
 
 
 def _seconds_setting(name: str, default: str) -> float:
@@ -67,7 +72,7 @@ def _seconds_setting(name: str, default: str) -> float:
 
     from trtllm_forge.errors import recipe_error
 
-    text = os.environ.get(name, default)
+    text = os.environ.get(name) or default  # empty means unset, as for FORGE_HOME
     try:
         value = float(text)
     except ValueError:

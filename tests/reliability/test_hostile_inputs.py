@@ -305,6 +305,18 @@ RECIPE_PATHS: dict[str, tuple[str, dict[str, Any], str]] = {
         {"verify": {"text_file": "../" * 40 + "no-such.txt"}},
         "does not exist",
     ),
+    # A "regular file" of size 0 holding the process environment, tokens included.
+    "verify-text-is-proc-environ": (
+        "verify",
+        {"verify": {"text_file": "/proc/self/environ"}},
+        "pseudo-file",
+    ),
+    "calibration-file-is-proc-environ": (
+        "calibrate",
+        {"quantize": {**REAL_QUANTIZE, "calibration": {"file": "/proc/self/environ"}}},
+        "pseudo-file",
+    ),
+    "gguf-is-a-directory": ("fetch", {"source": {"gguf": ".."}}, "not a regular file"),
 }
 
 
@@ -323,6 +335,11 @@ def test_recipe_paths_must_name_regular_files(
     run = build_rejected(tmp_path / "home", recipe, (5,), fragment, kind="recipe-path", until=stage)
     if stage == "verify":  # points at the recipe line
         assert "recipe.yaml:" in run.err, run.err
+    # Every file the recipe names is checked before any stage runs (a /dev/zero text
+    # file used to be found at verify, after convert and the engine build).
+    assert not list((tmp_path / "home" / "artifacts").glob("*/*")), "a stage ran first"
+    check = forge(tmp_path / "home", "recipe", "check", str(recipe), timeout=120)
+    rejected(check, (5,), fragment)
 
 
 # -- paths escaping the model folder ---------------------------------------------------
@@ -428,3 +445,143 @@ def test_unreadable_recipe_and_directory_are_clear(tmp_path: Path) -> None:
         locked.write_text("schema_version: 1\n")
         locked.chmod(0)
         rejected(forge(tmp_path / "home", "recipe", "check", str(locked)), (2, 5))
+
+
+# -- recipe arguments that are not files (issue 17) -------------------------------------
+RECIPE_ARGS: dict[str, tuple[str, str]] = {
+    # name: (path, fragment): each used to be read without limit (the size cap read
+    # st_size, 0 for all of them): /dev/zero ran out of memory, a FIFO hung forever.
+    "dev-zero": ("/dev/zero", "character device"),
+    "fifo": ("fifo.yaml", "FIFO"),
+    "proc-environ": ("/proc/self/environ", "pseudo-file"),
+}
+
+
+@pytest.mark.parametrize("command", ["recipe-check", "build"])
+@pytest.mark.parametrize("case", sorted(RECIPE_ARGS))
+def test_recipe_argument_that_is_not_a_file_is_refused_at_once(
+    tmp_path: Path, case: str, command: str
+) -> None:
+    path, fragment = RECIPE_ARGS[case]
+    os.mkfifo(tmp_path / "fifo.yaml")  # never opened for writing
+    home = tmp_path / "home"
+    args = ("recipe", "check", path) if command == "recipe-check" else ("build", path)
+    run = forge(home, *args, cwd=tmp_path, timeout=120, preexec_fn=_limit_memory)
+    rejected(run, (2,), fragment)
+    assert not (home / "artifacts").exists()
+    _COUNTS["recipe-arg"] = _COUNTS.get("recipe-arg", 0) + 1
+
+
+# -- a bad setting ---------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["abc", "-5", "nan", ""])
+def test_bad_lock_timeout_is_a_bad_setting(tmp_path: Path, value: str) -> None:
+    run = forge(tmp_path / "home", "cache", "ls", env={"FORGE_LOCK_TIMEOUT": value})
+    if value == "":  # empty means unset, like every FORGE_* variable
+        assert run.code == 0, run.text
+        return
+    rejected(run, (2,), "FORGE_LOCK_TIMEOUT")
+    _COUNTS["setting"] = _COUNTS.get("setting", 0) + 1
+
+
+# -- malformed GGUF files (issue 17) ------------------------------------------------------
+def _gguf_head(version: int = 3, tensors: int = 0, kv: int = 0) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", version, tensors, kv)
+
+
+GGUFS: dict[str, tuple[bytes, str]] = {
+    # name: (file bytes, fragment): each used to be exit 1 (struct.error, MemoryError) or 2
+    "garbage": (b"\x00garbage bytes, not a model" * 4, "starts with"),
+    "2^62-tensors": (_gguf_head(tensors=1 << 62) + bytes(64), "tensor count"),
+    "2^40-byte-key": (_gguf_head(kv=1) + struct.pack("<Q", 1 << 40) + bytes(64), "limit"),
+    "unknown-version": (_gguf_head(version=7) + bytes(64), "unsupported GGUF version 7"),
+    "truncated-header": (_gguf_head(kv=3)[:18], "past the end"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GGUFS))
+def test_malformed_gguf_is_a_source_error(tmp_path: Path, case: str) -> None:
+    data, fragment = GGUFS[case]
+    (tmp_path / "model.gguf").write_bytes(data)
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", tmp_path, source={"gguf": "model.gguf"})
+    run = build_rejected(
+        tmp_path / "home", recipe, (5,), "model.gguf", fragment, kind="gguf", until="fetch"
+    )
+    assert "recipe.yaml:" in run.err  # located at source.gguf
+
+
+def test_gguf_of_an_architecture_forge_cannot_convert_is_refused_at_check(
+    tmp_path: Path,
+) -> None:
+    """Found from the header's general.architecture by `recipe check`: nothing is
+    dequantized first (a Gemma 3 used to be converted for two minutes)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "gemma3")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", tmp_path, source={"gguf": "model.gguf"})
+    rejected(forge(tmp_path / "home", "recipe", "check", str(recipe)), (2,), "'gemma3'")
+    build_rejected(tmp_path / "home", recipe, (2,), "'gemma3'", kind="gguf", until="fetch")
+
+
+# -- configs that contradict themselves or name what forge cannot convert -------------------
+@pytest.mark.parametrize(
+    ("field", "value", "code", "fragment"),
+    [
+        ("model_type", "nonsense", 5, "model_type 'nonsense'"),
+        ("model_type", None, 5, "model_type None"),
+        ("architectures", ["Gemma3ForCausalLM"], 2, "forge cannot convert"),
+    ],
+)
+def test_unconvertible_config_is_refused_before_any_stage(
+    reference: Reference, tmp_path: Path, field: str, value: Any, code: int, fragment: str
+) -> None:
+    """An unknown model_type used to pass fetch, convert, calibrate and build and fail in
+    verify's reference load (exit 1); an unsupported architecture was found after fetch."""
+    model = model_copy(reference, tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    config[field] = value
+    (model / "config.json").write_text(json.dumps(config))
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", model)
+    rejected(forge(tmp_path / "home", "recipe", "check", str(recipe)), (code,), fragment)
+    build_rejected(tmp_path / "home", recipe, (code,), fragment, kind="config", until="verify")
+    assert not list((tmp_path / "home" / "artifacts").glob("*/*")), "a stage ran first"
+
+
+# -- a manifest naming a device (issue 17) ---------------------------------------------------
+def test_manifest_naming_a_device_is_damage_not_an_endless_read(
+    reference: Reference, tmp_path: Path
+) -> None:
+    """A fetch manifest whose external root is /dev with a file `zero`: cache verify and
+    build used to hash /dev/zero forever (files named by a manifest were not checked)."""
+    home = tmp_path / "home"
+    assert forge(home, "build", str(reference.recipe), "--until", "fetch").code == 0
+    manifest_file = next((home / "artifacts" / "fetch").glob("*/manifest.json"))
+    manifest = json.loads(manifest_file.read_text())
+    manifest["external"] = {
+        "root": "/dev",
+        "files": {"zero": {"size": 0, "digest": "blake3:" + "0" * 64}},
+        "rehash": True,
+    }
+    manifest_file.write_text(json.dumps(manifest))
+    check = forge(home, "cache", "verify", timeout=120)
+    rejected(check, (6,), "not a regular file")
+    run = forge(home, "build", str(reference.recipe), "--until", "fetch", "--json", timeout=120)
+    assert run.code == 0, run.text
+    assert "not a regular file" in run.json()["stages"][0]["note"]  # rejected, rebuilt
+    assert audit_store(home) == []
+    _COUNTS["manifest"] = _COUNTS.get("manifest", 0) + 1
+
+
+@pytest.mark.parametrize("stage", ["../../canary", "fetch/../..", "nonsense"])
+def test_cache_rm_of_an_unknown_stage_is_refused(tmp_path: Path, stage: str) -> None:
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    run = forge(tmp_path / "home", "cache", "rm", "--stage", stage)
+    rejected(run, (2,), "unknown stage")
+    assert canary.is_dir()
+    _COUNTS["cache-argument"] = _COUNTS.get("cache-argument", 0) + 1

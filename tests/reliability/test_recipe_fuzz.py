@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from tests.reliability import tracing
 from tests.reliability.harness import forge, record
 from trtllm_forge.errors import ExitCode, ForgeError
-from trtllm_forge.pipeline.preflight import check_static
+from trtllm_forge.pipeline.preflight import NAMED_FILES, check_static
 from trtllm_forge.recipe.load import load_recipe
 from trtllm_forge.recipe.schema import QUANT_METHODS, Recipe
 
@@ -234,9 +234,12 @@ def outcome(path: Path) -> int:
         loaded = load_recipe(path)
         check_static(loaded)
     except ForgeError as err:
-        assert err.code == ExitCode.RECIPE, f"exit {int(err.code)}: {err}"
         assert err.location is not None and err.location.file == str(path), str(err)
         assert err.location.line >= 1 and err.location.col >= 1 and err.message.strip()
+        if err.code == ExitCode.SOURCE:  # preflight: a file the recipe names is not there
+            assert err.location.field in (*NAMED_FILES, "source.path"), str(err)
+            return 5
+        assert err.code == ExitCode.RECIPE, f"exit {int(err.code)}: {err}"
         return 2
     again = Recipe.model_validate(loaded.recipe.model_dump(mode="json"))
     assert again == loaded.recipe
@@ -301,7 +304,7 @@ def _through_cli(tmp_path: Path, seen: list[tuple[str, int]]) -> tuple[int, int]
             run = forge(home, *args, timeout=180)
         if run.code != want or "Traceback" in run.text:
             return f"exit {run.code} (in-process {want}) for:\n{text_}\n{run.text}"
-        if want == 2 and not LOCATED.search(run.err):
+        if want in (2, 5) and not LOCATED.search(run.err):
             return f"unlocated error: {run.err}"
         return None
 

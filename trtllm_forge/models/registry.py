@@ -150,9 +150,27 @@ def family_for(hf_config: Mapping[str, Any], registry: FamilyRegistry = REGISTRY
             hint=f'add e.g. "architectures": ["LlamaForCausalLM"]; supported: '
             f"{', '.join(registry.names())}",
         )
-    family = registry.get(str(archs[0]))
-    family.validate(hf_config)
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ForgeError(  # a hub config is checked before the folder rules see it
+            ExitCode.SOURCE,
+            f"config.json 'architectures' must be a list of class names, got {archs!r:.80}",
+            hint='e.g. "architectures": ["LlamaForCausalLM"]',
+        )
+    family = registry.get(archs[0])
+    try:
+        family.validate(hf_config)
+    except _WRONG_TYPE as exc:
+        # validate() only reads config values; failing on one is the config's fault (a
+        # fuzzed `rope_parameters: true` was an internal error), so say which is wrong.
+        raise ForgeError(
+            ExitCode.SOURCE,
+            f"config.json has a value {family.name} cannot use: {type(exc).__name__}: {exc}",
+            hint="check the types in the model's config.json (numbers, lists, objects)",
+        ) from None
     return family
+
+
+_WRONG_TYPE = (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError)
 
 
 def check_model_type(hf_config: Mapping[str, Any]) -> None:

@@ -132,6 +132,8 @@ class _Reader:
         entries = self._count(MAX_METADATA, "metadata count", item_bytes=8 + 4)
         metadata = self._metadata(entries)
         alignment = self._alignment(metadata)
+        if tensors == 0:  # metadata alone is no model (and its data section lies past EOF)
+            raise _Malformed("it holds no tensors")
         infos = [self._tensor_info(i) for i in range(tensors)]
         data_offset = -(-self.pos // alignment) * alignment
         return GgufHeader(

@@ -157,6 +157,19 @@ def _remove_locked(store: Store, entry: Entry) -> int:
         return store.remove(entry.path) if entry.path.exists() else 0
 
 
+def check_stage_name(store: Store, stage: str) -> None:
+    """``cache rm --stage`` takes a pipeline stage or a sub-artifact kind the store holds;
+    anything else (``../../x``, a typo) is a bad argument, not a silent "deleted 0"."""
+    from trtllm_forge.errors import recipe_error
+    from trtllm_forge.pipeline.runner import STAGE_NAMES
+
+    base = store.root / "artifacts"
+    held = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    known = list(dict.fromkeys([*STAGE_NAMES, *held]))
+    if stage not in known:
+        raise recipe_error(f"unknown stage {stage!r}", hint=f"stages: {', '.join(known)}")
+
+
 def remove(
     store: Store, *, key_prefix: str | None, stage: str | None, everything: bool
 ) -> list[Entry]:
