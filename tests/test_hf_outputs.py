@@ -286,3 +286,13 @@ def test_records_rebuild_every_modelopt_weight_from_the_snapshot(calibrated: Any
             names[case] = [n for n in handle.keys() if n.endswith(".weight")]
     assert names["awq"] == names["smoothquant"] == names["fp8"] == []
     assert len(names["gptq"]) == 14
+
+
+def test_docs_method_table_is_generated_from_the_records() -> None:
+    from trtllm_forge.hf.docs import BEGIN, END, render_table
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "outputs.md").read_text()
+    committed = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert committed == render_table(), (
+        "run: python -m trtllm_forge.hf.docs (paste into docs/outputs.md)"
+    )
