@@ -143,23 +143,13 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     recipe = loaded.recipe
     _check_architecture(loaded, hf_config)
     dims = model_dims(hf_config)  # also rejects absurd sizes before anything is allocated
-    heads, kv_heads, layers = (
-        dims["num_attention_heads"],
-        dims["num_key_value_heads"],
-        dims["num_hidden_layers"],
-    )
+    layers = dims["num_hidden_layers"]
     tp, pp = recipe.parallel.tp, recipe.parallel.pp
-    if heads and heads % tp:
+    problem = _tp_problem(tp, dims)
+    if problem:
         raise recipe_error(
-            f"tp={tp} does not divide the model's {heads} attention heads",
-            hint=f"choose tp from {_divisors(heads)}",
-            location=loaded.locate("parallel.tp"),
-        )
-    if kv_heads and tp % kv_heads and kv_heads % tp:
-        raise recipe_error(
-            f"tp={tp} and the model's {kv_heads} key/value heads are incompatible "
-            "(one must divide the other)",
-            hint=f"choose tp from {sorted(set(_divisors(kv_heads)) | {k * kv_heads for k in _divisors(heads // kv_heads)})}",
+            problem,
+            hint=f"choose tp from {_valid_tps(dims)}",  # only values that pass every rule
             location=loaded.locate("parallel.tp"),
         )
     if layers and pp > layers:
@@ -168,16 +158,30 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
             hint=f"use pp ≤ {layers}",
             location=loaded.locate("parallel.pp"),
         )
-    inter = dims["intermediate_size"]
-    if inter % tp:
-        raise recipe_error(
-            f"tp={tp} does not divide the model's intermediate size {inter}",
-            hint=f"choose tp from {_divisors(inter)[:12]}",
-            location=loaded.locate("parallel.tp"),
-        )
     _check_group_alignment(loaded, dims, hf_config)
     _check_smoothing_fold(loaded, hf_config)
     _check_profile_model(loaded, hf_config)
+
+
+def _tp_problem(tp: int, dims: dict[str, int]) -> str | None:
+    """Why tensor parallelism of ``tp`` cannot split this model, or None."""
+    heads, kv_heads = dims["num_attention_heads"], dims["num_key_value_heads"]
+    if heads % tp:
+        return f"tp={tp} does not divide the model's {heads} attention heads"
+    if kv_heads and tp % kv_heads and kv_heads % tp:
+        return (
+            f"tp={tp} and the model's {kv_heads} key/value heads are incompatible "
+            "(one must divide the other)"
+        )
+    if dims["intermediate_size"] % tp:
+        return f"tp={tp} does not divide the model's intermediate size {dims['intermediate_size']}"
+    return None
+
+
+def _valid_tps(dims: dict[str, int]) -> list[int]:
+    """The tp values the hint may offer: those no rule above refuses (tp=4 on 14 heads
+    used to offer 7, which the key/value-head rule then refused)."""
+    return [t for t in _divisors(dims["num_attention_heads"]) if _tp_problem(t, dims) is None]
 
 
 def _check_profile_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
@@ -249,20 +253,33 @@ def _check_group_alignment(
     except ForgeError as error:  # a pattern matching nothing: point at the list
         error.location = error.location or loaded.locate("quantize.exclude")
         raise
-    for kind in dict.fromkeys(t.kind for t in plan.quantized):
-        width = module_dims(kind, dims)[1]
-        parsed = parse_name(f"transformer.layers.0.{kind}.weight")
-        split = tp if parsed is not None and parsed.parallel == "row" else 1
-        if (width // split) % group:
-            share = f"with tp={tp}, each rank's share of {kind}'s input is {width // split}"
-            raise recipe_error(
-                (share if split > 1 else f"{kind}'s input is {width}")
-                + f", not a multiple of group_size {group}",
-                hint="lower quantize.group_size"
-                + (" or parallel.tp" if split > 1 else "")
-                + f", or exclude it (quantize.exclude: ['*{kind}'])",
-                location=loaded.locate("quantize.group_size"),
-            )
+    kinds = list(dict.fromkeys(t.kind for t in plan.quantized))
+
+    def misfit(tp: int) -> tuple[str, int, int] | None:
+        """The first quantized linear whose per-rank input holds no whole groups."""
+        for kind in kinds:
+            width = module_dims(kind, dims)[1]
+            parsed = parse_name(f"transformer.layers.0.{kind}.weight")
+            split = tp if parsed is not None and parsed.parallel == "row" else 1
+            if (width // split) % group:
+                return kind, width, split
+        return None
+
+    found = misfit(tp)
+    if found is None:
+        return
+    kind, width, split = found
+    share = f"with tp={tp}, each rank's share of {kind}'s input is {width // split}"
+    fitting = [t for t in _valid_tps(dims) if misfit(t) is None]
+    raise recipe_error(
+        (share if split > 1 else f"{kind}'s input is {width}")
+        + f", not a multiple of group_size {group}",
+        hint="lower quantize.group_size"
+        + (f" or choose tp from {fitting}" if split > 1 and fitting else "")
+        + f", or exclude it (quantize.exclude: ['*{kind}']); a new group_size or exclude "
+        "recalibrates, while a new tp alone reuses the calibration",
+        location=loaded.locate("quantize.group_size"),
+    )
 
 
 def _divisors(n: int) -> list[int]:

@@ -1,0 +1,91 @@
+"""Checks before work (issue 17): hints offer only values that pass every rule, say
+what a fix costs, and a model forge cannot convert is refused at `recipe check`."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import assert_clean_error, forge, write_recipe
+from trtllm_forge.errors import ForgeError
+from trtllm_forge.pipeline.preflight import check_model
+from trtllm_forge.recipe.load import load_recipe
+
+# 14 query heads over 2 key/value heads, as in the newcomer's report.
+CONFIG: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 896,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "intermediate_size": 4480,
+    "vocab_size": 256,
+    "max_position_embeddings": 128,
+}
+
+
+def _refusal(tmp_path: Path, config: dict[str, Any], **sections: Any) -> ForgeError:
+    recipe = write_recipe(tmp_path / "recipe.yaml", source={"path": "m"}, **sections)
+    with pytest.raises(ForgeError) as info:
+        check_model(load_recipe(recipe), config)
+    return info.value
+
+
+def _offered(hint: str | None) -> list[int]:
+    match = re.search(r"choose tp from (\[[\d, ]*\])", hint or "")
+    assert match, hint
+    return list(ast.literal_eval(match.group(1)))
+
+
+@pytest.mark.parametrize("tp", [4, 7, 3])
+def test_tp_hint_offers_only_values_that_pass(tmp_path: Path, tp: int) -> None:
+    offered = _offered(_refusal(tmp_path, CONFIG, parallel={"tp": tp}).hint)
+    assert offered == [1, 2, 14]  # 7 divides the heads but not the 2 key/value heads
+    for value in offered:  # each offered value passes every check
+        recipe = write_recipe(tmp_path / "ok.yaml", source={"path": "m"}, parallel={"tp": value})
+        check_model(load_recipe(recipe), CONFIG)
+
+
+def test_group_size_hint_offers_fitting_tp_and_says_what_recalibrates(tmp_path: Path) -> None:
+    # group 128: mlp.proj (input 4480) and attention.dense (896) split 14 ways hold no whole groups.
+    error = _refusal(
+        tmp_path,
+        CONFIG,
+        parallel={"tp": 14},
+        quantize={"method": "int4_wo", "group_size": 128},
+    )
+    assert "group_size 128" in error.message
+    offered = _offered(error.hint)
+    assert 14 not in offered and offered
+    assert "recalibrates" in (error.hint or "") and "reuses the calibration" in (error.hint or "")
+    for value in offered:
+        recipe = write_recipe(
+            tmp_path / "ok.yaml",
+            source={"path": "m"},
+            parallel={"tp": value},
+            quantize={"method": "int4_wo", "group_size": 128},
+        )
+        check_model(load_recipe(recipe), CONFIG)
+
+
+def test_unconvertible_architecture_is_refused_by_recipe_check_and_plan(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    model = tmp_path / "gemma3"
+    shutil.copytree(tiny_models["llama"], model)
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["Gemma3ForCausalLM"]
+    (model / "config.json").write_text(json.dumps(config))
+    recipe = write_recipe(tmp_path / "recipe.yaml", source={"path": str(model)})
+    for command in ("recipe", "check"), ("plan",):
+        run = forge(*command, str(recipe))
+        assert_clean_error(run, 2, "Gemma3ForCausalLM", "recipe.yaml:", "docs/models.md")
+        assert "did you mean" not in run.err  # a real transformers class, not a typo
+    assert not any((tmp_path / "home").glob("artifacts/*/*"))
