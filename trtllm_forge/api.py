@@ -51,6 +51,22 @@ def store(ctx: RunContext | None = None) -> Store:
     return Store(settings.home, lock_timeout_s=settings.lock_timeout_s)
 
 
+def cache_push(*, target: str | None = None, ctx: RunContext | None = None) -> list[Any]:
+    """Upload a recipe's stages, one key (prefix), or every valid entry to FORGE_REMOTE."""
+    from trtllm_forge.pipeline import cache_sync
+
+    ctx = _context(ctx)
+    return cache_sync.push(target, store(ctx), ctx)
+
+
+def cache_pull(*, target: str | None = None, ctx: RunContext | None = None) -> list[Any]:
+    """Download a recipe's stages, one key (prefix), or every entry from FORGE_REMOTE."""
+    from trtllm_forge.pipeline import cache_sync
+
+    ctx = _context(ctx)
+    return cache_sync.pull(target, store(ctx), ctx)
+
+
 def export_trtllm_checkpoint(
     *, recipe: str | Path, dest: str | Path, overwrite: bool = False, ctx: RunContext | None = None
 ) -> dict[str, Any]:

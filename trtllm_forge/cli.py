@@ -225,7 +225,9 @@ def _verify_table(verify: Any) -> None:
 def _result_line(result: Any) -> str:
     from trtllm_forge.store.digest import short
 
-    word = {"hit": "cached", "built": "built"}.get(result.status, result.status)
+    word = {"hit": "cached", "built": "built", "pulled": "pulled from the remote"}.get(
+        result.status, result.status
+    )
     extra = f" (changed: {', '.join(result.changed)})" if result.changed else ""
     return f"{result.stage}: {word} in {result.seconds:.2f}s [{short(result.key or '')}]{extra}"
 
@@ -239,7 +241,13 @@ def _results_table(results: list[Any], *, title: str, plan: bool = False) -> Non
     table = Table(title=title)
     for col in ("stage", "status", "seconds", "key", "changed" if plan else "artifact"):
         table.add_column(col)
-    styles = {"hit": "green", "built": "cyan", "miss": "yellow", "pending": "dim"}
+    styles = {
+        "hit": "green",
+        "built": "cyan",
+        "pulled": "green",
+        "miss": "yellow",
+        "pending": "dim",
+    }
     for r in results:
         last = ", ".join(r.changed) or (r.note or "") if plan else (r.path or "")
         table.add_row(
@@ -941,6 +949,66 @@ def cache_rm(
             print(f"deleted {len(gone)} artifact(s)")
 
     _guard(body, as_json)
+
+
+RemoteTargetArg = Annotated[
+    str | None,
+    typer.Argument(help="A recipe .yaml, an artifact key (or 4+ hex prefix); default: all."),
+]
+
+
+@cache_app.command("push")
+def cache_push(target: RemoteTargetArg = None, as_json: JsonOpt = False) -> None:
+    """Upload artifacts to the remote cache (FORGE_REMOTE): files first, manifest last."""
+    from trtllm_forge import api
+
+    def body() -> None:
+        from trtllm_forge.ui import make_progress
+
+        ctx = _remote_context()
+        with make_progress(as_json) as progress:
+            ctx.progress = progress
+            moved = api.cache_push(target=target, ctx=ctx)
+        _show_moved(moved, as_json, "pushed")
+
+    _guard(body, as_json)
+
+
+@cache_app.command("pull")
+def cache_pull(target: RemoteTargetArg = None, as_json: JsonOpt = False) -> None:
+    """Download artifacts from the remote cache, each checked against its manifest."""
+    from trtllm_forge import api
+
+    def body() -> None:
+        from trtllm_forge.ui import make_progress
+
+        ctx = _remote_context()
+        with make_progress(as_json) as progress:
+            ctx.progress = progress
+            moved = api.cache_pull(target=target, ctx=ctx)
+        _show_moved(moved, as_json, "pulled")
+
+    _guard(body, as_json)
+
+
+def _remote_context() -> Any:
+    from trtllm_forge.context import RunContext
+
+    return RunContext.default()
+
+
+def _show_moved(moved: list[Any], as_json: bool, verb: str) -> None:
+    from trtllm_forge.store.digest import short
+
+    if as_json:
+        _print_json({"ok": True, "entries": [m.to_json() for m in moved]})
+        return
+    for m in moved:
+        size = f" ({m.files} files, {_human(m.bytes)})" if m.files else ""
+        note = f": {m.note}" if m.note else ""
+        print(f"{m.status:8} {m.stage:10} {short(m.key)}{size}{note}")
+    count = sum(1 for m in moved if m.status == verb)
+    print(f"{verb} {count} of {len(moved)} entr{'y' if len(moved) == 1 else 'ies'}")
 
 
 def main() -> None:

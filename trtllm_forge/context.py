@@ -49,6 +49,8 @@ class Settings:
     home: Path
     debug: bool = False
     lock_timeout_s: float = 3600.0
+    remote: str | None = None  # FORGE_REMOTE: the shared cache (docs/ci.md)
+    remote_push: bool = True  # FORGE_REMOTE_PUSH=0: pull only (e.g. untrusted PR builds)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -56,6 +58,8 @@ class Settings:
             home=forge_home(),
             debug=os.environ.get("FORGE_DEBUG", "") not in ("", "0"),
             lock_timeout_s=_seconds_setting("FORGE_LOCK_TIMEOUT", "3600"),
+            remote=os.environ.get("FORGE_REMOTE") or None,
+            remote_push=os.environ.get("FORGE_REMOTE_PUSH", "1") not in ("0", "false", "no"),
         )
 
 

@@ -25,6 +25,7 @@ from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.store import events
 from trtllm_forge.store.digest import digest_json, short
 from trtllm_forge.store.store import Artifact, Invalid, Store, disk_full_error
+from trtllm_forge.store.transfer import AutoRemote
 from trtllm_forge.thirdparty import library_error
 
 STAGE_NAMES = ("fetch", "convert", "calibrate", "build", "verify")
@@ -86,6 +87,7 @@ class Runner:
         self.stages = stages or load_stages()
         self.previous = self.store.read_ref(recipe_id(loaded))
         self.job: StageJob | None = None  # the last build's job (upstream artifacts), for export
+        self.remote: AutoRemote | None = None  # FORGE_REMOTE, opened when a build starts
         self._uses: dict[str, str] = {}  # sub-artifacts the running stage used: name → key
 
     # -- public ------------------------------------------------------------
@@ -105,6 +107,7 @@ class Runner:
             from trtllm_forge.stages.calibrate import require_calibration_device
 
             require_calibration_device(self.loaded.recipe)  # cuda without a GPU: exit 4 now
+        self.remote = AutoRemote.from_settings(self.store, self.ctx)  # a missing plugin: exit 4
         for name in force:
             if name not in STAGE_NAMES:
                 raise recipe_error(
@@ -173,6 +176,19 @@ class Runner:
                 )
         return results
 
+    def walk_keys(
+        self, fetch: Callable[[str, str], Artifact | None], *, until: str | None = None
+    ) -> None:
+        """Each stage's key in order (from its upstream's content), handed to ``fetch``
+        for the artifact; stops at the first None (`forge cache pull RECIPE`)."""
+        job = StageJob(self.loaded, self.ctx, self.store)
+        for name in select(until):
+            key, _ = self._key(self.stages[name], job)
+            artifact = fetch(name, key)
+            if artifact is None:
+                return
+            job.upstream[name] = artifact
+
     # -- internals ---------------------------------------------------------
     def _key(self, stage: Stage, job: StageJob) -> tuple[str, dict[str, Any]]:
         upstream = {name: job.upstream[name].content_digest for name in stage.upstream}
@@ -240,6 +256,13 @@ class Runner:
                     found,
                     doc,
                 )
+            pulled = None if force else self._pull(stage.name, key)
+            if pulled is not None:
+                seconds = time.perf_counter() - t0
+                result = StageResult(
+                    stage.name, "pulled", key, seconds, str(pulled.path), info=pulled.info
+                )
+                return result, pulled, doc
             artifact = self._produce(stage.name, key, doc, lambda out: stage.run(job, out))
         result = StageResult(
             stage.name,
@@ -271,7 +294,7 @@ class Runner:
                 if isinstance(found, Artifact):
                     self._event("hit", name, key, waited=True)
                 else:
-                    found = self._produce(name, key, doc, producer)
+                    found = self._pull(name, key) or self._produce(name, key, doc, producer)
         self._uses[name] = found.key
         return found
 
@@ -312,7 +335,13 @@ class Runner:
             _raise_if_disk_full(exc, f"committing the {name} artifact")
             raise
         self._event("commit", name, key)
+        if self.remote is not None:
+            self.remote.push(artifact)  # best effort: a remote that is down is a warning
         return artifact
+
+    def _pull(self, name: str, key: str) -> Artifact | None:
+        """The remote's entry for ``key`` (the key's lock is held), or None."""
+        return self.remote.pull(name, key) if self.remote is not None else None
 
     def _event(self, event: str, stage: str, key: str, **extra: Any) -> None:
         events.record(self.store.root, event, stage, key, **extra)

@@ -254,20 +254,42 @@ class Store:
             point(f"store.commit.{stage}.before_manifest")
             write_manifest(staging, manifest)
             point(f"store.commit.{stage}.after_manifest")
-            _fsync_tree(staging)
-            final = self.artifact_dir(stage, key)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():  # a damaged entry (we hold the lock, so nobody reads it)
-                trash = self.tmp_root / f"trash-{uuid.uuid4().hex}"
-                os.rename(final, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            point(f"store.commit.{stage}.before_rename")
-            os.rename(staging, final)
-            point(f"store.commit.{stage}.after_rename")
+            final = self._publish(stage, key, staging)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise _os_store_error(exc, f"committing the {stage} artifact") from None
         return Artifact(stage, key, final, manifest)
+
+    def install(self, stage: str, key: str, staging: Path) -> Artifact | Invalid:
+        """Publish a staging dir that already holds its files and manifest (a pulled
+        remote entry), after checking every file against that manifest. Its manifest is
+        kept byte for byte. Must be called with the key's lock held."""
+        manifest = read_manifest(staging)
+        if manifest is None or manifest.get("key") != key or manifest.get("stage") != stage:
+            return Invalid("manifest.json is missing or belongs to another key")
+        problem = self._check_files(staging, manifest, deep=True)
+        if problem:
+            return Invalid(problem)
+        try:
+            final = self._publish(stage, key, staging)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise _os_store_error(exc, f"installing the {stage} artifact") from None
+        return Artifact(stage, key, final, manifest)
+
+    def _publish(self, stage: str, key: str, staging: Path) -> Path:
+        """fsync the staged files and rename them into place (the entry becomes visible)."""
+        _fsync_tree(staging)
+        final = self.artifact_dir(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # a damaged entry (we hold the lock, so nobody reads it)
+            trash = self.tmp_root / f"trash-{uuid.uuid4().hex}"
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        point(f"store.commit.{stage}.before_rename")
+        os.rename(staging, final)
+        point(f"store.commit.{stage}.after_rename")
+        return final
 
     def _digest_tree(self, staging: Path) -> dict[str, FileEntry]:
         files: dict[str, FileEntry] = {}

@@ -1,0 +1,241 @@
+"""Remote artifact cache: the backend protocol, the remote layout, and backend lookup.
+
+``FORGE_REMOTE`` names an object store holding the same entries as local stores:
+
+    blobs/<hex[:2]>/<hex>             a file's bytes, named by its blake3 digest
+    entries/<stage>/<key-hex>.json    an artifact's manifest.json, byte for byte
+
+Blobs are content-addressed, so two runners pushing one key at once can never
+overwrite each other's bytes with different ones; the manifest is written last
+(put-if-absent), so a reader sees an entry only when all of its blobs are there.
+
+Backends are looked up by URL scheme. ``file://`` (a shared mount) is built in;
+anything else arrives through the ``trtllm_forge.plugins`` entry-point group: each
+entry point is called with every plugin registry and registers into the one whose
+``kind`` it serves (``"remotes"`` here), as the model registry does. The core
+imports no cloud SDK.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from trtllm_forge.errors import ExitCode, ForgeError, dependency_error, recipe_error
+
+# Progress callback: bytes moved since the last call.
+OnBytes = Callable[[int], None]
+
+ENTRIES = "entries"
+BLOBS = "blobs"
+MANIFEST_LIMIT = 64 << 20  # a manifest lists files; 64 MiB is far beyond any real one
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_STAGE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+# Schemes a first-party plugin serves: the extra that installs it.
+KNOWN_PLUGINS = {"s3": "s3"}
+
+
+class RemoteBackend(Protocol):
+    """What forge needs from an object store. Names are '/'-separated, relative to the
+    remote's prefix, and already validated by the caller (see :func:`blob_name`)."""
+
+    url: str  # for messages; never holds credentials
+
+    def size(self, name: str) -> int | None:
+        """The object's size, or None when it does not exist."""
+        ...
+
+    def read_bytes(self, name: str, limit: int) -> bytes | None:
+        """A small object's bytes (None when absent; a store error when over ``limit``)."""
+        ...
+
+    def download(self, name: str, dest: Path, size: int, on_bytes: OnBytes) -> None:
+        """Write the object to ``dest``; a store error when it is not ``size`` bytes."""
+        ...
+
+    def upload(self, src: Path, name: str, on_bytes: OnBytes) -> None:
+        """Store ``src`` under ``name`` (replacing it: blobs are content-addressed)."""
+        ...
+
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Create ``name`` atomically unless it exists; False when it already did."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Every object name under ``prefix``."""
+        ...
+
+
+BackendFactory = Callable[[str], RemoteBackend]
+
+
+# -- layout ---------------------------------------------------------------------
+def key_hex(key: str) -> str:
+    hexpart = key.split(":", 1)[-1]
+    if not _HEX64.fullmatch(hexpart):
+        raise recipe_error(f"not an artifact key: {key!r}", hint="keys are blake3:<64 hex>")
+    return hexpart
+
+
+def entry_name(stage: str, key: str) -> str:
+    if not _STAGE.fullmatch(stage):
+        raise recipe_error(f"not a stage name: {stage!r}")
+    return f"{ENTRIES}/{stage}/{key_hex(key)}.json"
+
+
+def blob_name(digest: str) -> str | None:
+    """Where a file with this digest lives on the remote; None for a digest forge did
+    not write (a hostile manifest must not steer reads or writes elsewhere)."""
+    algo, _, hexpart = digest.partition(":")
+    if algo != "blake3" or not _HEX64.fullmatch(hexpart):
+        return None
+    return f"{BLOBS}/{hexpart[:2]}/{hexpart}"
+
+
+def parse_entry_name(name: str) -> tuple[str, str] | None:
+    """(stage, key) for an ``entries/<stage>/<hex>.json`` name, else None."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != ENTRIES or not parts[2].endswith(".json"):
+        return None
+    stage, hexpart = parts[1], parts[2][: -len(".json")]
+    if not _STAGE.fullmatch(stage) or not _HEX64.fullmatch(hexpart):
+        return None
+    return stage, f"blake3:{hexpart}"
+
+
+# -- errors -----------------------------------------------------------------------
+def remote_error(message: str, *, hint: str | None = None) -> ForgeError:
+    """The remote cannot be used (unreachable, refused, no such bucket/folder): exit 6."""
+    return ForgeError(ExitCode.STORE, message, hint=hint)
+
+
+class RemoteObjectDamaged(ForgeError):
+    """One object is missing or has the wrong size: its entry is damaged, the remote is fine."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ExitCode.STORE, message)
+
+
+def valid_ref(stage: object, key: object) -> bool:
+    """Whether (stage, key) read from a manifest names an entry forge could have written."""
+    return (
+        isinstance(stage, str)
+        and isinstance(key, str)
+        and bool(_STAGE.fullmatch(stage))
+        and key.startswith("blake3:")
+        and bool(_HEX64.fullmatch(key[len("blake3:") :]))
+    )
+
+
+# -- backend lookup ---------------------------------------------------------------
+class RemoteRegistry:
+    """URL scheme -> backend factory; plugins register through the entry-point group."""
+
+    kind = "remotes"
+
+    def __init__(self, *, plugin_group: str | None = None) -> None:
+        self._factories: dict[str, BackendFactory] = {}
+        self._plugin_group = plugin_group
+        self._plugins_loaded = plugin_group is None
+
+    def register(self, scheme: str, factory: BackendFactory) -> None:
+        existing = self._factories.get(scheme)
+        if existing is not None and existing is not factory:
+            raise ForgeError(
+                ExitCode.RECIPE,
+                f"remote scheme {scheme!r} is registered twice",
+                hint="uninstall one of the plugins that provide it",
+            )
+        self._factories[scheme] = factory
+
+    def schemes(self) -> list[str]:
+        self._load_plugins()
+        return sorted(self._factories)
+
+    def get(self, scheme: str) -> BackendFactory:
+        if scheme not in self._factories:
+            self._load_plugins()
+        factory = self._factories.get(scheme)
+        if factory is not None:
+            return factory
+        extra = KNOWN_PLUGINS.get(scheme)
+        if extra is not None:
+            raise dependency_error(
+                f"FORGE_REMOTE uses {scheme}://, whose backend is not installed",
+                hint=f"pip install 'trtllm-forge[{extra}]' (from a checkout: "
+                f"pip install -e plugins/forge-{extra})",
+            )
+        raise recipe_error(
+            f"FORGE_REMOTE scheme {scheme!r} is not supported",
+            hint=f"supported: {', '.join(s + '://' for s in self.schemes())}",
+        )
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from trtllm_forge.plugin_hooks import load_plugin_hooks
+
+        load_plugin_hooks(self, self._plugin_group or "")
+
+
+def _file_factory(url: str) -> RemoteBackend:
+    from trtllm_forge.store.remote_file import FileRemote
+
+    return FileRemote(url)
+
+
+def _make_registry() -> RemoteRegistry:
+    from trtllm_forge.plugin_hooks import PLUGIN_GROUP
+
+    registry = RemoteRegistry(plugin_group=PLUGIN_GROUP)
+    registry.register("file", _file_factory)
+    return registry
+
+
+_REGISTRY: RemoteRegistry | None = None
+
+
+def registry() -> RemoteRegistry:
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = _make_registry()
+    return _REGISTRY
+
+
+def open_remote(url: str, reg: RemoteRegistry | None = None) -> RemoteBackend:
+    """The backend for a ``FORGE_REMOTE`` URL (exit 2 for a malformed one, 4 for a
+    scheme whose plugin is not installed)."""
+    check_url(url)
+    scheme = urlsplit(url).scheme
+    return (reg or registry()).get(scheme)(url)
+
+
+def check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if not parts.scheme or "://" not in url:
+        raise recipe_error(
+            f"FORGE_REMOTE={redact(url)!r} is not a URL",
+            hint="e.g. FORGE_REMOTE=s3://bucket/prefix or FORGE_REMOTE=file:///mnt/forge-cache",
+        )
+    if parts.username or parts.password:
+        # A URL is logged and shown; credentials belong to the backend's own environment.
+        raise recipe_error(
+            "FORGE_REMOTE must not carry credentials",
+            hint="use the storage library's usual environment (e.g. AWS_ACCESS_KEY_ID, "
+            "AWS_PROFILE) instead",
+        )
+
+
+def redact(url: str) -> str:
+    """The URL without any user:password part (for messages)."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        return parts._replace(netloc=f"***@{host}").geturl()
+    return url
