@@ -353,23 +353,35 @@ def quantize(
     On a GPU machine, add --calib-device cuda --calib-dtype float16 to calibrate there.
     """
     from trtllm_forge import api
+    from trtllm_forge.context import RunContext
+    from trtllm_forge.ui import make_progress
 
     def body() -> None:
         params = {"group_size": group_size} if group_size is not None else {}
-        doc = api.quantize(
-            model=model,
-            method=method,
-            out=out,
-            params=params,
-            kv_cache=kv_cache,
-            calibration_file=str(calib) if calib else None,
-            calibration={"samples": calib_samples, "device": calib_device, "dtype": calib_dtype},
-            dtype=dtype,
-            tp=tp,
-            pp=pp,
-            overwrite=overwrite,
-            evaluate=not no_eval,
-        )
+        ctx = RunContext.default()
+        # Progress on stderr as `forge build` shows it: a 17-minute AWQ calibration
+        # used to print nothing at all.
+        with make_progress(False) as progress:
+            ctx.progress = progress
+            doc = api.quantize(
+                model=model,
+                method=method,
+                out=out,
+                params=params,
+                kv_cache=kv_cache,
+                calibration_file=str(calib) if calib else None,
+                calibration={
+                    "samples": calib_samples,
+                    "device": calib_device,
+                    "dtype": calib_dtype,
+                },
+                dtype=dtype,
+                tp=tp,
+                pp=pp,
+                overwrite=overwrite,
+                evaluate=not no_eval,
+                ctx=ctx,
+            )
         if as_json:
             _print_json({"ok": True, **doc})
         else:
