@@ -51,10 +51,24 @@ StageOpt = Annotated[
 ]
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from trtllm_forge import __version__
+
+        print(f"forge {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     verbose: Annotated[
         bool, typer.Option("-v", "--verbose", help="Show tracebacks for errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_show_version, is_eager=True
+        ),
     ] = False,
 ) -> None:
     _state["verbose"] = verbose or os.environ.get("FORGE_DEBUG", "") not in ("", "0")
