@@ -113,3 +113,29 @@ def test_weight_only_methods_run_as_matmul_nbits(tiny_quant: dict[str, Path], me
     want = OrtEngine.load(root / f"portable-{method}", threads=1).score(ids, chunk=16)
     got = OrtEngine.load(root / f"ort-{method}", threads=1).score(ids, chunk=16)
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
+
+def test_int8_activations_use_the_cpu_int8_kernel_close_to_float(
+    tiny_quant: dict[str, Path],
+) -> None:
+    """build.int8_activations: accuracy_level 4 on every MatMulNBits; logits move a little."""
+    root = tiny_quant["root"]
+    checkpoint = root / "q-int4_wo"
+    if not checkpoint.exists():
+        pytest.skip("needs the int4_wo checkpoint of test_weight_only_methods_run_as_matmul_nbits")
+    options = replace(OPTIONS, max_batch_size=2, max_input_len=32, max_seq_len=64, profile="ort")
+    engine = root / "ort-int4-int8act"
+    build_engine("onnxruntime", checkpoint, engine, replace(options, int8_activations=True))
+    graph = onnx.load(engine / "rank0" / "model.onnx", load_external_data=False)
+    levels = {
+        a.i
+        for n in graph.graph.node
+        if n.op_type == "MatMulNBits"
+        for a in n.attribute
+        if a.name == "accuracy_level"
+    }
+    assert levels == {4}
+    ids = random_texts(1, 40, seed=3)[0]
+    want = OrtEngine.load(root / "ort-int4_wo", threads=1).score(ids)
+    got = OrtEngine.load(engine, threads=1).score(ids)
+    assert 0 < np.abs(got - want).max() / np.abs(want).max() < 0.1

@@ -106,3 +106,15 @@ def test_forge_build_with_the_ort_profile_passes_verify_and_carries_genai_files(
     engine = Path(stages["build"]["path"]) / "engine"
     assert (engine / "genai_config.json").is_file() and (engine / "tokenizer.json").is_file()
     assert json.loads((engine / "engine.json").read_text())["onnx"]["profile"] == "ort"
+
+
+def test_int8_activations_without_the_ort_profile_is_refused(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        source={"path": str(tiny_models["llama"])},
+        build={"int8_activations": True},
+    )
+    run = forge("recipe", "check", str(recipe))
+    assert_clean_error(run, 2, "build.int8_activations", "ort")

@@ -88,6 +88,12 @@ def _check_hf_format(loaded: LoadedRecipe) -> None:
 def _check_profile(loaded: LoadedRecipe) -> None:
     """build.profile ort lowers a subset of what portable does: refuse the rest now."""
     if loaded.recipe.build.profile != "ort":
+        if loaded.recipe.build.int8_activations:
+            raise recipe_error(
+                "build.int8_activations applies to the ort profile's MatMulNBits only",
+                hint="set build.profile: ort, or remove build.int8_activations",
+                location=loaded.locate("build.int8_activations"),
+            )
         return
     from trtllm_forge.engine.onnx.ort.support import recipe_refusals
 

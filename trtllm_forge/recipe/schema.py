@@ -222,6 +222,13 @@ class Build(_Strict):
         "MatMulNBits; Llama/Mistral/Qwen2, none/int8_wo/int4_wo/awq/gptq, tp = pp = 1, "
         "backend onnxruntime; anything else is refused at plan time).",
     )
+    int8_activations: bool = Field(
+        False,
+        description="`ort` profile, int4/int8 weight-only: MatMulNBits quantizes activations "
+        "to int8 per block on the CPU (accuracy_level 4, onnxruntime-genai's CPU default): "
+        "faster GEMMs, slightly different logits (verify gates apply). Off: float activations, "
+        "the portable graph's numbers.",
+    )
     max_batch_size: int = Field(8, ge=1, le=4096, description="Largest batch the engine accepts.")
     max_input_len: int = Field(512, ge=1, le=1_048_576, description="Longest prompt, in tokens.")
     max_seq_len: int = Field(

@@ -26,6 +26,7 @@ BUILD_FIELDS = (
     "parallel.pp",
     "build.backend",
     "build.profile",
+    "build.int8_activations",
     "build.max_batch_size",
     "build.max_input_len",
     "build.max_seq_len",
@@ -143,6 +144,7 @@ def _options(build: Any) -> Any:
         opt_level=build.opt_level,
         workspace_gb=build.workspace_gb,
         profile=build.profile,
+        int8_activations=build.int8_activations,
     )
 
 

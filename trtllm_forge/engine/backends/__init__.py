@@ -43,6 +43,7 @@ class BuildOptions:
     timing_cache: Path | None = None
     strongly_typed: bool | None = None
     profile: str = "portable"  # ONNX lowering: portable (standard ops) or ort (contrib ops)
+    int8_activations: bool = False  # ort profile: MatMulNBits accuracy_level 4 (CPU int8)
 
     def limits(self) -> dict[str, int]:
         return {

@@ -35,13 +35,18 @@ def build(
     checkpoint_dir: Path, out_dir: Path, options: BuildOptions, *, progress: Progress = _NO_PROGRESS
 ) -> dict[str, Any]:
     from trtllm_forge.engine.onnx.lower import OrtProfile, lower_checkpoint
+    from trtllm_forge.engine.onnx.ort.matmul import ACCURACY_INT8
 
     ckpt = read_checkpoint(checkpoint_dir)
     meta = engine_metadata(
         ckpt, backend=NAME, limits=options.limits(), plugins=dict(options.plugins), tools=TOOLS
     )
     # The ort profile's rope tables cover exactly the positions the limits allow.
-    ort = OrtProfile(max_positions=options.max_seq_len) if options.profile == "ort" else None
+    ort = (
+        OrtProfile(options.max_seq_len, ACCURACY_INT8 if options.int8_activations else 0)
+        if options.profile == "ort"
+        else None
+    )
     meta["onnx"] = {
         "root": ".",
         **lower_checkpoint(checkpoint_dir, out_dir, progress=progress, ort=ort),
