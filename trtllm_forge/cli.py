@@ -289,7 +289,7 @@ def recipe_show(recipe: RecipeArg, as_json: JsonOpt = False) -> None:
     from trtllm_forge import api
 
     def body() -> None:
-        loaded = api.check(recipe=recipe)
+        loaded = api.check(recipe=recipe, sources=False)  # shows a recipe, model or not
         doc = loaded.recipe.model_dump(mode="json")
         if as_json:
             _print_json(doc)

@@ -569,7 +569,8 @@ def test_manifest_naming_a_device_is_damage_not_an_endless_read(
     }
     manifest_file.write_text(json.dumps(manifest))
     check = forge(home, "cache", "verify", timeout=120)
-    rejected(check, (6,), "not a regular file")
+    rejected(check, (6,), "1 damaged artifact")
+    assert "/dev/zero is not a regular file" in check.out, check.out
     run = forge(home, "build", str(reference.recipe), "--until", "fetch", "--json", timeout=120)
     assert run.code == 0, run.text
     assert "not a regular file" in run.json()["stages"][0]["note"]  # rejected, rebuilt

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from tests.reliability import tracing
 from tests.reliability.harness import forge, record
 from trtllm_forge.errors import ExitCode, ForgeError
-from trtllm_forge.pipeline.preflight import NAMED_FILES, check_static
+from trtllm_forge.pipeline.preflight import NAMED_FILES, check_sources, check_static
 from trtllm_forge.recipe.load import load_recipe
 from trtllm_forge.recipe.schema import QUANT_METHODS, Recipe
 
@@ -233,6 +233,7 @@ def outcome(path: Path) -> int:
     try:
         loaded = load_recipe(path)
         check_static(loaded)
+        check_sources(loaded)  # what `forge recipe check` runs too
     except ForgeError as err:
         assert err.location is not None and err.location.file == str(path), str(err)
         assert err.location.line >= 1 and err.location.col >= 1 and err.message.strip()

@@ -40,9 +40,6 @@ def named_file(loaded: LoadedRecipe, field: str) -> Path | None:
 
 def check_static(loaded: LoadedRecipe) -> None:
     recipe = loaded.recipe
-    for field in NAMED_FILES:
-        named_file(loaded, field)
-    _check_local_source(loaded)
     for message in _plugin_problems(recipe.build.backend, dict(recipe.build.plugins)):
         raise recipe_error(
             message,
@@ -61,6 +58,16 @@ def check_static(loaded: LoadedRecipe) -> None:
         )
     _check_profile(loaded)
     _check_hf_format(loaded)
+
+
+def check_sources(loaded: LoadedRecipe) -> None:
+    """What the recipe points at: every file it names is a regular file, and a model on
+    this machine is one forge can convert with these settings. Run by `recipe check`,
+    `plan` and `build` after check_static, before any stage (a /dev/zero text file was
+    found at verify, after the engine build; a Gemma 3 after two minutes of fetch)."""
+    for field in NAMED_FILES:
+        named_file(loaded, field)
+    _check_local_source(loaded)
 
 
 def _check_hf_format(loaded: LoadedRecipe) -> None:
@@ -104,9 +111,8 @@ def _check_profile(loaded: LoadedRecipe) -> None:
 
 
 def _check_local_source(loaded: LoadedRecipe) -> None:
-    """What the model itself rules out, when it is on this machine: `forge recipe check`
-    and `forge plan` say so at once instead of after a fetch or a dequantization (a hub
-    model is checked from its config.json before its weights download, in fetch)."""
+    """A local folder or GGUF file is checked here; a hub model from its config.json
+    before its weights download, in fetch."""
     source = loaded.recipe.source
     if source.gguf is not None:
         from trtllm_forge.sources.gguf_header import hf_architecture, read_header
@@ -119,17 +125,16 @@ def _check_local_source(loaded: LoadedRecipe) -> None:
             error.location = error.location or loaded.locate("source.gguf")
             raise
     elif source.path is not None:
-        root = loaded.resolve_path(source.path, "source.path")
-        if (root / "config.json").is_file():  # anything else is fetch's to report
-            from trtllm_forge.sources.local import resolve_local
-            from trtllm_forge.sources.policy import read_config
+        from trtllm_forge.sources.local import resolve_local
+        from trtllm_forge.sources.policy import read_config
 
-            try:  # the folder's own rules first (pickle, remote code), as fetch orders them
-                resolve_local(root, allow_pickle=source.allow_pickle)
-            except ForgeError as error:
-                error.location = error.location or loaded.locate("source.path")
-                raise
-            check_model(loaded, read_config(root))
+        root = loaded.resolve_path(source.path, "source.path")
+        try:  # the folder's own rules first (pickle, remote code), as fetch orders them
+            snapshot = resolve_local(root, allow_pickle=source.allow_pickle)
+        except ForgeError as error:
+            error.location = error.location or loaded.locate("source.path")
+            raise
+        check_model(loaded, read_config(snapshot.root))
 
 
 def _plugin_problems(backend: str, plugins: dict[str, Any]) -> list[str]:
