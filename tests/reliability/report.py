@@ -103,8 +103,30 @@ def _fuzz(d: dict[str, Any]) -> str:
     traced = f" ({d['cli_traced']} under strace)" if d.get("cli_traced") else ""
     return (
         f"{d['recipes']:,} generated recipes ({d['valid']:,} valid, {d['rejected']:,} rejected with a "
-        f"located exit-2 error), {d['cli_recipes']} of them also through `forge recipe check`{traced}; "
+        f"located error), {d['cli_recipes']} of them also through `forge recipe check`{traced}; "
         "no write outside the recipe's folder"
+    )
+
+
+def _gguf_fuzz(d: dict[str, Any]) -> str:
+    return (
+        f"{d['cases']:,} fuzzed GGUF files ({d['read']:,} read, {d['refused']:,} refused with exit 5), "
+        f"{d['cli']} of the refused also through `forge recipe check` under strace; no other exception"
+    )
+
+
+def _config_fuzz(d: dict[str, Any]) -> str:
+    return (
+        f"{d['cases']:,} fuzzed config.json files ({d['accepted']:,} accepted, {d['exit 2']:,} exit 2, "
+        f"{d['exit 5']:,} exit 5), {d['cli']} of the refused also through `forge recipe check` "
+        "under strace; no other exception"
+    )
+
+
+def _relocation(d: dict[str, Any]) -> str:
+    return (
+        f"a copy and a move of the reference store ({d['artifacts']} artifacts): gc (and its dry run) "
+        f"deleted nothing, all {d['stages']} stages hits"
     )
 
 
@@ -215,20 +237,43 @@ def render(data: dict[str, dict[str, Any]]) -> str:
             f("disk", _disk),
         ),
         (
-            "Any recipe is either valid or an exit-2 error at file:line:col — never a traceback",
+            "Any recipe is either valid or an error at file:line:col — exit 2, or exit 5 where a file "
+            "it names is missing or not a regular file — never a traceback",
             f"{T}/test_recipe_fuzz.py",
             f("fuzz", _fuzz),
         ),
         (
             "Hostile inputs (lying safetensors headers, truncated files, absurd configs, pickle, remote "
-            "code, unloadable tokenizers, paths escaping the model folder, recipe paths naming a device, FIFO "
-            "or directory, YAML bombs and python tags) are refused with a clear error; nothing is written "
+            "code, unloadable tokenizers, paths escaping the model folder, recipe paths naming a device, FIFO, "
+            "directory or /proc file, recipe arguments that are devices or FIFOs, malformed GGUFs, models "
+            "forge cannot convert, manifests naming a device, bad settings, YAML bombs and python tags) are "
+            "refused with a clear error, files a recipe names before any stage runs; nothing is written "
             "outside $FORGE_HOME and nothing partial inside it",
             f"{T}/test_hostile_inputs.py",
             f("hostile", _hostile),
         ),
         (
-            "A build writes nothing outside $FORGE_HOME (onnxruntime's telemetry is switched off; see below)",
+            "Any GGUF header (counts, lengths, types, tensor extents) is read or refused with exit 5 naming "
+            "the file, bounded by the file's size — never another exception, a hang or an unbounded "
+            "allocation",
+            f"{T}/test_gguf_fuzz.py",
+            f("gguf_fuzz", _gguf_fuzz),
+        ),
+        (
+            "Any config.json (wrong types, out-of-range and contradictory sizes) is accepted or refused "
+            "with exit 2 or 5 before any work — never another exception",
+            f"{T}/test_config_fuzz.py",
+            f("config_fuzz", _config_fuzz),
+        ),
+        (
+            "A store copied or moved to another path keeps its artifacts: all cache hits, and `forge cache "
+            "gc` (and its `--dry-run`, which reports the same) deletes nothing a recipe uses",
+            f"{T}/test_relocation.py",
+            f("relocation", _relocation),
+        ),
+        (
+            "A build writes nothing outside $FORGE_HOME, not even an empty directory (onnxruntime's "
+            "telemetry is switched off and torch's inductor cache is pointed into the store; see below)",
             f"{T}/test_footprint.py::test_full_build_writes_only_under_forge_home",
             f("footprint", _footprint),
         ),
@@ -327,6 +372,12 @@ variables from its subprocesses. forge imports onnxruntime in one place
 explicit opt-in. The variable is read once, when the library loads, so a program
 that imported onnxruntime before calling forge's Python API keeps its own choice.
 `test_onnxruntime_telemetry_is_off_unless_the_user_opts_in` traces both cases.
+
+Importing torch's inductor (transformers and ModelOpt do) creates an empty
+`$TMPDIR/torchinductor_<user>` in every process. The `forge` command sets
+`TORCHINDUCTOR_CACHE_DIR=$FORGE_HOME/torchinductor` before anything imports torch,
+unless the variable is already set; forge compiles nothing, so the directory stays
+empty. The footprint test counts anything left in TMPDIR, empty directories too.
 
 ## What the tier does not cover
 
