@@ -217,10 +217,12 @@ def _verify_table(verify: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from trtllm_forge.engine.report import verdict
+
     info = verify.info
-    table = Table(
-        title="verify: " + ("[green]PASSED[/]" if info.get("passed") else "[red]FAILED[/]")
-    )
+    outcome = verdict(passed=bool(info.get("passed")), gated=bool(info.get("gates")))
+    colour = {"PASSED": "green", "FAILED": "red"}.get(outcome, "yellow")
+    table = Table(title=f"verify: [{colour}]{outcome}[/]")
     for col in ("gate / metric", "value", "threshold", "result"):
         table.add_column(col)
     for name, gate in sorted(info.get("gates", {}).items()):

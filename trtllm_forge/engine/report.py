@@ -59,12 +59,20 @@ def _gate_line(gate: GateResult) -> str:
     return f"| {gate.name} | {gate.metric} {gate.comparison} {_fmt(gate.threshold)} | {_fmt(gate.value)} | {status}{why} |"
 
 
+def verdict(*, passed: bool, gated: bool) -> str:
+    """A verify run's one-word outcome. Without gates nothing was checked: "PASSED" at
+    77 % top-1 agreement misled a newcomer, so say so instead."""
+    if not gated:
+        return "no gates (metrics only)"
+    return "PASSED" if passed else "FAILED"
+
+
 def render_markdown(result: VerifyResult) -> str:
     engine = result.engine
     mapping = engine.get("mapping") or {}
     quant = (engine.get("quantization") or {}).get("quant_algo") or "none"
     lines = [
-        f"# Verify report: {'PASSED' if result.passed else 'FAILED'}",
+        f"# Verify report: {verdict(passed=result.passed, gated=bool(result.gates))}",
         "",
         f"Engine: backend `{engine.get('backend')}`, tp {mapping.get('tp_size')}, "
         f"pp {mapping.get('pp_size')}, quantization `{quant}`.",
