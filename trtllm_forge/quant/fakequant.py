@@ -23,11 +23,12 @@ import torch
 
 from trtllm_forge.checkpoint.forward import CheckpointForward, KvHook
 from trtllm_forge.checkpoint.io import CheckpointReader
-from trtllm_forge.quant import layout
+from trtllm_forge.quant import layout, records
 
-PER_TOKEN_INT8 = frozenset({"W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"})
-PER_TOKEN_FP8 = frozenset({"FP8_PER_CHANNEL_PER_TOKEN"})
-_FP8_ACTIVATIONS = frozenset({"FP8"})
+# Which activation rule each quant_algo runs: from the format records.
+PER_TOKEN_INT8 = records.trtllm_algos(lambda f: f.activations == "per_token_int8")
+PER_TOKEN_FP8 = records.trtllm_algos(lambda f: f.activations == "per_token_fp8")
+_FP8_ACTIVATIONS = records.trtllm_algos(lambda f: f.activations == "static_fp8")
 _QUANTIZED_DTYPES = ("I8", "F8_E4M3")
 
 

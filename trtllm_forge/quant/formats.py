@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from trtllm_forge.quant import layout
+from trtllm_forge.quant import layout, records
 from trtllm_forge.quant.result import LinearQuant
 
 Tensors = dict[str, torch.Tensor]
@@ -107,13 +107,10 @@ BUILDERS: dict[str, Builder] = {
     "FP8_PER_CHANNEL_PER_TOKEN": fp8_per_channel,
 }
 
-# Formats whose fc/gate (same input) must share input-side quantities: FP8 because
-# TensorRT-LLM fuses the two GEMMs; the SmoothQuant plugin because one norm carries
-# the smoothing for both.
-SHARE_INPUT_GROUPS = frozenset({"FP8", "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"})
-
-# Formats that fold column layers' smoothing into the preceding norm.
-FOLDS_SMOOTHING_INTO_NORM = frozenset({"W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"})
+# Formats whose fc/gate (same input) must share input-side quantities, and formats that
+# fold column layers' smoothing into the preceding norm: the format records say which.
+SHARE_INPUT_GROUPS = records.trtllm_algos(lambda f: f.trtllm_share_input)
+FOLDS_SMOOTHING_INTO_NORM = records.trtllm_algos(lambda f: f.folds_smoothing_into_norm)
 
 
 def kv_cache_scales(k_amax: float, v_amax: float, algo: str) -> Tensors:

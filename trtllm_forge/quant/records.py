@@ -19,10 +19,12 @@ strong typing (``engine/backends/tensorrt.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 Target = Literal["modelopt", "compressed-tensors"]
+Activations = Literal["none", "static_int8", "static_fp8", "per_token_int8", "per_token_fp8"]
 TARGETS: tuple[Target, ...] = ("modelopt", "compressed-tensors")
 
 
@@ -83,6 +85,12 @@ class QuantFormat:
         trtllm_tensors: canonical tensors of one linear (reference §2).
         strongly_typed: TensorRT must build the engine strongly typed.
         modelopt / compressed_tensors: the HF targets' mapping, or why not.
+        activations: what happens to a quantized linear's input (fake quant, lowering):
+            ``none``, ``static_int8``, ``static_fp8``, ``per_token_int8``, ``per_token_fp8``.
+        trtllm_share_input: in the canonical checkpoint, fc and gate (one input) share
+            input-side quantities — FP8 because TensorRT-LLM fuses the two GEMMs, the
+            SmoothQuant plugin because one norm carries the smoothing for both.
+        folds_smoothing_into_norm: column layers' smoothing lives in the norm before them.
     """
 
     name: str
@@ -93,6 +101,9 @@ class QuantFormat:
     strongly_typed: bool
     modelopt: ModelOpt | NotCarried
     compressed_tensors: CompressedTensors | NotCarried
+    activations: Activations = "none"
+    trtllm_share_input: bool = False
+    folds_smoothing_into_norm: bool = False
 
     def target(self, target: Target) -> ModelOpt | CompressedTensors | NotCarried:
         return self.modelopt if target == "modelopt" else self.compressed_tensors
@@ -168,6 +179,7 @@ FORMATS: dict[str, QuantFormat] = {
                 "W8A8_SQ_PER_CHANNEL", ("weight_scale", "input_scale", "pre_quant_scale")
             ),
             compressed_tensors=NotCarried(_PRE_QUANT_IN_CT),
+            activations="static_int8",
         ),
         QuantFormat(
             name="W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
@@ -184,6 +196,9 @@ FORMATS: dict[str, QuantFormat] = {
                 "the row layers' smoother (o_proj/down_proj inputs) has no place in "
                 "compressed-tensors"
             ),
+            activations="per_token_int8",
+            trtllm_share_input=True,
+            folds_smoothing_into_norm=True,
         ),
         QuantFormat(
             name="FP8",
@@ -203,6 +218,8 @@ FORMATS: dict[str, QuantFormat] = {
                 {**_FP8, "strategy": "tensor", "dynamic": False},
                 ("weight", "weight_scale", "input_scale"),
             ),
+            activations="static_fp8",
+            trtllm_share_input=True,
         ),
         QuantFormat(
             name="FP8_PER_CHANNEL_PER_TOKEN",
@@ -218,9 +235,15 @@ FORMATS: dict[str, QuantFormat] = {
                 {**_FP8, "strategy": "token", "dynamic": True},
                 ("weight", "weight_scale"),
             ),
+            activations="per_token_fp8",
         ),
     )
 }
+
+
+def trtllm_algos(predicate: Callable[[QuantFormat], bool]) -> frozenset[str]:
+    """The canonical checkpoint's quant_algo names of the formats ``predicate`` selects."""
+    return frozenset(f.trtllm_algo for f in FORMATS.values() if predicate(f))
 
 
 @dataclass(frozen=True)
