@@ -155,6 +155,19 @@ class Bench:
         self._repeat_row("noop_build_all", build, env)
         self.results["noop_build_all"]["statuses"] = _statuses(build, env)
 
+    def run_noop(self) -> dict[str, Any]:
+        """Only the start-up rows, on the tiny recipe (seconds, not the 7B build's minutes)."""
+        self.results = {"shape": "tiny-llama", "machine": measure.machine(), "commands": {}}
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.run_dir.mkdir(parents=True)
+        self._noop_all_stages()
+        env = {**self.env, "FORGE_HOME": str(self.run_dir / "tiny-home")}
+        recipe = str(ROOT / "recipes" / "tiny-llama.yaml")
+        self._repeat_row("python_pass", [sys.executable, "-c", "pass"], env)
+        self._repeat_row("plan", [*self.forge, "plan", recipe, "--json"], env)
+        self._repeat_row("help", [*self.forge, "--help"], env)
+        return self.results
+
     def _repeat_row(self, label: str, argv: list[str], env: dict[str, str]) -> None:
         rep = measure.repeat(argv, REPEATS, env=env, cwd=ROOT)
         self.results[label] = {
@@ -227,7 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--label", default="", help="suffix of the raw results file (e.g. 'before')"
     )
+    parser.add_argument(
+        "--noop",
+        action="store_true",
+        help="only the start-up rows (no-op builds, plan, --help) on the tiny recipe; "
+        "writes bench/results/noop.json and its section of docs/performance.md",
+    )
     args = parser.parse_args(argv)
+    if args.noop:
+        return _main_noop(args.data)
     shape = SHAPES["llama-1b" if args.quick else "llama-7b"]
     out = args.out or (
         args.data / "performance-quick.md" if args.quick else ROOT / "docs" / "performance.md"
@@ -246,4 +267,21 @@ def main(argv: list[str] | None = None) -> int:
     raw.write_text(json.dumps(results, indent=2) + "\n")
     report.write(out, results)
     print(f"wrote {out} and {raw} in {results['duration_s']:.0f}s")
+    return 0
+
+
+def _main_noop(data: Path) -> int:
+    bench = Bench(SHAPES["llama-1b"], data)  # the shape is unused: the tiny recipe is built
+    bench.run_dir = data / "run-noop"
+    started = time.time()
+    try:
+        results = bench.run_noop()
+    finally:
+        shutil.rmtree(bench.run_dir, ignore_errors=True)
+    results["started_unix"] = started
+    results["invocation"] = "python -m bench --noop"
+    raw = ROOT / "bench" / "results" / "noop.json"
+    raw.write_text(json.dumps(results, indent=2) + "\n")
+    report.write_noop(ROOT / "docs" / "performance.md", results)
+    print(f"wrote docs/performance.md (no-op section) and {raw}")
     return 0
