@@ -296,3 +296,23 @@ def test_docs_method_table_is_generated_from_the_records() -> None:
     assert committed == render_table(), (
         "run: python -m trtllm_forge.hf.docs (paste into docs/outputs.md)"
     )
+
+
+@pytest.mark.parametrize("case", ["int8_wo", "int4_wo", "gptq", "fp8_pcpt"])
+def test_modelopt_reader_matches_fake_quant(
+    case: str, tiny: Path, calibrated: Any, tmp_path: Path
+) -> None:
+    """Where ModelOpt's fusion rule leaves the canonical numbers alone (per-channel and
+    per-group weights, no shared input scale), forge's independent reader of the ModelOpt
+    folder computes what the fake-quant model of the canonical checkpoint computes."""
+    from trtllm_forge.hf.modelopt_loader import load_modelopt_model
+    from trtllm_forge.quant.fakequant import FakeQuantForward
+
+    folder = _folder(tiny, calibrated(case), "modelopt", tmp_path / "mo")
+    ids = torch.randint(4, 256, (2, 24), generator=torch.Generator().manual_seed(2))
+    fake = FakeQuantForward(calibrated(case))
+    with torch.no_grad():
+        got = load_modelopt_model(folder)(input_ids=ids).logits
+        want = fake.logits(ids)
+    fake.close()
+    assert float((got - want).norm() / want.norm()) < 1e-5
