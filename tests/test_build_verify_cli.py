@@ -71,5 +71,7 @@ def test_inspect_engine_checkpoint_and_key(built: dict) -> None:  # type: ignore
     assert ckpt["artifact"]["key"] == stages["convert"]["key"]
     text = forge("inspect", stages["build"]["path"], env=env)
     assert text.code == 0 and "rank 1" in text.out
+    # Unquantized: no TensorRT-LLM default group_size shown as if it applied (issue 17).
+    assert "quantization none," in text.out and "group_size" not in text.out, text.out
     missing = forge("inspect", "ffffffffffff", env=env)
     assert missing.code == 2 and "no artifact key" in missing.err

@@ -496,13 +496,22 @@ def _print_hf_folder(console: Any, info: dict[str, Any]) -> None:
         console.print(f"serving hint: {info['serving']}")
 
 
+def _quantization_text(quant: dict[str, Any] | None) -> str:
+    """What is quantized, or "none": an unquantized engine's config still carries
+    TensorRT-LLM's default group_size 128, which `inspect` used to show as if it applied."""
+    quant = quant or {}
+    if not (quant.get("quant_algo") or quant.get("kv_cache_quant_algo")):
+        return "none"
+    return str({k: v for k, v in quant.items() if v not in (None, False, [])})
+
+
 def _print_engine(console: Any, eng: dict[str, Any]) -> None:
     from rich.table import Table
 
     mapping = eng.get("mapping", {})
     console.print(
         f"engine: backend {eng['backend']}, tp {mapping.get('tp_size')}, pp {mapping.get('pp_size')}, "
-        f"quantization {eng.get('quantization') or 'none'}, limits {eng.get('limits')}, "
+        f"quantization {_quantization_text(eng.get('quantization'))}, limits {eng.get('limits')}, "
         f"{_human(eng['total_bytes'])}"
     )
     if eng.get("profiles"):
@@ -529,7 +538,7 @@ def _print_checkpoint(console: Any, ckpt: dict[str, Any]) -> None:
     config = ckpt.get("config", {})
     console.print(
         f"checkpoint: {config.get('architecture')} dtype {config.get('dtype')}, "
-        f"mapping {ckpt.get('mapping')}, quantization {ckpt.get('quantization') or 'none'}, "
+        f"mapping {ckpt.get('mapping')}, quantization {_quantization_text(ckpt.get('quantization'))}, "
         f"{_human(ckpt['total_bytes'])}"
     )
     for rank in ckpt.get("ranks", []):

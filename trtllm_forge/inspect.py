@@ -20,7 +20,12 @@ def inspect_target(target: str, store: Store) -> dict[str, Any]:
     out: dict[str, Any] = {"path": str(path)}
     manifest = read_manifest(path)
     if manifest is not None:
+        _check_intact(path, manifest, store)
         out["artifact"] = _artifact_summary(manifest)
+    else:  # a folder inside an artifact (its engine/): the artifact must be whole too
+        owner = read_manifest(path.parent)
+        if owner is not None:
+            _check_intact(path.parent, owner, store)
         out["manifest"] = manifest
     content = _content_dir(path, manifest)
     kind, details = _describe(content)
@@ -30,6 +35,23 @@ def inspect_target(target: str, store: Store) -> dict[str, Any]:
     if details:
         out[kind] = details
     return out
+
+
+def _check_intact(path: Path, manifest: dict[str, Any], store: Store) -> None:
+    """An artifact of this store is described only if it is whole: a truncated engine
+    used to be inspected without a word (exit 0). The store's own check decides."""
+    from trtllm_forge.errors import store_error
+    from trtllm_forge.store.store import Invalid
+
+    stage, key = str(manifest.get("stage")), str(manifest.get("key"))
+    if path != store.artifact_dir(stage, key).resolve():
+        return  # a copy outside the store: nothing to compare it with here
+    found = store.lookup(stage, key)
+    if isinstance(found, Invalid):
+        raise store_error(
+            f"the {stage} artifact at {path} is damaged: {found.reason}",
+            hint="run `forge cache verify --fix`, then rebuild it",
+        )
 
 
 def _artifact_summary(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -586,3 +586,21 @@ def test_cache_rm_of_an_unknown_stage_is_refused(tmp_path: Path, stage: str) -> 
     rejected(run, (2,), "unknown stage")
     assert canary.is_dir()
     _COUNTS["cache-argument"] = _COUNTS.get("cache-argument", 0) + 1
+
+
+# -- a truncated engine (issue 17: `forge inspect` described it, exit 0) ---------------------
+def test_inspect_of_a_truncated_engine_says_it_is_damaged(
+    reference: Reference, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(reference.home, home, symlinks=True)
+    build_dir = home / "artifacts" / "build" / reference.results["build"][0].split(":", 1)[1]
+    data = next(build_dir.glob("engine/rank0/*.onnx.data"))
+    with data.open("r+b") as handle:
+        handle.truncate(data.stat().st_size // 2)
+    for target in (build_dir, build_dir / "engine"):  # the artifact, and its engine folder
+        rejected(forge(home, "inspect", str(target)), (6,), "damaged", data.name)
+    outside = tmp_path / "exported-engine"  # a copy outside any store: the graphs decide
+    shutil.copytree(build_dir / "engine", outside)
+    rejected(forge(home, "inspect", str(outside)), (5,), "damaged", data.name)
+    _COUNTS["engine"] = _COUNTS.get("engine", 0) + 1

@@ -22,6 +22,7 @@ def inspect_engine(engine_dir: Path) -> dict[str, Any]:
     ranks = []
     for entry in onnx_meta.get("ranks", []):
         rank_dir = root / entry["dir"]
+        _check_weights_present(rank_dir)
         ranks.append(
             {
                 "rank": entry["rank"],
@@ -104,3 +105,28 @@ def inspect_checkpoint(checkpoint_dir: Path) -> dict[str, Any]:
 def _nbytes(info: dict[str, Any]) -> int:
     start, stop = info["data_offsets"]
     return int(stop) - int(start)
+
+
+def _check_weights_present(rank_dir: Path) -> None:
+    """Each graph's external weights lie inside their data file: a truncated engine used
+    to be described (exit 0) as if whole. Reads graph headers only, never the weights."""
+    import onnx
+
+    from trtllm_forge.errors import source_error
+
+    for graph_file in sorted(rank_dir.glob("*.onnx")):
+        model = onnx.load(str(graph_file), load_external_data=False)
+        for tensor in model.graph.initializer:
+            where = {item.key: item.value for item in tensor.external_data}
+            if "location" not in where:
+                continue
+            data = rank_dir / where["location"]
+            end = int(where.get("offset", 0)) + int(where.get("length", 0))
+            size = data.stat().st_size if data.is_file() else -1
+            if end > size:
+                raise source_error(
+                    f"engine {rank_dir.parent} is damaged: {graph_file.name}'s weight "
+                    f"{tensor.name!r} ends at byte {end} of {data.name}, which "
+                    + ("is missing" if size < 0 else f"holds {size} bytes"),
+                    hint="the engine was truncated or partly copied; rebuild or copy it again",
+                )
