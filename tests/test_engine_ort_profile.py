@@ -80,22 +80,29 @@ def tiny_quant(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"hf": hf, "canonical": root / "canonical", "root": root}
 
 
-@pytest.mark.parametrize("method", list(QUANT))
-def test_weight_only_methods_run_as_matmul_nbits(tiny_quant: dict[str, Path], method: str) -> None:
-    """MatMulNBits (accuracy_level 0) computes what the portable Q/DQ graph computes."""
+def _quantized(tiny_quant: dict[str, Path], method: str) -> Path:
+    """The tiny model quantized with ``method`` (once per module)."""
     from trtllm_forge.quant.calibration import CalibrationSpec
     from trtllm_forge.quant.quantize import quantize_checkpoint
 
+    checkpoint = tiny_quant["root"] / f"q-{method}"
+    if not checkpoint.exists():
+        quantize_checkpoint(
+            hf_dir=tiny_quant["hf"],
+            canonical_dir=tiny_quant["canonical"],
+            out_dir=checkpoint,
+            method=method,
+            params=QUANT[method],
+            calibration=CalibrationSpec(samples=4, seq_len=32, seed=0),
+        )
+    return checkpoint
+
+
+@pytest.mark.parametrize("method", list(QUANT))
+def test_weight_only_methods_run_as_matmul_nbits(tiny_quant: dict[str, Path], method: str) -> None:
+    """MatMulNBits (accuracy_level 0) computes what the portable Q/DQ graph computes."""
     root = tiny_quant["root"]
-    checkpoint = root / f"q-{method}"
-    quantize_checkpoint(
-        hf_dir=tiny_quant["hf"],
-        canonical_dir=tiny_quant["canonical"],
-        out_dir=checkpoint,
-        method=method,
-        params=QUANT[method],
-        calibration=CalibrationSpec(samples=4, seq_len=32, seed=0),
-    )
+    checkpoint = _quantized(tiny_quant, method)
     options = replace(OPTIONS, max_batch_size=2, max_input_len=32, max_seq_len=64)
     build_engine("onnxruntime", checkpoint, root / f"portable-{method}", options)
     build_engine("onnxruntime", checkpoint, root / f"ort-{method}", replace(options, profile="ort"))
@@ -120,11 +127,10 @@ def test_int8_activations_use_the_cpu_int8_kernel_close_to_float(
 ) -> None:
     """build.int8_activations: accuracy_level 4 on every MatMulNBits; logits move a little."""
     root = tiny_quant["root"]
-    checkpoint = root / "q-int4_wo"
-    if not checkpoint.exists():
-        pytest.skip("needs the int4_wo checkpoint of test_weight_only_methods_run_as_matmul_nbits")
+    checkpoint = _quantized(tiny_quant, "int4_wo")
     options = replace(OPTIONS, max_batch_size=2, max_input_len=32, max_seq_len=64, profile="ort")
     engine = root / "ort-int4-int8act"
+    build_engine("onnxruntime", checkpoint, root / "ort-float-act", options)
     build_engine("onnxruntime", checkpoint, engine, replace(options, int8_activations=True))
     graph = onnx.load(engine / "rank0" / "model.onnx", load_external_data=False)
     levels = {
@@ -136,6 +142,26 @@ def test_int8_activations_use_the_cpu_int8_kernel_close_to_float(
     }
     assert levels == {4}
     ids = random_texts(1, 40, seed=3)[0]
-    want = OrtEngine.load(root / "ort-int4_wo", threads=1).score(ids)
+    want = OrtEngine.load(root / "ort-float-act", threads=1).score(ids)
     got = OrtEngine.load(engine, threads=1).score(ids)
     assert 0 < np.abs(got - want).max() / np.abs(want).max() < 0.1
+
+
+def test_float16_compute_keeps_the_greedy_tokens(tmp_path: Path) -> None:
+    """build.compute_dtype float16 (what CUDA's GroupQueryAttention needs) also runs on the
+    CPU provider: float16 weights, activations and KV cache, logits within fp16 rounding."""
+    _, checkpoint = tiny_checkpoint(tmp_path, "qwen2", dtype="float16")
+    build_engine("onnxruntime", checkpoint, tmp_path / "portable", OPTIONS)
+    half = replace(ORT, compute_dtype="float16")
+    meta = build_engine("onnxruntime", checkpoint, tmp_path / "ort16", half)
+    assert meta["onnx"]["compute_dtype"] == "float16"
+    graph = onnx.load(tmp_path / "ort16" / "rank0" / "model.onnx", load_external_data=False)
+    past = next(i for i in graph.graph.input if i.name.startswith("past_key_values"))
+    assert past.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    portable = OrtEngine.load(tmp_path / "portable", threads=1)
+    ort16 = OrtEngine.load(tmp_path / "ort16", threads=1)
+    ids = random_texts(1, 40)[0]
+    want, got = portable.score(ids), ort16.score(ids)
+    assert np.abs(got - want).max() / np.abs(want).max() < 5e-3
+    prompts = random_prompts(4)
+    assert ort16.generate(prompts, 8) == portable.generate(prompts, 8)

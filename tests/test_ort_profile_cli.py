@@ -117,4 +117,4 @@ def test_int8_activations_without_the_ort_profile_is_refused(
         build={"int8_activations": True},
     )
     run = forge("recipe", "check", str(recipe))
-    assert_clean_error(run, 2, "build.int8_activations", "ort")
+    assert_clean_error(run, 2, "build.int8_activations", "ort profile")

@@ -95,12 +95,13 @@ def _check_hf_format(loaded: LoadedRecipe) -> None:
 def _check_profile(loaded: LoadedRecipe) -> None:
     """build.profile ort lowers a subset of what portable does: refuse the rest now."""
     if loaded.recipe.build.profile != "ort":
-        if loaded.recipe.build.int8_activations:
-            raise recipe_error(
-                "build.int8_activations applies to the ort profile's MatMulNBits only",
-                hint="set build.profile: ort, or remove build.int8_activations",
-                location=loaded.locate("build.int8_activations"),
-            )
+        for field, value in (("int8_activations", True), ("compute_dtype", "float16")):
+            if getattr(loaded.recipe.build, field) == value:
+                raise recipe_error(
+                    f"build.{field} applies to the ort profile only",
+                    hint=f"set build.profile: ort, or remove build.{field}",
+                    location=loaded.locate(f"build.{field}"),
+                )
         return
     from trtllm_forge.engine.onnx.ort.support import recipe_refusals
 

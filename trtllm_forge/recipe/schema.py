@@ -229,6 +229,12 @@ class Build(_Strict):
         "faster GEMMs, slightly different logits (verify gates apply). Off: float activations, "
         "the portable graph's numbers.",
     )
+    compute_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="`ort` profile: compute and KV-cache dtype. float32 for CPUs; float16 for "
+        "CUDA (GroupQueryAttention's CUDA kernel takes float16, not float32). The portable "
+        "graph always computes in float32.",
+    )
     max_batch_size: int = Field(8, ge=1, le=4096, description="Largest batch the engine accepts.")
     max_input_len: int = Field(512, ge=1, le=1_048_576, description="Longest prompt, in tokens.")
     max_seq_len: int = Field(

@@ -27,6 +27,7 @@ BUILD_FIELDS = (
     "build.backend",
     "build.profile",
     "build.int8_activations",
+    "build.compute_dtype",
     "build.max_batch_size",
     "build.max_input_len",
     "build.max_seq_len",
@@ -145,6 +146,7 @@ def _options(build: Any) -> Any:
         workspace_gb=build.workspace_gb,
         profile=build.profile,
         int8_activations=build.int8_activations,
+        compute_dtype=build.compute_dtype,
     )
 
 

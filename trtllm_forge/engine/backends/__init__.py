@@ -44,6 +44,7 @@ class BuildOptions:
     strongly_typed: bool | None = None
     profile: str = "portable"  # ONNX lowering: portable (standard ops) or ort (contrib ops)
     int8_activations: bool = False  # ort profile: MatMulNBits accuracy_level 4 (CPU int8)
+    compute_dtype: str = "float32"  # ort profile: float32 (CPU) or float16 (CUDA)
 
     def limits(self) -> dict[str, int]:
         return {

@@ -43,7 +43,11 @@ def build(
     )
     # The ort profile's rope tables cover exactly the positions the limits allow.
     ort = (
-        OrtProfile(options.max_seq_len, ACCURACY_INT8 if options.int8_activations else 0)
+        OrtProfile(
+            options.max_seq_len,
+            ACCURACY_INT8 if options.int8_activations else 0,
+            options.compute_dtype,
+        )
         if options.profile == "ort"
         else None
     )

@@ -42,6 +42,7 @@ class OrtProfile:
 
     max_positions: int
     accuracy_level: int = 0
+    compute_dtype: str = "float32"  # or "float16" (CUDA's GroupQueryAttention)
 
 
 def lower_checkpoint(
@@ -180,6 +181,8 @@ def _lower_ort(
         )
 
     def build(ctx: LoweringContext) -> None:
+        if ort.compute_dtype == "float16":
+            ctx.compute_type = onnx.TensorProto.FLOAT16
         build_ort_decoder(ctx, ort.max_positions, OrtLinears(ort.accuracy_level))
 
     with (
@@ -202,7 +205,7 @@ def _lower_ort(
         "opset": OPSET,
         "profile": "ort",
         "contrib_domain": MS_DOMAIN,
-        "compute_dtype": "float32",
+        "compute_dtype": ort.compute_dtype,
         "weights_dtype": ckpt.model.dtype,
         "max_positions": ort.max_positions,
         "accuracy_level": ort.accuracy_level,

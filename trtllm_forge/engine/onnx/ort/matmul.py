@@ -89,7 +89,7 @@ def _prequant_mul(ctx: LoweringContext, site: LinearSite, x: str) -> str:
     scale = prequant_scale(ctx, site.module)
     if scale is None:
         return x
-    value = ctx.graph.weight(f"{site.module}.prequant_scaling_factor", scale)
+    value = ctx.constant_weight(f"{site.module}.prequant_scaling_factor", scale)
     return ctx.graph.op("Mul", [x, value], f"{site.module}.prequant")
 
 
