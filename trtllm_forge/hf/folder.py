@@ -25,7 +25,7 @@ from safetensors import safe_open
 from trtllm_forge.checkpoint.convert import hf_weight_files, load_hf_config
 from trtllm_forge.checkpoint.io import read_config
 from trtllm_forge.context import NullProgress, Progress
-from trtllm_forge.errors import recipe_error
+from trtllm_forge.errors import recipe_error, store_error
 from trtllm_forge.hf import ct_target, modelopt_target
 from trtllm_forge.hf.groups import LinearGroup, linear_groups
 from trtllm_forge.hf.shards import ShardWriter
@@ -100,6 +100,13 @@ def write_hf_folder(
         raise recipe_error(
             f"the {target} format cannot carry this quantization: {reason}",
             hint=f"formats that can: {', '.join(rec.carriers(_fmt_name(request), request.kv)) or 'none'}",
+        )
+    quantized = request.format is not None or request.kv is not None
+    if quantized and not (Path(calibrated_dir) / RECORDS_FILE).is_file():
+        raise store_error(
+            f"{calibrated_dir} has no {RECORDS_FILE}: it was calibrated before the "
+            "Hugging Face targets existed",
+            hint="recalibrate: forge build RECIPE --force calibrate",
         )
     hf_config = load_hf_config(Path(hf_dir))
     plan = plan_targets(hf_config, request.exclude)
