@@ -173,6 +173,25 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     _check_group_alignment(loaded, dims, hf_config)
     _check_smoothing_fold(loaded, hf_config)
     _check_profile_model(loaded, hf_config)
+    _check_hf_kv_cache(loaded, hf_config)
+
+
+def _check_hf_kv_cache(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
+    """A Hugging Face target stores KV-cache scales on the k and v projections: a model
+    whose q/k/v is one fused projection (GPT-2 style) has none to put them on."""
+    recipe = loaded.recipe
+    if recipe.build.backend != "hf" or recipe.quantize.kv_cache == "none":
+        return
+    from trtllm_forge.quant.targets import linear_targets
+
+    for target in linear_targets(hf_config):
+        if target.kind == "attention.qkv" and len(target.sources) != 3:
+            raise recipe_error(
+                f"a quantized KV cache in a Hugging Face folder needs separate k/v "
+                f"projections; {target.sources[0]} fuses q, k and v",
+                hint="use build.backend: onnxruntime for this model's quantized KV cache",
+                location=loaded.locate("quantize.kv_cache"),
+            )
 
 
 def _tp_problem(tp: int, dims: dict[str, int]) -> str | None:
