@@ -142,7 +142,7 @@ def _modelopt_export(tiny: Path, tokens: torch.Tensor, case: str, out: Path) -> 
     # registers the attention classes the KV-cache quantizers need.
     with modelopt_glue.quiet(modelopt_glue._NO_PROGRESS):
         mtq.quantize(model, config, forward_loop)
-    model.config.architectures = ["LlamaForCausalLM"]
+    model.config.architectures = model.config.architectures or [type(model).__name__]
     with modelopt_glue.quiet(modelopt_glue._NO_PROGRESS):
         export_hf_checkpoint(model, dtype=torch.float32, export_dir=out)
     return out
@@ -316,3 +316,43 @@ def test_modelopt_reader_matches_fake_quant(
         want = fake.logits(ids)
     fake.close()
     assert float((got - want).norm() / want.norm()) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second family: Qwen2 has q/k/v biases."""
+    return make_tiny_hf("qwen2", tmp_path_factory.mktemp("hf-qwen2") / "qwen2", with_tokenizer=True)
+
+
+@pytest.mark.parametrize("case", ["awq", "smoothquant", "fp8+fp8kv"])
+def test_modelopt_folder_equals_modelopt_export_qwen2(
+    case: str, qwen2: Path, tokens: torch.Tensor, tmp_path: Path
+) -> None:
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    method, params, kv = CASES[case]
+    convert_hf_checkpoint(qwen2, tmp_path / "canonical", dtype="float32")
+    quantize_checkpoint(
+        hf_dir=qwen2,
+        canonical_dir=tmp_path / "canonical",
+        out_dir=tmp_path / "cal",
+        method=method,
+        params=params,
+        kv_cache=kv,
+        calibration=tokens,
+    )
+    ours = _folder(qwen2, tmp_path / "cal", "modelopt", tmp_path / "forge")
+    theirs = _modelopt_export(qwen2, tokens, case, tmp_path / "modelopt")
+    for name in ("hf_quant_config.json", "config.json"):
+        mine, want = (json.loads((d / name).read_text()) for d in (ours, theirs))
+        assert mine.get("quantization_config") == want.get("quantization_config"), name
+        assert mine.get("quantization") == want.get("quantization"), name
+    mine_t, want_t = _tensors(ours), _tensors(theirs)
+    assert sorted(mine_t) == sorted(want_t)
+    assert any(name.endswith("q_proj.bias") for name in mine_t)
+    for name, tensor in want_t.items():
+        assert mine_t[name].dtype == tensor.dtype, name
+        assert torch.equal(
+            mine_t[name].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
+        ), name
