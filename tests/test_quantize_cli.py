@@ -138,3 +138,17 @@ def test_quantize_with_a_broken_tokenizer_is_a_source_error(tmp_path: Path, mode
     (model / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 3')
     run = forge("quantize", str(model), "--method", "int8_wo", "-o", str(tmp_path / "o"))
     assert_clean_error(run, 5, "tokenizer")
+
+
+def test_export_of_weight_only_float32_is_refused_before_work(tmp_path: Path, model: Path) -> None:
+    """trtllm-build's weight-only kernels take float16/bfloat16 activations (issue 17:
+    a float32 W4A16_AWQ checkpoint was exported without a word)."""
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        source={"path": str(model)},
+        convert={"dtype": "float32"},
+        quantize={"method": "int8_wo"},
+    )
+    run = forge("export", "trtllm-ckpt", str(recipe), str(tmp_path / "out"))
+    assert_clean_error(run, 2, "convert.dtype", "float16 or bfloat16", "r.yaml:")
+    assert not (tmp_path / "out").exists()

@@ -77,10 +77,13 @@ def export_trtllm_checkpoint(
 
     Builds fetch → convert → calibrate and the shard sub-artifact as needed (all cached).
     """
+    from trtllm_forge.pipeline.preflight import check_trtllm_export
     from trtllm_forge.stages.build import sharded_checkpoint
 
+    loaded = check(recipe=recipe)
+    check_trtllm_export(loaded)  # before any stage runs
     target = _empty_target(Path(dest), overwrite)
-    runner = Runner(check(recipe=recipe), _context(ctx))
+    runner = Runner(loaded, _context(ctx))
     runner.build(until="calibrate")
     assert runner.job is not None
     shard = sharded_checkpoint(runner.job)

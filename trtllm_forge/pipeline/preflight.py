@@ -111,6 +111,24 @@ def _check_profile(loaded: LoadedRecipe) -> None:
         )
 
 
+# quantize.method values whose TensorRT-LLM checkpoint is weight-only (W8A16, W4A16_*).
+WEIGHT_ONLY_METHODS = ("int8_wo", "int4_wo", "awq", "gptq")
+
+
+def check_trtllm_export(loaded: LoadedRecipe) -> None:
+    """trtllm-build's weight-only GEMM kernels take float16 or bfloat16 activations: a
+    float32 checkpoint with W4A16_AWQ was exported without a word and failed there."""
+    recipe = loaded.recipe
+    if recipe.quantize.method in WEIGHT_ONLY_METHODS and recipe.convert.dtype == "float32":
+        raise recipe_error(
+            f"trtllm-build runs {recipe.quantize.method} (weight-only) with float16 or bfloat16 "
+            "activations, not convert.dtype float32",
+            hint="set convert.dtype: float16 or bfloat16 for `forge export trtllm-ckpt` "
+            "(convert and calibration rerun for the new dtype)",
+            location=loaded.locate("convert.dtype"),
+        )
+
+
 def _check_local_source(loaded: LoadedRecipe) -> None:
     """A local folder or GGUF file is checked here; a hub model from its config.json
     before its weights download, in fetch."""
