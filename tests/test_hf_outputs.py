@@ -279,13 +279,17 @@ def test_uncarriable_combination_is_refused_before_writing(
 
 
 def test_records_rebuild_every_modelopt_weight_from_the_snapshot(calibrated: Any) -> None:
-    """Only GPTQ's error-fed weights need storing; AWQ/SmoothQuant smoothing is rebuilt."""
-    names = {}
+    """Only GPTQ's error-fed weights are stored, as int4 values; AWQ/SmoothQuant smoothing
+    is rebuilt from the snapshot."""
+    names: dict[str, list[str]] = {}
     for case in ("awq", "smoothquant", "fp8", "gptq"):
         with safe_open(str(calibrated(case) / "linears.safetensors"), framework="pt") as handle:
-            names[case] = [n for n in handle.keys() if n.endswith(".weight")]
+            names[case] = [n for n in handle.keys() if ".weight" in n and "amax" not in n]
+            dtypes = {handle.get_slice(n).get_dtype() for n in names[case]}
+        if case == "gptq":
+            assert len(names[case]) == 14 and all(n.endswith(".weight_int4") for n in names[case])
+            assert dtypes == {"I8"}
     assert names["awq"] == names["smoothquant"] == names["fp8"] == []
-    assert len(names["gptq"]) == 14
 
 
 def test_docs_method_table_is_generated_from_the_records() -> None:

@@ -6,8 +6,9 @@ rule (ModelOpt's exporter shares scales across gate/up too, but not for FP8), so
 it needs the per-module result. ``linears.safetensors`` (in the calibrate
 artifact) keeps it small: per HF linear its fp32 ``weight_amax``, ``input_amax``
 and ``pre_quant_scale``; the weight itself only where it cannot be rebuilt
-bit-exactly from the original snapshot (GPTQ's error-fed weights), which is
-checked when the file is written, never assumed.
+bit-exactly from the original snapshot (GPTQ's error-fed weights, kept as their int4
+values when they are exactly ``q × scale``), which is checked when the file is
+written, never assumed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from trtllm_forge.checkpoint.convert import hf_weight_files
+from trtllm_forge.quant import layout
 from trtllm_forge.quant.result import LinearQuant, QuantResult
 
 RECORDS_FILE = "linears.safetensors"
@@ -44,6 +46,23 @@ class OriginalWeights:
         tensor: torch.Tensor = self._handles[path].get_tensor(f"{module}.weight")  # type: ignore[attr-defined]
         # HF Conv1D (GPT-2) stores [in, out]; calibration swapped it for nn.Linear.
         return tensor.t().contiguous() if self._transposed.get(module) else tensor
+
+
+def _stored_weight(module: str, lq: LinearQuant) -> dict[str, torch.Tensor]:
+    """A weight the snapshot cannot give back: as its int4 values when it is exactly
+    ``q × (weight_amax / 7)`` per group (GPTQ's output: a quarter of fp32), else fp32."""
+    weight = lq.weight.float()
+    if lq.weight_amax.dim() == 2:
+        scale = _group_scale(lq.weight_amax, weight.shape[1])
+        q = (weight / scale).round().clamp(-8, 7)
+        if torch.equal(q * scale, weight):
+            return {f"{module}.weight_int4": q.to(torch.int8).contiguous()}
+    return {f"{module}.weight": weight.contiguous()}
+
+
+def _group_scale(weight_amax: torch.Tensor, in_features: int) -> torch.Tensor:
+    scale = layout.scale_from_amax(weight_amax, layout.INT4_MAX)
+    return layout.expand_groups(scale, in_features)
 
 
 def rebuilt_weight(
@@ -75,7 +94,7 @@ def save_records(
                 tensors[f"{module}.{field}"] = value.float().contiguous()
         rebuilt = rebuilt_weight(originals.get(module), lq.pre_quant_scale, calibration_dtype)
         if not torch.equal(rebuilt, lq.weight.float()):
-            tensors[f"{module}.weight"] = lq.weight.float().contiguous()
+            tensors.update(_stored_weight(module, lq))
             stored += 1
     for layer, (k_amax, v_amax) in result.kv_amax.items():
         tensors[f"kv.{layer}"] = torch.tensor([k_amax, v_amax], dtype=torch.float32)
@@ -108,7 +127,10 @@ class CalibrationRecords:
             raise KeyError(f"no calibration record for {module}")
         pqs = self._get(f"{module}.pre_quant_scale")
         weight = self._get(f"{module}.weight")
-        if weight is None:
+        packed = self._get(f"{module}.weight_int4")
+        if packed is not None:
+            weight = packed.float() * _group_scale(amax, packed.shape[1])
+        elif weight is None:
             weight = rebuilt_weight(self._originals.get(module), pqs, self.dtype)
         return LinearQuant(weight, amax, self._get(f"{module}.input_amax"), pqs)
 

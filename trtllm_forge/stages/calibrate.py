@@ -43,8 +43,9 @@ def layout_revision(quant: dict[str, Any]) -> int:
 class CalibrateStage:
     name = "calibrate"
     # 2: the artifact also holds linears.safetensors (per-module calibration records the
-    # Hugging Face targets build from); older artifacts lack it.
-    version = "2"
+    # Hugging Face targets build from); older artifacts lack it. 3: GPTQ's weights are
+    # kept there as int4 values (weight_int4), not float32.
+    version = "3"
     upstream = ("fetch", "convert")
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
