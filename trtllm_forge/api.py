@@ -135,6 +135,61 @@ def export_hf(
     return {"dest": str(target), **summary}
 
 
+def export_triton(
+    *,
+    recipe: str | Path,
+    dest: str | Path,
+    overwrite: bool = False,
+    ctx: RunContext | None = None,
+) -> dict[str, Any]:
+    """Write a Triton model repository for the recipe's artifact to ``dest`` through the
+    triton plugin (plugins/forge-triton; exit 4 before any work when it is missing).
+
+    ONNX engines become a Python-backend model running forge's runtime; ``build.backend:
+    hf`` folders TensorRT-LLM's llmapi model; ``trtllm`` recipes the classic ensemble
+    around the exported per-rank checkpoint (built with ``trtllm-build`` on the GPU host).
+    """
+    from trtllm_forge.exporters import exporter
+
+    export = exporter("triton")
+    loaded = check(recipe=recipe)
+    target = _empty_target(Path(dest), overwrite)
+    runner = Runner(loaded, _context(ctx))
+    return export(_export_source(runner), target)
+
+
+def _export_source(runner: Runner) -> Any:
+    """Build what the recipe's backend deploys (cached) and describe it for an exporter."""
+    from trtllm_forge.exporters import ExportSource
+    from trtllm_forge.stages.build import engine_dir, sharded_checkpoint
+    from trtllm_forge.stages.fetch import snapshot_dir
+
+    recipe = runner.loaded.recipe
+    backend = recipe.build.backend
+    runner.build(until="calibrate" if backend == "trtllm" else "build")
+    assert runner.job is not None
+    upstream = runner.job.upstream
+    if backend == "trtllm":  # forge does not run trtllm-build here: export its input
+        kind, files = "trtllm-checkpoint", sharded_checkpoint(runner.job).path
+    elif backend == "hf":
+        from trtllm_forge.hf.stage import HF_DIR
+
+        kind, files = "hf-checkpoint", upstream["build"].path / HF_DIR
+    else:
+        kind, files = "onnx-engine", engine_dir(upstream["build"])
+    quant = recipe.quantize
+    return ExportSource(
+        name=recipe.name,
+        kind=kind,
+        files=files,
+        tokenizer=snapshot_dir(upstream["fetch"]),
+        tp=recipe.parallel.tp,
+        pp=recipe.parallel.pp,
+        build=recipe.build.model_dump(mode="json"),
+        quant={"method": quant.method, "kv_cache": quant.kv_cache},
+    )
+
+
 def _hf_format(loaded: Any, requested: str | None) -> str:
     """The format to write: ``--format``, else the recipe's; refuse what it cannot carry."""
     from trtllm_forge.errors import recipe_error

@@ -604,6 +604,31 @@ def export_hf(
     _guard(body, as_json)
 
 
+@export_app.command("triton")
+def export_triton(
+    recipe: RecipeArg,
+    dest: Annotated[
+        Path, typer.Argument(help="Empty directory to write the model repository into.")
+    ],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty DEST.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a Triton Inference Server model repository for RECIPE's artifact (needs the
+    triton plugin: pip install 'trtllm-forge[triton]'). See docs/deploy.md."""
+    from trtllm_forge import api
+
+    def body() -> None:
+        doc = api.export_triton(recipe=recipe, dest=dest, overwrite=overwrite)
+        if as_json:
+            _print_json({"ok": True, **doc})
+        else:
+            print(
+                f"wrote a {doc['layout']} model repository ({', '.join(doc['models'])}) to {doc['dest']}"
+            )
+
+    _guard(body, as_json)
+
+
 # -- bench / run ------------------------------------------------------------
 TargetArg = Annotated[
     Path,

@@ -1,0 +1,91 @@
+"""Exporters that plugins contribute (``forge export <name>``), looked up by name.
+
+forge builds the recipe through the cache and hands the exporter an
+:class:`ExportSource` describing what it built; the exporter writes files under
+``dest`` and returns a summary. Exporters arrive through the
+``trtllm_forge.plugins`` entry-point group (registry ``kind == "exporters"``), so
+integrations with their own dependencies (Triton) stay out of the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trtllm_forge.errors import dependency_error, recipe_error
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """What a recipe built, in the terms an exporter needs.
+
+    ``kind`` says which artifact ``files`` holds:
+    ``onnx-engine`` (a forge engine directory, tokenizer files included),
+    ``hf-checkpoint`` (a quantized Hugging Face folder) or
+    ``trtllm-checkpoint`` (per-rank TensorRT-LLM checkpoint for ``trtllm-build``).
+    """
+
+    name: str  # the recipe's name
+    kind: str
+    files: Path
+    tokenizer: Path  # the source snapshot (tokenizer files)
+    tp: int
+    pp: int
+    build: dict[str, Any] = field(default_factory=dict)  # the recipe's build section
+    quant: dict[str, Any] = field(default_factory=dict)  # quant_algo, kv cache, format
+
+
+Exporter = Callable[[ExportSource, Path], dict[str, Any]]
+
+# Exporters a first-party plugin serves: the extra that installs it.
+KNOWN_PLUGINS = {"triton": "triton"}
+
+
+class ExporterRegistry:
+    kind = "exporters"
+
+    def __init__(self, *, plugin_group: str | None = None) -> None:
+        self._exporters: dict[str, Exporter] = {}
+        self._plugin_group = plugin_group
+        self._plugins_loaded = plugin_group is None
+
+    def register(self, name: str, exporter: Exporter) -> None:
+        existing = self._exporters.get(name)
+        if existing is not None and existing is not exporter:
+            raise recipe_error(
+                f"exporter {name!r} is registered twice",
+                hint="uninstall one of the plugins that provide it",
+            )
+        self._exporters[name] = exporter
+
+    def get(self, name: str) -> Exporter:
+        if name not in self._exporters and not self._plugins_loaded:
+            from trtllm_forge.plugin_hooks import load_plugin_hooks
+
+            self._plugins_loaded = True
+            load_plugin_hooks(self, self._plugin_group or "")
+        exporter = self._exporters.get(name)
+        if exporter is not None:
+            return exporter
+        extra = KNOWN_PLUGINS.get(name)
+        if extra is not None:
+            raise dependency_error(
+                f"`forge export {name}` needs the {name} plugin, which is not installed",
+                hint=f"pip install 'trtllm-forge[{extra}]' (from a checkout: "
+                f"pip install -e plugins/forge-{extra})",
+            )
+        raise recipe_error(f"no exporter named {name!r}")
+
+
+_REGISTRY: ExporterRegistry | None = None
+
+
+def exporter(name: str) -> Exporter:
+    global _REGISTRY
+    if _REGISTRY is None:
+        from trtllm_forge.plugin_hooks import PLUGIN_GROUP
+
+        _REGISTRY = ExporterRegistry(plugin_group=PLUGIN_GROUP)
+    return _REGISTRY.get(name)
