@@ -124,6 +124,13 @@ def _modelopt_export(tiny: Path, tokens: torch.Tensor, case: str, out: Path) -> 
     if method == "int8_wo":
         # forge's own RTN INT8 equals ModelOpt's INT8_WEIGHT_ONLY max calibration.
         config = modelopt_glue.target_config(copy.deepcopy(mtq.INT8_WEIGHT_ONLY_CFG), targets)
+    elif method == "int4_wo":
+        # forge's RTN INT4 equals ModelOpt's INT4_BLOCKWISE_WEIGHT_ONLY max calibration.
+        preset = copy.deepcopy(mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG)
+        weight_cfg, _ = modelopt_glue.preset_numerics(preset)
+        assert weight_cfg is not None
+        weight_cfg["block_sizes"] = {-1: params["group_size"], "type": "static"}
+        config = modelopt_glue.target_config(preset, targets, weight_cfg=weight_cfg)
     else:
         module = registry.get(method).load()
         config = module.modelopt_config(registry.validate_params(method, params), targets)
@@ -148,7 +155,7 @@ def _modelopt_export(tiny: Path, tokens: torch.Tensor, case: str, out: Path) -> 
     return out
 
 
-MODELOPT_CASES = ["int8_wo", "awq", "smoothquant", "fp8", "fp8_pcpt", "fp8+fp8kv"]
+MODELOPT_CASES = ["int8_wo", "int4_wo", "awq", "smoothquant", "fp8", "fp8_pcpt", "fp8+fp8kv"]
 
 
 @pytest.mark.parametrize("case", MODELOPT_CASES)
