@@ -18,7 +18,9 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 KEPT = {"torch"}
-_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._\-]*)")
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._\-]*)(\[[^\]]*\])?")
+# Installers and the stubs installed beside the lock: not part of the tested set's drift.
+_TOOLING = {"pip", "setuptools", "wheel", "tensorrt-stubs"}
 
 
 def _normal(name: str) -> str:
@@ -28,8 +30,9 @@ def _normal(name: str) -> str:
 def names() -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     specs = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
-    found = {_normal(m.group(1)) for spec in specs if (m := _NAME.match(spec))}
-    return sorted(found - KEPT - {_normal(project["name"])})
+    found = {_normal(m.group(1)): m.group(2) or "" for spec in specs if (m := _NAME.match(spec))}
+    skipped = KEPT | {_normal(project["name"])}
+    return sorted(name + extras for name, extras in found.items() if name not in skipped)
 
 
 def _pins(lines: list[str]) -> dict[str, str]:
@@ -51,10 +54,11 @@ def drift(python: str) -> list[str]:
     ).stdout.splitlines()
     installed = _pins(frozen)
     rows = []
-    for name in sorted(set(locked) | set(installed)):
+    direct = {_NAME.match(name).group(1) for name in names()}  # type: ignore[union-attr]
+    for name in sorted((set(locked) | set(installed)) - _TOOLING):
         old, new = locked.get(name, "-"), installed.get(name, "-")
         if old != new:
-            mark = " (direct)" if name in names() else ""
+            mark = " (direct)" if name in direct else ""
             rows.append(f"{name}: locked {old} -> newest {new}{mark}")
     return rows or ["no drift: the newest releases are the locked ones"]
 
