@@ -81,6 +81,9 @@ class RemoteCache:
         manifest = _parse_manifest(raw, stage, key)
         if isinstance(manifest, Miss):
             return manifest
+        outside = _missing_outside_root(self.store, manifest)
+        if outside is not None:  # e.g. a local source folder at another path on this machine
+            return Miss(f"{stage} {key} references {outside}, absent here", absent=True)
         if depth < _MAX_DEPTH:
             miss = self._pull_references(manifest, depth)
             if miss is not None:
@@ -209,6 +212,18 @@ def _bad_file(name: Any, meta: Any) -> str | None:
     if blob_name(str(meta.get("digest"))) is None:
         return f"{name}: bad digest {meta.get('digest')!r:.80}"
     return None
+
+
+def _missing_outside_root(store: Store, manifest: dict[str, Any]) -> Path | None:
+    """An external root outside the store (a source folder, the HF cache) that this
+    machine does not have: the entry cannot be used here, and nothing is wrong with it."""
+    external = manifest.get("external")
+    if not isinstance(external, dict) or not isinstance(external.get("root"), str):
+        return None
+    root = resolve_recorded(store.root, external["root"])
+    if root.is_relative_to(store.root) or root.is_dir():
+        return None
+    return root
 
 
 def _references(store: Store, manifest: dict[str, Any]) -> list[tuple[str, str]]:
