@@ -126,12 +126,19 @@ def test_inspect_damaged_quantization_config_exits_5(tmp_path: Path) -> None:
     assert_clean_error(run, 5, "num_bits must be 1..8", "damaged")
 
 
-def test_kv_cache_on_fused_qkv_model_exits_2_at_plan_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("quantize", "field", "fragment"),
+    [
+        ({"method": "int8_wo"}, "quantize.method", "Conv1D"),
+        ({"method": "none", "kv_cache": "fp8"}, "quantize.kv_cache", "fuses q, k and v"),
+    ],
+)
+def test_gpt2_what_a_folder_cannot_hold_exits_2_at_plan_time(
+    quantize: dict[str, str], field: str, fragment: str, tmp_path: Path
+) -> None:
     from tests.tinymodels import make_tiny_hf
 
     gpt2 = make_tiny_hf("gpt2", tmp_path / "gpt2", with_tokenizer=True)
-    recipe = _recipe(
-        tmp_path / "r.yaml", gpt2, fmt="compressed-tensors", method="fp8", kv_cache="fp8"
-    )
+    recipe = _recipe(tmp_path / "r.yaml", gpt2, fmt="compressed-tensors", **quantize)
     run = forge("plan", str(recipe))
-    assert_clean_error(run, 2, "r.yaml:", "quantize.kv_cache", "fuses q, k and v")
+    assert_clean_error(run, 2, "r.yaml:", field, fragment)

@@ -191,25 +191,34 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     _check_group_alignment(loaded, dims, hf_config)
     _check_smoothing_fold(loaded, hf_config)
     _check_profile_model(loaded, hf_config)
-    _check_hf_kv_cache(loaded, hf_config)
+    _check_hf_target(loaded, hf_config)
 
 
-def _check_hf_kv_cache(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
-    """A Hugging Face target stores KV-cache scales on the k and v projections: a model
-    whose q/k/v is one fused projection (GPT-2 style) has none to put them on."""
+def _check_hf_target(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
+    """What a Hugging Face folder cannot hold for this model: quantized GPT-2 ``Conv1D``
+    layers (both formats quantize ``nn.Linear`` modules only), and KV-cache scales when
+    q/k/v is one fused projection (the scales live on separate k and v projections)."""
     recipe = loaded.recipe
-    if recipe.build.backend != "hf" or recipe.quantize.kv_cache == "none":
+    if recipe.build.backend != "hf":
         return
     from trtllm_forge.quant.targets import linear_targets
 
     for target in linear_targets(hf_config):
-        if target.kind == "attention.qkv" and len(target.sources) != 3:
+        if recipe.quantize.method != "none" and target.rule and target.rule.fusion == "transpose":
             raise recipe_error(
-                f"a quantized KV cache in a Hugging Face folder needs separate k/v "
-                f"projections; {target.sources[0]} fuses q, k and v",
-                hint="use build.backend: onnxruntime for this model's quantized KV cache",
-                location=loaded.locate("quantize.kv_cache"),
+                f"{target.sources[0]} is a Conv1D layer, not nn.Linear: neither Hugging Face "
+                "format quantizes it",
+                hint="use build.backend: onnxruntime for this model's quantized weights",
+                location=loaded.locate("quantize.method"),
             )
+        if recipe.quantize.kv_cache != "none" and target.kind == "attention.qkv":
+            if len(target.sources) != 3:
+                raise recipe_error(
+                    f"a quantized KV cache in a Hugging Face folder needs separate k/v "
+                    f"projections; {target.sources[0]} fuses q, k and v",
+                    hint="use build.backend: onnxruntime for this model's quantized KV cache",
+                    location=loaded.locate("quantize.kv_cache"),
+                )
 
 
 def _tp_problem(tp: int, dims: dict[str, int]) -> str | None:
