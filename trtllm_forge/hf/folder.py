@@ -110,6 +110,12 @@ def write_hf_folder(
         )
     hf_config = load_hf_config(Path(hf_dir))
     plan = plan_targets(hf_config, request.exclude)
+    conv1d = [name for name, transposed in _transposed(plan).items() if transposed]
+    if request.format is not None and conv1d:
+        raise recipe_error(
+            f"{conv1d[0]} is a Conv1D layer, not nn.Linear: neither Hugging Face format quantizes it",
+            hint="use build.backend: onnxruntime for this model's quantized weights",
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out_dir)
