@@ -165,3 +165,60 @@ def test_core_with_file_remote_imports_no_cloud_sdk(shared: dict, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     count, sdk = proc.stdout.strip().split(" ", 1)
     assert int(count) == 3 and sdk == "[]"
+
+
+def _remote_with(tmp_path: Path, manifest: dict) -> tuple:  # type: ignore[type-arg]
+    """A file:// remote holding one hand-written manifest for convert/<key>."""
+    from trtllm_forge.context import NullProgress
+    from trtllm_forge.store.remote_file import FileRemote
+    from trtllm_forge.store.store import Store
+    from trtllm_forge.store.transfer import RemoteCache
+
+    key = "blake3:" + "cd" * 32
+    entry = tmp_path / "remote" / "entries" / "convert" / f"{'cd' * 32}.json"
+    entry.parent.mkdir(parents=True)
+    entry.write_text(json.dumps({"schema": 1, "stage": "convert", "key": key, **manifest}))
+    store = Store(tmp_path / "home")
+    return RemoteCache(store, FileRemote((tmp_path / "remote").as_uri()), NullProgress()), key
+
+
+@pytest.mark.parametrize(
+    ("manifest", "reason"),
+    [
+        ({"files": {"../../escape": {"size": 1, "digest": "blake3:" + "0" * 64}}}, "escapes"),
+        ({"files": {"/etc/passwd": {"size": 1, "digest": "blake3:" + "0" * 64}}}, "escapes"),
+        ({"files": {"a": {"size": 1, "digest": "sha256:" + "0" * 64}}}, "bad digest"),
+        ({"files": {"a": {"size": 1, "digest": "blake3:../../x"}}}, "bad digest"),
+        ({"files": {"a": {"size": -1, "digest": "blake3:" + "0" * 64}}}, "bad size"),
+        ({"files": {}, "external": {"root": "../../../etc", "files": {}}}, "climbs out"),
+        ({"files": []}, "lists no files"),
+    ],
+)
+def test_hostile_remote_manifest_is_a_reported_miss(
+    tmp_path: Path,
+    manifest: dict,  # type: ignore[type-arg]
+    reason: str,
+) -> None:
+    from trtllm_forge.store.transfer import Miss
+
+    cache, key = _remote_with(tmp_path, manifest)
+    got = cache.pull("convert", key)
+    assert isinstance(got, Miss) and not got.absent and reason in got.reason
+    assert not (tmp_path / "home" / "artifacts").exists()
+    assert {p.name for p in tmp_path.iterdir()} <= {"home", "remote"}  # nothing escaped
+
+
+def test_missing_blob_is_incomplete_and_file_put_if_absent(tmp_path: Path) -> None:
+    from trtllm_forge.store.transfer import Miss
+
+    cache, key = _remote_with(
+        tmp_path, {"files": {"rank0.safetensors": {"size": 3, "digest": "blake3:" + "ab" * 32}}}
+    )
+    got = cache.pull("convert", key)
+    assert isinstance(got, Miss) and "incomplete" in got.reason and "missing" in got.reason
+    assert not any((tmp_path / "home" / "tmp").iterdir())  # the staging dir went away
+    backend = cache.backend
+    assert backend.put_if_absent("entries/x/y.json", b"first") is True
+    assert backend.put_if_absent("entries/x/y.json", b"second") is False
+    assert (tmp_path / "remote" / "entries" / "x" / "y.json").read_bytes() == b"first"
+    assert not any((tmp_path / "remote" / "tmp").iterdir())

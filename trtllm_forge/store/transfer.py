@@ -36,7 +36,7 @@ from trtllm_forge.store.remote import (
     parse_entry_name,
     valid_ref,
 )
-from trtllm_forge.store.store import Artifact, Invalid, Store, resolve_recorded
+from trtllm_forge.store.store import Artifact, Invalid, Store, disk_full_error, resolve_recorded
 
 _MAX_DEPTH = 8  # entries referencing entries: a loop in a hostile manifest must end
 
@@ -124,6 +124,12 @@ class RemoteCache:
         except RemoteObjectDamaged as err:
             shutil.rmtree(staging, ignore_errors=True)
             return Miss(f"remote entry {stage} {key} is incomplete: {err.message}")
+        except OSError as exc:  # writing here failed: a full disk is the store's problem
+            shutil.rmtree(staging, ignore_errors=True)
+            full = disk_full_error(exc, f"pulling the {stage} artifact")
+            if full is not None:
+                raise full from None
+            return Miss(f"remote entry {stage} {key} cannot be written here: {exc}")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -191,6 +197,11 @@ def _parse_manifest(raw: bytes, stage: str, key: str) -> dict[str, Any] | Miss:
         return Miss(f"remote manifest of {stage} {key} has an unknown schema")
     if data.get("stage") != stage or data.get("key") != key:
         return Miss(f"remote manifest of {stage} {key} belongs to another key")
+    external = data.get("external")
+    if external is not None and (
+        not isinstance(external, dict) or ".." in Path(str(external.get("root"))).parts
+    ):
+        return Miss(f"remote manifest of {stage} {key} references a path that climbs out")
     files = data.get("files")
     if not isinstance(files, dict):
         return Miss(f"remote manifest of {stage} {key} lists no files")
