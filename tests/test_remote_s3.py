@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -251,3 +252,44 @@ def test_entry_without_manifest(s3: S3Server, first: dict, tmp_path: Path) -> No
     assert forge("cache", "push", convert["key"], env={**env, **kill}).code == -signal.SIGKILL
     env_b = {**s3.env(prefix="partial"), "FORGE_HOME": str(tmp_path / "b")}
     assert_clean_error(forge("cache", "pull", convert["key"], env=env_b), 6, "no manifest")
+
+
+_UPLOAD = """
+import sys
+from pathlib import Path
+from trtllm_forge_s3.backend import S3Remote
+S3Remote("s3://forge/resume").upload(Path(sys.argv[1]), "blobs/aa/big", lambda n: None)
+"""
+
+
+def test_killed_multipart_upload_is_resumed(s3: S3Server, tmp_path: Path) -> None:
+    """A process killed after its second part leaves an unfinished upload; the next
+    upload of the same blob sends only the parts S3 does not have, then completes."""
+    from trtllm_forge_s3.backend import S3Remote
+
+    env = {**s3.env(prefix="resume"), "FORGE_S3_PART_SIZE_MB": "5"}
+    big = tmp_path / "big"
+    # 6 parts (5 x 5 + 2 MiB). At the kill, 2 parts are done and at most 3 more are in
+    # flight (4 workers), which the server may still finish: 2 to 5 parts arrive.
+    big.write_bytes(os.urandom(27 << 20))
+    killed = subprocess.run(
+        [sys.executable, "-c", _UPLOAD, str(big)],
+        env={**os.environ, **env, "FORGE_FAULT": "remote.s3.after_part:2"},
+        capture_output=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    client = s3.client()
+    (upload,) = client.list_multipart_uploads(Bucket="forge", Prefix="resume/")["Uploads"]
+    before = client.list_parts(Bucket="forge", Key=upload["Key"], UploadId=upload["UploadId"])
+    arrived = len(before["Parts"])
+    assert 2 <= arrived <= 5
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        remote = S3Remote("s3://forge/resume")
+        remote.upload(big, "blobs/aa/big", lambda n: None)
+    assert remote.parts_sent == 6 - arrived
+    assert client.list_multipart_uploads(Bucket="forge", Prefix="resume/").get("Uploads", []) == []
+    body = client.get_object(Bucket="forge", Key="resume/blobs/aa/big")["Body"].read()
+    assert body == big.read_bytes()

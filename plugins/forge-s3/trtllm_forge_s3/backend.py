@@ -7,7 +7,8 @@ reads, logs or writes them.
 
 Large files move in parts (``FORGE_S3_PART_SIZE_MB``, default 64) with botocore's
 standard retry mode retrying each request, so a dropped connection costs one part,
-not the file. Manifests are published with ``If-None-Match: *`` (put-if-absent).
+not the file; an upload a killed process left unfinished is resumed by the next push
+(multipart.py). Manifests are published with ``If-None-Match: *`` (put-if-absent).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class S3Remote:
         self.prefix = parts.path.strip("/")
         self._client = _client()
         self._part = _part_size()
+        self.parts_sent = 0  # multipart parts this process uploaded (resumed ones excluded)
         with self._errors("opening the bucket"):
             self._client.head_bucket(Bucket=self.bucket)
 
@@ -79,9 +81,21 @@ class S3Remote:
             )
 
     def upload(self, src: Path, name: str, on_bytes: OnBytes) -> None:
+        """Small files in one request; large ones in parts that a rerun resumes."""
+        from trtllm_forge_s3.multipart import upload_resumable
+
         with self._errors(name):
-            self._client.upload_file(
-                str(src), self.bucket, self._key(name), Config=self._transfer(), Callback=on_bytes
+            if src.stat().st_size <= self._part:
+                self._client.upload_file(
+                    str(src),
+                    self.bucket,
+                    self._key(name),
+                    Config=self._transfer(),
+                    Callback=on_bytes,
+                )
+                return
+            self.parts_sent += upload_resumable(
+                self._client, self.bucket, self._key(name), src, self._part, on_bytes
             )
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
