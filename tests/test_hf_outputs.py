@@ -35,6 +35,7 @@ CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "fp8_pcpt": ("fp8", {"granularity": "per_channel_per_token"}, None),
     "int8_wo+int8kv": ("int8_wo", {}, "int8"),
     "fp8+fp8kv": ("fp8", {}, "fp8"),
+    "int4_wo+fp8kv": ("int4_wo", {"group_size": GROUP}, "fp8"),
 }
 
 
@@ -225,8 +226,12 @@ def _kv_hook(folder: Path, kv: str | None) -> Any:
     def hook(layer: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         index = layer.split(".")[-1]
         prefix = f"model.layers.{index}.self_attn"
-        k_scale = tensors[f"{prefix}.k_scale"].float().reshape(())
-        v_scale = tensors[f"{prefix}.v_scale"].float().reshape(())
+        # compressed-tensors: self_attn.k_scale; ModelOpt: self_attn.k_proj.k_scale
+        k_name, v_name = f"{prefix}.k_scale", f"{prefix}.v_scale"
+        if k_name not in tensors:
+            k_name, v_name = f"{prefix}.k_proj.k_scale", f"{prefix}.v_proj.v_scale"
+        k_scale = tensors[k_name].float().reshape(())
+        v_scale = tensors[v_name].float().reshape(())
         return fq(k, k_scale), fq(v, v_scale)
 
     return hook
@@ -309,7 +314,7 @@ def test_docs_method_table_is_generated_from_the_records() -> None:
     )
 
 
-@pytest.mark.parametrize("case", ["int8_wo", "int4_wo", "gptq", "fp8_pcpt"])
+@pytest.mark.parametrize("case", ["int8_wo", "int4_wo", "gptq", "fp8_pcpt", "int4_wo+fp8kv"])
 def test_modelopt_reader_matches_fake_quant(
     case: str, tiny: Path, calibrated: Any, tmp_path: Path
 ) -> None:
@@ -322,6 +327,7 @@ def test_modelopt_reader_matches_fake_quant(
     folder = _folder(tiny, calibrated(case), "modelopt", tmp_path / "mo")
     ids = torch.randint(4, 256, (2, 24), generator=torch.Generator().manual_seed(2))
     fake = FakeQuantForward(calibrated(case))
+    fake.forward.kv_hook = _kv_hook(folder, CASES[case][2])  # the folder's own K/V scales
     with torch.no_grad():
         got = load_modelopt_model(folder)(input_ids=ids).logits
         want = fake.logits(ids)

@@ -7,7 +7,11 @@ Per quantized linear, from the format's tensors alone:
   (low nibble = even row, two's complement) × ``weight_scale`` [out, in/g]; float8
   × ``weight_scale`` (0-d or [out]);
 * input: × ``pre_quant_scale``, then Q/DQ with ``input_scale`` (INT8 for W8A8 SmoothQuant,
-  FP8 for FP8) or, for FP8_PER_CHANNEL_PER_TOKEN, with a scale per token.
+  FP8 for FP8) or, for FP8_PER_CHANNEL_PER_TOKEN, with a scale per token;
+* KV cache: keys (after RoPE) and values Q/DQ with ``k_proj.k_scale`` / ``v_proj.v_scale``,
+  through an attention function registered with transformers that wraps SDPA (Q/DQ with
+  a fixed scale is idempotent, so quantizing the whole cache at every step equals
+  quantizing each entry once, as a quantized cache stores it).
 
 This module deliberately re-derives the unpacking instead of importing the writer's.
 """
@@ -72,6 +76,47 @@ def _input_hook(algo: str, pqs: torch.Tensor | None, scale: torch.Tensor | None)
     return hook
 
 
+KV_ATTENTION = "forge_kv_fake_quant"
+
+
+def _fake_quant(x: torch.Tensor, scale: torch.Tensor, kind: str) -> torch.Tensor:
+    xf = x.float()
+    if kind == "FP8":
+        q = (xf / scale).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).float() * scale
+    else:
+        q = (xf / scale).round().clamp(-128, 127) * scale
+    return q.to(x.dtype)
+
+
+def _kv_attention(
+    module: nn.Module, query: Any, key: Any, value: Any, *args: Any, **kwargs: Any
+) -> Any:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    scales = getattr(module, "_forge_kv_scales", None)
+    if scales is not None:
+        k_scale, v_scale, kind = scales
+        key, value = _fake_quant(key, k_scale, kind), _fake_quant(value, v_scale, kind)
+    return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+
+
+def _use_kv_scales(model: nn.Module, tensors: dict[str, torch.Tensor], kind: str) -> None:
+    """Attach each attention's K/V scales and route attention through :func:`_kv_attention`."""
+    from transformers import AttentionInterface
+
+    modules = dict(model.named_modules())
+    found = 0
+    for name, tensor in tensors.items():
+        if name.endswith(".k_proj.k_scale"):
+            attention = name.removesuffix(".k_proj.k_scale")
+            v_scale = tensors[f"{attention}.v_proj.v_scale"].float().reshape(())
+            modules[attention]._forge_kv_scales = (tensor.float().reshape(()), v_scale, kind)  # type: ignore[assignment]
+            found += 1
+    if found:
+        AttentionInterface.register(KV_ATTENTION, _kv_attention)
+        model.set_attn_implementation(KV_ATTENTION)  # type: ignore[operator]
+
+
 def load_modelopt_model(folder: Path) -> nn.Module:
     """The folder as a float32 transformers causal LM with dequantized weights and input hooks."""
     import transformers
@@ -109,5 +154,7 @@ def load_modelopt_model(folder: Path) -> nn.Module:
     modules = dict(model.named_modules())
     for module, hook in hooks.items():
         modules[module].register_forward_pre_hook(hook)
+    if info.kv_cache in ("FP8", "INT8"):
+        _use_kv_scales(model, tensors, info.kv_cache)
     model.train(False)
     return model

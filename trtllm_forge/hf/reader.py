@@ -3,12 +3,11 @@ sharing no code with the writer (``trtllm_forge.hf.folder``), so a writer bug ca
 hide itself.
 
 :func:`describe` validates the quantization config (``forge inspect``, and the verify
-hook before it loads anything); :func:`load_modelopt_model` dequantizes a ModelOpt
-unified checkpoint into a float transformers model that computes what a serving
-stack would: dequantized weights, the pre-quant scale on the input, static or
-per-token activation Q/DQ. (KV-cache scales are read and reported, not applied:
-ModelOpt quantizes K after RoPE, inside attention.) compressed-tensors folders need
-no reader of forge's: transformers + compressed-tensors load them.
+hook before it loads anything); ``trtllm_forge.hf.modelopt_loader`` turns a ModelOpt
+unified checkpoint into a float transformers model that computes what a serving stack
+would (dequantized weights, pre-quant scale, activation and K/V Q/DQ).
+compressed-tensors folders need no reader of forge's: transformers +
+compressed-tensors load them.
 """
 
 from __future__ import annotations
