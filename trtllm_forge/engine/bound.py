@@ -61,12 +61,9 @@ class BoundSession:
         return BoundCache({name: self._zeros(shape) for name in self.past_names})
 
     def _zeros(self, shape: tuple[int, ...]) -> Any:
-        value = self._ort.OrtValue.ortvalue_from_shape_and_type(
-            shape, self.cache_dtype, self.device, 0
-        )
-        if self.device != CUDA and value.data_ptr():  # CPU buffers start uninitialised
-            np.asarray(value.numpy()).fill(0)  # (only read past seqlens_k, zeroed for tidiness)
-        return value
+        """A zeroed cache buffer on the session's device (a CPU OrtValue keeps its array)."""
+        zeros = np.zeros(shape, self.cache_dtype)
+        return self._ort.OrtValue.ortvalue_from_numpy(zeros, self.device, 0)
 
     def forward(self, feeds: dict[str, np.ndarray], cache: BoundCache) -> np.ndarray:
         """Logits [batch, seq, vocab] (host float32); ``cache`` advances in place."""
