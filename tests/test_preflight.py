@@ -89,3 +89,49 @@ def test_unconvertible_architecture_is_refused_by_recipe_check_and_plan(
         assert_clean_error(run, 2, "Gemma3ForCausalLM", "recipe.yaml:", "docs/models.md")
         assert "did you mean" not in run.err  # a real transformers class, not a typo
     assert not any((tmp_path / "home").glob("artifacts/*/*"))
+
+
+def test_hub_model_is_checked_from_its_config_before_its_weights(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """A hub model's config.json is fetched and checked first: here the weights' blob is
+    missing from the cache, which is only reached if the config passes."""
+    from tests.helpers import hub_cache
+
+    config = json.loads((tiny_models["llama"] / "config.json").read_text())
+    files = {"config.json": json.dumps(config).encode(), "model.safetensors": b"x" * 64}
+    cache = tmp_path / "hub"
+    hub_cache(cache, "acme/tiny", files)
+    blob = next(
+        p for p in (cache / "models--acme--tiny" / "blobs").iterdir() if p.stat().st_size == 64
+    )
+    blob.unlink()  # the weights were never downloaded
+    recipe = write_recipe(tmp_path / "recipe.yaml", source={"hf": "acme/tiny"})
+    env = {"HF_HUB_CACHE": str(cache)}
+    incomplete = forge("plan", str(recipe), env=env)  # a convertible model reaches the weights
+    assert_clean_error(incomplete, 5, "model.safetensors is missing")
+    config["architectures"] = ["Gemma3ForCausalLM"]
+    (cache / "models--acme--tiny" / "blobs").joinpath("cfg").write_text(json.dumps(config))
+    snapshot_config = next((cache / "models--acme--tiny" / "snapshots").glob("*/config.json"))
+    snapshot_config.unlink()
+    snapshot_config.symlink_to(Path("../../blobs/cfg"))
+    refused = forge("plan", str(recipe), env=env)
+    assert_clean_error(refused, 2, "Gemma3ForCausalLM", "source.hf")
+
+
+@pytest.mark.parametrize(
+    ("sections", "code", "fragment"),
+    [
+        ({"parallel": {"tp": 3}}, 2, "does not divide the model's 4 attention heads"),
+        ({"verify": {"text_file": "missing.txt"}}, 5, "verify text file does not exist"),
+        ({"source": {"gguf": "."}}, 5, "GGUF file is not a regular file"),
+    ],
+)
+def test_recipe_check_runs_the_checks_build_runs(
+    tmp_path: Path, tiny_models: dict[str, Path], sections: dict[str, Any], code: int, fragment: str
+) -> None:
+    """`forge recipe check` said "ok" for each of these; build found them after work."""
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", **{"source": {"path": str(tiny_models["llama"])}, **sections}
+    )
+    assert_clean_error(forge("recipe", "check", str(recipe)), code, fragment, "recipe.yaml:")
