@@ -111,6 +111,9 @@ def test_push_pull_commands_and_missing_manifest(shared: dict, tmp_path: Path) -
         ("fetch", "pulled"),
         ("convert", "absent"),
     ]
+    # What a recipe pulled counts as its last build: gc keeps it.
+    gc = forge("cache", "gc", "--dry-run", "--json", env=env_b)
+    assert gc.code == 0 and gc.json()["removed"] == [], gc.out
 
 
 def test_remote_folder_missing_warns_and_builds(shared: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]

@@ -182,12 +182,22 @@ class Runner:
         """Each stage's key in order (from its upstream's content), handed to ``fetch``
         for the artifact; stops at the first None (`forge cache pull RECIPE`)."""
         job = StageJob(self.loaded, self.ctx, self.store)
+        record: dict[str, Any] = {}
         for name in select(until):
-            key, _ = self._key(self.stages[name], job)
+            key, doc = self._key(self.stages[name], job)
             artifact = fetch(name, key)
             if artifact is None:
-                return
+                break
             job.upstream[name] = artifact
+            record[name] = {
+                "key": key,
+                "inputs": doc,
+                "path": self.store.recorded(artifact.path),
+                "content_digest": artifact.content_digest,
+                "uses": self._used_paths(artifact),
+            }
+        if record:  # like a build: `forge cache gc` keeps what this recipe now uses
+            self._write_ref(record)
 
     # -- internals ---------------------------------------------------------
     def _key(self, stage: Stage, job: StageJob) -> tuple[str, dict[str, Any]]:
