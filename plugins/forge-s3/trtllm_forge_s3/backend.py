@@ -132,12 +132,14 @@ class S3Remote:
         self, what: str, *, absent_ok: bool = False, passthrough: set[str] = frozenset()
     ) -> Iterator[list[bool]]:
         """botocore's failures as forge errors that say which setting to look at."""
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
             EndpointConnectionError,
             NoCredentialsError,
         )
+        from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 
         absent: list[bool] = []
         try:
@@ -161,7 +163,12 @@ class S3Remote:
                 f"cannot reach the S3 endpoint for {self.url}: {exc}",
                 hint="check AWS_ENDPOINT_URL_S3 / the network; builds keep working without it",
             ) from None
-        except BotoCoreError as exc:
+        except (
+            BotoCoreError,
+            RetriesExceededError,
+            S3DownloadFailedError,
+            Boto3Error,
+        ) as exc:
             raise remote_error(
                 f"S3 request for {what} failed: {exc}", hint="check the endpoint and network"
             ) from None
