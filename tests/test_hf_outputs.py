@@ -373,3 +373,23 @@ def test_modelopt_folder_equals_modelopt_export_qwen2(
         assert torch.equal(
             mine_t[name].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
         ), name
+
+
+@pytest.mark.parametrize(
+    ("case", "target", "want"),
+    [
+        ("gptq", "compressed-tensors", ("W4A16", GROUP, None, "pack-quantized")),
+        ("fp8+fp8kv", "compressed-tensors", ("FP8", None, "FP8", "float-quantized")),
+        ("awq", "modelopt", ("W4A16_AWQ", GROUP, None, None)),
+        ("fp8+fp8kv", "modelopt", ("FP8", None, "FP8", None)),
+    ],
+)
+def test_describe_reads_what_the_writer_wrote(
+    case: str, target: str, want: tuple[Any, ...], tiny: Path, calibrated: Any, tmp_path: Path
+) -> None:
+    from trtllm_forge.hf.reader import describe
+
+    info = describe(_folder(tiny, calibrated(case), target, tmp_path / "hf"))
+    assert (info.quant_algo, info.group_size, info.kv_cache, info.compression) == want
+    assert info.format == target and "lm_head" in info.excluded_modules
+    assert info.serving == {"tensor_parallel_size": 1, "pipeline_parallel_size": 1}
