@@ -7,22 +7,26 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
-from tests.helpers import forge, write_recipe
+from tests.helpers import write_recipe
+from trtllm_forge import api
+from trtllm_forge.context import RunContext, Settings
+from trtllm_forge.store import maintenance
+from trtllm_forge.store.store import Store
+
+# In-process (the CLI's copy of this is tests/reliability/test_relocation.py): one import
+# of forge for the whole test keeps it cheap enough for the default tier.
 
 
 def _build(recipe: Path, home: Path) -> dict[str, str]:
-    run = forge(
-        "build", str(recipe), "--until", "calibrate", "--json", env={"FORGE_HOME": str(home)}
-    )
-    assert run.code == 0, run.err
-    return {s["stage"]: s["status"] for s in run.json()["stages"]}
+    ctx = RunContext(settings=Settings(home=home))
+    results = api.build(recipe=recipe, until="calibrate", ctx=ctx)
+    return {r.stage: r.status for r in results}
 
 
-def _gc(home: Path, *flags: str) -> dict[str, object]:
-    run = forge("cache", "gc", "--json", *flags, env={"FORGE_HOME": str(home)})
-    assert run.code == 0, run.err
-    return run.json()
+def _gc(home: Path, *, dry_run: bool = False) -> dict[str, Any]:
+    return maintenance.gc(Store(home), dry_run=dry_run)
 
 
 def _make_absolute(home: Path, old_home: Path) -> None:
@@ -60,7 +64,7 @@ def test_moved_store_keeps_its_artifacts_through_gc(
 
     moved = tmp_path / "moved"
     shutil.move(home, moved)
-    dry, real = _gc(moved, "--dry-run"), _gc(moved)
+    dry, real = _gc(moved, dry_run=True), _gc(moved)
     assert [r["path"] for r in dry["removed"]] == [r["path"] for r in real["removed"]]
     assert sorted(r["stage"] for r in real["removed"]) == ["calibrate", "convert"]
     assert dry["freed_bytes"] == real["freed_bytes"] > 0  # a dry run used to say 0 B
