@@ -1078,8 +1078,8 @@ def main() -> None:
     # forge reports long work through its Progress sink instead.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    # (reconstructed from bytecode: the original comment of these lines was lost)
-    # torch's inductor cache goes under FORGE_HOME, not a shared /tmp directory.
+    # torch compiles kernels for ModelOpt's quantizers into an inductor cache, /tmp by
+    # default: it goes under FORGE_HOME so a build writes nothing outside the store.
     from trtllm_forge.context import forge_home
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(forge_home() / "torchinductor"))
