@@ -227,7 +227,7 @@ def _reference_pass(
         for prompt in prompts:
             tokens.append(reference_greedy(reference, prompt, max_new_tokens))
             task.advance()
-        block = streaming.block_tokens(vocab, window)
+        block = streaming.block_tokens(vocab, window, streaming.REFERENCE_BLOCK_BYTES)
         for _, sequence in scored:
             for logits in streaming.reference_blocks(reference, sequence, window, block):
                 vocab = logits.shape[1]
@@ -235,6 +235,7 @@ def _reference_pass(
             task.advance()
     del reference
     gc.collect()  # the engine loads next: the reference's weights must be gone by then
+    streaming.return_freed_memory()
     return tokens, vocab
 
 
@@ -248,13 +249,14 @@ def _engine_pass(
 ) -> list[streaming.SequenceScore]:
     """The engine's logits block by block against the spilled reference rows."""
     block = streaming.block_tokens(vocab, engine.max_input_len)
+    spilled = streaming.Unspill(spill_file, vocab)
     scores = []
     with progress.task("verify: teacher-forced logits", total=len(scored)) as task:
         for _, sequence in scored:
             score = streaming.SequenceScore(sequence)
             row = 0
             for logits in streaming.engine_blocks(engine, sequence, window, block):
-                reference = streaming.unspill(spill_file, len(logits), vocab)
+                reference = spilled.read(len(logits))
                 score.add(row, reference, logits)
                 row += len(logits)
             scores.append(score)

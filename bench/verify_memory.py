@@ -1,0 +1,221 @@
+"""Verify's peak memory and wall time on a synthetic 0.5B-class model, at several text lengths.
+
+    python -m bench.verify_memory                      # new code, 2,048 and 8,192 tokens
+    python -m bench.verify_memory --before /tmp/forge-before --tokens 2048
+
+The model is a random-weight Qwen2 of Qwen2-0.5B's shape (hidden 896, 24 layers, 14 heads,
+2 KV heads, MLP 4,864, vocabulary 151,936, tied embeddings; 494M parameters, 1.98 GB in
+float32), converted and built as a float32 onnxruntime engine (max_seq_len 2,048,
+max_input_len 512), all cached under bench/.data/verify-0.5b/. Each measurement is one
+child process running ``verify_engine`` exactly as the verify stage does — 8 prompts of
+16 tokens, 32 greedy tokens each, one random text of N tokens — timed from the outside
+(wall, the kernel's peak RSS of the child). ``--before DIR`` runs the child against the
+forge source tree in DIR (e.g. ``git worktree add /tmp/forge-before <commit>``), so old
+and new code are measured by the same harness on the same machine.
+
+Results go to bench/results/verify_memory.json and into docs/bench.md (between markers).
+This is CPU-heavy for minutes: run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "bench" / ".data" / "verify-0.5b"
+RESULTS = ROOT / "bench" / "results" / "verify_memory.json"
+DOC = ROOT / "docs" / "bench.md"
+START, END = "<!-- verify-memory:start -->", "<!-- verify-memory:end -->"
+SHAPE = {
+    "hidden_size": 896,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "intermediate_size": 4864,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": True,
+}
+LIMITS = {"max_batch_size": 8, "max_input_len": 512, "max_seq_len": 2048}
+PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 8, 16, 32
+
+
+def prepare() -> tuple[Path, Path, int]:
+    """(HF dir, engine dir, float32 checkpoint bytes), made once and reused."""
+    hf, engine = DATA / "hf", DATA / "engine"
+    if not (hf / "config.json").is_file():
+        import torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(Qwen2Config(**SHAPE, torch_dtype="float32"))
+        model.save_pretrained(hf)
+        del model
+    if not (engine / "engine.json").is_file():
+        from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+        from trtllm_forge.engine.backends import BuildOptions, build_engine
+
+        checkpoint = DATA / "checkpoint"
+        if not (checkpoint / "config.json").is_file():
+            convert_hf_checkpoint(hf, checkpoint, dtype="float32")
+        build_engine("onnxruntime", checkpoint, engine, BuildOptions(**LIMITS))
+    size = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
+    return hf, engine, size
+
+
+class PhaseTimes:
+    """A Progress that records how long each verify task took."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def log(self, message: str) -> None:
+        pass
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None) -> Iterator[Any]:
+        t0 = time.perf_counter()
+
+        class _Task:
+            def advance(self, amount: float = 1.0) -> None:
+                pass
+
+        yield _Task()
+        self.seconds[description] = round(time.perf_counter() - t0, 2)
+
+
+def child(engine: Path, hf: Path, tokens: int) -> None:
+    """One verify run; prints its metrics and phase times as JSON on stdout."""
+    import tempfile
+
+    import numpy as np
+
+    from trtllm_forge.engine.verify import verify_engine
+
+    rng = np.random.default_rng(0)
+    vocab = SHAPE["vocab_size"]
+    prompts = rng.integers(3, vocab, size=(PROMPTS, PROMPT_TOKENS)).tolist()
+    text = rng.integers(3, vocab, size=tokens).tolist()
+    phases = PhaseTimes()
+    with tempfile.TemporaryDirectory() as out:
+        result = verify_engine(
+            engine, hf, prompts_token_ids=prompts, texts_token_ids=[text],
+            max_new_tokens=NEW_TOKENS, gates={}, out_dir=Path(out), progress=phases,
+        )  # fmt: skip
+    print(json.dumps({"metrics": result.metrics, "phases": phases.seconds}))  # noqa: T201
+
+
+def measure(engine: Path, hf: Path, tokens: int, source: Path) -> dict[str, Any]:
+    from bench.measure import run
+
+    env = {**os.environ, "PYTHONPATH": f"{source}{os.pathsep}{ROOT}"}
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.verify_memory",
+        "--child",
+        str(engine),
+        str(hf),
+        str(tokens),
+    ]
+    # cwd = the source tree: `python -m` puts the cwd first on sys.path, ahead of PYTHONPATH.
+    result = run(argv, env=env, cwd=source)
+    doc = json.loads(result.stdout.strip().splitlines()[-1])
+    return {
+        "tokens": tokens,
+        "wall_s": round(result.seconds, 1),
+        "cpu_s": round(result.cpu_seconds, 1),
+        "peak_rss_bytes": result.max_rss_bytes,
+        "peak_anon_bytes": result.peak_anon_bytes,
+        "phases_s": doc["phases"],
+        "metrics": doc["metrics"],
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    gib = 2**30
+    size = results["checkpoint_float32_bytes"]
+    lines = [
+        f"Synthetic Qwen2-0.5B shape (494M parameters, float32 checkpoint {size / gib:.2f} GiB, "
+        f"float32 engine, window {LIMITS['max_seq_len']}), {PROMPTS} prompts × {NEW_TOKENS} "
+        f"greedy tokens and one text; `python -m bench.verify_memory` on {results['machine']}, "
+        f"{results['date']}.",
+        "",
+        "| code | text tokens | wall (s) | peak RSS (GiB) | peak RSS / checkpoint | phases (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in results["runs"]:
+        phases = ", ".join(f"{k.removeprefix('verify: ')} {v}" for k, v in row["phases_s"].items())
+        lines.append(
+            f"| {row['code']} | {row['tokens']:,} | {row['wall_s']} | "
+            f"{row['peak_rss_bytes'] / gib:.2f} | {row['peak_rss_bytes'] / size:.2f}× | {phases} |"
+        )
+    for note in results.get("notes", []):
+        lines += ["", note]
+    return "\n".join(lines)
+
+
+def write_doc(results: dict[str, Any]) -> None:
+    text = DOC.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(f"{head}{START}\n{render(results)}\n{END}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
+    parser.add_argument("--before", type=Path, help="a forge source tree holding the old code")
+    parser.add_argument(
+        "--child", nargs=3, metavar=("ENGINE", "HF", "TOKENS"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--doc-only", action="store_true", help="re-render docs/bench.md only")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="results JSON to update")
+    parser.add_argument(
+        "--label", default="", help="a note on the machine (e.g. 'quiet, 2 threads')"
+    )
+    args = parser.parse_args()
+    if args.child:
+        child(Path(args.child[0]), Path(args.child[1]), int(args.child[2]))
+        return 0
+    if args.doc_only:
+        write_doc(json.loads(RESULTS.read_text()))
+        return 0
+    from bench.measure import machine
+
+    hf, engine, size = prepare()
+    previous = json.loads(args.results.read_text()) if args.results.is_file() else {"runs": []}
+    code = "before" if args.before else "after"
+    runs = [r for r in previous["runs"] if not (r["code"] == code and r["tokens"] in args.tokens)]
+    for tokens in args.tokens:
+        row = measure(engine, hf, tokens, args.before or ROOT)
+        runs.append({"code": code, **row})
+        print(
+            f"{code} {tokens}: {row['wall_s']} s, {row['peak_rss_bytes'] / 2**30:.2f} GiB",
+            file=sys.stderr,
+        )  # noqa: T201
+    info = machine()
+    results = {
+        "checkpoint_float32_bytes": size,
+        "machine": f"{args.label + ': ' if args.label else ''}{info['cpu']}, {info['cores']} cores, {info['ram']}, load {info['load average at start']}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "runs": sorted(runs, key=lambda r: (r["code"] != "before", r["tokens"])),
+        "notes": previous.get("notes", []),
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    if args.results == RESULTS:
+        write_doc(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
