@@ -132,3 +132,54 @@ def test_workloads_beyond_the_engine_limits_fail_before_running(build: TinyBuild
     assert "longer than max_input_len" in err.value.message and err.value.code == ExitCode.RECIPE
     with pytest.raises(ForgeError, match="not a forge engine directory"):
         open_runner("forge", build.hf)
+
+
+def genai_folder(build: TinyBuild, folder: Path) -> Path:
+    """An onnxruntime-genai model folder around the tiny engine's rank-0 graph: a genai_config
+    written for this test (the graph uses genai's default input/output names)."""
+    import shutil
+
+    meta = json.loads((build.engine / "engine.json").read_text())["model"]
+    folder.mkdir()
+    for file in (build.engine / "rank0").iterdir():
+        shutil.copy(file, folder / file.name)
+    names = {
+        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                   "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                   "past_value_names": "past_key_values.%d.value"},
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value"},
+    }  # fmt: skip
+    decoder = {
+        "filename": "model.onnx",
+        "session_options": {"log_id": "forge-test", "provider_options": []},
+        "head_size": meta["head_size"],
+        "hidden_size": meta["hidden_size"],
+        "num_attention_heads": meta["num_heads"],
+        "num_key_value_heads": meta["num_kv_heads"],
+        "num_hidden_layers": meta["num_layers"],
+        **names,
+    }
+    config = {
+        "model": {"type": "llama", "vocab_size": meta["vocab_size"], "context_length": 128,
+                  "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "decoder": decoder},
+        "search": {"do_sample": False, "max_length": 128, "num_beams": 1,
+                   "past_present_share_buffer": False},
+    }  # fmt: skip
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_genai_runner_times_an_onnxruntime_genai_folder(build: TinyBuild, tmp_path: Path) -> None:
+    genai = open_runner("genai", genai_folder(build, tmp_path / "genai"))
+    forge = open_runner("forge", build.engine)
+    prompts = [[5, 6, 7, 8, 9], [20, 21, 22, 23, 24]]  # equal lengths: no padding involved
+    assert list(genai.stream(prompts, 6)) == list(forge.stream(prompts, 6))
+    workload = synthetic_workload(
+        batch_sizes=[1, 2], input_lens=[8], output_lens=[5], vocab_size=genai.vocab_size
+    )
+    report = run_bench(genai, workload, warmup=1)
+    assert report.runtime == "genai" and report.versions["onnxruntime-genai"]
+    assert_consistent(report)
+    with pytest.raises(ForgeError, match="not an onnxruntime-genai model folder"):
+        open_runner("genai", build.engine)

@@ -711,8 +711,8 @@ def bench(
     """
     import time
 
-    from trtllm_forge.bench import load_dataset, open_runner, run_bench, synthetic_workload
-    from trtllm_forge.bench.targets import require_tokenizer, resolve_target
+    from trtllm_forge.bench import open_runner, run_bench
+    from trtllm_forge.bench.targets import resolve_target
     from trtllm_forge.context import RunContext
     from trtllm_forge.ui import make_progress
 
@@ -724,32 +724,16 @@ def bench(
             t0 = time.perf_counter()
             runner = open_runner(runtime, resolved.path, threads=threads, device=device)
             load_s = time.perf_counter() - t0
-            limit = runner.limits.max_batch_size
-            sizes = (
-                _int_list(batch_sizes, "--batch-sizes")
-                if batch_sizes
-                else [b for b in (1, 4, 8) if limit is None or b <= limit] or [1]
+            workload = _bench_workload(
+                runner,
+                resolved,
+                batch_sizes=batch_sizes,
+                input_len=input_len,
+                output_len=output_len,
+                dataset=dataset,
+                batches=batches,
+                seed=seed,
             )
-            if dataset is not None:
-                tokenize = None
-                if resolved.tokenizer_dir is not None or tokenizer is not None:
-                    from trtllm_forge.sources.tokenizer import load_tokenizer
-
-                    tok = load_tokenizer(
-                        require_tokenizer(resolved, needed_for="dataset prompts"),
-                        needed_for="forge bench tokenizes the dataset's prompts",
-                    )
-                    tokenize = lambda text: list(tok(text)["input_ids"])  # noqa: E731
-                workload = load_dataset(dataset, batch_sizes=sizes, tokenize=tokenize)
-            else:
-                workload = synthetic_workload(
-                    batch_sizes=sizes,
-                    input_lens=_int_list(input_len, "--input-len"),
-                    output_lens=_int_list(output_len, "--output-len"),
-                    vocab_size=runner.vocab_size,
-                    batches_per_scenario=batches,
-                    seed=seed,
-                )
             report = run_bench(runner, workload, warmup=warmup, load_s=load_s, progress=progress)
         document = report.model_dump(mode="json")
         if out is not None:
@@ -775,6 +759,50 @@ def bench(
                 print(f"{label}: {path}")
 
     _guard(body, as_json)
+
+
+def _bench_workload(
+    runner: Any,
+    resolved: Any,
+    *,
+    batch_sizes: str | None,
+    input_len: str,
+    output_len: str,
+    dataset: Path | None,
+    batches: int,
+    seed: int,
+) -> Any:
+    """The dataset's requests, or the synthetic sweep (default batch sizes: 1, 4, 8 within
+    the engine's max_batch_size)."""
+    from trtllm_forge.bench import load_dataset, synthetic_workload
+
+    limit = runner.limits.max_batch_size
+    sizes = (
+        _int_list(batch_sizes, "--batch-sizes")
+        if batch_sizes
+        else [b for b in (1, 4, 8) if limit is None or b <= limit] or [1]
+    )
+    if dataset is not None:
+        tokenize = None
+        if resolved.tokenizer_dir is not None:
+            from trtllm_forge.sources.tokenizer import load_tokenizer
+
+            tokenizer = load_tokenizer(
+                resolved.tokenizer_dir, needed_for="forge bench tokenizes the dataset's prompts"
+            )
+
+            def tokenize(text: str) -> list[int]:
+                return list(tokenizer(text)["input_ids"])
+
+        return load_dataset(dataset, batch_sizes=sizes, tokenize=tokenize)
+    return synthetic_workload(
+        batch_sizes=sizes,
+        input_lens=_int_list(input_len, "--input-len"),
+        output_lens=_int_list(output_len, "--output-len"),
+        vocab_size=runner.vocab_size,
+        batches_per_scenario=batches,
+        seed=seed,
+    )
 
 
 @app.command()

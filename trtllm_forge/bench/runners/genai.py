@@ -53,7 +53,9 @@ class GenaiRunner(HostOnly):
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[list[int]]:
         longest = max(len(p) for p in prompts)
         ids = np.full((len(prompts), longest), self.pad_token_id, np.int32)
-        for row, prompt in enumerate(prompts):  # genai masks pad_token_id positions
+        # Shorter prompts are left-padded with pad_token_id, which genai masks; its padded rows
+        # may decode differently from forge's (positions), but do the same work to time.
+        for row, prompt in enumerate(prompts):
             ids[row, longest - len(prompt) :] = prompt
         params = self._og.GeneratorParams(self.model)
         total = longest + max_new_tokens
