@@ -12,7 +12,16 @@ from trtllm_forge.quant import registry
 
 
 def test_builtin_methods_are_registered() -> None:
-    assert registry.names() == ["awq", "fp8", "gptq", "int4_wo", "int8_wo", "none", "smoothquant"]
+    assert registry.names() == [
+        "awq",
+        "fp8",
+        "fp8_block",
+        "gptq",
+        "int4_wo",
+        "int8_wo",
+        "none",
+        "smoothquant",
+    ]
 
 
 def test_unknown_method_lists_valid_names_and_suggests_the_closest() -> None:

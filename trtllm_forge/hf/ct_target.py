@@ -7,7 +7,8 @@ As compressed-tensors 0.20 reads them (``compressors/``, ``quantization/lifecycl
   ``i`` of a word at bit ``i·b`` — plus ``weight_shape`` (int64 [2]) and ``weight_scale``
   ([out, 1] per channel, [out, in/g] per group);
 * ``float-quantized``: ``weight`` float8_e4m3fn plus ``weight_scale`` ([1] per tensor,
-  [out, 1] per channel) and, for static activations, ``input_scale`` [1];
+  [out, 1] per channel, [out/b, in/b] per block) and, for static activations,
+  ``input_scale`` [1];
 * scales in the checkpoint dtype (the loader allocates them in the weight's dtype);
 * KV cache: ``self_attn.k_scale`` / ``self_attn.v_scale`` [1] = amax / qmax.
 
@@ -71,6 +72,12 @@ def linear_tensors(fmt: QuantFormat, lq: LinearQuant, dtype: torch.dtype) -> Ten
             act = layout.scale_from_amax(_need(lq.input_amax), layout.FP8_MAX)
             out["input_scale"] = act.reshape(1).to(dtype)
         return out
+    if fmt.name == "FP8_BLOCK_SCALES":
+        scale = layout.scale_from_amax(lq.weight_amax, layout.FP8_MAX)  # [out/b, in/b]
+        return {
+            "weight": layout.quantize_fp8_blocks(weight, scale),
+            "weight_scale": scale.to(dtype),
+        }
     raise AssertionError(f"{fmt.name} has no compressed-tensors mapping")
 
 
@@ -137,14 +144,17 @@ def _config_group(
     weights = {**mapping.weights, "dynamic": False}
     if weights.get("strategy") == "group":
         weights["group_size"] = group_size
+    if weights.get("strategy") == "block":
+        weights["block_structure"] = [group_size, group_size]
         # forge's GPTQ visits columns by activation order but keeps groups contiguous:
         # compressed-tensors calls that "weight" ordering (no g_idx to store).
         if act_order:
             weights["actorder"] = "weight"
     group: dict[str, Any] = {"targets": ["Linear"], "weights": weights}
-    group["input_activations"] = (
-        dict(mapping.input_activations) if mapping.input_activations else None
-    )
+    inputs = dict(mapping.input_activations) if mapping.input_activations else None
+    if inputs is not None and inputs.get("strategy") == "group":
+        inputs["group_size"] = group_size  # per token and block of input channels
+    group["input_activations"] = inputs
     group["output_activations"] = None
     group["format"] = mapping.format
     return group

@@ -244,7 +244,8 @@ class _Layout:
         return ["lm_head", *excluded]
 
     def group_size(self) -> int | None:
-        value = self.request.params.get("group_size")
+        # FP8 block scales: the tile edge, also the activations' channel group.
+        value = self.request.params.get("group_size", self.request.params.get("block_size"))
         return int(value) if value is not None else None
 
     def summary(self) -> dict[str, Any]:

@@ -6,11 +6,12 @@ verification path for formats ONNX Runtime cannot run on CPU). It reads only the
 checkpoint: every rule below is decided by which tensors a module has, so any
 writer's output (forge's or ModelOpt's) can be evaluated.
 
-* weight: int8 × per-channel scale; packed int4 × group scale; fp8 × scale.
+* weight: int8 × per-channel scale; packed int4 × group scale; fp8 × scale (per
+  tensor, channel or b×b tile).
 * input: × ``prequant_scaling_factor`` (AWQ/SmoothQuant), ÷ ``smoother``
   (SmoothQuant plugin row layers), then Q/DQ with ``activation_scaling_factor``
   (static INT8 for SmoothQuant, FP8 for FP8) or, for the per-token formats, with
-  a scale computed per token at run time.
+  a scale computed per token (FP8 block scales: per token and b channels) at run time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from trtllm_forge.quant import layout, records
 # Which activation rule each quant_algo runs: from the format records.
 PER_TOKEN_INT8 = records.trtllm_algos(lambda f: f.activations == "per_token_int8")
 PER_TOKEN_FP8 = records.trtllm_algos(lambda f: f.activations == "per_token_fp8")
+PER_GROUP_FP8 = records.trtllm_algos(lambda f: f.activations == "per_group_fp8")
 _FP8_ACTIVATIONS = records.trtllm_algos(lambda f: f.activations == "static_fp8")
 _QUANTIZED_DTYPES = ("I8", "F8_E4M3")
 
@@ -44,6 +46,8 @@ def dequantized_weight(reader: CheckpointReader, module: str) -> torch.Tensor | 
         return None
     weight = reader.get(f"{module}.weight")
     scale = _weight_scale(reader, module)
+    if weight.dtype == torch.float8_e4m3fn and _is_block_scale(scale, weight):
+        return layout.dequantize_fp8_blocks(weight, scale)
     if weight.dtype == torch.float8_e4m3fn:
         return layout.dequantize_fp8(weight, scale)
     if scale.dim() == 2 and scale.shape[0] != 1:  # [out, groups]: packed int4
@@ -53,11 +57,18 @@ def dequantized_weight(reader: CheckpointReader, module: str) -> torch.Tensor | 
     )
 
 
+def _is_block_scale(scale: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A ``[out/b, in/b]`` tile scale (b > 1), as opposed to per-tensor or per-channel."""
+    return scale.dim() == 2 and scale.shape[0] < weight.shape[0]
+
+
 def _weight_scale(reader: CheckpointReader, module: str) -> torch.Tensor:
     for param in ("weights_scaling_factor", "per_channel_scale"):
         if reader.has(f"{module}.{param}"):
             scale = reader.get(f"{module}.{param}").float()
-            return scale.reshape(-1) if scale.dim() == 2 and scale.shape[0] == 1 else scale
+            # The SmoothQuant plugin's [1, out]; a [1, in/b] tile scale stays 2-D.
+            row_vector = param == "per_channel_scale" and scale.dim() == 2
+            return scale.reshape(-1) if row_vector and scale.shape[0] == 1 else scale
     raise KeyError(f"{module} has a quantized weight but no scale")
 
 
@@ -82,6 +93,11 @@ class ActivationQuant:
                 if self._reader.has(f"{module}.{param}"):
                     plan[param] = self._reader.get(f"{module}.{param}").float().reshape(-1)
             plan["quantized"] = is_quantized(self._reader, module)
+            if plan["quantized"] and self.algo in PER_GROUP_FP8:
+                # The activations' channel group is the weight tiles' input edge.
+                weight = self._reader.get_slice(f"{module}.weight").get_shape()
+                tiles = self._reader.get_slice(f"{module}.weights_scaling_factor").get_shape()
+                plan["group"] = torch.tensor(weight[1] // tiles[1])
             self._plans[module] = plan
         return self._plans[module]
 
@@ -98,6 +114,10 @@ class ActivationQuant:
             return layout.fake_quant_int8(x, static.reshape(()))
         if plan["quantized"] and self.algo in PER_TOKEN_INT8:
             return layout.fake_quant_int8(x, per_token_scale(x, layout.INT8_MAX))
+        group = plan.get("group")
+        if isinstance(group, torch.Tensor):
+            scale = layout.per_group_scale(x, int(group), layout.FP8_MAX)
+            return layout.fake_quant_fp8(x, scale)
         if plan["quantized"] and self.algo in PER_TOKEN_FP8:
             return layout.fake_quant_fp8(x, per_token_scale(x, layout.FP8_MAX))
         return x

@@ -19,6 +19,8 @@ W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN          weight I8; per_channel_scale F32 [
 FP8                                           weight F8_E4M3; weights_scaling_factor F32 [1];
                                               activation_scaling_factor F32 [1]
 FP8_PER_CHANNEL_PER_TOKEN                     weight F8_E4M3; per_channel_scale F32 [out]
+FP8_BLOCK_SCALES                              weight F8_E4M3; weights_scaling_factor F32
+                                              [out/b,in/b] (one scale per b×b tile)
 ============================================  ==========================================
 """
 
@@ -98,6 +100,11 @@ def fp8_per_channel(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
     return {"weight": layout.quantize_fp8(lq.weight, scale), "per_channel_scale": scale}
 
 
+def fp8_blocks(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
+    scale = layout.scale_from_amax(lq.weight_amax, layout.FP8_MAX)
+    return {"weight": layout.quantize_fp8_blocks(lq.weight, scale), "weights_scaling_factor": scale}
+
+
 BUILDERS: dict[str, Builder] = {
     "W8A16": w8a16,
     "W4A16_AWQ": w4a16_groupwise,
@@ -105,6 +112,7 @@ BUILDERS: dict[str, Builder] = {
     "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": sq_per_token_plugin,
     "FP8": fp8_per_tensor,
     "FP8_PER_CHANNEL_PER_TOKEN": fp8_per_channel,
+    "FP8_BLOCK_SCALES": fp8_blocks,
 }
 
 # Formats whose fc/gate (same input) must share input-side quantities, and formats that

@@ -104,3 +104,40 @@ def fake_quant_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def fake_quant_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
+
+
+def block_amax(weight: torch.Tensor, block: int) -> torch.Tensor:
+    """Per ``block × block`` tile ``[out / block, in / block]`` (FP8 block scales)."""
+    out, inp = weight.shape
+    if out % block or inp % block:
+        raise ValueError(f"weight {out}×{inp} is not a whole number of {block}×{block} blocks")
+    tiles = weight.reshape(out // block, block, inp // block, block)
+    return tiles.abs().amax(dim=(1, 3)).float()
+
+
+def expand_blocks(scale: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``[out / b, in / b]`` → ``[out, in]`` (each tile's scale over its elements)."""
+    rows, cols = shape
+    return scale.repeat_interleave(rows // scale.shape[0], dim=0).repeat_interleave(
+        cols // scale.shape[1], dim=1
+    )
+
+
+def quantize_fp8_blocks(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Block-scaled float8 e4m3fn (``scale [out / b, in / b]``)."""
+    return (weight.float() / expand_blocks(scale.float(), tuple(weight.shape))).to(
+        torch.float8_e4m3fn
+    )
+
+
+def dequantize_fp8_blocks(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * expand_blocks(scale.float(), tuple(q.shape))
+
+
+def per_group_scale(x: torch.Tensor, group: int, qmax: float) -> torch.Tensor:
+    """Dynamic dequant scale per (token, ``group`` consecutive channels): ``max|x| / qmax``,
+    broadcast back to ``x``'s shape (1 for an all-zero group)."""
+    grouped = x.reshape(*x.shape[:-1], x.shape[-1] // group, group)
+    amax = grouped.abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax / qmax)
+    return scale.expand_as(grouped).reshape(x.shape)

@@ -14,6 +14,8 @@ W8A8_SQ_PER_CHANNEL                    x·pqs → Q/DQ int8 (static scale) → M
 W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN   [x ÷ smoother] → Q/DQ int8 per token → MatMul(DQ(int8 Wᵀ))
 FP8                                    Q/DQ fp8 (static) → MatMul(DQ(fp8 Wᵀ, scalar))
 FP8_PER_CHANNEL_PER_TOKEN              Q/DQ fp8 per token → MatMul(DQ(fp8 Wᵀ, per column))
+FP8_BLOCK_SCALES                       Q/DQ fp8 per (token, b channels) → MatMul(DQ(fp8 Wᵀ,
+                                       blocked along in, b×b tile scales))
 kv_cache INT8 / FP8                    Q/DQ of new K and V with ``kv_cache_scaling_factor``
 =====================================  ======================================================
 
@@ -173,6 +175,43 @@ def fp8_per_channel(ctx: LoweringContext, site: LinearSite, x: str) -> str:
     return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, per_column=True))
 
 
+def _qdq_per_group(
+    ctx: LoweringContext, x: str, qmax: float, dtype: int, hint: str, group: int
+) -> str:
+    """Dynamic Q/DQ per (token, ``group`` channels): scale = max|x_g| / qmax, blocked along
+    the hidden axis (the scale has x's shape with the last axis divided by ``group``)."""
+    g = ctx.graph
+    tiles = g.op("Reshape", [x, g.i64(-1, group)], f"{hint}.tiles")
+    amax = g.op(
+        "ReduceMax", [g.op("Abs", [tiles], f"{hint}.abs"), g.i64(-1)], f"{hint}.amax", keepdims=1
+    )
+    leading = g.op("Shape", [x], f"{hint}.leading", end=-1)
+    shape = g.op("Concat", [leading, g.i64(-1)], f"{hint}.scale_shape", axis=0)
+    amax = g.op("Reshape", [amax, shape], f"{hint}.amax_groups")
+    scale = g.op("Div", [amax, g.const(qmax, np.float32, "qmax")], f"{hint}.scale_raw")
+    scale = g.op("Max", [scale, g.const(_TINY_SCALE, np.float32, "tiny_scale")], f"{hint}.scale")
+    q = g.op(
+        "QuantizeLinear", [x, scale], f"{hint}.q", output_dtype=dtype, axis=-1, block_size=group
+    )
+    return g.op("DequantizeLinear", [q, scale], f"{hint}.dq", axis=-1, block_size=group)
+
+
+def fp8_blocks(ctx: LoweringContext, site: LinearSite, x: str) -> str:
+    tiles = ctx.weights.get(f"{site.module}.weights_scaling_factor").float()  # [out/b, in/b]
+    block = site.in_features // tiles.shape[1]
+    x = _qdq_per_group(ctx, x, layout.FP8_MAX, _FP8, f"{site.module}.act", block)
+    # Blocked DQ is one-dimensional: along Wᵀ's input axis, each tile's scale repeated
+    # over the tile's output columns ([in/b, out]) — the same numbers, exactly.
+    per_column = tiles.t().repeat_interleave(site.out_features // tiles.shape[0], dim=1)
+    scale = ctx.constant_weight(f"{site.module}.weights_scaling_factor", per_column.contiguous())
+    stored = ctx.weights.get(f"{site.module}.weight")
+    value = ctx.graph.weight(f"{site.module}.weight", stored.t().contiguous())
+    w = ctx.graph.op(
+        "DequantizeLinear", [value, scale], f"{site.module}.w_dq", axis=0, block_size=block
+    )
+    return _matmul(ctx, site, x, w)
+
+
 def _kv_cache(dtype: int):  # type: ignore[no-untyped-def]
     def lower(ctx: LoweringContext, layer: str, k: str, v: str) -> tuple[str, str]:
         # TensorRT-LLM applies the one kv scale to both caches; k/v ones are informational.
@@ -195,6 +234,7 @@ LINEAR = {
     "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": sq_per_token,
     "FP8": fp8_per_tensor,
     "FP8_PER_CHANNEL_PER_TOKEN": fp8_per_channel,
+    "FP8_BLOCK_SCALES": fp8_blocks,
 }
 
 for _algo, _fn in LINEAR.items():

@@ -145,6 +145,13 @@ def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -
                 f"{target.module}: in_features {in_features} is not a multiple of group_size {group}",
                 hint="pick a group size dividing every layer's input size, or exclude the layer",
             )
+        block = getattr(spec.params, "block_size", None)
+        if block is not None and (in_features % block or out_features % block):
+            raise recipe_error(
+                f"{target.module}: {out_features}×{in_features} is not a whole number of "
+                f"{block}×{block} FP8 blocks",
+                hint="pick a block_size dividing every layer's sizes, or exclude the layer",
+            )
         if group is not None and out_features % 2:
             raise recipe_error(
                 f"{target.module}: INT4 packing needs an even out_features ({out_features})"

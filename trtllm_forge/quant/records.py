@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Target = Literal["modelopt", "compressed-tensors"]
-Activations = Literal["none", "static_int8", "static_fp8", "per_token_int8", "per_token_fp8"]
+Activations = Literal[
+    "none", "static_int8", "static_fp8", "per_token_int8", "per_token_fp8", "per_group_fp8"
+]
 TARGETS: tuple[Target, ...] = ("modelopt", "compressed-tensors")
 
 
@@ -86,7 +88,8 @@ class QuantFormat:
         strongly_typed: TensorRT must build the engine strongly typed.
         modelopt / compressed_tensors: the HF targets' mapping, or why not.
         activations: what happens to a quantized linear's input (fake quant, lowering):
-            ``none``, ``static_int8``, ``static_fp8``, ``per_token_int8``, ``per_token_fp8``.
+            ``none``, ``static_int8``, ``static_fp8``, ``per_token_int8``, ``per_token_fp8``,
+            ``per_group_fp8`` (dynamic, per token and block of input channels).
         trtllm_share_input: in the canonical checkpoint, fc and gate (one input) share
             input-side quantities — FP8 because TensorRT-LLM fuses the two GEMMs, the
             SmoothQuant plugin because one norm carries the smoothing for both.
@@ -237,6 +240,28 @@ FORMATS: dict[str, QuantFormat] = {
             ),
             activations="per_token_fp8",
         ),
+        QuantFormat(
+            name="FP8_BLOCK_SCALES",
+            trtllm_algo="FP8_BLOCK_SCALES",
+            weight="float8 e4m3, one scale per b×b tile (b = 128 for the kernels); dynamic "
+            "fp8 activations per token and b input channels",
+            packing="float8_e4m3fn [out, in]",
+            trtllm_tensors=("weight F8_E4M3 [out,in]", "weights_scaling_factor F32 [out/b,in/b]"),
+            strongly_typed=True,
+            modelopt=NotCarried(
+                "ModelOpt 0.47 exports 2-D block FP8 only as weight-only `fp8_pb_wo` (no "
+                "activation quantization, a 4-D [out/b,1,in/b,1] scale), a quant_algo "
+                "TensorRT-LLM's loader does not know; TensorRT-LLM reads FP8_BLOCK_SCALES from "
+                "compressed-tensors `strategy: block`"
+            ),
+            compressed_tensors=CompressedTensors(
+                "float-quantized",
+                {**_FP8, "strategy": "block"},
+                {**_FP8, "strategy": "group", "dynamic": True},
+                ("weight", "weight_scale"),
+            ),
+            activations="per_group_fp8",
+        ),
     )
 }
 
@@ -302,6 +327,8 @@ def format_name(method: str, quant: dict[str, Any]) -> str | None:
         if quant.get("granularity") == "per_channel_per_token":
             return "FP8_PER_CHANNEL_PER_TOKEN"
         return "FP8"
+    if method == "fp8_block":
+        return "FP8_BLOCK_SCALES"
     raise KeyError(f"no format record for method {method!r}")
 
 
@@ -335,6 +362,7 @@ def method_table() -> list[tuple[str, str, str, str]]:
         ("smoothquant", {"activations": "per_token"}),
         ("fp8", {"granularity": "per_tensor"}),
         ("fp8", {"granularity": "per_channel_per_token"}),
+        ("fp8_block", {}),
     ]
     for method, quant in cases:
         fmt = FORMATS[str(format_name(method, quant))]

@@ -71,6 +71,7 @@ QUANT_METHODS: list[type[BaseModel]] = [
     s.Awq,
     s.Gptq,
     s.Fp8,
+    s.Fp8Block,
 ]
 
 

@@ -174,11 +174,22 @@ class Fp8(_QuantBase):
     )
 
 
+class Fp8Block(_QuantBase):
+    """FP8 E4M3 weights with one scale per block × block tile, dynamic per-token-group
+    activations (FP8_BLOCK_SCALES, DeepSeek-style)."""
+
+    method: Literal["fp8_block"] = Field(description="Quantization method.")
+    block_size: Literal[32, 64, 128] = Field(
+        128,
+        description="Tile edge (and activation channel group); serving kernels run 128 only.",
+    )
+
+
 Quantize = Annotated[
-    NoQuant | Int8WeightOnly | Int4WeightOnly | SmoothQuant | Awq | Gptq | Fp8,
+    NoQuant | Int8WeightOnly | Int4WeightOnly | SmoothQuant | Awq | Gptq | Fp8 | Fp8Block,
     Field(discriminator="method"),
 ]
-QUANT_METHODS = ("none", "int8_wo", "int4_wo", "smoothquant", "awq", "gptq", "fp8")
+QUANT_METHODS = ("none", "int8_wo", "int4_wo", "smoothquant", "awq", "gptq", "fp8", "fp8_block")
 
 
 class Parallel(_Strict):
