@@ -5,7 +5,13 @@ from __future__ import annotations
 import datetime as dt
 
 from trtllm_forge.bench.memory import RssPeak
-from trtllm_forge.bench.report import BenchReport, RequestTiming, ScenarioResult, Stats
+from trtllm_forge.bench.report import (
+    SCHEMA_VERSION,
+    BenchReport,
+    RequestTiming,
+    ScenarioResult,
+    Stats,
+)
 from trtllm_forge.bench.runners.base import Runner
 from trtllm_forge.bench.timing import BatchTiming, time_batch
 from trtllm_forge.bench.workload import Scenario, Workload
@@ -35,6 +41,7 @@ def run_bench(
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results = [_scenario(runner, s, warmup, progress) for s in workload.scenarios]
     return BenchReport(
+        schema_version=SCHEMA_VERSION,
         runtime=runner.name,
         target=runner.target,
         device=runner.device,

@@ -110,7 +110,7 @@ class Unspill:
         if len(self.buffer) < rows:
             self.buffer = np.empty((rows, self.vocab), np.float32)
         view = self.buffer[:rows]
-        if self.file.readinto(memoryview(view).cast("B")) != view.nbytes:  # type: ignore[attr-defined]
+        if self.file.readinto(view.data.cast("B")) != view.nbytes:  # type: ignore[attr-defined]
             raise RuntimeError("verify spill file ended early")  # a bug, not a user error
         return view
 

@@ -24,7 +24,7 @@ class GenaiRunner(HostOnly):
         self._og = og
         self.model = model
         self.target = str(target)
-        self.threads = None
+        self.threads: int | None = None  # genai_config's session options decide
         decoder = config.get("model", {})
         self.vocab_size = int(decoder.get("vocab_size", 0))
         self.pad_token_id = int(decoder.get("pad_token_id", 0))

@@ -46,7 +46,7 @@ class TransformersRunner:
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=getattr(torch, dtype), trust_remote_code=False
         )
-        model = model.to(device).eval()  # type: ignore[no-untyped-call,unused-ignore]
+        model = model.to(device).eval()  # type: ignore[arg-type,no-untyped-call,unused-ignore]
         return cls(model, Path(model_dir), device=device, threads=threads)
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[list[int]]:
