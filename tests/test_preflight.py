@@ -135,3 +135,22 @@ def test_recipe_check_runs_the_checks_build_runs(
         tmp_path / "recipe.yaml", **{"source": {"path": str(tiny_models["llama"])}, **sections}
     )
     assert_clean_error(forge("recipe", "check", str(recipe)), code, fragment, "recipe.yaml:")
+
+
+def test_model_types_are_the_ones_transformers_pairs_with_each_architecture() -> None:
+    """MODEL_TYPES refuses configs whose model_type disagrees: a wrong entry would refuse
+    real checkpoints, so each entry is checked against transformers' own tables and the
+    shipped tiny models."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from trtllm_forge.models.registry import MODEL_TYPES, REGISTRY
+
+    assert set(MODEL_TYPES) == set(REGISTRY.names())  # every built-in architecture
+    for architecture, model_type in MODEL_TYPES.items():
+        assert model_type in CONFIG_MAPPING_NAMES
+        assert MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type] == architecture
+    tiny = Path(__file__).parents[1] / "recipes" / "tiny"
+    for config_file in tiny.glob("*/config.json"):
+        config = json.loads(config_file.read_text())
+        assert MODEL_TYPES[config["architectures"][0]] == config["model_type"], config_file
