@@ -72,3 +72,17 @@ def test_report_says_which_tokens_were_scored(fp16: TinyBuild, tmp_path: Path) -
     assert json.loads((tmp_path / "report.json").read_text())["texts"] == result.texts
     assert "| 0 | 500 | 200 | [0, 200) | 2 |" in (tmp_path / "report.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "report.json", "report.md"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "bloom", "gpt2"])
+def test_batched_reference_greedy_equals_one_prompt_at_a_time(arch: str, tmp_path: Path) -> None:
+    """Left-padded batches (verify's reference, the transformers bench runner) decode what
+    single unpadded prompts do; BLOOM (ALiBi) and GPT-2 take their positions from the mask."""
+    from tests.tinymodels import make_tiny_hf
+    from trtllm_forge.engine.hf_greedy import greedy_batched
+    from trtllm_forge.engine.verify import reference_greedy
+
+    model = load_reference(make_tiny_hf(arch, tmp_path / arch))
+    prompts = random_prompts(5)
+    expected = [reference_greedy(model, prompt, 6) for prompt in prompts]
+    assert greedy_batched(model, prompts, 6, batch_size=3) == expected

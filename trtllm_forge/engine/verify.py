@@ -183,7 +183,13 @@ def verify_engine(
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=out_dir) as spill_file:
         reference_tokens, vocab = _reference_pass(
-            reference_dir, prompts_token_ids, max_new_tokens, scored, window, spill_file, progress
+            reference_dir,
+            prompts_token_ids,
+            max_new_tokens,
+            scored,
+            (window, int(limits.get("max_batch_size", 1 << 30))),
+            spill_file,
+            progress,
         )
         spill_file.seek(0)
         engine = OrtEngine.load(engine_dir)
@@ -212,7 +218,7 @@ def _reference_pass(
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     scored: Sequence[tuple[str, Sequence[int]]],
-    window: int,
+    limits: tuple[int, int],
     spill_file: IO[bytes],
     progress: Progress,
 ) -> tuple[list[list[int]], int]:
@@ -220,13 +226,16 @@ def _reference_pass(
     Returns (tokens, vocabulary width); the model is gone when this returns."""
     import gc
 
+    from trtllm_forge.engine.hf_greedy import greedy_batched
+
+    window, batch_size = limits
     reference = load_reference(reference_dir)
     vocab = int(reference.config.vocab_size)
     with progress.task("verify: reference", total=len(prompts) + len(scored)) as task:
-        tokens = []
-        for prompt in prompts:
-            tokens.append(reference_greedy(reference, prompt, max_new_tokens))
-            task.advance()
+        # Batched like the engine's generate (left padding, engine's max_batch_size): one
+        # pass over the weights per step for the whole batch, not per prompt.
+        tokens = greedy_batched(reference, prompts, max_new_tokens, batch_size)
+        task.advance(len(prompts))
         block = streaming.block_tokens(vocab, window, streaming.REFERENCE_BLOCK_BYTES)
         for _, sequence in scored:
             for logits in streaming.reference_blocks(reference, sequence, window, block):

@@ -50,34 +50,9 @@ class TransformersRunner:
         return cls(model, Path(model_dir), device=device, threads=threads)
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[list[int]]:
-        import torch
+        from trtllm_forge.engine.hf_greedy import greedy_steps
 
-        longest = max(len(p) for p in prompts)
-        ids = torch.zeros((len(prompts), longest), dtype=torch.long)
-        mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding, as the engines do
-            ids[row, longest - len(prompt) :] = torch.tensor(list(prompt))
-            mask[row, longest - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        with torch.no_grad():
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
-            )
-            for step in range(max_new_tokens):
-                token = out.logits[:, -1].argmax(dim=-1)
-                yield token.tolist()  # .tolist() waits for the device: the step is done
-                if step == max_new_tokens - 1:
-                    break
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                positions = positions[:, -1:] + 1
-                out = self.model(
-                    input_ids=token[:, None],
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=out.past_key_values,
-                    use_cache=True,
-                )
+        return greedy_steps(self.model, prompts, max_new_tokens, device=self.device)
 
     def reset_device_peak(self) -> None:
         if self.device.startswith("cuda"):
