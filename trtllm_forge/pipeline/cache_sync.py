@@ -67,16 +67,15 @@ def push(target: str | None, store: Store, ctx: RunContext) -> list[Moved]:
 
 def pull(target: str | None, store: Store, ctx: RunContext) -> list[Moved]:
     cache = remote_cache(store, ctx)
-    if target is not None and _is_recipe(target):
-        moved = _pull_recipe(Path(target), store, ctx, cache)
+    recipe = target is not None and _is_recipe(target)
+    if recipe:
+        moved = _pull_recipe(Path(str(target)), store, ctx, cache)
     else:
         moved = [_pull_one(cache, stage, key) for stage, key in _remote_targets(target, cache)]
-    bad = [
-        m
-        for m in moved
-        if m.status == "damaged"
-        or (m.status == "absent" and target is not None and not _is_recipe(target))
-    ]
+    # A recipe's stages stop at the first one nobody pushed yet: not an error. A key the
+    # user named that has no manifest, or any damaged entry, is.
+    unusable = ("damaged",) if recipe or target is None else ("damaged", "absent")
+    bad = [m for m in moved if m.status in unusable]
     if bad:
         first = bad[0]
         raise store_error(
