@@ -26,7 +26,8 @@ def test_record_matches_builders_lowering_and_typing(name: str) -> None:
 
     fmt = records.FORMATS[name]
     assert fmt.trtllm_algo in formats.BUILDERS
-    assert fmt.trtllm_algo in onnx_lowering.LINEAR
+    # Lowered exactly, or refused at plan time with the record's reason — never both.
+    assert (fmt.trtllm_algo in onnx_lowering.LINEAR) == (fmt.onnx is None)
     assert fmt.strongly_typed == (fmt.trtllm_algo in FP8_ALGOS)
 
 

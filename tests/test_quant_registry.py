@@ -20,6 +20,7 @@ def test_builtin_methods_are_registered() -> None:
         "int4_wo",
         "int8_wo",
         "none",
+        "nvfp4",
         "smoothquant",
     ]
 
@@ -34,7 +35,7 @@ def test_unknown_method_lists_valid_names_and_suggests_the_closest() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["nvfp4", "MXFP8", "mxfp4"])
+@pytest.mark.parametrize("name", ["mxint8", "MXFP8", "mxfp4"])
 def test_cuda_only_formats_are_a_dependency_error(name: str) -> None:
     with pytest.raises(ForgeError) as err:
         registry.get(name)

@@ -78,7 +78,23 @@ def linear_tensors(fmt: QuantFormat, lq: LinearQuant, dtype: torch.dtype) -> Ten
             "weight": layout.quantize_fp8_blocks(weight, scale),
             "weight_scale": scale.to(dtype),
         }
+    if fmt.name == "NVFP4":
+        return _nvfp4(lq)
     raise AssertionError(f"{fmt.name} has no compressed-tensors mapping")
+
+
+def _nvfp4(lq: LinearQuant) -> Tensors:
+    """``nvfp4-pack-quantized``: the same packed e2m1 and fp8 block scales as ModelOpt's;
+    compressed-tensors' global scales are the reciprocals (dequant = q · scale / global)."""
+    global_scale = layout.nvfp4_global_scale(lq.weight_amax).reshape(())
+    packed, scales = layout.quantize_nvfp4(lq.weight.float(), global_scale)
+    act = layout.nvfp4_global_scale(_need(lq.input_amax))
+    return {
+        "weight_packed": packed,
+        "weight_scale": scales,
+        "weight_global_scale": (1.0 / global_scale).reshape(1),
+        "input_global_scale": (1.0 / act).reshape(1),
+    }
 
 
 def _need(t: torch.Tensor | None) -> torch.Tensor:
@@ -144,6 +160,8 @@ def _config_group(
     weights = {**mapping.weights, "dynamic": False}
     if weights.get("strategy") == "group":
         weights["group_size"] = group_size
+    if weights.get("strategy") == "tensor_group":
+        weights["group_size"] = 16  # NVFP4's block
     if weights.get("strategy") == "block":
         weights["block_structure"] = [group_size, group_size]
         # forge's GPTQ visits columns by activation order but keeps groups contiguous:
@@ -154,6 +172,8 @@ def _config_group(
     inputs = dict(mapping.input_activations) if mapping.input_activations else None
     if inputs is not None and inputs.get("strategy") == "group":
         inputs["group_size"] = group_size  # per token and block of input channels
+    if inputs is not None and inputs.get("strategy") == "tensor_group":
+        inputs["group_size"] = 16
     group["input_activations"] = inputs
     group["output_activations"] = None
     group["format"] = mapping.format

@@ -5,9 +5,11 @@ Per quantized linear, from the format's tensors alone:
 
 * weight: int8 × ``weight_scale`` [out]; uint8 holding two int4 output rows per byte
   (low nibble = even row, two's complement) × ``weight_scale`` [out, in/g]; float8
-  × ``weight_scale`` (0-d or [out]);
+  × ``weight_scale`` (0-d or [out]); NVFP4: uint8 holding two e2m1 inputs per byte ×
+  fp8 ``weight_scale`` [out, in/16] × ``weight_scale_2``;
 * input: × ``pre_quant_scale``, then Q/DQ with ``input_scale`` (INT8 for W8A8 SmoothQuant,
-  FP8 for FP8) or, for FP8_PER_CHANNEL_PER_TOKEN, with a scale per token;
+  FP8 for FP8) or, for FP8_PER_CHANNEL_PER_TOKEN, with a scale per token; NVFP4 inputs
+  to e2m1 per 16 channels under the static ``input_scale``;
 * KV cache: keys (after RoPE) and values Q/DQ with ``k_proj.k_scale`` / ``v_proj.v_scale``,
   through an attention function registered with transformers that wraps SDPA (Q/DQ with
   a fixed scale is idempotent, so quantizing the whole cache at every step equals
@@ -36,6 +38,35 @@ def _unpack_uint4_rows(packed: torch.Tensor) -> torch.Tensor:
     high = (packed >> 4).to(torch.int16)
     rows = torch.stack([low, high], dim=1).reshape(packed.shape[0] * 2, packed.shape[1])
     return torch.where(rows >= 8, rows - 16, rows).float()
+
+
+# E2M1 magnitudes by 3-bit code; bit 3 of a code is the sign.
+_E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def _nvfp4_weight(weight: torch.Tensor, scale: torch.Tensor, scale_2: torch.Tensor) -> torch.Tensor:
+    """uint8 [out, in/2] (input 2j in the low nibble, 2j+1 in the high one) × fp8 block
+    scale [out, in/16] × fp32 ``weight_scale_2``."""
+    codes = torch.empty(weight.shape[0], weight.shape[1] * 2, dtype=torch.uint8)
+    codes[:, 0::2], codes[:, 1::2] = weight & 0x0F, weight >> 4
+    values = _E2M1[(codes & 7).long()] * (1 - 2 * (codes >> 3).float())
+    block = values.shape[1] // scale.shape[1]
+    return values * (scale.float() * scale_2.float()).repeat_interleave(block, dim=1)
+
+
+def _nvfp4_input(x: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
+    """Activations Q/DQ'd to E2M1 per 16 channels; each block's scale (relative to the
+    static ``input_scale``) is itself rounded to FP8 E4M3, as the GEMM kernels compute it."""
+    blocks = x.unflatten(-1, (-1, 16))
+    local = blocks.abs().amax(dim=-1, keepdim=True) / (6.0 * global_scale)
+    local = torch.where(local == 0, torch.ones_like(local), local)
+    step = local.clamp(2.0**-9, _FP8_MAX).to(torch.float8_e4m3fn).float() * global_scale
+    scaled = blocks / step
+    # Nearest E2M1 magnitude; ties go to the even code (round half to even).
+    gaps = (scaled.abs().unsqueeze(-1) - _E2M1).abs()
+    best = gaps.min(dim=-1, keepdim=True).values
+    code = torch.where(gaps == best, 8 - torch.arange(8) % 2 * 4, 0).argmax(dim=-1)
+    return (torch.sign(scaled) * _E2M1[code] * step).flatten(-2)
 
 
 def dequantize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -68,6 +99,8 @@ def _input_hook(algo: str, pqs: torch.Tensor | None, scale: torch.Tensor | None)
             x = (x / scale).round().clamp(-128, 127) * scale
         elif algo == "FP8" and scale is not None:
             x = (x / scale).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).float() * scale
+        elif algo == "NVFP4" and scale is not None:
+            x = _nvfp4_input(x, scale)
         elif algo == "FP8_PER_CHANNEL_PER_TOKEN":
             per_token = (x.abs().amax(dim=-1, keepdim=True) / _FP8_MAX).clamp(min=1e-12)
             x = (x / per_token).to(torch.float8_e4m3fn).float() * per_token
@@ -132,8 +165,12 @@ def load_modelopt_model(folder: Path) -> nn.Module:
     hooks: dict[str, Any] = {}
     for name, tensor in tensors.items():
         module, _, param = name.rpartition(".")
+        if param == "weight" and f"{module}.weight_scale_2" in tensors:
+            scales = (tensors[f"{module}.weight_scale"], tensors[f"{module}.weight_scale_2"])
+            state[name] = _nvfp4_weight(tensor, *scales)
         if param == "weight" and f"{module}.weight_scale" in tensors:
-            state[name] = dequantize(tensor, tensors[f"{module}.weight_scale"])
+            if name not in state:
+                state[name] = dequantize(tensor, tensors[f"{module}.weight_scale"])
             pqs = tensors.get(f"{module}.pre_quant_scale")
             act = tensors.get(f"{module}.input_scale")
             hooks[module] = _input_hook(
@@ -141,7 +178,14 @@ def load_modelopt_model(folder: Path) -> nn.Module:
                 None if pqs is None else pqs.float(),
                 None if act is None else act.float().reshape(()),
             )
-        elif param in ("weight_scale", "input_scale", "pre_quant_scale", "k_scale", "v_scale"):
+        elif param in (
+            "weight_scale",
+            "weight_scale_2",
+            "input_scale",
+            "pre_quant_scale",
+            "k_scale",
+            "v_scale",
+        ):
             continue
         else:
             state[name] = tensor.float()

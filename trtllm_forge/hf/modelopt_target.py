@@ -11,7 +11,8 @@ The exporter's rules, as forge applies them:
 * the weight is rounded to the checkpoint dtype *before* it is divided by its scale;
 * scales are fp32 (``weight_scale`` [out] / [out, in/g] / 0-d, ``input_scale`` 0-d),
   the pre-quant scale is in the checkpoint dtype, int4 is packed two output rows per
-  byte (uint8), and the FP8 KV-cache scales are ``k_proj.k_scale`` / ``v_proj.v_scale``
+  byte (uint8), NVFP4 packs two e2m1 inputs per byte with fp8 block scales and 0-d
+  ``weight_scale_2`` / ``input_scale``, and the FP8 KV-cache scales are ``k_proj.k_scale`` / ``v_proj.v_scale``
   (amax / 448, not raised to 1.0 as the TensorRT-LLM checkpoint does).
 """
 
@@ -52,6 +53,8 @@ def linear_tensors(
     elif fmt.name == "FP8_PER_CHANNEL_PER_TOKEN":
         scale = lq.weight_amax.float() / layout.FP8_MAX
         out = {"weight": (weight / scale[:, None]).to(torch.float8_e4m3fn), "weight_scale": scale}
+    elif fmt.name == "NVFP4":
+        return _nvfp4(lq, dtype)
     else:
         raise AssertionError(f"{fmt.name} has no ModelOpt mapping")
     if lq.input_amax is not None and "input_scale" in mapping.tensors:
@@ -60,6 +63,21 @@ def linear_tensors(
     if lq.pre_quant_scale is not None and keep_pre_quant_scale:
         out["pre_quant_scale"] = lq.pre_quant_scale.to(dtype)
     return out
+
+
+def _nvfp4(lq: LinearQuant, dtype: torch.dtype) -> Tensors:
+    """NVFP4: packed e2m1 ``weight`` (uint8), fp8 ``weight_scale`` per 16 inputs, and the
+    0-d fp32 global scales ``weight_scale_2`` and ``input_scale`` (amax / (6 · 448))."""
+    global_scale = layout.nvfp4_global_scale(lq.weight_amax).reshape(())
+    packed, scales = layout.quantize_nvfp4(lq.weight.to(dtype), global_scale)
+    if lq.input_amax is None:
+        raise ValueError("calibration produced no activation range")
+    return {
+        "weight": packed,
+        "weight_scale": scales,
+        "weight_scale_2": global_scale,
+        "input_scale": layout.nvfp4_global_scale(lq.input_amax).reshape(()),
+    }
 
 
 def kv_tensors(kv: str, k_amax: float, v_amax: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +108,8 @@ def quant_config(
             quantization["group_size"] = group_size
             quantization["has_zero_point"] = False
             quantization["pre_quant_scale"] = True
+        elif mapping.block_size is not None:
+            quantization["group_size"] = mapping.block_size
     else:
         quantization["quant_algo"] = None
     kv_algo = KV_FORMATS[kv].modelopt if kv else None
@@ -113,10 +133,19 @@ def hf_quantization_config(hf_quant: dict[str, Any]) -> dict[str, Any]:
     quantization = hf_quant["quantization"]
     algo = quantization.get("quant_algo")
     out: dict[str, Any] = {}
+    numerics = None
     if algo == "FP8":
-        fp8 = {"dynamic": False, "num_bits": 8, "type": "float"}
+        numerics = {"dynamic": False, "num_bits": 8, "type": "float"}
+    elif algo == "NVFP4":
+        group = quantization.get("group_size")
+        numerics = {"dynamic": False, "num_bits": 4, "type": "float", "group_size": group}
+    if numerics is not None:
         out["config_groups"] = {
-            "group_0": {"input_activations": dict(fp8), "weights": dict(fp8), "targets": ["Linear"]}
+            "group_0": {
+                "input_activations": dict(numerics),
+                "weights": dict(numerics),
+                "targets": ["Linear"],
+            }
         }
     out["ignore"] = list(quantization.get("exclude_modules") or [])
     if algo:

@@ -25,9 +25,17 @@ MODELOPT_ALGOS = (
     "W8A8_SQ_PER_CHANNEL",
     "FP8",
     "FP8_PER_CHANNEL_PER_TOKEN",
+    "NVFP4",
 )
 MODELOPT_KV = ("FP8", "INT8", "NVFP4")
-CT_FORMATS = ("pack-quantized", "int-quantized", "float-quantized", "naive-quantized", "dense")
+CT_FORMATS = (
+    "pack-quantized",
+    "int-quantized",
+    "float-quantized",
+    "naive-quantized",
+    "nvfp4-pack-quantized",
+    "dense",
+)
 CT_STRATEGIES = ("tensor", "channel", "group", "block", "token", "tensor_group", "attn_head")
 
 
@@ -198,6 +206,10 @@ def _ct_scheme(where: Path, name: str, group: dict[str, Any]) -> tuple[str, int 
     if strategy == "group" and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
         raise _damaged(where, f"config_groups.{name}.weights.group_size must be a positive integer")
     acts = group.get("input_activations")
+    if kind == "float" and bits == 4:
+        return "NVFP4", size
+    if kind == "float" and strategy == "block":
+        return "FP8_BLOCK_SCALES", (weights.get("block_structure") or [None])[0]
     if kind == "float":
         per_token = isinstance(acts, dict) and acts.get("strategy") == "token"
         return ("FP8_PER_CHANNEL_PER_TOKEN" if per_token else "FP8"), None

@@ -27,7 +27,8 @@ _NO_PROGRESS = NullProgress()
 
 
 def load_folder_model(folder: Path) -> Any:
-    """The folder's model in float32 on the CPU, through the loader its format has."""
+    """The folder's model on the CPU (float32; NVFP4 compressed-tensors: bfloat16), through
+    the loader its format has."""
     import torch
 
     info = describe(folder)
@@ -37,7 +38,10 @@ def load_folder_model(folder: Path) -> Any:
         return load_modelopt_model(folder)
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    # compressed-tensors 0.20 unpacks NVFP4 weights to bfloat16 whatever the model's dtype
+    # (a float32 model then fails in its first GEMM), so NVFP4 folders run in bfloat16.
+    dtype = torch.bfloat16 if info.quant_algo == "NVFP4" else torch.float32
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     model.train(False)
     return model
 

@@ -58,6 +58,7 @@ def check_static(loaded: LoadedRecipe) -> None:
         )
     _check_profile(loaded)
     _check_hf_format(loaded)
+    _check_engine_format(loaded)
 
 
 def check_sources(loaded: LoadedRecipe) -> None:
@@ -89,6 +90,28 @@ def _check_hf_format(loaded: LoadedRecipe) -> None:
             if able
             else "no Hugging Face format carries it; use build.backend: onnxruntime",
             location=loaded.locate("build.format"),
+        )
+
+
+def _check_engine_format(loaded: LoadedRecipe) -> None:
+    """A format no ONNX graph runs exactly (its record says why): refused for the
+    ONNX-based backends before any work, naming the targets that carry it."""
+    if loaded.recipe.build.backend not in ("onnxruntime", "tensorrt"):
+        return
+    from trtllm_forge.quant import records
+
+    quant = loaded.recipe.quantize
+    fmt = records.format_name(quant.method, quant.model_dump(mode="json"))
+    reason = records.why_not_onnx(fmt)
+    if reason:
+        kv = None if quant.kv_cache == "none" else quant.kv_cache
+        able = records.carriers(fmt, kv)
+        raise recipe_error(
+            f"build.backend {loaded.recipe.build.backend} cannot run this quantization: {reason}",
+            hint="use build.backend: hf with build.format: " + " or ".join(able)
+            if able
+            else "no target carries it",
+            location=loaded.locate("quantize.method"),
         )
 
 

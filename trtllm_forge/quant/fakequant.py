@@ -7,11 +7,12 @@ checkpoint: every rule below is decided by which tensors a module has, so any
 writer's output (forge's or ModelOpt's) can be evaluated.
 
 * weight: int8 × per-channel scale; packed int4 × group scale; fp8 × scale (per
-  tensor, channel or b×b tile).
+  tensor, channel or b×b tile); packed e2m1 × fp8 block scale × global scale (NVFP4).
 * input: × ``prequant_scaling_factor`` (AWQ/SmoothQuant), ÷ ``smoother``
   (SmoothQuant plugin row layers), then Q/DQ with ``activation_scaling_factor``
   (static INT8 for SmoothQuant, FP8 for FP8) or, for the per-token formats, with
-  a scale computed per token (FP8 block scales: per token and b channels) at run time.
+  a scale computed per token (FP8 block scales: per token and b channels) at run time;
+  NVFP4 activations get FP8 scales per 16 channels under their static global scale.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ PER_TOKEN_INT8 = records.trtllm_algos(lambda f: f.activations == "per_token_int8
 PER_TOKEN_FP8 = records.trtllm_algos(lambda f: f.activations == "per_token_fp8")
 PER_GROUP_FP8 = records.trtllm_algos(lambda f: f.activations == "per_group_fp8")
 _FP8_ACTIVATIONS = records.trtllm_algos(lambda f: f.activations == "static_fp8")
-_QUANTIZED_DTYPES = ("I8", "F8_E4M3")
+_NVFP4_ACTIVATIONS = records.trtllm_algos(lambda f: f.activations == "nvfp4")
+_QUANTIZED_DTYPES = ("I8", "F8_E4M3", "U8")  # U8: packed NVFP4
 
 
 def is_quantized(reader: CheckpointReader, module: str) -> bool:
@@ -46,6 +48,9 @@ def dequantized_weight(reader: CheckpointReader, module: str) -> torch.Tensor | 
         return None
     weight = reader.get(f"{module}.weight")
     scale = _weight_scale(reader, module)
+    if weight.dtype == torch.uint8:
+        global_scale = reader.get(f"{module}.weights_scaling_factor_2").float().reshape(())
+        return layout.dequantize_nvfp4(weight, scale, global_scale)
     if weight.dtype == torch.float8_e4m3fn and _is_block_scale(scale, weight):
         return layout.dequantize_fp8_blocks(weight, scale)
     if weight.dtype == torch.float8_e4m3fn:
@@ -65,7 +70,10 @@ def _is_block_scale(scale: torch.Tensor, weight: torch.Tensor) -> bool:
 def _weight_scale(reader: CheckpointReader, module: str) -> torch.Tensor:
     for param in ("weights_scaling_factor", "per_channel_scale"):
         if reader.has(f"{module}.{param}"):
-            scale = reader.get(f"{module}.{param}").float()
+            scale = reader.get(f"{module}.{param}")
+            if scale.dtype == torch.float8_e4m3fn:
+                return scale  # NVFP4 block scales: decoded with the global scale
+            scale = scale.float()
             # The SmoothQuant plugin's [1, out]; a [1, in/b] tile scale stays 2-D.
             row_vector = param == "per_channel_scale" and scale.dim() == 2
             return scale.reshape(-1) if row_vector and scale.shape[0] == 1 else scale
@@ -109,6 +117,8 @@ class ActivationQuant:
             x = x / plan["smoother"]
         static = plan.get("activation_scaling_factor")
         if isinstance(static, torch.Tensor):
+            if self.algo in _NVFP4_ACTIVATIONS:
+                return layout.fake_quant_nvfp4(x, static.reshape(()))
             if self.algo in _FP8_ACTIVATIONS:
                 return layout.fake_quant_fp8(x, static.reshape(()))
             return layout.fake_quant_int8(x, static.reshape(()))

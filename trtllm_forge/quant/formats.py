@@ -21,6 +21,10 @@ FP8                                           weight F8_E4M3; weights_scaling_fa
 FP8_PER_CHANNEL_PER_TOKEN                     weight F8_E4M3; per_channel_scale F32 [out]
 FP8_BLOCK_SCALES                              weight F8_E4M3; weights_scaling_factor F32
                                               [out/b,in/b] (one scale per b×b tile)
+NVFP4                                         weight U8 [out,in/2] (two e2m1 inputs per byte);
+                                              weights_scaling_factor F8_E4M3 [out,in/16];
+                                              weights_scaling_factor_2 F32 [1];
+                                              activation_scaling_factor F32 [1]
 ============================================  ==========================================
 """
 
@@ -105,6 +109,18 @@ def fp8_blocks(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
     return {"weight": layout.quantize_fp8_blocks(lq.weight, scale), "weights_scaling_factor": scale}
 
 
+def nvfp4(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
+    global_scale = layout.nvfp4_global_scale(lq.weight_amax)
+    packed, scales = layout.quantize_nvfp4(lq.weight, global_scale)
+    act = layout.nvfp4_global_scale(_require(lq.input_amax, "activation range"))
+    return {
+        "weight": packed,
+        "weights_scaling_factor": scales,
+        "weights_scaling_factor_2": global_scale.reshape(1),
+        "activation_scaling_factor": act.reshape(1),
+    }
+
+
 BUILDERS: dict[str, Builder] = {
     "W8A16": w8a16,
     "W4A16_AWQ": w4a16_groupwise,
@@ -113,6 +129,7 @@ BUILDERS: dict[str, Builder] = {
     "FP8": fp8_per_tensor,
     "FP8_PER_CHANNEL_PER_TOKEN": fp8_per_channel,
     "FP8_BLOCK_SCALES": fp8_blocks,
+    "NVFP4": nvfp4,
 }
 
 # Formats whose fc/gate (same input) must share input-side quantities, and formats that

@@ -141,3 +141,75 @@ def per_group_scale(x: torch.Tensor, group: int, qmax: float) -> torch.Tensor:
     amax = grouped.abs().amax(dim=-1, keepdim=True)
     scale = torch.where(amax == 0, torch.ones_like(amax), amax / qmax)
     return scale.expand_as(grouped).reshape(x.shape)
+
+
+# NVFP4 (reference trtllm-checkpoint.md §2.6): E2M1 values in blocks of 16 along the input,
+# each block scaled by an FP8 E4M3 factor, all of them by one FP32 per-tensor factor.
+FP4_MAX = 6.0
+NVFP4_BLOCK = 16
+E2M1_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+_FP8_SMALLEST_SCALE = 2.0**-9  # the smallest positive float8 e4m3fn (subnormal)
+
+
+def nvfp4_global_scale(amax: torch.Tensor) -> torch.Tensor:
+    """Per-tensor dequant factor ``amax / (6 · 448)``: block scales then fit FP8's range."""
+    return amax.float() / (FP4_MAX * FP8_MAX)
+
+
+def nvfp4_block_scales(weight: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
+    """FP8 E4M3 scale of each 16-wide input block ``[..., in / 16]``, relative to
+    ``global_scale``; an all-zero block gets 1, and every scale is kept inside FP8's range."""
+    blocks = weight.float().reshape(*weight.shape[:-1], -1, NVFP4_BLOCK)
+    scale = blocks.abs().amax(dim=-1) / (FP4_MAX * global_scale)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return scale.clamp(min=_FP8_SMALLEST_SCALE, max=FP8_MAX).to(torch.float8_e4m3fn)
+
+
+def e2m1_codes(x: torch.Tensor) -> torch.Tensor:
+    """4-bit E2M1 codes (bit 3 = sign, bits 0-2 = index into :data:`E2M1_VALUES`) of the
+    nearest value; a tie goes to the even index (round half to even)."""
+    distance = (x.abs().unsqueeze(-1) - E2M1_VALUES).abs()
+    nearest = distance == distance.amin(dim=-1, keepdim=True)
+    even_first = nearest.to(torch.uint8) * (2 - torch.arange(8) % 2).to(torch.uint8)
+    index = even_first.argmax(dim=-1).to(torch.uint8)
+    return index | ((x < 0).to(torch.uint8) << 3)
+
+
+def e2m1_values(codes: torch.Tensor) -> torch.Tensor:
+    magnitude = E2M1_VALUES[(codes & 0x7).long()]
+    return torch.where(codes & 0x8 != 0, -magnitude, magnitude)
+
+
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """``[..., n]`` 4-bit codes → uint8 ``[..., n / 2]``, low nibble = even index."""
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    both = torch.stack([packed & 0x0F, packed >> 4], dim=-1)
+    return both.reshape(*packed.shape[:-1], -1)
+
+
+def quantize_nvfp4(
+    weight: torch.Tensor, global_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed uint8 ``[out, in / 2]``, FP8 block scales ``[out, in / 16]``)."""
+    scales = nvfp4_block_scales(weight, global_scale)
+    blocks = weight.reshape(*weight.shape[:-1], -1, NVFP4_BLOCK)
+    scaled = blocks / (scales.float() * global_scale).unsqueeze(-1)
+    return pack_nibbles(e2m1_codes(scaled.reshape(weight.shape))), scales
+
+
+def dequantize_nvfp4(
+    packed: torch.Tensor, scales: torch.Tensor, global_scale: torch.Tensor
+) -> torch.Tensor:
+    values = e2m1_values(unpack_nibbles(packed))
+    factor = (scales.float() * global_scale.float()).repeat_interleave(NVFP4_BLOCK, dim=-1)
+    return values * factor
+
+
+def fake_quant_nvfp4(x: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
+    """Dynamic NVFP4 activations: per-16 FP8 block scales under a static global scale."""
+    scales = nvfp4_block_scales(x, global_scale)
+    factor = (scales.float() * global_scale).repeat_interleave(NVFP4_BLOCK, dim=-1)
+    return (e2m1_values(e2m1_codes(x.float() / factor)) * factor).to(x.dtype)

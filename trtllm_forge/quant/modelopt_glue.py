@@ -156,7 +156,7 @@ def _weight_amax(linear: Any) -> torch.Tensor:
     amax: torch.Tensor = quantizer.amax.detach().float()
     out_features = int(linear.weight.shape[0])
     blocks = getattr(quantizer, "block_sizes", None) or {}
-    if blocks.get(-1):
+    if blocks.get(-1) and blocks.get("type") != "dynamic":
         # One amax per (row, group); with a single group per row it has the numel of a
         # per-channel amax, so the quantizer's config decides, not the shape.
         return amax.reshape(out_features, -1)

@@ -120,4 +120,15 @@ class Fp8BlockParams(MethodParams):
         return {"group_size": self.block_size}
 
 
+class NvFp4Params(MethodParams):
+    """NVFP4 W4A4: E2M1 weights and activations in blocks of 16 with FP8 E4M3 block scales
+    and an FP32 per-tensor scale (static for activations, from calibration)."""
+
+    def quant_algo(self) -> str:
+        return "NVFP4"
+
+    def quantization_fields(self) -> dict[str, Any]:
+        return {"group_size": 16}
+
+
 KV_CACHE_ALGOS: dict[str, str] = {"int8": "INT8", "fp8": "FP8"}

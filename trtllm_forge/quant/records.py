@@ -25,7 +25,13 @@ from typing import Any, Literal
 
 Target = Literal["modelopt", "compressed-tensors"]
 Activations = Literal[
-    "none", "static_int8", "static_fp8", "per_token_int8", "per_token_fp8", "per_group_fp8"
+    "none",
+    "static_int8",
+    "static_fp8",
+    "per_token_int8",
+    "per_token_fp8",
+    "per_group_fp8",
+    "nvfp4",
 ]
 TARGETS: tuple[Target, ...] = ("modelopt", "compressed-tensors")
 
@@ -51,6 +57,7 @@ class ModelOpt:
         fold_pre_quant_scale: the shared pre-quant scale of q/k/v and gate/up is folded
             into the norm before them (AWQ); o_proj/down_proj keep theirs.
         group_fields: whether ``group_size``/``has_zero_point``/``pre_quant_scale`` are written.
+        block_size: a fixed ``group_size`` written alone (NVFP4's 16), or None.
     """
 
     quant_algo: str
@@ -58,6 +65,7 @@ class ModelOpt:
     share_input: bool = True
     fold_pre_quant_scale: bool = False
     group_fields: bool = False
+    block_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,8 @@ class QuantFormat:
             input-side quantities — FP8 because TensorRT-LLM fuses the two GEMMs, the
             SmoothQuant plugin because one norm carries the smoothing for both.
         folds_smoothing_into_norm: column layers' smoothing lives in the norm before them.
+        onnx: why an ONNX engine (ONNX Runtime, TensorRT) cannot run the format exactly,
+            or None when quant/onnx_lowering.py lowers it.
     """
 
     name: str
@@ -107,6 +117,7 @@ class QuantFormat:
     activations: Activations = "none"
     trtllm_share_input: bool = False
     folds_smoothing_into_norm: bool = False
+    onnx: NotCarried | None = None
 
     def target(self, target: Target) -> ModelOpt | CompressedTensors | NotCarried:
         return self.modelopt if target == "modelopt" else self.compressed_tensors
@@ -115,6 +126,13 @@ class QuantFormat:
 _INT8_CHANNEL = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"}
 _INT4_GROUP = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group"}
 _FP8 = {"num_bits": 8, "type": "float", "symmetric": True}
+_FP4_GROUP = {
+    "num_bits": 4,
+    "type": "float",
+    "symmetric": True,
+    "strategy": "tensor_group",
+    "scale_dtype": "torch.float8_e4m3fn",  # block scales (activations: computed) are FP8
+}
 _PRE_QUANT_IN_CT = (
     "compressed-tensors has no per-input-channel activation scale: the pre-quant scale of "
     "o_proj/down_proj (whose inputs have no norm to fold it into) cannot be stored"
@@ -262,6 +280,36 @@ FORMATS: dict[str, QuantFormat] = {
             ),
             activations="per_group_fp8",
         ),
+        QuantFormat(
+            name="NVFP4",
+            trtllm_algo="NVFP4",
+            weight="fp4 e2m1 in blocks of 16 input channels, one fp8 e4m3 scale per block and "
+            "one fp32 scale per tensor; activations the same, block scales computed at run time",
+            packing="uint8 [out, in/2], two inputs per byte, low nibble = even input",
+            trtllm_tensors=(
+                "weight U8 [out,in/2]",
+                "weights_scaling_factor F8_E4M3 [out,in/16]",
+                "weights_scaling_factor_2 F32 [1]",
+                "activation_scaling_factor F32 [1]",
+            ),
+            strongly_typed=True,
+            modelopt=ModelOpt(
+                "NVFP4", ("weight_scale", "weight_scale_2", "input_scale"), block_size=16
+            ),
+            compressed_tensors=CompressedTensors(
+                "nvfp4-pack-quantized",
+                {**_FP4_GROUP, "dynamic": False},
+                {**_FP4_GROUP, "dynamic": "local"},
+                ("weight_packed", "weight_scale", "weight_global_scale", "input_global_scale"),
+            ),
+            activations="nvfp4",
+            trtllm_share_input=True,
+            onnx=NotCarried(
+                "ONNX Runtime 1.31's CPU provider has no QuantizeLinear to FLOAT4E2M1 "
+                "(opset 23-25: NOT_IMPLEMENTED), so NVFP4 activations cannot be Q/DQ'd; the "
+                "Hugging Face formats carry it (build.backend: hf), verified by fake quant"
+            ),
+        ),
     )
 }
 
@@ -329,6 +377,8 @@ def format_name(method: str, quant: dict[str, Any]) -> str | None:
         return "FP8"
     if method == "fp8_block":
         return "FP8_BLOCK_SCALES"
+    if method == "nvfp4":
+        return "NVFP4"
     raise KeyError(f"no format record for method {method!r}")
 
 
@@ -343,6 +393,12 @@ def why_not(target: Target, fmt: str | None, kv: str | None) -> str | None:
         if isinstance(kv_mapping, NotCarried):
             return f"{kv} KV cache: {kv_mapping.reason}"
     return None
+
+
+def why_not_onnx(fmt: str | None) -> str | None:
+    """Why an ONNX engine cannot run this format exactly (None: it can)."""
+    refusal = FORMATS[fmt].onnx if fmt is not None else None
+    return f"{fmt}: {refusal.reason}" if refusal is not None else None
 
 
 def carriers(fmt: str | None, kv: str | None) -> list[Target]:
@@ -363,6 +419,7 @@ def method_table() -> list[tuple[str, str, str, str]]:
         ("fp8", {"granularity": "per_tensor"}),
         ("fp8", {"granularity": "per_channel_per_token"}),
         ("fp8_block", {}),
+        ("nvfp4", {}),
     ]
     for method, quant in cases:
         fmt = FORMATS[str(format_name(method, quant))]

@@ -47,7 +47,7 @@ class MethodInfo:
 _METHODS: dict[str, MethodInfo] = {}
 
 # Formats ModelOpt only implements with CUDA kernels (see docs/quantization-methods.md).
-CUDA_ONLY_METHODS = ("nvfp4", "mxfp8", "mxfp4", "mxint8")
+CUDA_ONLY_METHODS = ("mxfp8", "mxfp4", "mxint8")
 
 
 def register(info: MethodInfo) -> MethodInfo:
@@ -127,3 +127,4 @@ _builtin("awq", p.AwqParams, needs_data=True, modelopt=True)
 _builtin("gptq", p.GptqParams, needs_data=True, modelopt=False)
 _builtin("fp8", p.Fp8Params, needs_data=True, modelopt=True)
 _builtin("fp8_block", p.Fp8BlockParams, needs_data=False, modelopt=False)
+_builtin("nvfp4", p.NvFp4Params, needs_data=True, modelopt=True)

@@ -72,6 +72,7 @@ QUANT_METHODS: list[type[BaseModel]] = [
     s.Gptq,
     s.Fp8,
     s.Fp8Block,
+    s.NvFp4,
 ]
 
 

@@ -185,11 +185,28 @@ class Fp8Block(_QuantBase):
     )
 
 
+class NvFp4(_QuantBase):
+    """NVFP4 W4A4 (FP4 E2M1 in blocks of 16, FP8 block scales, FP32 global scales); Hugging
+    Face targets only (build.backend: hf): no ONNX runtime executes FP4 activations."""
+
+    method: Literal["nvfp4"] = Field(description="Quantization method.")
+
+
 Quantize = Annotated[
-    NoQuant | Int8WeightOnly | Int4WeightOnly | SmoothQuant | Awq | Gptq | Fp8 | Fp8Block,
+    NoQuant | Int8WeightOnly | Int4WeightOnly | SmoothQuant | Awq | Gptq | Fp8 | Fp8Block | NvFp4,
     Field(discriminator="method"),
 ]
-QUANT_METHODS = ("none", "int8_wo", "int4_wo", "smoothquant", "awq", "gptq", "fp8", "fp8_block")
+QUANT_METHODS = (
+    "none",
+    "int8_wo",
+    "int4_wo",
+    "smoothquant",
+    "awq",
+    "gptq",
+    "fp8",
+    "fp8_block",
+    "nvfp4",
+)
 
 
 class Parallel(_Strict):
