@@ -195,6 +195,11 @@ def _plan(tmp_path: Path, model: Path, quantize: dict, build: dict) -> object:
             {"profile": "ort"},
             ("quantize.method", "build.profile ort", "'fp8_block'"),
         ),
+        (
+            {"method": "fp8_block", "block_size": 32},
+            {"backend": "trtllm"},
+            ("quantize.method", "trtllm-build", "build.format: compressed-tensors"),
+        ),
     ],
 )
 def test_what_cannot_carry_it_exits_2_at_plan_time(
@@ -221,3 +226,34 @@ def test_tiles_that_do_not_divide_the_layers_fail_before_weights_load(
             calibration=None,
         )
     assert error.value.code == ExitCode.RECIPE and "128×128" in error.value.message
+
+
+def test_forge_build_verifies_onnx_engine_and_compressed_tensors_folder(
+    tmp_path: Path, tiny: dict[str, Path]
+) -> None:
+    from trtllm_forge import api
+    from trtllm_forge.context import RunContext, Settings
+
+    ctx = RunContext(settings=Settings(home=tmp_path / "home"))
+    builds = {
+        "onnxruntime": {"backend": "onnxruntime"},
+        "compressed-tensors": {"backend": "hf", "format": "compressed-tensors"},
+    }
+    for name, build in builds.items():
+        recipe = write_recipe(
+            tmp_path / f"{name}.yaml",
+            source={"path": str(tiny["hf"])},
+            quantize=dict(PARAMS, method="fp8_block"),
+            build={**build, "max_batch_size": 1, "max_input_len": 64, "max_seq_len": 96},
+            verify={
+                "prompts": ["The quick brown fox"],
+                "texts": ["Once upon a time there was a small model. " * 4],
+                "max_new_tokens": 4,
+                "max_text_tokens": 48,
+                "gates": {"min_top1": 0.8},
+            },
+        )
+        results = {r.stage: r for r in api.build(recipe=recipe, ctx=ctx)}
+        assert results["verify"].status == "built", name
+        report = json.loads((Path(str(results["verify"].path)) / "report.json").read_text())
+        assert report["passed"] is True, name

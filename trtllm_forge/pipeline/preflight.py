@@ -93,9 +93,29 @@ def _check_hf_format(loaded: LoadedRecipe) -> None:
         )
 
 
+def _refuse_for_trtllm_build(loaded: LoadedRecipe) -> None:
+    """A format TensorRT-LLM ≤ 1.2's trtllm-build does not take (its record says why)."""
+    from trtllm_forge.quant import records
+
+    quant = loaded.recipe.quantize
+    fmt = records.format_name(quant.method, quant.model_dump(mode="json"))
+    reason = records.why_not_trtllm_build(fmt)
+    if reason:
+        able = records.carriers(fmt, None if quant.kv_cache == "none" else quant.kv_cache)
+        raise recipe_error(
+            f"trtllm-build cannot take this quantization: {reason}",
+            hint="use build.backend: hf with build.format: " + " or ".join(able)
+            if able
+            else "use build.backend: onnxruntime",
+            location=loaded.locate("quantize.method"),
+        )
+
+
 def _check_engine_format(loaded: LoadedRecipe) -> None:
     """A format no ONNX graph runs exactly (its record says why): refused for the
     ONNX-based backends before any work, naming the targets that carry it."""
+    if loaded.recipe.build.backend == "trtllm":
+        _refuse_for_trtllm_build(loaded)
     if loaded.recipe.build.backend not in ("onnxruntime", "tensorrt"):
         return
     from trtllm_forge.quant import records
@@ -142,6 +162,7 @@ def check_trtllm_export(loaded: LoadedRecipe) -> None:
     """trtllm-build's weight-only GEMM kernels take float16 or bfloat16 activations: a
     float32 checkpoint with W4A16_AWQ was exported without a word and failed there."""
     recipe = loaded.recipe
+    _refuse_for_trtllm_build(loaded)
     if recipe.quantize.method in WEIGHT_ONLY_METHODS and recipe.convert.dtype == "float32":
         raise recipe_error(
             f"trtllm-build runs {recipe.quantize.method} (weight-only) with float16 or bfloat16 "

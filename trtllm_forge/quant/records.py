@@ -104,6 +104,8 @@ class QuantFormat:
         folds_smoothing_into_norm: column layers' smoothing lives in the norm before them.
         onnx: why an ONNX engine (ONNX Runtime, TensorRT) cannot run the format exactly,
             or None when quant/onnx_lowering.py lowers it.
+        trtllm_build: why TensorRT-LLM ≤ 1.2's ``trtllm-build`` cannot take the canonical
+            checkpoint (``build.backend: trtllm``, ``forge export trtllm-ckpt``), or None.
     """
 
     name: str
@@ -118,6 +120,7 @@ class QuantFormat:
     trtllm_share_input: bool = False
     folds_smoothing_into_norm: bool = False
     onnx: NotCarried | None = None
+    trtllm_build: NotCarried | None = None
 
     def target(self, target: Target) -> ModelOpt | CompressedTensors | NotCarried:
         return self.modelopt if target == "modelopt" else self.compressed_tensors
@@ -279,6 +282,12 @@ FORMATS: dict[str, QuantFormat] = {
                 ("weight", "weight_scale"),
             ),
             activations="per_group_fp8",
+            trtllm_build=NotCarried(
+                "TensorRT-LLM's TensorRT-engine path handles FP8_BLOCK_SCALES only partly "
+                "(a PyTorch-backend algo; reference trtllm-checkpoint.md §2), so forge writes no "
+                "trtllm-build checkpoint for it; its PyTorch flow reads the compressed-tensors "
+                "folder"
+            ),
         ),
         QuantFormat(
             name="NVFP4",
@@ -398,6 +407,12 @@ def why_not(target: Target, fmt: str | None, kv: str | None) -> str | None:
 def why_not_onnx(fmt: str | None) -> str | None:
     """Why an ONNX engine cannot run this format exactly (None: it can)."""
     refusal = FORMATS[fmt].onnx if fmt is not None else None
+    return f"{fmt}: {refusal.reason}" if refusal is not None else None
+
+
+def why_not_trtllm_build(fmt: str | None) -> str | None:
+    """Why trtllm-build (TensorRT-LLM ≤ 1.2) cannot take this format (None: it can)."""
+    refusal = FORMATS[fmt].trtllm_build if fmt is not None else None
     return f"{fmt}: {refusal.reason}" if refusal is not None else None
 
 
