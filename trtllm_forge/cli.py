@@ -1106,6 +1106,10 @@ def main() -> None:
     # forge reports long work through its Progress sink instead.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # pydantic looks for plugins by scanning every installed distribution's entry points when
+    # it builds its first validator; forge's CLI validates only its own models, and that scan
+    # is a measurable part of a no-op build's start-up (docs/performance.md).
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     # torch compiles kernels for ModelOpt's quantizers into an inductor cache, /tmp by
     # default: it goes under FORGE_HOME so a build writes nothing outside the store.
     from trtllm_forge.context import forge_home
