@@ -166,3 +166,26 @@ def test_kill_during_pull_never_shows_half_an_entry(
         rerun = forge(home, "cache", "pull", str(reference.recipe), env=s3.env(prefix="pull"))
         assert rerun.code == 0, f"{point}: {rerun.text}"
         assert audit_store(home) == [] and _tree(home) == want, point
+
+
+def test_two_runners_building_at_once_share_one_remote(
+    s3: S3Server, reference: Reference, tmp_path: Path
+) -> None:
+    """Two fresh runners build the reference recipe at the same moment against one empty
+    prefix: each stage either runs or is pulled on each runner, the remote ends with one
+    complete entry per key, and both runners end with the reference's keys."""
+    from tests.reliability.harness import spawn
+
+    env = s3.env(prefix="together")
+    args = ("build", str(reference.recipe), "--until", reference.until, "--json")
+    homes = [tmp_path / "r1", tmp_path / "r2"]
+    procs = [spawn(home, *args, env=env, log=tmp_path / f"{home.name}.log") for home in homes]
+    for proc in procs:
+        assert proc.wait(timeout=1800) == 0, (tmp_path / "r1.log").read_text()[-2000:]
+    expected = {f"{s}/{k}" for s, k in reference.entries_until(reference.until)}
+    visible, problems = _remote_problems(s3, "together")
+    assert problems == [] and visible == expected
+    for home in homes:
+        assert audit_store(home) == []
+        keys = {f"{p.parent.name}/blake3:{p.name}" for p in (home / "artifacts").glob("*/*")}
+        assert keys == expected
