@@ -97,6 +97,8 @@ def test_push_pull_commands_and_missing_manifest(shared: dict, tmp_path: Path) -
     assert statuses == {"fetch": "pushed", "convert": "pushed", "calibrate": "pushed"}
     again = forge("cache", "push", str(shared["recipe"]), "--json", env=env_a)
     assert {e["status"] for e in again.json()["entries"]} == {"already"}
+    listed = forge("cache", "ls", "--remote", "--json", env=env_a)
+    assert sorted(e["stage"] for e in listed.json()["entries"]) == ["calibrate", "convert", "fetch"]
 
     # An entry whose manifest never arrived (a push killed before it) is absent.
     convert_key = next(e["key"] for e in pushed.json()["entries"] if e["stage"] == "convert")

@@ -70,6 +70,14 @@ def cache_pull(*, target: str | None = None, ctx: RunContext | None = None) -> l
     return cache_sync.pull(target, store(ctx), ctx)
 
 
+def cache_remote_entries(*, ctx: RunContext | None = None) -> list[tuple[str, str]]:
+    """(stage, key) of every complete entry on FORGE_REMOTE (those with a manifest)."""
+    from trtllm_forge.pipeline import cache_sync
+
+    ctx = _context(ctx)
+    return cache_sync.remote_cache(store(ctx), ctx).entries()
+
+
 def export_trtllm_checkpoint(
     *, recipe: str | Path, dest: str | Path, overwrite: bool = False, ctx: RunContext | None = None
 ) -> dict[str, Any]:

@@ -874,11 +874,19 @@ def _human(n: float) -> str:
 
 
 @cache_app.command("ls")
-def cache_ls(as_json: JsonOpt = False) -> None:
+def cache_ls(
+    remote: Annotated[
+        bool, typer.Option("--remote", help="List the entries on FORGE_REMOTE instead.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """List every artifact: stage, key, size, validity and the recipes using it."""
     from trtllm_forge.store import maintenance
 
     def body() -> None:
+        if remote:
+            _remote_ls(as_json)
+            return
         found = maintenance.entries(_store())
         if as_json:
             _print_json({"ok": True, "artifacts": [e.to_json() for e in found]})
@@ -1079,6 +1087,19 @@ def cache_pull(target: RemoteTargetArg = None, as_json: JsonOpt = False) -> None
         _show_moved(moved, as_json, "pulled")
 
     _guard(body, as_json)
+
+
+def _remote_ls(as_json: bool) -> None:
+    from trtllm_forge import api
+    from trtllm_forge.store.digest import short
+
+    entries = api.cache_remote_entries(ctx=_remote_context())
+    if as_json:
+        _print_json({"ok": True, "entries": [{"stage": s, "key": k} for s, k in entries]})
+        return
+    for stage, key in entries:
+        print(f"{stage:10} {short(key)}")
+    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} on the remote")
 
 
 def _remote_context() -> Any:
