@@ -227,3 +227,47 @@ def test_missing_blob_is_incomplete_and_file_put_if_absent(tmp_path: Path) -> No
     assert backend.put_if_absent("entries/x/y.json", b"second") is False
     assert (tmp_path / "remote" / "entries" / "x" / "y.json").read_bytes() == b"first"
     assert not any((tmp_path / "remote" / "tmp").iterdir())
+
+
+def test_fsspec_scheme_round_trip_and_missing_implementation(tmp_path: Path) -> None:
+    """A scheme nobody registered falls back to fsspec: its in-memory filesystem is a
+    real implementation (no network needed); gs:// without gcsfs names the package."""
+    import uuid
+
+    import fsspec
+
+    from trtllm_forge.context import NullProgress
+    from trtllm_forge.store.remote import open_remote
+    from trtllm_forge.store.store import Artifact, Store
+    from trtllm_forge.store.transfer import Miss, RemoteCache
+
+    root = f"/forge-{uuid.uuid4().hex}"
+    memory = fsspec.filesystem("memory")
+    memory.mkdir(root)
+    key = "blake3:" + "ef" * 32
+    source = Store(tmp_path / "a")
+    staging = source.new_staging_dir("convert", key)
+    (staging / "rank0.safetensors").write_bytes(b"weights" * 1000)
+    with source.lock(key):
+        artifact = source.commit("convert", key, staging, {"inputs": {}})
+    RemoteCache(source, open_remote(f"memory://{root}"), NullProgress()).push(artifact)
+
+    pulled = RemoteCache(Store(tmp_path / "b"), open_remote(f"memory://{root}"), NullProgress())
+    got = pulled.pull("convert", key)
+    assert isinstance(got, Artifact)
+    assert (got.path / "manifest.json").read_bytes() == (
+        artifact.path / "manifest.json"
+    ).read_bytes()
+
+    digest = artifact.manifest["files"]["rank0.safetensors"]["digest"].split(":")[1]
+    memory.pipe_file(f"{root}/blobs/{digest[:2]}/{digest}", b"weightz" * 1000)
+    damaged = RemoteCache(Store(tmp_path / "c"), open_remote(f"memory://{root}"), NullProgress())
+    miss = damaged.pull("convert", key)
+    assert isinstance(miss, Miss) and "does not match its digest" in miss.reason
+
+    import importlib.util
+
+    assert importlib.util.find_spec("gcsfs") is None  # not in the lock
+    with pytest.raises(ForgeError, match="fsspec implementation is not installed") as info:
+        open_remote("gs://bucket/prefix")
+    assert info.value.code == 4 and "gcsfs" in (info.value.hint or "")

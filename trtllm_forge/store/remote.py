@@ -10,7 +10,8 @@ overwrite each other's bytes with different ones; the manifest is written last
 (put-if-absent), so a reader sees an entry only when all of its blobs are there.
 
 Backends are looked up by URL scheme. ``file://`` (a shared mount) is built in;
-anything else arrives through the ``trtllm_forge.plugins`` entry-point group: each
+``s3://`` and others arrive through the ``trtllm_forge.plugins`` entry-point group
+(a scheme no plugin serves falls back to fsspec where it has an implementation): each
 entry point is called with every plugin registry and registers into the one whose
 ``kind`` it serves (``"remotes"`` here), as the model registry does. The core
 imports no cloud SDK.
@@ -170,6 +171,10 @@ class RemoteRegistry:
                 hint=f"pip install 'trtllm-forge[{extra}]' (from a checkout: "
                 f"pip install -e plugins/forge-{extra})",
             )
+        from trtllm_forge.store.remote_fsspec import FsspecRemote, fsspec_protocol_known
+
+        if fsspec_protocol_known(scheme):  # gs://, az://, sftp://… through fsspec
+            return FsspecRemote
         raise recipe_error(
             f"FORGE_REMOTE scheme {scheme!r} is not supported",
             hint=f"supported: {', '.join(s + '://' for s in self.schemes())}",
