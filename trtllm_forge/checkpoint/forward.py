@@ -360,8 +360,12 @@ class CheckpointForward:
         size = int(cfg["head_size"])
         qkv = self.linear(prefix + "attention.qkv", x)
         q, k, v = torch.split(qkv, [heads * size, kv_heads * size, kv_heads * size], dim=-1)
-        q = apply_position_rope(cfg, split_heads(q, heads, size), cos, sin)
-        k = apply_position_rope(cfg, split_heads(k, kv_heads, size), cos, sin)
+        q, k = split_heads(q, heads, size), split_heads(k, kv_heads, size)
+        if (cfg.get("forge") or {}).get("qk_layernorm"):  # Qwen3, Gemma 3: per head, pre-rope
+            q = self.norm(prefix + "attention.q_layernorm", q)
+            k = self.norm(prefix + "attention.k_layernorm", k)
+        q = apply_position_rope(cfg, q, cos, sin)
+        k = apply_position_rope(cfg, k, cos, sin)
         v = split_heads(v, kv_heads, size)
         if self.kv_hook is not None:
             k, v = self.kv_hook(prefix.rstrip("."), k, v)

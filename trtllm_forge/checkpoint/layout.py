@@ -30,6 +30,8 @@ LAYER_MODULES: dict[str, Parallel] = {
     "mlp_layernorm": "none",  # Falcon new decoder: the MLP's own norm (HF ln_mlp)
     "pre_feedforward_layernorm": "none",  # Gemma 2 sandwich norms around the MLP
     "post_feedforward_layernorm": "none",
+    "attention.q_layernorm": "none",  # Qwen3 / Gemma 3: RMSNorm of each query head
+    "attention.k_layernorm": "none",  # ... and of each key head ([head_size], replicated)
     "attention": "none",  # kv_cache_scaling_factor and friends live on the attention module
 }
 GLOBAL_MODULES: dict[str, tuple[Parallel, Placement]] = {
@@ -113,6 +115,10 @@ def unquantized_shape(name: str, config: Mapping[str, Any]) -> tuple[int, ...] |
     if parsed.module in (*norms, "transformer.ln_f"):
         # LayerNorm families also carry a bias of the same size.
         return (int(config["hidden_size"]),) if parsed.param in ("weight", "bias") else None
+    if parsed.module in ("attention.q_layernorm", "attention.k_layernorm"):
+        return (
+            int(config.get("head_size") or config["hidden_size"] // config["num_attention_heads"]),
+        )
     if parsed.module == "transformer.position_embedding":
         rows = int(config.get("max_position_embeddings") or 0)
         return (rows, int(config["hidden_size"])) if parsed.param == "weight" and rows else None

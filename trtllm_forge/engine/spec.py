@@ -26,6 +26,7 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "GemmaForCausalLM",
     "Gemma2ForCausalLM",
 )
+SUPPORTED_ARCHITECTURES += ("Qwen3ForCausalLM",)  # issue 14
 SUPPORTED_ARCHITECTURES += ("FalconForCausalLM", "BloomForCausalLM", "MPTForCausalLM")  # families-B
 # Position encodings the lowering implements (families-A: learned_absolute, rope_gptj).
 SUPPORTED_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope_gpt_neox", "rope_gptj", "learned_absolute")
@@ -73,6 +74,9 @@ class ModelSpec:
     final_logit_softcapping: float | None = None
     inter_layernorms: bool = False
     sliding_window_layers: tuple[int, ...] | None = None
+    # Qwen3 / Gemma 3: each query and key head is RMS-normalized (attention.q_layernorm,
+    # attention.k_layernorm, [head_size]) before rope.
+    qk_layernorm: bool = False
 
     @property
     def attention_scale(self) -> float:
@@ -225,6 +229,7 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
         final_logit_softcapping=_optional_float(config.get("final_logit_softcapping")),
         inter_layernorms=bool(config.get("inter_layernorms", False)),
         sliding_window_layers=_optional_layers(forge.get("sliding_window_layers")),
+        qk_layernorm=bool(forge.get("qk_layernorm", False)),
     )
 
 

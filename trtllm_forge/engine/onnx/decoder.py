@@ -355,8 +355,12 @@ def _attention(
         [f"{prefix}.q", f"{prefix}.k", f"{prefix}.v"],
         axis=-1,
     )
-    q = _position_rope(ctx, _heads(ctx, q, q_heads, f"{prefix}.q"), cos, sin, f"{prefix}.q")
-    k = _position_rope(ctx, _heads(ctx, k, kv_heads, f"{prefix}.k"), cos, sin, f"{prefix}.k")
+    q, k = _heads(ctx, q, q_heads, f"{prefix}.q"), _heads(ctx, k, kv_heads, f"{prefix}.k")
+    if model.qk_layernorm:  # Qwen3, Gemma 3: RMSNorm over each head's channels, before rope
+        q = _norm(ctx, q, f"{prefix}.q_layernorm")
+        k = _norm(ctx, k, f"{prefix}.k_layernorm")
+    q = _position_rope(ctx, q, cos, sin, f"{prefix}.q")
+    k = _position_rope(ctx, k, cos, sin, f"{prefix}.k")
     v = _heads(ctx, v, kv_heads, f"{prefix}.v")
     k, v = lower_kv_cache(ctx, prefix, k, v)
     keys = g.op("Concat", [past[0], k], f"{prefix}.keys", axis=2)
