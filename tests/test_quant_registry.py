@@ -22,6 +22,7 @@ def test_builtin_methods_are_registered() -> None:
         "none",
         "nvfp4",
         "smoothquant",
+        "w4a8_awq",
     ]
 
 

@@ -97,7 +97,7 @@ def _input_hook(algo: str, pqs: torch.Tensor | None, scale: torch.Tensor | None)
             x = x * pqs
         if algo == "W8A8_SQ_PER_CHANNEL" and scale is not None:
             x = (x / scale).round().clamp(-128, 127) * scale
-        elif algo == "FP8" and scale is not None:
+        elif algo in ("FP8", "W4A8_AWQ") and scale is not None:
             x = (x / scale).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).float() * scale
         elif algo == "NVFP4" and scale is not None:
             x = _nvfp4_input(x, scale)
@@ -165,12 +165,20 @@ def load_modelopt_model(folder: Path) -> nn.Module:
     hooks: dict[str, Any] = {}
     for name, tensor in tensors.items():
         module, _, param = name.rpartition(".")
-        if param == "weight" and f"{module}.weight_scale_2" in tensors:
+        if (
+            param == "weight"
+            and tensor.dtype == torch.uint8
+            and f"{module}.weight_scale_2" in tensors
+            and tensors[f"{module}.weight_scale"].dtype == torch.float8_e4m3fn
+        ):
             scales = (tensors[f"{module}.weight_scale"], tensors[f"{module}.weight_scale_2"])
             state[name] = _nvfp4_weight(tensor, *scales)
         if param == "weight" and f"{module}.weight_scale" in tensors:
             if name not in state:
                 state[name] = dequantize(tensor, tensors[f"{module}.weight_scale"])
+            if str(info.quant_algo) == "W4A8_AWQ":  # the int4 groups run as FP8
+                fp8 = tensors[f"{module}.weight_scale_2"].float().reshape(())
+                state[name] = (state[name] / fp8).to(torch.float8_e4m3fn).float() * fp8
             pqs = tensors.get(f"{module}.pre_quant_scale")
             act = tensors.get(f"{module}.input_scale")
             hooks[module] = _input_hook(

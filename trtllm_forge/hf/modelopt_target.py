@@ -40,10 +40,12 @@ def linear_tensors(
     if fmt.name in ("W8A16", "W8A8_SQ_PER_CHANNEL"):
         scale = lq.weight_amax.float() / layout.INT8_MAX
         out = {"weight": layout.quantize_int8(weight, scale), "weight_scale": scale}
-    elif fmt.name in ("W4A16", "W4A16_AWQ"):
+    elif fmt.name in ("W4A16", "W4A16_AWQ", "W4A8_AWQ"):
         scale = lq.weight_amax.float() / layout.INT4_MAX
         packed = layout.pack_int4_rows(layout.quantize_int4(weight, scale))
         out = {"weight": packed.view(torch.uint8), "weight_scale": scale}
+        if "weight_scale_2" in mapping.tensors:  # W4A8: the FP8 scale over the groups
+            out["weight_scale_2"] = layout.w4a8_fp8_scale(lq.fp8_weight_amax).reshape(())
     elif fmt.name == "FP8":
         # ModelOpt divides the Python float (double) amax, then stores fp32.
         scale = torch.tensor(float(lq.weight_amax.item()) / layout.FP8_MAX)
@@ -58,7 +60,7 @@ def linear_tensors(
     else:
         raise AssertionError(f"{fmt.name} has no ModelOpt mapping")
     if lq.input_amax is not None and "input_scale" in mapping.tensors:
-        qmax = layout.FP8_MAX if fmt.name.startswith("FP8") else layout.INT8_MAX
+        qmax = layout.FP8_MAX if fmt.activations == "static_fp8" else layout.INT8_MAX
         out["input_scale"] = (lq.input_amax.float() / qmax).reshape(())
     if lq.pre_quant_scale is not None and keep_pre_quant_scale:
         out["pre_quant_scale"] = lq.pre_quant_scale.to(dtype)

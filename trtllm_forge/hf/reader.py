@@ -26,6 +26,7 @@ MODELOPT_ALGOS = (
     "FP8",
     "FP8_PER_CHANNEL_PER_TOKEN",
     "NVFP4",
+    "W4A8_AWQ",
 )
 MODELOPT_KV = ("FP8", "INT8", "NVFP4")
 CT_FORMATS = (

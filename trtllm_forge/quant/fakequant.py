@@ -56,7 +56,11 @@ def dequantized_weight(reader: CheckpointReader, module: str) -> torch.Tensor | 
     if weight.dtype == torch.float8_e4m3fn:
         return layout.dequantize_fp8(weight, scale)
     if scale.dim() == 2 and scale.shape[0] != 1:  # [out, groups]: packed int4
-        return layout.dequantize_int4(weight, scale)
+        dequantized = layout.dequantize_int4(weight, scale)
+        if reader.has(f"{module}.weights_scaling_factor_2"):  # W4A8: the groups run as FP8
+            fp8_scale = reader.get(f"{module}.weights_scaling_factor_2").float().reshape(())
+            return layout.requantize_fp8(dequantized, fp8_scale)
+        return dequantized
     return layout.dequantize_int8(
         weight, scale.reshape(-1) if scale.numel() > 1 else scale.reshape(())
     )

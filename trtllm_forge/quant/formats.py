@@ -10,6 +10,9 @@ W8A16                                         weight I8 [out,in]; weights_scalin
 W4A16_AWQ                                     weight I8 [out/2,in] (two int4 rows per byte);
                                               weights_scaling_factor F32 [out,in/g];
                                               prequant_scaling_factor dtype [in] (AWQ only)
+W4A8_AWQ                                      the W4A16_AWQ tensors plus weights_scaling_factor_2
+                                              F32 [1] (FP8 scale over the groups) and
+                                              activation_scaling_factor F32 [1]
 W8A8_SQ_PER_CHANNEL                           weight I8; weights_scaling_factor F32 [out];
                                               activation_scaling_factor F32 [1];
                                               prequant_scaling_factor dtype [in]
@@ -60,6 +63,14 @@ def w4a16_groupwise(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
     }
     if lq.pre_quant_scale is not None:
         out["prequant_scaling_factor"] = lq.pre_quant_scale.to(dtype)
+    return out
+
+
+def w4a8_awq(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
+    out = w4a16_groupwise(lq, row, dtype)
+    out["weights_scaling_factor_2"] = layout.w4a8_fp8_scale(lq.fp8_weight_amax).reshape(1)
+    act = layout.scale_from_amax(_require(lq.input_amax, "activation range"), layout.FP8_MAX)
+    out["activation_scaling_factor"] = act.reshape(1)
     return out
 
 
@@ -130,6 +141,7 @@ BUILDERS: dict[str, Builder] = {
     "FP8_PER_CHANNEL_PER_TOKEN": fp8_per_channel,
     "FP8_BLOCK_SCALES": fp8_blocks,
     "NVFP4": nvfp4,
+    "W4A8_AWQ": w4a8_awq,
 }
 
 # Formats whose fc/gate (same input) must share input-side quantities, and formats that

@@ -213,3 +213,17 @@ def fake_quant_nvfp4(x: torch.Tensor, global_scale: torch.Tensor) -> torch.Tenso
     scales = nvfp4_block_scales(x, global_scale)
     factor = (scales.float() * global_scale).repeat_interleave(NVFP4_BLOCK, dim=-1)
     return (e2m1_values(e2m1_codes(x.float() / factor)) * factor).to(x.dtype)
+
+
+def w4a8_fp8_scale(fp8_weight_amax: torch.Tensor | None) -> torch.Tensor:
+    """W4A8's per-tensor FP8 weight scale ``amax / 448`` (the range calibrated for the FP8
+    quantizer over the INT4-dequantized weight)."""
+    if fp8_weight_amax is None:
+        raise ValueError("calibration produced no FP8 weight range (W4A8)")
+    return fp8_weight_amax.float() / FP8_MAX
+
+
+def requantize_fp8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Float weight Q/DQ'd through float8 e4m3fn with a per-tensor scale (W4A8's second
+    weight quantizer)."""
+    return (weight / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * scale

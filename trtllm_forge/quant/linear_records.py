@@ -4,8 +4,8 @@ The canonical checkpoint holds what TensorRT-LLM runs: q/k/v fused into one GEMM
 with shared scales, int4 packed. A Hugging Face target applies *its own* fusion
 rule (ModelOpt's exporter shares scales across gate/up too, but not for FP8), so
 it needs the per-module result. ``linears.safetensors`` (in the calibrate
-artifact) keeps it small: per HF linear its fp32 ``weight_amax``, ``input_amax``
-and ``pre_quant_scale``; the weight itself only where it cannot be rebuilt
+artifact) keeps it small: per HF linear its fp32 ``weight_amax``, ``input_amax``,
+``pre_quant_scale`` and (W4A8) ``fp8_weight_amax``; the weight itself only where it cannot be rebuilt
 bit-exactly from the original snapshot (GPTQ's error-fed weights, kept as their int4
 values when they are exactly ``q × scale``), which is checked when the file is
 written, never assumed.
@@ -26,7 +26,7 @@ from trtllm_forge.quant import layout
 from trtllm_forge.quant.result import LinearQuant, QuantResult
 
 RECORDS_FILE = "linears.safetensors"
-_FIELDS = ("weight_amax", "input_amax", "pre_quant_scale")
+_FIELDS = ("weight_amax", "input_amax", "pre_quant_scale", "fp8_weight_amax")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -132,7 +132,13 @@ class CalibrationRecords:
             weight = packed.float() * _group_scale(amax, packed.shape[1])
         elif weight is None:
             weight = rebuilt_weight(self._originals.get(module), pqs, self.dtype)
-        return LinearQuant(weight, amax, self._get(f"{module}.input_amax"), pqs)
+        return LinearQuant(
+            weight,
+            amax,
+            self._get(f"{module}.input_amax"),
+            pqs,
+            self._get(f"{module}.fp8_weight_amax"),
+        )
 
 
 def _modules(names: Iterable[str]) -> Iterator[str]:

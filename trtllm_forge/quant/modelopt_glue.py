@@ -153,6 +153,8 @@ def _without_unused_plugins() -> Iterator[None]:
 
 def _weight_amax(linear: Any) -> torch.Tensor:
     quantizer = linear.weight_quantizer
+    if isinstance(quantizer, nn.Sequential):  # W4A8: [INT4 groups, FP8 per tensor]
+        quantizer = quantizer[0]
     amax: torch.Tensor = quantizer.amax.detach().float()
     out_features = int(linear.weight.shape[0])
     blocks = getattr(quantizer, "block_sizes", None) or {}
@@ -163,6 +165,15 @@ def _weight_amax(linear: Any) -> torch.Tensor:
     if amax.numel() == 1:
         return amax.reshape(())
     return amax.reshape(out_features)
+
+
+def _second_weight_amax(linear: Any) -> torch.Tensor | None:
+    """The FP8 stage of a sequential (W4A8) weight quantizer: its per-tensor range."""
+    quantizer = linear.weight_quantizer
+    if not isinstance(quantizer, nn.Sequential) or quantizer[-1].amax is None:
+        return None
+    amax: torch.Tensor = quantizer[-1].amax.detach().float().reshape(())
+    return amax
 
 
 def _input_amax(linear: Any) -> torch.Tensor | None:
@@ -185,5 +196,6 @@ def extract(model: nn.Module, targets: list[str]) -> QuantResult:
             weight_amax=_weight_amax(linear),
             input_amax=_input_amax(linear),
             pre_quant_scale=None if pqs is None else pqs.detach().float().reshape(-1).clone(),
+            fp8_weight_amax=_second_weight_amax(linear),
         )
     return result

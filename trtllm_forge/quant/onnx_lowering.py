@@ -10,6 +10,7 @@ quant_algo                             graph
 =====================================  ======================================================
 W8A16                                  DQ(int8 Wᵀ, per-column scale) → MatMul
 W4A16_AWQ                              [x·pre_quant_scale] → MatMul(DQ(int4 Wᵀ, blocked scale))
+W4A8_AWQ                               x·pqs → Q/DQ fp8 (static) → MatMul(Q/DQ fp8(DQ(int4 Wᵀ)))
 W8A8_SQ_PER_CHANNEL                    x·pqs → Q/DQ int8 (static scale) → MatMul(DQ(int8 Wᵀ))
 W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN   [x ÷ smoother] → Q/DQ int8 per token → MatMul(DQ(int8 Wᵀ))
 FP8                                    Q/DQ fp8 (static) → MatMul(DQ(fp8 Wᵀ, scalar))
@@ -124,15 +125,29 @@ def w8a16(ctx: LoweringContext, site: LinearSite, x: str) -> str:
 
 def w4a16_groupwise(ctx: LoweringContext, site: LinearSite, x: str) -> str:
     x = _mul_input(ctx, site, x, "prequant_scaling_factor")
+    return _matmul(ctx, site, x, _int4_groups(ctx, site))
+
+
+def w4a8_awq(ctx: LoweringContext, site: LinearSite, x: str) -> str:
+    x = _mul_input(ctx, site, x, "prequant_scaling_factor")
+    act = _scale_flat(ctx, f"{site.module}.activation_scaling_factor", ())
+    x = _qdq_static(ctx, x, act, _FP8, f"{site.module}.act")
+    # The INT4 groups run as FP8: Q/DQ of the dequantized weight with the FP8 tensor scale.
+    fp8_scale = _scale_flat(ctx, f"{site.module}.weights_scaling_factor_2", ())
+    w = _qdq_static(ctx, _int4_groups(ctx, site), fp8_scale, _FP8, f"{site.module}.w_fp8")
+    return _matmul(ctx, site, x, w)
+
+
+def _int4_groups(ctx: LoweringContext, site: LinearSite) -> str:
+    """Dequantized ``Wᵀ`` [in, out] from packed INT4 and its group scales (blocked DQ)."""
     values = layout.unpack_int4_rows(ctx.weights.get(f"{site.module}.weight"))  # [out, in]
     scale = ctx.weights.get(f"{site.module}.weights_scaling_factor").float()  # [out, groups]
     group = values.shape[1] // scale.shape[1]
     weight = _int4_weight(ctx, f"{site.module}.weight", values.t().contiguous())
     scale_t = ctx.constant_weight(f"{site.module}.weights_scaling_factor", scale.t().contiguous())
-    w = ctx.graph.op(
+    return ctx.graph.op(
         "DequantizeLinear", [weight, scale_t], f"{site.module}.w_dq", axis=0, block_size=group
     )
-    return _matmul(ctx, site, x, w)
 
 
 def sq_per_channel(ctx: LoweringContext, site: LinearSite, x: str) -> str:
@@ -230,6 +245,7 @@ def _kv_cache(dtype: int):  # type: ignore[no-untyped-def]
 LINEAR = {
     "W8A16": w8a16,
     "W4A16_AWQ": w4a16_groupwise,
+    "W4A8_AWQ": w4a8_awq,
     "W8A8_SQ_PER_CHANNEL": sq_per_channel,
     "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": sq_per_token,
     "FP8": fp8_per_tensor,

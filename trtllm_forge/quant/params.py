@@ -72,6 +72,17 @@ class AwqParams(_GroupwiseInt4):
         return True
 
 
+class W4A8AwqParams(_GroupwiseInt4):
+    """W4A8 AWQ (ModelOpt ``W4A8_AWQ_BETA_CFG``): AWQ-smoothed INT4 group-wise weights run
+    as FP8 (a per-tensor FP8 scale over the INT4 groups), static FP8 activations."""
+
+    def has_pre_quant_scale(self) -> bool:
+        return True
+
+    def quant_algo(self) -> str:
+        return "W4A8_AWQ"
+
+
 class GptqParams(_GroupwiseInt4):
     """GPTQ: Hessian-guided INT4 group-wise rounding with error feedback."""
 

@@ -290,6 +290,30 @@ FORMATS: dict[str, QuantFormat] = {
             ),
         ),
         QuantFormat(
+            name="W4A8_AWQ",
+            trtllm_algo="W4A8_AWQ",
+            weight="int4 groups of the AWQ-smoothed weight run as fp8 (one per-tensor fp8 "
+            "scale over the groups), a pre-quant scale, static fp8 activations",
+            packing="two int4 output rows per byte, low nibble = even row",
+            trtllm_tensors=(
+                "weight I8 [out/2,in]",
+                "weights_scaling_factor F32 [out,in/g]",
+                "weights_scaling_factor_2 F32 [1]",
+                "activation_scaling_factor F32 [1]",
+                "prequant_scaling_factor dtype [in]",
+            ),
+            strongly_typed=True,
+            modelopt=ModelOpt(
+                "W4A8_AWQ",
+                ("weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale"),
+                fold_pre_quant_scale=True,
+                group_fields=True,
+            ),
+            compressed_tensors=NotCarried(_PRE_QUANT_IN_CT),
+            activations="static_fp8",
+            trtllm_share_input=True,
+        ),
+        QuantFormat(
             name="NVFP4",
             trtllm_algo="NVFP4",
             weight="fp4 e2m1 in blocks of 16 input channels, one fp8 e4m3 scale per block and "
@@ -388,6 +412,8 @@ def format_name(method: str, quant: dict[str, Any]) -> str | None:
         return "FP8_BLOCK_SCALES"
     if method == "nvfp4":
         return "NVFP4"
+    if method == "w4a8_awq":
+        return "W4A8_AWQ"
     raise KeyError(f"no format record for method {method!r}")
 
 
@@ -435,6 +461,7 @@ def method_table() -> list[tuple[str, str, str, str]]:
         ("fp8", {"granularity": "per_channel_per_token"}),
         ("fp8_block", {}),
         ("nvfp4", {}),
+        ("w4a8_awq", {}),
     ]
     for method, quant in cases:
         fmt = FORMATS[str(format_name(method, quant))]

@@ -24,12 +24,15 @@ class LinearQuant:
         weight_amax: 0-d (per tensor), ``[out]`` (per channel) or ``[out, groups]``.
         input_amax: 0-d static activation range, or None (weight-only / dynamic).
         pre_quant_scale: ``[in]`` factor the activations are multiplied by, or None.
+        fp8_weight_amax: W4A8 only: 0-d range of the FP8 quantizer that runs over the
+            INT4-dequantized weight (ModelOpt calibrates it on the raw weight).
     """
 
     weight: torch.Tensor
     weight_amax: torch.Tensor
     input_amax: torch.Tensor | None = None
     pre_quant_scale: torch.Tensor | None = None
+    fp8_weight_amax: torch.Tensor | None = None
 
     def recompute_amax(self, weight: torch.Tensor) -> torch.Tensor:
         """The same granularity as ``weight_amax``, recomputed for a new weight."""
@@ -73,6 +76,9 @@ def share_input(parts: list[LinearQuant]) -> list[LinearQuant]:
     if parts[0].weight_amax.dim() == 0:
         top = torch.stack([p.weight_amax for p in parts]).max()
         parts = [replace(p, weight_amax=top) for p in parts]
+    if parts[0].fp8_weight_amax is not None:
+        top = torch.stack([_need(p.fp8_weight_amax) for p in parts]).max()
+        parts = [replace(p, fp8_weight_amax=top) for p in parts]
     return parts
 
 
@@ -85,7 +91,7 @@ def concat(parts: list[LinearQuant]) -> LinearQuant:
     amax = first.weight_amax
     if amax.dim() > 0:
         amax = torch.cat([p.weight_amax for p in parts], dim=0)
-    return LinearQuant(weight, amax, first.input_amax, first.pre_quant_scale)
+    return LinearQuant(weight, amax, first.input_amax, first.pre_quant_scale, first.fp8_weight_amax)
 
 
 def fuse(parts: list[LinearQuant]) -> LinearQuant:
@@ -110,12 +116,15 @@ def _shared_pre_quant_scale(parts: list[LinearQuant]) -> list[LinearQuant]:
             out.append(part)
             continue
         weight = part.weight.float() * old.float() / average.float()
+        # A second (FP8) weight quantizer recalibrates on the re-smoothed weight too.
+        fp8_amax = None if part.fp8_weight_amax is None else layout.tensor_amax(weight)
         out.append(
             replace(
                 part,
                 weight=weight,
                 weight_amax=part.recompute_amax(weight),
                 pre_quant_scale=average,
+                fp8_weight_amax=fp8_amax,
             )
         )
     return out

@@ -73,6 +73,7 @@ QUANT_METHODS: list[type[BaseModel]] = [
     s.Fp8,
     s.Fp8Block,
     s.NvFp4,
+    s.W4A8Awq,
 ]
 
 

@@ -174,6 +174,14 @@ class Fp8(_QuantBase):
     )
 
 
+class W4A8Awq(_QuantBase):
+    """W4A8 AWQ: AWQ-smoothed INT4 group-wise weights run as FP8, static FP8 activations
+    (W4A8_AWQ)."""
+
+    method: Literal["w4a8_awq"] = Field(description="Quantization method.")
+    group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale.")
+
+
 class Fp8Block(_QuantBase):
     """FP8 E4M3 weights with one scale per block × block tile, dynamic per-token-group
     activations (FP8_BLOCK_SCALES, DeepSeek-style)."""
@@ -193,7 +201,16 @@ class NvFp4(_QuantBase):
 
 
 Quantize = Annotated[
-    NoQuant | Int8WeightOnly | Int4WeightOnly | SmoothQuant | Awq | Gptq | Fp8 | Fp8Block | NvFp4,
+    NoQuant
+    | Int8WeightOnly
+    | Int4WeightOnly
+    | SmoothQuant
+    | Awq
+    | Gptq
+    | Fp8
+    | Fp8Block
+    | NvFp4
+    | W4A8Awq,
     Field(discriminator="method"),
 ]
 QUANT_METHODS = (
@@ -206,6 +223,7 @@ QUANT_METHODS = (
     "fp8",
     "fp8_block",
     "nvfp4",
+    "w4a8_awq",
 )
 
 
