@@ -149,6 +149,7 @@ def test_compressed_tensors_folder_loads_and_equals_fake_quant(
     import transformers
 
     from trtllm_forge.hf.folder import write_hf_folder
+    from trtllm_forge.hf.reader import describe
 
     folder = tiny["root"] / "ct"
     write_hf_folder(
@@ -166,6 +167,12 @@ def test_compressed_tensors_folder_loads_and_equals_fake_quant(
         "dynamic": True,
         "group_size": BLOCK,
     }
+    info = describe(folder)  # what forge inspect shows
+    assert (info.format, info.quant_algo, info.group_size) == (
+        "compressed-tensors",
+        "FP8_BLOCK_SCALES",
+        BLOCK,
+    )
     model = transformers.AutoModelForCausalLM.from_pretrained(folder)  # decompresses on the CPU
     q_proj = model.model.layers[0].self_attn.q_proj
     assert q_proj.quantization_scheme.input_activations.strategy == "group"

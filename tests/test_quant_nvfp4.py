@@ -164,12 +164,15 @@ def test_compressed_tensors_folder_loads_with_forges_numbers(
     from compressed_tensors.quantization.lifecycle.forward import forward_quantize
 
     from trtllm_forge.checkpoint.io import CheckpointReader
+    from trtllm_forge.hf.reader import describe
     from trtllm_forge.quant import layout
     from trtllm_forge.quant.fakequant import dequantized_weight
 
     folder = folders["compressed-tensors"]
     config = json.loads((folder / "config.json").read_text())["quantization_config"]
     assert config["format"] == "nvfp4-pack-quantized"
+    for target, path in folders.items():  # what forge inspect (and verify) read
+        assert (describe(path).format, describe(path).quant_algo) == (target, "NVFP4")
     # compressed-tensors 0.20 unpacks NVFP4 to bfloat16 whatever the checkpoint dtype.
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
     with torch.no_grad():
