@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from tests.engine_support import (
     quantized_logits_check,
@@ -29,7 +30,7 @@ from tests.engine_support import (
 )
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 from trtllm_forge.checkpoint.forward import CheckpointForward
-from trtllm_forge.checkpoint.io import read_config
+from trtllm_forge.checkpoint.io import CheckpointReader, read_config
 from trtllm_forge.engine.runtime import load_engine
 from trtllm_forge.engine.verify import load_reference, reference_greedy, reference_logits
 from trtllm_forge.quant.quantize import load_hf_model
@@ -51,6 +52,10 @@ FEATURES: dict[str, dict[str, Mutation]] = {
     "qwen3": {
         "qk_layernorm": _forge(qk_layernorm=False),
         "explicit_head_dim": lambda c: c.update(head_size=c["hidden_size"] // 4),
+    },
+    "phi3": {
+        "partial_rotary": lambda c: c.pop("rotary_embedding_dim"),
+        "sliding_window": _forge(sliding_window=None),
     },
 }
 FAMILIES = list(FEATURES)
@@ -84,6 +89,37 @@ def _reference_rel_diff(ckpt: Path, want: torch.Tensor) -> float:
     finally:
         forward.close()
     return float((got - want).abs().max() / want.abs().max())
+
+
+def _hf_tensors(hf: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(hf / "model.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+# family -> {TRT-LLM tensor of layer 1: how to make it from the HF tensors of layer 1}
+EXPECTED: dict[str, dict[str, Callable[[Callable[[str], torch.Tensor]], torch.Tensor]]] = {
+    "qwen3": {
+        "attention.q_layernorm.weight": lambda t: t("self_attn.q_norm.weight"),
+        "attention.k_layernorm.weight": lambda t: t("self_attn.k_norm.weight"),
+        "attention.qkv.weight": lambda t: torch.cat(
+            [t(f"self_attn.{p}_proj.weight") for p in "qkv"]
+        ),
+    },
+    "phi3": {  # gate_up_proj rows are [gate; up]
+        "attention.qkv.weight": lambda t: t("self_attn.qkv_proj.weight"),
+        "mlp.fc.weight": lambda t: t("mlp.gate_up_proj.weight")[:128],
+        "mlp.gate.weight": lambda t: t("mlp.gate_up_proj.weight")[128:],
+        "mlp.proj.weight": lambda t: t("mlp.down_proj.weight"),
+    },
+}
+
+
+def test_converted_tensors_are_the_hf_tensors(family: dict[str, Any]) -> None:
+    hf = _hf_tensors(family["hf"])
+    with CheckpointReader(family["canonical"]) as reader:
+        for name, expected in EXPECTED[family["arch"]].items():
+            want = expected(lambda n: hf[f"model.layers.1.{n}"])
+            assert torch.equal(reader.get(f"transformer.layers.1.{name}"), want), name
 
 
 def test_reference_forward_matches_transformers(family: dict[str, Any]) -> None:
@@ -149,7 +185,7 @@ def test_ort_profile_refuses_the_new_families() -> None:
     """build.profile ort lowers the Llama graph only: these families stop at plan time."""
     from trtllm_forge.engine.onnx.ort.support import model_refusal
 
-    for arch in ("Qwen3ForCausalLM",):
+    for arch in ("Qwen3ForCausalLM", "Phi3ForCausalLM"):
         refusal = model_refusal({"architectures": [arch], "hidden_act": "silu"})
         assert refusal is not None and arch in refusal
 
@@ -165,3 +201,28 @@ def test_mistral_nemo_head_dim_matches_transformers(tmp_path: Path) -> None:
     ]
     parallel = load_engine(tiny_engine(tmp_path, "mistral", tp=2).engine)
     assert rel_diff(engine.score(TEXT), parallel.score(TEXT)) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["longrope", "su"])
+def test_phi3_longrope_is_refused_at_plan_time(tmp_path: Path, kind: str) -> None:
+    """LongRoPE picks short or long factors by sequence length, which no lowering does:
+    refused from config.json (exit 2, at the recipe's source) before any work."""
+    from tests.helpers import write_recipe
+    from tests.tinymodels import TINY_DEFAULTS
+    from trtllm_forge.errors import ExitCode, ForgeError
+    from trtllm_forge.pipeline.preflight import check_model
+    from trtllm_forge.recipe.load import load_recipe
+
+    config = {**TINY_DEFAULTS, "architectures": ["Phi3ForCausalLM"], "model_type": "phi3"}
+    config["rope_parameters"] = {
+        "rope_theta": 10000.0,
+        "rope_type": kind,
+        "short_factor": [1.0] * 4,
+        "long_factor": [2.0] * 4,
+        "original_max_position_embeddings": 64,
+    }
+    recipe = write_recipe(tmp_path / "recipe.yaml", source={"path": "m"})
+    with pytest.raises(ForgeError) as info:
+        check_model(load_recipe(recipe), config)
+    assert info.value.code == ExitCode.RECIPE and "LongRoPE" in info.value.message
+    assert info.value.location is not None and info.value.location.line > 0

@@ -30,7 +30,7 @@ TINY_DEFAULTS: dict[str, Any] = {
 ARCHES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma")
 ARCHES += ("falcon", "bloom", "mpt")
 ARCHES += ("gemma2",)
-ARCHES += ("qwen3",)
+ARCHES += ("qwen3", "phi3")
 
 # Per-arch changes to TINY_DEFAULTS: GPT-2-style configs name the FFN size n_inner and
 # have no num_key_value_heads (GPTBigCode: multi_query); GPT-J rotates 8 of 16 channels.
@@ -65,6 +65,9 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Qwen3: head_dim 32 with hidden 64 and 4 heads (q is 128 wide, not 64), as real
     # Qwen3 checkpoints set head_dim apart from hidden / heads.
     "qwen3": {"head_dim": 32},
+    # Phi-3: rope on half of each 16-channel head (Phi-4-mini rotates 3/4); a 16-token
+    # window on every layer (Phi-3-mini: 2047), shorter than prompts + generations.
+    "phi3": {"partial_rotary_factor": 0.5, "sliding_window": 16},
     # Falcon defaults to the old decoder (Falcon-7B: MQA, parallel attention, no biases);
     # new_decoder_architecture=True uses num_kv_heads (GQA) and two layernorms.
     "falcon": {
@@ -114,6 +117,7 @@ def _config_class(arch: str) -> Any:
         "gemma": transformers.GemmaConfig,
         "gemma2": transformers.Gemma2Config,
         "qwen3": transformers.Qwen3Config,
+        "phi3": transformers.Phi3Config,
         "falcon": transformers.FalconConfig,
         "bloom": transformers.BloomConfig,
         "mpt": transformers.MptConfig,

@@ -136,6 +136,8 @@ def _fused_shape(rule: TensorRule, sources: _SourceTensors) -> tuple[int, ...]:
         shapes.append(shape)
     if rule.fusion == "transpose":
         return tuple(reversed(shapes[0]))
+    if rule.fusion == "row_block":
+        return (shapes[0][0] // rule.blocks, *shapes[0][1:])
     if rule.fusion != "concat_rows":
         return shapes[0]
     tails = {shape[1:] for shape in shapes}

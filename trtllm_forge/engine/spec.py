@@ -26,7 +26,7 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "GemmaForCausalLM",
     "Gemma2ForCausalLM",
 )
-SUPPORTED_ARCHITECTURES += ("Qwen3ForCausalLM",)  # issue 14
+SUPPORTED_ARCHITECTURES += ("Qwen3ForCausalLM", "Phi3ForCausalLM")  # issue 14
 SUPPORTED_ARCHITECTURES += ("FalconForCausalLM", "BloomForCausalLM", "MPTForCausalLM")  # families-B
 # Position encodings the lowering implements (families-A: learned_absolute, rope_gptj).
 SUPPORTED_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope_gpt_neox", "rope_gptj", "learned_absolute")

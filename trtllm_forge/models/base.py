@@ -26,8 +26,16 @@ from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
 # qkv_grouped: one fused QKV source grouped per KV head as [kv_heads, heads/kv_heads + 2, d]
 #   (Falcon: each group's query heads, then its k head, then its v head); written as
 #   contiguous q, k, v blocks. ``heads`` and ``kv_heads`` are set.
+# row_block: block ``block`` of ``blocks`` equal row blocks of one source (Phi-3's fused
+#   gate_up_proj is [gate; up]: mlp.fc is block 0 of 2, mlp.gate block 1).
 Fusion = Literal[
-    "identity", "concat_rows", "transpose", "qkv_interleaved", "add_one", "qkv_grouped"
+    "identity",
+    "concat_rows",
+    "transpose",
+    "qkv_interleaved",
+    "add_one",
+    "qkv_grouped",
+    "row_block",
 ]
 
 # Limits far above any real model; they exist so a typo (hidden_size 10**12) fails in
@@ -53,12 +61,16 @@ class TensorRule:
     fusion: Fusion = "identity"
     heads: int = 0  # qkv_interleaved only: number of heads of the fused source
     kv_heads: int = 0  # qkv_grouped only (with heads): number of KV heads = groups
+    block: int = 0  # row_block only: which block of ``blocks`` equal row blocks
+    blocks: int = 0
 
     def __post_init__(self) -> None:
         if self.fusion != "concat_rows" and len(self.sources) != 1:
             raise ValueError(f"{self.fusion} rule for {self.target} needs exactly one source")
         if self.fusion == "qkv_interleaved" and self.heads <= 0:
             raise ValueError(f"qkv_interleaved rule for {self.target} needs heads > 0")
+        if self.fusion == "row_block" and not 0 <= self.block < self.blocks:
+            raise ValueError(f"row_block rule for {self.target} needs 0 <= block < blocks")
 
     @property
     def streams_bytes(self) -> bool:
@@ -73,6 +85,9 @@ class TensorRule:
         """
         if self.fusion == "qkv_grouped":
             return grouped_qkv_order(rows, self.heads, self.kv_heads)
+        if self.fusion == "row_block":  # fewer output rows than source rows: a slice
+            size = rows // self.blocks
+            return list(range(self.block * size, (self.block + 1) * size))
         if self.fusion != "qkv_interleaved":
             return None
         size = rows // (3 * self.heads)

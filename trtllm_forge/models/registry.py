@@ -27,6 +27,7 @@ from trtllm_forge.models.gpt_neox import GptNeoxFamily
 from trtllm_forge.models.gptj import GptjFamily
 from trtllm_forge.models.llama import LlamaFamily
 from trtllm_forge.models.mpt import MptFamily
+from trtllm_forge.models.phi3 import Phi3Family
 from trtllm_forge.models.qwen3 import Qwen3Family
 
 PLUGIN_GROUP = "trtllm_forge.plugins"
@@ -120,6 +121,7 @@ REGISTRY.register(GptjFamily())
 REGISTRY.register(GemmaFamily())
 REGISTRY.register(Gemma2Family())
 REGISTRY.register(Qwen3Family())
+REGISTRY.register(Phi3Family())
 
 
 # The model_type transformers pairs with each built-in architecture. transformers picks
@@ -140,6 +142,7 @@ MODEL_TYPES = {
     "GemmaForCausalLM": "gemma",
     "Gemma2ForCausalLM": "gemma2",
     "Qwen3ForCausalLM": "qwen3",
+    "Phi3ForCausalLM": "phi3",
 }
 
 
