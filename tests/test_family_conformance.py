@@ -57,6 +57,14 @@ FEATURES: dict[str, dict[str, Mutation]] = {
         "partial_rotary": lambda c: c.pop("rotary_embedding_dim"),
         "sliding_window": _forge(sliding_window=None),
     },
+    "gemma3": {
+        "qk_layernorm": _forge(qk_layernorm=False),
+        "local_rope_base": lambda c: c.pop("rope_local_base_freq"),
+        "global_rope_scaling": lambda c: c.update(rotary_scaling=None),
+        "sliding_window": _forge(sliding_window=None),
+        "sandwich_norms": lambda c: c.update(inter_layernorms=False),
+        "query_pre_attn_scalar": lambda c: c.update(query_pre_attn_scalar=None),
+    },
 }
 FAMILIES = list(FEATURES)
 
@@ -110,6 +118,12 @@ EXPECTED: dict[str, dict[str, Callable[[Callable[[str], torch.Tensor]], torch.Te
         "mlp.fc.weight": lambda t: t("mlp.gate_up_proj.weight")[:128],
         "mlp.gate.weight": lambda t: t("mlp.gate_up_proj.weight")[128:],
         "mlp.proj.weight": lambda t: t("mlp.down_proj.weight"),
+    },
+    "gemma3": {  # every Gemma norm computes x̂ · (1 + w): stored as 1 + w
+        "attention.q_layernorm.weight": lambda t: t("self_attn.q_norm.weight") + 1,
+        "attention.k_layernorm.weight": lambda t: t("self_attn.k_norm.weight") + 1,
+        "pre_feedforward_layernorm.weight": lambda t: t("pre_feedforward_layernorm.weight") + 1,
+        "mlp.fc.weight": lambda t: t("mlp.gate_proj.weight"),
     },
 }
 
@@ -185,7 +199,7 @@ def test_ort_profile_refuses_the_new_families() -> None:
     """build.profile ort lowers the Llama graph only: these families stop at plan time."""
     from trtllm_forge.engine.onnx.ort.support import model_refusal
 
-    for arch in ("Qwen3ForCausalLM", "Phi3ForCausalLM"):
+    for arch in ("Qwen3ForCausalLM", "Phi3ForCausalLM", "Gemma3ForCausalLM"):
         refusal = model_refusal({"architectures": [arch], "hidden_act": "silu"})
         assert refusal is not None and arch in refusal
 

@@ -78,15 +78,15 @@ def test_group_size_hint_offers_fitting_tp_and_says_what_recalibrates(tmp_path: 
 def test_unconvertible_architecture_is_refused_by_recipe_check_and_plan(
     tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
-    model = tmp_path / "gemma3"
+    model = tmp_path / "olmo2"
     shutil.copytree(tiny_models["llama"], model)
     config = json.loads((model / "config.json").read_text())
-    config["architectures"] = ["Gemma3ForCausalLM"]
+    config["architectures"] = ["Olmo2ForCausalLM"]
     (model / "config.json").write_text(json.dumps(config))
     recipe = write_recipe(tmp_path / "recipe.yaml", source={"path": str(model)})
     for command in ("recipe", "check"), ("plan",):
         run = forge(*command, str(recipe))
-        assert_clean_error(run, 2, "Gemma3ForCausalLM", "recipe.yaml:", "docs/models.md")
+        assert_clean_error(run, 2, "Olmo2ForCausalLM", "recipe.yaml:", "docs/models.md")
         assert "did you mean" not in run.err  # a real transformers class, not a typo
     assert not any((tmp_path / "home").glob("artifacts/*/*"))
 
@@ -110,13 +110,13 @@ def test_hub_model_is_checked_from_its_config_before_its_weights(
     env = {"HF_HUB_CACHE": str(cache)}
     incomplete = forge("plan", str(recipe), env=env)  # a convertible model reaches the weights
     assert_clean_error(incomplete, 5, "model.safetensors is missing")
-    config["architectures"] = ["Gemma3ForCausalLM"]
+    config["architectures"] = ["Olmo2ForCausalLM"]
     (cache / "models--acme--tiny" / "blobs").joinpath("cfg").write_text(json.dumps(config))
     snapshot_config = next((cache / "models--acme--tiny" / "snapshots").glob("*/config.json"))
     snapshot_config.unlink()
     snapshot_config.symlink_to(Path("../../blobs/cfg"))
     refused = forge("plan", str(recipe), env=env)
-    assert_clean_error(refused, 2, "Gemma3ForCausalLM", "source.hf")
+    assert_clean_error(refused, 2, "Olmo2ForCausalLM", "source.hf")
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ TINY_DEFAULTS: dict[str, Any] = {
 ARCHES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma")
 ARCHES += ("falcon", "bloom", "mpt")
 ARCHES += ("gemma2",)
-ARCHES += ("qwen3", "phi3")
+ARCHES += ("qwen3", "phi3", "gemma3")
 
 # Per-arch changes to TINY_DEFAULTS: GPT-2-style configs name the FFN size n_inner and
 # have no num_key_value_heads (GPTBigCode: multi_query); GPT-J rotates 8 of 16 channels.
@@ -68,6 +68,18 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Phi-3: rope on half of each 16-channel head (Phi-4-mini rotates 3/4); a 16-token
     # window on every layer (Phi-3-mini: 2047), shorter than prompts + generations.
     "phi3": {"partial_rotary_factor": 0.5, "sliding_window": 16},
+    # Gemma 3: a sliding layer (16-token window, local rope base 10 000) then a global one
+    # (base 1 000 000, linear × 8), q/k norms, query_pre_attn_scalar 24 != head_dim 16.
+    "gemma3": {
+        "head_dim": 16,
+        "sliding_window": 16,
+        "query_pre_attn_scalar": 24,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        },
+    },
     # Falcon defaults to the old decoder (Falcon-7B: MQA, parallel attention, no biases);
     # new_decoder_architecture=True uses num_kv_heads (GQA) and two layernorms.
     "falcon": {
@@ -118,6 +130,7 @@ def _config_class(arch: str) -> Any:
         "gemma2": transformers.Gemma2Config,
         "qwen3": transformers.Qwen3Config,
         "phi3": transformers.Phi3Config,
+        "gemma3": transformers.Gemma3TextConfig,
         "falcon": transformers.FalconConfig,
         "bloom": transformers.BloomConfig,
         "mpt": transformers.MptConfig,

@@ -217,6 +217,15 @@ def layer_window(config: Mapping[str, Any], layer: int) -> int | None:
     return int(window)
 
 
+def local_rope_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The rope of the sliding-window layers: Gemma 3 gives them their own base
+    (``rope_local_base_freq``) and no scaling; other models use one rope everywhere."""
+    local = config.get("rope_local_base_freq")
+    if not local:
+        return config
+    return {**config, "rotary_base": float(local), "rotary_scaling": None}
+
+
 def split_heads(x: torch.Tensor, heads: int, head_size: int) -> torch.Tensor:
     """[b, s, heads * d] -> [b, heads, s, d]."""
     return x.view(x.shape[0], x.shape[1], heads, head_size).transpose(1, 2)
@@ -313,11 +322,16 @@ class CheckpointForward:
         cfg = self.config
         h = self.embed(input_ids)
         cos, sin = rope_cos_sin(cfg, input_ids.shape[1])
+        local_rope = rope_cos_sin(local_rope_config(cfg), input_ids.shape[1])
         parallel = bool((cfg.get("forge") or {}).get("parallel_residual"))
         for i in range(int(cfg["num_hidden_layers"])):
             prefix = f"transformer.layers.{i}."
             x = self.norm(prefix + "input_layernorm", h)
-            attn = self._attention(prefix, x, cos, sin, window=layer_window(cfg, i))
+            window = layer_window(cfg, i)
+            if window is not None and cfg.get("rope_local_base_freq"):
+                attn = self._attention(prefix, x, *local_rope, window=window)  # Gemma 3
+            else:
+                attn = self._attention(prefix, x, cos, sin, window=window)
             if cfg.get("inter_layernorms"):
                 h = self._sandwich_layer(prefix, h, attn)
                 continue

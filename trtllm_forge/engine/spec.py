@@ -26,7 +26,7 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "GemmaForCausalLM",
     "Gemma2ForCausalLM",
 )
-SUPPORTED_ARCHITECTURES += ("Qwen3ForCausalLM", "Phi3ForCausalLM")  # issue 14
+SUPPORTED_ARCHITECTURES += ("Qwen3ForCausalLM", "Phi3ForCausalLM", "Gemma3ForCausalLM")
 SUPPORTED_ARCHITECTURES += ("FalconForCausalLM", "BloomForCausalLM", "MPTForCausalLM")  # families-B
 # Position encodings the lowering implements (families-A: learned_absolute, rope_gptj).
 SUPPORTED_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope_gpt_neox", "rope_gptj", "learned_absolute")
@@ -77,6 +77,8 @@ class ModelSpec:
     # Qwen3 / Gemma 3: each query and key head is RMS-normalized (attention.q_layernorm,
     # attention.k_layernorm, [head_size]) before rope.
     qk_layernorm: bool = False
+    # Gemma 3: the sliding-window layers' rope base (unscaled); None = one rope for all.
+    rope_local_base_freq: float | None = None
 
     @property
     def attention_scale(self) -> float:
@@ -230,6 +232,7 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
         inter_layernorms=bool(config.get("inter_layernorms", False)),
         sliding_window_layers=_optional_layers(forge.get("sliding_window_layers")),
         qk_layernorm=bool(forge.get("qk_layernorm", False)),
+        rope_local_base_freq=_optional_float(config.get("rope_local_base_freq")),
     )
 
 

@@ -21,6 +21,7 @@ from trtllm_forge.models.bloom import BloomFamily
 from trtllm_forge.models.falcon import FalconFamily
 from trtllm_forge.models.gemma import GemmaFamily
 from trtllm_forge.models.gemma2 import Gemma2Family
+from trtllm_forge.models.gemma3 import Gemma3Family
 from trtllm_forge.models.gpt2 import Gpt2Family
 from trtllm_forge.models.gpt_bigcode import GptBigCodeFamily
 from trtllm_forge.models.gpt_neox import GptNeoxFamily
@@ -72,7 +73,7 @@ class FamilyRegistry:
     def _unknown(self, architecture: str) -> ForgeError:
         """A model forge cannot convert is a recipe/model choice (exit 2), not an
         unavailable source. A close name is suggested only for what looks like a typo:
-        "Gemma3ForCausalLM → did you mean GemmaForCausalLM?" helps nobody."""
+        "Gemma3nForCausalLM → did you mean Gemma3ForCausalLM?" helps nobody."""
         names = sorted(self._by_arch)
         close = difflib.get_close_matches(architecture, names, n=1)
         maybe = f" (did you mean {close[0]}?)" if close and not _is_real(architecture) else ""
@@ -122,6 +123,7 @@ REGISTRY.register(GemmaFamily())
 REGISTRY.register(Gemma2Family())
 REGISTRY.register(Qwen3Family())
 REGISTRY.register(Phi3Family())
+REGISTRY.register(Gemma3Family())
 
 
 # The model_type transformers pairs with each built-in architecture. transformers picks
@@ -143,6 +145,7 @@ MODEL_TYPES = {
     "Gemma2ForCausalLM": "gemma2",
     "Qwen3ForCausalLM": "qwen3",
     "Phi3ForCausalLM": "phi3",
+    "Gemma3ForCausalLM": "gemma3_text",
 }
 
 

@@ -64,13 +64,25 @@ def build_decoder(ctx: LoweringContext) -> None:
         for layer in layout.layers
     }
     cos, sin = _rope_tables(ctx, positions)
+    local_rope = _local_rope_tables(ctx, positions, layout.layers)
     # One mask per distinct window among this rank's layers (Gemma 2 alternates two).
     allowed = _attention_masks(ctx, mask, positions, {model.layer_window(i) for i in layout.layers})
     alibi = _alibi_bias(ctx, mask, positions) if model.position_embedding_type == "alibi" else None
     for local, layer in enumerate(layout.layers):
         layer_allowed = allowed[model.layer_window(layer)]
+        layer_cos, layer_sin = (cos, sin)
+        if local_rope is not None and model.layer_window(layer) is not None:
+            layer_cos, layer_sin = local_rope  # Gemma 3's sliding layers
         hidden = _decoder_layer(
-            ctx, hidden, local, layer, pasts[layer], cos, sin, layer_allowed, alibi=alibi
+            ctx,
+            hidden,
+            local,
+            layer,
+            pasts[layer],
+            layer_cos,
+            layer_sin,
+            layer_allowed,
+            alibi=alibi,
         )
     if layout.is_last_stage:
         logits = _lm_head(ctx, _norm(ctx, hidden, "transformer.ln_f"))
@@ -157,35 +169,56 @@ def _token_embedding(ctx: LoweringContext, ids: str) -> str:
     return all_reduce(ctx, part, model.hidden_size, "embed.out")
 
 
-def _rope_tables(ctx: LoweringContext, positions: str) -> tuple[str, str]:
-    """cos/sin [batch, 1, seq, head] from position ids (shared by all layers)."""
+def _local_rope_tables(
+    ctx: LoweringContext, positions: str, layers: range
+) -> tuple[str, str] | None:
+    """Gemma 3: cos/sin of the sliding layers' own unscaled base, if this rank has one."""
+    model = ctx.model
+    base = model.rope_local_base_freq
+    if base is None or all(model.layer_window(layer) is None for layer in layers):
+        return None
+    return _rope_tables(ctx, positions, base=base, scaling=None, name="rope_local")
+
+
+def _rope_tables(
+    ctx: LoweringContext,
+    positions: str,
+    *,
+    base: float | None = None,
+    scaling: dict | None = None,
+    name: str = "rope",
+) -> tuple[str, str]:
+    """cos/sin [batch, 1, seq, head] from position ids (shared by all layers; by default
+    from the model's base and scaling)."""
     g, model = ctx.graph, ctx.model
     rope = rope_frequencies(
         model.rotary_dim or model.head_size,
-        model.rotary_base,
-        model.rotary_scaling,
+        model.rotary_base if base is None else base,
+        model.rotary_scaling if base is None else scaling,
         model.max_position_embeddings,
     )
-    inv_freq = g.const(rope.inv_freq.numpy(), np.float32, "rope.inv_freq")
+    inv_freq = g.const(rope.inv_freq.numpy(), np.float32, f"{name}.inv_freq")
     pos = g.op(
-        "Unsqueeze", [g.op("Cast", [positions], "rope.pos_f", to=FLOAT), g.i64(-1)], "rope.pos"
+        "Unsqueeze",
+        [g.op("Cast", [positions], f"{name}.pos_f", to=FLOAT), g.i64(-1)],
+        f"{name}.pos",
     )
-    freqs = g.op("Mul", [pos, inv_freq], "rope.freqs")
+    freqs = g.op("Mul", [pos, inv_freq], f"{name}.freqs")
     if model.position_embedding_type == "rope_gptj":
         # Each frequency serves one channel pair: [f0, f0, f1, f1, ...].
-        pairs = g.op("Unsqueeze", [freqs, g.i64(-1)], "rope.freqs_1")
-        pairs = g.op("Concat", [pairs, pairs], "rope.freq_pairs", axis=-1)
-        angles = g.op("Reshape", [pairs, g.i64(0, 0, -1)], "rope.angles")
+        pairs = g.op("Unsqueeze", [freqs, g.i64(-1)], f"{name}.freqs_1")
+        pairs = g.op("Concat", [pairs, pairs], f"{name}.freq_pairs", axis=-1)
+        angles = g.op("Reshape", [pairs, g.i64(0, 0, -1)], f"{name}.angles")
     else:
-        angles = g.op("Concat", [freqs, freqs], "rope.angles", axis=-1)
+        angles = g.op("Concat", [freqs, freqs], f"{name}.angles", axis=-1)
     tables = []
     for fn in ("Cos", "Sin"):
-        table = g.op(fn, [angles], f"rope.{fn.lower()}")
+        table = g.op(fn, [angles], f"{name}.{fn.lower()}")
         if rope.attention_factor != 1.0:
             table = g.op(
-                "Mul", [table, g.scalar(rope.attention_factor)], f"rope.{fn.lower()}_scaled"
+                "Mul", [table, g.scalar(rope.attention_factor)], f"{name}.{fn.lower()}_scaled"
             )
-        tables.append(g.op("Unsqueeze", [table, g.i64(1)], f"rope.{fn.lower()}4"))
+        tables.append(g.op("Unsqueeze", [table, g.i64(1)], f"{name}.{fn.lower()}4"))
     return tables[0], tables[1]
 
 
