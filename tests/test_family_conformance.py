@@ -240,3 +240,48 @@ def test_phi3_longrope_is_refused_at_plan_time(tmp_path: Path, kind: str) -> Non
         check_model(load_recipe(recipe), config)
     assert info.value.code == ExitCode.RECIPE and "LongRoPE" in info.value.message
     assert info.value.location is not None and info.value.location.line > 0
+
+
+def test_gemma3_rope_settings_from_either_config_form() -> None:
+    """transformers 5's per-layer-type rope_parameters and the older flat keys say the
+    same; missing keys take Gemma3TextConfig's defaults (local 10 000, global 1e6)."""
+    from trtllm_forge.models.gemma3 import gemma3_ropes, gemma3_sliding_layers
+
+    nested = {
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+        }
+    }
+    flat = {
+        "rope_theta": 1e6,
+        "rope_local_base_freq": 10000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+    }
+    assert gemma3_ropes(nested) == gemma3_ropes(flat)
+    theta, scaling, local = gemma3_ropes(flat)
+    assert (theta, local, scaling and scaling["factor"]) == (1e6, 10000.0, 8.0)
+    assert gemma3_ropes({})[::2] == (1e6, 10000.0)
+    twelve = {"num_hidden_layers": 12, "num_attention_heads": 4, "hidden_size": 64}
+    twelve |= {"vocab_size": 256}
+    assert [i for i in range(12) if i not in gemma3_sliding_layers(twelve)] == [5, 11]
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_verify_prompts_get_the_tokenizers_bos(tmp_path: Path, adds_bos: bool) -> None:
+    """Gemma's tokenizer adds BOS: verify's prompts carry it exactly when the tokenizer
+    says so; the scored texts never do (engine and reference score the same ids)."""
+    from tokenizers import processors
+
+    from tests.tinymodels import make_tiny_tokenizer
+    from trtllm_forge.engine.verify import tokenize_inputs
+
+    tokenizer = make_tiny_tokenizer(tmp_path)
+    if adds_bos:
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", 1)]
+        )
+        tokenizer.save_pretrained(tmp_path)
+    prompts, texts = tokenize_inputs(tmp_path, ["Hello world"], ["Hello world"], 64)
+    assert (prompts[0][0] == 1) is adds_bos
+    assert prompts[0][adds_bos:] == texts[0] and texts[0][0] != 1
