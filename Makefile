@@ -71,8 +71,8 @@ test-reliability: venv
 	$(BIN)/python -m pytest -q -m reliability
 
 lint: venv
-	$(BIN)/ruff check trtllm_forge tests bench requirements
-	$(BIN)/ruff format --check trtllm_forge tests bench requirements
+	$(BIN)/ruff check trtllm_forge tests bench requirements plugins
+	$(BIN)/ruff format --check trtllm_forge tests bench requirements plugins
 
 # The TensorRT backend, mypy --strict against tensorrt-stubs (the test sanitizes the
 # stubs' syntax errors first; see tests/test_engine_backends.py). `make test` runs it too.
