@@ -2,6 +2,8 @@
 
 * forge's ModelOpt-format folder equals ModelOpt 0.47's own ``export_hf_checkpoint`` of
   the same calibration bit for bit (JSON fields, tensor names, dtypes, bytes);
+* the canonical (TensorRT-LLM ≤ 1.2) checkpoint equals ModelOpt's TensorRT-LLM export
+  bit for bit;
 * forge's ModelOpt loader (its verify path) computes what the canonical checkpoint's
   fake quant computes;
 * the compressed-tensors folder loads in transformers + compressed-tensors: the
@@ -242,3 +244,62 @@ def test_forge_build_verifies_both_hugging_face_targets(
         assert report["passed"] is True, fmt
         if fmt == "compressed-tensors":
             assert results["calibrate"].status == "hit"  # the modelopt build's calibration
+
+
+def test_trtllm_checkpoint_equals_modelopt_trtllm_export(
+    tiny: dict[str, Path], tokens: torch.Tensor
+) -> None:
+    """The canonical (TensorRT-LLM ≤ 1.2) checkpoint equals ModelOpt's
+    export_tensorrt_llm_checkpoint of the same calibration (float16, as ModelOpt writes)."""
+    from modelopt.torch.export import export_tensorrt_llm_checkpoint
+    from safetensors.torch import load_file
+
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint, load_hf_config
+    from trtllm_forge.quant import calibration, modelopt_glue, nvfp4
+    from trtllm_forge.quant.capture import decoder
+    from trtllm_forge.quant.params import NvFp4Params
+    from trtllm_forge.quant.quantize import load_hf_model, quantize_checkpoint
+    from trtllm_forge.quant.targets import plan_targets
+
+    root = tiny["root"]
+    convert_hf_checkpoint(tiny["hf"], root / "canonical16", dtype="float16")
+    ours = root / "forge16"
+    quantize_checkpoint(
+        hf_dir=tiny["hf"],
+        canonical_dir=root / "canonical16",
+        out_dir=ours,
+        method="nvfp4",
+        params={},
+        kv_cache=None,
+        calibration=tokens,
+    )
+    model = load_hf_model(tiny["hf"])
+    targets = plan_targets(load_hf_config(tiny["hf"]), ["lm_head"]).hf_modules()
+    data = calibration.from_tokens(tokens)
+
+    def forward_loop(m: Any) -> None:
+        with torch.no_grad():
+            for ids in data.batches(modelopt_glue.BATCH_SIZE):
+                decoder(m)(input_ids=ids)
+
+    theirs = root / "modelopt-trtllm"
+    with modelopt_glue.quiet(modelopt_glue._NO_PROGRESS):
+        modelopt_glue.mtq().quantize(
+            model, nvfp4.modelopt_config(NvFp4Params(), targets), forward_loop
+        )
+        export_tensorrt_llm_checkpoint(
+            model, "llama", torch.float16, theirs, inference_tensor_parallel=1
+        )
+    mine, want = load_file(ours / "rank0.safetensors"), load_file(theirs / "rank0.safetensors")
+    assert sorted(mine) == sorted(want)
+    for name, tensor in want.items():
+        got = mine[name]
+        assert got.dtype == tensor.dtype and got.shape == tensor.shape, name
+        assert torch.equal(
+            got.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
+        ), name
+    quantization = json.loads((theirs / "config.json").read_text())["quantization"]
+    assert (
+        json.loads((ours / "config.json").read_text())["quantization"]["quant_algo"]
+        == (quantization["quant_algo"])
+    )

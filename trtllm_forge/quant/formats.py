@@ -26,8 +26,8 @@ FP8_BLOCK_SCALES                              weight F8_E4M3; weights_scaling_fa
                                               [out/b,in/b] (one scale per b×b tile)
 NVFP4                                         weight U8 [out,in/2] (two e2m1 inputs per byte);
                                               weights_scaling_factor F8_E4M3 [out,in/16];
-                                              weights_scaling_factor_2 F32 [1];
-                                              activation_scaling_factor F32 [1]
+                                              weights_scaling_factor_2 F32 [];
+                                              activation_scaling_factor F32 []
 ============================================  ==========================================
 """
 
@@ -127,8 +127,9 @@ def nvfp4(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
     return {
         "weight": packed,
         "weights_scaling_factor": scales,
-        "weights_scaling_factor_2": global_scale.reshape(1),
-        "activation_scaling_factor": act.reshape(1),
+        # 0-d, as ModelOpt's TensorRT-LLM export writes them (NVFP4 builds accept it).
+        "weights_scaling_factor_2": global_scale.reshape(()),
+        "activation_scaling_factor": act.reshape(()),
     }
 
 

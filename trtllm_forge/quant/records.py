@@ -311,7 +311,6 @@ FORMATS: dict[str, QuantFormat] = {
             ),
             compressed_tensors=NotCarried(_PRE_QUANT_IN_CT),
             activations="static_fp8",
-            trtllm_share_input=True,
         ),
         QuantFormat(
             name="NVFP4",
@@ -322,8 +321,8 @@ FORMATS: dict[str, QuantFormat] = {
             trtllm_tensors=(
                 "weight U8 [out,in/2]",
                 "weights_scaling_factor F8_E4M3 [out,in/16]",
-                "weights_scaling_factor_2 F32 [1]",
-                "activation_scaling_factor F32 [1]",
+                "weights_scaling_factor_2 F32 []",
+                "activation_scaling_factor F32 []",
             ),
             strongly_typed=True,
             modelopt=ModelOpt(
