@@ -285,3 +285,33 @@ def test_verify_prompts_get_the_tokenizers_bos(tmp_path: Path, adds_bos: bool) -
     prompts, texts = tokenize_inputs(tmp_path, ["Hello world"], ["Hello world"], 64)
     assert (prompts[0][0] == 1) is adds_bos
     assert prompts[0][adds_bos:] == texts[0] and texts[0][0] != 1
+
+
+def test_gemma3_wrapper_text_model_matches_transformers(tmp_path: Path) -> None:
+    """Gemma3ForConditionalGeneration: the text decoder under language_model.model.* is
+    built (vision tower ignored) and equals transformers' multimodal model on text, at
+    TP=1 and TP=2; quantizing it is refused at plan time (exit 2, at quantize.method)."""
+    from tests.helpers import write_recipe
+    from trtllm_forge.errors import ExitCode, ForgeError
+    from trtllm_forge.pipeline.preflight import check_model
+    from trtllm_forge.recipe.load import load_recipe
+
+    build = tiny_engine(tmp_path, "gemma3_mm")
+    config = json.loads((build.hf / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForConditionalGeneration"]
+    assert read_config(build.checkpoint)["forge"]["sliding_window_layers"] == [0]
+    engine, reference = load_engine(build.engine), load_reference(build.hf)
+    assert type(reference).__name__ == "Gemma3ForConditionalGeneration"
+    assert engine.generate(PROMPTS[:4], 16) == [
+        reference_greedy(reference, p, 16) for p in PROMPTS[:4]
+    ]
+    assert rel_diff(reference_logits(reference, TEXT, 128), engine.score(TEXT)) < 1e-4
+    parallel = load_engine(tiny_engine(tmp_path, "gemma3_mm", tp=2).engine)
+    assert rel_diff(engine.score(TEXT), parallel.score(TEXT)) < 1e-5
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", source={"path": "m"}, quantize={"method": "int8_wo"}
+    )
+    with pytest.raises(ForgeError) as info:
+        check_model(load_recipe(recipe), config)
+    assert info.value.code == ExitCode.RECIPE and "language_model" in info.value.message
+    assert info.value.location is not None

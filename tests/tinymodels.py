@@ -30,7 +30,7 @@ TINY_DEFAULTS: dict[str, Any] = {
 ARCHES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma")
 ARCHES += ("falcon", "bloom", "mpt")
 ARCHES += ("gemma2",)
-ARCHES += ("qwen3", "phi3", "gemma3")
+ARCHES += ("qwen3", "phi3", "gemma3", "gemma3_mm")
 
 # Per-arch changes to TINY_DEFAULTS: GPT-2-style configs name the FFN size n_inner and
 # have no num_key_value_heads (GPTBigCode: multi_query); GPT-J rotates 8 of 16 channels.
@@ -80,6 +80,9 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
             "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
         },
     },
+    # Gemma3ForConditionalGeneration: the same text decoder under text_config, plus a
+    # one-layer vision tower the text-only engine ignores.
+    "gemma3_mm": {},
     # Falcon defaults to the old decoder (Falcon-7B: MQA, parallel attention, no biases);
     # new_decoder_architecture=True uses num_kv_heads (GQA) and two layernorms.
     "falcon": {
@@ -115,6 +118,23 @@ Numbers: 0 1 2 3 4 5 6 7 8 9. Letters: a b c d e f g h i j k l m n o p q r s t u
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3: pad, bos, eos, unk
 
 
+def _gemma3_wrapper(**text: Any) -> Any:
+    """A Gemma3Config (multimodal) around the tiny Gemma 3 text config."""
+    import transformers
+
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    vision |= {"num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+    text = {**_ARCH_DEFAULTS["gemma3"], **text}
+    return transformers.Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        boi_token_index=253,
+        eoi_token_index=254,
+        image_token_index=255,
+    )
+
+
 def _config_class(arch: str) -> Any:
     import transformers
 
@@ -131,6 +151,7 @@ def _config_class(arch: str) -> Any:
         "qwen3": transformers.Qwen3Config,
         "phi3": transformers.Phi3Config,
         "gemma3": transformers.Gemma3TextConfig,
+        "gemma3_mm": _gemma3_wrapper,
         "falcon": transformers.FalconConfig,
         "bloom": transformers.BloomConfig,
         "mpt": transformers.MptConfig,

@@ -182,6 +182,10 @@ class Family:
         """
         return "post_layernorm"
 
+    def quantization_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
+        """Why forge cannot calibrate this checkpoint (None: it can); refused at plan time."""
+        return None
+
 
 def _int_field(hf_config: Mapping[str, Any], key: str, default: Any = None) -> int:
     value = hf_config.get(key, default)

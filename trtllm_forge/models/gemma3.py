@@ -1,4 +1,5 @@
-"""Gemma 3 text (``Gemma3ForCausalLM``): Gemma 2's decoder plus three changes.
+"""Gemma 3 text (``Gemma3ForCausalLM``, and the text decoder of a
+``Gemma3ForConditionalGeneration`` checkpoint): Gemma 2's decoder plus three changes.
 
 * q/k RMSNorm: each query and key head is normalized over its ``head_dim`` channels
   before rope (HF ``self_attn.q_norm`` / ``k_norm``), with Gemma's ``1 + w`` weights,
@@ -18,7 +19,9 @@ masks are Gemma 2's (``models/gemma2.py``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from trtllm_forge.models import gpt_common
@@ -34,6 +37,16 @@ _QK_NORMS: tuple[tuple[str, str], ...] = (
 )
 _LOCAL_THETA, _GLOBAL_THETA = 10_000.0, 1_000_000.0  # transformers' Gemma3TextConfig defaults
 _NO_CAP_BY_DEFAULT = ("attn_logit_softcapping", "final_logit_softcapping")
+# Gemma3ForConditionalGeneration checkpoints (Hub files and transformers 5's save) keep
+# the text decoder under this prefix, next to the vision tower and projector, which a
+# text-only engine does not use.
+_WRAPPED = "Gemma3ForConditionalGeneration"
+_WRAPPED_TEXT_PREFIX = "language_model."
+_WRAPPED_IGNORED = (
+    re.compile(r"vision_tower\..+"),
+    re.compile(r"multi_modal_projector\..+"),
+    re.compile(r"language_model\.lm_head\.weight"),  # tied: the embedding is used
+)
 
 
 def gemma3_ropes(hf_config: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None, float]:
@@ -69,15 +82,25 @@ def gemma3_sliding_layers(hf_config: Mapping[str, Any]) -> list[int]:
 
 class Gemma3Family(Gemma2Family):
     name = "gemma3"
-    architectures = ("Gemma3ForCausalLM",)
+    architectures = ("Gemma3ForCausalLM", _WRAPPED)
     version = str(CONVERTER_VERSION)
 
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)
         gemma3_ropes(hf_config)
 
+    def quantization_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
+        if _WRAPPED not in (hf_config.get("architectures") or []):
+            return None
+        return (
+            f"{_WRAPPED} checkpoints name their text linears language_model.model.* in the "
+            "files but model.language_model.* in the model transformers loads, and forge's "
+            "calibration does not map the two yet"
+        )
+
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
-        cfg = dict(text_config(hf_config))
+        # The wrapper's text_config has no architectures of its own: keep the outer one.
+        cfg = {**text_config(hf_config), "architectures": hf_config.get("architectures")}
         for key in _NO_CAP_BY_DEFAULT:  # absent means off for Gemma 3 (Gemma 2: 50 / 30)
             cfg.setdefault(key, None)
         config = super().trtllm_config(cfg, dtype=dtype)
@@ -109,4 +132,11 @@ class Gemma3Family(Gemma2Family):
             for i in range(layers)
             for dst, src in _QK_NORMS
         ]
-        return TensorPlan(rules=(*plan.rules, *norms), ignored=plan.ignored)
+        rules, ignored = (*plan.rules, *norms), plan.ignored
+        if _WRAPPED in (hf_config.get("architectures") or []):
+            rules = tuple(
+                replace(r, sources=tuple(_WRAPPED_TEXT_PREFIX + s for s in r.sources))
+                for r in rules
+            )
+            ignored = (*ignored, *_WRAPPED_IGNORED)
+        return TensorPlan(rules=rules, ignored=ignored)

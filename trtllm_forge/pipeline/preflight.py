@@ -234,6 +234,7 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
         )
     _check_group_alignment(loaded, dims, hf_config)
     _check_smoothing_fold(loaded, hf_config)
+    _check_quantizable(loaded, hf_config)
     _check_profile_model(loaded, hf_config)
     _check_hf_target(loaded, hf_config)
 
@@ -284,6 +285,22 @@ def _valid_tps(dims: dict[str, int]) -> list[int]:
     """The tp values the hint may offer: those no rule above refuses (tp=4 on 14 heads
     used to offer 7, which the key/value-head rule then refused)."""
     return [t for t in _divisors(dims["num_attention_heads"]) if _tp_problem(t, dims) is None]
+
+
+def _check_quantizable(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
+    """A family that cannot calibrate this checkpoint says so before any work."""
+    quantize = loaded.recipe.quantize
+    if quantize.method == "none" and quantize.kv_cache == "none":
+        return
+    from trtllm_forge.models.registry import family_for
+
+    reason = family_for(hf_config).quantization_refusal(hf_config)
+    if reason:
+        raise recipe_error(
+            reason,
+            hint="build it unquantized (quantize.method: none, quantize.kv_cache: none)",
+            location=loaded.locate("quantize.method"),
+        )
 
 
 def _check_profile_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
