@@ -30,7 +30,7 @@ TINY_DEFAULTS: dict[str, Any] = {
 ARCHES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma")
 ARCHES += ("falcon", "bloom", "mpt")
 ARCHES += ("gemma2",)
-ARCHES += ("qwen3", "phi3", "gemma3", "gemma3_mm")
+ARCHES += ("qwen3", "phi3", "gemma3", "gemma3_mm", "mixtral")
 
 # Per-arch changes to TINY_DEFAULTS: GPT-2-style configs name the FFN size n_inner and
 # have no num_key_value_heads (GPTBigCode: multi_query); GPT-J rotates 8 of 16 channels.
@@ -83,6 +83,8 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Gemma3ForConditionalGeneration: the same text decoder under text_config, plus a
     # one-layer vision tower the text-only engine ignores.
     "gemma3_mm": {},
+    # Mixtral: 4 experts of intermediate 32, top-2 (the shape).
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32},
     # Falcon defaults to the old decoder (Falcon-7B: MQA, parallel attention, no biases);
     # new_decoder_architecture=True uses num_kv_heads (GQA) and two layernorms.
     "falcon": {
@@ -152,6 +154,7 @@ def _config_class(arch: str) -> Any:
         "phi3": transformers.Phi3Config,
         "gemma3": transformers.Gemma3TextConfig,
         "gemma3_mm": _gemma3_wrapper,
+        "mixtral": transformers.MixtralConfig,
         "falcon": transformers.FalconConfig,
         "bloom": transformers.BloomConfig,
         "mpt": transformers.MptConfig,

@@ -402,7 +402,30 @@ class CheckpointForward:
         bias_max = float(self.config.get("alibi_bias_max") or 8.0)
         return alibi_bias(alibi_slopes(int(self.config["num_attention_heads"]), bias_max), seq)
 
+    def _moe(self, prefix: str, x: torch.Tensor, moe: Mapping[str, Any]) -> torch.Tensor:
+        """Mixtral: softmax over the router's logits, keep the top-k, renormalize them to
+        sum to one, and add those experts' gated MLPs weighted by them (every expert is
+        computed; unrouted ones get weight 0)."""
+        probs = torch.softmax(self.linear(prefix + "mlp.router", x), dim=-1)
+        top, chosen = torch.topk(probs, int(moe["top_k"]), dim=-1)
+        if int(moe.get("normalization_mode", 1)):
+            top = top / top.sum(dim=-1, keepdim=True)
+        weights = torch.zeros_like(probs).scatter(-1, chosen, top)
+        out = torch.zeros_like(x)
+        for e in range(int(moe["num_experts"])):
+            expert = self._gated_mlp(f"{prefix}mlp.experts.{e}.", x)
+            out = out + weights[..., e : e + 1] * expert
+        return out
+
+    def _gated_mlp(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        act = ACTIVATIONS[str(self.config.get("hidden_act", "silu"))]
+        activated = act(self.linear(prefix + "fc", x))
+        return self.linear(prefix + "proj", activated * self.linear(prefix + "gate", x))
+
     def _mlp(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        moe = self.config.get("moe")
+        if moe and moe.get("num_experts"):
+            return self._moe(prefix, x, moe)
         # TensorRT-LLM GatedMLP: proj(act(fc(x)) * gate(x)); fc = HF gate_proj.
         # Plain MLP (forge.mlp_type "plain"): proj(act(fc(x))).
         act = ACTIVATIONS[str(self.config.get("hidden_act", "silu"))]

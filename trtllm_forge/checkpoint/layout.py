@@ -33,7 +33,19 @@ LAYER_MODULES: dict[str, Parallel] = {
     "attention.q_layernorm": "none",  # Qwen3 / Gemma 3: RMSNorm of each query head
     "attention.k_layernorm": "none",  # ... and of each key head ([head_size], replicated)
     "attention": "none",  # kv_cache_scaling_factor and friends live on the attention module
+    "mlp.router": "none",  # Mixtral: [experts, hidden] gate logits, on every rank
 }
+# Mixture-of-experts: expert e's MLP linears are mlp.experts.{e}.{fc,gate,proj}; each
+# splits for TP like the dense mlp.{fc,gate,proj} (the expert's intermediate size).
+_EXPERT = re.compile(r"mlp\.experts\.\d+\.(fc|gate|proj)")
+
+
+def module_kind(module: str) -> str:
+    """The dense module an expert module shards like (``mlp.experts.3.fc`` -> ``mlp.fc``)."""
+    match = _EXPERT.fullmatch(module)
+    return f"mlp.{match.group(1)}" if match else module
+
+
 GLOBAL_MODULES: dict[str, tuple[Parallel, Placement]] = {
     "transformer.vocab_embedding": ("none", "first"),
     "transformer.position_embedding": ("none", "first"),  # learned absolute positions (GPT-2)
@@ -61,7 +73,7 @@ class TensorName:
     def parallel(self) -> Parallel:
         if self.layer is None:
             return GLOBAL_MODULES[self.module][0]
-        return LAYER_MODULES[self.module]
+        return LAYER_MODULES[module_kind(self.module)]
 
     @property
     def placement(self) -> Placement:
@@ -78,7 +90,8 @@ def parse_name(name: str) -> TensorName | None:
         for module in sorted(LAYER_MODULES, key=len, reverse=True):
             if rest.startswith(module + ".") and "." not in rest[len(module) + 1 :]:
                 return TensorName(layer, module, rest[len(module) + 1 :])
-        return None
+        module, _, param = rest.rpartition(".")
+        return TensorName(layer, module, param) if _EXPERT.fullmatch(module) else None
     for module in GLOBAL_MODULES:
         if name.startswith(module + ".") and "." not in name[len(module) + 1 :]:
             return TensorName(None, module, name[len(module) + 1 :])
@@ -93,6 +106,7 @@ def module_dims(module: str, config: Mapping[str, Any]) -> tuple[int, int]:
     head = int(config.get("head_size") or hidden // heads)
     inter = int(config["intermediate_size"])
     vocab = int(config["vocab_size"])
+    module = module_kind(module)
     dims = {
         "attention.qkv": ((heads + 2 * kv) * head, hidden),
         "attention.dense": (hidden, heads * head),
@@ -119,6 +133,8 @@ def unquantized_shape(name: str, config: Mapping[str, Any]) -> tuple[int, ...] |
         return (
             int(config.get("head_size") or config["hidden_size"] // config["num_attention_heads"]),
         )
+    if parsed.module == "mlp.router":
+        return (int(config["moe"]["num_experts"]), int(config["hidden_size"]))
     if parsed.module == "transformer.position_embedding":
         rows = int(config.get("max_position_embeddings") or 0)
         return (rows, int(config["hidden_size"])) if parsed.param == "weight" and rows else None

@@ -27,6 +27,7 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "Gemma2ForCausalLM",
 )
 SUPPORTED_ARCHITECTURES += ("Qwen3ForCausalLM", "Phi3ForCausalLM", "Gemma3ForCausalLM")
+SUPPORTED_ARCHITECTURES += ("MixtralForCausalLM",)
 SUPPORTED_ARCHITECTURES += ("FalconForCausalLM", "BloomForCausalLM", "MPTForCausalLM")  # families-B
 # Position encodings the lowering implements (families-A: learned_absolute, rope_gptj).
 SUPPORTED_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope_gpt_neox", "rope_gptj", "learned_absolute")
@@ -79,6 +80,11 @@ class ModelSpec:
     qk_layernorm: bool = False
     # Gemma 3: the sliding-window layers' rope base (unscaled); None = one rope for all.
     rope_local_base_freq: float | None = None
+    # Mixture of experts (TensorRT-LLM's moe block): experts per layer, experts per
+    # token; 0 = a dense MLP.
+    moe_num_experts: int = 0
+    moe_top_k: int = 0
+    moe_renormalize: bool = True  # top-k weights rescaled to sum to 1 (normalization_mode 1)
 
     @property
     def attention_scale(self) -> float:
@@ -233,6 +239,9 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
         sliding_window_layers=_optional_layers(forge.get("sliding_window_layers")),
         qk_layernorm=bool(forge.get("qk_layernorm", False)),
         rope_local_base_freq=_optional_float(config.get("rope_local_base_freq")),
+        moe_num_experts=int((config.get("moe") or {}).get("num_experts") or 0),
+        moe_top_k=int((config.get("moe") or {}).get("top_k") or 0),
+        moe_renormalize=bool((config.get("moe") or {}).get("normalization_mode", 1)),
     )
 
 

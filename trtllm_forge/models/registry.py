@@ -27,6 +27,7 @@ from trtllm_forge.models.gpt_bigcode import GptBigCodeFamily
 from trtllm_forge.models.gpt_neox import GptNeoxFamily
 from trtllm_forge.models.gptj import GptjFamily
 from trtllm_forge.models.llama import LlamaFamily
+from trtllm_forge.models.mixtral import MixtralFamily
 from trtllm_forge.models.mpt import MptFamily
 from trtllm_forge.models.phi3 import Phi3Family
 from trtllm_forge.models.qwen3 import Qwen3Family
@@ -124,6 +125,7 @@ REGISTRY.register(Gemma2Family())
 REGISTRY.register(Qwen3Family())
 REGISTRY.register(Phi3Family())
 REGISTRY.register(Gemma3Family())
+REGISTRY.register(MixtralFamily())
 
 
 # The model_type transformers pairs with each built-in architecture. transformers picks
@@ -147,6 +149,7 @@ MODEL_TYPES = {
     "Phi3ForCausalLM": "phi3",
     "Gemma3ForCausalLM": "gemma3_text",
     "Gemma3ForConditionalGeneration": "gemma3",
+    "MixtralForCausalLM": "mixtral",
 }
 
 

@@ -454,10 +454,51 @@ _ACTIVATIONS: dict[str, Callable[[LoweringContext, str, str], str]] = {
 }
 
 
+def _moe(ctx: LoweringContext, x: str, prefix: str) -> str:
+    """Mixtral with standard ops: softmax(router(x)), TopK, renormalize, scatter the
+    weights into a dense [.., experts] row, and sum every expert's gated MLP times its
+    weight (unrouted experts weigh 0). Each expert's MLP is TP-split like a dense one."""
+    g, model = ctx.graph, ctx.model
+    experts = model.moe_num_experts
+    logits = _linear(ctx, x, f"{prefix}.router", "none", model.hidden_size, experts)
+    probs = g.op("Softmax", [logits], f"{prefix}.router_probs", axis=-1)
+    top, chosen = g.op_n(
+        "TopK",
+        [probs, g.i64(model.moe_top_k)],
+        [f"{prefix}.top_probs", f"{prefix}.top_experts"],
+        axis=-1,
+    )
+    if model.moe_renormalize:
+        total = g.op("ReduceSum", [top, g.i64(-1)], f"{prefix}.top_sum", keepdims=1)
+        top = g.op("Div", [top, total], f"{prefix}.top_normed")
+    zeros = g.op("Mul", [probs, g.scalar(0.0)], f"{prefix}.zeros")
+    weights = g.op("ScatterElements", [zeros, chosen, top], f"{prefix}.weights", axis=-1)
+    out = None
+    for e in range(experts):
+        weight = g.op("Slice", [weights, g.i64(e), g.i64(e + 1), g.i64(-1)], f"{prefix}.weight{e}")
+        expert = _gated_mlp(ctx, x, f"{prefix}.experts.{e}")
+        term = g.op("Mul", [expert, weight], f"{prefix}.expert{e}_weighted")
+        out = term if out is None else g.op("Add", [out, term], f"{prefix}.sum{e}")
+    assert out is not None
+    return out
+
+
+def _gated_mlp(ctx: LoweringContext, x: str, prefix: str) -> str:
+    g, model = ctx.graph, ctx.model
+    inner = model.intermediate_size // ctx.layout.tp_size
+    fc = _linear(ctx, x, f"{prefix}.fc", "column", model.hidden_size, inner)
+    activated = _ACTIVATIONS[model.hidden_act](ctx, fc, prefix)
+    gate = _linear(ctx, x, f"{prefix}.gate", "column", model.hidden_size, inner)
+    product = g.op("Mul", [activated, gate], f"{prefix}.gated")
+    return _linear(ctx, product, f"{prefix}.proj", "row", inner, model.hidden_size)
+
+
 def _mlp(ctx: LoweringContext, x: str, prefix: str) -> str:
     """TRT GatedMLP: proj(act(fc(x)) · gate(x)); fc is HF gate_proj, gate is HF up_proj.
     Plain MLP (``mlp_type`` plain, GPT-2/NeoX/GPT-J): proj(act(fc(x)))."""
     g, model = ctx.graph, ctx.model
+    if model.moe_num_experts:
+        return _moe(ctx, x, prefix)
     inner = model.intermediate_size // ctx.layout.tp_size
     fc = _linear(ctx, x, f"{prefix}.fc", "column", model.hidden_size, inner)
     activated = _ACTIVATIONS[model.hidden_act](ctx, fc, prefix)

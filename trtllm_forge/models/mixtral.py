@@ -1,0 +1,83 @@
+"""Mixtral (``MixtralForCausalLM``): the Llama decoder with a mixture-of-experts MLP.
+
+Each layer's MLP is ``num_local_experts`` gated SiLU MLPs and a router (HF
+``block_sparse_moe.gate``, ``[experts, hidden]``): a token's router logits go through a
+softmax, the ``num_experts_per_tok`` largest probabilities are kept and rescaled to sum
+to one, and the token's output is those experts' outputs weighted by them.
+TensorRT-LLM's config block ``moe`` (``num_experts``, ``top_k``, ``normalization_mode``
+1 = renormalize) describes it; forge stores expert ``e``'s linears as
+``mlp.experts.{e}.{fc,gate,proj}`` (HF ``w1`` = gate branch, ``w3`` = up, ``w2`` =
+down, reference §3.1's fc/gate naming) and the router as ``mlp.router``. TP splits each
+expert's intermediate size like a dense MLP; the router is on every rank.
+
+The portable lowering computes every expert for every token (unrouted experts weigh
+zero), so an engine costs ``experts / top_k`` times the routed compute. Quantization
+is refused at plan time: transformers 5 loads the experts as fused 3-D parameters, not
+as the per-expert linears calibration hooks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from trtllm_forge.errors import recipe_error
+from trtllm_forge.models.base import TensorPlan, TensorRule, model_dims, text_config
+from trtllm_forge.models.llama import LlamaFamily
+
+CONVERTER_VERSION = 1
+
+# (TRT-LLM linear inside mlp.experts.{e}, HF linear inside block_sparse_moe.experts.{e})
+_EXPERT_LINEARS: tuple[tuple[str, str], ...] = (("fc", "w1"), ("gate", "w3"), ("proj", "w2"))
+_DENSE_MLP = re.compile(r"transformer\.layers\.\d+\.mlp\.")
+
+
+def moe_sizes(hf_config: Mapping[str, Any]) -> tuple[int, int]:
+    """``(experts, experts per token)``, refused when they contradict each other."""
+    cfg = text_config(hf_config)
+    experts, top_k = int(cfg.get("num_local_experts", 8)), int(cfg.get("num_experts_per_tok", 2))
+    if not 0 < top_k <= experts:
+        raise recipe_error(
+            f"invalid model config: num_experts_per_tok {top_k} must be between 1 and "
+            f"num_local_experts {experts}",
+            hint="check the model's config.json",
+        )
+    return experts, top_k
+
+
+class MixtralFamily(LlamaFamily):
+    name = "mixtral"
+    architectures = ("MixtralForCausalLM",)
+    version = str(CONVERTER_VERSION)
+
+    def validate(self, hf_config: Mapping[str, Any]) -> None:
+        super().validate(hf_config)
+        moe_sizes(hf_config)
+
+    def quantization_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
+        return (
+            "forge cannot calibrate Mixtral's experts yet: transformers loads them as fused "
+            "3-D parameters, not the per-expert linears the checkpoint stores"
+        )
+
+    def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
+        config = super().trtllm_config(hf_config, dtype=dtype)
+        experts, top_k = moe_sizes(hf_config)
+        config["moe"] = {"num_experts": experts, "top_k": top_k, "normalization_mode": 1}
+        config["forge"].update({"family": self.name, "converter_version": CONVERTER_VERSION})
+        return config
+
+    def tensor_plan(self, hf_config: Mapping[str, Any]) -> TensorPlan:
+        plan = super().tensor_plan(hf_config)
+        rules = [r for r in plan.rules if not _DENSE_MLP.match(r.target)]
+        experts, _ = moe_sizes(hf_config)
+        for i in range(model_dims(text_config(hf_config))["num_hidden_layers"]):
+            dst, src = f"transformer.layers.{i}.mlp.", f"model.layers.{i}.block_sparse_moe."
+            rules.append(TensorRule(f"{dst}router.weight", (f"{src}gate.weight",)))
+            rules.extend(
+                TensorRule(f"{dst}experts.{e}.{trt}.weight", (f"{src}experts.{e}.{hf}.weight",))
+                for e in range(experts)
+                for trt, hf in _EXPERT_LINEARS
+            )
+        return TensorPlan(rules=tuple(rules), ignored=plan.ignored)
