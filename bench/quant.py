@@ -61,8 +61,12 @@ METHODS = (
     "fp8",
     "int8_wo+kv_int8",
     "fp8+kv_fp8",
+    "fp8_block",
+    "w4a8_awq",
 )
-GROUPED = ("int4_wo", "awq", "gptq")
+GROUPED = ("int4_wo", "awq", "gptq", "w4a8_awq")
+# fp8_block's tile edge here: 128 divides none of SmolLM2-135M's 576 / 192 sizes.
+FP8_BLOCK_SIZE = 64
 DEFAULT_METHODS = METHODS[:7]  # the KV-cache variants cost ~5 min each more: ask for them
 QUICK_METHODS = ("none", "int8_wo", "int4_wo")
 
@@ -145,7 +149,8 @@ def build_cases(methods: list[str], group_sizes: list[int], s: Settings) -> list
         if name not in METHODS:
             raise SystemExit(f"unknown method {name!r}; known: {', '.join(METHODS)}")
         if name in GROUPED:
-            samples = {"awq": s.awq_samples, "gptq": s.gptq_samples}.get(name, 0)
+            samples = {"awq": s.awq_samples, "w4a8_awq": s.awq_samples}.get(name, 0)
+            samples = {"gptq": s.gptq_samples}.get(name, samples)
             for g in group_sizes:
                 cases.append(
                     Case(
@@ -163,6 +168,9 @@ def build_cases(methods: list[str], group_sizes: list[int], s: Settings) -> list
                 cases.append(Case(label, name, params, samples=s.samples))
         elif name == "fp8":
             cases.append(Case(name, name, {"granularity": "per_tensor"}, samples=s.samples))
+        elif name == "fp8_block":
+            params = {"block_size": FP8_BLOCK_SIZE}
+            cases.append(Case(f"fp8_block b{FP8_BLOCK_SIZE}", name, params))
         elif "+kv_" in name:
             method, kv = name.split("+kv_")
             cases.append(Case(f"{method} + kv {kv}", method, kv_cache=kv, samples=s.samples))
@@ -434,12 +442,15 @@ def modelopt_config(mtq: Any, case: Case) -> dict[str, Any]:
         "gptq": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
         "smoothquant": "INT8_SMOOTHQUANT_CFG",
         "fp8": "FP8_DEFAULT_CFG",
+        "w4a8_awq": "W4A8_AWQ_BETA_CFG",
     }
     config = copy.deepcopy(getattr(mtq, presets[case.method]))
     if case.group_size:
         for entry in config["quant_cfg"]:
             if entry.get("quantizer_name") == "*weight_quantizer" and "cfg" in entry:
-                entry["cfg"]["block_sizes"] = {-1: case.group_size, "type": "static"}
+                # W4A8's weight quantizer is a sequence [INT4 groups, FP8]: the first one
+                cfg = entry["cfg"][0] if isinstance(entry["cfg"], list) else entry["cfg"]
+                cfg["block_sizes"] = {-1: case.group_size, "type": "static"}
     if case.method == "gptq":
         # forge's defaults: damping 0.01; ModelOpt's update block must hold whole groups.
         config["algorithm"] = {"method": "gptq", "perc_damp": 0.01, "block_size": 128}
@@ -459,6 +470,12 @@ def per_token_smoothquant(case: Case) -> bool:
     """ModelOpt 0.47 has no preset for INT8 per-token activations (it calibrates the
     smoothing with static per-tensor activations, which the per_tensor row shows)."""
     return case.method == "smoothquant" and case.params.get("activations") == "per_token"
+
+
+def no_modelopt_counterpart(case: Case) -> bool:
+    """Cases ModelOpt 0.47 has no preset for: per-token SmoothQuant, and block FP8 with
+    dynamic per-token-group activations (its FP8_2D_BLOCKWISE is weight-only)."""
+    return per_token_smoothquant(case) or case.method == "fp8_block"
 
 
 def calibration_tokens(case: Case, s: Settings) -> Any:
@@ -514,7 +531,7 @@ def run_case(
     row.update(forge_build(case, s, home, workdir, progress))
     progress.log(f"== {case.label}: evaluating checkpoint (fake quant) and engine (ORT)")
     row.update(evaluate_forge(Path(row["checkpoint"]), Path(row["engine"]), windows, ref))
-    if s.modelopt and case.method != "none" and not per_token_smoothquant(case):
+    if s.modelopt and case.method != "none" and not no_modelopt_counterpart(case):
         progress.log(f"== {case.label}: ModelOpt mtq.quantize + evaluation")
         try:
             row.update(evaluate_modelopt(case, s, windows, progress))
