@@ -52,7 +52,7 @@ def embedding_multiplier(hidden_size: int, dtype: str) -> float:
 
 class GemmaFamily(gpt_common.GptStyleFamily):
     name = "gemma"
-    architectures = ("GemmaForCausalLM",)
+    architectures: tuple[str, ...] = ("GemmaForCausalLM",)
     version = str(CONVERTER_VERSION)
 
     def validate(self, hf_config: Mapping[str, Any]) -> None:

@@ -74,7 +74,7 @@ def _positive_or_none(cfg: Mapping[str, Any], key: str) -> float | None:
 
 class Gemma2Family(GemmaFamily):
     name = "gemma2"
-    architectures = ("Gemma2ForCausalLM",)
+    architectures: tuple[str, ...] = ("Gemma2ForCausalLM",)
     version = str(CONVERTER_VERSION)
 
     def validate(self, hf_config: Mapping[str, Any]) -> None:

@@ -79,7 +79,7 @@ def rope_settings(hf_config: Mapping[str, Any]) -> tuple[float, dict[str, Any] |
 
 class LlamaFamily(Family):
     name = "llama"
-    architectures = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+    architectures: tuple[str, ...] = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
     version = str(CONVERTER_VERSION)
 
     def validate(self, hf_config: Mapping[str, Any]) -> None:
