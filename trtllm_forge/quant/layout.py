@@ -115,7 +115,7 @@ def block_amax(weight: torch.Tensor, block: int) -> torch.Tensor:
     return tiles.abs().amax(dim=(1, 3)).float()
 
 
-def expand_blocks(scale: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def expand_blocks(scale: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``[out / b, in / b]`` → ``[out, in]`` (each tile's scale over its elements)."""
     rows, cols = shape
     return scale.repeat_interleave(rows // scale.shape[0], dim=0).repeat_interleave(
@@ -125,13 +125,11 @@ def expand_blocks(scale: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 
 def quantize_fp8_blocks(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Block-scaled float8 e4m3fn (``scale [out / b, in / b]``)."""
-    return (weight.float() / expand_blocks(scale.float(), tuple(weight.shape))).to(
-        torch.float8_e4m3fn
-    )
+    return (weight.float() / expand_blocks(scale.float(), weight.shape)).to(torch.float8_e4m3fn)
 
 
 def dequantize_fp8_blocks(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.float() * expand_blocks(scale.float(), tuple(q.shape))
+    return q.float() * expand_blocks(scale.float(), q.shape)
 
 
 def per_group_scale(x: torch.Tensor, group: int, qmax: float) -> torch.Tensor:

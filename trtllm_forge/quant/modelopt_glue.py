@@ -170,9 +170,12 @@ def _weight_amax(linear: Any) -> torch.Tensor:
 def _second_weight_amax(linear: Any) -> torch.Tensor | None:
     """The FP8 stage of a sequential (W4A8) weight quantizer: its per-tensor range."""
     quantizer = linear.weight_quantizer
-    if not isinstance(quantizer, nn.Sequential) or quantizer[-1].amax is None:
+    if not isinstance(quantizer, nn.Sequential):
         return None
-    amax: torch.Tensor = quantizer[-1].amax.detach().float().reshape(())
+    stage: Any = quantizer[-1]
+    if stage.amax is None:
+        return None
+    amax: torch.Tensor = stage.amax.detach().float().reshape(())
     return amax
 
 
