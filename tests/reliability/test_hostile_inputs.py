@@ -513,19 +513,19 @@ def test_gguf_of_an_architecture_forge_cannot_convert_is_refused_at_check(
     tmp_path: Path,
 ) -> None:
     """Found from the header's general.architecture by `recipe check`: nothing is
-    dequantized first (a Gemma 3 used to be converted for two minutes)."""
+    dequantized first (an unsupported model used to be converted for two minutes)."""
     import gguf
     import numpy as np
 
-    writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "gemma3")
+    writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "starcoder2")  # transformers reads it
     writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     recipe = tiny_recipe(tmp_path / "recipe.yaml", tmp_path, source={"gguf": "model.gguf"})
-    rejected(forge(tmp_path / "home", "recipe", "check", str(recipe)), (2,), "'gemma3'")
-    build_rejected(tmp_path / "home", recipe, (2,), "'gemma3'", kind="gguf", until="fetch")
+    rejected(forge(tmp_path / "home", "recipe", "check", str(recipe)), (2,), "'starcoder2'")
+    build_rejected(tmp_path / "home", recipe, (2,), "'starcoder2'", kind="gguf", until="fetch")
 
 
 # -- configs that contradict themselves or name what forge cannot convert -------------------
@@ -534,7 +534,7 @@ def test_gguf_of_an_architecture_forge_cannot_convert_is_refused_at_check(
     [
         ("model_type", "nonsense", 5, "model_type 'nonsense'"),
         ("model_type", None, 5, "model_type None"),
-        ("architectures", ["Gemma3ForCausalLM"], 2, "forge cannot convert"),
+        ("architectures", ["Olmo2ForCausalLM"], 2, "forge cannot convert"),
     ],
 )
 def test_unconvertible_config_is_refused_before_any_stage(
