@@ -69,6 +69,11 @@ FEATURES: dict[str, dict[str, Mutation]] = {
         "top_k_routing": lambda c: c["moe"].update(top_k=c["moe"]["num_experts"]),
         "renormalized_weights": lambda c: c["moe"].update(normalization_mode=0),
     },
+    "qwen3_moe": {
+        "qk_layernorm": _forge(qk_layernorm=False),
+        "top_k_routing": lambda c: c["moe"].update(top_k=1),
+        "weights_not_renormalized": lambda c: c["moe"].update(normalization_mode=1),
+    },
 }
 FAMILIES = list(FEATURES)
 
@@ -135,6 +140,13 @@ EXPECTED: dict[str, dict[str, Callable[[Callable[[str], torch.Tensor]], torch.Te
         "mlp.experts.3.gate.weight": lambda t: t("block_sparse_moe.experts.3.w3.weight"),
         "mlp.experts.0.proj.weight": lambda t: t("block_sparse_moe.experts.0.w2.weight"),
     },
+    "qwen3_moe": {
+        "attention.q_layernorm.weight": lambda t: t("self_attn.q_norm.weight"),
+        "mlp.router.weight": lambda t: t("mlp.gate.weight"),
+        "mlp.experts.2.fc.weight": lambda t: t("mlp.experts.2.gate_proj.weight"),
+        "mlp.experts.2.gate.weight": lambda t: t("mlp.experts.2.up_proj.weight"),
+        "mlp.experts.1.proj.weight": lambda t: t("mlp.experts.1.down_proj.weight"),
+    },
 }
 
 
@@ -187,8 +199,8 @@ QUANT = {"int8_wo": 0.05, "fp8": 0.2}
 def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
     from trtllm_forge.quant.quantize import quantize_checkpoint
 
-    if family["arch"] == "mixtral":
-        pytest.skip("refused at plan time: test_mixtral_config_refusals_at_plan_time")
+    if family["arch"] in ("mixtral", "qwen3_moe"):
+        pytest.skip("MoE quantization is refused at plan time (test_*_refusals_at_plan_time)")
     root, hf = family["root"], family["hf"]
     if not (root / "canonical-f16").exists():
         convert_hf_checkpoint(hf, root / "canonical-f16", dtype="float16")
@@ -211,7 +223,13 @@ def test_ort_profile_refuses_the_new_families() -> None:
     """build.profile ort lowers the Llama graph only: these families stop at plan time."""
     from trtllm_forge.engine.onnx.ort.support import model_refusal
 
-    for arch in ("Qwen3ForCausalLM", "Phi3ForCausalLM", "Gemma3ForCausalLM", "MixtralForCausalLM"):
+    for arch in (
+        "Qwen3ForCausalLM",
+        "Phi3ForCausalLM",
+        "Gemma3ForCausalLM",
+        "MixtralForCausalLM",
+        "Qwen3MoeForCausalLM",
+    ):
         refusal = model_refusal({"architectures": [arch], "hidden_act": "silu"})
         assert refusal is not None and arch in refusal
 
@@ -355,3 +373,17 @@ def test_mixtral_config_refusals_at_plan_time(tmp_path: Path) -> None:
     error = _plan_refusal(tmp_path, config, quantize={"method": "int8_wo"})
     assert error.code == ExitCode.RECIPE and "experts" in error.message
     assert error.location is not None
+
+
+def test_qwen3_moe_refusals_at_plan_time(tmp_path: Path) -> None:
+    """Quantization (exit 2 at quantize.method) and dense-MLP layers (exit 5, named)."""
+    from tests.tinymodels import TINY_DEFAULTS
+    from trtllm_forge.errors import ExitCode
+
+    config = {**TINY_DEFAULTS, "architectures": ["Qwen3MoeForCausalLM"]}
+    config |= {"model_type": "qwen3_moe", "num_experts": 4, "num_experts_per_tok": 2}
+    config |= {"moe_intermediate_size": 32}
+    error = _plan_refusal(tmp_path, config, quantize={"method": "fp8"})
+    assert error.code == ExitCode.RECIPE and error.location is not None
+    error = _plan_refusal(tmp_path, {**config, "mlp_only_layers": [1]})
+    assert error.code == ExitCode.SOURCE and "mlp_only_layers" in error.message

@@ -30,7 +30,7 @@ TINY_DEFAULTS: dict[str, Any] = {
 ARCHES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma")
 ARCHES += ("falcon", "bloom", "mpt")
 ARCHES += ("gemma2",)
-ARCHES += ("qwen3", "phi3", "gemma3", "gemma3_mm", "mixtral")
+ARCHES += ("qwen3", "phi3", "gemma3", "gemma3_mm", "mixtral", "qwen3_moe")
 
 # Per-arch changes to TINY_DEFAULTS: GPT-2-style configs name the FFN size n_inner and
 # have no num_key_value_heads (GPTBigCode: multi_query); GPT-J rotates 8 of 16 channels.
@@ -85,6 +85,15 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma3_mm": {},
     # Mixtral: 4 experts of intermediate 32, top-2 (the issue's shape).
     "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32},
+    # Qwen3-MoE: Qwen3's attention, 4 experts of 32, top-2 without renormalization
+    # (transformers' default norm_topk_prob false; Mixtral's tiny model renormalizes).
+    "qwen3_moe": {
+        "head_dim": 32,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "norm_topk_prob": False,
+    },
     # Falcon defaults to the old decoder (Falcon-7B: MQA, parallel attention, no biases);
     # new_decoder_architecture=True uses num_kv_heads (GQA) and two layernorms.
     "falcon": {
@@ -155,6 +164,7 @@ def _config_class(arch: str) -> Any:
         "gemma3": transformers.Gemma3TextConfig,
         "gemma3_mm": _gemma3_wrapper,
         "mixtral": transformers.MixtralConfig,
+        "qwen3_moe": transformers.Qwen3MoeConfig,
         "falcon": transformers.FalconConfig,
         "bloom": transformers.BloomConfig,
         "mpt": transformers.MptConfig,

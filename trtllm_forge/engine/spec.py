@@ -27,7 +27,7 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "Gemma2ForCausalLM",
 )
 SUPPORTED_ARCHITECTURES += ("Qwen3ForCausalLM", "Phi3ForCausalLM", "Gemma3ForCausalLM")
-SUPPORTED_ARCHITECTURES += ("MixtralForCausalLM",)
+SUPPORTED_ARCHITECTURES += ("MixtralForCausalLM", "Qwen3MoeForCausalLM")
 SUPPORTED_ARCHITECTURES += ("FalconForCausalLM", "BloomForCausalLM", "MPTForCausalLM")  # families-B
 # Position encodings the lowering implements (families-A: learned_absolute, rope_gptj).
 SUPPORTED_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope_gpt_neox", "rope_gptj", "learned_absolute")

@@ -33,17 +33,49 @@ _EXPERT_LINEARS: tuple[tuple[str, str], ...] = (("fc", "w1"), ("gate", "w3"), ("
 _DENSE_MLP = re.compile(r"transformer\.layers\.\d+\.mlp\.")
 
 
-def moe_sizes(hf_config: Mapping[str, Any]) -> tuple[int, int]:
-    """``(experts, experts per token)``, refused when they contradict each other."""
+def moe_sizes(hf_config: Mapping[str, Any], *experts_keys: str) -> tuple[int, int]:
+    """``(experts, experts per token)``, refused when they contradict each other. The
+    expert count is the first of ``experts_keys`` (default ``num_local_experts``) found."""
     cfg = text_config(hf_config)
-    experts, top_k = int(cfg.get("num_local_experts", 8)), int(cfg.get("num_experts_per_tok", 2))
+    keys = experts_keys or ("num_local_experts",)
+    experts_key = next((k for k in keys if cfg.get(k) is not None), keys[0])
+    experts, top_k = int(cfg.get(experts_key, 8)), int(cfg.get("num_experts_per_tok", 2))
     if not 0 < top_k <= experts:
         raise recipe_error(
             f"invalid model config: num_experts_per_tok {top_k} must be between 1 and "
-            f"num_local_experts {experts}",
+            f"{experts_key} {experts}",
             hint="check the model's config.json",
         )
     return experts, top_k
+
+
+QUANTIZATION_REFUSAL = (
+    "forge cannot calibrate mixture-of-experts layers yet: transformers loads the experts "
+    "as fused 3-D parameters, not the per-expert linears the checkpoint stores"
+)
+
+
+def expert_rules(
+    plan: TensorPlan,
+    layers: int,
+    experts: int,
+    block: str,
+    router: str,
+    linears: tuple[tuple[str, str], ...],
+) -> TensorPlan:
+    """``plan`` with each layer's dense MLP rows replaced by the router and the experts:
+    HF ``model.layers.{i}.{block}.{router}`` and ``...{block}.experts.{e}.{hf}`` for each
+    ``(TRT-LLM linear, HF linear)`` of ``linears``."""
+    rules = [r for r in plan.rules if not _DENSE_MLP.match(r.target)]
+    for i in range(layers):
+        dst, src = f"transformer.layers.{i}.mlp.", f"model.layers.{i}.{block}."
+        rules.append(TensorRule(f"{dst}router.weight", (f"{src}{router}.weight",)))
+        rules.extend(
+            TensorRule(f"{dst}experts.{e}.{trt}.weight", (f"{src}experts.{e}.{hf}.weight",))
+            for e in range(experts)
+            for trt, hf in linears
+        )
+    return TensorPlan(rules=tuple(rules), ignored=plan.ignored)
 
 
 class MixtralFamily(LlamaFamily):
@@ -56,10 +88,7 @@ class MixtralFamily(LlamaFamily):
         moe_sizes(hf_config)
 
     def quantization_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
-        return (
-            "forge cannot calibrate Mixtral's experts yet: transformers loads them as fused "
-            "3-D parameters, not the per-expert linears the checkpoint stores"
-        )
+        return QUANTIZATION_REFUSAL
 
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
         config = super().trtllm_config(hf_config, dtype=dtype)
@@ -69,15 +98,7 @@ class MixtralFamily(LlamaFamily):
         return config
 
     def tensor_plan(self, hf_config: Mapping[str, Any]) -> TensorPlan:
-        plan = super().tensor_plan(hf_config)
-        rules = [r for r in plan.rules if not _DENSE_MLP.match(r.target)]
+        layers = model_dims(text_config(hf_config))["num_hidden_layers"]
         experts, _ = moe_sizes(hf_config)
-        for i in range(model_dims(text_config(hf_config))["num_hidden_layers"]):
-            dst, src = f"transformer.layers.{i}.mlp.", f"model.layers.{i}.block_sparse_moe."
-            rules.append(TensorRule(f"{dst}router.weight", (f"{src}gate.weight",)))
-            rules.extend(
-                TensorRule(f"{dst}experts.{e}.{trt}.weight", (f"{src}experts.{e}.{hf}.weight",))
-                for e in range(experts)
-                for trt, hf in _EXPERT_LINEARS
-            )
-        return TensorPlan(rules=tuple(rules), ignored=plan.ignored)
+        plan = super().tensor_plan(hf_config)
+        return expert_rules(plan, layers, experts, "block_sparse_moe", "gate", _EXPERT_LINEARS)

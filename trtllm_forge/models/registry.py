@@ -31,6 +31,7 @@ from trtllm_forge.models.mixtral import MixtralFamily
 from trtllm_forge.models.mpt import MptFamily
 from trtllm_forge.models.phi3 import Phi3Family
 from trtllm_forge.models.qwen3 import Qwen3Family
+from trtllm_forge.models.qwen3_moe import Qwen3MoeFamily
 
 PLUGIN_GROUP = "trtllm_forge.plugins"
 
@@ -126,6 +127,7 @@ REGISTRY.register(Qwen3Family())
 REGISTRY.register(Phi3Family())
 REGISTRY.register(Gemma3Family())
 REGISTRY.register(MixtralFamily())
+REGISTRY.register(Qwen3MoeFamily())
 
 
 # The model_type transformers pairs with each built-in architecture. transformers picks
@@ -150,6 +152,7 @@ MODEL_TYPES = {
     "Gemma3ForCausalLM": "gemma3_text",
     "Gemma3ForConditionalGeneration": "gemma3",
     "MixtralForCausalLM": "mixtral",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
 }
 
 
