@@ -203,6 +203,11 @@ def _plan(tmp_path: Path, model: Path, quantize: dict, build: dict) -> object:
             ("quantize.method", "build.profile ort", "'fp8_block'"),
         ),
         (
+            {"method": "fp8_block"},  # 128 × 128 tiles on a 64-wide model
+            {},
+            ("quantize.block_size", "attention.qkv", "128×128"),
+        ),
+        (
             {"method": "fp8_block", "block_size": 32},
             {"backend": "trtllm"},
             ("quantize.method", "trtllm-build", "build.format: compressed-tensors"),

@@ -233,6 +233,7 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
             location=loaded.locate("parallel.pp"),
         )
     _check_group_alignment(loaded, dims, hf_config)
+    _check_block_alignment(loaded, dims, hf_config)
     _check_smoothing_fold(loaded, hf_config)
     _check_quantizable(loaded, hf_config)
     _check_profile_model(loaded, hf_config)
@@ -399,6 +400,40 @@ def _check_group_alignment(
         "recalibrates, while a new tp alone reuses the calibration",
         location=loaded.locate("quantize.group_size"),
     )
+
+
+def _check_block_alignment(
+    loaded: LoadedRecipe, dims: dict[str, int], hf_config: dict[str, Any]
+) -> None:
+    """FP8 block scales tile each quantized linear's per-rank weight (q, k and v apart) in
+    block_size × block_size squares: every side must be whole tiles."""
+    quantize = loaded.recipe.quantize
+    block = getattr(quantize, "block_size", None)
+    if block is None:
+        return
+    from trtllm_forge.checkpoint.layout import module_dims, parse_name
+    from trtllm_forge.quant.targets import plan_targets
+
+    tp = loaded.recipe.parallel.tp
+    head = int(dims.get("head_size") or dims["hidden_size"] // dims["num_attention_heads"])
+    kv_heads = int(dims.get("num_key_value_heads") or dims["num_attention_heads"])
+    for kind in dict.fromkeys(
+        t.kind for t in plan_targets(hf_config, list(quantize.exclude)).quantized
+    ):
+        out, width = module_dims(kind, dims)
+        parsed = parse_name(f"transformer.layers.0.{kind}.weight")
+        row = parsed is not None and parsed.parallel == "row"
+        outs = [out // (1 if row else tp)]
+        if kind == "attention.qkv":  # q, k and v are tiled apart
+            outs = [dims["num_attention_heads"] * head // tp, max(kv_heads // tp, 1) * head]
+        sides = [*outs, width // (tp if row else 1)]
+        if any(side % block for side in sides):
+            raise recipe_error(
+                f"{kind}'s per-rank weight sides {sides} (tp={tp}) are not whole "
+                f"{block}×{block} FP8 blocks",
+                hint="lower quantize.block_size, change parallel.tp, or exclude the layer",
+                location=loaded.locate("quantize.block_size"),
+            )
 
 
 def _divisors(n: int) -> list[int]:
