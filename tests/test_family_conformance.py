@@ -74,6 +74,10 @@ FEATURES: dict[str, dict[str, Mutation]] = {
         "top_k_routing": lambda c: c["moe"].update(top_k=1),
         "weights_not_renormalized": lambda c: c["moe"].update(normalization_mode=1),
     },
+    "qwen2_moe": {
+        "shared_expert": lambda c: c["moe"].update(shared_expert_intermediate_size=0),
+        "renormalized_weights": lambda c: c["moe"].update(normalization_mode=0),
+    },
 }
 FAMILIES = list(FEATURES)
 
@@ -147,6 +151,15 @@ EXPECTED: dict[str, dict[str, Callable[[Callable[[str], torch.Tensor]], torch.Te
         "mlp.experts.2.gate.weight": lambda t: t("mlp.experts.2.up_proj.weight"),
         "mlp.experts.1.proj.weight": lambda t: t("mlp.experts.1.down_proj.weight"),
     },
+    "qwen2_moe": {
+        "attention.qkv.bias": lambda t: torch.cat([t(f"self_attn.{p}_proj.bias") for p in "qkv"]),
+        "mlp.router.weight": lambda t: t("mlp.gate.weight"),
+        "mlp.experts.3.fc.weight": lambda t: t("mlp.experts.3.gate_proj.weight"),
+        "mlp.shared_expert.fc.weight": lambda t: t("mlp.shared_expert.gate_proj.weight"),
+        "mlp.shared_expert.gate.weight": lambda t: t("mlp.shared_expert.up_proj.weight"),
+        "mlp.shared_expert.proj.weight": lambda t: t("mlp.shared_expert.down_proj.weight"),
+        "mlp.shared_expert_gate.weight": lambda t: t("mlp.shared_expert_gate.weight"),
+    },
 }
 
 
@@ -199,7 +212,7 @@ QUANT = {"int8_wo": 0.05, "fp8": 0.2}
 def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
     from trtllm_forge.quant.quantize import quantize_checkpoint
 
-    if family["arch"] in ("mixtral", "qwen3_moe"):
+    if family["arch"] in ("mixtral", "qwen3_moe", "qwen2_moe"):
         pytest.skip("MoE quantization is refused at plan time (test_*_refusals_at_plan_time)")
     root, hf = family["root"], family["hf"]
     if not (root / "canonical-f16").exists():
@@ -229,6 +242,7 @@ def test_ort_profile_refuses_the_new_families() -> None:
         "Gemma3ForCausalLM",
         "MixtralForCausalLM",
         "Qwen3MoeForCausalLM",
+        "Qwen2MoeForCausalLM",
     ):
         refusal = model_refusal({"architectures": [arch], "hidden_act": "silu"})
         assert refusal is not None and arch in refusal

@@ -415,6 +415,9 @@ class CheckpointForward:
         for e in range(int(moe["num_experts"])):
             expert = self._gated_mlp(f"{prefix}mlp.experts.{e}.", x)
             out = out + weights[..., e : e + 1] * expert
+        if moe.get("shared_expert_intermediate_size"):  # Qwen2-MoE: every token, gated
+            gate = torch.sigmoid(self.linear(prefix + "mlp.shared_expert_gate", x))
+            out = out + gate * self._gated_mlp(prefix + "mlp.shared_expert.", x)
         return out
 
     def _gated_mlp(self, prefix: str, x: torch.Tensor) -> torch.Tensor:

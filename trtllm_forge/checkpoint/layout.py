@@ -34,10 +34,12 @@ LAYER_MODULES: dict[str, Parallel] = {
     "attention.k_layernorm": "none",  # ... and of each key head ([head_size], replicated)
     "attention": "none",  # kv_cache_scaling_factor and friends live on the attention module
     "mlp.router": "none",  # Mixtral: [experts, hidden] gate logits, on every rank
+    "mlp.shared_expert_gate": "none",  # Qwen2-MoE: [1, hidden] sigmoid gate of the shared expert
 }
-# Mixture-of-experts: expert e's MLP linears are mlp.experts.{e}.{fc,gate,proj}; each
-# splits for TP like the dense mlp.{fc,gate,proj} (the expert's intermediate size).
-_EXPERT = re.compile(r"mlp\.experts\.\d+\.(fc|gate|proj)")
+# Mixture-of-experts: expert e's MLP linears are mlp.experts.{e}.{fc,gate,proj} (Qwen2-MoE's
+# shared expert: mlp.shared_expert.{fc,gate,proj}); each splits for TP like the dense
+# mlp.{fc,gate,proj} (along the expert's intermediate size).
+_EXPERT = re.compile(r"mlp\.(?:experts\.\d+|shared_expert)\.(fc|gate|proj)")
 
 
 def module_kind(module: str) -> str:
@@ -106,6 +108,8 @@ def module_dims(module: str, config: Mapping[str, Any]) -> tuple[int, int]:
     head = int(config.get("head_size") or hidden // heads)
     inter = int(config["intermediate_size"])
     vocab = int(config["vocab_size"])
+    if module.startswith("mlp.shared_expert."):
+        inter = int(config["moe"]["shared_expert_intermediate_size"])
     module = module_kind(module)
     dims = {
         "attention.qkv": ((heads + 2 * kv) * head, hidden),
@@ -133,6 +137,8 @@ def unquantized_shape(name: str, config: Mapping[str, Any]) -> tuple[int, ...] |
         return (
             int(config.get("head_size") or config["hidden_size"] // config["num_attention_heads"]),
         )
+    if parsed.module == "mlp.shared_expert_gate":
+        return (1, int(config["hidden_size"]))
     if parsed.module == "mlp.router":
         return (int(config["moe"]["num_experts"]), int(config["hidden_size"]))
     if parsed.module == "transformer.position_embedding":

@@ -27,7 +27,7 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "Gemma2ForCausalLM",
 )
 SUPPORTED_ARCHITECTURES += ("Qwen3ForCausalLM", "Phi3ForCausalLM", "Gemma3ForCausalLM")
-SUPPORTED_ARCHITECTURES += ("MixtralForCausalLM", "Qwen3MoeForCausalLM")
+SUPPORTED_ARCHITECTURES += ("MixtralForCausalLM", "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM")
 SUPPORTED_ARCHITECTURES += ("FalconForCausalLM", "BloomForCausalLM", "MPTForCausalLM")  # families-B
 # Position encodings the lowering implements (families-A: learned_absolute, rope_gptj).
 SUPPORTED_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope_gpt_neox", "rope_gptj", "learned_absolute")
@@ -85,6 +85,8 @@ class ModelSpec:
     moe_num_experts: int = 0
     moe_top_k: int = 0
     moe_renormalize: bool = True  # top-k weights rescaled to sum to 1 (normalization_mode 1)
+    # Qwen2-MoE: a shared expert of this intermediate size, gated by sigmoid(x · g); 0 = none.
+    moe_shared_intermediate: int = 0
 
     @property
     def attention_scale(self) -> float:
@@ -242,6 +244,9 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
         moe_num_experts=int((config.get("moe") or {}).get("num_experts") or 0),
         moe_top_k=int((config.get("moe") or {}).get("top_k") or 0),
         moe_renormalize=bool((config.get("moe") or {}).get("normalization_mode", 1)),
+        moe_shared_intermediate=int(
+            (config.get("moe") or {}).get("shared_expert_intermediate_size") or 0
+        ),
     )
 
 

@@ -166,6 +166,8 @@ def _attention_biases(hf_config: Mapping[str, Any]) -> tuple[bool, bool]:
     """(q/k/v have bias, o_proj has bias). Qwen2 has the first by design, not the second."""
     if architecture(hf_config) == "Qwen2ForCausalLM":
         return True, False
+    if architecture(hf_config) == "Qwen2MoeForCausalLM":  # its own switch, default on
+        return bool(text_config(hf_config).get("qkv_bias", True)), False
     bias = bool(text_config(hf_config).get("attention_bias", False))
     return bias, bias
 

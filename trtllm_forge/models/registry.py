@@ -30,6 +30,7 @@ from trtllm_forge.models.llama import LlamaFamily
 from trtllm_forge.models.mixtral import MixtralFamily
 from trtllm_forge.models.mpt import MptFamily
 from trtllm_forge.models.phi3 import Phi3Family
+from trtllm_forge.models.qwen2_moe import Qwen2MoeFamily
 from trtllm_forge.models.qwen3 import Qwen3Family
 from trtllm_forge.models.qwen3_moe import Qwen3MoeFamily
 
@@ -128,6 +129,7 @@ REGISTRY.register(Phi3Family())
 REGISTRY.register(Gemma3Family())
 REGISTRY.register(MixtralFamily())
 REGISTRY.register(Qwen3MoeFamily())
+REGISTRY.register(Qwen2MoeFamily())
 
 
 # The model_type transformers pairs with each built-in architecture. transformers picks
@@ -153,6 +155,7 @@ MODEL_TYPES = {
     "Gemma3ForConditionalGeneration": "gemma3",
     "MixtralForCausalLM": "mixtral",
     "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
 }
 
 

@@ -476,16 +476,22 @@ def _moe(ctx: LoweringContext, x: str, prefix: str) -> str:
     out = None
     for e in range(experts):
         weight = g.op("Slice", [weights, g.i64(e), g.i64(e + 1), g.i64(-1)], f"{prefix}.weight{e}")
-        expert = _gated_mlp(ctx, x, f"{prefix}.experts.{e}")
+        expert = _gated_mlp(ctx, x, f"{prefix}.experts.{e}", model.intermediate_size)
         term = g.op("Mul", [expert, weight], f"{prefix}.expert{e}_weighted")
         out = term if out is None else g.op("Add", [out, term], f"{prefix}.sum{e}")
     assert out is not None
+    if model.moe_shared_intermediate:  # Qwen2-MoE: sigmoid(x · g) · shared_expert(x)
+        gate_logit = _linear(ctx, x, f"{prefix}.shared_expert_gate", "none", model.hidden_size, 1)
+        gate = g.op("Sigmoid", [gate_logit], f"{prefix}.shared_gate")
+        shared = _gated_mlp(ctx, x, f"{prefix}.shared_expert", model.moe_shared_intermediate)
+        shared = g.op("Mul", [shared, gate], f"{prefix}.shared_weighted")
+        out = g.op("Add", [out, shared], f"{prefix}.with_shared")
     return out
 
 
-def _gated_mlp(ctx: LoweringContext, x: str, prefix: str) -> str:
+def _gated_mlp(ctx: LoweringContext, x: str, prefix: str, intermediate: int) -> str:
     g, model = ctx.graph, ctx.model
-    inner = model.intermediate_size // ctx.layout.tp_size
+    inner = intermediate // ctx.layout.tp_size
     fc = _linear(ctx, x, f"{prefix}.fc", "column", model.hidden_size, inner)
     activated = _ACTIVATIONS[model.hidden_act](ctx, fc, prefix)
     gate = _linear(ctx, x, f"{prefix}.gate", "column", model.hidden_size, inner)
