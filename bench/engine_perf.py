@@ -57,8 +57,9 @@ def models(quick: bool) -> dict[str, Model]:
         "smollm2-135m": Model(
             "smollm2-135m",
             DATA / "smollm2-135m",
-            # g64: SmolLM2's 576-wide inputs hold no whole 128-groups (docs/quantization.md)
-            {"method": "awq", "group_size": 64},
+            # g64: SmolLM2's 576-wide inputs hold no whole 128-groups; 8 calibration windows
+            # of 256 tokens, as docs/quantization.md's AWQ rows (the default 64 take 8x longer)
+            {"method": "awq", "group_size": 64, "calibration": {"samples": 8}},
             "int4 AWQ g64",
             32 if quick else 128,
             1 if quick else 2,
@@ -188,6 +189,12 @@ def bench(runtime: str, target: Path, model: Model, log: Any, tokenizer: Path | 
     return report
 
 
+def weights_bytes(target: Path) -> int:
+    """Bytes of the graph's weight files (what a decode step streams from memory)."""
+    suffixes = (".data", ".safetensors")
+    return sum(f.stat().st_size for f in target.rglob("*") if f.name.endswith(suffixes))
+
+
 def run_all(
     names: list[str],
     quick: bool,
@@ -240,7 +247,20 @@ def run_all(
 
 # Measured causes for rows short of the goals, keyed by (model, precision, batch); the
 # figures behind each are in the JSON next to the table.
-CAUSES: dict[tuple[str, str, int], str] = {}
+_LM_HEAD = (
+    "**forge ort int4 short of the builder**: weights MB says why. forge keeps the "
+    "embedding and lm_head in float32 for every method (quant/targets.py ALWAYS_EXCLUDED), "
+    "and SmolLM2 ties them: 2 × 113 MB of the engine's 274 MB (the lowering stores the tied "
+    "lm_head as its own transposed copy), so each step streams the 113 MB float lm_head. The "
+    "builder quantizes the shared table to int4 (MatMulNBits + GatherBlockQuantized, 74 MB "
+    "in all), so it reads about 14 MB there. The gap grows with batch (the lm_head GEMM is "
+    "8× larger at batch 8). Closing it is a quantizer change (an int4 lm_head record), not "
+    "a lowering one."
+)
+CAUSES: dict[tuple[str, str, int], str] = {
+    ("smollm2-135m", "int4", 1): _LM_HEAD,
+    ("smollm2-135m", "int4", 8): "same cause as batch 1 (float32 lm_head: 113 MB vs 14 MB).",
+}
 
 
 def _scenario(report: dict[str, Any], batch: int) -> dict[str, Any] | None:
@@ -266,20 +286,29 @@ def render(doc: dict[str, Any]) -> str:
         f"{doc['machine'].get('ram')}.",
         "",
         "Columns: output tokens/s over the timed batches; TTFT and end-to-end p99 per request "
-        "(ms); peak RSS of the process while timing; **vs genai** = tokens/s ÷ the "
+        "(ms); peak RSS of the process while timing; **weights MB** = the target's weight "
+        "files (ONNX external data, or safetensors): about what one decode step streams "
+        "from memory; **vs genai** = tokens/s ÷ the "
         "onnxruntime-genai builder's at the same precision and batch in this run; **load** = "
         "the machine's 1-minute load average as that process started (2 cores, shared with "
         "other jobs: above 2, every figure is slowed by contention, and unevenly).",
         "",
     ]
+    missing = [m for m in models(False) if m not in {r["model"] for r in doc["runs"]}]
+    if missing:
+        lines += [
+            f"Not in this run: {', '.join(missing)} (`--models {','.join(missing)} --merge` "
+            "adds it).",
+            "",
+        ]
     for model in dict.fromkeys(r["model"] for r in doc["runs"]):
         lines += [f"## {model}", ""]
         for batch in (1, 8):
             lines += [
                 f"### batch {batch}",
                 "",
-                "| precision | engine | tokens/s | TTFT p50 ms | e2e p99 ms | TPOT p99 ms | peak RSS MB | vs genai | load |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+                "| precision | engine | tokens/s | TTFT p50 ms | e2e p99 ms | TPOT p99 ms | peak RSS MB | weights MB | vs genai | load |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             lines += _rows(doc, model, batch)
             lines.append("")
@@ -296,7 +325,16 @@ GPU_RESULTS = RESULTS.with_name("engine_perf_gpu.json")
 def _gpu_section() -> list[str]:
     """The H200 run (bench/engine_perf_gpu.py), when its results are committed."""
     if not GPU_RESULTS.is_file():
-        return ["## GPU", "", "Not measured in this run (see the issue notes).", ""]
+        return [
+            "## GPU",
+            "",
+            "Not measured yet. `python3 -m bench.engine_perf_gpu --config DIR --out DIR` is the "
+            "H200 half (forge portable and ort float16 engines with `--device cuda` against "
+            "onnxruntime-genai-cuda's builder models); its results file "
+            f"(bench/results/{GPU_RESULTS.name}) adds this section. In the session that "
+            "wrote this page the shared device time ran out before the run (see issue 20).",
+            "",
+        ]
     gpu = json.loads(GPU_RESULTS.read_text())
     lines = [
         "## GPU",
@@ -345,7 +383,7 @@ def _rows(doc: dict[str, Any], model: str, batch: int) -> list[str]:
         if s is None:
             error = r["report"].get("error", "not measured")
             rows.append(
-                f"| {r['precision']} | {r['target']} | — | — | — | — | — | {error[:80]} | |"
+                f"| {r['precision']} | {r['target']} | — | — | — | — | — | — | {error[:80]} | |"
             )
             continue
         peer = peers.get(r["precision"])
@@ -357,9 +395,19 @@ def _rows(doc: dict[str, Any], model: str, batch: int) -> list[str]:
         rows.append(
             f"| {r['precision']} | {r['target']} | {s['output_tokens_per_s']:.1f} | "
             f"{s['ttft_ms']['p50']:.0f} | {s['e2e_ms']['p99']:.0f} | {s['tpot_ms']['p99']:.1f} | "
-            f"{s['peak_rss_bytes'] / 2**20:.0f} | {ratio} | {r.get('load', '')} |"
+            f"{s['peak_rss_bytes'] / 2**20:.0f} | {_mb(_weights(r['report']))} | {ratio} | "
+            f"{r.get('load', '')} |"
         )
     return rows
+
+
+def _weights(report: dict[str, Any]) -> int | None:
+    target = Path(report.get("target", ""))
+    return weights_bytes(target) if report.get("target") and target.is_dir() else None
+
+
+def _mb(n: int | None) -> str:
+    return "" if n is None else f"{n / 2**20:.0f}"
 
 
 def _causes(doc: dict[str, Any]) -> list[str]:
