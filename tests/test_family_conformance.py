@@ -401,3 +401,20 @@ def test_qwen3_moe_refusals_at_plan_time(tmp_path: Path) -> None:
     assert error.code == ExitCode.RECIPE and error.location is not None
     error = _plan_refusal(tmp_path, {**config, "mlp_only_layers": [1]})
     assert error.code == ExitCode.SOURCE and "mlp_only_layers" in error.message
+
+
+def test_phi3_quantized_hf_folder_is_refused_at_plan_time(tmp_path: Path) -> None:
+    """A Hugging Face folder quantizes one linear per HF module; Phi-3's gate_up_proj
+    is two forge linears (it used to fail as an internal error while writing)."""
+    from tests.tinymodels import TINY_DEFAULTS
+    from trtllm_forge.errors import ExitCode
+
+    config = {**TINY_DEFAULTS, "architectures": ["Phi3ForCausalLM"], "model_type": "phi3"}
+    error = _plan_refusal(
+        tmp_path,
+        config,
+        quantize={"method": "fp8"},
+        build={"backend": "hf", "format": "modelopt"},
+    )
+    assert error.code == ExitCode.RECIPE and "gate_up_proj" in error.message
+    assert error.location is not None

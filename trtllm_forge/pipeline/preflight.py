@@ -257,6 +257,13 @@ def _check_hf_target(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
                 hint="use build.backend: onnxruntime for this model's quantized weights",
                 location=loaded.locate("quantize.method"),
             )
+        if recipe.quantize.method != "none" and target.rule and target.rule.fusion == "row_block":
+            raise recipe_error(  # Phi-3's gate_up_proj: one HF linear holds mlp.fc and mlp.gate
+                f"{target.sources[0]} holds two forge linears (its rows are split at "
+                "conversion); the Hugging Face writers quantize one linear per HF module",
+                hint="use build.backend: onnxruntime for this model's quantized weights",
+                location=loaded.locate("quantize.method"),
+            )
         if recipe.quantize.kv_cache != "none" and target.kind == "attention.qkv":
             if len(target.sources) != 3:
                 raise recipe_error(
