@@ -8,6 +8,7 @@ AllGather nodes; PP appears as hidden-state graph inputs/outputs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,7 +186,7 @@ def _rope_tables(
     positions: str,
     *,
     base: float | None = None,
-    scaling: dict | None = None,
+    scaling: dict[str, Any] | None = None,
     name: str = "rope",
 ) -> tuple[str, str]:
     """cos/sin [batch, 1, seq, head] from position ids (shared by all layers; by default
