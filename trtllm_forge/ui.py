@@ -9,12 +9,14 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from trtllm_forge.context import NullProgress, TaskHandle
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 def stderr_console() -> Console:
@@ -33,6 +35,15 @@ class RichProgress:
     """Live bars on stderr; nested stage tasks show as separate rows."""
 
     def __init__(self, console: Console) -> None:
+        # Imported here: only a terminal shows bars, and a no-op build pays for every import.
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.console = console
         self._bars = Progress(
             SpinnerColumn(),
