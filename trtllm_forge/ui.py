@@ -5,21 +5,23 @@ Only cli.py imports this module; stages report through the Progress protocol.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
 from trtllm_forge.context import NullProgress, TaskHandle
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress
 
 
 def stderr_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False)
 
 
@@ -112,5 +114,13 @@ class QuietProgress(NullProgress):
 def make_progress(quiet: bool) -> RichProgress | PlainProgress | QuietProgress:
     if quiet:
         return QuietProgress()
+    if not _may_be_terminal():  # CI logs, --json pipes: plain lines, without loading rich
+        return PlainProgress()
     console = stderr_console()
     return RichProgress(console) if console.is_terminal else PlainProgress()
+
+
+def _may_be_terminal() -> bool:
+    """False only when rich would certainly not treat stderr as a terminal."""
+    forced = any(os.environ.get(name) for name in ("FORCE_COLOR", "TTY_COMPATIBLE"))
+    return forced or sys.stderr.isatty()
