@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,10 +84,13 @@ def fields_of(recipe: Any, *paths: str) -> dict[str, Any]:
 
 def versions(*packages: str) -> dict[str, str]:
     """Installed versions of packages whose behaviour changes a stage's output."""
-    out: dict[str, str] = {}
-    for name in packages:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "absent"
-    return out
+    return {name: _installed_version(name) for name in packages}
+
+
+@cache
+def _installed_version(name: str) -> str:
+    # Each lookup scans every installed distribution; several stages ask for the same ones.
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
