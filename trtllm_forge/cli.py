@@ -1058,24 +1058,20 @@ RemoteTargetArg = Annotated[
 @cache_app.command("push")
 def cache_push(target: RemoteTargetArg = None, as_json: JsonOpt = False) -> None:
     """Upload artifacts to the remote cache (FORGE_REMOTE): files first, manifest last."""
-    from trtllm_forge import api
-
-    def body() -> None:
-        from trtllm_forge.ui import make_progress
-
-        ctx = _remote_context()
-        with make_progress(as_json) as progress:
-            ctx.progress = progress
-            moved = api.cache_push(target=target, ctx=ctx)
-        _show_moved(moved, as_json, "pushed")
-
-    _guard(body, as_json)
+    _move_entries("pushed", target, as_json)
 
 
 @cache_app.command("pull")
 def cache_pull(target: RemoteTargetArg = None, as_json: JsonOpt = False) -> None:
     """Download artifacts from the remote cache, each checked against its manifest."""
+    _move_entries("pulled", target, as_json)
+
+
+def _move_entries(verb: str, target: str | None, as_json: bool) -> None:
+    """``cache push`` (verb "pushed") or ``cache pull`` ("pulled"), with progress and a summary."""
     from trtllm_forge import api
+
+    move = api.cache_push if verb == "pushed" else api.cache_pull
 
     def body() -> None:
         from trtllm_forge.ui import make_progress
@@ -1083,8 +1079,8 @@ def cache_pull(target: RemoteTargetArg = None, as_json: JsonOpt = False) -> None
         ctx = _remote_context()
         with make_progress(as_json) as progress:
             ctx.progress = progress
-            moved = api.cache_pull(target=target, ctx=ctx)
-        _show_moved(moved, as_json, "pulled")
+            moved = move(target=target, ctx=ctx)
+        _show_moved(moved, as_json, verb)
 
     _guard(body, as_json)
 
