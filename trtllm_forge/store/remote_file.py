@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from trtllm_forge.errors import recipe_error
 from trtllm_forge.faults import point
-from trtllm_forge.store.remote import OnBytes, RemoteObjectDamaged, remote_error
+from trtllm_forge.store.remote_backend import OnBytes, RemoteObjectDamaged, remote_error
 
 _CHUNK = 4 << 20
 

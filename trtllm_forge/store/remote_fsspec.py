@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trtllm_forge.errors import dependency_error
-from trtllm_forge.store.remote import OnBytes, RemoteObjectDamaged, remote_error
+from trtllm_forge.store.remote_backend import OnBytes, RemoteObjectDamaged, remote_error
 
 _CHUNK = 4 << 20
 

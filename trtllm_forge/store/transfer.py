@@ -29,13 +29,12 @@ from trtllm_forge.store.manifest import MANIFEST, MANIFEST_SCHEMA
 from trtllm_forge.store.remote import (
     ENTRIES,
     MANIFEST_LIMIT,
-    RemoteBackend,
-    RemoteObjectDamaged,
     blob_name,
     entry_name,
     parse_entry_name,
     valid_ref,
 )
+from trtllm_forge.store.remote_backend import RemoteBackend, RemoteObjectDamaged
 from trtllm_forge.store.store import Artifact, Invalid, Store, disk_full_error, resolve_recorded
 
 _MAX_DEPTH = 8  # entries referencing entries: a loop in a hostile manifest must end

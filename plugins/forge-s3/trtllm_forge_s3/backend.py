@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from trtllm_forge.errors import recipe_error
-from trtllm_forge.store.remote import OnBytes, RemoteObjectDamaged, remote_error
+from trtllm_forge.store.remote_backend import OnBytes, RemoteObjectDamaged, remote_error
 
 _AUTH_CODES = {
     "AccessDenied",
