@@ -8,7 +8,7 @@ from typing import Any
 
 from trtllm_forge.context import RunContext
 from trtllm_forge.pipeline.runner import Runner, StageResult
-from trtllm_forge.recipe.load import LoadedRecipe, load_recipe
+from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.store.store import Store
 
 
@@ -19,13 +19,9 @@ def _context(ctx: RunContext | None) -> RunContext:
 def check(*, recipe: str | Path, sources: bool = True) -> LoadedRecipe:
     """Load and validate a recipe (schema + static cross-checks), and unless ``sources``
     is false, the files and local model it names (preflight.check_sources)."""
-    from trtllm_forge.pipeline.preflight import check_sources, check_static
+    from trtllm_forge.pipeline.preflight import load_checked
 
-    loaded = load_recipe(recipe)
-    check_static(loaded)
-    if sources:
-        check_sources(loaded)
-    return loaded
+    return load_checked(recipe, sources=sources)
 
 
 def build(

@@ -117,10 +117,10 @@ def _local_targets(target: str | None, store: Store, ctx: RunContext) -> list[Ar
 
 
 def _recipe_artifacts(recipe: Path, store: Store, ctx: RunContext) -> list[Artifact]:
-    from trtllm_forge.api import check
+    from trtllm_forge.pipeline.preflight import load_checked
     from trtllm_forge.pipeline.runner import Runner
 
-    runner = Runner(check(recipe=recipe), ctx, store)
+    runner = Runner(load_checked(recipe), ctx, store)
     hits = [r for r in runner.plan() if r.status == "hit" and r.key]
     found = [store.lookup(r.stage, r.key) for r in hits if r.key]
     artifacts = [a for a in found if isinstance(a, Artifact)]
@@ -160,7 +160,7 @@ def _pull_one(cache: RemoteCache, stage: str, key: str) -> Moved:
 
 def _pull_recipe(recipe: Path, store: Store, ctx: RunContext, cache: RemoteCache) -> list[Moved]:
     """Each stage's key from its upstream's content, then its entry; stops at a miss."""
-    from trtllm_forge.api import check
+    from trtllm_forge.pipeline.preflight import load_checked
     from trtllm_forge.pipeline.runner import Runner
 
     moved: list[Moved] = []
@@ -172,6 +172,6 @@ def _pull_recipe(recipe: Path, store: Store, ctx: RunContext, cache: RemoteCache
         found = store.lookup(stage, key)
         return found if isinstance(found, Artifact) else None
 
-    Runner(check(recipe=recipe), ctx, store).walk_keys(fetch)
+    Runner(load_checked(recipe), ctx, store).walk_keys(fetch)
     ctx.progress.log(f"pull: {len(moved)} stage(s) in {time.perf_counter() - t0:.2f}s")
     return moved

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trtllm_forge.errors import ForgeError, recipe_error
-from trtllm_forge.recipe.load import LoadedRecipe
+from trtllm_forge.recipe.load import LoadedRecipe, load_recipe
 
 # Every file a recipe names, with how to talk about it: checked here before any stage
 # runs (a /dev/zero text file used to surface only at verify, after the engine build)
@@ -24,6 +24,16 @@ NAMED_FILES: dict[str, tuple[str, str]] = {
         "verify.text_file names a text file, relative to the recipe",
     ),
 }
+
+
+def load_checked(recipe: str | Path, *, sources: bool = True) -> LoadedRecipe:
+    """Load and validate a recipe (schema + static cross-checks), and unless ``sources``
+    is false, the files and local model it names (check_sources)."""
+    loaded = load_recipe(recipe)
+    check_static(loaded)
+    if sources:
+        check_sources(loaded)
+    return loaded
 
 
 def named_file(loaded: LoadedRecipe, field: str) -> Path | None:
