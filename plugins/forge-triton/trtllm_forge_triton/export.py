@@ -20,9 +20,3 @@ def export(source: ExportSource, dest: Path) -> dict[str, Any]:
         raise recipe_error(f"forge export triton cannot deploy a {source.kind} artifact")
     doc = write(source, dest)
     return {"dest": str(dest), **doc}
-
-
-def model_name(source: ExportSource) -> str:
-    """A Triton model name from the recipe's name (letters, digits, '-', '_')."""
-    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in source.name)
-    return name or "forge_model"

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trtllm_forge.exporters import ExportSource
+
 
 @dataclass(frozen=True)
 class Io:
@@ -95,3 +97,9 @@ def write_config(model_dir: Path, text: str) -> Path:
     path = model_dir / "config.pbtxt"
     path.write_text(text)
     return path
+
+
+def model_name(source: ExportSource) -> str:
+    """A Triton model name from the recipe's name (letters, digits, '-', '_')."""
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in source.name)
+    return name or "forge_model"

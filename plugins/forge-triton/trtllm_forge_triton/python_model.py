@@ -12,14 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from trtllm_forge.exporters import ExportSource
-from trtllm_forge_triton.pbtxt import Io, model_config, write_config
+from trtllm_forge_triton.pbtxt import Io, model_config, model_name, write_config
 
 MODELS = Path(__file__).parent / "models"
 
 
 def write_python_model(source: ExportSource, dest: Path) -> dict[str, Any]:
-    from trtllm_forge_triton.export import model_name
-
     name = model_name(source)
     version = dest / name / "1"
     shutil.copytree(source.files, version / "engine", dirs_exist_ok=True)
