@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from trtllm_forge.engine.verify import GateResult, VerifyResult
+    from trtllm_forge.engine.verify_result import GateResult, VerifyResult
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

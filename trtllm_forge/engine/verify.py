@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +30,7 @@ from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.engine import metrics, streaming
 from trtllm_forge.engine.metadata import read_metadata
 from trtllm_forge.engine.runtime import OrtEngine, score_windows
+from trtllm_forge.engine.verify_result import GateResult, VerifyResult
 from trtllm_forge.errors import recipe_error
 
 # gate name -> (metric it bounds, comparison)
@@ -42,45 +42,6 @@ GATES: dict[str, tuple[str, str]] = {
     "max_rel_logit_diff": ("max_rel_logit_diff", "<="),
 }
 _NO_PROGRESS = NullProgress()
-
-
-@dataclass(frozen=True)
-class GateResult:
-    name: str
-    metric: str
-    comparison: str
-    threshold: float
-    value: float | None
-    passed: bool
-    reason: str = ""
-
-
-@dataclass
-class VerifyResult:
-    metrics: dict[str, float]
-    gates: list[GateResult]
-    prompts: list[dict[str, Any]]  # per prompt: reference/engine tokens, first divergence
-    engine: dict[str, Any]  # backend, mapping, quantization of the engine verified
-    files: dict[str, str] = field(default_factory=dict)
-    texts: list[dict[str, Any]] = field(default_factory=list)  # per text: tokens scored, where
-
-    @property
-    def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
-
-    def failed_gates(self) -> list[GateResult]:
-        return [g for g in self.gates if not g.passed]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "metrics": self.metrics,
-            "gates": [asdict(g) for g in self.gates],
-            "prompts": self.prompts,
-            "engine": self.engine,
-            "files": self.files,
-            "texts": self.texts,
-        }
 
 
 def check_gates(gates: Mapping[str, float | None]) -> dict[str, float]:
