@@ -38,3 +38,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         arch: make_tiny_hf(arch, root / arch, with_tokenizer=True)
         for arch in ("llama", "mistral", "qwen2")
     }
+
+
+@pytest.fixture(scope="session")
+def recipe_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder recipes/tiny/make_models.py fills, made fresh: a clean clone has none."""
+    from tests.tinymodels import RECIPE_ARCHES, make_tiny_hf
+
+    root = tmp_path_factory.mktemp("recipe-models")
+    for arch in RECIPE_ARCHES:
+        make_tiny_hf(arch, root / arch, with_tokenizer=True)
+    return root

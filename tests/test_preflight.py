@@ -137,7 +137,9 @@ def test_recipe_check_runs_the_checks_build_runs(
     assert_clean_error(forge("recipe", "check", str(recipe)), code, fragment, "recipe.yaml:")
 
 
-def test_model_types_are_the_ones_transformers_pairs_with_each_architecture() -> None:
+def test_model_types_are_the_ones_transformers_pairs_with_each_architecture(
+    recipe_models: Path,
+) -> None:
     """MODEL_TYPES refuses configs whose model_type disagrees: a wrong entry would refuse
     real checkpoints, so each entry is checked against transformers' own tables and the
     shipped tiny models."""
@@ -150,7 +152,8 @@ def test_model_types_are_the_ones_transformers_pairs_with_each_architecture() ->
     for architecture, model_type in MODEL_TYPES.items():
         assert model_type in CONFIG_MAPPING_NAMES
         assert MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type] == architecture
-    tiny = Path(__file__).parents[1] / "recipes" / "tiny"
-    for config_file in tiny.glob("*/config.json"):
+    configs = sorted(recipe_models.glob("*/config.json"))
+    assert configs
+    for config_file in configs:
         config = json.loads(config_file.read_text())
         assert MODEL_TYPES[config["architectures"][0]] == config["model_type"], config_file

@@ -28,6 +28,13 @@ TINY_DEFAULTS: dict[str, Any] = {
 }
 
 ARCHES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma")
+# What recipes/tiny/make_models.py writes for the shipped tiny recipes (recipes/tiny-*.yaml).
+RECIPE_ARCHES = (
+    *("llama", "mistral", "qwen2"),
+    *("falcon", "bloom", "mpt"),
+    *("gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma"),
+    "gemma2",  # soft-caps, sandwich norms, a 16-token window on layer 0
+)
 ARCHES += ("falcon", "bloom", "mpt")
 ARCHES += ("gemma2",)
 ARCHES += ("qwen3", "phi3", "gemma3", "gemma3_mm", "mixtral", "qwen3_moe", "qwen2_moe")

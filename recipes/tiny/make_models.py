@@ -15,18 +15,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from tests.tinymodels import make_tiny_hf  # noqa: E402
-
-# Tiny models of the other families (families-B: recipes/tiny-{falcon,bloom,mpt}.yaml).
-FAMILY_ARCHES = ("falcon", "bloom", "mpt")
-# families-A: recipes/tiny-{gpt2,gpt-neox,gpt-bigcode,gptj,gemma}.yaml.
-FAMILY_A_ARCHES = ("gpt2", "gpt_neox", "gpt_bigcode", "gptj", "gemma")
-# recipes/tiny-gemma2.yaml (soft-caps, sandwich norms, a 16-token window on layer 0).
-GEMMA2_ARCHES = ("gemma2",)
+from tests.tinymodels import RECIPE_ARCHES, make_tiny_hf  # noqa: E402
 
 
 def main() -> None:
-    for arch in ("llama", "mistral", "qwen2", *FAMILY_ARCHES, *FAMILY_A_ARCHES, *GEMMA2_ARCHES):
+    for arch in RECIPE_ARCHES:
         out = HERE / arch
         if (out / "config.json").exists():
             print(f"{out} exists")

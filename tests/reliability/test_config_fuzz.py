@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from tests.reliability import tracing
 from tests.reliability.harness import forge, record, tiny_recipe
+from tests.tinymodels import RECIPE_ARCHES
 from trtllm_forge.errors import ExitCode, ForgeError
 from trtllm_forge.pipeline.preflight import check_model
 from trtllm_forge.recipe.load import load_recipe
@@ -28,9 +29,7 @@ pytestmark = pytest.mark.reliability
 FLOOR = 5_000  # what the tier promises per run (docs/reliability.md)
 EXAMPLES = max(FLOOR, int(os.environ.get("FORGE_CONFIG_FUZZ_EXAMPLES", FLOOR)))
 CLI_EXAMPLES = 20
-FAMILIES = sorted(
-    p.name for p in (Path(__file__).parents[2] / "recipes" / "tiny").iterdir() if p.is_dir()
-)
+FAMILIES = sorted(RECIPE_ARCHES)
 
 # Values of every JSON type, the edges of each range, and huge or negative sizes.
 scalars = st.one_of(
@@ -97,13 +96,14 @@ def _configs(base: dict[str, dict[str, Any]]) -> st.SearchStrategy[dict[str, Any
 
 
 @pytest.fixture(scope="module")
-def base() -> dict[str, dict[str, Any]]:
-    root = Path(__file__).parents[2] / "recipes" / "tiny"
-    return {name: json.loads((root / name / "config.json").read_text()) for name in FAMILIES}
+def base(recipe_models: Path) -> dict[str, dict[str, Any]]:
+    return {
+        name: json.loads((recipe_models / name / "config.json").read_text()) for name in FAMILIES
+    }
 
 
 def test_fuzzed_configs_are_accepted_or_refused(
-    base: dict[str, dict[str, Any]], tmp_path: Path
+    base: dict[str, dict[str, Any]], recipe_models: Path, tmp_path: Path
 ) -> None:
     model = tmp_path / "model"
     model.mkdir()
@@ -133,16 +133,15 @@ def test_fuzzed_configs_are_accepted_or_refused(
 
     prop()
     assert writes == set(), f"checking a config wrote {sorted(writes)[:5]}"
-    cli = _through_cli(tmp_path, refused)
+    cli = _through_cli(tmp_path, recipe_models / "llama", refused)
     record("config_fuzz", {"cases": sum(outcomes.values()), **outcomes, "cli": cli})
     assert sum(outcomes.values()) >= EXAMPLES >= FLOOR
     assert outcomes["accepted"] > 0 and outcomes["exit 5"] > 0
 
 
-def _through_cli(tmp_path: Path, configs: list[dict[str, Any]]) -> int:
+def _through_cli(tmp_path: Path, weights: Path, configs: list[dict[str, Any]]) -> int:
     """Refused configs in a real model folder through `forge recipe check`."""
     home = tmp_path / "home"
-    weights = Path(__file__).parents[2] / "recipes" / "tiny" / "llama"
     for i, config in enumerate(configs):
         model = tmp_path / f"cli{i}" / "model"
         shutil.copytree(weights, model)
