@@ -11,6 +11,7 @@ import pytest
 from tests.tinymodels import make_tiny_hf
 from trtllm_forge.errors import ExitCode, ForgeError
 from trtllm_forge.sources import read_config, resolve_local
+from trtllm_forge.sources.tokenizer import check_tokenizer_files
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +142,53 @@ def test_read_config_parses_and_reports_bad_json(model: Path) -> None:
     assert "JSON object" in err.message
     (model / "config.json").unlink()
     expect_error(ExitCode.SOURCE, read_config, model)
+
+
+# -- the tokenizer, checked before any stage (issue 17 item 9) ---------------------------
+TOKENIZER_DAMAGE = {
+    "not-json": (b'{"model": [1, 2', "not valid JSON"),
+    "not-utf8": (b"\xff\xfe\x00{", "not valid JSON"),
+    "wrong-structure": (b'{"model": {"type": "BPE"}}', "without a `vocab` dict"),
+    "unknown-model": (b'{"model": {"type": "Nonsense", "vocab": {}}}', "unknown type"),
+    "not-an-object": (b"[1, 2]", "JSON object"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(TOKENIZER_DAMAGE))
+def test_unreadable_tokenizer_json_is_refused(model: Path, damage: str) -> None:
+    files = resolve_local(model, allow_pickle=False).files
+    check_tokenizer_files(model, files, needed_for="verify tokenizes the prompts")  # intact
+    data, fragment = TOKENIZER_DAMAGE[damage]
+    (model / "tokenizer.json").write_bytes(data)
+    # Refused even when nothing tokenizes: build copies the tokenizer into the engine.
+    err = expect_error(ExitCode.SOURCE, check_tokenizer_files, model, files, needed_for=None)
+    assert "tokenizer.json" in err.message and fragment in err.message, err.message
+
+
+def test_tokenizer_json_is_read_within_a_cap(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trtllm_forge.sources import tokenizer
+
+    size = (model / "tokenizer.json").stat().st_size
+    monkeypatch.setattr(tokenizer, "MAX_TOKENIZER_BYTES", size - 1)
+    err = expect_error(
+        ExitCode.SOURCE, check_tokenizer_files, model, ["tokenizer.json"], needed_for=None
+    )
+    assert f"larger than {size - 1} bytes" in err.message
+
+
+def test_missing_tokenizer_is_refused_only_when_something_tokenizes(model: Path) -> None:
+    (model / "tokenizer.json").unlink()
+    files = resolve_local(model, allow_pickle=False).files
+    check_tokenizer_files(model, files, needed_for=None)
+    err = expect_error(
+        ExitCode.SOURCE, check_tokenizer_files, model, files, needed_for="calibration tokenizes"
+    )
+    assert "has no tokenizer" in err.message and "calibration tokenizes" in (err.hint or "")
+
+
+def test_a_tokenizer_the_check_accepts_loads(model: Path) -> None:
+    """The check is the cheap half: what it passes, transformers loads."""
+    from trtllm_forge.sources.tokenizer import load_tokenizer
+
+    check_tokenizer_files(model, resolve_local(model, allow_pickle=False).files, needed_for="x")
+    assert load_tokenizer(model, needed_for="x")("hello").input_ids

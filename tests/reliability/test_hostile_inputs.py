@@ -260,12 +260,17 @@ TOKENIZERS: dict[str, Callable[[Path], None]] = {
 def test_unloadable_tokenizer_is_a_source_error(
     reference: Reference, tmp_path: Path, damage: str, stage: str
 ) -> None:
-    """Calibration (a real AWQ run) and verify both tokenize with the model's own tokenizer."""
+    """Calibration (a real AWQ run) and verify both tokenize with the model's own tokenizer.
+    An unloadable one is refused by `recipe check` and before any stage of a build (it
+    used to be found at verify, after convert and the engine build)."""
     model = model_copy(reference, tmp_path)
     TOKENIZERS[damage](model)
     quantize = REAL_QUANTIZE if stage == "calibrate" else {"method": "none"}
     recipe = tiny_recipe(tmp_path / "recipe.yaml", model, quantize=quantize)
+    check = forge(tmp_path / "home", "recipe", "check", str(recipe), timeout=120)
+    rejected(check, (5,), "tokenizer", "recipe.yaml:")
     build_rejected(tmp_path / "home", recipe, (5,), "tokenizer", kind="tokenizer", until=stage)
+    assert not list((tmp_path / "home" / "artifacts").glob("*/*")), "a stage ran first"
 
 
 # -- recipe paths that are not the files they should be ----------------------------------------

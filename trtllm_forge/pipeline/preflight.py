@@ -4,6 +4,7 @@ model-dependent cross-checks (tp vs heads, pp vs layers)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,33 @@ def _check_local_source(loaded: LoadedRecipe) -> None:
             error.location = error.location or loaded.locate("source.path")
             raise
         check_model(loaded, read_config(snapshot.root))
+        check_tokenizer(loaded, snapshot.root, snapshot.files)
+
+
+def check_tokenizer(loaded: LoadedRecipe, root: Path, names: Iterable[str]) -> None:
+    """The model folder's tokenizer files are readable, and present when a stage will
+    tokenize (a corrupt tokenizer.json was found at verify, after convert and build)."""
+    from trtllm_forge.sources.tokenizer import check_tokenizer_files
+
+    try:
+        check_tokenizer_files(root, names, needed_for=_tokenizer_use(loaded))
+    except ForgeError as error:
+        error.location = error.location or loaded.locate(f"source.{_source_field(loaded)}")
+        raise
+
+
+def _tokenizer_use(loaded: LoadedRecipe) -> str | None:
+    """What will tokenize with the model's tokenizer, or None when nothing will."""
+    recipe = loaded.recipe
+    if recipe.verify.enabled:
+        return "verify tokenizes the prompts"
+    if recipe.quantize.kv_cache != "none":
+        return "calibration tokenizes text"
+    from trtllm_forge.quant.registry import get
+
+    if get(recipe.quantize.method).needs_data:
+        return "calibration tokenizes text"
+    return None
 
 
 def _plugin_problems(backend: str, plugins: dict[str, Any]) -> list[str]:
