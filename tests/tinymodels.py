@@ -280,3 +280,127 @@ def make_tiny_hf(
     if with_tokenizer:
         make_tiny_tokenizer(out_dir, vocab_size=min(int(config.vocab_size), 256))
     return out_dir
+
+
+# Architectures transformers has no class for (their repositories hold the modeling
+# code, which forge never runs): the tiny folder is written directly, config.json and
+# model.safetensors with the tensor names the published checkpoints use.
+NATIVE_ARCHES = ("chatglm",)
+
+_CHATGLM_CONFIG: dict[str, Any] = {
+    "architectures": ["ChatGLMModel"],
+    "model_type": "chatglm",
+    "num_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "multi_query_attention": True,
+    "multi_query_group_num": 2,
+    "kv_channels": 16,
+    "ffn_hidden_size": 128,
+    "padded_vocab_size": 256,
+    "seq_length": 128,
+    "layernorm_epsilon": 1e-5,
+    "rmsnorm": True,
+    "post_layer_norm": True,
+    "add_bias_linear": False,
+    "add_qkv_bias": True,
+    "apply_residual_connection_post_layernorm": False,
+    "apply_query_key_layer_scaling": True,
+    "attention_softmax_in_fp32": True,
+    "original_rope": True,
+    "rope_ratio": 1,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+# What chatglm3-6b's config.json maps (the classes live in the repository's .py files).
+CHATGLM_AUTO_MAP = {
+    "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+    "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+}
+
+
+def _chatglm_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    hidden, ffn = config["hidden_size"], config["ffn_hidden_size"]
+    head = config["kv_channels"]
+    qkv = (config["num_attention_heads"] + 2 * config["multi_query_group_num"]) * head
+    vocab = config["padded_vocab_size"]
+    shapes: dict[str, tuple[int, ...]] = {
+        "transformer.embedding.word_embeddings.weight": (vocab, hidden),
+        "transformer.encoder.final_layernorm.weight": (hidden,),
+        "transformer.output_layer.weight": (vocab, hidden),
+    }
+    for i in range(config["num_layers"]):
+        layer = f"transformer.encoder.layers.{i}."
+        shapes |= {
+            f"{layer}input_layernorm.weight": (hidden,),
+            f"{layer}self_attention.query_key_value.weight": (qkv, hidden),
+            f"{layer}self_attention.dense.weight": (hidden, config["num_attention_heads"] * head),
+            f"{layer}post_attention_layernorm.weight": (hidden,),
+            f"{layer}mlp.dense_h_to_4h.weight": (2 * ffn, hidden),
+            f"{layer}mlp.dense_4h_to_h.weight": (hidden, ffn),
+        }
+        if config["add_qkv_bias"]:
+            shapes[f"{layer}self_attention.query_key_value.bias"] = (qkv,)
+    return shapes
+
+
+def _random_tensors(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, Any]:
+    """Norms 1 + noise, biases noise, weights small noise (as _perturb_weights)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, shape in shapes.items():
+        noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+        if "norm" in name:
+            tensors[name] = 1.0 + 0.1 * noise
+        elif name.endswith(".bias"):
+            tensors[name] = 0.1 * noise
+        else:
+            tensors[name] = 0.05 * noise
+    return tensors
+
+
+def make_tiny_native(
+    arch: str,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    with_tokenizer: bool = False,
+    auto_map: dict[str, str] | None = None,
+    **config_overrides: Any,
+) -> Path:
+    """Write a tiny ``arch`` (one of NATIVE_ARCHES) folder: config.json + model.safetensors.
+
+    ``auto_map`` goes into config.json as the published checkpoints have it.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    makers = {"chatglm": (_CHATGLM_CONFIG, _chatglm_shapes)}
+    if arch not in makers:
+        raise ValueError(f"unknown native tiny arch {arch!r}; choose one of {NATIVE_ARCHES}")
+    defaults, shapes = makers[arch]
+    config = {**defaults, **config_overrides}
+    if auto_map is not None:
+        config["auto_map"] = auto_map
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = _random_tensors(shapes(config), seed)
+    if arch == "chatglm":  # the published checkpoints also store the rope buffer
+        dim = config["kv_channels"] // 2
+        tensors["transformer.rotary_pos_emb.inv_freq"] = 1.0 / (
+            10000 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+        )
+    dtype = getattr(torch, config["torch_dtype"])
+    tensors = {name: t.to(dtype).contiguous() for name, t in tensors.items()}
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    if with_tokenizer:
+        make_tiny_tokenizer(out_dir, vocab_size=256)
+    return out_dir

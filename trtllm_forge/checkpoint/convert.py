@@ -186,6 +186,8 @@ def transformed_tensor(rule: TensorRule, source: torch.Tensor, dtype: torch.dtyp
         x = x.t()
     elif rule.fusion == "add_one":
         x = x + 1.0
+    elif rule.fusion == "normalize_rows":
+        x = torch.nn.functional.normalize(x, dim=-1)
     order = rule.row_order(x.shape[0])
     if order is not None:
         x = x[torch.tensor(order)]

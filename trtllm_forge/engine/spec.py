@@ -29,6 +29,7 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
 SUPPORTED_ARCHITECTURES += ("Qwen3ForCausalLM", "Phi3ForCausalLM", "Gemma3ForCausalLM")
 SUPPORTED_ARCHITECTURES += ("MixtralForCausalLM", "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM")
 SUPPORTED_ARCHITECTURES += ("FalconForCausalLM", "BloomForCausalLM", "MPTForCausalLM")  # families-B
+SUPPORTED_ARCHITECTURES += ("ChatGLMForCausalLM", "BaichuanForCausalLM")  # native families
 # Position encodings the lowering implements (families-A: learned_absolute, rope_gptj).
 SUPPORTED_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope_gpt_neox", "rope_gptj", "learned_absolute")
 SUPPORTED_POSITION_EMBEDDINGS += ("alibi",)  # families-B: BLOOM, MPT

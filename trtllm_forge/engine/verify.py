@@ -74,10 +74,16 @@ def evaluate_gates(
 
 
 def load_reference(reference_dir: Path) -> Any:
-    """The HF model in float32, remote code refused."""
+    """The HF model in float32, remote code refused; for an architecture transformers does
+    not ship (Baichuan 2, ChatGLM), forge's own model of it (models/native.py)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from trtllm_forge.models.native import native_model
+
+    native = native_model(Path(reference_dir))
+    if native is not None:
+        return native
     model = AutoModelForCausalLM.from_pretrained(
         reference_dir, dtype=torch.float32, trust_remote_code=False
     )

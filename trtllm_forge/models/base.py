@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
@@ -28,6 +29,8 @@ from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
 #   contiguous q, k, v blocks. ``heads`` and ``kv_heads`` are set.
 # row_block: block ``block`` of ``blocks`` equal row blocks of one source (Phi-3's fused
 #   gate_up_proj is [gate; up]: mlp.fc is block 0 of 2, mlp.gate block 1).
+# normalize_rows: one source whose rows are divided by their L2 norm (Baichuan 2's NormHead
+#   normalizes the lm_head rows before every use, so the checkpoint stores them normalized).
 Fusion = Literal[
     "identity",
     "concat_rows",
@@ -36,6 +39,7 @@ Fusion = Literal[
     "add_one",
     "qkv_grouped",
     "row_block",
+    "normalize_rows",
 ]
 
 # Limits far above any real model; they exist so a typo (hidden_size 10**12) fails in
@@ -186,6 +190,15 @@ class Family:
         """Why forge cannot calibrate this checkpoint (None: it can); refused at plan time."""
         return None
 
+    def load_native_model(self, hf_dir: Path, hf_config: Mapping[str, Any]) -> Any:
+        """forge's own torch model of an architecture transformers does not ship, or None.
+
+        Such a family's model (Baichuan 2, ChatGLM 2/3) is built from ``config.json`` and
+        the safetensors alone, with the HF module names; verify uses it as the reference
+        and calibration as the model, where transformers would need repository code.
+        """
+        return None
+
 
 def _int_field(hf_config: Mapping[str, Any], key: str, default: Any = None) -> int:
     value = hf_config.get(key, default)
@@ -253,6 +266,8 @@ def text_config(hf_config: Mapping[str, Any]) -> Mapping[str, Any]:
         for old, common in _KEY_ALIASES.items()
         if cfg.get(old) is not None and common not in cfg
     }
+    if cfg.get("model_type") == "chatglm":
+        aliased.update(_chatglm_aliases(cfg))
     if "multi_query" in cfg and not cfg.get("new_decoder_architecture"):
         # GPTBigCode's modeling code derives KV heads from multi_query alone (the saved
         # num_key_value_heads can be stale), so forge does too. So does Falcon's old
@@ -262,6 +277,28 @@ def text_config(hf_config: Mapping[str, Any]) -> Mapping[str, Any]:
         if cfg.get("num_key_value_heads") != kv:
             aliased["num_key_value_heads"] = kv
     return {**cfg, **aliased} if aliased else cfg
+
+
+# ChatGLM 2/3 config keys (configuration_chatglm.py) -> the common names.
+_CHATGLM_KEYS = {
+    "num_layers": "num_hidden_layers",
+    "padded_vocab_size": "vocab_size",
+    "kv_channels": "head_dim",
+    "seq_length": "max_position_embeddings",
+}
+
+
+def _chatglm_aliases(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """ChatGLM's names; its KV heads are ``multi_query_group_num`` only when
+    ``multi_query_attention`` is on (otherwise every head has its own K and V)."""
+    aliased = {
+        common: cfg[old]
+        for old, common in _CHATGLM_KEYS.items()
+        if cfg.get(old) is not None and common not in cfg
+    }
+    if cfg.get("multi_query_attention") and "num_key_value_heads" not in cfg:
+        aliased["num_key_value_heads"] = cfg.get("multi_query_group_num", 1)
+    return aliased
 
 
 _LIMITS = {

@@ -18,6 +18,7 @@ from typing import Any
 from trtllm_forge.errors import ExitCode, ForgeError
 from trtllm_forge.models.base import Family
 from trtllm_forge.models.bloom import BloomFamily
+from trtllm_forge.models.chatglm import ChatGLMFamily
 from trtllm_forge.models.falcon import FalconFamily
 from trtllm_forge.models.gemma import GemmaFamily
 from trtllm_forge.models.gemma2 import Gemma2Family
@@ -130,6 +131,8 @@ REGISTRY.register(Gemma3Family())
 REGISTRY.register(MixtralFamily())
 REGISTRY.register(Qwen3MoeFamily())
 REGISTRY.register(Qwen2MoeFamily())
+# transformers has no class for these two: forge's own models (models/native.py).
+REGISTRY.register(ChatGLMFamily())
 
 
 # The model_type transformers pairs with each built-in architecture. transformers picks

@@ -181,9 +181,15 @@ def _calibration_data(
 
 
 def load_hf_model(hf_dir: Path) -> nn.Module:
-    """The HF causal LM in float32 on CPU, eval mode, never with remote code."""
+    """The HF causal LM in float32 on CPU, eval mode, never with remote code; for an
+    architecture transformers does not ship, forge's own model of it (models/native.py)."""
     import transformers
 
+    from trtllm_forge.models.native import native_model
+
+    native = native_model(Path(hf_dir))
+    if native is not None:
+        return native
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     # transformers renamed torch_dtype to dtype in 4.56.
     major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
