@@ -357,6 +357,12 @@ class Verify(_Strict):
         None, min_length=1, description="A held-out text file relative to the recipe."
     )
     max_text_tokens: int = Field(512, ge=8, le=1_048_576, description="Tokens scored per text.")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="Where verify runs: cuda = the reference on torch's CUDA device and the "
+        "engine on ONNX Runtime's CUDAExecutionProvider (needs a GPU, a CUDA build of torch "
+        "and onnxruntime-gpu; checked before any stage runs).",
+    )
     gates: Gates = Field(default_factory=Gates, description="Pass/fail thresholds.")
 
 
