@@ -165,6 +165,9 @@ class Family:
     architectures: tuple[str, ...] = ()
     # Part of the convert stage key: bump when this family's converter output changes.
     version: str = "1"
+    # transformers ships no class for it: load_native_model is the model, and config.json's
+    # auto_map (repository classes forge never loads) is accepted (sources/policy.py).
+    native: bool = False
 
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
         raise NotImplementedError

@@ -111,6 +111,7 @@ class ChatGLMFamily(gpt_common.GptStyleFamily):
     name = "chatglm"
     architectures = ("ChatGLMModel", "ChatGLMForConditionalGeneration")
     version = str(CONVERTER_VERSION)
+    native = True
 
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)

@@ -11,7 +11,11 @@ The rules are the same for a hub repo and a local directory:
   when loaded, so they are taken only when there are no safetensors *and* the
   recipe says ``source.allow_pickle: true``.
 - Repository code is never executed: a config (or tokenizer config) with an
-  ``auto_map``, or an architecture transformers does not ship, is refused.
+  ``auto_map``, or an architecture transformers does not ship, is refused. The
+  exception is an architecture forge implements natively (Baichuan 2, ChatGLM 2/3:
+  ``Family.native``): its config.json's ``auto_map`` names repository classes forge
+  never loads, since forge's own model stands in for them (models/native.py) and the
+  repository's ``.py`` files are not among the files taken above.
 """
 
 from __future__ import annotations
@@ -133,7 +137,8 @@ def check_no_remote_code(root: Path, files: Iterable[str], *, source: str) -> di
         ForgeError: RECIPE naming the file and the offending key or architecture.
     """
     config = read_config(root)
-    _refuse_auto_map(config, f"{source}: config.json")
+    if not _natively_implemented(config):
+        _refuse_auto_map(config, f"{source}: config.json")
     if "tokenizer_config.json" in set(files):
         tokenizer_config = _read_json_object(root / "tokenizer_config.json")
         _refuse_auto_map(tokenizer_config, f"{source}: tokenizer_config.json")
@@ -150,6 +155,17 @@ def _refuse_auto_map(config: dict[str, Any], where: str) -> None:
             hint="use a model whose architecture ships with transformers, or register a forge "
             "architecture plugin for it",
         )
+
+
+def _natively_implemented(config: dict[str, Any]) -> bool:
+    """Whether forge's own model stands in for this config's repository classes."""
+    from trtllm_forge.models.registry import REGISTRY
+
+    architectures = config.get("architectures")
+    if not isinstance(architectures, list) or not architectures:
+        return False
+    name = architectures[0]
+    return isinstance(name, str) and name in REGISTRY.names() and REGISTRY.get(name).native
 
 
 def _flatten(value: Any) -> list[Any]:
