@@ -71,8 +71,10 @@ test-reliability: venv
 	$(BIN)/python -m pytest -q -m reliability
 
 lint: venv
-	$(BIN)/ruff check trtllm_forge tests bench requirements plugins
-	$(BIN)/ruff format --check trtllm_forge tests bench requirements plugins
+	$(BIN)/ruff check trtllm_forge tests bench requirements plugins tools
+	$(BIN)/ruff format --check trtllm_forge tests bench requirements plugins tools
+	# No import cycles, no upward imports between the layers it declares, no import by string.
+	$(BIN)/python tools/import_layers.py
 
 # The TensorRT backend, mypy --strict against tensorrt-stubs (the test sanitizes the
 # stubs' syntax errors first; see tests/test_engine_backends.py). `make test` runs it too.

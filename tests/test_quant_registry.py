@@ -36,14 +36,6 @@ def test_unknown_method_lists_valid_names_and_suggests_the_closest() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["mxint8", "MXFP8", "mxfp4"])
-def test_cuda_only_formats_are_a_dependency_error(name: str) -> None:
-    with pytest.raises(ForgeError) as err:
-        registry.get(name)
-    assert err.value.code == ExitCode.DEPENDENCY
-    assert "CUDA" in err.value.message
-
-
 def test_params_get_defaults_and_map_to_quant_algo() -> None:
     assert registry.key_params("gptq", {"group_size": 64}) == {
         "method": "gptq",

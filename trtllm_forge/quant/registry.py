@@ -1,22 +1,22 @@
 """Registry of quantization methods, keyed by the recipe's ``quantize.method``.
 
-Importing this module is cheap (no torch): an entry names the module holding the
-method's algorithm, which is imported only when calibration actually runs.
+Importing this module is cheap (no torch): an entry holds a loader for the module with
+the method's algorithm, which is imported only when calibration actually runs.
 A miss lists the valid names (and the closest one), never falls back silently.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import ModuleType
 from typing import Any
 
 from pydantic import ValidationError
 
-from trtllm_forge.errors import ExitCode, ForgeError, recipe_error
+from trtllm_forge.errors import recipe_error
 from trtllm_forge.quant import params as p
 
 
@@ -27,27 +27,23 @@ class MethodInfo:
     Attributes:
         name: recipe name (``quantize.method``).
         params_model: pydantic model validating the method's own parameters.
-        module: dotted module implementing ``quantize_model(model, batches, params, targets)``.
+        loader: imports and returns the module implementing
+            ``quantize_model(model, batches, params, targets)``.
         needs_data: whether weights need calibration text (KV-cache calibration always does).
         uses_modelopt: whether the algorithm runs through nvidia-modelopt.
-        cpu_ok: False for formats whose calibration needs CUDA (rejected on CPU).
     """
 
     name: str
     params_model: type[p.MethodParams]
-    module: str
+    loader: Callable[[], ModuleType]
     needs_data: bool
     uses_modelopt: bool
-    cpu_ok: bool = True
 
     def load(self) -> ModuleType:
-        return importlib.import_module(self.module)
+        return self.loader()
 
 
 _METHODS: dict[str, MethodInfo] = {}
-
-# Formats ModelOpt only implements with CUDA kernels (see docs/quantization-methods.md).
-CUDA_ONLY_METHODS = ("mxfp8", "mxfp4", "mxint8")
 
 
 def register(info: MethodInfo) -> MethodInfo:
@@ -65,12 +61,6 @@ def get(name: str) -> MethodInfo:
     """Look a method up by name; unknown names raise a recipe error listing the valid ones."""
     if name in _METHODS:
         return _METHODS[name]
-    if name.lower() in CUDA_ONLY_METHODS:
-        raise ForgeError(
-            ExitCode.DEPENDENCY,
-            f"quantization method {name!r} needs a CUDA GPU (ModelOpt has no CPU kernels for it)",
-            hint=f"on this machine use one of: {', '.join(names())}",
-        )
     close = difflib.get_close_matches(name, names(), n=1)
     suggestion = f" (did you mean {close[0]!r}?)" if close else ""
     raise recipe_error(
@@ -115,8 +105,28 @@ def tool_versions(name: str) -> dict[str, str]:
     return found
 
 
+def _builtin_algorithm(name: str) -> ModuleType:
+    """A built-in method's module. Importing them all costs what one costs (torch): each
+    imports its own library (ModelOpt) only when it runs."""
+    from trtllm_forge.quant import (
+        awq,
+        fp8,
+        fp8_block,
+        gptq,
+        int4_wo,
+        int8_wo,
+        none,
+        nvfp4,
+        smoothquant,
+        w4a8_awq,
+    )
+
+    modules = (awq, fp8, fp8_block, gptq, int4_wo, int8_wo, none, nvfp4, smoothquant, w4a8_awq)
+    return {module.__name__.rpartition(".")[2]: module for module in modules}[name]
+
+
 def _builtin(name: str, model: type[p.MethodParams], *, needs_data: bool, modelopt: bool) -> None:
-    register(MethodInfo(name, model, f"trtllm_forge.quant.{name}", needs_data, modelopt))
+    register(MethodInfo(name, model, partial(_builtin_algorithm, name), needs_data, modelopt))
 
 
 _builtin("none", p.NoneParams, needs_data=False, modelopt=False)
