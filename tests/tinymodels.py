@@ -285,7 +285,7 @@ def make_tiny_hf(
 # Architectures transformers has no class for (their repositories hold the modeling
 # code, which forge never runs): the tiny folder is written directly, config.json and
 # model.safetensors with the tensor names the published checkpoints use.
-NATIVE_ARCHES = ("chatglm",)
+NATIVE_ARCHES = ("chatglm", "baichuan2_7b", "baichuan2_13b")
 
 _CHATGLM_CONFIG: dict[str, Any] = {
     "architectures": ["ChatGLMModel"],
@@ -347,6 +347,66 @@ def _chatglm_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+# Baichuan 2's two config classes: the 7B one (rope) defines max_position_embeddings, the
+# 13B one (ALiBi) model_max_length only. The 13B tiny has 6 heads, not a power of two, so
+# its ALiBi slopes take the interleaved branch.
+_BAICHUAN_COMMON: dict[str, Any] = {
+    "architectures": ["BaichuanForCausalLM"],
+    "model_type": "baichuan",
+    "tokenizer_class": "BaichuanTokenizer",
+    "hidden_act": "silu",
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "vocab_size": 256,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "z_loss_weight": 0,
+    "torch_dtype": "float32",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+_BAICHUAN_7B_CONFIG = {
+    **_BAICHUAN_COMMON,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 128,
+    "model_max_length": 128,
+}
+_BAICHUAN_13B_CONFIG = {
+    **_BAICHUAN_COMMON,
+    "hidden_size": 96,
+    "num_attention_heads": 6,
+    "model_max_length": 128,
+}
+# What Baichuan2-7B-Base's config.json maps.
+BAICHUAN_AUTO_MAP = {
+    "AutoConfig": "configuration_baichuan.BaichuanConfig",
+    "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM",
+}
+
+
+def _baichuan_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    hidden, ffn, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (vocab, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (vocab, hidden),
+    }
+    for i in range(config["num_hidden_layers"]):
+        layer = f"model.layers.{i}."
+        shapes |= {
+            f"{layer}input_layernorm.weight": (hidden,),
+            f"{layer}self_attn.W_pack.weight": (3 * hidden, hidden),
+            f"{layer}self_attn.o_proj.weight": (hidden, hidden),
+            f"{layer}post_attention_layernorm.weight": (hidden,),
+            f"{layer}mlp.gate_proj.weight": (ffn, hidden),
+            f"{layer}mlp.up_proj.weight": (ffn, hidden),
+            f"{layer}mlp.down_proj.weight": (hidden, ffn),
+        }
+    return shapes
+
+
 def _random_tensors(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, Any]:
     """Norms 1 + noise, biases noise, weights small noise (as _perturb_weights)."""
     import torch
@@ -382,7 +442,11 @@ def make_tiny_native(
     import torch
     from safetensors.torch import save_file
 
-    makers = {"chatglm": (_CHATGLM_CONFIG, _chatglm_shapes)}
+    makers = {
+        "chatglm": (_CHATGLM_CONFIG, _chatglm_shapes),
+        "baichuan2_7b": (_BAICHUAN_7B_CONFIG, _baichuan_shapes),
+        "baichuan2_13b": (_BAICHUAN_13B_CONFIG, _baichuan_shapes),
+    }
     if arch not in makers:
         raise ValueError(f"unknown native tiny arch {arch!r}; choose one of {NATIVE_ARCHES}")
     defaults, shapes = makers[arch]

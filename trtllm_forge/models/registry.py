@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from trtllm_forge.errors import ExitCode, ForgeError
+from trtllm_forge.models.baichuan import BaichuanFamily
 from trtllm_forge.models.base import Family
 from trtllm_forge.models.bloom import BloomFamily
 from trtllm_forge.models.chatglm import ChatGLMFamily
@@ -133,6 +134,7 @@ REGISTRY.register(Qwen3MoeFamily())
 REGISTRY.register(Qwen2MoeFamily())
 # transformers has no class for these two: forge's own models (models/native.py).
 REGISTRY.register(ChatGLMFamily())
+REGISTRY.register(BaichuanFamily())
 
 
 # The model_type transformers pairs with each built-in architecture. transformers picks
