@@ -208,3 +208,20 @@ def test_auto_map_folder_builds_without_running_its_code(tmp_path: Path) -> None
     assert doc["verify"]["passed"] is True
     assert doc["verify"]["metrics"]["token_agreement"] == 1.0
     assert not [m for m in markers if m.exists()]
+
+
+def test_hugging_face_folder_target_is_refused_at_plan_time(tmp_path: Path) -> None:
+    """A Hugging Face folder of ChatGLM would need the repository's code to load (its own
+    verify included): refused at plan time, exit 2 at build.backend."""
+    from tests.tinymodels import _CHATGLM_CONFIG
+    from trtllm_forge.errors import ExitCode, ForgeError
+    from trtllm_forge.pipeline.preflight import check_model
+    from trtllm_forge.recipe.load import load_recipe
+
+    recipe = write_recipe(
+        tmp_path / "r.yaml", source={"path": "m"}, build={"backend": "hf", "format": "modelopt"}
+    )
+    with pytest.raises(ForgeError) as info:
+        check_model(load_recipe(recipe), dict(_CHATGLM_CONFIG))
+    assert info.value.code == ExitCode.RECIPE and "ChatGLMModel" in info.value.message
+    assert info.value.location is not None and info.value.location.line > 0

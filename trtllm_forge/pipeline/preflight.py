@@ -285,8 +285,16 @@ def _check_hf_target(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     recipe = loaded.recipe
     if recipe.build.backend != "hf":
         return
+    from trtllm_forge.models.registry import family_for
     from trtllm_forge.quant.targets import linear_targets
 
+    if family_for(hf_config).native:  # Baichuan 2, ChatGLM: forge's own model only
+        raise recipe_error(
+            f"transformers has no class for {hf_config['architectures'][0]}, so a Hugging "
+            "Face folder of it loads (and verifies) only with its repository's code",
+            hint="use build.backend: onnxruntime for this model",
+            location=loaded.locate("build.backend"),
+        )
     for target in linear_targets(hf_config):
         if recipe.quantize.method != "none" and target.rule and target.rule.fusion == "transpose":
             raise recipe_error(
