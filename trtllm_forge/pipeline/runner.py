@@ -227,64 +227,51 @@ class Runner:
         found = self.store.lookup(stage.name, key)
         if isinstance(found, Artifact) and not force:
             self._event("hit", stage.name, key)
-            return (
-                StageResult(
-                    stage.name,
-                    "hit",
-                    key,
-                    time.perf_counter() - t0,
-                    str(found.path),
-                    info=found.info,
-                ),
-                found,
-                doc,
-            )
+            return self._reused(stage.name, "hit", key, found, t0), found, doc
         note = found.reason if isinstance(found, Invalid) else None
         if note:
             self._event("rejected", stage.name, key, reason=note)
             self.ctx.progress.log(f"{stage.name}: cached entry rejected ({note}); rebuilding")
         changed = changed_inputs(self._previous_inputs(stage.name), doc)
-
-        def waiting() -> None:
-            self._event("wait", stage.name, key)
-            self.ctx.progress.log(f"{stage.name}: another build holds {short(key)}; waiting")
-
-        with self.store.lock(key, on_wait=waiting):
-            found = self.store.lookup(stage.name, key)
-            if isinstance(found, Artifact) and not force:  # built by another process meanwhile
-                self._event("hit", stage.name, key, waited=True)
-                return (
-                    StageResult(
-                        stage.name,
-                        "hit",
-                        key,
-                        time.perf_counter() - t0,
-                        str(found.path),
-                        note="built concurrently by another process",
-                        info=found.info,
-                    ),
-                    found,
-                    doc,
-                )
-            pulled = None if force else self._pull(stage.name, key)
-            if pulled is not None:
-                seconds = time.perf_counter() - t0
-                result = StageResult(
-                    stage.name, "pulled", key, seconds, str(pulled.path), info=pulled.info
-                )
-                return result, pulled, doc
+        with self.store.lock(key, on_wait=self._on_wait(stage.name, key)):
+            reused = None if force else self._reuse_locked(stage.name, key, t0)
+            if reused is not None:
+                return (*reused, doc)
             artifact = self._produce(stage.name, key, doc, lambda out: stage.run(job, out))
+        seconds = time.perf_counter() - t0
         result = StageResult(
-            stage.name,
-            "built",
-            key,
-            time.perf_counter() - t0,
-            str(artifact.path),
-            changed=changed,
-            note=note,
-            info=artifact.info,
+            stage.name, "built", key, seconds, str(artifact.path), changed, note, artifact.info
         )
         return result, artifact, doc
+
+    def _reuse_locked(self, name: str, key: str, t0: float) -> tuple[StageResult, Artifact] | None:
+        """With the key's lock held: the entry another process committed while this one
+        waited, else the remote's; None when the stage must run."""
+        found = self.store.lookup(name, key)
+        if isinstance(found, Artifact):
+            self._event("hit", name, key, waited=True)
+            note = "built concurrently by another process"
+            return self._reused(name, "hit", key, found, t0, note), found
+        pulled = self._pull(name, key)
+        if pulled is not None:
+            return self._reused(name, "pulled", key, pulled, t0), pulled
+        return None
+
+    def _on_wait(self, name: str, key: str) -> Callable[[], None]:
+        def waiting() -> None:
+            self._event("wait", name, key)
+            self.ctx.progress.log(f"{name}: another build holds {short(key)}; waiting")
+
+        return waiting
+
+    @staticmethod
+    def _reused(
+        name: str, status: str, key: str, artifact: Artifact, t0: float, note: str | None = None
+    ) -> StageResult:
+        seconds = time.perf_counter() - t0
+        return StageResult(
+            name, status, key, seconds, str(artifact.path), note=note, info=artifact.info
+        )
 
     def _sub_artifact(
         self,
