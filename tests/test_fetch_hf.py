@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import forge, write_recipe
 from tests.tinymodels import make_tiny_hf
 from trtllm_forge.errors import ExitCode, ForgeError
 from trtllm_forge.sources import hub_cache_dir, resolve_hf
@@ -92,9 +93,29 @@ def sha_like(seed: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    folder = make_tiny_hf("llama", tmp_path_factory.mktemp("tiny"), with_tokenizer=True)
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_hf("llama", tmp_path_factory.mktemp("tiny"), with_tokenizer=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tiny_folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in tiny_folder.iterdir() if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def pickle_files(tiny_folder: Path, tiny_files: dict[str, bytes]) -> dict[str, bytes]:
+    """The tiny model as a pickle-only repo: torch.save of the state dict transformers
+    loads from its safetensors, in place of them."""
+    import io
+
+    import torch
+    import transformers
+
+    state = transformers.AutoModelForCausalLM.from_pretrained(tiny_folder).state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    files = {k: v for k, v in tiny_files.items() if not k.endswith(".safetensors")}
+    return {**files, "pytorch_model.bin": buffer.getvalue()}
 
 
 @pytest.fixture
@@ -251,20 +272,40 @@ def test_safetensors_download_needs_no_pickle_in_cache(
     assert set(resolve_hf(REPO, "main").files) == set(tiny_files)
 
 
-def pickle_only(tiny_files: dict[str, bytes]) -> dict[str, bytes]:
-    files = {k: v for k, v in tiny_files.items() if not k.endswith(".safetensors")}
-    files["pytorch_model.bin"] = b"\x80\x02pickle-bytes"
-    return files
-
-
-def test_pickle_only_repo_refused_then_allowed(hub: Path, tiny_files: dict[str, bytes]) -> None:
-    write_hub_snapshot(hub, REPO, pickle_only(tiny_files), commit=sha_like("one"))
+def test_pickle_only_repo_refused_then_allowed(hub: Path, pickle_files: dict[str, bytes]) -> None:
+    write_hub_snapshot(hub, REPO, pickle_files, commit=sha_like("one"))
     err = expect_error(ExitCode.RECIPE, resolve_hf, REPO, "main")
     assert "pytorch_model.bin" in err.message
     assert err.hint and "source.allow_pickle: true" in err.hint
     snap = resolve_hf(REPO, "main", allow_pickle=True)
     assert "pytorch_model.bin" in snap.files
     assert snap.weight_format == "pickle" and snap.weight_files == ["pytorch_model.bin"]
+
+
+def test_pickle_only_repo_converts_as_its_safetensors_do(
+    hub: Path, tmp_path: Path, pickle_files: dict[str, bytes], tiny_files: dict[str, bytes]
+) -> None:
+    """The flag the refusal's hint names now works: fetch writes the pickle weights as
+    safetensors (it used to fail at convert: "convert the checkpoint to safetensors
+    first"), and the converted checkpoint equals the one from the safetensors repo."""
+    write_hub_snapshot(hub, REPO, pickle_files, commit=sha_like("one"))
+    write_hub_snapshot(hub, "forge-test/tiny-st", tiny_files, commit=sha_like("two"))
+    converted = {}
+    for repo, pickled in ((REPO, True), ("forge-test/tiny-st", False)):
+        recipe = write_recipe(
+            tmp_path / f"{pickled}.yaml",
+            source={"hf": repo, "allow_pickle": pickled},
+            quantize={"method": "none"},
+        )
+        run = forge("build", str(recipe), "--until", "convert", "--json")
+        assert run.code == 0, run.err
+        paths = {s["stage"]: Path(s["path"]) for s in run.json()["stages"]}
+        fetched = sorted(p.name for p in (paths["fetch"] / "hf").glob("*")) if pickled else []
+        assert not pickled or (
+            "model.safetensors" in fetched and "pytorch_model.bin" not in fetched
+        )
+        converted[pickled] = (paths["convert"] / "rank0.safetensors").read_bytes()
+    assert converted[True] == converted[False]
 
 
 def with_config(tiny_files: dict[str, bytes], **changes: object) -> dict[str, bytes]:

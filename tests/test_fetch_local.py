@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
 
+from tests.helpers import Run, assert_clean_error, forge, write_recipe
 from tests.tinymodels import make_tiny_hf
 from trtllm_forge.errors import ExitCode, ForgeError
 from trtllm_forge.sources import read_config, resolve_local
+from trtllm_forge.sources.pickle_weights import pickle_to_safetensors
 from trtllm_forge.sources.tokenizer import check_tokenizer_files
 
 
@@ -192,3 +198,142 @@ def test_a_tokenizer_the_check_accepts_loads(model: Path) -> None:
 
     check_tokenizer_files(model, resolve_local(model, allow_pickle=False).files, needed_for="x")
     assert load_tokenizer(model, needed_for="x")("hello").input_ids
+
+
+# -- pickle weights, taken with allow_pickle and written as safetensors by fetch ---------
+@pytest.fixture(scope="module")
+def tied_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama whose head is tied to its embeddings (two names, one storage)."""
+    return make_tiny_hf(
+        "llama", tmp_path_factory.mktemp("tied"), with_tokenizer=True, tie_word_embeddings=True
+    )
+
+
+def save_state_dict(src: Path, dst: Path) -> dict[str, torch.Tensor]:
+    """``dst``: ``src`` with its safetensors replaced by ``torch.save`` of the state dict
+    transformers loads from it; returns that state dict."""
+    import transformers
+
+    shutil.copytree(src, dst)
+    state = transformers.AutoModelForCausalLM.from_pretrained(src).state_dict()
+    torch.save(state, dst / "pytorch_model.bin")
+    (dst / "model.safetensors").unlink()
+    return state
+
+
+def recipe_for(path: Path, model: Path, **source: object) -> Path:
+    return write_recipe(
+        path,
+        source={"path": str(model), **source},
+        quantize={"method": "none"},
+        build={"max_batch_size": 2, "max_input_len": 32, "max_seq_len": 64},
+        verify={"prompts": ["The quick brown fox"], "max_new_tokens": 4, "max_text_tokens": 32},
+    )
+
+
+def stage_dirs(run: Run) -> dict[str, Path]:
+    assert run.code == 0, run.err
+    return {s["stage"]: Path(s["path"]) for s in run.json()["stages"]}
+
+
+def test_pickle_checkpoint_builds_end_to_end_from_safetensors_fetch_writes(
+    tmp_path: Path, tied_src: Path
+) -> None:
+    """allow_pickle used to be refused at convert ("convert the checkpoint to safetensors
+    first"); fetch now writes the safetensors itself and later stages never see pickle."""
+    model = tmp_path / "pickled"
+    save_state_dict(tied_src, model)
+    refused = forge("plan", str(recipe_for(tmp_path / "no.yaml", model)))
+    assert_clean_error(refused, 2, "pytorch_model.bin", "source.allow_pickle: true")
+
+    recipe = recipe_for(tmp_path / "pickle.yaml", model, allow_pickle=True)
+    built = stage_dirs(forge("build", str(recipe), "--json"))
+    folder = built["fetch"] / "hf"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    report = json.loads((built["verify"] / "report.json").read_text())
+    assert report["metrics"]["token_agreement"] == 1.0, report["metrics"]
+
+    # The converted checkpoint is the one the model's own safetensors give, byte for byte.
+    original = recipe_for(tmp_path / "st.yaml", tied_src)
+    direct = stage_dirs(forge("build", str(original), "--until", "convert", "--json"))
+    assert direct["fetch"] != built["fetch"]
+    for name in ("config.json", "rank0.safetensors"):
+        assert (built["convert"] / name).read_bytes() == (direct["convert"] / name).read_bytes()
+    again = forge("build", str(recipe), "--json")
+    assert {s["status"] for s in again.json()["stages"]} == {"hit"}, again.out
+
+
+def test_sharded_pickle_checkpoint_keeps_every_tensor(tmp_path: Path, tied_src: Path) -> None:
+    model = tmp_path / "sharded"
+    state = save_state_dict(tied_src, model)
+    (model / "pytorch_model.bin").unlink()
+    names = sorted(state)
+    halves = {
+        "pytorch_model-00001-of-00002.bin": names[::2],
+        "pytorch_model-00002-of-00002.bin": names[1::2],
+    }
+    for shard, part in halves.items():
+        torch.save({name: state[name] for name in part}, model / shard)
+    weight_map = {name: shard for shard, part in halves.items() for name in part}
+    (model / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (model / "training_args.bin").write_bytes(pickle.dumps({"not": "weights"}))
+
+    out = tmp_path / "out"
+    count = pickle_to_safetensors(resolve_local(model, allow_pickle=True), out)
+    assert count == len(state)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert sorted(index["weight_map"]) == names
+    assert not list(out.glob("*.bin*"))
+    for name, tensor in state.items():
+        with safe_open(str(out / index["weight_map"][name]), framework="pt") as handle:
+            assert torch.equal(handle.get_tensor(name), tensor), name
+
+
+class _Bomb:
+    """Unpickling this runs ``open(marker, "w")``: the proof that a pickle ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (open, (self.marker, "w"))
+
+
+def test_allowed_pickle_never_runs_code(model: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "PICKLE-RAN"
+    (model / "model.safetensors").unlink()
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Bomb(marker)}))
+    snap = resolve_local(model, allow_pickle=True)
+    err = expect_error(ExitCode.SOURCE, pickle_to_safetensors, snap, tmp_path / "out")
+    assert "pytorch_model.bin" in err.message and "weights_only=True" in err.message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        # 16 names over one 1 MiB storage: a small file that would write 16 MiB.
+        (lambda: {f"w{i}": torch.zeros(1 << 18).expand(16, -1)[i] for i in range(16)}, None),
+        (lambda: {f"w{i}": torch.zeros(1 << 18)[None].expand(16, -1) for i in range(16)}, "twice"),
+        (lambda: [torch.zeros(4)], "not a state dict"),
+        (lambda: {"w": 1.5}, "not a dense tensor"),
+        (lambda: {"w": torch.zeros(4).to_sparse()}, "not a dense tensor"),
+    ],
+)
+def test_pickle_content_is_bounded_and_plain(
+    model: Path, tmp_path: Path, content: Callable[[], object], fragment: str | None
+) -> None:
+    (model / "model.safetensors").unlink()
+    torch.save(content(), model / "pytorch_model.bin")
+    snap = resolve_local(model, allow_pickle=True)
+    if fragment is None:  # views of one storage, each its own size: written as they are
+        assert pickle_to_safetensors(snap, tmp_path / "out") == 16
+        return
+    err = expect_error(ExitCode.SOURCE, pickle_to_safetensors, snap, tmp_path / "out")
+    assert fragment in err.message and "pytorch_model.bin" in err.message, err.message

@@ -203,6 +203,25 @@ def test_pickle_only_checkpoint_needs_allow_pickle_and_is_never_loaded(
     assert not marker.exists()
 
 
+def test_allowed_pickle_is_loaded_as_weights_only_and_never_runs_code(
+    reference: Reference, tmp_path: Path
+) -> None:
+    """With allow_pickle: true fetch loads the pickle with torch.load(weights_only=True)
+    to write it as safetensors: a pickle that names a callable is refused, not called."""
+    model = model_copy(reference, tmp_path)
+    marker = tmp_path / "PICKLE-WAS-LOADED"
+    (model / "model.safetensors").unlink()
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Bomb(marker)}))
+    recipe = tiny_recipe(
+        tmp_path / "recipe.yaml", model, source={"path": str(model), "allow_pickle": True}
+    )
+    build_rejected(
+        tmp_path / "home", recipe, (5,), "pytorch_model.bin", "weights_only", kind="pickle"
+    )
+    assert not marker.exists()
+    assert not list((tmp_path / "home" / "artifacts").glob("fetch/*")), "a fetch was committed"
+
+
 def test_pickle_next_to_safetensors_is_ignored(reference: Reference, tmp_path: Path) -> None:
     model = model_copy(reference, tmp_path)
     marker = tmp_path / "PICKLE-WAS-LOADED"

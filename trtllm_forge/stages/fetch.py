@@ -5,6 +5,9 @@
 - ``source.path``: a local HF-format directory, referenced in place; the key
   holds the blake3 digest of its files (stat-memoised, so unchanged multi-GB
   shards are not re-read).
+- pickle-only weights (``source.allow_pickle: true``): loaded with
+  ``torch.load(weights_only=True, mmap=True)`` and written as safetensors into the
+  artifact with the metadata (sources/pickle_weights.py); later stages never see pickle.
 - ``source.gguf``: dequantized into an HF folder inside the artifact; the key
   holds the GGUF file's digest.
 """
@@ -34,11 +37,16 @@ class FetchStage:
         if source.hf is not None:
             snap = _resolved(job)
             _check_model(job, snap.root)
-            return KeyInputs({**fields, "source.hf": source.hf}, extra={"commit": snap.commit})
+            # A local folder's tokenizer is checked in preflight; a hub model's files
+            # exist only now, still before any stage that reads them.
+            from trtllm_forge.pipeline.preflight import check_tokenizer
+
+            check_tokenizer(job.loaded, snap.root, snap.files)
+            return _key(snap, {**fields, "source.hf": source.hf}, {"commit": snap.commit})
         if source.path is not None:
             snap = _resolved(job)
             _check_model(job, snap.root)
-            return KeyInputs(fields, extra={"content": digest_json(_digests(job, snap))})
+            return _key(snap, fields, {"content": digest_json(_digests(job, snap))})
         gguf = _gguf_file(job)
         return KeyInputs(
             fields,
@@ -55,6 +63,8 @@ class FetchStage:
                 gguf_to_hf(_gguf_file(job), out_dir / HF_SUBDIR, progress=job.ctx.progress)
             return StageOutput(info={"kind": "gguf", "file": _gguf_file(job).name})
         snap = _resolved(job)
+        if snap.weight_format == "pickle":
+            return _from_pickle(job, snap, out_dir)
         if source.hf is not None:
             files = {
                 rel: {"size": ref.size, "digest": ref.digest} for rel, ref in snap.files.items()
@@ -77,6 +87,31 @@ class FetchStage:
 
 
 STAGE = FetchStage()
+
+
+def _key(snap: Any, fields: dict[str, Any], extra: dict[str, Any]) -> KeyInputs:
+    """A pickle-only source's artifact holds the safetensors fetch wrote from it, so
+    its key also names that conversion and the torch that loaded the pickle."""
+    if snap.weight_format != "pickle":
+        return KeyInputs(fields, extra=extra)
+    return KeyInputs(fields, tools=versions("torch"), extra={**extra, "weights": "safetensors"})
+
+
+def _from_pickle(job: StageJob, snap: Any, out_dir: Path) -> StageOutput:
+    """Pickle weights (taken only with source.allow_pickle: true) become safetensors in
+    this artifact, next to copies of the metadata: no later stage ever reads pickle."""
+    from trtllm_forge.sources.pickle_weights import pickle_to_safetensors
+
+    try:
+        tensors = pickle_to_safetensors(snap, out_dir / HF_SUBDIR, progress=job.ctx.progress)
+    except ForgeError as err:
+        field = "hf" if job.recipe.source.hf is not None else "path"
+        err.location = err.location or job.loaded.locate(f"source.{field}")
+        raise
+    info = {"kind": snap.kind, "source": snap.source, "commit": snap.commit}
+    return StageOutput(
+        info={**info, "weights": "pickle, written as safetensors", "tensors": tensors}
+    )
 
 
 def snapshot_dir(artifact: Artifact) -> Path:
