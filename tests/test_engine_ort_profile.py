@@ -165,3 +165,74 @@ def test_float16_compute_keeps_the_greedy_tokens(tmp_path: Path) -> None:
     assert np.abs(got - want).max() / np.abs(want).max() < 5e-3
     prompts = random_prompts(4)
     assert ort16.generate(prompts, 8) == portable.generate(prompts, 8)
+
+
+@pytest.fixture(scope="module")
+def tied_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny Llama whose lm_head is its embedding (as SmolLM2's), converted in float32."""
+    from tests.tinymodels import make_tiny_hf
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+
+    root = tmp_path_factory.mktemp("ort-head")
+    hf = make_tiny_hf(
+        "llama",
+        root / "hf",
+        hidden_size=128,
+        intermediate_size=256,
+        tie_word_embeddings=True,
+        with_tokenizer=True,  # AWQ calibrates on text
+    )
+    convert_hf_checkpoint(hf, root / "canonical", dtype="float32")
+    return {"hf": hf, "canonical": root / "canonical", "root": root}
+
+
+@pytest.mark.parametrize(("method", "bits"), [("int4_wo", 4), ("awq", 4), ("int8_wo", 8)])
+def test_a_quantized_lm_head_runs_as_matmul_nbits_and_passes_the_gates(
+    tied_model: dict[str, Path], method: str, bits: int
+) -> None:
+    """quantize_lm_head: the head is a MatMulNBits record like the decoder linears (an
+    eighth (int4) or a quarter (int8) of float32's bytes, plus scales), its logits are the
+    portable Q/DQ graph's, and the engine meets quantized-engine gates against transformers."""
+    from trtllm_forge.quant.calibration import CalibrationSpec
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    root = tied_model["root"]
+    checkpoint = root / f"q-{method}"
+    params = {} if method == "int8_wo" else {"group_size": 64}
+    summary = quantize_checkpoint(
+        hf_dir=tied_model["hf"],
+        canonical_dir=tied_model["canonical"],
+        out_dir=checkpoint,
+        method=method,
+        params={**params, "quantize_lm_head": True},
+        calibration=CalibrationSpec(samples=4, seq_len=32, seed=0),
+    )
+    assert "lm_head" not in summary["quantization"]["exclude_modules"]
+    options = replace(OPTIONS, max_batch_size=2, max_input_len=32, max_seq_len=64)
+    build_engine("onnxruntime", checkpoint, root / f"portable-{method}", options)
+    engine = root / f"ort-{method}"
+    build_engine("onnxruntime", checkpoint, engine, replace(options, profile="ort"))
+    graph = onnx.load(engine / "rank0" / "model.onnx", load_external_data=False).graph
+    head = next(n for n in graph.node if n.output[0].startswith("lm_head"))
+    assert head.op_type == "MatMulNBits"
+    assert {a.name: a.i for a in head.attribute}["bits"] == bits
+    head_bytes = sum(
+        int(np.prod(t.dims)) * (1 if t.data_type == onnx.TensorProto.UINT8 else 4)
+        for t in graph.initializer
+        if t.name.startswith("lm_head")
+    )
+    float_bytes = 4 * 128 * 256  # hidden × vocab in float32
+    assert head_bytes < float_bytes * (bits / 32 + 1 / 16)  # packed values + the scales
+    ids = random_texts(1, 40, seed=3)[0]
+    want = OrtEngine.load(root / f"portable-{method}", threads=1).score(ids, chunk=16)
+    got = OrtEngine.load(engine, threads=1).score(ids, chunk=16)
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+    result = verify_engine(
+        engine,
+        tied_model["hf"],
+        prompts_token_ids=random_prompts(4),
+        texts_token_ids=random_texts(2, 96),
+        max_new_tokens=16,
+        gates={"max_kl": 0.05, "max_ppl_ratio": 1.05, "min_top1": 0.5},
+    )
+    assert result.passed, [g for g in result.gates if not g.passed]

@@ -127,6 +127,21 @@ def test_native_reference_reads_rope_ratio(glm: dict[str, Any], tmp_path: Path) 
     assert _forward_rel_diff(tmp_path / "ckpt", scaled) < 1e-5
 
 
+def test_chatglm2_rope_ratio_is_refused() -> None:
+    """ChatGLM2-6B-32k's rope_ratio divides positions (ChatGLM3's multiplies the base);
+    a config saved from a ChatGLM2 model with a ratio is refused by name (exit 5)."""
+    from tests.tinymodels import _CHATGLM_CONFIG
+    from trtllm_forge.errors import ExitCode, ForgeError
+    from trtllm_forge.models.registry import family_for
+
+    config = {**_CHATGLM_CONFIG, "_name_or_path": "THUDM/chatglm2-6b-32k", "rope_ratio": 16}
+    with pytest.raises(ForgeError) as info:
+        family_for(config)
+    assert info.value.code == ExitCode.SOURCE and "rope_ratio 16" in info.value.message
+    family_for({**config, "rope_ratio": 1})
+    family_for({**config, "_name_or_path": "THUDM/chatglm3-6b-32k"})
+
+
 def test_engine_greedy_and_logits_match_the_reference(glm: dict[str, Any]) -> None:
     engine, reference = load_engine(glm["engine"]), load_reference(glm["hf"])
     assert engine.generate(PROMPTS, NEW_TOKENS) == [

@@ -118,3 +118,53 @@ def test_int8_activations_without_the_ort_profile_is_refused(
     )
     run = forge("recipe", "check", str(recipe))
     assert_clean_error(run, 2, "build.int8_activations", "ort profile")
+
+
+def test_a_quantized_lm_head_without_the_ort_profile_is_refused(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        source={"path": str(tiny_models["llama"])},
+        quantize={"method": "int4_wo", "group_size": 32, "quantize_lm_head": True},
+    )
+    run = forge("plan", str(recipe))
+    assert_clean_error(run, 2, "quantize.quantize_lm_head", "ort profile")
+
+
+def test_quantize_lm_head_off_keeps_the_calibrate_key(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """The option absent or false keys as before it existed (cached artifacts stay valid);
+    true is another checkpoint, so another key."""
+
+    def calibrate_key(name: str, **head: bool) -> str:
+        recipe = write_recipe(
+            tmp_path / f"{name}.yaml",
+            source={"path": str(tiny_models["llama"])},
+            convert={"dtype": "float32"},
+            quantize={"method": "awq", "group_size": 32, **head},
+            build={"profile": "ort"},
+        )
+        run = forge("plan", str(recipe), "--until", "calibrate", "--json")
+        assert run.code == 0, run.err
+        stage = run.json()["stages"][2]
+        assert stage["stage"] == "calibrate" and stage["key"], stage
+        return str(stage["key"])
+
+    built = forge(
+        "build",
+        str(
+            write_recipe(
+                tmp_path / "convert.yaml",
+                source={"path": str(tiny_models["llama"])},
+                convert={"dtype": "float32"},
+            )
+        ),
+        "--until",
+        "convert",
+    )
+    assert built.code == 0, built.err
+    absent = calibrate_key("absent")
+    assert calibrate_key("off", quantize_lm_head=False) == absent
+    assert calibrate_key("on", quantize_lm_head=True) != absent

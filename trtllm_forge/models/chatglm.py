@@ -13,7 +13,8 @@ The decoder, as the checkpoints define it:
   ``kv_channels`` each, with a bias (``add_qkv_bias``); no other linear has one;
 * rotary on the first half of each head's channels (``kv_channels / 2``), channel pairs
   (0, 1), (2, 3) … rotated together (GPT-J style, TensorRT-LLM's ``rope_gptj``), base
-  ``10000 · rope_ratio``; the other half passes through;
+  ``10000 · rope_ratio`` (ChatGLM3's meaning; a ChatGLM2 config with a ratio is refused,
+  see ``_refuse_chatglm2_rope_ratio``); the other half passes through;
 * SwiGLU: ``dense_h_to_4h`` rows are ``[activated; linear]`` halves, split into
   TensorRT-LLM's ``mlp.fc`` (SiLU branch) and ``mlp.gate`` with ``row_block`` rules;
 * RMSNorm everywhere (``layernorm_epsilon``), residuals around each block.
@@ -90,6 +91,7 @@ def chatglm_settings(hf_config: Mapping[str, Any]) -> ChatGLMSettings:
     for key in ("pre_seq_len", "quantization_bit"):
         if cfg.get(key):
             raise gpt_common.unsupported(f"ChatGLM {key} = {cfg[key]!r}")
+    _refuse_chatglm2_rope_ratio(cfg)
     dims = model_dims(cfg)
     if dims["head_size"] % 4:
         raise gpt_common.unsupported(f"kv_channels {dims['head_size']} (not a multiple of 4)")
@@ -105,6 +107,19 @@ def chatglm_settings(hf_config: Mapping[str, Any]) -> ChatGLMSettings:
         qkv_bias=bool(cfg.get("add_qkv_bias", False)),
         rope_base=10000.0 * float(cfg.get("rope_ratio") or 1.0),
     )
+
+
+def _refuse_chatglm2_rope_ratio(cfg: Mapping[str, Any]) -> None:
+    """ChatGLM3 (and GLM-4) multiply the rope base by ``rope_ratio``; ChatGLM2-6B-32k's
+    code divides the positions by it instead, and no config key tells the two apart.
+    forge implements the ChatGLM3 meaning and refuses a ratio in a config saved from a
+    ChatGLM2 model (``_name_or_path``, the only trace; TensorRT-LLM reads it too)."""
+    ratio = float(cfg.get("rope_ratio") or 1.0)
+    if ratio != 1.0 and "chatglm2" in str(cfg.get("_name_or_path", "")).lower():
+        raise gpt_common.unsupported(
+            f"ChatGLM2 rope_ratio {ratio:g} (ChatGLM2-6B-32k divides positions by it; "
+            "forge implements ChatGLM3's base scaling)"
+        )
 
 
 class ChatGLMFamily(gpt_common.GptStyleFamily):

@@ -135,7 +135,6 @@ def _check_engine_format(loaded: LoadedRecipe) -> None:
     fmt = records.format_name(quant.method, quant.model_dump(mode="json"))
     reason = records.why_not_onnx(fmt)
     if reason:
-        kv = None if quant.kv_cache == "none" else quant.kv_cache
         able = records.carriers(fmt, kv)
         raise recipe_error(
             f"build.backend {loaded.recipe.build.backend} cannot run this quantization: {reason}",
@@ -149,12 +148,20 @@ def _check_engine_format(loaded: LoadedRecipe) -> None:
 def _check_profile(loaded: LoadedRecipe) -> None:
     """build.profile ort lowers a subset of what portable does: refuse the rest now."""
     if loaded.recipe.build.profile != "ort":
-        for field, value in (("int8_activations", True), ("compute_dtype", "float16")):
-            if getattr(loaded.recipe.build, field) == value:
+        recipe = loaded.recipe
+        for field, value in (
+            ("build.int8_activations", True),
+            ("build.compute_dtype", "float16"),
+            # Only the ort lowering runs a quantized head (MatMulNBits); the portable graph,
+            # TensorRT-LLM and the Hugging Face formats expect it in the checkpoint dtype.
+            ("quantize.quantize_lm_head", True),
+        ):
+            section, name = field.split(".")
+            if getattr(getattr(recipe, section), name, None) == value:
                 raise recipe_error(
-                    f"build.{field} applies to the ort profile only",
-                    hint=f"set build.profile: ort, or remove build.{field}",
-                    location=loaded.locate(f"build.{field}"),
+                    f"{field} applies to the ort profile only",
+                    hint=f"set build.profile: ort, or remove {field}",
+                    location=loaded.locate(field),
                 )
         return
     from trtllm_forge.engine.onnx.ort.support import recipe_refusals

@@ -34,7 +34,18 @@ class NoneParams(MethodParams):
         return None
 
 
-class Int8WoParams(MethodParams):
+class _HeadOption(MethodParams):
+    """Weight-only methods the ort profile runs as MatMulNBits may quantize lm_head too."""
+
+    # Off by default: the head stays in the checkpoint dtype (TensorRT-LLM's default
+    # exclusion), and recipes written before the option keep their keys and numbers. On:
+    # lm_head is rounded to nearest in the method's weight format (no calibration: AWQ's
+    # search and GPTQ's error feedback cover the decoder linears only), which is what the
+    # onnxruntime-genai builder does for int4 (docs/engine-performance.md).
+    quantize_lm_head: bool = False
+
+
+class Int8WoParams(_HeadOption):
     """INT8 per-output-channel weight-only, round-to-nearest (W8A16)."""
 
     def quant_algo(self) -> str:
@@ -61,11 +72,11 @@ class _GroupwiseInt4(MethodParams):
         return "W4A16_AWQ"
 
 
-class Int4WoParams(_GroupwiseInt4):
+class Int4WoParams(_GroupwiseInt4, _HeadOption):
     """INT4 group-wise weight-only, round-to-nearest."""
 
 
-class AwqParams(_GroupwiseInt4):
+class AwqParams(_GroupwiseInt4, _HeadOption):
     """AWQ (activation-aware scaling search, ModelOpt ``awq_lite``) + INT4 group-wise."""
 
     def has_pre_quant_scale(self) -> bool:
@@ -83,7 +94,7 @@ class W4A8AwqParams(_GroupwiseInt4):
         return "W4A8_AWQ"
 
 
-class GptqParams(_GroupwiseInt4):
+class GptqParams(_GroupwiseInt4, _HeadOption):
     """GPTQ: Hessian-guided INT4 group-wise rounding with error feedback."""
 
     damping: float = Field(0.01, gt=0.0, le=1.0)

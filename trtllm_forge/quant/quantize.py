@@ -24,9 +24,10 @@ from trtllm_forge.quant import calibration as calib
 from trtllm_forge.quant import registry
 from trtllm_forge.quant.capture import kv_ranges
 from trtllm_forge.quant.device import Placement
+from trtllm_forge.quant.head import head_record
 from trtllm_forge.quant.params import KV_CACHE_ALGOS, SmoothQuantParams
 from trtllm_forge.quant.result import QuantResult
-from trtllm_forge.quant.targets import TargetPlan, check_smoothing_fold, plan_targets
+from trtllm_forge.quant.targets import HEAD, TargetPlan, check_smoothing_fold, plan_targets
 from trtllm_forge.quant.writer import QuantSpec, write_checkpoint
 
 _NO_PROGRESS = NullProgress()
@@ -73,7 +74,8 @@ def quantize_checkpoint(
     spec = QuantSpec(method, registry.validate_params(method, params or {}), _kv_name(kv_cache))
     info = registry.get(method)
     hf_config = load_hf_config(Path(hf_dir))
-    plan = plan_targets(hf_config, list(exclude))
+    head = bool(getattr(spec.params, "quantize_lm_head", False))
+    plan = plan_targets(hf_config, list(exclude), quantize_head=head)
     preflight(spec, plan, hf_config)
     placement = Placement.of(device, dtype)  # exit 4 for cuda without a GPU, before any work
     data = None
@@ -87,6 +89,7 @@ def quantize_checkpoint(
     kv = kv_ranges(model, data.batches(8), progress) if spec.kv_cache and data is not None else {}
     result = info.load().quantize_model(model, data, spec.params, plan.hf_modules(), progress)
     result = placement.to_cpu(result)
+    result.head = head_record(model, spec.params) if plan.quantize_head else None
     result.kv_amax = kv
     forge_info = _forge_info(spec, exclude, data)
     summary = write_checkpoint(
@@ -138,23 +141,25 @@ def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -
     """Reject shapes and combinations the format cannot represent, before any weight loads."""
     group = getattr(spec.params, "group_size", None)
     dims = model_dims(hf_config)
-    for target in plan.quantized if spec.quant_algo else ():
-        out_features, in_features = module_dims(target.kind, dims)
+    sites = [(t.module, t.kind) for t in plan.quantized if spec.quant_algo]
+    sites += [(HEAD, HEAD)] if plan.quantize_head else []
+    for module, kind in sites:
+        out_features, in_features = module_dims(kind, dims)
         if group is not None and in_features % group:
             raise recipe_error(
-                f"{target.module}: in_features {in_features} is not a multiple of group_size {group}",
+                f"{module}: in_features {in_features} is not a multiple of group_size {group}",
                 hint="pick a group size dividing every layer's input size, or exclude the layer",
             )
         block = getattr(spec.params, "block_size", None)
         if block is not None and (in_features % block or out_features % block):
             raise recipe_error(
-                f"{target.module}: {out_features}×{in_features} is not a whole number of "
+                f"{module}: {out_features}×{in_features} is not a whole number of "
                 f"{block}×{block} FP8 blocks",
                 hint="pick a block_size dividing every layer's sizes, or exclude the layer",
             )
         if group is not None and out_features % 2:
             raise recipe_error(
-                f"{target.module}: INT4 packing needs an even out_features ({out_features})"
+                f"{module}: INT4 packing needs an even out_features ({out_features})"
             )
     per_token_sq = (
         isinstance(spec.params, SmoothQuantParams) and spec.params.activations == "per_token"

@@ -86,7 +86,7 @@ def validate_params(name: str, params: Mapping[str, Any]) -> p.MethodParams:
 
 def key_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Canonical, defaults-filled parameters: what a calibrate cache key must include."""
-    return {"method": name, **validate_params(name, params).model_dump(mode="json")}
+    return {"method": name, **p.key_view(validate_params(name, params).model_dump(mode="json"))}
 
 
 def tool_versions(name: str) -> dict[str, str]:

@@ -50,11 +50,13 @@ class QuantResult:
     Attributes:
         linears: HF linear module name (``model.layers.0.self_attn.q_proj``) → record.
         kv_amax: decoder layer index → (max |K|, max |V|) after RoPE, if KV is calibrated.
+        head: lm_head's record when the method quantizes it (``quant/head.py``), else None.
         stats: free-form numbers for the calibration report (JSON-serialisable).
     """
 
     linears: dict[str, LinearQuant] = field(default_factory=dict)
     kv_amax: dict[int, tuple[float, float]] = field(default_factory=dict)
+    head: LinearQuant | None = None
     stats: dict[str, object] = field(default_factory=dict)
 
 

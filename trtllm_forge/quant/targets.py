@@ -3,8 +3,9 @@
 The family table (``trtllm_forge.models``) already says how each TensorRT-LLM
 weight is made from HF weights (``attention.qkv`` = rows of q/k/v). A
 quantizable linear is a decoder-layer weight of a column- or row-parallel module
-(``checkpoint.layout``), so no second name map exists here. ``lm_head`` and the
-embedding always stay in the checkpoint dtype.
+(``checkpoint.layout``), so no second name map exists here. The embedding always
+stays in the checkpoint dtype; ``lm_head`` does too unless the method's
+``quantize_lm_head`` asks for it (the ort profile's MatMulNBits head).
 
 Nothing here imports torch: ``forge plan`` can check exclude patterns early.
 """
@@ -21,8 +22,10 @@ from trtllm_forge.errors import recipe_error
 from trtllm_forge.models.base import Family, TensorRule
 from trtllm_forge.models.registry import family_for
 
-# Modules never quantized (TensorRT-LLM's own default exclusions for dense decoders).
+# Modules never quantized (TensorRT-LLM's own default exclusions for dense decoders),
+# lm_head unless TargetPlan.quantize_head.
 ALWAYS_EXCLUDED = ("lm_head", "transformer.vocab_embedding")
+HEAD = "lm_head"  # TensorRT-LLM's and the HF model's name of the output projection
 
 # TensorRT-LLM linears fed by the same activation inside a layer (GatedMLP: fc and gate
 # both read the post-attention norm output). Formats whose scales or smoothing live
@@ -64,6 +67,7 @@ class TargetPlan:
 
     quantized: tuple[LinearTarget, ...]
     excluded: tuple[LinearTarget, ...]
+    quantize_head: bool = False  # lm_head gets a round-to-nearest record too
 
     def hf_modules(self) -> list[str]:
         return [name for target in self.quantized for name in target.sources]
@@ -73,7 +77,8 @@ class TargetPlan:
 
     def exclude_modules(self) -> list[str]:
         """``quantization.exclude_modules`` for config.json (explicit names, no defaults)."""
-        return [*ALWAYS_EXCLUDED, *(t.module for t in self.excluded)]
+        always = [m for m in ALWAYS_EXCLUDED if not (self.quantize_head and m == HEAD)]
+        return [*always, *(t.module for t in self.excluded)]
 
 
 def linear_targets(hf_config: Mapping[str, Any]) -> list[LinearTarget]:
@@ -114,14 +119,17 @@ def check_smoothing_fold(hf_config: Mapping[str, Any]) -> None:
         )
 
 
-def plan_targets(hf_config: Mapping[str, Any], exclude: Sequence[str]) -> TargetPlan:
+def plan_targets(
+    hf_config: Mapping[str, Any], exclude: Sequence[str], *, quantize_head: bool = False
+) -> TargetPlan:
     """Split the linears by the recipe's ``exclude`` patterns.
 
     A pattern (fnmatch, case-sensitive) may name TensorRT-LLM modules
     (``transformer.layers.0.mlp.proj``, ``*attention.qkv``) or HF modules
     (``model.layers.0.mlp.down_proj``). Matching one HF part of a fused layer
     (say ``k_proj``) excludes the whole fused layer: one GEMM has one format.
-    A pattern matching nothing is an error (most likely a typo).
+    A pattern matching nothing is an error (most likely a typo). ``lm_head`` follows
+    ``quantize_head``, not the patterns (the recipe's default ``exclude`` names it).
     """
     targets = linear_targets(hf_config)
     names = [*ALWAYS_EXCLUDED, "model.embed_tokens"]
@@ -139,4 +147,4 @@ def plan_targets(hf_config: Mapping[str, Any], exclude: Sequence[str]) -> Target
     for t in targets:
         hit = any(fnmatch.fnmatchcase(n, p) for p in exclude for n in (t.module, *t.sources))
         (excluded if hit else quantized).append(t)
-    return TargetPlan(tuple(quantized), tuple(excluded))
+    return TargetPlan(tuple(quantized), tuple(excluded), quantize_head)

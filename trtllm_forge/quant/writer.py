@@ -25,7 +25,7 @@ from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.quant import formats
 from trtllm_forge.quant.params import KV_CACHE_ALGOS, MethodParams
 from trtllm_forge.quant.result import LinearQuant, QuantResult, concat, share_input
-from trtllm_forge.quant.targets import SHARED_INPUT_GROUPS, LinearTarget, TargetPlan
+from trtllm_forge.quant.targets import HEAD, SHARED_INPUT_GROUPS, LinearTarget, TargetPlan
 
 _NO_PROGRESS = NullProgress()
 
@@ -69,6 +69,9 @@ def _fused_linears(
         t.module: reorder_rows(concat(share_input([result.linears[s] for s in t.sources])), t)
         for t in plan.quantized
     }
+    if plan.quantize_head:
+        assert result.head is not None, "quantize_head without a head record"
+        fused[HEAD] = result.head
     if spec.quant_algo in formats.SHARE_INPUT_GROUPS:
         for group in _input_groups(plan):
             for module, lq in zip(group, share_input([fused[m] for m in group]), strict=True):
@@ -158,7 +161,10 @@ def kv_tensors(spec: QuantSpec, result: QuantResult) -> dict[str, torch.Tensor]:
 
 
 def _replaced_weights(plan: TargetPlan, spec: QuantSpec) -> set[str]:
-    return {f"{t.module}.weight" for t in plan.quantized} if spec.quant_algo else set()
+    if not spec.quant_algo:
+        return set()
+    head = [HEAD] if plan.quantize_head else []
+    return {f"{module}.weight" for module in [*(t.module for t in plan.quantized), *head]}
 
 
 def write_checkpoint(
@@ -200,7 +206,7 @@ def write_checkpoint(
     write_config(out_dir, config)
     return {
         "tensors": len(specs),
-        "quantized_modules": [t.module for t in plan.quantized] if spec.quant_algo else [],
+        "quantized_modules": list(fused),
         "excluded_modules": [t.module for t in plan.excluded],
         "quantization": config["quantization"],
         "files": ["config.json", rank_file(0)],

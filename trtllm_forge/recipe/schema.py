@@ -113,19 +113,29 @@ class _QuantBase(_Strict):
     calibration: Calibration = Field(default_factory=Calibration)
 
 
+class _WeightOnlyQuant(_QuantBase):
+    quantize_lm_head: bool = Field(
+        False,
+        description="Also quantize lm_head (round-to-nearest, in the method's weight format) "
+        "as onnxruntime-genai's builder does for int4: each decode step then streams a 4- or "
+        "8-bit head instead of a float one (docs/engine-performance.md). `build.profile: ort` "
+        "only (refused elsewhere at plan time); `exclude` does not govern lm_head.",
+    )
+
+
 class NoQuant(_QuantBase):
     """No weight quantization (KV-cache quantization is still allowed)."""
 
     method: Literal["none"] = Field("none", description="Quantization method.")
 
 
-class Int8WeightOnly(_QuantBase):
+class Int8WeightOnly(_WeightOnlyQuant):
     """INT8 per-channel weight-only (W8A16)."""
 
     method: Literal["int8_wo"] = Field(description="Quantization method.")
 
 
-class Int4WeightOnly(_QuantBase):
+class Int4WeightOnly(_WeightOnlyQuant):
     """INT4 group-wise weight-only, round-to-nearest (W4A16)."""
 
     method: Literal["int4_wo"] = Field(description="Quantization method.")
@@ -145,14 +155,14 @@ class SmoothQuant(_QuantBase):
     )
 
 
-class Awq(_QuantBase):
+class Awq(_WeightOnlyQuant):
     """AWQ INT4 group-wise (W4A16_AWQ)."""
 
     method: Literal["awq"] = Field(description="Quantization method.")
     group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale.")
 
 
-class Gptq(_QuantBase):
+class Gptq(_WeightOnlyQuant):
     """GPTQ INT4 group-wise (W4A16_GPTQ)."""
 
     method: Literal["gptq"] = Field(description="Quantization method.")

@@ -12,6 +12,7 @@ from typing import Any
 
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, versions
 from trtllm_forge.quant.device import key_fields, require_device
+from trtllm_forge.quant.params import key_view
 from trtllm_forge.stages.fetch import snapshot_dir
 from trtllm_forge.store.digest import digest_json
 
@@ -49,7 +50,7 @@ class CalibrateStage:
     upstream = ("fetch", "convert")
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
-        quant = job.recipe.quantize.model_dump(mode="json")
+        quant = key_view(job.recipe.quantize.model_dump(mode="json"))
         if passes_through(job.recipe):
             return KeyInputs({"quantize.method": "none", "quantize.kv_cache": "none"})
         calib = quant.pop("calibration")
