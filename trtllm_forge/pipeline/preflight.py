@@ -135,6 +135,7 @@ def _check_engine_format(loaded: LoadedRecipe) -> None:
     fmt = records.format_name(quant.method, quant.model_dump(mode="json"))
     reason = records.why_not_onnx(fmt)
     if reason:
+        kv = None if quant.kv_cache == "none" else quant.kv_cache
         able = records.carriers(fmt, kv)
         raise recipe_error(
             f"build.backend {loaded.recipe.build.backend} cannot run this quantization: {reason}",

@@ -154,3 +154,11 @@ class NvFp4Params(MethodParams):
 
 
 KV_CACHE_ALGOS: dict[str, str] = {"int8": "INT8", "fp8": "FP8"}
+
+
+def key_view(params: dict[str, Any]) -> dict[str, Any]:
+    """Dumped parameters as the calibrate key holds them: an option added later is left
+    out at its default (``quantize_lm_head: false``), so keys made before it stay valid."""
+    if params.get("quantize_lm_head") is False:
+        return {k: v for k, v in params.items() if k != "quantize_lm_head"}
+    return params
