@@ -42,36 +42,49 @@ def test_show_resolves_every_default(name: str) -> None:
     assert shown["build"]["backend"] in ("tensorrt", "trtllm")
 
 
+def _hub(tmp_path: Path, *, complete: bool) -> dict[str, str]:
+    """The environment of a hub cache holding Llama-2-7b-hf's config.json and, when
+    ``complete``, a weight file and a tokenizer: all a plan reads, nothing downloaded."""
+    files = {"config.json": json.dumps(LLAMA2_7B_CONFIG).encode()}
+    if complete:
+        import torch
+        from safetensors.torch import save
+
+        from tests.tinymodels import make_tiny_tokenizer
+
+        files["model.safetensors"] = save({"model.embed_tokens.weight": torch.zeros(2, 2)})
+        make_tiny_tokenizer(tmp_path / "tokenizer")
+        files.update({f.name: f.read_bytes() for f in (tmp_path / "tokenizer").iterdir()})
+    hub_cache(tmp_path / "hub", "meta-llama/Llama-2-7b-hf", files)
+    return {"HF_HUB_CACHE": str(tmp_path / "hub")}
+
+
 @pytest.mark.parametrize("name", REAL)
-def test_plan_without_download(name: str, tmp_path: Path) -> None:
-    cache = tmp_path / "hub"
-    hub_cache(
-        cache, "meta-llama/Llama-2-7b-hf", {"config.json": json.dumps(LLAMA2_7B_CONFIG).encode()}
-    )
-    run = forge("plan", str(ROOT / "recipes" / name), "--json", env={"HF_HUB_CACHE": str(cache)})
-    text = run.out + run.err
-    # Offline with no weights cached, fetch cannot resolve a complete snapshot: the
-    # plan must say so as a source problem (exit 5), never crash or download.
-    if run.code == 0:
-        assert run.json()["stages"][0]["stage"] == "fetch"
-    else:
-        assert_clean_error(run, 5, "meta-llama/Llama-2-7b-hf")
-    assert "Traceback" not in text
+def test_plan_of_a_cached_snapshot_runs_offline(name: str, tmp_path: Path) -> None:
+    run = forge("plan", str(ROOT / "recipes" / name), "--json", env=_hub(tmp_path, complete=True))
+    assert run.code == 0, run.err
+    stages = [(s["stage"], s["status"]) for s in run.json()["stages"]]
+    assert stages == [("fetch", "miss")] + [
+        (stage, "pending") for stage in ("convert", "calibrate", "build", "verify")
+    ]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_plan_without_weights_is_a_source_error(name: str, tmp_path: Path) -> None:
+    # Offline with no weights cached, fetch cannot resolve a complete snapshot: the plan
+    # says so as a source problem (exit 5), located at source.hf; it never downloads.
+    run = forge("plan", str(ROOT / "recipes" / name), env=_hub(tmp_path, complete=False))
+    assert_clean_error(run, 5, "source.hf", "meta-llama/Llama-2-7b-hf", "no weight files")
 
 
 def test_tp_checked_against_real_config(tmp_path: Path) -> None:
-    cache = tmp_path / "hub"
-    hub_cache(
-        cache, "meta-llama/Llama-2-7b-hf", {"config.json": json.dumps(LLAMA2_7B_CONFIG).encode()}
-    )
     recipe = tmp_path / "recipe.yaml"
     text = (
         (ROOT / "recipes" / "llama2-7b-int8wo-trt-tp2.yaml").read_text().replace("tp: 2", "tp: 3")
     )
     recipe.write_text(text)
-    run = forge("plan", str(recipe), env={"HF_HUB_CACHE": str(cache)})
-    if "does not divide" in run.err:
-        assert_clean_error(run, 2, "parallel.tp", "32 attention heads")
+    run = forge("plan", str(recipe), env=_hub(tmp_path, complete=True))
+    assert_clean_error(run, 2, "parallel.tp", "does not divide", "32 attention heads")
 
 
 @pytest.mark.skipif(
