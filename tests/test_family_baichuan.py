@@ -131,27 +131,38 @@ def test_parallel_engine_matches_tp1(model: dict[str, Any], tp: int, pp: int) ->
 QUANT = {"int8_wo": 0.05, "fp8": 0.2}
 
 
-@pytest.mark.parametrize("method", list(QUANT))
-def test_quantized_checkpoint_verifies(model: dict[str, Any], method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "kv_cache"), [("int8_wo", None), ("fp8", None), ("int8_wo", "int8")]
+)
+def test_quantized_checkpoint_verifies(
+    model: dict[str, Any], method: str, kv_cache: str | None
+) -> None:
+    """The int8 KV cache reads its ranges from the native model's cache (keys after rope)."""
     from trtllm_forge.quant.quantize import quantize_checkpoint
 
     root, hf = model["root"], model["hf"]
     if not (root / "canonical-f16").exists():
         convert_hf_checkpoint(hf, root / "canonical-f16", dtype="float16")
-    out = root / f"q_{method}"
-    quantize_checkpoint(
+    out = root / f"q_{method}_{kv_cache}"
+    summary = quantize_checkpoint(
         hf_dir=hf,
         canonical_dir=root / "canonical-f16",
         out_dir=out,
         method=method,
+        kv_cache=kv_cache,
         calibration=torch.randint(3, 250, (8, 32), generator=torch.Generator().manual_seed(0)),
     )
     algo = read_config(out)["quantization"]["quant_algo"]
     assert algo == {"int8_wo": "W8A16", "fp8": "FP8"}[method]
     assert type(load_hf_model(hf)).__name__ == "BaichuanNative"
-    vs_float, vs_fake = quantized_logits_check(hf, out, root / f"onnx_{method}", IDS[:, :20])
+    vs_float, vs_fake = quantized_logits_check(
+        hf, out, root / f"onnx_{method}_{kv_cache}", IDS[:, :20]
+    )
     assert 0 < vs_float < QUANT[method]
     assert vs_fake < 1e-4
+    if kv_cache:
+        assert read_config(out)["quantization"]["kv_cache_quant_algo"] == "INT8"
+        assert summary["kv_amax"] and all(k > 0 and v > 0 for k, v in summary["kv_amax"].values())
 
 
 def test_variant_is_read_from_the_config_class() -> None:
