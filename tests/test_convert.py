@@ -2,7 +2,7 @@
 
 Checks: every converted tensor equals its HF source(s) after the same cast,
 the reference forward over the converted checkpoint reproduces transformers'
-logits, config.json fields follow reference §1, and broken sources fail with a
+logits, config.json fields follow docs/trtllm-checkpoint.md §1, and broken sources fail with a
 ForgeError that names the culprit.
 """
 
@@ -63,7 +63,8 @@ def _hf_tensors(src: Path) -> dict[str, torch.Tensor]:
 
 
 def _expected(hf: dict[str, torch.Tensor], layers: int, tied: bool) -> dict[str, torch.Tensor]:
-    """The TRT-LLM tensors written out by hand from reference §3.1 (independent of the table)."""
+    """The TRT-LLM tensors written out by hand from docs/trtllm-checkpoint.md §3.1
+    (independent of the table)."""
     out = {
         "transformer.vocab_embedding.weight": hf["model.embed_tokens.weight"],
         "transformer.ln_f.weight": hf["model.norm.weight"],

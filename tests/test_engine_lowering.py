@@ -156,7 +156,8 @@ def test_linear_lowering_dispatches_through_the_hook_table(tmp_path: Path) -> No
 
 
 def _shard_embedding(ckpt: Path, dest: Path, dim: int) -> Path:
-    """A tp=2 checkpoint whose embedding is split like use_parallel_embedding (reference §3.5)."""
+    """A tp=2 checkpoint whose embedding is split like use_parallel_embedding
+    (docs/trtllm-checkpoint.md §3.5)."""
     shutil.copytree(ckpt, dest)
     config = json.loads((dest / "config.json").read_text())
     config.update(use_parallel_embedding=True, embedding_sharding_dim=dim)

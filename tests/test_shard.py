@@ -1,6 +1,6 @@
 """TP/PP sharding: per-rank shapes, exact re-assembly, and a tp-aware forward over the shards.
 
-The re-assembly and the tp-aware forward below are written from reference §3
+The re-assembly and the tp-aware forward below are written from docs/trtllm-checkpoint.md §3
 independently of the sharder's tables, so they check its meaning, not its code.
 """
 
@@ -73,7 +73,8 @@ def _merge_qkv(parts: list[torch.Tensor], cfg: dict[str, Any], tp: int) -> torch
 
 
 def unshard(shard_dir: Path) -> dict[str, torch.Tensor]:
-    """Rebuild the unsharded tensors from rank files, following reference §3 by hand."""
+    """Rebuild the unsharded tensors from rank files, following docs/trtllm-checkpoint.md §3
+    by hand."""
     cfg = read_config(shard_dir)
     tp, pp = cfg["mapping"]["tp_size"], cfg["mapping"]["pp_size"]
     starts = [int(ch[0]) for ch in torch.tensor_split(torch.arange(cfg["num_hidden_layers"]), pp)]

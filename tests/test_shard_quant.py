@@ -1,4 +1,5 @@
-"""Sharding rules for quantized tensor kinds (reference §2), on synthetic checkpoints.
+"""Sharding rules for quantized tensor kinds (docs/trtllm-checkpoint.md §2), on synthetic
+checkpoints.
 
 Each expectation is derived from *logical* tensors (unpacked int4 values, one
 scale per group) and the head/column ownership of each rank, not from the

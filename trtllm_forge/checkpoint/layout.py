@@ -1,4 +1,4 @@
-"""Facts about TensorRT-LLM tensor names for Llama-like decoders (reference §3).
+"""Facts about TensorRT-LLM tensor names for Llama-like decoders (docs/trtllm-checkpoint.md §3).
 
 One place answers: which module does a tensor belong to, is that module
 column- or row-parallel, what are its logical ``(out, in)`` sizes, and on which

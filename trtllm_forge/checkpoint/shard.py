@@ -1,4 +1,5 @@
-"""Split an unsharded TensorRT-LLM checkpoint into per-rank files (reference §3–§4).
+"""Split an unsharded TensorRT-LLM checkpoint into per-rank files
+(docs/trtllm-checkpoint.md §3–§4).
 
 Every output tensor is described first as a :class:`Split` (which source, which
 axis, which index ranges, how much zero padding) by pure functions, so
@@ -17,7 +18,7 @@ How a tensor is split is decided by two tables, not by code paths:
   scales …), which physical axis is *out* and which is *in*. A tensor without
   the axis being split is replicated whole (so a row layer's bias, its
   per-channel weight scale and a column layer's ``prequant_scaling_factor`` all
-  stay whole, as reference §2/§3 require).
+  stay whole, as docs/trtllm-checkpoint.md §2/§3 require).
 
 Packed or grouped axes are handled by ratio: an axis of physical size ``n`` for a
 logical size ``N`` advances ``N / n`` logical units per element (2 for int4
@@ -226,7 +227,7 @@ def plan_tensor(
         ranges = _qkv_ranges(config, tp, tp_rank)
         why = "head blocks must not split a packed/grouped element"
     elif name.module == "lm_head":
-        # Vocab is padded with zero rows to a multiple of tp (reference §3.4).
+        # Vocab is padded with zero rows to a multiple of tp (docs/trtllm-checkpoint.md §3.4).
         chunk = -(-logical // tp)
         start = min(tp_rank * chunk, logical)
         end = min((tp_rank + 1) * chunk, logical)

@@ -1,7 +1,7 @@
 """Make a single-rank forge engine directory an onnxruntime-genai model folder as it is.
 
 onnxruntime-genai (``og.Model(folder)``) reads ``genai_config.json`` and the tokenizer
-files beside it (shared/reference/outputs-2026.md, "onnxruntime-genai 0.18"). forge's
+files beside it (onnxruntime-genai 0.18). forge's
 graphs already use genai's value names (``input_ids``, ``attention_mask``,
 ``position_ids``, ``past_key_values.%d.key``, ``present.%d.key``, ``logits``), so the
 config only points genai at the rank graph and says how its cache works:

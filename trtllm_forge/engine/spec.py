@@ -2,7 +2,7 @@
 
 The lowering, the runtime and the inspectors all read a checkpoint through
 :func:`read_checkpoint`, so there is one place that knows the config.json keys
-(reference §1) and the rank numbering (reference §4: r = pp_rank·tp + tp_rank).
+(docs/trtllm-checkpoint.md §1) and the rank numbering (§4 there: r = pp_rank·tp + tp_rank).
 """
 
 from __future__ import annotations
@@ -161,7 +161,8 @@ def heads_per_rank(model: ModelSpec, tp_size: int) -> tuple[int, int]:
 
 
 def padded_vocab(model: ModelSpec, tp_size: int) -> int:
-    """lm_head rows after padding the vocab to a multiple of tp (reference §3.4)."""
+    """lm_head rows after padding the vocab to a multiple of tp
+    (docs/trtllm-checkpoint.md §3.4)."""
     return math.ceil(model.vocab_size / tp_size) * tp_size
 
 
@@ -183,30 +184,12 @@ def read_checkpoint(path: Path) -> Checkpoint:
 
 
 def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
-    """Read the Llama-family fields of a TensorRT-LLM config.json (reference §1.2)."""
-    arch = str(config.get("architecture", ""))
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise recipe_error(
-            f"the engine lowering does not support architecture {arch!r}",
-            hint=f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}",
-        )
-    rope = config.get("position_embedding_type", "rope_gpt_neox")
-    if rope not in SUPPORTED_POSITION_EMBEDDINGS:
-        raise recipe_error(
-            f"position_embedding_type {rope!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_POSITION_EMBEDDINGS)})"
-        )
+    """Read the model fields of a TensorRT-LLM config.json (docs/trtllm-checkpoint.md §1)."""
+    arch, rope = _supported(config)
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     forge = config.get("forge") or {}
     head_size = int(config.get("head_size") or forge.get("head_dim") or hidden // heads)
-    rotary_dim = config.get("rotary_embedding_dim")
-    if rotary_dim is not None and not (
-        0 < int(rotary_dim) <= head_size and int(rotary_dim) % 2 == 0
-    ):
-        raise recipe_error(
-            f"rotary_embedding_dim {rotary_dim} must be even and <= head_size {head_size}"
-        )
     return ModelSpec(
         architecture=arch,
         dtype=str(config.get("dtype", "float32")),
@@ -227,28 +210,71 @@ def parse_model_spec(config: dict[str, Any]) -> ModelSpec:
         use_parallel_embedding=bool(config.get("use_parallel_embedding", False)),
         embedding_sharding_dim=int(config.get("embedding_sharding_dim", 0)),
         quantization=dict(config.get("quantization") or {}),
-        sliding_window=int(forge["sliding_window"]) if forge.get("sliding_window") else None,
-        position_embedding_type=str(rope),
-        rotary_dim=None if rotary_dim is None else int(rotary_dim),
-        norm_type=str(forge.get("norm_type", "rmsnorm")),
-        mlp_type=str(forge.get("mlp_type", "gated")),
-        parallel_residual=bool(forge.get("parallel_residual", False)),
+        position_embedding_type=rope,
+        rotary_dim=_rotary_dim(config, head_size),
         embedding_multiplier=float(config.get("embedding_multiplier") or 1.0),
         alibi_bias_max=float(config.get("alibi_bias_max") or 8.0),
         query_pre_attn_scalar=_optional_float(config.get("query_pre_attn_scalar")),
         attn_logit_softcapping=_optional_float(config.get("attn_logit_softcapping")),
         final_logit_softcapping=_optional_float(config.get("final_logit_softcapping")),
         inter_layernorms=bool(config.get("inter_layernorms", False)),
-        sliding_window_layers=_optional_layers(forge.get("sliding_window_layers")),
-        qk_layernorm=bool(forge.get("qk_layernorm", False)),
         rope_local_base_freq=_optional_float(config.get("rope_local_base_freq")),
-        moe_num_experts=int((config.get("moe") or {}).get("num_experts") or 0),
-        moe_top_k=int((config.get("moe") or {}).get("top_k") or 0),
-        moe_renormalize=bool((config.get("moe") or {}).get("normalization_mode", 1)),
-        moe_shared_intermediate=int(
-            (config.get("moe") or {}).get("shared_expert_intermediate_size") or 0
-        ),
+        **_forge_fields(forge),
+        **_moe_fields(config.get("moe") or {}),
     )
+
+
+def _supported(config: dict[str, Any]) -> tuple[str, str]:
+    """The architecture and position embedding, refused unless the lowering has them."""
+    arch = str(config.get("architecture", ""))
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise recipe_error(
+            f"the engine lowering does not support architecture {arch!r}",
+            hint=f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}",
+        )
+    rope = config.get("position_embedding_type", "rope_gpt_neox")
+    if rope not in SUPPORTED_POSITION_EMBEDDINGS:
+        raise recipe_error(
+            f"position_embedding_type {rope!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_POSITION_EMBEDDINGS)})"
+        )
+    return arch, str(rope)
+
+
+def _rotary_dim(config: dict[str, Any], head_size: int) -> int | None:
+    """Partial rotary (GPT-J, GPT-NeoX): an even number of channels within a head."""
+    rotary_dim = config.get("rotary_embedding_dim")
+    if rotary_dim is None:
+        return None
+    if not (0 < int(rotary_dim) <= head_size and int(rotary_dim) % 2 == 0):
+        raise recipe_error(
+            f"rotary_embedding_dim {rotary_dim} must be even and <= head_size {head_size}"
+        )
+    return int(rotary_dim)
+
+
+def _forge_fields(forge: dict[str, Any]) -> dict[str, Any]:
+    """What forge's own ``forge`` block adds: the decoder layout TensorRT-LLM infers from
+    the architecture name, which the lowering needs spelled out."""
+    sliding = forge.get("sliding_window")
+    return {
+        "sliding_window": int(sliding) if sliding else None,
+        "norm_type": str(forge.get("norm_type", "rmsnorm")),
+        "mlp_type": str(forge.get("mlp_type", "gated")),
+        "parallel_residual": bool(forge.get("parallel_residual", False)),
+        "sliding_window_layers": _optional_layers(forge.get("sliding_window_layers")),
+        "qk_layernorm": bool(forge.get("qk_layernorm", False)),
+    }
+
+
+def _moe_fields(moe: dict[str, Any]) -> dict[str, Any]:
+    """The ``moe`` block of a mixture-of-experts model (zeros: a dense model)."""
+    return {
+        "moe_num_experts": int(moe.get("num_experts") or 0),
+        "moe_top_k": int(moe.get("top_k") or 0),
+        "moe_renormalize": bool(moe.get("normalization_mode", 1)),
+        "moe_shared_intermediate": int(moe.get("shared_expert_intermediate_size") or 0),
+    }
 
 
 def _optional_float(value: Any) -> float | None:
@@ -281,7 +307,7 @@ def _mapping(config: dict[str, Any]) -> tuple[int, int]:
 
 
 def check_parallel(model: ModelSpec, tp: int, pp: int) -> None:
-    """The TP/PP rules of reference §3.2/§3.6 that a lowering depends on."""
+    """The TP/PP rules (docs/trtllm-checkpoint.md §3.2, §3.6) that a lowering depends on."""
     problems = []
     if model.num_heads % tp:
         problems.append(f"num_attention_heads {model.num_heads} is not divisible by tp {tp}")

@@ -22,7 +22,8 @@ from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
 # identity: one source as is. concat_rows: sources stacked along dim 0 (q; k; v).
 # transpose: one 2-D source stored [in, out] (GPT-2 Conv1D) written [out, in].
 # qkv_interleaved: one fused QKV source whose rows are grouped per head as [heads, 3, d]
-#   (GPT-NeoX); written as contiguous q, k, v blocks (reference §3.2). ``heads`` is set.
+#   (GPT-NeoX); written as contiguous q, k, v blocks (docs/trtllm-checkpoint.md §3.2).
+#   ``heads`` is set.
 # add_one: one source plus 1.0 (Gemma RMSNorm stores w and computes x·(1 + w)).
 # qkv_grouped: one fused QKV source grouped per KV head as [kv_heads, heads/kv_heads + 2, d]
 #   (Falcon: each group's query heads, then its k head, then its v head); written as
@@ -107,7 +108,7 @@ def grouped_qkv_order(rows: int, heads: int, kv_heads: int) -> list[int]:
     """Row order turning Falcon's ``[kv_heads, heads/kv_heads + 2, d]`` rows into [q; k; v].
 
     Group ``g`` holds query heads ``g·per .. g·per + per - 1``, then KV head ``g``'s
-    key, then its value (reference §3.2, Falcon).
+    key, then its value (docs/trtllm-checkpoint.md §3.2, Falcon).
     """
     per = heads // kv_heads
     size = rows // (heads + 2 * kv_heads)
@@ -370,7 +371,8 @@ def common_config(
     position_embedding_type: str,
     tied: bool,
 ) -> dict[str, Any]:
-    """The config.json fields every family writes (reference §1.2), unsharded and unquantized.
+    """The config.json fields every family writes (docs/trtllm-checkpoint.md §1.2), unsharded
+    and unquantized.
 
     Families add their own fields (rope, biases, variant flags) and ``forge`` extras.
     """

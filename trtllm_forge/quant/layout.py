@@ -141,7 +141,7 @@ def per_group_scale(x: torch.Tensor, group: int, qmax: float) -> torch.Tensor:
     return scale.expand_as(grouped).reshape(x.shape)
 
 
-# NVFP4 (reference trtllm-checkpoint.md §2.6): E2M1 values in blocks of 16 along the input,
+# NVFP4 (docs/trtllm-checkpoint.md §2): E2M1 values in blocks of 16 along the input,
 # each block scaled by an FP8 E4M3 factor, all of them by one FP32 per-tensor factor.
 FP4_MAX = 6.0
 NVFP4_BLOCK = 16

@@ -5,7 +5,7 @@ on each quantized linear: the weight it smoothed, the weight and input
 quantizers' ``amax`` and the input ``pre_quant_scale``. :func:`extract` turns
 that into :class:`LinearQuant` records; forge's own writer does the layout
 (never ModelOpt's exporter, which mutates the model and drops RoPE settings
-under transformers 5, see reference/modelopt.md §3.5).
+under transformers 5).
 
 ModelOpt prints progress to stdout; forge's stdout carries results only, so
 its prints and warnings are captured and forwarded to ``progress.log``.

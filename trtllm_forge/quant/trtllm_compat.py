@@ -6,8 +6,8 @@ loads:
 
 * ``W8A16``: TensorRT-LLM wants either a GPU-specific, kernel-interleaved int8
   ``[in, out]`` weight with ``per_channel_scale`` (made by a CUDA op at convert
-  time) or a plain float weight it quantizes itself at build time (reference
-  §2.3, option b: "recommended for portability"). forge's int8 ``[out, in]`` +
+  time) or a plain float weight it quantizes itself at build time (docs/trtllm-checkpoint.md
+  §2: the portable form). forge's int8 ``[out, in]`` +
   ``weights_scaling_factor`` is neither, so the export dequantizes it: the float
   weight is exactly ``q × scale``, and TensorRT-LLM's per-channel requantization
   of it recovers the same grid up to its own rounding.

@@ -5,7 +5,7 @@ lm_head, biases, excluded linears), except each quantized linear's ``weight``,
 which becomes the format's tensors (:mod:`trtllm_forge.quant.formats`), and,
 for formats that fold smoothing into norms, those norms. KV-cache scales are
 added per attention layer. ``config.json`` is the canonical one with its
-``quantization`` block filled in (reference §1.3) and ``forge.quantization``
+``quantization`` block filled in (docs/trtllm-checkpoint.md §1.3) and ``forge.quantization``
 recording how it was made.
 """
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 BACKENDS = ("onnxruntime", "tensorrt", "trtllm")
 
 _DTYPES = ("auto", "float16", "bfloat16", "float32", "disable")
-# trtllm-build plugin flags and the values each takes (reference §5).
+# trtllm-build plugin flags and the values each takes (docs/trtllm-checkpoint.md §5).
 TRTLLM_PLUGINS: dict[str, tuple[str, ...]] = {
     "gpt_attention_plugin": _DTYPES,
     "gemm_plugin": (*_DTYPES, "fp8", "nvfp4"),

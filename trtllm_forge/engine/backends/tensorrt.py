@@ -1,6 +1,7 @@
 """TensorRT backend: parse the ONNX that ONNX Runtime verified, configure the builder, serialize.
 
-Deliberately thin (DESIGN.md: TensorRT cannot be installed where forge is developed).
+Deliberately thin: TensorRT cannot be installed where forge is developed and tested
+(it needs NVIDIA's package index and a GPU), so little here runs without them.
 It is type-checked against ``tensorrt-stubs`` (``mypy`` on this file) and never faked
 in tests. Per rank: OnnxParser → network (strongly typed for FP8) → one optimization
 profile from the build limits → builder optimization level, workspace limit and a

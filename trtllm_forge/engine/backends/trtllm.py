@@ -1,7 +1,7 @@
 """trtllm backend: run TensorRT-LLM's own ``trtllm-build`` on the per-rank checkpoint.
 
 Needs a TensorRT-LLM release that still ships the TensorRT engine path (≤ 1.2,
-reference §0). Forge only assembles the command line from the recipe's limits and
+see docs/trtllm-checkpoint.md). Forge only assembles the command line from the recipe's limits and
 plugin switches (validated in plugins.py) and records what it ran.
 """
 
