@@ -47,7 +47,6 @@ class Settings:
     """Environment-derived settings, read when constructed (never at import)."""
 
     home: Path
-    debug: bool = False
     lock_timeout_s: float = 3600.0
     remote: str | None = None  # FORGE_REMOTE: the shared cache (docs/ci.md)
     remote_push: bool = True  # FORGE_REMOTE_PUSH=0: pull only (e.g. untrusted PR builds)
@@ -56,7 +55,6 @@ class Settings:
     def from_env(cls) -> Settings:
         return cls(
             home=forge_home(),
-            debug=os.environ.get("FORGE_DEBUG", "") not in ("", "0"),
             lock_timeout_s=_seconds_setting("FORGE_LOCK_TIMEOUT", "3600"),
             remote=os.environ.get("FORGE_REMOTE") or None,
             remote_push=os.environ.get("FORGE_REMOTE_PUSH", "1") not in ("0", "false", "no"),

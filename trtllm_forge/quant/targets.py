@@ -72,9 +72,6 @@ class TargetPlan:
     def hf_modules(self) -> list[str]:
         return [name for target in self.quantized for name in target.sources]
 
-    def by_module(self) -> dict[str, LinearTarget]:
-        return {t.module: t for t in self.quantized}
-
     def exclude_modules(self) -> list[str]:
         """``quantization.exclude_modules`` for config.json (explicit names, no defaults)."""
         always = [m for m in ALWAYS_EXCLUDED if not (self.quantize_head and m == HEAD)]

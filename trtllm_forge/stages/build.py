@@ -187,13 +187,13 @@ def _timing_cache_copy(job: StageJob, out_dir: Path) -> Path:
     """A private copy of the stored timing cache (TensorRT rewrites the file it is given);
     it stays in the build artifact as a record of the timings the engine was built with."""
     target = out_dir / TIMING_CACHE
-    found = job.store.lookup("timing-cache", _timing_cache_key(job))
+    found = job.store.lookup("timing-cache", _timing_cache_key())
     if isinstance(found, Artifact):
         shutil.copyfile(found.path / TIMING_CACHE, target)
     return target
 
 
-def _timing_cache_key(job: StageJob) -> str:
+def _timing_cache_key() -> str:
     from trtllm_forge.pipeline.keys import stage_key
 
     return stage_key({"stage": "timing-cache", "version": "1", **_timing_cache_key_doc()})
