@@ -251,3 +251,22 @@ def test_hugging_face_folder_target_is_refused_at_plan_time(tmp_path: Path) -> N
         check_model(load_recipe(recipe), dict(_CHATGLM_CONFIG))
     assert info.value.code == ExitCode.RECIPE and "ChatGLMModel" in info.value.message
     assert info.value.location is not None and info.value.location.line > 0
+
+
+def test_repository_tokenizer_is_still_refused(tmp_path: Path) -> None:
+    """chatglm3-6b's tokenizer_config.json maps AutoTokenizer to the repository's
+    tokenization_chatglm.py: still refused at fetch (exit 2), with a hint that fits a
+    model forge implements itself; nothing of the folder runs."""
+    folder = make_tiny_native(
+        "chatglm", tmp_path / "model", with_tokenizer=True, auto_map=CHATGLM_AUTO_MAP
+    )
+    tokenizer_map = {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]}
+    doc = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**doc, "auto_map": tokenizer_map}))
+    markers = write_trap_files(folder, {"AutoTokenizer": "tokenization_chatglm.ChatGLMTokenizer"})
+    recipe = write_recipe(tmp_path / "r.yaml", source={"path": str(folder)})
+    run = forge("build", str(recipe), env={"FORGE_HOME": str(tmp_path / "home")})
+    assert run.code == 2, run.err
+    assert "tokenizer_config.json has an `auto_map`" in run.err
+    assert "forge implements this model itself" in run.err
+    assert not [m for m in markers if m.exists()]

@@ -137,23 +137,36 @@ def check_no_remote_code(root: Path, files: Iterable[str], *, source: str) -> di
         ForgeError: RECIPE naming the file and the offending key or architecture.
     """
     config = read_config(root)
-    if not _natively_implemented(config):
-        _refuse_auto_map(config, f"{source}: config.json")
+    native = _natively_implemented(config)
+    if not native:
+        _refuse_auto_map(config, f"{source}: config.json", hint=_FOREIGN_MODEL_HINT)
     if "tokenizer_config.json" in set(files):
         tokenizer_config = _read_json_object(root / "tokenizer_config.json")
-        _refuse_auto_map(tokenizer_config, f"{source}: tokenizer_config.json")
+        # forge's own model stands in for a native family's model, not for its tokenizer.
+        hint = _NATIVE_TOKENIZER_HINT if native else _FOREIGN_MODEL_HINT
+        _refuse_auto_map(tokenizer_config, f"{source}: tokenizer_config.json", hint=hint)
     _check_architectures_known(config, source)
     return config
 
 
-def _refuse_auto_map(config: dict[str, Any], where: str) -> None:
+_FOREIGN_MODEL_HINT = (
+    "use a model whose architecture ships with transformers, or register a forge "
+    "architecture plugin for it"
+)
+_NATIVE_TOKENIZER_HINT = (
+    "forge implements this model itself, but its tokenizer class is repository code: give "
+    "the folder a tokenizer transformers loads without it (a tokenizer.json) and remove "
+    "`auto_map` from tokenizer_config.json (docs/models.md)"
+)
+
+
+def _refuse_auto_map(config: dict[str, Any], where: str, *, hint: str) -> None:
     if "auto_map" in config:
         classes = ", ".join(sorted(str(v) for v in _flatten(config["auto_map"])))
         raise recipe_error(
             f"{where} has an `auto_map` ({classes}): the model needs code from its repository, "
             "and forge never executes repository code",
-            hint="use a model whose architecture ships with transformers, or register a forge "
-            "architecture plugin for it",
+            hint=hint,
         )
 
 
