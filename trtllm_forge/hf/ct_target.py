@@ -10,7 +10,9 @@ As compressed-tensors 0.20 reads them (``compressors/``, ``quantization/lifecycl
   [out, 1] per channel, [out/b, in/b] per block) and, for static activations,
   ``input_scale`` [1];
 * scales in the checkpoint dtype (the loader allocates them in the weight's dtype);
-* KV cache: ``self_attn.k_scale`` / ``self_attn.v_scale`` [1] = amax / qmax.
+* KV cache: ``self_attn.k_scale`` / ``self_attn.v_scale`` [1] = amax / qmax; an NVFP4
+  cache (``tensor_group`` scheme, groups of 16 along the head) has fp32
+  ``self_attn.k_global_scale`` / ``v_global_scale`` [1] = 6 · 448 / amax instead.
 
 The integers are forge's own (the fp32 weight over its fp32 scale, as the canonical
 checkpoint computes them), so a loader's dequantization equals forge's fake-quant
@@ -111,13 +113,16 @@ def _packed(q: torch.Tensor, bits: int, scale: torch.Tensor, dtype: torch.dtype)
     }
 
 
-def kv_tensors(
-    kv: str, k_amax: float, v_amax: float, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
+def kv_tensors(kv: str, k_amax: float, v_amax: float, dtype: torch.dtype) -> Tensors:
+    """The attention module's KV-cache tensors: ``k_scale`` / ``v_scale`` [1] = amax / qmax
+    in the checkpoint dtype; NVFP4 (a tensor_group scheme): fp32 ``k_global_scale`` /
+    ``v_global_scale`` [1], the reciprocals of the per-tensor scales amax / (6 · 448)."""
+    if KV_FORMATS[kv].trtllm_algo == "NVFP4":
+        k, v = (1.0 / layout.nvfp4_global_scale(torch.tensor([a])) for a in (k_amax, v_amax))
+        return {"k_global_scale": k, "v_global_scale": v}
     qmax = KV_FORMATS[kv].qmax
-    return tuple(  # type: ignore[return-value]
-        layout.scale_from_amax(torch.tensor([amax]), qmax).to(dtype) for amax in (k_amax, v_amax)
-    )
+    k, v = (layout.scale_from_amax(torch.tensor([a]), qmax).to(dtype) for a in (k_amax, v_amax))
+    return {"k_scale": k, "v_scale": v}
 
 
 def quantization_config(

@@ -231,10 +231,10 @@ class _Layout:
                 yield f"{k_proj}.k_scale", k
                 yield f"{v_proj}.v_scale", v
             else:
-                k, v = ct_target.kv_tensors(self.request.kv, k_amax, v_amax, self.dtype)
                 attention = k_proj.rsplit(".", 1)[0]
-                yield f"{attention}.k_scale", k
-                yield f"{attention}.v_scale", v
+                tensors = ct_target.kv_tensors(self.request.kv, k_amax, v_amax, self.dtype)
+                for param, tensor in tensors.items():
+                    yield f"{attention}.{param}", tensor
 
     def exclude_modules(self) -> list[str]:
         embedding = _embedding_name(self.hf_config)

@@ -13,7 +13,9 @@ Per quantized linear, from the format's tensors alone:
 * KV cache: keys (after RoPE) and values Q/DQ with ``k_proj.k_scale`` / ``v_proj.v_scale``,
   through an attention function registered with transformers that wraps SDPA (Q/DQ with
   a fixed scale is idempotent, so quantizing the whole cache at every step equals
-  quantizing each entry once, as a quantized cache stores it).
+  quantizing each entry once, as a quantized cache stores it). ModelOpt writes amax / 448
+  for FP8 and NVFP4 caches alike; an NVFP4 cache is E2M1 per 16 channels of each head
+  under the per-tensor scale amax / (6 · 448) = ``k_scale`` / 6, the NVFP4 quantizer's.
 
 This module deliberately re-derives the unpacking instead of importing the writer's.
 """
@@ -114,7 +116,9 @@ KV_ATTENTION = "forge_kv_fake_quant"
 
 def _fake_quant(x: torch.Tensor, scale: torch.Tensor, kind: str) -> torch.Tensor:
     xf = x.float()
-    if kind == "FP8":
+    if kind == "NVFP4":
+        q = _nvfp4_input(xf, scale / 6.0)
+    elif kind == "FP8":
         q = (xf / scale).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).float() * scale
     else:
         q = (xf / scale).round().clamp(-128, 127) * scale
@@ -206,7 +210,7 @@ def load_modelopt_model(folder: Path) -> nn.Module:
     modules = dict(model.named_modules())
     for module, hook in hooks.items():
         modules[module].register_forward_pre_hook(hook)
-    if info.kv_cache in ("FP8", "INT8"):
+    if info.kv_cache in ("FP8", "INT8", "NVFP4"):
         _use_kv_scales(model, tensors, info.kv_cache)
     model.train(False)
     return model

@@ -179,7 +179,7 @@ def _compressed_tensors(folder: Path, qc: dict[str, Any]) -> FolderInfo:
     kv = qc.get("kv_cache_scheme")
     if kv is not None and (not isinstance(kv, dict) or kv.get("type") not in ("int", "float")):
         raise _damaged(where, "kv_cache_scheme must be null or an object with type int|float")
-    kv_name = None if kv is None else ("FP8" if kv["type"] == "float" else "INT8")
+    kv_name = None if kv is None else _ct_kv_name(kv)
     return FolderInfo(
         str(folder),
         "compressed-tensors",
@@ -189,6 +189,13 @@ def _compressed_tensors(folder: Path, qc: dict[str, Any]) -> FolderInfo:
         kv_cache=kv_name,
         compression=compression,
     )
+
+
+def _ct_kv_name(kv: dict[str, Any]) -> str:
+    """The TensorRT-LLM KV-cache algo a ``kv_cache_scheme`` is (4-bit floats: NVFP4)."""
+    if kv["type"] == "int":
+        return "INT8"
+    return "NVFP4" if kv.get("num_bits") == 4 else "FP8"
 
 
 def _ct_scheme(where: Path, name: str, group: dict[str, Any]) -> tuple[str, int | None]:

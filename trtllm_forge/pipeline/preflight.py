@@ -133,9 +133,9 @@ def _check_engine_format(loaded: LoadedRecipe) -> None:
 
     quant = loaded.recipe.quantize
     fmt = records.format_name(quant.method, quant.model_dump(mode="json"))
-    reason = records.why_not_onnx(fmt)
+    kv = None if quant.kv_cache == "none" else quant.kv_cache
+    reason = records.why_not_onnx(fmt, kv)
     if reason:
-        kv = None if quant.kv_cache == "none" else quant.kv_cache
         able = records.carriers(fmt, kv)
         raise recipe_error(
             f"build.backend {loaded.recipe.build.backend} cannot run this quantization: {reason}",
@@ -280,6 +280,7 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
         )
     _check_group_alignment(loaded, dims, hf_config)
     _check_block_alignment(loaded, dims, hf_config)
+    _check_kv_blocks(loaded, dims)
     _check_smoothing_fold(loaded, hf_config)
     _check_quantizable(loaded, hf_config)
     _check_profile_model(loaded, hf_config)
@@ -461,6 +462,20 @@ def _check_group_alignment(
         "recalibrates, while a new tp alone reuses the calibration",
         location=loaded.locate("quantize.group_size"),
     )
+
+
+def _check_kv_blocks(loaded: LoadedRecipe, dims: dict[str, int]) -> None:
+    """An NVFP4 KV cache holds each head's keys and values in blocks of 16 channels."""
+    if loaded.recipe.quantize.kv_cache != "nvfp4":
+        return
+    head = int(dims.get("head_size") or dims["hidden_size"] // dims["num_attention_heads"])
+    if head % 16:
+        raise recipe_error(
+            f"an NVFP4 KV cache quantizes each head in blocks of 16 channels; this model's "
+            f"head size is {head}",
+            hint="use kv_cache: fp8",
+            location=loaded.locate("quantize.kv_cache"),
+        )
 
 
 def _check_block_alignment(

@@ -139,13 +139,16 @@ class ActivationQuant:
 
 def kv_fake_quant(reader: CheckpointReader, kv_algo: str | None) -> KvHook | None:
     """``(layer, k, v) -> (k, v)``: Q/DQ with the layer's ``kv_cache_scaling_factor``
-    (the one scale TensorRT-LLM applies to both caches)."""
+    (the one scale TensorRT-LLM applies to both caches; for NVFP4 the per-tensor scale
+    of the E2M1 blocks, whose FP8 block scales are computed as the cache is written)."""
     if kv_algo is None:
         return None
+    fq = {"FP8": layout.fake_quant_fp8, "NVFP4": layout.fake_quant_nvfp4}.get(
+        kv_algo, layout.fake_quant_int8
+    )
 
     def hook(layer: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scale = reader.get(f"{layer}.attention.kv_cache_scaling_factor").float().reshape(())
-        fq = layout.fake_quant_fp8 if kv_algo == "FP8" else layout.fake_quant_int8
         return fq(k, scale), fq(v, scale)
 
     return hook

@@ -156,11 +156,16 @@ def kv_cache_scales(k_amax: float, v_amax: float, algo: str) -> Tensors:
 
     INT8: ``amax / 127``. FP8: ``amax / 448`` raised to at least 1.0, as ModelOpt
     writes it (TensorRT-LLM's FP8 attention kernels are tuned for scale 1 and
-    older builds overwrite the scale with 1.0 anyway). ``kv`` = max of the two,
-    the one scale TensorRT-LLM applies to both caches.
+    older builds overwrite the scale with 1.0 anyway). NVFP4: the per-tensor scale
+    ``amax / (6 · 448)`` under which the FP8 block scales are computed, 0-d as ModelOpt's
+    TensorRT-LLM export writes it. ``kv`` = max of the two, the one scale
+    TensorRT-LLM applies to both caches.
     """
-    qmax = layout.FP8_MAX if algo == "FP8" else layout.INT8_MAX
-    scales = [layout.scale_from_amax(torch.tensor([a]), qmax) for a in (k_amax, v_amax)]
+    if algo == "NVFP4":
+        scales = [layout.nvfp4_global_scale(torch.tensor(a)) for a in (k_amax, v_amax)]
+    else:
+        qmax = layout.FP8_MAX if algo == "FP8" else layout.INT8_MAX
+        scales = [layout.scale_from_amax(torch.tensor([a]), qmax) for a in (k_amax, v_amax)]
     if algo == "FP8":
         scales = [torch.clamp(s, min=1.0) for s in scales]
     return {

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trtllm_forge.quant.records import KV_FORMATS
+
 GroupSize = Literal[32, 64, 128]
 
 
@@ -153,7 +155,8 @@ class NvFp4Params(MethodParams):
         return {"group_size": 16}
 
 
-KV_CACHE_ALGOS: dict[str, str] = {"int8": "INT8", "fp8": "FP8"}
+# The recipe's kv_cache names and their TensorRT-LLM algos: the KV-format records'.
+KV_CACHE_ALGOS: dict[str, str] = {name: kv.trtllm_algo for name, kv in KV_FORMATS.items()}
 
 
 def key_view(params: dict[str, Any]) -> dict[str, Any]:

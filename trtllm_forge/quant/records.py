@@ -353,13 +353,19 @@ def trtllm_algos(predicate: Callable[[QuantFormat], bool]) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class KvFormat:
-    """A KV-cache format: recipe name, TensorRT-LLM algo, and each HF target's spelling."""
+    """A KV-cache format: recipe name, TensorRT-LLM algo, and each HF target's spelling.
+
+    ``qmax`` turns a cache's calibrated max |K| or |V| into the HF targets' scale
+    (amax / qmax; ModelOpt writes amax / 448 for FP8 and NVFP4 alike). ``onnx`` says why
+    an ONNX engine cannot run the format exactly, or None when quant/onnx_lowering.py does.
+    """
 
     name: str
     trtllm_algo: str
     qmax: float
     modelopt: str | NotCarried  # hf_quant_config kv_cache_quant_algo
     compressed_tensors: dict[str, Any] | NotCarried  # kv_cache_scheme
+    onnx: NotCarried | None = None
 
 
 KV_FORMATS: dict[str, KvFormat] = {
@@ -385,6 +391,22 @@ KV_FORMATS: dict[str, KvFormat] = {
             "strategy": "tensor",
             "dynamic": False,
         },
+    ),
+    # NVFP4 (ModelOpt's NVFP4_KV_CFG): E2M1 values in blocks of 16 along the head
+    # dimension, FP8 E4M3 block scales computed as the cache is written, one static FP32
+    # scale per cache (amax / (6 · 448)). compressed-tensors 0.20 expresses it as a
+    # tensor_group scheme, whose static part is `self_attn.k_global_scale` (the reciprocal).
+    "nvfp4": KvFormat(
+        "nvfp4",
+        "NVFP4",
+        448.0,
+        "NVFP4",
+        {**_FP4_GROUP, "group_size": 16, "dynamic": "local"},
+        onnx=NotCarried(
+            "ONNX Runtime 1.31's CPU provider has no QuantizeLinear to FLOAT4E2M1 (opset "
+            "23-25: NOT_IMPLEMENTED), so an NVFP4 KV cache cannot be Q/DQ'd; the Hugging Face "
+            "formats carry it (build.backend: hf), verified by fake quant"
+        ),
     ),
 }
 
@@ -429,10 +451,13 @@ def why_not(target: Target, fmt: str | None, kv: str | None) -> str | None:
     return None
 
 
-def why_not_onnx(fmt: str | None) -> str | None:
-    """Why an ONNX engine cannot run this format exactly (None: it can)."""
+def why_not_onnx(fmt: str | None, kv: str | None = None) -> str | None:
+    """Why an ONNX engine cannot run this format / KV combination exactly (None: it can)."""
     refusal = FORMATS[fmt].onnx if fmt is not None else None
-    return f"{fmt}: {refusal.reason}" if refusal is not None else None
+    if refusal is not None:
+        return f"{fmt}: {refusal.reason}"
+    kv_refusal = KV_FORMATS[kv].onnx if kv is not None else None
+    return f"{kv} KV cache: {kv_refusal.reason}" if kv_refusal is not None else None
 
 
 def why_not_trtllm_build(fmt: str | None) -> str | None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 SCHEMA_VERSION = 1
 
 Dtype = Literal["float32", "float16", "bfloat16"]
-KvCache = Literal["none", "int8", "fp8"]
+KvCache = Literal["none", "int8", "fp8", "nvfp4"]
 HF_REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
