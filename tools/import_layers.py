@@ -63,15 +63,6 @@ PENDING: dict[str, str] = {
     "upward: trtllm_forge.hf.verify -> trtllm_forge.hf.stage": (
         "HF_DIR in a module below both (hf/folder.py), imported by stage and verify"
     ),
-    "upward: trtllm_forge.models.native -> trtllm_forge.checkpoint.convert": (
-        "load_hf_config and hf_weight_files (readers of a Hugging Face folder) move below "
-        "models, with the typed HF config (issue 16, item 1)"
-    ),
-    "cycle: trtllm_forge.checkpoint.convert -> trtllm_forge.models.chatglm -> "
-    "trtllm_forge.models.chatglm_model -> trtllm_forge.models.native -> "
-    "trtllm_forge.models.registry -> trtllm_forge.checkpoint.convert": (
-        "the same move, and what chatglm_model takes from chatglm moves into chatglm_model"
-    ),
 }
 
 

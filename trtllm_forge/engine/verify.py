@@ -75,11 +75,11 @@ def evaluate_gates(
 
 def load_reference(reference_dir: Path) -> Any:
     """The HF model in float32, remote code refused; for an architecture transformers does
-    not ship (Baichuan 2, ChatGLM), forge's own model of it (models/native.py)."""
+    not ship (Baichuan 2, ChatGLM), forge's own model of it (checkpoint/native.py)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trtllm_forge.models.native import native_model
+    from trtllm_forge.checkpoint.native import native_model
 
     native = native_model(Path(reference_dir))
     if native is not None:

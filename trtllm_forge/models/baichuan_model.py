@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from trtllm_forge.models.baichuan import BaichuanSettings
+from trtllm_forge.models.baichuan_settings import BaichuanSettings
 from trtllm_forge.models.native import (
     NativeCache,
     NativeCausalLM,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
@@ -166,7 +165,7 @@ class Family:
     architectures: tuple[str, ...] = ()
     # Part of the convert stage key: bump when this family's converter output changes.
     version: str = "1"
-    # transformers ships no class for it: load_native_model is the model, and config.json's
+    # transformers ships no class for it: native_model is the model, and config.json's
     # auto_map (repository classes forge never loads) is accepted (sources/policy.py).
     native: bool = False
 
@@ -194,12 +193,14 @@ class Family:
         """Why forge cannot calibrate this checkpoint (None: it can); refused at plan time."""
         return None
 
-    def load_native_model(self, hf_dir: Path, hf_config: Mapping[str, Any]) -> Any:
-        """forge's own torch model of an architecture transformers does not ship, or None.
+    def native_model(self, hf_config: Mapping[str, Any]) -> Any:
+        """forge's own torch model (weights not loaded) of an architecture transformers
+        does not ship, or None.
 
-        Such a family's model (Baichuan 2, ChatGLM 2/3) is built from ``config.json`` and
-        the safetensors alone, with the HF module names; verify uses it as the reference
-        and calibration as the model, where transformers would need repository code.
+        Such a family's model (Baichuan 2, ChatGLM 2/3) has the HF module names and is
+        filled from the safetensors alone (checkpoint/native.py); verify uses it as the
+        reference and calibration as the model, where transformers would need repository
+        code.
         """
         return None
 

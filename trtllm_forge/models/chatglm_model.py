@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trtllm_forge.models.chatglm import ChatGLMSettings
+from trtllm_forge.models.chatglm_settings import ChatGLMSettings
 from trtllm_forge.models.native import NativeCausalLM, RMSNorm, Step, attend
 
 

@@ -13,7 +13,7 @@ checkpoint's own module names, and this module gives it the part of the transfor
   family's tensor table reads, a cache whose ``layers[i].keys / .values`` are what the
   KV cache stores (keys after rope).
 
-It computes from the HF tensors and the HF meaning of the config, never from the
+checkpoint/native.py builds one from a folder. It computes from the HF tensors and the HF meaning of the config, never from the
 converted checkpoint or the ONNX lowering, so a converter or lowering mistake shows up
 as a verify difference instead of being copied into the reference.
 """
@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import torch
 from torch import nn
@@ -170,8 +169,8 @@ class NativeCausalLM(nn.Module):
 _BUFFERS = re.compile(r".*(rotary_emb|rotary_pos_emb)\.inv_freq")
 
 
-def load_weights(model: nn.Module, hf_dir: Path) -> nn.Module:
-    """Fill ``model``'s parameters from the folder's safetensors (float32), by name.
+def load_weights(model: nn.Module, files: Mapping[str, Path]) -> nn.Module:
+    """Fill ``model``'s parameters (float32) from ``files`` (tensor name -> safetensors file).
 
     Every parameter must be present with its exact shape, and every stored tensor must
     be a parameter or a known buffer: a mismatch means config.json and the weights
@@ -179,10 +178,8 @@ def load_weights(model: nn.Module, hf_dir: Path) -> nn.Module:
     """
     from safetensors import safe_open
 
-    from trtllm_forge.checkpoint.convert import hf_weight_files
-
     params = dict(model.named_parameters())
-    files = {n: p for n, p in hf_weight_files(Path(hf_dir)).items() if not _BUFFERS.fullmatch(n)}
+    files = {n: p for n, p in files.items() if not _BUFFERS.fullmatch(n)}
     _check_names(set(params), set(files))
     by_file: dict[Path, list[str]] = {}
     for name, path in files.items():
@@ -214,17 +211,3 @@ def _mismatch(what: str) -> ForgeError:
         f"the checkpoint does not match the model its config.json describes: {what}",
         hint="the weights and config.json come from different models, or a shard is truncated",
     )
-
-
-def native_model(hf_dir: Path) -> nn.Module | None:
-    """The family's own model of ``hf_dir`` when transformers has no class for it, else None."""
-    from trtllm_forge.checkpoint.convert import load_hf_config
-    from trtllm_forge.models.registry import REGISTRY
-
-    config: Mapping[str, Any] = load_hf_config(Path(hf_dir))
-    archs = config.get("architectures") or []
-    if not isinstance(archs, list) or not archs or archs[0] not in REGISTRY.names():
-        return None
-    family = REGISTRY.get(str(archs[0]))
-    model = family.load_native_model(Path(hf_dir), config)
-    return model if isinstance(model, nn.Module) else None

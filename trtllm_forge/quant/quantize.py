@@ -187,10 +187,10 @@ def _calibration_data(
 
 def load_hf_model(hf_dir: Path) -> nn.Module:
     """The HF causal LM in float32 on CPU, eval mode, never with remote code; for an
-    architecture transformers does not ship, forge's own model of it (models/native.py)."""
+    architecture transformers does not ship, forge's own model of it (checkpoint/native.py)."""
     import transformers
 
-    from trtllm_forge.models.native import native_model
+    from trtllm_forge.checkpoint.native import native_model
 
     native = native_model(Path(hf_dir))
     if native is not None:
