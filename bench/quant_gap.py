@@ -262,6 +262,9 @@ ROWS = {
     "e": "awq_lite searched on one fused q/k/v nn.Linear",
 }
 DEPLOYABLE = {"a", "c_qkv", "c_unified", "d_qkv", "e"}
+# Methods with AWQ pre-quant scales (w4a8_awq: rows a-c only; its checkpoint shares q/k/v
+# scales, input ranges and the FP8 weight range, as ModelOpt's rule does).
+AWQ_LIKE = ("awq", "w4a8_awq")
 
 
 class Run:
@@ -349,7 +352,7 @@ class Run:
         self.note(name, modelopt_calibration_seconds=round(time.perf_counter() - t0, 1))
         self.row(name, "b", hf_scorer(model))
         self.row(name, "c_qkv", hf_scorer(share(model, ("q_proj", "k_proj", "v_proj"))))
-        if name != "awq":
+        if name not in AWQ_LIKE:
             return  # no pre-quant scales: sharing changes nothing (c_qkv shows it)
         self.note(name, scale_spread=scale_spread(model))
         self.row(name, "c_gate_up", hf_scorer(share(model, ("gate_proj", "up_proj"))))
@@ -553,7 +556,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench.quant_gap", description=__doc__.split("\n")[0]
     )
     p.add_argument("--group-size", type=int, default=64)
-    p.add_argument("--methods", default="awq", help="comma-separated: awq, gptq")
+    p.add_argument("--methods", default="awq", help="comma-separated: awq, gptq, w4a8_awq")
     p.add_argument("--windows", type=int, default=8, help="evaluation windows (bench.quant: 8)")
     p.add_argument(
         "--merge", action="store_true", help="add these methods to the saved results' others"
@@ -581,8 +584,8 @@ def main(argv: list[str] | None = None) -> int:
         run.merge(previous)
     with tempfile.TemporaryDirectory(prefix="forge-quant-gap-") as tmp:
         for name in args.methods.split(","):
-            if name not in ("awq", "gptq"):
-                raise SystemExit(f"unknown method {name!r}: awq or gptq")
+            if name not in ("awq", "gptq", "w4a8_awq"):
+                raise SystemExit(f"unknown method {name!r}: awq, gptq or w4a8_awq")
             run.method(name, Path(tmp))
     run.out["wall_seconds"] = round(
         run.out.get("wall_seconds", 0.0) + time.perf_counter() - started, 1
