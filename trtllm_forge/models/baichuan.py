@@ -13,10 +13,9 @@ The decoder is Llama's (RMSNorm, SiLU-gated MLP ``gate_proj``/``up_proj``/``down
 Positions differ between the two sizes, and the checkpoints tell them apart only by
 their config classes: the 7B one (rope, base 10 000, GPT-NeoX halves) defines
 ``max_position_embeddings``; the 13B one (ALiBi, slopes ``2^(-8i/n)``, no rope) has
-``model_max_length`` and no ``max_position_embeddings``. forge reads that key.
-(TensorRT-LLM's converter guesses from the head count, 32 = 7B; that does not carry
-over to other shapes.) Baichuan 1 shares the architecture name but not the NormHead;
-its vocabulary (64 000 tokens) identifies it and it is refused.
+``model_max_length`` and no ``max_position_embeddings``. forge reads that key. Baichuan 1
+shares the architecture name but not the NormHead; its vocabulary (64 000 tokens)
+identifies it and it is refused.
 """
 
 from __future__ import annotations

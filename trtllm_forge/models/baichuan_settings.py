@@ -13,8 +13,8 @@ from trtllm_forge.models import gpt_common
 from trtllm_forge.models.base import model_dims, text_config
 
 _BAICHUAN1_VOCAB = 64000
-_ROPE_BASE = 10000.0  # modeling_baichuan.py's RotaryEmbedding default; no config key
-_DEFAULT_MAX_LENGTH = 4096  # configuration_baichuan.py's model_max_length default
+_ROPE_BASE = 10000.0  # fixed in the 7B checkpoints' code; no config key sets it
+_DEFAULT_MAX_LENGTH = 4096  # the checkpoints' model_max_length when config.json omits it
 
 
 @dataclass(frozen=True)

@@ -284,7 +284,7 @@ def text_config(hf_config: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**cfg, **aliased} if aliased else cfg
 
 
-# ChatGLM 2/3 config keys (configuration_chatglm.py) -> the common names.
+# ChatGLM 2/3 config keys -> the common names (docs/models.md, Baichuan 2 and ChatGLM).
 _CHATGLM_KEYS = {
     "num_layers": "num_hidden_layers",
     "padded_vocab_size": "vocab_size",

@@ -12,7 +12,7 @@ from trtllm_forge.models import gpt_common
 from trtllm_forge.models.base import model_dims, text_config
 
 # config.json switch -> (the value forge implements, what the other value means).
-# Missing keys take configuration_chatglm.py's defaults.
+# Missing keys take the defaults the checkpoints' config class gives them.
 _REQUIRED: dict[str, tuple[Any, Any, str]] = {
     "rmsnorm": (True, True, "LayerNorm instead of RMSNorm"),
     "post_layer_norm": (True, True, "no final layer norm"),
@@ -75,7 +75,7 @@ def _refuse_chatglm2_rope_ratio(cfg: Mapping[str, Any]) -> None:
     """ChatGLM3 (and GLM-4) multiply the rope base by ``rope_ratio``; ChatGLM2-6B-32k's
     code divides the positions by it instead, and no config key tells the two apart.
     forge implements the ChatGLM3 meaning and refuses a ratio in a config saved from a
-    ChatGLM2 model (``_name_or_path``, the only trace; TensorRT-LLM reads it too)."""
+    ChatGLM2 model (``_name_or_path``, the only trace of it; docs/models.md)."""
     ratio = float(cfg.get("rope_ratio") or 1.0)
     if ratio != 1.0 and "chatglm2" in str(cfg.get("_name_or_path", "")).lower():
         raise gpt_common.unsupported(
