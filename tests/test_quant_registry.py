@@ -92,3 +92,21 @@ def test_registry_params_targets_and_calibration_digest_do_not_import_torch() ->
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_each_method_takes_exactly_the_fields_of_its_recipe_section() -> None:
+    from trtllm_forge.recipe.schema import (
+        QUANT_METHODS,
+        QUANTIZE_SECTIONS,
+        method_fields,
+        method_name,
+    )
+
+    assert sorted(QUANT_METHODS) == registry.names()
+    for section in QUANTIZE_SECTIONS:
+        declared = method_fields(section)
+        model = registry.get(method_name(section)).params_model
+        assert list(model.model_fields) == list(declared), section.__name__
+        for name, info in declared.items():
+            assert model.model_fields[name].default == info.default, (section.__name__, name)
+            assert model.model_fields[name].description == info.description

@@ -1,18 +1,19 @@
 """Parameters of each quantization method, validated without importing torch.
 
-Each model knows the TensorRT-LLM ``quant_algo`` it produces, so ``forge plan``
-can show (and key) the quantization without loading any weights.
+A method's parameters are declared once, in its recipe section (recipe/schema.py):
+name, type, default, bounds and description. Each model here takes those fields and
+adds what they mean to TensorRT-LLM: the ``quant_algo`` the method produces, so
+``forge plan`` can show (and key) the quantization without loading any weights.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, create_model
 
 from trtllm_forge.quant.records import KV_FORMATS
-
-GroupSize = Literal[32, 64, 128]
+from trtllm_forge.recipe import schema
 
 
 class MethodParams(BaseModel):
@@ -29,25 +30,22 @@ class MethodParams(BaseModel):
         return {}
 
 
-class NoneParams(MethodParams):
+def _declared(section: type[BaseModel]) -> type[MethodParams]:
+    """A MethodParams model holding the method's own fields of its recipe ``section``."""
+    fields: dict[str, Any] = {
+        name: (info.annotation, info) for name, info in schema.method_fields(section).items()
+    }
+    return create_model(f"{section.__name__}Fields", __base__=MethodParams, **fields)
+
+
+class NoneParams(_declared(schema.NoQuant)):  # type: ignore[misc]
     """No weight quantization; only the KV cache may be quantized."""
 
     def quant_algo(self) -> str | None:
         return None
 
 
-class _HeadOption(MethodParams):
-    """Weight-only methods the ort profile runs as MatMulNBits may quantize lm_head too."""
-
-    # Off by default: the head stays in the checkpoint dtype (TensorRT-LLM's default
-    # exclusion), and recipes written before the option keep their keys and numbers. On:
-    # lm_head is rounded to nearest in the method's weight format (no calibration: AWQ's
-    # search and GPTQ's error feedback cover the decoder linears only), which is what the
-    # onnxruntime-genai builder does for int4 (docs/engine-performance.md).
-    quantize_lm_head: bool = False
-
-
-class Int8WoParams(_HeadOption):
+class Int8WoParams(_declared(schema.Int8WeightOnly)):  # type: ignore[misc]
     """INT8 per-output-channel weight-only, round-to-nearest (W8A16)."""
 
     def quant_algo(self) -> str:
@@ -55,7 +53,10 @@ class Int8WoParams(_HeadOption):
 
 
 class _GroupwiseInt4(MethodParams):
-    group_size: GroupSize = 128
+    """The INT4 group-wise layout several methods store; ``group_size`` is each method's."""
+
+    if TYPE_CHECKING:
+        group_size: int
 
     def quantization_fields(self) -> dict[str, Any]:
         # The groupwise INT4 kernels are symmetric here: no zero point is stored.
@@ -74,18 +75,18 @@ class _GroupwiseInt4(MethodParams):
         return "W4A16_AWQ"
 
 
-class Int4WoParams(_GroupwiseInt4, _HeadOption):
+class Int4WoParams(_declared(schema.Int4WeightOnly), _GroupwiseInt4):  # type: ignore[misc]
     """INT4 group-wise weight-only, round-to-nearest."""
 
 
-class AwqParams(_GroupwiseInt4, _HeadOption):
+class AwqParams(_declared(schema.Awq), _GroupwiseInt4):  # type: ignore[misc]
     """AWQ (activation-aware scaling search, ModelOpt ``awq_lite``) + INT4 group-wise."""
 
     def has_pre_quant_scale(self) -> bool:
         return True
 
 
-class W4A8AwqParams(_GroupwiseInt4):
+class W4A8AwqParams(_declared(schema.W4A8Awq), _GroupwiseInt4):  # type: ignore[misc]
     """W4A8 AWQ (ModelOpt ``W4A8_AWQ_BETA_CFG``): AWQ-smoothed INT4 group-wise weights run
     as FP8 (a per-tensor FP8 scale over the INT4 groups), static FP8 activations."""
 
@@ -96,18 +97,20 @@ class W4A8AwqParams(_GroupwiseInt4):
         return "W4A8_AWQ"
 
 
-class GptqParams(_GroupwiseInt4, _HeadOption):
+class GptqParams(_declared(schema.Gptq), _GroupwiseInt4):  # type: ignore[misc]
     """GPTQ: Hessian-guided INT4 group-wise rounding with error feedback."""
 
-    damping: float = Field(0.01, gt=0.0, le=1.0)
-    act_order: bool = False
+    if TYPE_CHECKING:
+        damping: float
+        act_order: bool
 
 
-class SmoothQuantParams(MethodParams):
+class SmoothQuantParams(_declared(schema.SmoothQuant)):  # type: ignore[misc]
     """SmoothQuant W8A8: per-channel INT8 weights, INT8 activations after smoothing."""
 
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
-    activations: Literal["per_tensor", "per_token"] = "per_tensor"
+    if TYPE_CHECKING:
+        alpha: float
+        activations: str
 
     def quant_algo(self) -> str:
         if self.activations == "per_token":
@@ -118,10 +121,11 @@ class SmoothQuantParams(MethodParams):
         return {"smoothquant_val": self.alpha}
 
 
-class Fp8Params(MethodParams):
+class Fp8Params(_declared(schema.Fp8)):  # type: ignore[misc]
     """FP8 E4M3 W8A8: per-tensor scales, or per-channel weights + per-token activations."""
 
-    granularity: Literal["per_tensor", "per_channel_per_token"] = "per_tensor"
+    if TYPE_CHECKING:
+        granularity: str
 
     def quant_algo(self) -> str:
         if self.granularity == "per_channel_per_token":
@@ -129,13 +133,12 @@ class Fp8Params(MethodParams):
         return "FP8"
 
 
-class Fp8BlockParams(MethodParams):
+class Fp8BlockParams(_declared(schema.Fp8Block)):  # type: ignore[misc]
     """FP8 E4M3 weights in ``block_size × block_size`` tiles, one scale each; activations
     quantized at run time per (token, ``block_size`` channels) — DeepSeek-style block FP8."""
 
-    # TensorRT-LLM's and vLLM's block-FP8 kernels run 128 × 128 only; 32 and 64 exist for
-    # models whose sizes 128 does not divide (the tiny test model, SmolLM2's 576).
-    block_size: Literal[32, 64, 128] = 128
+    if TYPE_CHECKING:
+        block_size: int
 
     def quant_algo(self) -> str:
         return "FP8_BLOCK_SCALES"
@@ -144,7 +147,7 @@ class Fp8BlockParams(MethodParams):
         return {"group_size": self.block_size}
 
 
-class NvFp4Params(MethodParams):
+class NvFp4Params(_declared(schema.NvFp4)):  # type: ignore[misc]
     """NVFP4 W4A4: E2M1 weights and activations in blocks of 16 with FP8 E4M3 block scales
     and an FP32 per-tensor scale (static for activations, from calibration)."""
 

@@ -63,18 +63,6 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("verify.gates", s.Gates),
     ("quantize.calibration", s.Calibration),
 ]
-QUANT_METHODS: list[type[BaseModel]] = [
-    s.NoQuant,
-    s.Int8WeightOnly,
-    s.Int4WeightOnly,
-    s.SmoothQuant,
-    s.Awq,
-    s.Gptq,
-    s.Fp8,
-    s.Fp8Block,
-    s.NvFp4,
-    s.W4A8Awq,
-]
 
 
 def _type_name(info: FieldInfo) -> str:
@@ -132,11 +120,10 @@ def render() -> str:
         *_table(s.NoQuant, skip=("method",)),
         "",
     ]
-    for model in QUANT_METHODS:
-        method = model.model_fields["method"].annotation.__args__[0]  # type: ignore[union-attr]
-        own = tuple(n for n in model.model_fields if n in s.NoQuant.model_fields)
-        out += [f"### `method: {method}`", "", _doc(model), ""]
-        rows = _table(model, skip=own)
+    for model in s.QUANTIZE_SECTIONS:
+        common = tuple(n for n in model.model_fields if n not in s.method_fields(model))
+        out += [f"### `method: {s.method_name(model)}`", "", _doc(model), ""]
+        rows = _table(model, skip=common)
         out += [*(rows if len(rows) > 2 else ["(no extra fields)"]), ""]
     out += (
         ["## Default verify prompts", ""]

@@ -6,9 +6,12 @@ exports the JSON Schema so editors can validate recipes as they are typed.
 
 from __future__ import annotations
 
+import operator
+from functools import reduce
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.fields import FieldInfo
 
 SCHEMA_VERSION = 1
 
@@ -197,6 +200,8 @@ class Fp8Block(_QuantBase):
     activations (FP8_BLOCK_SCALES, DeepSeek-style)."""
 
     method: Literal["fp8_block"] = Field(description="Quantization method.")
+    # TensorRT-LLM's and vLLM's block-FP8 kernels run 128 × 128 only; 32 and 64 exist for
+    # models whose sizes 128 does not divide (the tiny test model, SmolLM2's 576).
     block_size: Literal[32, 64, 128] = Field(
         128,
         description="Tile edge (and activation channel group); serving kernels run 128 only.",
@@ -210,31 +215,35 @@ class NvFp4(_QuantBase):
     method: Literal["nvfp4"] = Field(description="Quantization method.")
 
 
-Quantize = Annotated[
-    NoQuant
-    | Int8WeightOnly
-    | Int4WeightOnly
-    | SmoothQuant
-    | Awq
-    | Gptq
-    | Fp8
-    | Fp8Block
-    | NvFp4
-    | W4A8Awq,
-    Field(discriminator="method"),
-]
-QUANT_METHODS = (
-    "none",
-    "int8_wo",
-    "int4_wo",
-    "smoothquant",
-    "awq",
-    "gptq",
-    "fp8",
-    "fp8_block",
-    "nvfp4",
-    "w4a8_awq",
+# Each method's recipe section; quant/params.py builds the method's parameter model from
+# the fields a section adds to the common ones (method_fields), so each is declared here once.
+QUANTIZE_SECTIONS: tuple[type[_QuantBase], ...] = (
+    NoQuant,
+    Int8WeightOnly,
+    Int4WeightOnly,
+    SmoothQuant,
+    Awq,
+    Gptq,
+    Fp8,
+    Fp8Block,
+    NvFp4,
+    W4A8Awq,
 )
+Quantize = Annotated[reduce(operator.or_, QUANTIZE_SECTIONS), Field(discriminator="method")]
+
+
+def method_name(section: type[BaseModel]) -> str:
+    """The ``method`` value a quantize section is chosen by."""
+    return str(section.model_fields["method"].annotation.__args__[0])  # type: ignore[union-attr]
+
+
+def method_fields(section: type[BaseModel]) -> dict[str, FieldInfo]:
+    """The fields a quantize section adds to the common ones: the method's parameters."""
+    common = set(NoQuant.model_fields)
+    return {name: info for name, info in section.model_fields.items() if name not in common}
+
+
+QUANT_METHODS: tuple[str, ...] = tuple(method_name(section) for section in QUANTIZE_SECTIONS)
 
 
 class Parallel(_Strict):
