@@ -333,7 +333,7 @@ def test_exclude_patterns_keep_whole_fused_layers_unquantized(tiny: dict[str, Pa
             ExitCode.RECIPE,
             "per_token",
         ),
-        ({"method": "mxfp8"}, ExitCode.DEPENDENCY, "CUDA"),
+        ({"method": "mxfp8"}, ExitCode.RECIPE, "unknown quantization method 'mxfp8'"),
     ],
 )
 def test_bad_requests_fail_before_loading_weights(

@@ -58,8 +58,7 @@ def quantize_checkpoint(
         method: a :mod:`registry` name (``int8_wo``, ``awq``, ...).
         params: the method's parameters (validated; defaults filled in).
         kv_cache: ``None``/``"none"``, ``"int8"`` or ``"fp8"``.
-        exclude: fnmatch patterns of modules to leave unquantized (see
-            :func:`trtllm_forge.quant.targets.plan_targets`).
+        exclude: fnmatch patterns of modules left unquantized (``targets.plan_targets``).
         calibration: a :class:`CalibrationSpec` (default: built-in corpus, 64 × 256
             tokens, seed 0), ready token windows ``[samples, seq_len]``, or texts.
         tokenizer_dir: where the tokenizer lives (default ``hf_dir``).
@@ -71,26 +70,15 @@ def quantize_checkpoint(
         A JSON-serialisable summary: tensors written, quantized/excluded modules,
         the config ``quantization`` block, calibration digest, tool versions.
     """
-    spec = QuantSpec(method, registry.validate_params(method, params or {}), _kv_name(kv_cache))
-    info = registry.get(method)
-    hf_config = load_hf_config(Path(hf_dir))
-    head = bool(getattr(spec.params, "quantize_lm_head", False))
-    plan = plan_targets(hf_config, list(exclude), quantize_head=head)
-    preflight(spec, plan, hf_config)
+    spec, plan = _checked_plan(method, params, kv_cache, Path(hf_dir), exclude)
     placement = Placement.of(device, dtype)  # exit 4 for cuda without a GPU, before any work
     data = None
-    if info.needs_data or spec.kv_cache:
+    if registry.get(method).needs_data or spec.kv_cache:
         data = _calibration_data(calibration, Path(tokenizer_dir or hf_dir))
         progress.log(
             f"calibration: {data.tokens.shape[0]} x {data.tokens.shape[1]} tokens ({data.source})"
         )
-    model = placement.model(load_hf_model(Path(hf_dir)))
-    data = placement.data(data)
-    kv = kv_ranges(model, data.batches(8), progress) if spec.kv_cache and data is not None else {}
-    result = info.load().quantize_model(model, data, spec.params, plan.hf_modules(), progress)
-    result = placement.to_cpu(result)
-    result.head = head_record(model, spec.params) if plan.quantize_head else None
-    result.kv_amax = kv
+    result, data = _calibrated(spec, plan, Path(hf_dir), data, placement, progress)
     forge_info = _forge_info(spec, exclude, data)
     summary = write_checkpoint(
         Path(canonical_dir),
@@ -104,8 +92,47 @@ def quantize_checkpoint(
     summary.update(forge_info)
     summary["records"] = _save_records(Path(out_dir), Path(hf_dir), plan, result, placement.dtype)
     summary["calibration_placement"] = {"device": placement.device, "dtype": placement.dtype}
-    summary["kv_amax"] = {str(layer): list(pair) for layer, pair in sorted(kv.items())}
+    summary["kv_amax"] = {str(layer): list(pair) for layer, pair in sorted(result.kv_amax.items())}
     return summary
+
+
+def _checked_plan(
+    method: str,
+    params: Mapping[str, Any] | None,
+    kv_cache: str | None,
+    hf_dir: Path,
+    exclude: Sequence[str],
+) -> tuple[QuantSpec, TargetPlan]:
+    """The method, its parameters and the modules it quantizes; what the format cannot
+    represent is refused here, before any weight loads."""
+    spec = QuantSpec(method, registry.validate_params(method, params or {}), _kv_name(kv_cache))
+    hf_config = load_hf_config(hf_dir)
+    head = bool(getattr(spec.params, "quantize_lm_head", False))
+    plan = plan_targets(hf_config, list(exclude), quantize_head=head)
+    preflight(spec, plan, hf_config)
+    return spec, plan
+
+
+def _calibrated(
+    spec: QuantSpec,
+    plan: TargetPlan,
+    hf_dir: Path,
+    data: calib.CalibrationData | None,
+    placement: Placement,
+    progress: Progress,
+) -> tuple[QuantResult, calib.CalibrationData | None]:
+    """Run the method on the model where ``placement`` says; the KV-cache ranges are
+    recorded first, before the method edits any weight. Returns the result on the CPU
+    and the calibration data as placed."""
+    model = placement.model(load_hf_model(hf_dir))
+    data = placement.data(data)
+    kv = kv_ranges(model, data.batches(8), progress) if spec.kv_cache and data is not None else {}
+    algorithm = registry.get(spec.method).load()
+    result = algorithm.quantize_model(model, data, spec.params, plan.hf_modules(), progress)
+    result = placement.to_cpu(result)
+    result.head = head_record(model, spec.params) if plan.quantize_head else None
+    result.kv_amax = kv
+    return result, data
 
 
 def _save_records(
