@@ -1,4 +1,4 @@
-"""Programmatic entry points. Keyword-only, no printing; errors are ForgeError."""
+"""The api's core: check, build, plan and export a recipe; the store; inspect."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.store.store import Store
 
 
-def _context(ctx: RunContext | None) -> RunContext:
+def context_or_default(ctx: RunContext | None) -> RunContext:
     return ctx or RunContext.default()
 
 
@@ -34,7 +34,9 @@ def build(
 ) -> list[StageResult]:
     """Run every stage that is not cached, up to ``until``."""
     loaded = check(recipe=recipe)
-    return Runner(loaded, _context(ctx)).build(until=until, force=force, on_result=on_result)
+    return Runner(loaded, context_or_default(ctx)).build(
+        until=until, force=force, on_result=on_result
+    )
 
 
 def plan(
@@ -42,36 +44,19 @@ def plan(
 ) -> list[StageResult]:
     """Per stage: cached or not, and for a miss which inputs changed since the last build."""
     loaded = check(recipe=recipe)
-    return Runner(loaded, _context(ctx)).plan(until=until)
+    return Runner(loaded, context_or_default(ctx)).plan(until=until)
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The recipe JSON Schema (for editor validation, e.g. yaml-language-server)."""
+    from trtllm_forge.recipe.schema import Recipe
+
+    return Recipe.model_json_schema()
 
 
 def store(ctx: RunContext | None = None) -> Store:
-    settings = _context(ctx).settings
+    settings = context_or_default(ctx).settings
     return Store(settings.home, lock_timeout_s=settings.lock_timeout_s)
-
-
-def cache_push(*, target: str | None = None, ctx: RunContext | None = None) -> list[Any]:
-    """Upload a recipe's stages, one key (prefix), or every valid entry to FORGE_REMOTE."""
-    from trtllm_forge.pipeline import cache_sync
-
-    ctx = _context(ctx)
-    return cache_sync.push(target, store(ctx), ctx)
-
-
-def cache_pull(*, target: str | None = None, ctx: RunContext | None = None) -> list[Any]:
-    """Download a recipe's stages, one key (prefix), or every entry from FORGE_REMOTE."""
-    from trtllm_forge.pipeline import cache_sync
-
-    ctx = _context(ctx)
-    return cache_sync.pull(target, store(ctx), ctx)
-
-
-def cache_remote_entries(*, ctx: RunContext | None = None) -> list[tuple[str, str]]:
-    """(stage, key) of every complete entry on FORGE_REMOTE (those with a manifest)."""
-    from trtllm_forge.pipeline import cache_sync
-
-    ctx = _context(ctx)
-    return cache_sync.remote_cache(store(ctx), ctx).entries()
 
 
 def export_trtllm_checkpoint(
@@ -86,8 +71,8 @@ def export_trtllm_checkpoint(
 
     loaded = check(recipe=recipe)
     check_trtllm_export(loaded)  # before any stage runs
-    target = _empty_target(Path(dest), overwrite)
-    runner = Runner(loaded, _context(ctx))
+    target = empty_target(Path(dest), overwrite)
+    runner = Runner(loaded, context_or_default(ctx))
     runner.build(until="calibrate")
     assert runner.job is not None
     shard = sharded_checkpoint(runner.job)
@@ -122,8 +107,8 @@ def export_hf(
 
     loaded = check(recipe=recipe)
     chosen = _hf_format(loaded, format)
-    target = _empty_target(Path(dest), overwrite)
-    runner = Runner(loaded, _context(ctx))
+    target = empty_target(Path(dest), overwrite)
+    runner = Runner(loaded, context_or_default(ctx))
     runner.build(until="calibrate")
     assert runner.job is not None
     parallel = loaded.recipe.parallel
@@ -157,8 +142,8 @@ def export_triton(
 
     export = exporter("triton")
     loaded = check(recipe=recipe)
-    target = _empty_target(Path(dest), overwrite)
-    runner = Runner(loaded, _context(ctx))
+    target = empty_target(Path(dest), overwrite)
+    runner = Runner(loaded, context_or_default(ctx))
     return export(_export_source(runner), target)
 
 
@@ -232,7 +217,7 @@ def copy_checkpoint(src: Path, dest: Path) -> list[str]:
     return names
 
 
-def _empty_target(dest: Path, overwrite: bool) -> Path:
+def empty_target(dest: Path, overwrite: bool) -> Path:
     from trtllm_forge.errors import recipe_error
 
     dest = dest.expanduser().resolve()
@@ -250,130 +235,3 @@ def inspect(*, target: str, ctx: RunContext | None = None) -> dict[str, Any]:
     from trtllm_forge.inspect import inspect_target
 
     return inspect_target(target, store(ctx))
-
-
-def quantize(
-    *,
-    model: str,
-    method: str,
-    out: str | Path,
-    params: dict[str, Any] | None = None,
-    kv_cache: str = "none",
-    calibration_file: str | None = None,
-    calibration: dict[str, Any] | None = None,
-    dtype: str = "float16",
-    tp: int = 1,
-    pp: int = 1,
-    overwrite: bool = False,
-    evaluate: bool = True,
-    ctx: RunContext | None = None,
-) -> dict[str, Any]:
-    """fetch → convert → calibrate for MODEL (hub id, local dir or .gguf file), sharing the
-    cache with `forge build`, then write a TensorRT-LLM checkpoint (tp×pp ranks) to ``out``."""
-    import time
-
-    from trtllm_forge.stages.build import checkpoint_dir, sharded_checkpoint
-    from trtllm_forge.stages.fetch import snapshot_dir
-
-    target = _empty_target(Path(out), overwrite)
-    context = _context(ctx)
-    recipe_path = _write_quantize_recipe(
-        context,
-        model=model,
-        method=method,
-        params=params or {},
-        kv_cache=kv_cache,
-        calibration_file=calibration_file,
-        calibration=calibration or {},
-        dtype=dtype,
-        tp=tp,
-        pp=pp,
-    )
-    runner = Runner(check(recipe=recipe_path), context)
-    t0 = time.perf_counter()
-    results = runner.build(until="calibrate")
-    assert runner.job is not None
-    job = runner.job
-    source = sharded_checkpoint(job) if (tp, pp) != (1, 1) else None
-    calibrated = job.upstream["calibrate"]
-    files = copy_checkpoint(source.path if source else checkpoint_dir(calibrated), target)
-    summary: dict[str, Any] = {
-        "model": model,
-        "method": method,
-        "kv_cache": kv_cache,
-        "dest": str(target),
-        "files": files,
-        "tp": tp,
-        "pp": pp,
-        "recipe": str(recipe_path),
-        "stages": [r.to_json() for r in results],
-        "seconds": round(time.perf_counter() - t0, 3),
-        "calibrate_seconds": calibrated.manifest.get("seconds"),
-        "bytes_before": _checkpoint_bytes(job.upstream["convert"].path),
-        "bytes_after": _checkpoint_bytes(checkpoint_dir(calibrated)),
-        "quantized_modules": len(calibrated.info.get("quantized_modules") or []),
-        "quantization": calibrated.info.get("quantization"),
-    }
-    if evaluate and method != "none":
-        from trtllm_forge.quickeval import perplexity_delta
-
-        summary["perplexity"] = perplexity_delta(
-            reference_ckpt=job.upstream["convert"].path,
-            quantized_ckpt=checkpoint_dir(calibrated),
-            tokenizer_dir=snapshot_dir(job.upstream["fetch"]),
-        )
-    return summary
-
-
-def _checkpoint_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.glob("rank*.safetensors"))
-
-
-def _write_quantize_recipe(
-    ctx: RunContext,
-    *,
-    model: str,
-    method: str,
-    params: dict[str, Any],
-    kv_cache: str,
-    calibration_file: str | None,
-    calibration: dict[str, Any],
-    dtype: str,
-    tp: int,
-    pp: int,
-) -> Path:
-    """`forge quantize` is a recipe in disguise: write it where refs and plan can see it."""
-    import yaml
-
-    from trtllm_forge.store.digest import digest_json, short
-
-    quantize_section: dict[str, Any] = {"method": method, "kv_cache": kv_cache, **params}
-    calib = {k: v for k, v in calibration.items() if v is not None}  # samples, device, dtype
-    if calibration_file:
-        calib["file"] = str(Path(calibration_file).expanduser().resolve())
-    if calib:
-        quantize_section["calibration"] = calib
-    doc = {
-        "schema_version": 1,
-        "name": "",
-        "source": _source_for(model),
-        "convert": {"dtype": dtype},
-        "quantize": quantize_section,
-        "parallel": {"tp": tp, "pp": pp},
-        "verify": {"enabled": False},
-    }
-    ident = short(digest_json(doc), 10)
-    doc["name"] = f"quantize-{ident}"
-    path = ctx.settings.home / "recipes" / f"quantize-{ident}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def _source_for(model: str) -> dict[str, Any]:
-    candidate = Path(model).expanduser()
-    if candidate.is_file() and candidate.suffix == ".gguf":
-        return {"gguf": str(candidate.resolve())}
-    if candidate.exists():
-        return {"path": str(candidate.resolve())}
-    return {"hf": model}
