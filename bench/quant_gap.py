@@ -355,7 +355,8 @@ class Run:
         if name not in AWQ_LIKE:
             return  # no pre-quant scales: sharing changes nothing (c_qkv shows it)
         self.note(name, scale_spread=scale_spread(model))
-        self.row(name, "c_gate_up", hf_scorer(share(model, ("gate_proj", "up_proj"))))
+        if name == "awq":  # attribution only; w4a8_awq's checkpoint shares q/k/v alone
+            self.row(name, "c_gate_up", hf_scorer(share(model, ("gate_proj", "up_proj"))))
         self.row(name, "c_unified", hf_scorer(unified_export_rule(model, self.progress)))
 
     def forge_rows(self, name: str, case: qb.Case, forge_logits: Logits) -> None:
