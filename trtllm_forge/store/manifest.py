@@ -40,9 +40,54 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
-    """The parsed manifest, or None when missing or not a JSON object."""
+    """The parsed manifest, or None when missing, not JSON, or not of the shape
+    :meth:`Store.commit` writes (every reader indexes it without further checks: a
+    ``files`` list or a string ``size`` used to be an internal error in ``cache verify``)."""
     try:
         data = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    return data if isinstance(data, dict) and data.get("schema") == MANIFEST_SCHEMA else None
+    return data if _well_formed(data) else None
+
+
+def _well_formed(data: Any) -> bool:
+    if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
+        return False
+    if not all(isinstance(data.get(f), str) for f in ("stage", "key", "content_digest")):
+        return False
+    if not _file_listing(data.get("files")):
+        return False
+    for field, kind in (("info", dict), ("inputs", dict), ("uses", dict)):
+        if field in data and data[field] is not None and not isinstance(data[field], kind):
+            return False
+    uses = data.get("uses") or {}
+    if not all(isinstance(v, str) for v in uses.values()):
+        return False
+    for field in ("created_unix", "seconds"):
+        value = data.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return False
+    external = data.get("external")
+    if external is None:
+        return True
+    return (
+        isinstance(external, dict)
+        and isinstance(external.get("root"), str)
+        and "\x00" not in external["root"]  # no path holds one: os calls raise ValueError
+        # a hub file the HF cache holds as a copy has no published digest (fetch: None)
+        and _file_listing(external.get("files", {}), digest=(str, type(None)))
+        and isinstance(external.get("rehash", True), bool)
+    )
+
+
+def _file_listing(files: Any, digest: type | tuple[type, ...] = str) -> bool:
+    """``{name: {"size": int >= 0, "digest": str}}``."""
+    return isinstance(files, dict) and all(
+        "\x00" not in name
+        and isinstance(meta, dict)
+        and type(meta.get("size")) is int
+        and meta["size"] >= 0
+        and "digest" in meta
+        and isinstance(meta["digest"], digest)
+        for name, meta in files.items()
+    )
