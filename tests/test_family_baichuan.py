@@ -201,3 +201,13 @@ def test_auto_map_folder_builds_without_running_its_code(tmp_path: Path) -> None
     doc = run.json()
     assert doc["verify"]["passed"] is True
     assert not [m for m in markers if m.exists()]
+
+
+def test_native_model_runs_in_bfloat16(model: dict[str, Any]) -> None:
+    """Calibration may run the model in bfloat16: rope tables and ALiBi biases are applied
+    in the model's dtype and the cache holds keys and values in it."""
+    native = load_hf_model(model["hf"]).to(torch.bfloat16)
+    with torch.no_grad():
+        out = native(input_ids=IDS, use_cache=True)
+    assert out.past_key_values.layers[0].keys.dtype == torch.bfloat16
+    assert rel_diff(model["logits"].numpy(), out.logits.numpy()) < 0.05

@@ -270,3 +270,13 @@ def test_repository_tokenizer_is_still_refused(tmp_path: Path) -> None:
     assert "tokenizer_config.json has an `auto_map`" in run.err
     assert "forge implements this model itself" in run.err
     assert not [m for m in markers if m.exists()]
+
+
+def test_native_model_runs_in_bfloat16(glm: dict[str, Any]) -> None:
+    """Calibration may run the model in bfloat16: rope tables are applied in the model's
+    dtype and the cache holds keys and values in it."""
+    model = load_hf_model(glm["hf"]).to(torch.bfloat16)
+    with torch.no_grad():
+        out = model(input_ids=IDS, use_cache=True)
+    assert out.past_key_values.layers[0].keys.dtype == torch.bfloat16
+    assert rel_diff(glm["logits"].numpy(), out.logits.numpy()) < 0.05

@@ -43,7 +43,8 @@ def rope_tables(settings: BaichuanSettings, positions: torch.Tensor) -> torch.Te
     """[2, batch, 1, new, head_dim]: cos and sin of each channel, the frequency table
     repeated for the two halves (channel ``j`` turns with channel ``j + head_dim/2``)."""
     dim = settings.head_dim
-    inv_freq = 1.0 / (settings.rope_base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    channels = torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device)
+    inv_freq = 1.0 / (settings.rope_base ** (channels / dim))
     angles = positions.to(torch.float32)[..., None] * inv_freq
     table = torch.cat([angles, angles], dim=-1)[:, None]
     return torch.stack([table.cos(), table.sin()])
@@ -52,6 +53,7 @@ def rope_tables(settings: BaichuanSettings, positions: torch.Tensor) -> torch.Te
 def rotate_halves(x: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     swapped = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    tables = tables.to(x.dtype)  # computed in float32; applied in the model's dtype
     return x * tables[0] + swapped * tables[1]
 
 
@@ -72,7 +74,8 @@ class Attention(nn.Module):
         if tables is not None:
             q, k = rotate_halves(q, tables), rotate_halves(k, tables)
         else:  # ALiBi: slope · (key slot - query slot) on the scores
-            bias = alibi_slopes(heads)[:, None, None] * step.slots[None]
+            slopes = alibi_slopes(heads).to(step.slots.device)
+            bias = slopes[:, None, None] * step.slots[None]
         keys, values = step.cache.extend(self.layer, k, v)
         return self.o_proj(attend(q, keys, values, step, bias))
 

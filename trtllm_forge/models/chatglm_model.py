@@ -22,7 +22,7 @@ def rope_pairs(settings: ChatGLMSettings, positions: torch.Tensor) -> torch.Tens
     Pair ``i`` of a head turns by ``position · base^(-2i / rotary_dim)``.
     """
     dim = settings.rotary_dim
-    exponents = torch.arange(0, dim, 2, dtype=torch.float32) / dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim
     inv_freq = 1.0 / (settings.rope_base**exponents)
     angles = positions.to(torch.float32)[..., None] * inv_freq
     return torch.stack([angles.cos(), angles.sin()], dim=-1)
@@ -34,6 +34,7 @@ def rotate_first_half(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     dim = pairs.shape[-2] * 2
     rotated, passed = x[..., :dim], x[..., dim:]
     even_odd = rotated.unflatten(-1, (-1, 2))
+    pairs = pairs.to(x.dtype)  # computed in float32; applied in the model's dtype
     cos, sin = pairs[:, None, :, :, 0], pairs[:, None, :, :, 1]
     even, odd = even_odd[..., 0], even_odd[..., 1]
     turned = torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1)

@@ -88,14 +88,14 @@ def make_step(
     """
     cache = cache if cache is not None else NativeCache()
     batch, new = input_ids.shape
-    total = cache.seen() + new
+    total, device = cache.seen() + new, input_ids.device
     if attention_mask is None:
-        attention_mask = torch.ones((batch, total), dtype=torch.long)
+        attention_mask = torch.ones((batch, total), dtype=torch.long, device=device)
     real = attention_mask.to(torch.bool)
     if position_ids is None:
         position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, -new:]
-    query_slot = torch.arange(total - new, total)[:, None]
-    key_slot = torch.arange(total)[None, :]
+    query_slot = torch.arange(total - new, total, device=device)[:, None]
+    key_slot = torch.arange(total, device=device)[None, :]
     causal = key_slot <= query_slot
     allowed = causal[None, None] & real[:, None, None, :]
     distances = (key_slot - query_slot).to(torch.float32)
@@ -119,7 +119,7 @@ def attend(
     v = v.repeat_interleave(group, dim=1)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if scores_bias is not None:
-        scores = scores + scores_bias[None]
+        scores = scores + scores_bias[None].to(scores.dtype)
     scores = scores.masked_fill(~step.allowed, torch.finfo(scores.dtype).min)
     out = torch.softmax(scores, dim=-1) @ v
     return out.transpose(1, 2).flatten(2)
