@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,36 +120,80 @@ def _alive(pid: int) -> bool:
 
 
 def usage(store: Store) -> dict[str, int]:
+    """Bytes on disk per stage. A file several entries share (one blob) counts once,
+    under the first stage that holds it, so the total is what the store occupies."""
     sizes: dict[str, int] = {}
+    seen: set[tuple[int, int]] = set()
     for entry in entries(store):
-        sizes[entry.stage] = sizes.get(entry.stage, 0) + entry.size
-    sizes["(staging)"] = sum(
-        dir_size(p) if p.is_dir() else p.stat().st_size for p in staging_leftovers(store)
-    )
+        sizes[entry.stage] = sizes.get(entry.stage, 0) + _unseen_bytes(entry.path, seen)
+    sizes["(staging)"] = sum(_unseen_bytes(p, seen) for p in staging_leftovers(store))
+    unheld = sum(_unseen_bytes(b, seen) for b in store.blobs.all())
+    if unheld:
+        sizes["(unused blobs)"] = unheld
     return sizes
 
 
-def gc(store: Store, *, keep_referenced: bool = True, dry_run: bool = False) -> dict[str, Any]:
-    """Remove damaged entries, dead staging dirs and (by default) entries no recipe's last build uses."""
-    removed: list[dict[str, Any]] = []
-    freed = 0
-    for entry in entries(store):
-        if entry.problem is None and keep_referenced and entry.recipes:
+def _files(path: Path) -> list[os.stat_result]:
+    found = path.rglob("*") if path.is_dir() else [path]
+    out = []
+    for file in found:
+        try:
+            st = file.lstat()
+        except FileNotFoundError:
             continue
-        removed.append(entry.to_json())
-        # A dry run reports the bytes the real run would free (it printed "0 B freed").
-        freed += entry.size if dry_run else _remove_locked(store, entry)
-    for path in staging_leftovers(store):
+        if stat.S_ISREG(st.st_mode):
+            out.append(st)
+    return out
+
+
+def _unseen_bytes(path: Path, seen: set[tuple[int, int]]) -> int:
+    total = 0
+    for st in _files(path):
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def freed_by(store: Store, paths: list[Path]) -> int:
+    """Bytes that deleting ``paths`` and then sweeping unheld blobs gives back: a file
+    frees its bytes only when its last name goes (other artifacts may share it)."""
+    names: Counter[tuple[int, int]] = Counter()
+    stats: dict[tuple[int, int], os.stat_result] = {}
+    for path in paths:
+        for st in _files(path):
+            names[(st.st_dev, st.st_ino)] += 1
+            stats[(st.st_dev, st.st_ino)] = st
+    for blob in _files(store.blobs.root) if store.blobs.root.is_dir() else []:
+        inode = (blob.st_dev, blob.st_ino)
+        if blob.st_nlink - names[inode] <= 1:  # the sweep takes the blob's name too
+            names[inode] += 1
+            stats[inode] = blob
+    return sum(st.st_size for inode, st in stats.items() if st.st_nlink <= names[inode])
+
+
+def gc(store: Store, *, keep_referenced: bool = True, dry_run: bool = False) -> dict[str, Any]:
+    """Remove damaged entries, dead staging dirs, (by default) entries no recipe's last
+    build uses, and blobs no entry holds any more."""
+    doomed = [
+        e for e in entries(store) if not (e.problem is None and keep_referenced and e.recipes)
+    ]
+    leftovers = staging_leftovers(store)
+    # Measured before anything goes, so a dry run reports what the real run frees.
+    freed = freed_by(store, [e.path for e in doomed] + leftovers)
+    removed: list[dict[str, Any]] = [e.to_json() for e in doomed]
+    for path in leftovers:
         size = dir_size(path) if path.is_dir() else path.stat().st_size
         removed.append({"path": str(path), "size": size, "stage": "(staging)"})
-        if dry_run:
-            freed += size
-        else:
+    if not dry_run:
+        for entry in doomed:
+            _remove_locked(store, entry)
+        for path in leftovers:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-            freed += size
+        store.blobs.sweep()
     return {"removed": removed, "freed_bytes": freed, "dry_run": dry_run}
 
 

@@ -88,6 +88,23 @@ class DigestMemo:
         self._remember(st.st_dev, st.st_ino, stamp, value)
         return value
 
+    def cached(self, path: Path) -> str | None:
+        """The memo's digest when its stat stamp is current, without reading the file."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        row = self._lookup(st.st_dev, st.st_ino)
+        if row is None or tuple(row[:3]) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return None
+        return str(row[3])
+
+    def record(self, path: Path, digest: str) -> None:
+        """Remember a digest the caller knows (a file it just linked: linking changes an
+        inode's ctime, not its bytes, and would otherwise make every holder re-hash)."""
+        st = os.stat(path)
+        self._remember(st.st_dev, st.st_ino, (st.st_size, st.st_mtime_ns, st.st_ctime_ns), digest)
+
     def _lookup(self, dev: int, ino: int) -> tuple[int, int, int, str] | None:
         if self._db is None:
             return None

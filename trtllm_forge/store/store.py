@@ -3,6 +3,7 @@
 Layout::
 
     artifacts/<stage>/<key-hex>/   one immutable artifact: files + manifest.json
+    blobs/<hex[:2]>/<hex>          hard links to artifacts' files by digest (stored once)
     tmp/                           staging dirs, renamed into place when complete
     locks/<key-hex>.lock           per-key flock
     refs/<recipe-id>.json          the last build of each recipe (for plan and gc)
@@ -11,7 +12,8 @@ Layout::
 An artifact is visible only after ``rename(tmp, final)``, so a crash leaves at
 most a staging dir in ``tmp/`` that no reader ever looks at. An entry whose
 manifest is missing, unparsable or whose files do not match their digests is
-a miss and is rebuilt.
+a miss and is rebuilt. Identical files of different artifacts share one inode
+through ``blobs/`` (see blobs.py); an artifact never depends on a blob existing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 from trtllm_forge.errors import ForgeError, store_error
 from trtllm_forge.faults import point
+from trtllm_forge.store.blobs import Blobs
 from trtllm_forge.store.digest import short
 from trtllm_forge.store.lock import key_lock
 from trtllm_forge.store.manifest import (
@@ -133,6 +136,10 @@ class Store:
                     hint="check FORGE_HOME and its permissions",
                 ) from None
         return self._memo
+
+    @property
+    def blobs(self) -> Blobs:
+        return Blobs(self.root, self.memo)
 
     # -- reading -----------------------------------------------------------
     def lookup(self, stage: str, key: str, *, deep: bool = False) -> Artifact | Invalid | None:
@@ -254,7 +261,7 @@ class Store:
             point(f"store.commit.{stage}.before_manifest")
             write_manifest(staging, manifest)
             point(f"store.commit.{stage}.after_manifest")
-            final = self._publish(stage, key, staging)
+            final = self._publish(stage, key, staging, files)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise _os_store_error(exc, f"committing the {stage} artifact") from None
@@ -270,15 +277,24 @@ class Store:
         problem = self._check_files(staging, manifest, deep=True)
         if problem:
             return Invalid(problem)
+        files = {
+            name: FileEntry(int(meta["size"]), str(meta["digest"]))
+            for name, meta in manifest.get("files", {}).items()
+        }
         try:
-            final = self._publish(stage, key, staging)
+            final = self._publish(stage, key, staging, files)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise _os_store_error(exc, f"installing the {stage} artifact") from None
         return Artifact(stage, key, final, manifest)
 
-    def _publish(self, stage: str, key: str, staging: Path) -> Path:
-        """fsync the staged files and rename them into place (the entry becomes visible)."""
+    def _publish(self, stage: str, key: str, staging: Path, files: dict[str, FileEntry]) -> Path:
+        """Share files already stored (blobs), fsync the staged files and rename them
+        into place (the entry becomes visible)."""
+        blobs = self.blobs
+        for name, entry in sorted(files.items()):
+            blobs.intern(staging / name, entry.digest, entry.size)
+        point(f"store.commit.{stage}.after_blobs")
         _fsync_tree(staging)
         final = self.artifact_dir(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -304,12 +320,18 @@ class Store:
         return files
 
     def remove(self, artifact_dir: Path) -> int:
-        """Delete one entry atomically (rename away first); returns bytes freed."""
+        """Delete one entry atomically (rename away first), and the blobs only it held;
+        returns its size (what a disk without shared files would get back)."""
         size = dir_size(artifact_dir)
+        listed = (read_manifest(artifact_dir) or {}).get("files", {})
+        held = self.blobs.holding(
+            str(meta.get("digest")) for meta in listed.values() if isinstance(meta, dict)
+        )
         trash = self.tmp_root / f"trash-{uuid.uuid4().hex}"
         self.tmp_root.mkdir(parents=True, exist_ok=True)
         os.rename(artifact_dir, trash)
         shutil.rmtree(trash, ignore_errors=True)
+        self.blobs.release(held)
         return size
 
     # -- refs (last build per recipe) --------------------------------------

@@ -3,7 +3,8 @@
 Pull downloads an entry's blobs into a staging dir inside the store, writes the
 remote manifest next to them verbatim, and lets the store check every file's
 blake3 against it before the usual atomic rename: a damaged or partial remote
-entry is a miss with a reason, never a visible artifact. Push uploads blobs
+entry is a miss with a reason, never a visible artifact; a file the local store
+already holds (blobs.py) is linked, not downloaded. Push uploads blobs
 (skipping those the remote already holds, which is what makes a rerun after a
 kill resume) and the manifest last, with put-if-absent.
 
@@ -113,6 +114,9 @@ class RemoteCache:
                 for name, meta in sorted(files.items()):
                     dest = staging / name
                     dest.parent.mkdir(parents=True, exist_ok=True)
+                    if self.store.blobs.place(str(meta["digest"]), int(meta["size"]), dest):
+                        task.advance(int(meta["size"]))  # held here already: not downloaded
+                        continue
                     blob = blob_name(str(meta["digest"]))
                     assert blob is not None  # checked by _parse_manifest
                     self.backend.download(blob, dest, int(meta["size"]), task.advance)
