@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from trtllm_forge.context import RunContext
 from trtllm_forge.recipe.load import LoadedRecipe
+from trtllm_forge.recipe.schema import Recipe
 from trtllm_forge.store.store import Artifact, Store
 
 
@@ -37,7 +38,7 @@ class StageJob:
     ) = None
 
     @property
-    def recipe(self) -> Any:
+    def recipe(self) -> Recipe:
         return self.loaded.recipe
 
 
@@ -70,7 +71,7 @@ class Stage(Protocol):
     def run(self, job: StageJob, out_dir: Path) -> StageOutput: ...
 
 
-def fields_of(recipe: Any, *paths: str) -> dict[str, Any]:
+def fields_of(recipe: Recipe, *paths: str) -> dict[str, Any]:
     """Dotted recipe fields → JSON values, e.g. ``fields_of(r, "convert.dtype")``."""
     dumped = recipe.model_dump(mode="json")
     out: dict[str, Any] = {}

@@ -6,9 +6,7 @@ exports the JSON Schema so editors can validate recipes as they are typed.
 
 from __future__ import annotations
 
-import operator
-from functools import reduce
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
@@ -215,21 +213,22 @@ class NvFp4(_QuantBase):
     method: Literal["nvfp4"] = Field(description="Quantization method.")
 
 
-# Each method's recipe section; quant/params.py builds the method's parameter model from
-# the fields a section adds to the common ones (method_fields), so each is declared here once.
-QUANTIZE_SECTIONS: tuple[type[_QuantBase], ...] = (
-    NoQuant,
-    Int8WeightOnly,
-    Int4WeightOnly,
-    SmoothQuant,
-    Awq,
-    Gptq,
-    Fp8,
-    Fp8Block,
-    NvFp4,
-    W4A8Awq,
-)
-Quantize = Annotated[reduce(operator.or_, QUANTIZE_SECTIONS), Field(discriminator="method")]
+# Each method's recipe section, listed once here; quant/params.py builds the method's
+# parameter model from the fields a section adds to the common ones (method_fields).
+Quantize = Annotated[
+    NoQuant
+    | Int8WeightOnly
+    | Int4WeightOnly
+    | SmoothQuant
+    | Awq
+    | Gptq
+    | Fp8
+    | Fp8Block
+    | NvFp4
+    | W4A8Awq,
+    Field(discriminator="method"),
+]
+QUANTIZE_SECTIONS: tuple[type[_QuantBase], ...] = get_args(get_args(Quantize)[0])
 
 
 def method_name(section: type[BaseModel]) -> str:
