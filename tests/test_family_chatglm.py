@@ -150,8 +150,9 @@ def test_engine_greedy_and_logits_match_the_reference(glm: dict[str, Any]) -> No
     assert rel_diff(reference_logits(reference, TEXT, 128), engine.score(TEXT)) < 1e-4
 
 
-@pytest.mark.parametrize(("tp", "pp"), [(2, 1), (1, 2)])
+@pytest.mark.parametrize(("tp", "pp"), [(2, 1), (1, 2), (4, 1)])
 def test_parallel_engine_matches_tp1(glm: dict[str, Any], tp: int, pp: int) -> None:
+    """TP=4 is more ranks than the 2 multi-query groups: each group's K/V is duplicated."""
     single = load_engine(glm["engine"])
     parallel = load_engine(tiny_engine(glm["root"], "chatglm", tp=tp, pp=pp).engine)
     assert (parallel.tp_size, parallel.pp_size) == (tp, pp)
