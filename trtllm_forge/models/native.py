@@ -13,9 +13,10 @@ checkpoint's own module names, and this module gives it the part of the transfor
   family's tensor table reads, a cache whose ``layers[i].keys / .values`` are what the
   KV cache stores (keys after rope).
 
-checkpoint/native.py builds one from a folder. It computes from the HF tensors and the HF meaning of the config, never from the
-converted checkpoint or the ONNX lowering, so a converter or lowering mistake shows up
-as a verify difference instead of being copied into the reference.
+checkpoint/native.py builds one from a folder. It computes from the HF tensors and the
+HF meaning of the config, never from the converted checkpoint or the ONNX lowering, so a
+converter or lowering mistake shows up as a verify difference instead of being copied
+into the reference.
 """
 
 from __future__ import annotations
