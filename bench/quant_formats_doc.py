@@ -31,7 +31,7 @@ def table(results: dict[str, Any]) -> list[str]:
     ref = results["reference_ppl"]
     lines = [
         "| method | artifact, loader | quantized linears | calib. windows | calibrate (s) "
-        "| weights (MB) | ppl fake-quant (forge) | ppl artifact | Δ artifact vs float "
+        "| rank0 or folder (MB) | ppl fake-quant (forge) | ppl artifact | Δ artifact vs float "
         "| KL(float ‖ artifact) | top-1 | ppl ModelOpt fake-quant | Δ ModelOpt vs float "
         "| forge vs ModelOpt |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
