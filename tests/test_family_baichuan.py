@@ -49,7 +49,9 @@ POSITIONS = {"baichuan2_7b": "rope_gpt_neox", "baichuan2_13b": "alibi"}
 
 
 @pytest.fixture(scope="module", params=list(POSITIONS))
-def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
+def model(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     arch = str(request.param)
     root = tmp_path_factory.mktemp(arch)
     make_tiny_native(arch, root / "hf")
