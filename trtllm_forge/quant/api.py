@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from trtllm_forge.context import NullProgress, Progress
+from trtllm_forge.recipe.schema import QUANTIZE_COMMON_FIELDS
 
 _NO_PROGRESS = NullProgress()
-_SHARED_FIELDS = {"method", "kv_cache", "exclude", "calibration"}
 
 
 def method_params(spec: Any) -> dict[str, Any]:
     """The method's own parameters from a recipe ``quantize`` model (or dict)."""
     data = spec if isinstance(spec, dict) else spec.model_dump(mode="json")
-    return {k: v for k, v in data.items() if k not in _SHARED_FIELDS}
+    return {k: v for k, v in data.items() if k not in QUANTIZE_COMMON_FIELDS}
 
 
 def quantize_checkpoint(

@@ -236,10 +236,14 @@ def method_name(section: type[BaseModel]) -> str:
     return str(section.model_fields["method"].annotation.__args__[0])  # type: ignore[union-attr]
 
 
+# What every quantize section has (the method and its settings apart from the method's own).
+QUANTIZE_COMMON_FIELDS = frozenset(NoQuant.model_fields)
+
+
 def method_fields(section: type[BaseModel]) -> dict[str, FieldInfo]:
     """The fields a quantize section adds to the common ones: the method's parameters."""
-    common = set(NoQuant.model_fields)
-    return {name: info for name, info in section.model_fields.items() if name not in common}
+    fields = section.model_fields.items()
+    return {name: info for name, info in fields if name not in QUANTIZE_COMMON_FIELDS}
 
 
 QUANT_METHODS: tuple[str, ...] = tuple(method_name(section) for section in QUANTIZE_SECTIONS)
