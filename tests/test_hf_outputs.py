@@ -271,6 +271,43 @@ def test_verify_gates_green(
     assert (tmp_path / "verify" / "report.json").is_file()
 
 
+def test_verify_streams_blocks_and_equals_whole_text_metrics(
+    tiny: Path, calibrated: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HF-target verify goes through the bounded-memory comparison: in 16-token blocks
+    (spilled, then read back) it finds what float64 over both models' whole-text logits
+    finds, reports the tokens it scored, and leaves no spill file behind."""
+    from trtllm_forge.engine import metrics, streaming
+    from trtllm_forge.engine.verify import load_reference, reference_logits, tokenized
+    from trtllm_forge.hf.verify import load_folder_model, verify_hf_folder
+
+    folder = _folder(tiny, calibrated("int8_wo"), "compressed-tensors", tmp_path / "hf")
+    vocab = json.loads((tiny / "config.json").read_text())["vocab_size"]
+    monkeypatch.setattr(streaming, "REFERENCE_BLOCK_BYTES", 16 * 4 * vocab)
+    text = "The quick brown fox jumps over the lazy dog. " * 12
+    summary = verify_hf_folder(
+        folder=folder, reference_dir=tiny, prompts=["Once upon a time"], texts=[text],
+        max_new_tokens=3, max_text_tokens=100, gates={}, out_dir=tmp_path / "verify",
+    )  # fmt: skip
+    _, (ids,), (length,) = tokenized(tiny, [], [text], 100)
+    assert len(ids) == 100 < length and summary["metrics"]["text_tokens"] == 100
+    assert summary["texts"][0]["scored_tokens"] == 100 and summary["texts"][0]["tokens"] == length
+    window = 1 << 30
+    ref = reference_logits(load_reference(tiny), ids, window)
+    got = reference_logits(load_folder_model(folder), ids, window)
+    kl = metrics.kl_per_token(ref, got)
+    assert kl.mean() > 0
+    assert summary["metrics"]["kl_mean"] == pytest.approx(kl.mean(), rel=1e-3)
+    assert summary["metrics"]["top1_agreement"] == metrics.top1_matches(ref, got).mean()
+    ppl_ratio = metrics.perplexity(metrics.next_token_nll(got, ids)) / metrics.perplexity(
+        metrics.next_token_nll(ref, ids)
+    )
+    assert summary["metrics"]["ppl_ratio"] == pytest.approx(ppl_ratio, rel=1e-5)
+    assert sorted(p.name for p in (tmp_path / "verify").iterdir()) == [
+        "junit.xml", "report.json", "report.md"
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("case", "target", "fragment"),
     [

@@ -51,12 +51,17 @@ def greedy_steps(
 
 
 def greedy_batched(
-    model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    *,
+    device: str = "cpu",
 ) -> list[list[int]]:
     """Greedy tokens per prompt, prompts decoded ``batch_size`` at a time."""
     results: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         group = prompts[start : start + batch_size]
-        steps = list(greedy_steps(model, group, max_new_tokens))
+        steps = list(greedy_steps(model, group, max_new_tokens, device=device))
         results += [list(column) for column in zip(*steps, strict=True)]
     return results

@@ -55,15 +55,16 @@ def reference_blocks(
     """The transformers reference's logits, block by block ([rows, vocab] float32)."""
     import torch
 
+    device = next(model.parameters()).device  # forge's native models have no .device
     cache = None
     with torch.no_grad():
         for start, piece, stop in blocks(len(tokens), window, block):
             if piece == start:
                 cache = None  # a new window sees nothing before it
-            ids = torch.tensor([list(tokens[piece:stop])])
+            ids = torch.tensor([list(tokens[piece:stop])], device=device)
             out = model(input_ids=ids, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
-            yield out.logits[0].float().numpy()
+            yield out.logits[0].float().cpu().numpy()
 
 
 def engine_blocks(
@@ -95,8 +96,19 @@ def return_freed_memory() -> None:
         return
 
 
+def release_device_memory(device: str) -> None:
+    """After a model is deleted: its freed memory back to the system (and, on CUDA, torch's
+    cached blocks back to the driver, for ONNX Runtime's allocator to use)."""
+    return_freed_memory()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def spill(logits: np.ndarray, file: IO[bytes]) -> None:
-    file.write(np.ascontiguousarray(logits, dtype=np.float32).tobytes())
+    # The array's own buffer, not a tobytes() copy of it (~1 s per GB of logits).
+    file.write(np.ascontiguousarray(logits, dtype=np.float32).data)
 
 
 class Unspill:
@@ -115,23 +127,24 @@ class Unspill:
         return view
 
 
-def log_normalizers(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: (softmax probabilities as float32, log-sum-exp as a float64 scalar).
-
-    The [rows, vocab] arrays stay float32; only the per-row sums are accumulated and kept
-    in float64, which is what makes a float32 KL of two nearly equal models accurate: the
-    normalizers are subtracted as exact scalars instead of being rounded into every entry.
-    """
-    peak = logits.max(axis=-1, keepdims=True)
-    exp = np.exp(logits - peak)
-    total = exp.sum(axis=-1, dtype=np.float64)
-    exp *= (1.0 / total).astype(np.float32)[:, None]
-    return exp, peak[:, 0].astype(np.float64) + np.log(total)
+def _exp_sums(logits: np.ndarray, peak: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Per row: sum(exp(logits - peak)) accumulated in float64; ``out`` (float32, the
+    shape of ``logits``) is left holding the unnormalized exponentials."""
+    np.subtract(logits, peak[:, None], out=out)
+    np.exp(out, out=out)
+    return out.sum(axis=-1, dtype=np.float64)
 
 
 @dataclass
 class SequenceScore:
-    """Running metrics of one scored sequence (a text or a prompt)."""
+    """Running metrics of one scored sequence (a text or a prompt).
+
+    Every [rows, vocab] array stays float32; only per-row sums are accumulated and kept in
+    float64, which is what makes a float32 KL of two nearly equal models accurate: the
+    normalizers are subtracted as exact scalars instead of being rounded into every entry.
+    Two float32 scratch arrays of one slice are reused, so a slice costs about a dozen
+    passes over its logits and no allocation of logits' size.
+    """
 
     tokens: Sequence[int]
     kl_sum: float = 0.0
@@ -147,21 +160,32 @@ class SequenceScore:
     def add(self, start: int, reference: np.ndarray, engine: np.ndarray) -> None:
         """Rows ``start``.. of the sequence: reference and engine logits [rows, vocab]."""
         step = max(1, SLICE_BYTES // (4 * reference.shape[1]))
+        scratch = np.empty((2, min(step, len(reference)), reference.shape[1]), np.float32)
         for offset in range(0, len(reference), step):
-            self._add_slice(
-                start + offset,
-                reference[offset : offset + step],
-                engine[offset : offset + step],
-            )
+            ref = reference[offset : offset + step]
+            rows = len(ref)
+            self._add_slice(start + offset, ref, engine[offset : offset + step], scratch[:, :rows])
 
-    def _add_slice(self, start: int, reference: np.ndarray, engine: np.ndarray) -> None:
-        self.max_abs_diff = max(self.max_abs_diff, float(np.abs(reference - engine).max()))
-        self.max_abs_reference = max(self.max_abs_reference, float(np.abs(reference).max()))
-        self.top1_same += int((reference.argmax(axis=-1) == engine.argmax(axis=-1)).sum())
-        p, lse_p = log_normalizers(reference)
-        _, lse_q = log_normalizers(engine)
+    def _add_slice(
+        self, start: int, reference: np.ndarray, engine: np.ndarray, scratch: np.ndarray
+    ) -> None:
+        diff, work = scratch
+        picked = np.arange(len(reference))
+        top_p, top_q = reference.argmax(axis=-1), engine.argmax(axis=-1)
+        peak_p, peak_q = reference[picked, top_p], engine[picked, top_q]
+        self.top1_same += int((top_p == top_q).sum())
+        self.max_abs_reference = max(
+            self.max_abs_reference, float(peak_p.max()), -float(reference.min())
+        )
+        np.subtract(reference, engine, out=diff)
+        self.max_abs_diff = max(self.max_abs_diff, float(diff.max()), -float(diff.min()))
+        total_q = _exp_sums(engine, peak_q, work)
+        total_p = _exp_sums(reference, peak_p, work)  # work: the reference's exp, unnormalized
+        work *= diff
         # KL(p || q) = sum p * (x - y) - (lse_x - lse_y), since log p = x - lse_x.
-        weighted = (p * (reference - engine)).sum(axis=-1, dtype=np.float64)
+        weighted = work.sum(axis=-1, dtype=np.float64) / total_p
+        lse_p = peak_p.astype(np.float64) + np.log(total_p)
+        lse_q = peak_q.astype(np.float64) + np.log(total_q)
         kl = np.maximum(weighted - (lse_p - lse_q), 0.0)  # tiny negatives are rounding
         self.kl_sum += float(kl.sum())
         self.kl_max = max(self.kl_max, float(kl.max()))
@@ -170,9 +194,9 @@ class SequenceScore:
         count = min(len(kl), len(self.tokens) - 1 - start)
         if count > 0:
             targets = np.asarray(self.tokens[start + 1 : start + 1 + count], np.int64)
-            picked = np.arange(count)
-            self.nll_reference += float((lse_p[:count] - reference[picked, targets]).sum())
-            self.nll_engine += float((lse_q[:count] - engine[picked, targets]).sum())
+            rows = picked[:count]
+            self.nll_reference += float((lse_p[:count] - reference[rows, targets]).sum())
+            self.nll_engine += float((lse_q[:count] - engine[rows, targets]).sum())
             self.targets += count
 
     @property

@@ -18,20 +18,19 @@ Metrics:
 
 from __future__ import annotations
 
-import math
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from trtllm_forge.context import NullProgress, Progress
-from trtllm_forge.engine import metrics, streaming
+from trtllm_forge.engine import streaming
+from trtllm_forge.engine.compare import Candidate, Inputs, compare, load_reference, texts_scored
 from trtllm_forge.engine.metadata import read_metadata
 from trtllm_forge.engine.runtime import OrtEngine, score_windows
 from trtllm_forge.engine.verify_result import GateResult, VerifyResult
-from trtllm_forge.errors import recipe_error
+from trtllm_forge.errors import dependency_error, recipe_error
 
 # gate name -> (metric it bounds, comparison)
 GATES: dict[str, tuple[str, str]] = {
@@ -42,6 +41,7 @@ GATES: dict[str, tuple[str, str]] = {
     "max_rel_logit_diff": ("max_rel_logit_diff", "<="),
 }
 _NO_PROGRESS = NullProgress()
+__all__ = ["GateResult", "VerifyResult", "load_reference", "verify_build", "verify_engine"]
 
 
 def check_gates(gates: Mapping[str, float | None]) -> dict[str, float]:
@@ -73,21 +73,40 @@ def evaluate_gates(
     return results
 
 
-def load_reference(reference_dir: Path) -> Any:
-    """The HF model in float32, remote code refused; for an architecture transformers does
-    not ship (Baichuan 2, ChatGLM), forge's own model of it (checkpoint/native.py)."""
+DEVICES = ("cpu", "cuda")
+CUDA_INSTALL = (
+    "run on a machine with an NVIDIA GPU, a CUDA build of torch and onnxruntime-gpu "
+    "(`pip install onnxruntime-gpu` in place of onnxruntime), or set verify.device: cpu"
+)
+
+
+def require_device(device: str, backend: str) -> None:
+    """Exit 4 before any work when ``verify.device: cuda`` cannot run here: the reference
+    needs torch's CUDA device; an engine (any backend but ``hf``) also needs ONNX Runtime's
+    CUDAExecutionProvider (onnxruntime-gpu)."""
+    if device not in DEVICES:
+        raise recipe_error(
+            f"unknown verify device {device!r}", hint=f"use one of: {', '.join(DEVICES)}"
+        )
+    if device == "cpu":
+        return
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from trtllm_forge.checkpoint.native import native_model
+    missing = []
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        missing.append(f"torch {torch.__version__} ({build}) sees no CUDA GPU")
+    if backend != "hf":
+        import onnxruntime as ort
 
-    native = native_model(Path(reference_dir))
-    if native is not None:
-        return native
-    model = AutoModelForCausalLM.from_pretrained(
-        reference_dir, dtype=torch.float32, trust_remote_code=False
-    )
-    return model.eval()  # type: ignore[no-untyped-call,unused-ignore]
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            missing.append(
+                f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (onnxruntime-gpu)"
+            )
+    if missing:
+        raise dependency_error(
+            "verify.device is cuda, but " + "; ".join(missing), hint=CUDA_INSTALL
+        )
 
 
 def reference_greedy(model: Any, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
@@ -119,6 +138,23 @@ def reference_logits(model: Any, tokens: Sequence[int], window: int) -> np.ndarr
     return np.concatenate(parts, axis=0)
 
 
+def engine_candidate(engine_dir: Path, device: str = "cpu") -> Candidate:
+    """An ONNX Runtime engine as verify's candidate (CUDAExecutionProvider on cuda)."""
+
+    def blocks(
+        engine: OrtEngine, tokens: Sequence[int], window: int, vocab: int
+    ) -> Iterator[np.ndarray]:
+        block = streaming.block_tokens(vocab, engine.max_input_len)
+        return streaming.engine_blocks(engine, tokens, window, block)
+
+    return Candidate(
+        "engine",
+        load=lambda: OrtEngine.load(engine_dir, device=device),
+        generate=lambda engine, prompts, new: engine.generate(prompts, new),
+        blocks=blocks,
+    )
+
+
 def verify_engine(
     engine_dir: Path,
     reference_dir: Path,
@@ -130,48 +166,66 @@ def verify_engine(
     out_dir: Path | None = None,
     progress: Progress = _NO_PROGRESS,
     text_lengths: Sequence[int] | None = None,
+    device: str = "cpu",
 ) -> VerifyResult:
     """Run the comparison, evaluate ``gates`` and (if ``out_dir``) write the three reports.
 
-    The reference runs first (greedy generation, teacher-forced logits spilled to a
-    temporary file in ``out_dir``), is freed, then the engine runs and the metrics are
-    accumulated block by block (see :mod:`trtllm_forge.engine.streaming`): peak memory is
-    one model plus one block of logits, whatever the length of the texts.
+    The reference runs first, is freed, then the engine (:mod:`trtllm_forge.engine.compare`):
+    peak memory is one model plus one block of logits, whatever the length of the texts;
+    the reference's logits wait in a temporary file in ``out_dir``.
     ``text_lengths`` (each text's token count before it was cut) goes into the report.
     A failed gate does not raise: the caller turns ``not result.passed`` into exit code 3.
     """
     check_gates(gates)
+    require_device(device, "onnxruntime")
     meta = read_metadata(Path(engine_dir))
     limits = meta.get("limits", {})
-    window = int(limits.get("max_seq_len", 1 << 30))
-    scored = [("text", t) for t in texts_token_ids if len(t) >= 2]
-    scored += [("prompt", p) for p in prompts_token_ids]
+    inputs = Inputs(
+        prompts_token_ids,
+        texts_token_ids,
+        max_new_tokens,
+        window=int(limits.get("max_seq_len", 1 << 30)),
+        batch_size=int(limits.get("max_batch_size", 1 << 30)),
+        device=device,
+    )
+    return finish(
+        compare(
+            Path(reference_dir),
+            engine_candidate(Path(engine_dir), device),
+            inputs,
+            spill_dir=_made(out_dir),
+            progress=progress,
+        ),
+        inputs,
+        gates=gates,
+        described={k: meta.get(k) for k in ("backend", "mapping", "quantization", "limits")},
+        text_lengths=text_lengths,
+        out_dir=out_dir,
+    )
+
+
+def _made(out_dir: Path | None) -> Path | None:
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out_dir) as spill_file:
-        reference_tokens, vocab = _reference_pass(
-            reference_dir,
-            prompts_token_ids,
-            max_new_tokens,
-            scored,
-            (window, int(limits.get("max_batch_size", 1 << 30))),
-            spill_file,
-            progress,
-        )
-        spill_file.seek(0)
-        engine = OrtEngine.load(engine_dir)
-        with progress.task("verify: engine greedy generation", total=1) as task:
-            engine_tokens = engine.generate(prompts_token_ids, max_new_tokens)
-            task.advance()
-        scores = _engine_pass(engine, scored, window, vocab, spill_file, progress)
-    values, prompt_rows = _generation_metrics(prompts_token_ids, reference_tokens, engine_tokens)
-    values.update(_scoring_metrics([kind for kind, _ in scored], scores))
+    return out_dir
+
+
+def finish(
+    comparison: Any,
+    inputs: Inputs,
+    *,
+    gates: Mapping[str, float | None],
+    described: dict[str, Any],
+    text_lengths: Sequence[int] | None,
+    out_dir: Path | None,
+) -> VerifyResult:
+    """The result of a comparison: gates evaluated, reports written when ``out_dir``."""
     result = VerifyResult(
-        metrics=values,
-        gates=evaluate_gates(values, gates),
-        prompts=prompt_rows,
-        engine={k: engine.meta.get(k) for k in ("backend", "mapping", "quantization", "limits")},
-        texts=_texts_scored(texts_token_ids, text_lengths, window),
+        metrics=comparison.metrics,
+        gates=evaluate_gates(comparison.metrics, gates),
+        prompts=comparison.prompts,
+        engine=described,
+        texts=texts_scored(inputs.texts, text_lengths, inputs.window),
     )
     if out_dir is not None:
         from trtllm_forge.engine.report import write_reports
@@ -180,131 +234,19 @@ def verify_engine(
     return result
 
 
-def _reference_pass(
-    reference_dir: Path,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    scored: Sequence[tuple[str, Sequence[int]]],
-    limits: tuple[int, int],
-    spill_file: IO[bytes],
-    progress: Progress,
-) -> tuple[list[list[int]], int]:
-    """Reference greedy tokens per prompt; every scored sequence's logits to ``spill_file``.
-    Returns (tokens, vocabulary width); the model is gone when this returns."""
-    import gc
-
-    from trtllm_forge.engine.hf_greedy import greedy_batched
-
-    window, batch_size = limits
-    reference = load_reference(reference_dir)
-    vocab = int(reference.config.vocab_size)
-    with progress.task("verify: reference", total=len(prompts) + len(scored)) as task:
-        # Batched like the engine's generate (left padding, engine's max_batch_size): one
-        # pass over the weights per step for the whole batch, not per prompt.
-        tokens = greedy_batched(reference, prompts, max_new_tokens, batch_size)
-        task.advance(len(prompts))
-        block = streaming.block_tokens(vocab, window, streaming.REFERENCE_BLOCK_BYTES)
-        for _, sequence in scored:
-            for logits in streaming.reference_blocks(reference, sequence, window, block):
-                vocab = logits.shape[1]
-                streaming.spill(logits, spill_file)
-            task.advance()
-    del reference
-    gc.collect()  # the engine loads next: the reference's weights must be gone by then
-    streaming.return_freed_memory()
-    return tokens, vocab
-
-
-def _engine_pass(
-    engine: OrtEngine,
-    scored: Sequence[tuple[str, Sequence[int]]],
-    window: int,
-    vocab: int,
-    spill_file: IO[bytes],
-    progress: Progress,
-) -> list[streaming.SequenceScore]:
-    """The engine's logits block by block against the spilled reference rows."""
-    block = streaming.block_tokens(vocab, engine.max_input_len)
-    spilled = streaming.Unspill(spill_file, vocab)
-    scores = []
-    with progress.task("verify: teacher-forced logits", total=len(scored)) as task:
-        for _, sequence in scored:
-            score = streaming.SequenceScore(sequence)
-            row = 0
-            for logits in streaming.engine_blocks(engine, sequence, window, block):
-                reference = spilled.read(len(logits))
-                score.add(row, reference, logits)
-                row += len(logits)
-            scores.append(score)
-            task.advance()
-    return scores
-
-
-def _generation_metrics(
-    prompts: Sequence[Sequence[int]],
-    reference_tokens: Sequence[list[int]],
-    engine_tokens: Sequence[list[int]],
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    rows = [
-        {
-            "prompt_tokens": len(prompt),
-            "reference": ref,
-            "engine": eng,
-            "first_divergence": metrics.first_divergence(ref, eng),
-        }
-        for prompt, ref, eng in zip(prompts, reference_tokens, engine_tokens, strict=True)
-    ]
-    exact = sum(row["first_divergence"] is None for row in rows)
-    values = {
-        "token_agreement": metrics.token_agreement(reference_tokens, engine_tokens),
-        "prompts_exact_match": exact / len(rows) if rows else float("nan"),
+def summary(result: VerifyResult) -> dict[str, Any]:
+    """What the verify stage records: ``passed``, failed gate names, metrics, reports."""
+    return {
+        "passed": result.passed,
+        "failed_gates": [g.name for g in result.failed_gates()],
+        "metrics": {k: (v if np.isfinite(v) else None) for k, v in result.metrics.items()},
+        "gates": {
+            g.name: {"value": g.value, "threshold": g.threshold, "passed": g.passed}
+            for g in result.gates
+        },
+        "reports": result.files,
+        "texts": result.texts,
     }
-    return values, rows
-
-
-def _scoring_metrics(
-    kinds: Sequence[str], scores: Sequence[streaming.SequenceScore]
-) -> dict[str, float]:
-    """KL, top-1 and perplexities over the texts; the logit difference over everything."""
-    values = {
-        "max_rel_logit_diff": max((s.max_relative_logit_diff for s in scores), default=float("nan"))
-    }
-    texts = [s for kind, s in zip(kinds, scores, strict=True) if kind == "text"]
-    rows = sum(s.rows for s in texts)
-    if rows:
-        targets = sum(s.targets for s in texts)
-        ppl_ref = math.exp(sum(s.nll_reference for s in texts) / targets) if targets else math.nan
-        ppl_eng = math.exp(sum(s.nll_engine for s in texts) / targets) if targets else math.nan
-        values.update(
-            kl_mean=sum(s.kl_sum for s in texts) / rows,
-            kl_max=max(s.kl_max for s in texts),
-            top1_agreement=sum(s.top1_same for s in texts) / rows,
-            ppl_reference=ppl_ref,
-            ppl_engine=ppl_eng,
-            ppl_ratio=ppl_eng / ppl_ref,
-            text_tokens=float(rows),
-        )
-    return values
-
-
-def _texts_scored(
-    texts: Sequence[Sequence[int]], lengths: Sequence[int] | None, window: int
-) -> list[dict[str, Any]]:
-    """Per text: how many of its tokens were scored, which ones, in how many windows."""
-    rows = []
-    for index, tokens in enumerate(texts):
-        scored = len(tokens) if len(tokens) >= 2 else 0
-        rows.append(
-            {
-                "text": index,
-                "tokens": lengths[index] if lengths is not None else len(tokens),
-                "scored_tokens": scored,
-                "scored_from": 0,
-                "scored_to": scored,  # exclusive: tokens [0, scored_to) of the tokenized text
-                "windows": len(streaming.blocks(scored, window, window)) if scored else 0,
-            }
-        )
-    return rows
 
 
 def tokenize_inputs(
@@ -327,6 +269,20 @@ def _tokenize(
     return prompt_ids, text_ids
 
 
+def tokenized(
+    reference_dir: Path, prompts: Sequence[str], texts: Sequence[str], max_text_tokens: int
+) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """(prompt ids, text ids cut to ``max_text_tokens``, each text's full length); no
+    texts means forge's built-in held-out text (trtllm_forge/data/eval.txt)."""
+    if not texts:
+        from trtllm_forge.quickeval import builtin_eval_text
+
+        texts = [builtin_eval_text()]
+    prompt_ids, full_texts = _tokenize(Path(reference_dir), prompts, texts)
+    text_ids = [ids[:max_text_tokens] for ids in full_texts]
+    return prompt_ids, text_ids, [len(ids) for ids in full_texts]
+
+
 def verify_build(
     *,
     engine_dir: Path,
@@ -338,18 +294,11 @@ def verify_build(
     gates: Mapping[str, float | None],
     out_dir: Path,
     progress: Progress = _NO_PROGRESS,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """The verify stage's call: tokenize, compare, write the reports; returns a JSON summary.
-
-    ``texts`` empty means forge's built-in held-out text (trtllm_forge/data/eval.txt).
-    The summary has ``passed``, ``failed_gates`` (names), ``metrics`` and ``reports``.
-    """
-    if not texts:
-        from trtllm_forge.quickeval import builtin_eval_text
-
-        texts = [builtin_eval_text()]
-    prompt_ids, full_texts = _tokenize(Path(reference_dir), prompts, texts)
-    text_ids = [ids[:max_text_tokens] for ids in full_texts]
+    """The verify stage's call: tokenize, compare, write the reports; returns
+    :func:`summary` (``passed``, ``failed_gates``, ``metrics``, ``reports``, ``texts``)."""
+    prompt_ids, text_ids, lengths = tokenized(reference_dir, prompts, texts, max_text_tokens)
     result = verify_engine(
         Path(engine_dir),
         Path(reference_dir),
@@ -359,16 +308,7 @@ def verify_build(
         gates=gates,
         out_dir=Path(out_dir),
         progress=progress,
-        text_lengths=[len(ids) for ids in full_texts],
+        text_lengths=lengths,
+        device=device,
     )
-    return {
-        "passed": result.passed,
-        "failed_gates": [g.name for g in result.failed_gates()],
-        "metrics": {k: (v if np.isfinite(v) else None) for k, v in result.metrics.items()},
-        "gates": {
-            g.name: {"value": g.value, "threshold": g.threshold, "passed": g.passed}
-            for g in result.gates
-        },
-        "reports": result.files,
-        "texts": result.texts,
-    }
+    return summary(result)

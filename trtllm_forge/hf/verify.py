@@ -7,23 +7,24 @@ metrics and gates as an engine.
   code with the writer (nothing in transformers reads the format).
 
 The candidate and the reference are both transformers models, so greedy generation and
-teacher-forced logits use the reference's own helpers.
+teacher-forced logits use the reference's own helpers, through the same bounded-memory
+comparison as an engine (engine/compare.py): the reference's logits are spilled to disk
+block by block and it is freed before the folder's model loads.
 """
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from trtllm_forge.context import NullProgress, Progress
-from trtllm_forge.engine import metrics
+from trtllm_forge.engine.compare import Candidate, Inputs, compare
 from trtllm_forge.hf.reader import describe
 
 _NO_PROGRESS = NullProgress()
+GREEDY_BATCH = 8  # prompts decoded together, by the reference and the folder's model alike
 
 
 def load_folder_model(folder: Path) -> Any:
@@ -46,18 +47,24 @@ def load_folder_model(folder: Path) -> Any:
     return model
 
 
-def _run(
-    model: Any,
-    prompts: Sequence[Sequence[int]],
-    texts: Sequence[Sequence[int]],
-    max_new: int,
-    window: int,
-) -> tuple[list[list[int]], list[np.ndarray]]:
-    from trtllm_forge.engine.verify import reference_greedy, reference_logits
+def folder_candidate(folder: Path, description: str, inputs: Inputs) -> Candidate:
+    """The folder's model as verify's candidate: transformers' own forward, greedy steps
+    batched as the reference's, logits block by block like the reference's."""
+    from trtllm_forge.engine import streaming
+    from trtllm_forge.engine.hf_greedy import greedy_batched
 
-    tokens = [reference_greedy(model, p, max_new) for p in prompts]
-    logits = [reference_logits(model, t, window) for t in texts]
-    return tokens, logits
+    def blocks(model: Any, tokens: Sequence[int], window: int, vocab: int) -> Iterator[Any]:
+        block = streaming.block_tokens(vocab, window, streaming.REFERENCE_BLOCK_BYTES)
+        return streaming.reference_blocks(model, tokens, window, block)
+
+    return Candidate(
+        f"{description} folder",
+        load=lambda: load_folder_model(folder).to(inputs.device),
+        generate=lambda model, prompts, new: greedy_batched(
+            model, prompts, new, inputs.batch_size, device=inputs.device
+        ),
+        blocks=blocks,
+    )
 
 
 def verify_hf_folder(
@@ -71,110 +78,43 @@ def verify_hf_folder(
     gates: Mapping[str, float | None],
     out_dir: Path,
     progress: Progress = _NO_PROGRESS,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Compare the folder's model with the reference; write the reports; JSON summary."""
-    from trtllm_forge.engine.report import write_reports
-    from trtllm_forge.engine.verify import (
-        VerifyResult,
-        check_gates,
-        evaluate_gates,
-        load_reference,
-        tokenize_inputs,
-    )
+    """Compare the folder's model with the reference in bounded memory (the reference's
+    logits spilled, then the folder's model loaded: engine/compare.py); write the reports;
+    the verify stage's JSON summary, with the folder's description."""
+    from trtllm_forge.engine.verify import check_gates, finish, require_device, summary, tokenized
 
     check_gates(gates)
-    if not texts:
-        from trtllm_forge.quickeval import builtin_eval_text
-
-        texts = [builtin_eval_text()]
-    prompt_ids, text_ids = tokenize_inputs(Path(reference_dir), prompts, texts, max_text_tokens)
-    text_ids = [t for t in text_ids if len(t) >= 2]
+    require_device(device, "hf")
+    prompt_ids, text_ids, lengths = tokenized(reference_dir, prompts, texts, max_text_tokens)
     info = describe(folder)
-    with progress.task("verify: reference", total=1) as task:
-        reference = load_reference(Path(reference_dir))
-        window = int(getattr(reference.config, "max_position_embeddings", None) or 1 << 30)
-        ref_tokens, ref_logits = _run(reference, prompt_ids, text_ids, max_new_tokens, window)
-        task.advance()
-    del reference
-    gc.collect()
-    with progress.task(f"verify: {info.format} folder", total=1) as task:
-        candidate = load_folder_model(Path(folder))
-        got_tokens, got_logits = _run(candidate, prompt_ids, text_ids, max_new_tokens, window)
-        task.advance()
-    values = _metrics(ref_tokens, got_tokens, ref_logits, got_logits, text_ids)
-    rows = [
-        {
-            "prompt_tokens": len(p),
-            "reference": r,
-            "engine": g,
-            "first_divergence": metrics.first_divergence(r, g),
-        }
-        for p, r, g in zip(prompt_ids, ref_tokens, got_tokens, strict=True)
-    ]
-    result = VerifyResult(
-        metrics=values,
-        gates=evaluate_gates(values, gates),
-        prompts=rows,
-        engine={"backend": "hf", **info.to_dict()},
+    config = json.loads((Path(reference_dir) / "config.json").read_text())
+    inputs = Inputs(
+        prompt_ids,
+        text_ids,
+        max_new_tokens,
+        window=int(config.get("max_position_embeddings") or 1 << 30),
+        batch_size=GREEDY_BATCH,
+        device=device,
     )
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_reports(result, Path(out_dir))
-    return {
-        "passed": result.passed,
-        "failed_gates": [g.name for g in result.failed_gates()],
-        "metrics": {k: (v if np.isfinite(v) else None) for k, v in result.metrics.items()},
-        "gates": {
-            g.name: {"value": g.value, "threshold": g.threshold, "passed": g.passed}
-            for g in result.gates
-        },
-        "reports": result.files,
-        "folder": info.to_dict(),
-    }
-
-
-def _metrics(
-    ref_tokens: Sequence[list[int]],
-    got_tokens: Sequence[list[int]],
-    ref_logits: Sequence[np.ndarray],
-    got_logits: Sequence[np.ndarray],
-    texts: Sequence[Sequence[int]],
-) -> dict[str, float]:
-    exact = sum(
-        metrics.first_divergence(r, g) is None for r, g in zip(ref_tokens, got_tokens, strict=True)
+    comparison = compare(
+        Path(reference_dir),
+        folder_candidate(Path(folder), info.format, inputs),
+        inputs,
+        spill_dir=Path(out_dir),
+        progress=progress,
     )
-    values = {
-        "token_agreement": metrics.token_agreement(ref_tokens, got_tokens),
-        "prompts_exact_match": exact / len(ref_tokens) if ref_tokens else float("nan"),
-    }
-    if not texts:
-        return values
-    kl = np.concatenate(
-        [metrics.kl_per_token(r, g) for r, g in zip(ref_logits, got_logits, strict=True)]
+    result = finish(
+        comparison,
+        inputs,
+        gates=gates,
+        described={"backend": "hf", **info.to_dict()},
+        text_lengths=lengths,
+        out_dir=Path(out_dir),
     )
-    top1 = np.concatenate(
-        [metrics.top1_matches(r, g) for r, g in zip(ref_logits, got_logits, strict=True)]
-    )
-    nll_ref = np.concatenate(
-        [metrics.next_token_nll(r, t) for r, t in zip(ref_logits, texts, strict=True)]
-    )
-    nll_got = np.concatenate(
-        [metrics.next_token_nll(g, t) for g, t in zip(got_logits, texts, strict=True)]
-    )
-    ppl_ref, ppl_got = metrics.perplexity(nll_ref), metrics.perplexity(nll_got)
-    values.update(
-        kl_mean=float(kl.mean()),
-        kl_max=float(kl.max()),
-        top1_agreement=float(top1.mean()),
-        ppl_reference=ppl_ref,
-        ppl_engine=ppl_got,
-        ppl_ratio=ppl_got / ppl_ref,
-        max_rel_logit_diff=max(
-            metrics.max_relative_logit_diff(r, g)
-            for r, g in zip(ref_logits, got_logits, strict=True)
-        ),
-        text_tokens=float(len(kl)),
-    )
-    return values
+    return {**summary(result), "folder": info.to_dict()}
 
 
 def verify_build(*, engine_dir: Path, **kwargs: Any) -> dict[str, Any]:

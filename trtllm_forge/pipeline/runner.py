@@ -107,6 +107,10 @@ class Runner:
             from trtllm_forge.stages.calibrate import require_calibration_device
 
             require_calibration_device(self.loaded.recipe)  # cuda without a GPU: exit 4 now
+        if "verify" in names:
+            from trtllm_forge.stages.verify import require_verify_device
+
+            require_verify_device(self.loaded.recipe)  # the same for verify.device: cuda
         self.remote = AutoRemote.from_settings(self.store, self.ctx)  # a missing plugin: exit 4
         for name in force:
             if name not in STAGE_NAMES:

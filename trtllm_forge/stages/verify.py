@@ -36,6 +36,8 @@ class VerifyStage:
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
         extra: dict[str, Any] = {}
+        if job.recipe.verify.device != "cpu":  # the default stays out: keys made before stand
+            extra["device"] = job.recipe.verify.device
         if job.recipe.verify.text_file:
             extra["text_file"] = _guarded(job, lambda path: job.store.memo.digest(path))
         return KeyInputs(
@@ -67,6 +69,7 @@ class VerifyStage:
             gates=spec.gates.model_dump(exclude_none=True),
             out_dir=out_dir,
             progress=job.ctx.progress,
+            device=spec.device,
         )
         info = dict(result)
         # Paths inside the staging dir die with it; record names relative to the artifact.
@@ -84,6 +87,14 @@ class VerifyStage:
                 f"verify gate(s) failed: {names}",
                 hint=f"see {artifact.path / 'report.md'}",
             )
+
+
+def require_verify_device(recipe: Any) -> None:
+    """Exit 4 before any stage runs when ``verify.device: cuda`` cannot run here."""
+    if recipe.verify.enabled:
+        from trtllm_forge.engine.verify import require_device
+
+        require_device(recipe.verify.device, recipe.build.backend)
 
 
 def _guarded(job: StageJob, use: Callable[[Path], str]) -> str:

@@ -1,0 +1,231 @@
+"""The two passes of verify, in bounded memory: the reference, then the candidate.
+
+The reference (the original Hugging Face directory, float32) runs first: its greedy
+tokens, then its logits for every scored sequence, block by block, written to an unnamed
+spill file. It is freed; only then is the candidate loaded (an ONNX Runtime engine, or a
+Hugging Face folder through its format's loader), so two models' weights are never
+resident together. The candidate generates greedily, then computes the same rows block by
+block, each compared with the spilled reference rows and accumulated in a
+:class:`~trtllm_forge.engine.streaming.SequenceScore`. Peak memory is one model plus one
+block of logits, whatever the length of the texts.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from trtllm_forge.context import Progress
+from trtllm_forge.engine import metrics, streaming
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What verify compares with the reference, as the three things verify does with it."""
+
+    name: str  # for progress lines: "engine", "compressed-tensors folder", ...
+    load: Callable[[], Any]
+    generate: Callable[[Any, Sequence[Sequence[int]], int], list[list[int]]]
+    # (model, tokens, window, vocabulary) -> the sequence's logits, block by block
+    blocks: Callable[[Any, Sequence[int], int, int], Iterator[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Token ids verify scores, and how the reference batches and windows them."""
+
+    prompts: Sequence[Sequence[int]]
+    texts: Sequence[Sequence[int]]
+    max_new_tokens: int
+    window: int  # independent context windows of this many tokens (the engine's max_seq_len)
+    batch_size: int  # prompts decoded together (the engine's max_batch_size)
+    device: str = "cpu"  # where the reference runs
+
+    def scored(self) -> list[tuple[str, Sequence[int]]]:
+        """(kind, tokens): every text of two tokens or more, then every prompt."""
+        texts = [("text", t) for t in self.texts if len(t) >= 2]
+        return texts + [("prompt", p) for p in self.prompts]
+
+
+@dataclass
+class Comparison:
+    metrics: dict[str, float]
+    prompts: list[dict[str, Any]]  # per prompt: both models' tokens, first divergence
+
+
+def compare(
+    reference_dir: Path,
+    candidate: Candidate,
+    inputs: Inputs,
+    *,
+    spill_dir: Path | None,
+    progress: Progress,
+) -> Comparison:
+    """Both passes; the metrics of :mod:`trtllm_forge.engine.verify`'s docstring."""
+    scored = inputs.scored()
+    with tempfile.TemporaryFile(dir=spill_dir) as spill_file:
+        reference_tokens, vocab = _reference_pass(
+            reference_dir, inputs, scored, spill_file, progress
+        )
+        spill_file.seek(0)
+        with progress.task(f"verify: {candidate.name} greedy generation", total=1) as task:
+            model = candidate.load()
+            candidate_tokens = candidate.generate(model, inputs.prompts, inputs.max_new_tokens)
+            task.advance()
+        scores = _candidate_pass(
+            candidate, model, scored, inputs.window, vocab, spill_file, progress
+        )
+    values, rows = _generation_metrics(inputs.prompts, reference_tokens, candidate_tokens)
+    values.update(_scoring_metrics([kind for kind, _ in scored], scores))
+    return Comparison(values, rows)
+
+
+def load_reference(reference_dir: Path, *, device: str = "cpu") -> Any:
+    """The HF model in float32 on ``device``, remote code refused; for an architecture
+    transformers does not ship (Baichuan 2, ChatGLM), forge's own model of it
+    (checkpoint/native.py)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trtllm_forge.checkpoint.native import native_model
+
+    native = native_model(Path(reference_dir))
+    if native is not None:
+        return native.to(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        reference_dir, dtype=torch.float32, trust_remote_code=False
+    )
+    if device != "cpu":
+        model = model.to(device)
+    return model.eval()  # type: ignore[no-untyped-call,unused-ignore]
+
+
+def _reference_pass(
+    reference_dir: Path,
+    inputs: Inputs,
+    scored: Sequence[tuple[str, Sequence[int]]],
+    spill_file: IO[bytes],
+    progress: Progress,
+) -> tuple[list[list[int]], int]:
+    """Reference greedy tokens per prompt; every scored sequence's logits to ``spill_file``.
+    Returns (tokens, vocabulary width); the model is gone when this returns."""
+    from trtllm_forge.engine.hf_greedy import greedy_batched
+
+    prompts = inputs.prompts
+    with progress.task("verify: reference", total=len(prompts) + len(scored)) as task:
+        reference = load_reference(reference_dir, device=inputs.device)
+        vocab = int(reference.config.vocab_size)
+        # Batched like the engine's generate (left padding, engine's max_batch_size): one
+        # pass over the weights per step for the whole batch, not per prompt.
+        tokens = greedy_batched(
+            reference, prompts, inputs.max_new_tokens, inputs.batch_size, device=inputs.device
+        )
+        task.advance(len(prompts))
+        block = streaming.block_tokens(vocab, inputs.window, streaming.REFERENCE_BLOCK_BYTES)
+        for _, sequence in scored:
+            for logits in streaming.reference_blocks(reference, sequence, inputs.window, block):
+                vocab = logits.shape[1]
+                streaming.spill(logits, spill_file)
+            task.advance()
+        del reference
+        gc.collect()  # the candidate loads next: the reference's weights must be gone by then
+        streaming.release_device_memory(inputs.device)
+    return tokens, vocab
+
+
+def _candidate_pass(
+    candidate: Candidate,
+    model: Any,
+    scored: Sequence[tuple[str, Sequence[int]]],
+    window: int,
+    vocab: int,
+    spill_file: IO[bytes],
+    progress: Progress,
+) -> list[streaming.SequenceScore]:
+    """The candidate's logits block by block against the spilled reference rows."""
+    spilled = streaming.Unspill(spill_file, vocab)
+    scores = []
+    with progress.task("verify: teacher-forced logits", total=len(scored)) as task:
+        for _, sequence in scored:
+            score = streaming.SequenceScore(sequence)
+            row = 0
+            for logits in candidate.blocks(model, sequence, window, vocab):
+                score.add(row, spilled.read(len(logits)), logits)
+                row += len(logits)
+            scores.append(score)
+            task.advance()
+    return scores
+
+
+def _generation_metrics(
+    prompts: Sequence[Sequence[int]],
+    reference_tokens: Sequence[list[int]],
+    candidate_tokens: Sequence[list[int]],
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    rows = [
+        {
+            "prompt_tokens": len(prompt),
+            "reference": ref,
+            "engine": got,
+            "first_divergence": metrics.first_divergence(ref, got),
+        }
+        for prompt, ref, got in zip(prompts, reference_tokens, candidate_tokens, strict=True)
+    ]
+    exact = sum(row["first_divergence"] is None for row in rows)
+    values = {
+        "token_agreement": metrics.token_agreement(reference_tokens, candidate_tokens),
+        "prompts_exact_match": exact / len(rows) if rows else float("nan"),
+    }
+    return values, rows
+
+
+def _scoring_metrics(
+    kinds: Sequence[str], scores: Sequence[streaming.SequenceScore]
+) -> dict[str, float]:
+    """KL, top-1 and perplexities over the texts; the logit difference over everything."""
+    values = {
+        "max_rel_logit_diff": max((s.max_relative_logit_diff for s in scores), default=float("nan"))
+    }
+    texts = [s for kind, s in zip(kinds, scores, strict=True) if kind == "text"]
+    rows = sum(s.rows for s in texts)
+    if rows:
+        targets = sum(s.targets for s in texts)
+        ppl_ref = math.exp(sum(s.nll_reference for s in texts) / targets) if targets else math.nan
+        ppl_got = math.exp(sum(s.nll_engine for s in texts) / targets) if targets else math.nan
+        values.update(
+            kl_mean=sum(s.kl_sum for s in texts) / rows,
+            kl_max=max(s.kl_max for s in texts),
+            top1_agreement=sum(s.top1_same for s in texts) / rows,
+            ppl_reference=ppl_ref,
+            ppl_engine=ppl_got,
+            ppl_ratio=ppl_got / ppl_ref,
+            text_tokens=float(rows),
+        )
+    return values
+
+
+def texts_scored(
+    texts: Sequence[Sequence[int]], lengths: Sequence[int] | None, window: int
+) -> list[dict[str, Any]]:
+    """Per text: how many of its tokens were scored, which ones, in how many windows."""
+    rows = []
+    for index, tokens in enumerate(texts):
+        scored = len(tokens) if len(tokens) >= 2 else 0
+        rows.append(
+            {
+                "text": index,
+                "tokens": lengths[index] if lengths is not None else len(tokens),
+                "scored_tokens": scored,
+                "scored_from": 0,
+                "scored_to": scored,  # exclusive: tokens [0, scored_to) of the tokenized text
+                "windows": len(streaming.blocks(scored, window, window)) if scored else 0,
+            }
+        )
+    return rows
