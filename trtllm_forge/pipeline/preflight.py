@@ -249,10 +249,8 @@ def _tokenizer_use(loaded: LoadedRecipe) -> str | None:
 def _plugin_problems(backend: str, plugins: dict[str, Any]) -> list[str]:
     if backend == "hf":  # a Hugging Face folder, not an engine: nothing to switch
         return [f"plugin {name!r}: the hf target takes no plugins" for name in plugins]
-    try:
-        from trtllm_forge.engine.backends import validate_plugins
-    except ImportError:  # engine package not installed in a stripped build
-        return [f"unknown plugin '{name}'" for name in plugins]
+    from trtllm_forge.engine.backends import validate_plugins
+
     return list(validate_plugins(backend, plugins))
 
 
