@@ -1,4 +1,5 @@
-"""TensorRT-LLM tensors of one quantized linear, per ``quant_algo`` (reference §2).
+"""TensorRT-LLM tensors of one quantized linear, per ``quant_algo``
+(docs/trtllm-checkpoint.md §2).
 
 Each builder turns a fused :class:`LinearQuant` into ``{param: tensor}`` for one
 TensorRT-LLM module (``weight`` plus its scales). Shapes and dtypes:

@@ -92,7 +92,7 @@ class QuantFormat:
         trtllm_algo: ``quantization.quant_algo`` of the canonical checkpoint.
         weight: stored weight dtype and granularity, in words.
         packing: how the weight is packed in the canonical checkpoint.
-        trtllm_tensors: canonical tensors of one linear (reference §2).
+        trtllm_tensors: canonical tensors of one linear (docs/trtllm-checkpoint.md §2).
         strongly_typed: TensorRT must build the engine strongly typed.
         modelopt / compressed_tensors: the HF targets' mapping, or why not.
         activations: what happens to a quantized linear's input (fake quant, lowering):
@@ -284,7 +284,7 @@ FORMATS: dict[str, QuantFormat] = {
             activations="per_group_fp8",
             trtllm_build=NotCarried(
                 "TensorRT-LLM's TensorRT-engine path handles FP8_BLOCK_SCALES only partly "
-                "(a PyTorch-backend algo; reference trtllm-checkpoint.md §2), so forge writes no "
+                "(a PyTorch-backend algo; docs/trtllm-checkpoint.md §2), so forge writes no "
                 "trtllm-build checkpoint for it; its PyTorch flow reads the compressed-tensors "
                 "folder"
             ),
