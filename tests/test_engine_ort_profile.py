@@ -191,38 +191,31 @@ def test_a_quantized_lm_head_runs_as_matmul_nbits_and_passes_the_gates(
     tied_model: dict[str, Path], method: str, bits: int
 ) -> None:
     """quantize_lm_head: the head is a MatMulNBits record like the decoder linears (an
-    eighth (int4) or a quarter (int8) of float32's bytes, plus scales), its logits are the
-    portable Q/DQ graph's, and the engine meets quantized-engine gates against transformers."""
-    from trtllm_forge.quant.calibration import CalibrationSpec
-    from trtllm_forge.quant.quantize import quantize_checkpoint
-
+    eighth (int4) or a quarter (int8) of float32's bytes, plus scales); at int4 the tied
+    embedding is that same table (GatherBlockQuantized, no float copy). The logits are the
+    portable Q/DQ graph's with the embedding set to the dequantized head, and the engine
+    meets quantized-engine gates against transformers."""
     root = tied_model["root"]
-    checkpoint = root / f"q-{method}"
-    params = {} if method == "int8_wo" else {"group_size": 64}
-    summary = quantize_checkpoint(
-        hf_dir=tied_model["hf"],
-        canonical_dir=tied_model["canonical"],
-        out_dir=checkpoint,
-        method=method,
-        params={**params, "quantize_lm_head": True},
-        calibration=CalibrationSpec(samples=4, seq_len=32, seed=0),
-    )
-    assert "lm_head" not in summary["quantization"]["exclude_modules"]
-    options = replace(OPTIONS, max_batch_size=2, max_input_len=32, max_seq_len=64)
-    build_engine("onnxruntime", checkpoint, root / f"portable-{method}", options)
+    checkpoint = _quantized_head(tied_model, method)
     engine = root / f"ort-{method}"
+    options = replace(OPTIONS, max_batch_size=2, max_input_len=32, max_seq_len=64)
     build_engine("onnxruntime", checkpoint, engine, replace(options, profile="ort"))
     graph = onnx.load(engine / "rank0" / "model.onnx", load_external_data=False).graph
     head = next(n for n in graph.node if n.output[0].startswith("lm_head"))
     assert head.op_type == "MatMulNBits"
     assert {a.name: a.i for a in head.attribute}["bits"] == bits
-    head_bytes = sum(
-        int(np.prod(t.dims)) * (1 if t.data_type == onnx.TensorProto.UINT8 else 4)
+    stored = {
+        t.name: int(np.prod(t.dims)) * (1 if t.data_type == onnx.TensorProto.UINT8 else 4)
         for t in graph.initializer
-        if t.name.startswith("lm_head")
-    )
-    float_bytes = 4 * 128 * 256  # hidden × vocab in float32
-    assert head_bytes < float_bytes * (bits / 32 + 1 / 16)  # packed values + the scales
+    }
+    assert sum(n for name, n in stored.items() if name.startswith("lm_head")) < 4 * 128 * 256 * (
+        bits / 32 + 1 / 16
+    )  # hidden × vocab float32 bytes, scaled to the packed values plus the scales
+    gather = next(n for n in graph.node if n.output[0].startswith("embed.out"))
+    assert gather.op_type == ("GatherBlockQuantized" if bits == 4 else "Gather")
+    assert ("transformer.vocab_embedding.weight" in stored) == (bits == 8)
+    oracle = _float_embedding_checkpoint(checkpoint, root / f"oracle-{method}")
+    build_engine("onnxruntime", oracle, root / f"portable-{method}", options)
     ids = random_texts(1, 40, seed=3)[0]
     want = OrtEngine.load(root / f"portable-{method}", threads=1).score(ids, chunk=16)
     got = OrtEngine.load(engine, threads=1).score(ids, chunk=16)
@@ -236,3 +229,42 @@ def test_a_quantized_lm_head_runs_as_matmul_nbits_and_passes_the_gates(
         gates={"max_kl": 0.05, "max_ppl_ratio": 1.05, "min_top1": 0.5},
     )
     assert result.passed, [g for g in result.gates if not g.passed]
+
+
+def _quantized_head(tied_model: dict[str, Path], method: str) -> Path:
+    from trtllm_forge.quant.calibration import CalibrationSpec
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    checkpoint = tied_model["root"] / f"q-{method}"
+    params = {} if method == "int8_wo" else {"group_size": 64}
+    summary = quantize_checkpoint(
+        hf_dir=tied_model["hf"],
+        canonical_dir=tied_model["canonical"],
+        out_dir=checkpoint,
+        method=method,
+        params={**params, "quantize_lm_head": True},
+        calibration=CalibrationSpec(samples=4, seq_len=32, seed=0),
+    )
+    assert "lm_head" not in summary["quantization"]["exclude_modules"]
+    return checkpoint
+
+
+def _float_embedding_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """The checkpoint with its embedding written back as the dequantized int4 head (what a
+    tied int4 engine looks up), for the portable graph to compute the same numbers."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from trtllm_forge.quant import layout
+
+    shutil.copytree(checkpoint, out)
+    tensors = load_file(out / "rank0.safetensors")
+    if "transformer.vocab_embedding.weight" not in tensors:
+        values = layout.unpack_int4_rows(tensors["lm_head.weight"]).float()
+        scales = tensors["lm_head.weights_scaling_factor"].float()
+        table = values * scales.repeat_interleave(values.shape[1] // scales.shape[1], dim=1)
+        tensors["transformer.vocab_embedding.weight"] = table.to(torch.float32).contiguous()
+        save_file(tensors, out / "rank0.safetensors")
+    return out

@@ -28,6 +28,7 @@ from trtllm_forge.quant.result import LinearQuant, QuantResult, concat, share_in
 from trtllm_forge.quant.targets import HEAD, SHARED_INPUT_GROUPS, LinearTarget, TargetPlan
 
 _NO_PROGRESS = NullProgress()
+EMBEDDING = "transformer.vocab_embedding.weight"
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,15 @@ def kv_tensors(spec: QuantSpec, result: QuantResult) -> dict[str, torch.Tensor]:
     return out
 
 
+def shares_embedding(plan: TargetPlan, spec: QuantSpec, config: Mapping[str, Any]) -> bool:
+    """A tied model's int4 head is its embedding too: the float table is not written, and
+    the ort lowering gathers the head's int4 rows (GatherBlockQuantized), as
+    onnxruntime-genai's builder shares one int4 table. That op reads 4-bit tables only, so
+    an int8 head leaves the embedding in the checkpoint dtype."""
+    tied = bool(config.get("tie_word_embeddings"))
+    return plan.quantize_head and tied and spec.quant_algo == "W4A16_AWQ"
+
+
 def _replaced_weights(plan: TargetPlan, spec: QuantSpec) -> set[str]:
     if not spec.quant_algo:
         return set()
@@ -187,6 +197,9 @@ def write_checkpoint(
         new.update(folded_norms(spec, plan, fused, reader, dtype))
         new.update(kv_tensors(spec, result))
         dropped = _replaced_weights(plan, spec)
+        shared = shares_embedding(plan, spec, reader.config)
+        if shared:
+            dropped.add(EMBEDDING)
         kept = [n for n in reader.names() if n not in dropped and n not in new]
         specs = [
             TensorSpec(n, ST_TO_TORCH[str(reader.get_slice(n).get_dtype())], reader.shape(n))
@@ -202,7 +215,8 @@ def write_checkpoint(
                 task.advance()
         config = dict(reader.config)
     config["quantization"] = quantization_block(spec, plan)
-    config["forge"] = {**(config.get("forge") or {}), "quantization": dict(forge_info)}
+    info = {**forge_info, **({"embedding": "the int4 lm_head (tied)"} if shared else {})}
+    config["forge"] = {**(config.get("forge") or {}), "quantization": info}
     write_config(out_dir, config)
     return {
         "tensors": len(specs),

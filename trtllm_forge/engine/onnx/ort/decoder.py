@@ -36,7 +36,13 @@ from trtllm_forge.engine.onnx.names import (
     past_name,
     present_name,
 )
-from trtllm_forge.engine.onnx.ort.matmul import MS_DOMAIN, OrtLinears, linear, prequant_scale
+from trtllm_forge.engine.onnx.ort.matmul import (
+    MS_DOMAIN,
+    OrtLinears,
+    linear,
+    prequant_scale,
+    tied_embedding,
+)
 from trtllm_forge.engine.onnx.rope import rope_frequencies
 from trtllm_forge.engine.spec import heads_per_rank
 from trtllm_forge.errors import source_error
@@ -55,7 +61,7 @@ def build_ort_decoder(ctx: LoweringContext, max_positions: int, linears: OrtLine
     cache_shape: list[int | str] = ["batch", kv_heads, "past_seq", model.head_size]
     seqlens, total = _sequence_lengths(ctx, mask)
     cos, sin = _rope_cache(ctx, max_positions)
-    residual = g.op("Gather", [ctx.load("transformer.vocab_embedding.weight"), ids], "embed.out")
+    residual = _embedding(ctx, ids, linears)
     x = _first_norm(ctx, residual, linears)
     branch = ""
     for layer in range(model.num_layers):
@@ -72,6 +78,14 @@ def build_ort_decoder(ctx: LoweringContext, max_positions: int, linears: OrtLine
     x, _ = _skip_norm(ctx, branch, residual, "transformer.ln_f", linears)
     logits = _lm_head(ctx, x, linears)
     g.add_output(logits, LOGITS, compute, ["batch", "seq", model.vocab_size])
+
+
+def _embedding(ctx: LoweringContext, ids: str, linears: OrtLinears) -> str:
+    """The float table's rows, or (no table: a tied int4 head) the head's int4 rows."""
+    name = "transformer.vocab_embedding.weight"
+    if ctx.weights.has(name):
+        return ctx.graph.op("Gather", [ctx.load(name), ids], "embed.out")
+    return tied_embedding(ctx, ids, linears)
 
 
 def _sequence_lengths(ctx: LoweringContext, mask: str) -> tuple[str, str]:

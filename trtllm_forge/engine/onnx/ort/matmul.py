@@ -23,14 +23,14 @@ Sources, per checkpoint quant_algo (quant/formats.py):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from onnx import TensorProto
 
 from trtllm_forge.engine.onnx.context import LoweringContext
 from trtllm_forge.engine.onnx.linear import LinearSite, module_quant_algo
-from trtllm_forge.errors import recipe_error
+from trtllm_forge.errors import recipe_error, source_error
 from trtllm_forge.quant import layout
 
 MS_DOMAIN = "com.microsoft"
@@ -43,13 +43,27 @@ ACCURACY_FLOAT = 0
 ACCURACY_INT8 = 4
 
 
+@dataclass(frozen=True)
+class Packed:
+    """A MatMulNBits weight written to the graph: ``B`` and ``scales`` initializer names."""
+
+    weight: str
+    scales: str
+    bits: int
+    block: int
+    n: int
+    k: int
+
+
 @dataclass
 class OrtLinears:
-    """How this graph lowers its linears, and which AWQ pre-quant scales the decoder has
-    already multiplied into the norm before their linears (``folded``)."""
+    """How this graph lowers its linears, which AWQ pre-quant scales the decoder has
+    already multiplied into the norm before their linears (``folded``), and the int4
+    weights already written (``packed``: a tied model's embedding reads lm_head's)."""
 
     accuracy_level: int = ACCURACY_FLOAT
     folded: set[str] = field(default_factory=set)
+    packed: dict[str, Packed] = field(default_factory=dict)
 
 
 def linear(
@@ -63,7 +77,9 @@ def linear(
     if algo == "W4A16_AWQ":
         if module not in linears.folded:
             x = _prequant_mul(ctx, site, x)
-        return _int4(ctx, site, x, linears.accuracy_level)
+        return _matmul_nbits(
+            ctx, site, x, int4_weight(ctx, module, linears), linears.accuracy_level
+        )
     if algo == "W8A16":
         return _int8(ctx, site, x, linears.accuracy_level)
     raise recipe_error(
@@ -93,11 +109,14 @@ def _prequant_mul(ctx: LoweringContext, site: LinearSite, x: str) -> str:
     return ctx.graph.op("Mul", [x, value], f"{site.module}.prequant")
 
 
-def _int4(ctx: LoweringContext, site: LinearSite, x: str, accuracy: int) -> str:
-    values = layout.unpack_int4_rows(ctx.weights.get(f"{site.module}.weight"))  # [out, in]
-    scales = ctx.weights.get(f"{site.module}.weights_scaling_factor").float()  # [out, groups]
-    block = values.shape[1] // scales.shape[1]
-    return _matmul_nbits(ctx, site, x, values, scales, bits=4, block=block, accuracy=accuracy)
+def int4_weight(ctx: LoweringContext, module: str, linears: OrtLinears) -> Packed:
+    """The module's int4 rows as MatMulNBits initializers, written once per graph."""
+    if module not in linears.packed:
+        values = layout.unpack_int4_rows(ctx.weights.get(f"{module}.weight"))  # [out, in]
+        scales = ctx.weights.get(f"{module}.weights_scaling_factor").float()  # [out, groups]
+        block = values.shape[1] // scales.shape[1]
+        linears.packed[module] = _store(ctx, module, values, scales, bits=4, block=block)
+    return linears.packed[module]
 
 
 def _int8(ctx: LoweringContext, site: LinearSite, x: str, accuracy: int) -> str:
@@ -106,17 +125,8 @@ def _int8(ctx: LoweringContext, site: LinearSite, x: str, accuracy: int) -> str:
     blocks = -(-values.shape[1] // INT8_BLOCK)
     pad = blocks * INT8_BLOCK - values.shape[1]
     values = torch.nn.functional.pad(values, (0, pad))  # zeros: the padded inputs count 0
-    return _matmul_nbits(
-        ctx,
-        site,
-        x,
-        values,
-        scale.expand(-1, blocks),
-        bits=8,
-        block=INT8_BLOCK,
-        accuracy=accuracy,
-        k=site.in_features,
-    )
+    stored = _store(ctx, site.module, values, scale.expand(-1, blocks), bits=8, block=INT8_BLOCK)
+    return _matmul_nbits(ctx, site, x, replace(stored, k=site.in_features), accuracy)
 
 
 def pack_blocks(values: torch.Tensor, bits: int, block: int) -> torch.Tensor:
@@ -129,30 +139,59 @@ def pack_blocks(values: torch.Tensor, bits: int, block: int) -> torch.Tensor:
     return unsigned.reshape(n, k // block, block * bits // 8).contiguous()
 
 
-def _matmul_nbits(
+def _store(
     ctx: LoweringContext,
-    site: LinearSite,
-    x: str,
+    module: str,
     values: torch.Tensor,
     scales: torch.Tensor,
     *,
     bits: int,
     block: int,
-    accuracy: int,
-    k: int | None = None,
-) -> str:
+) -> Packed:
     g = ctx.graph
-    packed = g.weight(f"{site.module}.weight_nbits", pack_blocks(values, bits, block))
+    packed = g.weight(f"{module}.weight_nbits", pack_blocks(values, bits, block))
     scale_dtype = torch.float16 if ctx.compute_type == TensorProto.FLOAT16 else torch.float32
-    scale = g.weight(f"{site.module}.scales", scales.contiguous().reshape(-1).to(scale_dtype))
-    return g.op(
+    scale = g.weight(f"{module}.scales", scales.contiguous().reshape(-1).to(scale_dtype))
+    return Packed(packed, scale, bits, block, int(values.shape[0]), int(values.shape[1]))
+
+
+def _matmul_nbits(
+    ctx: LoweringContext, site: LinearSite, x: str, packed: Packed, accuracy: int
+) -> str:
+    return ctx.graph.op(
         "MatMulNBits",
-        [x, packed, scale],
+        [x, packed.weight, packed.scales],
         f"{site.module}.out",
         domain=MS_DOMAIN,
-        K=k or values.shape[1],
-        N=values.shape[0],
-        bits=bits,
-        block_size=block,
+        K=packed.k,
+        N=packed.n,
+        bits=packed.bits,
+        block_size=packed.block,
         accuracy_level=accuracy,
+    )
+
+
+def tied_embedding(ctx: LoweringContext, ids: str, linears: OrtLinears) -> str:
+    """Embedding rows of a tied model whose checkpoint keeps only the int4 lm_head (the
+    quantizer drops the float table: quant/writer.py): GatherBlockQuantized reads the
+    head's MatMulNBits bytes, whose [N, blocks, block/2] layout is the op's [N, K/2]
+    (two int4 per byte along K, zero point 8), through a Reshape, with the same scales."""
+    if module_quant_algo(ctx, "lm_head") != "W4A16_AWQ":
+        raise source_error(
+            "the checkpoint has no transformer.vocab_embedding.weight and no int4 lm_head "
+            "to share it with"
+        )
+    head = int4_weight(ctx, "lm_head", linears)
+    g = ctx.graph
+    table = g.op("Reshape", [head.weight, g.i64(head.n, head.k // 2)], "embed.table")
+    scales = g.op("Reshape", [head.scales, g.i64(head.n, head.k // head.block)], "embed.scales")
+    return g.op(
+        "GatherBlockQuantized",
+        [table, ids, scales],
+        "embed.out",
+        domain=MS_DOMAIN,
+        bits=4,
+        block_size=head.block,
+        gather_axis=0,
+        quantize_axis=1,
     )
