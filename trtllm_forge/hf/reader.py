@@ -82,7 +82,7 @@ def describe(folder: Path) -> FolderInfo:
     elif qc.get("quant_method") == "compressed-tensors":
         info = _compressed_tensors(folder, qc)
     elif qc.get("quant_method") == "modelopt":
-        info = _modelopt(folder, {"quantization": _flat_modelopt(folder, qc)})
+        info = _modelopt(folder, {"quantization": _flat_modelopt(qc)})
     else:
         raise _damaged(
             folder / "config.json",
@@ -115,7 +115,7 @@ def _damaged(path: Path, what: str) -> ForgeError:
     )
 
 
-def _flat_modelopt(folder: Path, qc: dict[str, Any]) -> dict[str, Any]:
+def _flat_modelopt(qc: dict[str, Any]) -> dict[str, Any]:
     kv = qc.get("kv_cache_scheme")
     kv_algo = kv if isinstance(kv, str) or kv is None else "FP8"
     return {
