@@ -1,6 +1,6 @@
 """Terminal output for the CLI: Rich progress on a TTY, plain lines otherwise.
 
-Only cli.py imports this module; stages report through the Progress protocol.
+Only the cli package imports this module; stages report through the Progress protocol.
 """
 
 from __future__ import annotations

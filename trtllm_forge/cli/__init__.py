@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from trtllm_forge.cli import bench, build, cache, export, inspect, quantize, recipe
 from trtllm_forge.cli.common import STATE
+from trtllm_forge.cli.lazy import LazyGroup
 
 app = typer.Typer(
     name="forge",
@@ -21,11 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,
+    cls=LazyGroup,  # each command's module is imported when it runs (cli/lazy.py)
 )
-for module in (build, quantize, inspect, bench):
-    app.add_typer(module.app)
-for module in (recipe, cache, export):
-    app.add_typer(module.app, name=module.app.info.name)
 
 
 def _show_version(value: bool) -> None:
