@@ -12,7 +12,11 @@ cannot break conversion of a built-in architecture.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Mapping
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from trtllm_forge.errors import ExitCode, ForgeError
@@ -110,9 +114,50 @@ class FamilyRegistry:
 
 
 def _entry_points(group: str) -> Iterable[Any]:
-    from importlib.metadata import entry_points
+    """The entry points installed distributions declare in ``group``, as
+    ``importlib.metadata.entry_points(group=group)`` finds them.
 
-    return entry_points(group=group)
+    importlib.metadata parses every distribution's entry_points.txt to answer, and every
+    `forge` run asks (the source check looks the model's architecture up by name), so
+    the cost grew with the venv. Here only the files that name the group are parsed;
+    the first distribution of a name on sys.path hides later ones, as there.
+    """
+    from importlib.metadata import PathDistribution
+
+    header = f"[{group}]".encode()
+    found: list[Any] = []
+    seen: set[str] = set()
+    for folder in _distribution_folders():
+        name = _normalized_name(os.path.basename(folder))
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            with open(os.path.join(folder, "entry_points.txt"), "rb") as declared:
+                named = header in declared.read()
+        except OSError:
+            continue
+        if named:
+            found.extend(PathDistribution(Path(folder)).entry_points.select(group=group))
+    return found
+
+
+def _distribution_folders() -> Iterator[str]:
+    """Every ``*.dist-info`` / ``*.egg-info`` folder on sys.path, in path order."""
+    for entry in sys.path:
+        try:
+            children = list(os.scandir(entry or "."))
+        except OSError:  # a missing folder or a zip file: no folders of metadata here
+            continue
+        for child in children:
+            if child.name.endswith((".dist-info", ".egg-info")) and child.is_dir():
+                yield child.path
+
+
+def _normalized_name(folder: str) -> str:
+    """``Foo.Bar-1.0.dist-info`` → ``foo_bar`` (the name importlib.metadata compares)."""
+    stem = folder.rpartition(".")[0]
+    return re.sub(r"[-_.]+", "_", stem.partition("-")[0]).lower()
 
 
 REGISTRY = FamilyRegistry()
