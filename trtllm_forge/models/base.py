@@ -193,6 +193,11 @@ class Family:
         """Why forge cannot calibrate this checkpoint (None: it can); refused at plan time."""
         return None
 
+    def trtllm_build_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
+        """Why TensorRT-LLM's trtllm-build cannot take this family's checkpoint (None: it
+        can); `forge export trtllm-ckpt` and build.backend trtllm refuse it at plan time."""
+        return None
+
     def native_model(self, hf_config: Mapping[str, Any]) -> Any:
         """forge's own torch model (weights not loaded) of an architecture transformers
         does not ship, or None.

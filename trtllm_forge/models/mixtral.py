@@ -55,6 +55,13 @@ QUANTIZATION_REFUSAL = (
 )
 
 
+TRTLLM_LAYOUT_REFUSAL = (
+    "trtllm-build cannot take forge's mixture-of-experts checkpoint: forge stores each "
+    "expert's linears apart (mlp.experts.{e}.fc/gate/proj), TensorRT-LLM reads them fused "
+    "([experts, 2·intermediate, hidden] mlp.fc)"
+)
+
+
 def expert_rules(
     plan: TensorPlan,
     layers: int,
@@ -89,6 +96,9 @@ class MixtralFamily(LlamaFamily):
 
     def quantization_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
         return QUANTIZATION_REFUSAL
+
+    def trtllm_build_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
+        return TRTLLM_LAYOUT_REFUSAL
 
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
         config = super().trtllm_config(hf_config, dtype=dtype)

@@ -16,7 +16,12 @@ from typing import Any
 
 from trtllm_forge.models.base import TensorPlan, TensorRule, model_dims, text_config
 from trtllm_forge.models.llama import LlamaFamily, _unsupported
-from trtllm_forge.models.mixtral import QUANTIZATION_REFUSAL, expert_rules, moe_sizes
+from trtllm_forge.models.mixtral import (
+    QUANTIZATION_REFUSAL,
+    TRTLLM_LAYOUT_REFUSAL,
+    expert_rules,
+    moe_sizes,
+)
 from trtllm_forge.models.qwen3_moe import _EXPERT_LINEARS, _EXPERTS_KEYS
 
 CONVERTER_VERSION = 1
@@ -40,6 +45,9 @@ class Qwen2MoeFamily(LlamaFamily):
 
     def quantization_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
         return QUANTIZATION_REFUSAL
+
+    def trtllm_build_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
+        return TRTLLM_LAYOUT_REFUSAL
 
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
         config = super().trtllm_config(hf_config, dtype=dtype)

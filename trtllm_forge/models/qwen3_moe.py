@@ -16,7 +16,12 @@ from typing import Any
 
 from trtllm_forge.models.base import TensorPlan, model_dims, text_config
 from trtllm_forge.models.llama import _unsupported
-from trtllm_forge.models.mixtral import QUANTIZATION_REFUSAL, expert_rules, moe_sizes
+from trtllm_forge.models.mixtral import (
+    QUANTIZATION_REFUSAL,
+    TRTLLM_LAYOUT_REFUSAL,
+    expert_rules,
+    moe_sizes,
+)
 from trtllm_forge.models.qwen3 import Qwen3Family
 
 CONVERTER_VERSION = 1
@@ -47,6 +52,9 @@ class Qwen3MoeFamily(Qwen3Family):
 
     def quantization_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
         return QUANTIZATION_REFUSAL
+
+    def trtllm_build_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
+        return TRTLLM_LAYOUT_REFUSAL
 
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
         config = super().trtllm_config(hf_config, dtype=dtype)

@@ -182,6 +182,11 @@ def check_trtllm_export(loaded: LoadedRecipe) -> None:
     float32 checkpoint with W4A16_AWQ was exported without a word and failed there."""
     recipe = loaded.recipe
     _refuse_for_trtllm_build(loaded)
+    if recipe.source.path is not None:  # a hub model's config is read by fetch, later
+        from trtllm_forge.sources.policy import read_config
+
+        root = loaded.resolve_path(recipe.source.path, "source.path")
+        _refuse_trtllm_layout(loaded, read_config(root))
     if recipe.quantize.method in WEIGHT_ONLY_METHODS and recipe.convert.dtype == "float32":
         raise recipe_error(
             f"trtllm-build runs {recipe.quantize.method} (weight-only) with float16 or bfloat16 "
@@ -189,6 +194,19 @@ def check_trtllm_export(loaded: LoadedRecipe) -> None:
             hint="set convert.dtype: float16 or bfloat16 for `forge export trtllm-ckpt` "
             "(convert and calibration rerun for the new dtype)",
             location=loaded.locate("convert.dtype"),
+        )
+
+
+def _refuse_trtllm_layout(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
+    """A family whose checkpoint layout trtllm-build does not read (MoE experts)."""
+    from trtllm_forge.models.registry import family_for
+
+    reason = family_for(hf_config).trtllm_build_refusal(hf_config)
+    if reason:
+        raise recipe_error(
+            reason,
+            hint="build it with build.backend: onnxruntime or tensorrt",
+            location=loaded.locate(f"source.{_source_field(loaded)}"),
         )
 
 
@@ -260,6 +278,8 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
 
     recipe = loaded.recipe
     _check_architecture(loaded, hf_config)
+    if recipe.build.backend == "trtllm":
+        _refuse_trtllm_layout(loaded, hf_config)
     dims = model_dims(hf_config)  # also rejects absurd sizes before anything is allocated
     layers = dims["num_hidden_layers"]
     tp, pp = recipe.parallel.tp, recipe.parallel.pp
