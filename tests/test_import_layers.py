@@ -75,3 +75,18 @@ def test_downward_imports_pass(tmp_path: Path) -> None:
     run = _check(root)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout == ""
+
+
+def test_docs_architecture_lists_the_declared_layers() -> None:
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("import_layers", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # its dataclasses look their module up while defined
+    spec.loader.exec_module(script)
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    rows = [line.split("|")[2] for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    documented = [set(re.findall(r"`([\w.]+)`", row)) for row in rows]
+    assert documented == [{name for name in layer if name} for layer in script.LAYERS]
