@@ -195,7 +195,8 @@ def from_bench_quant(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     saved = json.loads(path.read_text())
     rows = [engine_row(r) for r in saved["rows"] if r["case"]["method"] in METHODS]
     new = {"reference_ppl": saved["reference_ppl"], "settings": saved["settings"], "rows": rows}
-    return new, saved["runs"]
+    note = f" (rows added by `python -m bench.quant_formats --from-bench-quant {path.name}`)"
+    return new, [{**run, "command": run["command"] + note} for run in saved["runs"]]
 
 
 # -- driver ----------------------------------------------------------------------------------

@@ -66,8 +66,8 @@ def test_bar_is_decided_from_the_figures(tmp_path: Path) -> None:
         ]
     )
     lines = "\n".join(doc.bar_lines(results))
-    assert "| near | 20.090 vs 20.000 (+0.45 %) | **yes** |" in lines
-    assert "| far | 20.200 vs 20.000 (+1.00 %) | **no** (cause below) |" in lines
+    assert "| near | 20.090 vs 20.000 (+0.45 %) | 20.090 (+0.45 %) | **yes** |" in lines
+    assert "| far | 20.200 vs 20.000 (+1.00 %) | 20.200 (+1.00 %) | **no** (cause below) |" in lines
     assert "no ModelOpt figure: AssertionError: amax must be a CUDA tensor" in lines
     page = tmp_path / "quantization.md"
     page.write_text(f"# title\n\n{doc.ANCHOR}\n\n## How to read\n")
