@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_clean_error, forge
+from tests.helpers import assert_clean_error, forge, write_recipe
 from trtllm_forge.cli.common import SUMMARIES, render_error
 from trtllm_forge.cli.lazy import GROUPS, LOADERS, make_command
 from trtllm_forge.errors import ExitCode, ForgeError, Location
@@ -27,7 +27,8 @@ try:
 except SystemExit as exit:
     code = exit.code
 loaded = sorted(m for m in sys.modules if m.startswith("trtllm_forge.cli."))
-print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
+heavy = [m for m in ("torch", "numpy", "onnx", "onnxruntime", "transformers") if m in sys.modules]
+print(json.dumps({"code": code, "loaded": loaded, "heavy": heavy}), file=sys.stderr)
 """
 
 
@@ -58,6 +59,24 @@ def test_a_command_loads_only_its_own_module(tmp_path: Path) -> None:
         "trtllm_forge.cli.lazy",
         "trtllm_forge.cli.recipe",
     ]
+
+
+def test_build_checks_before_any_stage_without_loading_torch_numpy_or_onnx(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """Everything `forge build` checks before its first stage (backend, calibration and
+    verify devices, the recipe and its model) stays off the heavy libraries, so a no-op
+    build starts in a fraction of a second (docs/performance.md); `--force nosuch` stops
+    the run right after those checks."""
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        source={"path": str(tiny_models["llama"])},
+        build={"backend": "onnxruntime", "max_batch_size": 1, "max_input_len": 8,
+               "max_seq_len": 16},
+    )  # fmt: skip
+    _, report = _forge_loading("build", str(recipe), "--force", "nosuch")
+    assert report["code"] == 2
+    assert report["heavy"] == []
 
 
 @pytest.mark.parametrize("name", list(SUMMARIES))

@@ -91,7 +91,9 @@ class VerifyStage:
 
 def require_verify_device(recipe: Any) -> None:
     """Exit 4 before any stage runs when ``verify.device: cuda`` cannot run here."""
-    if recipe.verify.enabled:
+    # cpu needs nothing, and engine.verify imports numpy, onnx and torch: every `forge
+    # build`, a no-op one too, would pay for them (docs/performance.md's start-up goal).
+    if recipe.verify.enabled and recipe.verify.device != "cpu":
         from trtllm_forge.engine.verify import require_device
 
         require_device(recipe.verify.device, recipe.build.backend)
