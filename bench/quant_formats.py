@@ -89,32 +89,39 @@ def build_folder(case: qb.Case, target: str, s: qb.Settings, tmp: Path, progress
     }
 
 
-def evaluate_folder(ckpt: Path, folder: Path, windows: Any, ref: qb.Reference) -> dict[str, Any]:
-    """forge's fake quant of the checkpoint, and the folder through verify's loader."""
-    import numpy as np
+def fake_quant_logits(ckpt: Path, windows: Any) -> list[Any]:
+    """forge's fake quant of the checkpoint on every window (both folders share it)."""
     import torch
 
-    from trtllm_forge.engine import metrics
-    from trtllm_forge.hf.verify import load_folder_model
     from trtllm_forge.quant.fakequant import FakeQuantForward
 
     fake = FakeQuantForward(ckpt)
-    model = load_folder_model(folder)
-    nll_fake, nll_loaded, kl, top1, loaded_vs_fake = [], [], [], [], qb.Divergence()
     try:
-        for ids, ref_logits in zip(windows, ref.logits, strict=True):
-            with torch.no_grad():
-                fq = fake.logits(ids[None])[0].float().numpy()
-            loaded = qb.hf_logits(model, ids)
-            nll_fake.append(qb.nll(fq, ids))
-            nll_loaded.append(qb.nll(loaded, ids))
-            kl.append(metrics.kl_per_token(ref_logits, loaded))
-            top1.append(metrics.top1_matches(ref_logits, loaded))
-            loaded_vs_fake.add(loaded, fq)
+        with torch.no_grad():
+            return [fake.logits(ids[None])[0].float().numpy() for ids in windows]
     finally:
         fake.close()
+
+
+def evaluate_folder(fake: list[Any], folder: Path, windows: Any, ref: qb.Reference) -> dict:
+    """The folder through verify's loader, against the float reference and the fake quant."""
+    import numpy as np
+
+    from trtllm_forge.engine import metrics
+    from trtllm_forge.hf.verify import load_folder_model
+
+    model = load_folder_model(folder)
+    nll_loaded, kl, top1, loaded_vs_fake = [], [], [], qb.Divergence()
+    for ids, ref_logits, fq in zip(windows, ref.logits, fake, strict=True):
+        loaded = qb.hf_logits(model, ids)
+        nll_loaded.append(qb.nll(loaded, ids))
+        kl.append(metrics.kl_per_token(ref_logits, loaded))
+        top1.append(metrics.top1_matches(ref_logits, loaded))
+        loaded_vs_fake.add(loaded, fq)
     return {
-        "ppl_fakequant": qb.perplexity(nll_fake),
+        "ppl_fakequant": qb.perplexity(
+            [qb.nll(fq, ids) for fq, ids in zip(fake, windows, strict=True)]
+        ),
         "ppl_artifact": qb.perplexity(nll_loaded),
         "kl_artifact": float(np.concatenate(kl).mean()),
         "top1_artifact": float(np.concatenate(top1).mean()),
@@ -150,7 +157,7 @@ def modelopt_nvfp4(case: qb.Case, s: qb.Settings, windows: Any, progress: Any) -
 
 
 def run_nvfp4(case: qb.Case, s: qb.Settings, windows: Any, ref: qb.Reference, progress: Any):
-    rows = []
+    rows, fake = [], None
     with tempfile.TemporaryDirectory(prefix="forge-quant-formats-") as tmp:
         for target in HF_TARGETS:
             started = time.perf_counter()
@@ -158,8 +165,11 @@ def run_nvfp4(case: qb.Case, s: qb.Settings, windows: Any, ref: qb.Reference, pr
             progress.log(f"== {label}: forge build")
             row: dict[str, Any] = {"case": asdict(case), "label": label, "target": target}
             row.update(build_folder(case, target, s, Path(tmp), progress))
-            progress.log(f"== {label}: evaluating checkpoint (fake quant) and folder (loader)")
-            row.update(evaluate_folder(Path(row["checkpoint"]), Path(row["folder"]), windows, ref))
+            if fake is None:
+                progress.log(f"== {label}: evaluating the checkpoint (fake quant)")
+                fake = fake_quant_logits(Path(row["checkpoint"]), windows)
+            progress.log(f"== {label}: evaluating the folder (loader)")
+            row.update(evaluate_folder(fake, Path(row["folder"]), windows, ref))
             row["seconds"] = time.perf_counter() - started
             rows.append(row)
     if s.modelopt:
