@@ -54,9 +54,6 @@ PENDING: dict[str, str] = {
     "trtllm_forge.engine.onnx.linear": "the same move",
     "upward: trtllm_forge.quant.onnx_lowering -> trtllm_forge.engine.onnx.context": "the same",
     "upward: trtllm_forge.quant.onnx_lowering -> trtllm_forge.engine.onnx.linear": "the same",
-    "by string: trtllm_forge.engine.backends -> trtllm_forge.engine.backends": (
-        "engine/backends/__init__.py: a deferred import per backend instead of an f-string"
-    ),
     "upward: trtllm_forge.store.maintenance -> trtllm_forge.pipeline.runner": (
         "check_stage_name takes the stage names from its caller (the cli/api)"
     ),

@@ -10,74 +10,38 @@ start path); each backend module is imported only when it builds.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trtllm_forge.context import NullProgress, Progress
+from trtllm_forge.engine.backends.options import BuildOptions
 from trtllm_forge.engine.backends.plugins import BACKENDS, validate_plugins
 from trtllm_forge.errors import recipe_error
 
 _NO_PROGRESS = NullProgress()
+_DEFAULT_OPTIONS = BuildOptions()  # frozen: one instance serves every default
 
 __all__ = ["BACKENDS", "BuildOptions", "backend_unavailable", "build_engine", "validate_plugins"]
 
 
-@dataclass(frozen=True)
-class BuildOptions:
-    """Engine limits and backend switches (the recipe's ``build`` section).
-
-    ``timing_cache``: a TensorRT timing-cache file, read if it exists and written
-    after the build (the caller keeps it as its own artifact).
-    ``strongly_typed``: None means automatic (on for FP8 checkpoints, as TRT-LLM does).
-    """
-
-    max_batch_size: int = 8
-    max_input_len: int = 512
-    max_seq_len: int = 1024
-    plugins: Mapping[str, str | bool] = field(default_factory=dict)
-    opt_level: int = 3
-    workspace_gb: float = 4.0
-    timing_cache: Path | None = None
-    strongly_typed: bool | None = None
-    profile: str = "portable"  # ONNX lowering: portable (standard ops) or ort (contrib ops)
-    int8_activations: bool = False  # ort profile: MatMulNBits accuracy_level 4 (CPU int8)
-    compute_dtype: str = "float32"  # ort profile: float32 (CPU) or float16 (CUDA)
-
-    def limits(self) -> dict[str, int]:
-        return {
-            "max_batch_size": self.max_batch_size,
-            "max_input_len": self.max_input_len,
-            "max_seq_len": self.max_seq_len,
-        }
-
-    def check(self, backend: str) -> None:
-        if not 0 < self.max_input_len < self.max_seq_len:
-            raise recipe_error(
-                f"max_input_len ({self.max_input_len}) must be positive and below max_seq_len ({self.max_seq_len})"
-            )
-        if self.profile not in ("portable", "ort"):
-            raise recipe_error(
-                f"unknown build profile {self.profile!r}", hint="choose portable or ort"
-            )
-        if self.profile == "ort" and backend != "onnxruntime":
-            raise recipe_error(
-                f"build.profile ort emits ONNX Runtime contrib ops that backend {backend!r} cannot run",
-                hint="use build.backend: onnxruntime, or build.profile: portable",
-            )
-        problems = validate_plugins(backend, self.plugins)
-        if problems:
-            raise recipe_error("; ".join(problems))
-
-
 def _module(backend: str) -> Any:
+    """The backend's module, imported only now: each pulls in onnx, TensorRT or both."""
     if backend not in BACKENDS:
         raise recipe_error(
             f"unknown backend {backend!r}", hint=f"choose one of {', '.join(BACKENDS)}"
         )
-    return importlib.import_module(f"trtllm_forge.engine.backends.{backend}")
+    if backend == "tensorrt":
+        from trtllm_forge.engine.backends import tensorrt
+
+        return tensorrt
+    if backend == "trtllm":
+        from trtllm_forge.engine.backends import trtllm
+
+        return trtllm
+    assert backend == "onnxruntime", f"backend {backend!r} has no import here"
+    from trtllm_forge.engine.backends import onnxruntime
+
+    return onnxruntime
 
 
 def backend_unavailable(backend: str) -> str | None:
@@ -90,7 +54,7 @@ def build_engine(
     backend: str,
     checkpoint_dir: Path,
     out_dir: Path,
-    options: BuildOptions = BuildOptions(),
+    options: BuildOptions = _DEFAULT_OPTIONS,
     *,
     progress: Progress = _NO_PROGRESS,
 ) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from trtllm_forge.engine.metadata import engine_metadata, write_metadata
 from trtllm_forge.engine.spec import read_checkpoint
 
 if TYPE_CHECKING:
-    from trtllm_forge.engine.backends import BuildOptions
+    from trtllm_forge.engine.backends.options import BuildOptions
 
 _NO_PROGRESS = NullProgress()
 

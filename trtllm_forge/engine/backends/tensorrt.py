@@ -35,7 +35,7 @@ from trtllm_forge.errors import ExitCode, ForgeError, dependency_error, recipe_e
 if TYPE_CHECKING:
     import tensorrt as trt  # type: ignore[import-untyped,unused-ignore]
 
-    from trtllm_forge.engine.backends import BuildOptions
+    from trtllm_forge.engine.backends.options import BuildOptions
 
 NAME = "tensorrt"
 TOOLS = ("onnx", "tensorrt")

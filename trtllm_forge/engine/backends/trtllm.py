@@ -19,7 +19,7 @@ from trtllm_forge.engine.spec import read_checkpoint
 from trtllm_forge.errors import ExitCode, ForgeError, dependency_error
 
 if TYPE_CHECKING:
-    from trtllm_forge.engine.backends import BuildOptions
+    from trtllm_forge.engine.backends.options import BuildOptions
 
 NAME = "trtllm"
 EXECUTABLE = "trtllm-build"
