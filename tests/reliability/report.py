@@ -2,6 +2,8 @@
 
     make test-reliability                  # writes build/reliability/*.json
     python -m tests.reliability.report     # → docs/reliability.md
+    FORGE_RELIABILITY_RESULTS=DIR python -m tests.reliability.report --rows test_x.py
+                                           # only test_x.py's rows, from a run of that file
 
 Every figure in the page comes from the last run's JSON; a section whose test
 did not run says so instead of showing stale numbers from memory.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -59,9 +62,13 @@ class Figures:
         if doc is None:
             return "_not run_"
         try:
-            return str(render(doc))
+            figure = str(render(doc))
         except (KeyError, TypeError, ValueError) as exc:
             return f"_unreadable ({exc})_"
+        tier = self.data.get("tier")
+        if section != "tier" and tier and doc.get("unix", 0) > tier["unix"]:
+            figure += f" (rerun alone {_when(doc['unix'])}, after the last whole-tier run)"
+        return figure
 
 
 def _crash(d: dict[str, Any]) -> str:
@@ -120,6 +127,14 @@ def _config_fuzz(d: dict[str, Any]) -> str:
         f"{d['cases']:,} fuzzed config.json files ({d['accepted']:,} accepted, {d['exit 2']:,} exit 2, "
         f"{d['exit 5']:,} exit 5), {d['cli']} of the refused also through `forge recipe check` "
         "under strace; no other exception"
+    )
+
+
+def _manifest_fuzz(d: dict[str, Any]) -> str:
+    return (
+        f"{d['cases']:,} fuzzed manifests ({d['valid']:,} read as valid, {d['damaged']:,} refused as "
+        f"damage), {d['cli']} of the damaged also through `forge cache verify` (exit 6) under strace, "
+        "every third rebuilt by `forge build`; no other exception, no hang"
     )
 
 
@@ -243,12 +258,13 @@ def render(data: dict[str, dict[str, Any]]) -> str:
             f("fuzz", _fuzz),
         ),
         (
-            "Hostile inputs (lying safetensors headers, truncated files, absurd configs, pickle, remote "
+            "Hostile inputs (lying safetensors headers, truncated files, absurd configs, pickle — "
+            "refused without `allow_pickle`, and with it loaded weights-only, never running code — remote "
             "code, unloadable tokenizers, paths escaping the model folder, recipe paths naming a device, FIFO, "
             "directory or /proc file, recipe arguments that are devices or FIFOs, malformed GGUFs, models "
             "forge cannot convert, manifests naming a device, bad settings, YAML bombs and python tags) are "
-            "refused with a clear error, files a recipe names before any stage runs; nothing is written "
-            "outside $FORGE_HOME and nothing partial inside it",
+            "refused with a clear error, files a recipe names (its model's tokenizer included) before any "
+            "stage runs; nothing is written outside $FORGE_HOME and nothing partial inside it",
             f"{T}/test_hostile_inputs.py",
             f("hostile", _hostile),
         ),
@@ -264,6 +280,13 @@ def render(data: dict[str, dict[str, Any]]) -> str:
             "with exit 2 or 5 before any work — never another exception",
             f"{T}/test_config_fuzz.py",
             f("config_fuzz", _config_fuzz),
+        ),
+        (
+            "Any manifest.json (wrong types, missing fields, roots and file names pointing at devices, "
+            "/proc, FIFOs or out of their folder, garbage bytes) is read or refused as damage — exit 6 "
+            "in `forge cache verify`, rebuilt by `forge build` — never another exception or a hang",
+            f"{T}/test_manifest_fuzz.py",
+            f("manifest_fuzz", _manifest_fuzz),
         ),
         (
             "A store copied or moved to another path keeps its artifacts: all cache hits, and `forge cache "
@@ -389,12 +412,45 @@ empty. The footprint test counts anything left in TMPDIR, empty directories too.
 """
 
 
-def main() -> int:
+_ROW = re.compile(r"^\| (\d+) \| (.*) \| `([^`]+)` \| (.*) \|$")
+
+
+def splice(old: str, new: str, tests: list[str]) -> str:
+    """``new`` where only the rows proved by ``tests`` (file names) take its figures: the
+    other rows keep ``old``'s, and the page keeps ``old``'s "Last run" line, since a
+    partial run (one test file) says nothing about the rest of the tier. The rows it
+    does change say when they were rerun (Figures)."""
+    old_rows: dict[str, list[str]] = {}  # two rows may name one test: kept in order
+    for match in filter(None, map(_ROW.match, old.splitlines())):
+        old_rows.setdefault(match[3], []).append(match[4])
+    out = []
+    for line in new.splitlines():
+        match = _ROW.match(line)
+        if line.startswith("Last run: "):
+            line = next((x for x in old.splitlines() if x.startswith("Last run: ")), line)
+        elif match:
+            number, what, test, figure = match.groups()
+            if Path(test.split("::")[0]).name not in tests and old_rows.get(test):
+                figure = old_rows[test].pop(0)
+            line = f"| {number} | {what} | `{test}` | {figure} |"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--rows test_a.py,test_b.py``: rerender only those files' rows (from a partial run)."""
+    args = sys.argv[1:] if argv is None else argv
     data = load(RESULTS)
     if not data:
         print(f"no results in {RESULTS}; run `make test-reliability` first", file=sys.stderr)
         return 1
-    DOC.write_text(render(data))
+    page = render(data)
+    if args[:1] == ["--rows"] and len(args) == 2:
+        page = splice(DOC.read_text(), page, args[1].split(","))
+    elif args:
+        print("usage: python -m tests.reliability.report [--rows test_x.py,...]", file=sys.stderr)
+        return 2
+    DOC.write_text(page)
     print(f"wrote {DOC.relative_to(ROOT)} from {len(data)} result file(s) in {RESULTS}")
     return 0
 
