@@ -157,3 +157,20 @@ def test_pull_links_a_file_the_store_already_holds(tmp_path: Path) -> None:
     got = RemoteCache(here, open_remote(url), NullProgress()).pull("convert", pushed.key)
     assert isinstance(got, Artifact)
     assert _inode(got.path / "w.bin") == _inode(held.path / "w.bin")
+
+
+def test_export_materializes_own_writable_copies(tmp_path: Path) -> None:
+    from trtllm_forge.exporters import materialize
+
+    store = Store(tmp_path / "home")
+    a = _commit(store, "convert", 1, {"w.bin": WEIGHTS, "sub/config.json": b"{}"})
+    _commit(store, "shard", 2, {"w.bin": WEIGHTS})
+    dest = tmp_path / "export"
+    for _ in range(2):  # the second time over the first export's files
+        assert materialize(a.path, dest) == ["manifest.json", "sub/config.json", "w.bin"]
+    out = dest / "w.bin"
+    assert out.read_bytes() == WEIGHTS and out.stat().st_nlink == 1
+    assert out.stat().st_mode & stat.S_IWUSR
+    with open(out, "r+b") as f:  # editing the export leaves the store alone
+        f.write(b"edited")
+    assert isinstance(Store(tmp_path / "home").lookup("convert", a.key), Artifact)

@@ -9,6 +9,7 @@ integrations with their own dependencies (Triton) stay out of the core.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,28 @@ class ExportSource:
 
 
 Exporter = Callable[[ExportSource, Path], dict[str, Any]]
+
+
+def materialize(src: Path, dest: Path) -> list[str]:
+    """Copy the folder ``src`` (an artifact's files) to ``dest`` as a self-contained folder.
+
+    Store files may be hard links shared with other artifacts and are read-only
+    (trtllm_forge/store/blobs.py): an export gets its own bytes in new, writable files,
+    so editing or deleting it never touches the store. A file already at ``dest`` (an
+    earlier export, perhaps read-only) is replaced. Returns the relative paths copied.
+    """
+    copied: list[str] = []
+    for file in sorted(src.rglob("*")):
+        if not file.is_file():  # follows links: an HF cache snapshot is links to blobs
+            continue
+        rel = file.relative_to(src)
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        shutil.copyfile(file, target)
+        copied.append(rel.as_posix())
+    return copied
+
 
 # Exporters a first-party plugin serves: the extra that installs it.
 KNOWN_PLUGINS = {"triton": "triton"}

@@ -12,13 +12,12 @@ model.py of the release you serve with); forge does not ship a copy of it: docs/
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trtllm_forge.exporters import ExportSource
+from trtllm_forge.exporters import ExportSource, materialize
 from trtllm_forge_triton.pbtxt import Io, model_config, write_config
 
 NAME = "tensorrt_llm"  # the name TensorRT-LLM's clients and docs use for this model
@@ -26,7 +25,7 @@ NAME = "tensorrt_llm"  # the name TensorRT-LLM's clients and docs use for this m
 
 def write_llmapi_model(source: ExportSource, dest: Path) -> dict[str, Any]:
     version = dest / NAME / "1"
-    shutil.copytree(source.files, version / "hf", dirs_exist_ok=True)
+    materialize(source.files, version / "hf")
     max_batch = int(source.build.get("max_batch_size") or 1)
     settings = {
         # Relative to Triton's working directory is fragile: the LLM API gets the absolute

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from trtllm_forge.exporters import ExportSource
+from trtllm_forge.exporters import ExportSource, materialize
 from trtllm_forge_triton.pbtxt import Io, model_config, model_name, write_config
 
 MODELS = Path(__file__).parent / "models"
@@ -20,7 +20,7 @@ MODELS = Path(__file__).parent / "models"
 def write_python_model(source: ExportSource, dest: Path) -> dict[str, Any]:
     name = model_name(source)
     version = dest / name / "1"
-    shutil.copytree(source.files, version / "engine", dirs_exist_ok=True)
+    materialize(source.files, version / "engine")
     shutil.copyfile(MODELS / "forge_engine.py", version / "model.py")
     text = model_config(
         name=name,
