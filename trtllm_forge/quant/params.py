@@ -17,7 +17,7 @@ from trtllm_forge.recipe import schema
 
 
 class MethodParams(BaseModel):
-    """Base: strict, frozen, no unknown keys."""
+    """Base: frozen, no unknown keys (lax types: library callers pass Python values)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
