@@ -17,7 +17,7 @@ from trtllm_forge.recipe import schema
 
 
 class MethodParams(BaseModel):
-    """Base: frozen, no unknown keys (lax types: library callers pass Python values)."""
+    """Base: frozen, no unknown keys; not strict, unlike the recipe models."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
