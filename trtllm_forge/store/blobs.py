@@ -43,17 +43,6 @@ BLOBS = "blobs"
 # would cost more than the bytes it saves.
 MIN_BLOB_BYTES = 64 << 10
 READ_ONLY = 0o444
-# Where linking is impossible the artifact keeps its own copy (the store stays correct).
-_NO_LINK = {
-    errno.EXDEV,
-    errno.EPERM,
-    errno.EACCES,
-    errno.EMLINK,
-    errno.ENOTSUP,
-    errno.EOPNOTSUPP,
-    errno.ENOSYS,
-    errno.EROFS,
-}
 _DIGEST = re.compile(r"blake3:([0-9a-f]{64})")
 _ATTEMPTS = 4  # a concurrent gc or publish can change a blob between two calls
 
@@ -86,10 +75,10 @@ class Blobs:
                 return self._intern_once(file, blob, digest, size)
             except (FileExistsError, FileNotFoundError):
                 continue  # raced with another publish or a sweep: look again
-            except OSError as exc:
-                if exc.errno in _NO_LINK:
-                    return False
-                raise
+            except OSError:
+                # No links here (EXDEV, EPERM, EMLINK, ...), a full disk, a blob that would not
+                # repair: the artifact keeps its own copy, which is always correct.
+                return False
         return False
 
     def _intern_once(self, file: Path, blob: Path, digest: str, size: int) -> bool:
