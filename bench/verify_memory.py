@@ -151,6 +151,81 @@ def measure(engine: Path, hf: Path, tokens: int, source: Path) -> dict[str, Any]
     }
 
 
+def model_flops(tokens: int) -> dict[str, float]:
+    """FLOPs one verify run must do at the 0.5B shape (2 per multiply-add): both models'
+    teacher-forced rows (the text and the prompts), causal attention over them, and both
+    models' greedy steps; the input embedding is a lookup, not a product."""
+    h, v, layers = SHAPE["hidden_size"], SHAPE["vocab_size"], SHAPE["num_hidden_layers"]
+    kv = h // SHAPE["num_attention_heads"] * SHAPE["num_key_value_heads"]
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * SHAPE["intermediate_size"]
+    per_token = 2 * (layers * per_layer + h * v)
+    scored = tokens + PROMPTS * PROMPT_TOKENS
+    window = LIMITS["max_seq_len"]
+    full, rest = divmod(tokens, window)
+    pairs = full * window * (window + 1) // 2 + rest * (rest + 1) // 2  # query-key pairs
+    attention = 2 * 2 * h * layers * (pairs + PROMPTS * PROMPT_TOKENS * (PROMPT_TOKENS + 1) // 2)
+    greedy = PROMPTS * (PROMPT_TOKENS + NEW_TOKENS - 1) * per_token
+    return {
+        "teacher_forced": 2 * scored * per_token,
+        "attention": 2 * attention,
+        "greedy": 2 * greedy,
+    }
+
+
+def matmul_rate(threads: int, rows: int = 512, repeats: int = 3) -> dict[str, float]:
+    """float32 GEMM throughput of this machine on the model's own shapes (one layer's
+    projections and the lm_head, ``rows`` tokens at once): GFLOP per wall second and per
+    CPU second (the latter holds on a loaded machine; times the cores, a ceiling)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    h, v = SHAPE["hidden_size"], SHAPE["vocab_size"]
+    shapes = [(h, h), (h, 4864), (4864, h), (h, v)]
+    weights = [torch.randn(n, k) for k, n in shapes]
+    inputs = [torch.randn(rows, k) for k, _ in shapes]
+    flops = repeats * sum(2 * rows * k * n for k, n in shapes)
+    for x, w in zip(inputs, weights, strict=True):
+        torch.nn.functional.linear(x, w)  # warm-up
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(repeats):
+        for x, w in zip(inputs, weights, strict=True):
+            torch.nn.functional.linear(x, w)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"threads": threads, "gflops_wall": flops / wall / 1e9, "gflops_cpu": flops / cpu / 1e9}
+
+
+def floor(tokens: int) -> dict[str, Any]:
+    """The arithmetic floor of verify's wall time on this machine's 2 cores."""
+    from bench.measure import machine
+
+    needed = model_flops(tokens)
+    rates = [matmul_rate(n) for n in (1, 2)]
+    best = max(rates[1]["gflops_wall"], 2 * rates[0]["gflops_cpu"]) * 1e9
+    info = machine()
+    return {
+        "tokens": tokens,
+        "tflop": {k: round(v / 1e12, 3) for k, v in needed.items()},
+        "rates": [{k: round(v, 1) for k, v in r.items()} for r in rates],
+        "floor_s": round(sum(needed.values()) / best, 1),
+        "machine": f"{info['cpu']}, {info['cores']} cores, load {info['load average at start']}",
+    }
+
+
+def render_floor(result: dict[str, Any]) -> str:
+    tflop = result["tflop"]
+    one, two = result["rates"]
+    return (
+        f"Arithmetic floor at {result['tokens']:,} tokens (`python -m bench.verify_memory "
+        f"--floor`, {result['machine']}): {sum(tflop.values()):.2f} TFLOP — teacher-forced rows "
+        f"of both models {tflop['teacher_forced']}, causal attention {tflop['attention']}, "
+        f"greedy steps {tflop['greedy']}. float32 GEMMs of the model's shapes (512 rows) ran "
+        f"at {one['gflops_cpu']} GFLOP per CPU second on one thread and {two['gflops_wall']} "
+        f"GFLOP/s wall on two; at the better of 2 × {one['gflops_cpu']} and "
+        f"{two['gflops_wall']}, the arithmetic alone takes {result['floor_s']} s on 2 cores, "
+        "before loading either model, spilling the reference's logits or computing the metrics."
+    )
+
+
 def render(results: dict[str, Any]) -> str:
     gib = 2**30
     size = results["checkpoint_float32_bytes"]
@@ -171,6 +246,8 @@ def render(results: dict[str, Any]) -> str:
         )
     for note in results.get("notes", []):
         lines += ["", note]
+    if "floor" in results:
+        lines += ["", render_floor(results["floor"])]
     return "\n".join(lines)
 
 
@@ -194,6 +271,11 @@ def main() -> int:
         default=SHAPE["num_hidden_layers"],
         help="a shallower model for profiling (results then go to --results only, never the doc)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="measure GEMM throughput and record the arithmetic floor at the first --tokens",
+    )
     parser.add_argument("--doc-only", action="store_true", help="re-render docs/bench.md only")
     parser.add_argument("--results", type=Path, default=RESULTS, help="results JSON to update")
     parser.add_argument(
@@ -205,6 +287,14 @@ def main() -> int:
         return 0
     if args.doc_only:
         write_doc(json.loads(RESULTS.read_text()))
+        return 0
+    if args.floor:
+        results = json.loads(args.results.read_text())
+        results["floor"] = floor(args.tokens[0])
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+        if args.results == RESULTS:
+            write_doc(results)
+        print(render_floor(results["floor"]), file=sys.stderr)  # noqa: T201
         return 0
     from bench.measure import machine
 
