@@ -121,10 +121,15 @@ def _alive(pid: int) -> bool:
 
 def usage(store: Store) -> dict[str, int]:
     """Bytes on disk per stage. A file several entries share (one blob) counts once,
-    under the first stage that holds it, so the total is what the store occupies."""
+    under the earliest pipeline stage holding it, so the total is what the store occupies."""
+    from trtllm_forge.pipeline.runner import STAGE_NAMES
+
+    def pipeline_order(entry: Entry) -> int:
+        return STAGE_NAMES.index(entry.stage) if entry.stage in STAGE_NAMES else len(STAGE_NAMES)
+
     sizes: dict[str, int] = {}
     seen: set[tuple[int, int]] = set()
-    for entry in entries(store):
+    for entry in sorted(entries(store), key=pipeline_order):
         sizes[entry.stage] = sizes.get(entry.stage, 0) + _unseen_bytes(entry.path, seen)
     sizes["(staging)"] = sum(_unseen_bytes(p, seen) for p in staging_leftovers(store))
     unheld = sum(_unseen_bytes(b, seen) for b in store.blobs.all())
