@@ -5,7 +5,8 @@ equals transformers, dropping any one of the family's features from the converte
 config breaks that equality (so the engine tests below can fail), the ORT engine's
 greedy tokens equal transformers' (8 left-padded prompts × 32 tokens) with logits
 within 1e-4, TP=2 and PP=2 engines equal TP=1, and int8_wo / fp8 checkpoints verify
-with the Llama tolerances of tests/test_quant_methods.py.
+with the Llama tolerances of tests/test_quant_methods.py (the MoE families' experts
+each calibrated from their routed tokens: tests/test_moe_quant.py).
 """
 
 from __future__ import annotations
@@ -212,8 +213,6 @@ QUANT = {"int8_wo": 0.05, "fp8": 0.2}
 def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
     from trtllm_forge.quant.quantize import quantize_checkpoint
 
-    if family["arch"] in ("mixtral", "qwen3_moe", "qwen2_moe"):
-        pytest.skip("MoE quantization is refused at plan time (test_*_refusals_at_plan_time)")
     root, hf = family["root"], family["hf"]
     if not (root / "canonical-f16").exists():
         convert_hf_checkpoint(hf, root / "canonical-f16", dtype="float16")
@@ -374,7 +373,8 @@ def _plan_refusal(tmp_path: Path, config: dict[str, Any], **sections: Any) -> An
 
 
 def test_mixtral_config_refusals_at_plan_time(tmp_path: Path) -> None:
-    """More experts per token than experts, and any quantization: exit 2, located."""
+    """More experts per token than experts, and per-token SmoothQuant (its smoothing
+    folds into a norm, and one norm feeds the router and every expert): exit 2, located."""
     from tests.tinymodels import TINY_DEFAULTS
     from trtllm_forge.errors import ExitCode
 
@@ -384,21 +384,25 @@ def test_mixtral_config_refusals_at_plan_time(tmp_path: Path) -> None:
     assert error.code == ExitCode.RECIPE and "num_experts_per_tok 5" in error.message
     assert error.location is not None
     config["num_experts_per_tok"] = 2
-    error = _plan_refusal(tmp_path, config, quantize={"method": "int8_wo"})
-    assert error.code == ExitCode.RECIPE and "experts" in error.message
+    sq = {"method": "smoothquant", "activations": "per_token"}
+    error = _plan_refusal(tmp_path, config, quantize=sq)
+    assert error.code == ExitCode.RECIPE and "experts.0.w1) has no norm" in error.message
     assert error.location is not None
 
 
 def test_qwen3_moe_refusals_at_plan_time(tmp_path: Path) -> None:
-    """Quantization (exit 2 at quantize.method) and dense-MLP layers (exit 5, named)."""
+    """Per-token SmoothQuant (exit 2 at quantize.activations) and dense-MLP layers (exit
+    5, named)."""
     from tests.tinymodels import TINY_DEFAULTS
     from trtllm_forge.errors import ExitCode
 
     config = {**TINY_DEFAULTS, "architectures": ["Qwen3MoeForCausalLM"]}
     config |= {"model_type": "qwen3_moe", "num_experts": 4, "num_experts_per_tok": 2}
     config |= {"moe_intermediate_size": 32}
-    error = _plan_refusal(tmp_path, config, quantize={"method": "fp8"})
-    assert error.code == ExitCode.RECIPE and error.location is not None
+    sq = {"method": "smoothquant", "activations": "per_token"}
+    error = _plan_refusal(tmp_path, config, quantize=sq)
+    assert error.code == ExitCode.RECIPE and "experts.0.gate_proj" in error.message
+    assert error.location is not None and error.location.line > 0
     error = _plan_refusal(tmp_path, {**config, "mlp_only_layers": [1]})
     assert error.code == ExitCode.SOURCE and "mlp_only_layers" in error.message
 

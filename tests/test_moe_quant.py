@@ -4,10 +4,15 @@ cannot take, and quantization of each expert from the tokens routed to it."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
 
 from tests.helpers import write_recipe
 from tests.tinymodels import TINY_DEFAULTS
@@ -58,3 +63,113 @@ def test_trtllm_build_is_refused_at_plan_time(tmp_path: Path, arch: str) -> None
         assert location is not None and location.line > 0
     onnx = write_recipe(tmp_path / "onnx.yaml", source={"path": "m"})
     check_model(load_recipe(onnx), _moe_config(arch))  # no refusal
+
+
+# -- quantization of each expert from its routed tokens ---------------------------------
+
+IDS = torch.randint(3, 250, (2, 20), generator=torch.Generator().manual_seed(3))
+# One calibration token: each layer routes it to top-2 of 4 experts, so two go without.
+ONE_TOKEN = torch.tensor([[17]])
+
+
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.tinymodels import make_tiny_hf
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+
+    root = tmp_path_factory.mktemp("mixtral")
+    # Each expert 64 wide: at TP=2 a rank's share of proj's input is one INT4 group of 32.
+    hf = make_tiny_hf("mixtral", root / "hf", intermediate_size=64)
+    convert_hf_checkpoint(hf, root / "canonical", dtype="float32")
+    return {"root": root, "hf": hf, "canonical": root / "canonical"}
+
+
+def _quantized(mixtral: dict[str, Path], method: str) -> Path:
+    """The tiny Mixtral quantized with ``method`` (INT4 groups of 32), calibrated (when the
+    method calibrates) on ONE_TOKEN; made once per module."""
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    out = mixtral["root"] / f"q_{method}"
+    if not out.exists():
+        quantize_checkpoint(
+            hf_dir=mixtral["hf"],
+            canonical_dir=mixtral["canonical"],
+            out_dir=out,
+            method=method,
+            params={"group_size": 32},
+            calibration=ONE_TOKEN,
+        )
+    return out
+
+
+def _routed(hf: Path, ids: torch.Tensor) -> dict[str, int]:
+    """Tokens transformers' own router sends to each expert (checkpoint names)."""
+    from trtllm_forge.quant.quantize import load_hf_model
+
+    model = load_hf_model(hf)
+    with torch.no_grad():
+        out = model(input_ids=ids, output_router_logits=True)
+    top_k, counts = model.config.num_experts_per_tok, {}
+    for layer, logits in enumerate(out.router_logits):
+        chosen = torch.topk(logits.softmax(-1), top_k, dim=-1).indices.reshape(-1)
+        for e in range(model.config.num_local_experts):
+            name = f"model.layers.{layer}.block_sparse_moe.experts.{e}"
+            counts[name] = int((chosen == e).sum())
+    return counts
+
+
+def test_unfused_experts_compute_what_transformers_does(mixtral: dict[str, Path]) -> None:
+    """Per-expert linears under the checkpoint's names give transformers' logits, and each
+    expert counts exactly the tokens transformers' router sends it."""
+    from trtllm_forge.checkpoint.convert import load_hf_config
+    from trtllm_forge.quant.calibration import from_tokens
+    from trtllm_forge.quant.moe import count_routed, unfuse_experts
+    from trtllm_forge.quant.quantize import load_hf_model
+
+    model = load_hf_model(mixtral["hf"])
+    with torch.no_grad():
+        want = model(input_ids=IDS).logits
+    experts = unfuse_experts(model, load_hf_config(mixtral["hf"]))
+    assert experts is not None
+    modules = dict(model.named_modules())
+    assert isinstance(modules["model.layers.1.mlp.experts.3.w2"], nn.Linear)
+    with torch.no_grad():
+        got = model(input_ids=IDS).logits
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-6
+    assert count_routed(model, experts, from_tokens(IDS)) == _routed(mixtral["hf"], IDS)
+
+
+@pytest.mark.parametrize("method", ["int4_wo", "awq", "gptq"])
+def test_int4_experts_tp2_engine(mixtral: dict[str, Path], method: str) -> None:
+    """INT4 on every expert (4 experts, top-2), TP=2 splitting each expert's intermediate
+    size: the engine computes the checkpoint's fake quant at TP=1 and TP=2, close to the
+    float model. Calibrated methods name the experts calibration never reached (one token:
+    two per layer) and quantize those from their weights alone."""
+    from tests.engine_support import quantized_logits_check
+    from tests.test_quant_methods import _engine_logits
+    from trtllm_forge.checkpoint.io import read_config
+    from trtllm_forge.checkpoint.shard import shard_checkpoint
+
+    root, out = mixtral["root"], _quantized(mixtral, method)
+    info = read_config(out)["forge"]["quantization"]
+    if method == "int4_wo":  # no calibration: nothing to report
+        assert "experts" not in info
+    else:
+        routed = _routed(mixtral["hf"], ONE_TOKEN)
+        starved = sorted(n for n, c in routed.items() if c == 0)
+        assert info["experts"] == {"routed_tokens": routed, "without_tokens": starved}
+        assert len(starved) == 4  # 2 of 4 in each of 2 layers
+        rtn = load_file(_quantized(mixtral, "int4_wo") / "rank0.safetensors")
+        tensors = load_file(out / "rank0.safetensors")
+        for name in starved:  # round-to-nearest from the weights: int4_wo's very integers
+            layer, expert = re.findall(r"\d+", name)
+            for linear in ("fc", "gate", "proj"):
+                key = f"transformer.layers.{layer}.mlp.experts.{expert}.{linear}.weight"
+                assert torch.equal(tensors[key], rtn[key]), key
+    vs_float, vs_fake = quantized_logits_check(mixtral["hf"], out, root / f"onnx_{method}", IDS)
+    assert 0 < vs_float < 0.6  # the Llama INT4 tolerance (tests/test_quant_methods.py)
+    assert vs_fake < 1e-4
+    shard_checkpoint(out, root / f"{method}_tp2", tp=2, pp=1)
+    tp1 = _engine_logits(out, root / f"onnx_{method}", IDS)
+    tp2 = _engine_logits(root / f"{method}_tp2", root / f"onnx_{method}_tp2", IDS)
+    assert float(np.abs(tp2 - tp1).max() / np.abs(tp1).max()) < 1e-5

@@ -49,12 +49,6 @@ def moe_sizes(hf_config: Mapping[str, Any], *experts_keys: str) -> tuple[int, in
     return experts, top_k
 
 
-QUANTIZATION_REFUSAL = (
-    "forge cannot calibrate mixture-of-experts layers yet: transformers loads the experts "
-    "as fused 3-D parameters, not the per-expert linears the checkpoint stores"
-)
-
-
 TRTLLM_LAYOUT_REFUSAL = (
     "trtllm-build cannot take forge's mixture-of-experts checkpoint: forge stores each "
     "expert's linears apart (mlp.experts.{e}.fc/gate/proj), TensorRT-LLM reads them fused "
@@ -93,9 +87,6 @@ class MixtralFamily(LlamaFamily):
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)
         moe_sizes(hf_config)
-
-    def quantization_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
-        return QUANTIZATION_REFUSAL
 
     def trtllm_build_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
         return TRTLLM_LAYOUT_REFUSAL

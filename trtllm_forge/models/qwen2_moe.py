@@ -17,7 +17,6 @@ from typing import Any
 from trtllm_forge.models.base import TensorPlan, TensorRule, model_dims, text_config
 from trtllm_forge.models.llama import LlamaFamily, _unsupported
 from trtllm_forge.models.mixtral import (
-    QUANTIZATION_REFUSAL,
     TRTLLM_LAYOUT_REFUSAL,
     expert_rules,
     moe_sizes,
@@ -42,9 +41,6 @@ class Qwen2MoeFamily(LlamaFamily):
             )
         if cfg.get("use_sliding_window"):
             raise _unsupported("Qwen2-MoE use_sliding_window")
-
-    def quantization_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
-        return QUANTIZATION_REFUSAL
 
     def trtllm_build_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
         return TRTLLM_LAYOUT_REFUSAL

@@ -17,7 +17,6 @@ from typing import Any
 from trtllm_forge.models.base import TensorPlan, model_dims, text_config
 from trtllm_forge.models.llama import _unsupported
 from trtllm_forge.models.mixtral import (
-    QUANTIZATION_REFUSAL,
     TRTLLM_LAYOUT_REFUSAL,
     expert_rules,
     moe_sizes,
@@ -49,9 +48,6 @@ class Qwen3MoeFamily(Qwen3Family):
             raise _unsupported(
                 "Qwen3-MoE layers with a dense MLP (mlp_only_layers, decoder_sparse_step)"
             )
-
-    def quantization_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
-        return QUANTIZATION_REFUSAL
 
     def trtllm_build_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
         return TRTLLM_LAYOUT_REFUSAL

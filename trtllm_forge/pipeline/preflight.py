@@ -445,9 +445,10 @@ def _check_group_alignment(
         return
     from trtllm_forge.checkpoint.layout import module_dims, parse_name
     from trtllm_forge.errors import ForgeError
-    from trtllm_forge.quant.targets import plan_targets
+    from trtllm_forge.quant.targets import linear_dims, plan_targets
 
     tp = loaded.recipe.parallel.tp
+    sizes = linear_dims(hf_config)  # MoE experts: their own intermediate size
     try:
         plan = plan_targets(hf_config, list(quantize.exclude))
     except ForgeError as error:  # a pattern matching nothing: point at the list
@@ -458,7 +459,7 @@ def _check_group_alignment(
     def misfit(tp: int) -> tuple[str, int, int] | None:
         """The first quantized linear whose per-rank input holds no whole groups."""
         for kind in kinds:
-            width = module_dims(kind, dims)[1]
+            width = module_dims(kind, sizes)[1]
             parsed = parse_name(f"transformer.layers.0.{kind}.weight")
             split = tp if parsed is not None and parsed.parallel == "row" else 1
             if (width // split) % group:
@@ -506,15 +507,16 @@ def _check_block_alignment(
     if block is None:
         return
     from trtllm_forge.checkpoint.layout import module_dims, parse_name
-    from trtllm_forge.quant.targets import plan_targets
+    from trtllm_forge.quant.targets import linear_dims, plan_targets
 
     tp = loaded.recipe.parallel.tp
+    sizes = linear_dims(hf_config)  # MoE experts: their own intermediate size
     head = int(dims.get("head_size") or dims["hidden_size"] // dims["num_attention_heads"])
     kv_heads = int(dims.get("num_key_value_heads") or dims["num_attention_heads"])
     for kind in dict.fromkeys(
         t.kind for t in plan_targets(hf_config, list(quantize.exclude)).quantized
     ):
-        out, width = module_dims(kind, dims)
+        out, width = module_dims(kind, sizes)
         parsed = parse_name(f"transformer.layers.0.{kind}.weight")
         row = parsed is not None and parsed.parallel == "row"
         outs = [out // (1 if row else tp)]

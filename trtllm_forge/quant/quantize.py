@@ -19,15 +19,21 @@ from trtllm_forge.checkpoint.convert import load_hf_config
 from trtllm_forge.checkpoint.layout import module_dims
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.errors import recipe_error, source_error
-from trtllm_forge.models.base import model_dims
 from trtllm_forge.quant import calibration as calib
 from trtllm_forge.quant import registry
 from trtllm_forge.quant.capture import kv_ranges
 from trtllm_forge.quant.device import Placement
 from trtllm_forge.quant.head import head_record
+from trtllm_forge.quant.moe import quantize_with_experts, unfuse_experts
 from trtllm_forge.quant.params import KV_CACHE_ALGOS, SmoothQuantParams
 from trtllm_forge.quant.result import QuantResult
-from trtllm_forge.quant.targets import HEAD, TargetPlan, check_smoothing_fold, plan_targets
+from trtllm_forge.quant.targets import (
+    HEAD,
+    TargetPlan,
+    check_smoothing_fold,
+    linear_dims,
+    plan_targets,
+)
 from trtllm_forge.quant.writer import QuantSpec, write_checkpoint
 
 _NO_PROGRESS = NullProgress()
@@ -80,6 +86,8 @@ def quantize_checkpoint(
         )
     result, data = _calibrated(spec, plan, Path(hf_dir), data, placement, progress)
     forge_info = _forge_info(spec, exclude, data)
+    if "experts" in result.stats:  # which experts calibration reached (quant/moe.py)
+        forge_info["experts"] = result.stats["experts"]
     summary = write_checkpoint(
         Path(canonical_dir),
         Path(out_dir),
@@ -125,10 +133,24 @@ def _calibrated(
     recorded first, before the method edits any weight. Returns the result on the CPU
     and the calibration data as placed."""
     model = placement.model(load_hf_model(hf_dir))
+    experts = unfuse_experts(model, load_hf_config(hf_dir))  # MoE: one nn.Linear per expert
     data = placement.data(data)
     kv = kv_ranges(model, data.batches(8), progress) if spec.kv_cache and data is not None else {}
-    algorithm = registry.get(spec.method).load()
-    result = algorithm.quantize_model(model, data, spec.params, plan.hf_modules(), progress)
+    method = registry.get(spec.method)
+    algorithm = method.load()
+    if experts is None:
+        result = algorithm.quantize_model(model, data, spec.params, plan.hf_modules(), progress)
+    else:
+        result = quantize_with_experts(
+            algorithm.quantize_model,
+            model,
+            experts,
+            data,
+            spec.params,
+            plan.hf_modules(),
+            progress,
+            calibrated=method.needs_data,
+        )
     result = placement.to_cpu(result)
     result.head = head_record(model, spec.params) if plan.quantize_head else None
     result.kv_amax = kv
@@ -167,7 +189,7 @@ def _kv_name(kv_cache: str | None) -> str | None:
 def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -> None:
     """Reject shapes and combinations the format cannot represent, before any weight loads."""
     group = getattr(spec.params, "group_size", None)
-    dims = model_dims(hf_config)
+    dims = linear_dims(hf_config)
     sites = [(t.module, t.kind) for t in plan.quantized if spec.quant_algo]
     sites += [(HEAD, HEAD)] if plan.quantize_head else []
     for module, kind in sites:

@@ -26,6 +26,9 @@ from trtllm_forge.models.registry import family_for
 # lm_head unless TargetPlan.quantize_head.
 ALWAYS_EXCLUDED = ("lm_head", "transformer.vocab_embedding")
 HEAD = "lm_head"  # TensorRT-LLM's and the HF model's name of the output projection
+# Linears inside a layer no method quantizes (TensorRT-LLM's default exclusions too): a
+# MoE router and Qwen2-MoE's shared-expert gate. exclude_modules names them explicitly.
+UNQUANTIZED_LINEARS = ("mlp.router", "mlp.shared_expert_gate")
 
 # TensorRT-LLM linears fed by the same activation inside a layer (GatedMLP: fc and gate
 # both read the post-attention norm output). Formats whose scales or smoothing live
@@ -68,6 +71,7 @@ class TargetPlan:
     quantized: tuple[LinearTarget, ...]
     excluded: tuple[LinearTarget, ...]
     quantize_head: bool = False  # lm_head gets a round-to-nearest record too
+    unquantized: tuple[str, ...] = ()  # UNQUANTIZED_LINEARS of this model, by module name
 
     def hf_modules(self) -> list[str]:
         return [name for target in self.quantized for name in target.sources]
@@ -75,7 +79,7 @@ class TargetPlan:
     def exclude_modules(self) -> list[str]:
         """``quantization.exclude_modules`` for config.json (explicit names, no defaults)."""
         always = [m for m in ALWAYS_EXCLUDED if not (self.quantize_head and m == HEAD)]
-        return [*always, *(t.module for t in self.excluded)]
+        return [*always, *self.unquantized, *(t.module for t in self.excluded)]
 
 
 def linear_targets(hf_config: Mapping[str, Any]) -> list[LinearTarget]:
@@ -105,6 +109,13 @@ def _input_norms(family: Family, hf_config: Mapping[str, Any]) -> dict[str, str]
     return {"attention.qkv": "input_layernorm", "mlp.fc": mlp, "mlp.gate": mlp}
 
 
+def linear_dims(hf_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The sizes checkpoint.layout.module_dims reads, from the converted config: a MoE
+    family's experts are ``moe_intermediate_size`` wide (config.json's ``intermediate_size``
+    is a dense MLP's) and Qwen2-MoE's shared expert has its own size."""
+    return family_for(hf_config).trtllm_config(hf_config, dtype="float32")
+
+
 def check_smoothing_fold(hf_config: Mapping[str, Any]) -> None:
     """Refuse a layout that folds smoothing into norms when the model's norms are shared."""
     family = family_for(hf_config)
@@ -114,6 +125,14 @@ def check_smoothing_fold(hf_config: Mapping[str, Any]) -> None:
             f"in this {family.name} model one norm feeds both attention and MLP",
             hint="use activations: per_tensor (a pre-quant scale per linear), or fp8 / int8_wo",
         )
+    for target in linear_targets(hf_config):  # MoE: one norm feeds router and every expert
+        parsed = parse_name(f"{target.module}.weight")
+        if parsed is not None and parsed.parallel == "column" and target.input_norm is None:
+            raise recipe_error(
+                f"per-token SmoothQuant folds each linear's smoothing into the norm before it, "
+                f"but {target.module} ({target.sources[0]}) has no norm of its own",
+                hint="use activations: per_tensor (a pre-quant scale per linear), or fp8 / int8_wo",
+            )
 
 
 def plan_targets(
@@ -144,4 +163,14 @@ def plan_targets(
     for t in targets:
         hit = any(fnmatch.fnmatchcase(n, p) for p in exclude for n in (t.module, *t.sources))
         (excluded if hit else quantized).append(t)
-    return TargetPlan(tuple(quantized), tuple(excluded), quantize_head)
+    return TargetPlan(tuple(quantized), tuple(excluded), quantize_head, _unquantized(hf_config))
+
+
+def _unquantized(hf_config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The model's UNQUANTIZED_LINEARS, in checkpoint order."""
+    found = []
+    for rule in family_for(hf_config).tensor_plan(hf_config).rules:
+        parsed = parse_name(rule.target)
+        if parsed is not None and parsed.module in UNQUANTIZED_LINEARS:
+            found.append(rule.target.removesuffix(".weight"))
+    return tuple(found)
