@@ -5,7 +5,7 @@
 * The token embedding is normalized (``word_embeddings_layernorm``) before the
   first layer: TRT-LLM's ``transformer.ln_embed``, held by the first PP rank.
 * The fused ``query_key_value`` rows are ``[heads, 3, d]`` (q, k, v per head) and
-  are re-ordered to contiguous q, k, v blocks (reference §3.2).
+  are re-ordered to contiguous q, k, v blocks (docs/trtllm-checkpoint.md §3.2).
 * GELU is the tanh approximation; every linear has a bias; the head is tied.
 """
 

@@ -1,6 +1,6 @@
 """Falcon (``FalconForCausalLM``): LayerNorm, plain GELU MLP, rotary, fused grouped QKV.
 
-Two decoder generations share the HF class (reference §1 Falcon extras, §3.2):
+Two decoder generations share the HF class (docs/trtllm-checkpoint.md §1 Falcon extras, §3.2):
 
 * old (Falcon-7B/-RW): one ``input_layernorm``; ``parallel_attn`` runs attention and
   MLP on that same normed input (``h + attn(ln(h)) + mlp(ln(h))``), otherwise the

@@ -24,7 +24,7 @@ CONVERTER_VERSION = 2  # 2: embedding_multiplier rounded to the model dtype
 # (TRT-LLM module inside a layer, HF module inside model.layers.{i}); weights only.
 _LAYER_MODULES: tuple[tuple[str, str], ...] = (
     ("attention.dense", "self_attn.o_proj"),
-    ("mlp.fc", "mlp.gate_proj"),  # the activated branch (reference §3.1)
+    ("mlp.fc", "mlp.gate_proj"),  # the activated branch (docs/trtllm-checkpoint.md §3.1)
     ("mlp.gate", "mlp.up_proj"),
     ("mlp.proj", "mlp.down_proj"),
 )

@@ -1,6 +1,6 @@
 """GPT-2 (``GPT2LMHeadModel``): learned positions, LayerNorm, plain GELU MLP, Conv1D weights.
 
-Reference §3.3: every HF linear is a Conv1D stored ``[in, out]`` and is written
+docs/trtllm-checkpoint.md §3.3: every HF linear is a Conv1D stored ``[in, out]`` and is written
 transposed; ``c_attn`` is already ``[q; k; v]``; the head is tied to ``wte``.
 TensorRT-LLM's name for the architecture is ``GPTForCausalLM``.
 """

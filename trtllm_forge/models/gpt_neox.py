@@ -2,7 +2,7 @@
 parallel residual, and a fused QKV grouped per head.
 
 HF's ``query_key_value`` rows are ``[heads, (q|k|v), d]``; TensorRT-LLM wants
-contiguous q, k, v blocks (reference §3.2), so the weight and bias are re-ordered
+contiguous q, k, v blocks (docs/trtllm-checkpoint.md §3.2), so the weight and bias are re-ordered
 (``qkv_interleaved``). Rope rotates the first ``rotary_pct · head_size`` channels,
 GPT-NeoX style (halves).
 """

@@ -1,6 +1,6 @@
 """The Llama family: Llama, Mistral and Qwen2 (same decoder, different config flags).
 
-TensorRT-LLM names follow reference §3.1: ``mlp.fc`` is HF ``gate_proj`` (the
+TensorRT-LLM names follow docs/trtllm-checkpoint.md §3.1: ``mlp.fc`` is HF ``gate_proj`` (the
 SiLU-activated branch) and ``mlp.gate`` is HF ``up_proj``; q/k/v are fused
 into ``attention.qkv`` as rows ``[q; k; v]``.
 """

@@ -4,7 +4,7 @@
   ``heads · head_dim`` rows, k and v: ``kv_heads · head_dim`` each), which is
   TensorRT-LLM's ``attention.qkv`` as is.
 * ``mlp.gate_up_proj`` rows are ``[gate; up]``; the converter splits them into
-  ``mlp.fc`` (the SiLU-activated gate half, reference §3.1) and ``mlp.gate`` (the up
+  ``mlp.fc`` (the SiLU-activated gate half, docs/trtllm-checkpoint.md §3.1) and ``mlp.gate`` (the up
   half) with ``row_block`` rules, and quantization slices its calibrated rows the same
   way (``LinearTarget.row_order``).
 * Partial rotary (Phi-4-mini: ``partial_rotary_factor`` 0.75) rotates the first
