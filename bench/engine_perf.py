@@ -29,6 +29,8 @@ from typing import Any
 import yaml
 
 from bench import measure
+from bench.engine_accuracy import head_accuracy, merge, render_accuracy, render_later
+from bench.engine_goals import render_goals, scenario
 from bench.synth import SHAPES, ensure_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,13 +82,16 @@ def models(quick: bool) -> dict[str, Model]:
 PRECISIONS = ("float32", "int8", "int4")
 
 
-def _quantize(model: Model, precision: str) -> dict[str, Any]:
-    # forge never quantizes lm_head (quant/targets.py ALWAYS_EXCLUDED); the builder does.
-    return {
-        "float32": {"method": "none"},
-        "int8": {"method": "int8_wo"},
-        "int4": model.int4,
-    }[precision]
+def _quantize(model: Model, precision: str, head: bool) -> dict[str, Any]:
+    """``head``: quantize lm_head too (quantize_lm_head, ort profile only), as the builder
+    does at int4 and int8: equal precision on both sides."""
+    quant = {"float32": {"method": "none"}, "int8": {"method": "int8_wo"}, "int4": model.int4}
+    return {**quant[precision], **({"quantize_lm_head": True} if head else {})}
+
+
+def quantized_head(precision: str, profile: str) -> bool:
+    """Whether forge's engine of this precision and profile carries a quantized lm_head."""
+    return profile == "ort" and precision != "float32"
 
 
 # -- building -------------------------------------------------------------------------
@@ -104,29 +109,45 @@ def _env() -> dict[str, str]:
 
 def forge_engine(model: Model, precision: str, profile: str, log: Any) -> Path:
     """Build (or find in the cache) the forge engine; returns its directory."""
-    recipe = WORK / "recipes" / f"{model.name}-{precision}-{profile}.yaml"
+    head = quantized_head(precision, profile)
+    stages = forge_build(model, precision, profile, log, head=head)
+    return Path(stages["build"]["path"]) / "engine"
+
+
+def forge_build(
+    model: Model,
+    precision: str,
+    profile: str,
+    log: Any,
+    *,
+    head: bool,
+    verify: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``forge build`` (through ``build``, or through ``verify`` when given); its stages."""
+    suffix = "-head" if head else ""
+    recipe = WORK / "recipes" / f"{model.name}-{precision}-{profile}{suffix}.yaml"
     recipe.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "schema_version": 1,
         "name": recipe.stem,
         "source": {"path": str(model.hf_dir)},
         "convert": {"dtype": "float32"},
-        "quantize": _quantize(model, precision),
+        "quantize": _quantize(model, precision, head),
         "build": {"profile": profile, **LIMITS, **_activations(precision, profile)},
-        "verify": {"enabled": False},
+        "verify": verify or {"enabled": False},
     }
     recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
     log(f"forge build {recipe.name}")
+    until = [] if verify else ["--until", "build"]
     run = subprocess.run(
-        [PYTHON, "-m", "trtllm_forge", "build", str(recipe), "--until", "build", "--json"],
+        [PYTHON, "-m", "trtllm_forge", "build", str(recipe), *until, "--json"],
         capture_output=True,
         text=True,
         env=_env(),
     )
     if run.returncode:
         raise SystemExit(f"forge build {recipe} failed:\n{run.stderr[-3000:]}")
-    stages = {s["stage"]: s for s in json.loads(run.stdout)["stages"]}
-    return Path(stages["build"]["path"]) / "engine"
+    return {s["stage"]: s for s in json.loads(run.stdout)["stages"]}
 
 
 def _activations(precision: str, profile: str) -> dict[str, Any]:
@@ -223,7 +244,8 @@ def run_all(
                 targets.append((precision, f"forge {profile}", "forge", engine))
             peer = builder_model(model, precision, builder_python, log)
             targets.append((precision, "genai builder", "genai", peer))
-        targets.append(("float32", "transformers", "transformers", model.hf_dir))
+        if "float32" in precisions:
+            targets.append(("float32", "transformers", "transformers", model.hf_dir))
         for precision, label, runtime, target in targets:
             entry = {
                 "model": name,
@@ -239,35 +261,15 @@ def run_all(
                 entry["report"] = bench(runtime, target, model, log, model.hf_dir)
             doc["runs"].append(entry)
             PARTIAL.write_text(json.dumps(doc, indent=1) + "\n")  # survives a broken run
+        if "ort" in profiles:
+            doc["accuracy"] = doc.get("accuracy", []) + head_accuracy(
+                model, precisions, forge_build, log
+            )
     doc["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return doc
 
 
 # -- the document -----------------------------------------------------------------------
-
-# Measured causes for rows short of the goals, keyed by (model, precision, batch); the
-# figures behind each are in the JSON next to the table.
-_LM_HEAD = (
-    "**forge ort int4 short of the builder**: weights MB says why. forge keeps the "
-    "embedding and lm_head in float32 for every method (quant/targets.py ALWAYS_EXCLUDED), "
-    "and SmolLM2 ties them: 2 × 113 MB of the engine's 274 MB (the lowering stores the tied "
-    "lm_head as its own transposed copy), so each step streams the 113 MB float lm_head. The "
-    "builder quantizes the shared table to int4 (MatMulNBits + GatherBlockQuantized, 74 MB "
-    "in all), so it reads about 14 MB there. The gap grows with batch (the lm_head GEMM is "
-    "8× larger at batch 8). Closing it is a quantizer change (an int4 lm_head record), not "
-    "a lowering one."
-)
-CAUSES: dict[tuple[str, str, int], str] = {
-    ("smollm2-135m", "int4", 1): _LM_HEAD,
-    ("smollm2-135m", "int4", 8): "same cause as batch 1 (float32 lm_head: 113 MB vs 14 MB).",
-}
-
-
-def _scenario(report: dict[str, Any], batch: int) -> dict[str, Any] | None:
-    for scenario in report.get("scenarios", []):
-        if scenario["batch_size"] == batch:
-            return dict(scenario)
-    return None
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -312,10 +314,10 @@ def render(doc: dict[str, Any]) -> str:
             ]
             lines += _rows(doc, model, batch)
             lines.append("")
+    lines += render_later(doc)
+    lines += render_accuracy(doc)
     lines += _gpu_section()
-    notes = list(_causes(doc))
-    if notes:
-        lines += ["## Where the goals are not met, and why", "", *notes, ""]
+    lines += render_goals(doc)
     return "\n".join(lines)
 
 
@@ -353,9 +355,9 @@ def _gpu_section() -> list[str]:
             "| engine | tokens/s | TTFT p50 ms | e2e p99 ms | TPOT p99 ms | peak RSS MB | vs genai fp16 |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        base = _scenario(peer, batch) if "scenarios" in peer else None
+        base = scenario(peer, batch) if "scenarios" in peer else None
         for run in gpu["runs"]:
-            s = _scenario(run["report"], batch)
+            s = scenario(run["report"], batch)
             if s is None:
                 error = run["report"].get("error", "not measured").strip().splitlines()[-1:]
                 lines.append(f"| {run['target']} | — | — | — | — | — | {' '.join(error)[:90]} |")
@@ -373,13 +375,11 @@ def _gpu_section() -> list[str]:
 def _rows(doc: dict[str, Any], model: str, batch: int) -> list[str]:
     runs = [r for r in doc["runs"] if r["model"] == model]
     peers = {
-        r["precision"]: _scenario(r["report"], batch)
-        for r in runs
-        if r["target"] == "genai builder"
+        r["precision"]: scenario(r["report"], batch) for r in runs if r["target"] == "genai builder"
     }
     rows = []
     for r in runs:
-        s = _scenario(r["report"], batch)
+        s = scenario(r["report"], batch)
         if s is None:
             error = r["report"].get("error", "not measured")
             rows.append(
@@ -408,14 +408,6 @@ def _weights(report: dict[str, Any]) -> int | None:
 
 def _mb(n: int | None) -> str:
     return "" if n is None else f"{n / 2**20:.0f}"
-
-
-def _causes(doc: dict[str, Any]) -> list[str]:
-    return [
-        f"- {model}, {precision}, batch {batch}: {text}"
-        for (model, precision, batch), text in CAUSES.items()
-        if any(r["model"] == model for r in doc["runs"])
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -451,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             tuple(args.profiles.split(",")),
         )
         if previous is not None:  # e.g. the 1B shape measured in a later, separate run
-            doc = {**previous, "runs": previous["runs"] + doc["runs"], "later": doc}
+            doc = merge(previous, doc)
         RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
     DOC.write_text(render(doc) + "\n")
     log(f"wrote {RESULTS} and {DOC}")

@@ -1,0 +1,76 @@
+"""Issue 20's CPU goals, checked on bench/results/engine_perf.json for
+docs/engine-performance.md: forge's ort profile at or above onnxruntime-genai's builder
+(tokens/s, same precision and batch, same run) in every CPU cell, and SmolLM2's int4 ort
+engine at 5× the 11.4 tokens/s forge reached before the issue (portable int4, batch 1).
+A row short of a goal is listed with its measured cause (``CAUSES``) or says none is
+measured yet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INT4_BEFORE = 11.4  # tokens/s, smollm2-135m forge portable int4, batch 1, before issue 20
+INT4_GOAL = 5 * INT4_BEFORE
+
+# Measured causes of rows short of a goal, keyed by (model, precision, batch); the figures
+# behind each are in the JSON next to the table.
+CAUSES: dict[tuple[str, str, int], str] = {}
+
+
+def scenario(report: dict[str, Any], batch: int) -> dict[str, Any] | None:
+    for entry in report.get("scenarios", []):
+        if entry["batch_size"] == batch:
+            return dict(entry)
+    return None
+
+
+def _speed(doc: dict[str, Any], model: str, precision: str, target: str, batch: int) -> float:
+    for run in doc["runs"]:
+        if (run["model"], run["precision"], run["target"]) == (model, precision, target):
+            found = scenario(run["report"], batch)
+            return float(found["output_tokens_per_s"]) if found else 0.0
+    return 0.0
+
+
+def shortfalls(doc: dict[str, Any]) -> list[tuple[str, str, int, str]]:
+    """(model, precision, batch, what is short) for every CPU cell that misses a goal."""
+    out = []
+    cells = sorted(
+        {(r["model"], r["precision"]) for r in doc["runs"] if r["target"] == "forge ort"}
+    )
+    for model, precision in cells:
+        for batch in (1, 8):
+            ours = _speed(doc, model, precision, "forge ort", batch)
+            peer = _speed(doc, model, precision, "genai builder", batch)
+            if peer and ours < peer:
+                out.append(
+                    (model, precision, batch, f"forge ort at {ours / peer:.2f}× the builder")
+                )
+            if (model, precision, batch) == ("smollm2-135m", "int4", 1) and ours < INT4_GOAL:
+                out.append(
+                    (
+                        model,
+                        precision,
+                        batch,
+                        f"{ours:.1f} tokens/s < {INT4_GOAL:.0f} (5× {INT4_BEFORE})",
+                    )
+                )
+    return out
+
+
+def render_goals(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Goals (issue 20, CPU)",
+        "",
+        "forge ort ≥ 1.0× the onnxruntime-genai builder's tokens/s at equal precision in "
+        f"every cell (batch 1 and 8); SmolLM2 int4 ort at batch 1 ≥ {INT4_GOAL:.0f} tokens/s "
+        f"(5× the {INT4_BEFORE} of forge's portable int4 engine before the issue).",
+        "",
+    ]
+    short = shortfalls(doc)
+    if not short:
+        return [*lines, "Every measured cell meets them in the run shown.", ""]
+    for model, precision, batch, what in short:
+        cause = CAUSES.get((model, precision, batch), "Cause not measured yet.")
+        lines.append(f"- {model}, {precision}, batch {batch}: {what}. {cause}")
+    return [*lines, ""]
