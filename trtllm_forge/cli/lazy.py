@@ -1,9 +1,8 @@
 """The root `forge` group, which loads a command's module only when it runs.
 
-Building every command up front cost a no-op build about a tenth of its start-up
-(docs/performance.md): typer inspects each command's signature and prepares a
-converter for each of its parameters. `forge --help` lists the commands from
-:data:`SUMMARIES` instead, so it loads none of them either.
+Building every command up front made each start pay for all of them: typer inspects
+every command's signature and parameter types, and their modules import what they use. `forge --help` lists the commands from
+:data:`~trtllm_forge.cli.common.SUMMARIES` instead, so it loads none of them either.
 """
 
 from __future__ import annotations
