@@ -173,3 +173,66 @@ def test_int4_experts_tp2_engine(mixtral: dict[str, Path], method: str) -> None:
     tp1 = _engine_logits(out, root / f"onnx_{method}", IDS)
     tp2 = _engine_logits(root / f"{method}_tp2", root / f"onnx_{method}_tp2", IDS)
     assert float(np.abs(tp2 - tp1).max() / np.abs(tp1).max()) < 1e-5
+
+
+class _Log:
+    """A Progress that keeps what it is told (the build output's lines)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+    def task(self, description: str, total: float | None = None) -> Any:
+        from trtllm_forge.context import NullProgress
+
+        return NullProgress().task(description, total)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe"])
+def test_qwen_moe_experts_awq_and_gptq(tmp_path: Path, arch: str) -> None:
+    """Qwen3-MoE (top-k not renormalized) and Qwen2-MoE (plus a shared expert, a dense
+    MLP every token reaches): AWQ and GPTQ calibrate every routed expert from its tokens
+    (64 calibration tokens reach all four), the engine computes the checkpoint's fake quant;
+    with one calibration token the starved experts are named in the build output."""
+    from tests.engine_support import quantized_logits_check
+    from tests.tinymodels import make_tiny_hf
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+    from trtllm_forge.checkpoint.io import read_config
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    hf = make_tiny_hf(arch, tmp_path / "hf", shared_expert_intermediate_size=64)
+    convert_hf_checkpoint(hf, tmp_path / "canonical", dtype="float32")
+    calibration = torch.randint(3, 250, (2, 32), generator=torch.Generator().manual_seed(0))
+    for method in ("awq", "gptq"):
+        out = tmp_path / method
+        quantize_checkpoint(
+            hf_dir=hf,
+            canonical_dir=tmp_path / "canonical",
+            out_dir=out,
+            method=method,
+            params={"group_size": 32},
+            calibration=calibration,
+        )
+        experts = read_config(out)["forge"]["quantization"]["experts"]
+        assert experts["without_tokens"] == []
+        assert len(experts["routed_tokens"]) == 8  # 4 experts x 2 layers
+        assert sum(experts["routed_tokens"].values()) == 2 * 64 * 2  # layers x tokens x top-k
+        vs_float, vs_fake = quantized_logits_check(hf, out, tmp_path / f"onnx_{method}", IDS)
+        assert 0 < vs_float < 0.6  # the Llama INT4 tolerance (tests/test_quant_methods.py)
+        assert vs_fake < 1e-4
+    log = _Log()
+    quantize_checkpoint(
+        hf_dir=hf,
+        canonical_dir=tmp_path / "canonical",
+        out_dir=tmp_path / "starved",
+        method="gptq",
+        params={"group_size": 32},
+        calibration=ONE_TOKEN,
+        progress=log,
+    )
+    starved = read_config(tmp_path / "starved")["forge"]["quantization"]["experts"]
+    assert len(starved["without_tokens"]) == 4
+    warning = next(line for line in log.lines if "received no calibration token" in line)
+    assert all(name in warning for name in starved["without_tokens"])
