@@ -236,3 +236,21 @@ def test_qwen_moe_experts_awq_and_gptq(tmp_path: Path, arch: str) -> None:
     assert len(starved["without_tokens"]) == 4
     warning = next(line for line in log.lines if "received no calibration token" in line)
     assert all(name in warning for name in starved["without_tokens"])
+
+
+@pytest.mark.parametrize("arch", list(MOE_CONFIGS))
+def test_quantized_hf_folder_is_refused_at_plan_time(tmp_path: Path, arch: str) -> None:
+    """The Hugging Face writers quantize one linear per HF module; transformers loads the
+    experts fused, so a quantized MoE folder is refused before any work (exit 2)."""
+    from trtllm_forge.pipeline.preflight import check_model
+
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        source={"path": "m"},
+        quantize={"method": "fp8"},
+        build={"backend": "hf", "format": "modelopt"},
+    )
+    with pytest.raises(ForgeError) as info:
+        check_model(load_recipe(recipe), _moe_config(arch))
+    assert info.value.code == ExitCode.RECIPE and "fused 3-D" in info.value.message
+    assert info.value.location is not None and info.value.location.line > 0

@@ -323,6 +323,14 @@ def _check_hf_target(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
             location=loaded.locate("build.backend"),
         )
     for target in linear_targets(hf_config):
+        if recipe.quantize.method != "none" and ".experts." in f".{target.kind}":
+            raise recipe_error(  # transformers 5 loads experts fused: nothing to attach to
+                f"{target.sources[0]} is one expert of a mixture-of-experts layer: the Hugging "
+                "Face formats forge writes quantize one linear per HF module, and transformers "
+                "loads this model's experts as fused 3-D parameters",
+                hint="use build.backend: onnxruntime for this model's quantized weights",
+                location=loaded.locate("quantize.method"),
+            )
         if recipe.quantize.method != "none" and target.rule and target.rule.fusion == "transpose":
             raise recipe_error(
                 f"{target.sources[0]} is a Conv1D layer, not nn.Linear: neither Hugging Face "
