@@ -11,9 +11,10 @@ down, reference §3.1's fc/gate naming) and the router as ``mlp.router``. TP spl
 expert's intermediate size like a dense MLP; the router is on every rank.
 
 The portable lowering computes every expert for every token (unrouted experts weigh
-zero), so an engine costs ``experts / top_k`` times the routed compute. Quantization
-is refused at plan time: transformers 5 loads the experts as fused 3-D parameters, not
-as the per-expert linears calibration hooks.
+zero), so an engine costs ``experts / top_k`` times the routed compute. transformers 5
+loads the experts as fused 3-D parameters; calibration unfuses them into the per-expert
+linears this table names (quant/moe.py). trtllm-build reads experts fused, so it is
+refused at plan time (``trtllm_build_refusal``).
 """
 
 from __future__ import annotations
