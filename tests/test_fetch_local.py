@@ -189,7 +189,12 @@ def test_missing_tokenizer_is_refused_only_when_something_tokenizes(model: Path)
     err = expect_error(
         ExitCode.SOURCE, check_tokenizer_files, model, files, needed_for="calibration tokenizes"
     )
-    assert "has no tokenizer" in err.message and "calibration tokenizes" in (err.hint or "")
+    assert "tokenizer_config.json" in err.message and "no tokenizer" in err.message
+    assert "calibration tokenizes" in (err.hint or "")
+    # No tokenizer files at all: a weights-only folder, which `--until calibrate` builds.
+    (model / "tokenizer_config.json").unlink()
+    files = resolve_local(model, allow_pickle=False).files
+    check_tokenizer_files(model, files, needed_for="calibration tokenizes")
 
 
 def test_a_tokenizer_the_check_accepts_loads(model: Path) -> None:

@@ -4,8 +4,8 @@ is a source error naming what needed it.
 
 :func:`check_tokenizer_files` is the cheap half, run before any stage (issue 17 item 9:
 a corrupt tokenizer.json used to surface at verify, after convert and build): every
-tokenizer file of the folder is read within a size cap and its JSON parsed, and a
-folder that a stage will tokenize with must hold a tokenizer at all. It does not load
+tokenizer file of the folder is read within a size cap and its JSON parsed, and tokenizer
+files a stage will tokenize with must include a tokenizer. It does not load
 the vocabulary (a Gemma tokenizer.json is 33 MB; loading it on every ``forge plan``
 would cost more than the rest of the plan), so a file that parses but that the
 tokenizers library rejects for its content is still found at load time.
@@ -62,8 +62,9 @@ def load_tokenizer(tokenizer_dir: Path, *, needed_for: str) -> Any:
 
 
 def check_tokenizer_files(root: Path, names: Iterable[str], *, needed_for: str | None) -> None:
-    """Refuse a folder whose tokenizer files are unreadable, or that has no tokenizer
-    while ``needed_for`` (what will tokenize, or None when nothing will) needs one.
+    """Refuse a folder whose tokenizer files are unreadable, or whose tokenizer files hold
+    no tokenizer while ``needed_for`` (what will tokenize, or None when nothing will)
+    needs one.
 
     Args:
         root: the model folder.
@@ -77,10 +78,16 @@ def check_tokenizer_files(root: Path, names: Iterable[str], *, needed_for: str |
     for name in JSON_FILES:
         if name in present:
             _check_json_file(Path(root) / name, needed_for)
-    if needed_for is not None and not present.intersection(LOADABLE_FILES):
+    # A folder with tokenizer files but none a tokenizer loads from is a damaged copy. One
+    # with no tokenizer files at all is not refused here: the checks run before `--until`
+    # is known, and `forge build --until calibrate` of a weights-only folder is legitimate
+    # (python -m bench builds synthetic checkpoints that way).
+    partial = sorted(present.intersection(JSON_FILES))
+    if needed_for is not None and partial and not present.intersection(LOADABLE_FILES):
         raise source_error(
-            f"the model folder {root} has no tokenizer (none of {', '.join(LOADABLE_FILES)})",
-            hint=f"{needed_for} with the model's own tokenizer: copy its tokenizer files "
+            f"the model folder {root} has tokenizer files ({', '.join(partial)}) but no "
+            f"tokenizer (none of {', '.join(LOADABLE_FILES)})",
+            hint=f"{needed_for} with the model's own tokenizer: copy all its tokenizer files "
             "into the folder",
         )
 
