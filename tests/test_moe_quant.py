@@ -254,3 +254,38 @@ def test_quantized_hf_folder_is_refused_at_plan_time(tmp_path: Path, arch: str) 
         check_model(load_recipe(recipe), _moe_config(arch))
     assert info.value.code == ExitCode.RECIPE and "fused 3-D" in info.value.message
     assert info.value.location is not None and info.value.location.line > 0
+
+
+def test_fp8_expert_ranges_come_from_routed_tokens(mixtral: dict[str, Path]) -> None:
+    """Each expert's FP8 activation range (ModelOpt's max calibration) is the largest
+    |input| over the tokens transformers' router sends it, not over every token."""
+    from trtllm_forge.quant import layout
+    from trtllm_forge.quant.quantize import load_hf_model, quantize_checkpoint
+
+    out = mixtral["root"] / "q_fp8"
+    quantize_checkpoint(
+        hf_dir=mixtral["hf"],
+        canonical_dir=mixtral["canonical"],
+        out_dir=out,
+        method="fp8",
+        calibration=IDS,
+    )
+    model = load_hf_model(mixtral["hf"])
+    inputs: dict[int, torch.Tensor] = {}
+    for i, layer in enumerate(model.model.layers):
+        layer.mlp.register_forward_pre_hook(
+            lambda _m, args, i=i: inputs.__setitem__(i, args[0].reshape(-1, args[0].shape[-1]))
+        )
+    with torch.no_grad():
+        routers = model(input_ids=IDS, output_router_logits=True).router_logits
+    tensors = load_file(out / "rank0.safetensors")
+    below_global = 0
+    for i, logits in enumerate(routers):
+        chosen = torch.topk(logits.softmax(-1), 2, dim=-1).indices
+        for e in range(4):
+            routed = inputs[i][(chosen == e).any(dim=-1)]
+            want = routed.abs().max()
+            scale = tensors[f"transformer.layers.{i}.mlp.experts.{e}.fc.activation_scaling_factor"]
+            assert torch.allclose(scale * layout.FP8_MAX, want, rtol=1e-5), (i, e)
+            below_global += int(want < inputs[i].abs().max())
+    assert below_global > 0  # routing changes the ranges here, so the check can fail
