@@ -125,7 +125,10 @@ def gap_lines(gap: dict[str, Any] | None) -> list[str]:
         f"ModelOpt's own sharing rule (`preprocess_linear_fusion`, what its TensorRT-LLM "
         f"exporter applies) on ModelOpt's own model moves it from {r['b']:.3f} to "
         f"{r['c_qkv']:.3f}; forge's checkpoint is at {r['a']:.3f}: the rule accounts for "
-        f"{100 * share:.0f} % of the gap.",
+        f"{100 * share:.0f} % of the gap. The sharing is what makes the checkpoint "
+        "deployable, and ModelOpt's own exporter does the same, so the figure to compare "
+        f"forge's against is the shared one, not (b): forge's fake quant is "
+        f"{pct(r['a'], r['c_qkv'])} from it.",
     ]
     if "c_unified" in r:
         out.append(
