@@ -289,3 +289,21 @@ def test_fp8_expert_ranges_come_from_routed_tokens(mixtral: dict[str, Path]) -> 
             assert torch.allclose(scale * layout.FP8_MAX, want, rtol=1e-5), (i, e)
             below_global += int(want < inputs[i].abs().max())
     assert below_global > 0  # routing changes the ranges here, so the check can fail
+
+
+def test_tp_must_split_every_expert(tmp_path: Path) -> None:
+    """TP splits each routed expert (moe_intermediate_size) and the shared expert like a
+    dense MLP: a tp dividing neither is refused at plan time, the hint offering only tps
+    that fit (a dense intermediate_size of 128 would have let tp=4 through)."""
+    from trtllm_forge.pipeline.preflight import check_model
+
+    config = _moe_config("Qwen2MoeForCausalLM") | {"moe_intermediate_size": 34}
+    for tp, fits in ((2, True), (4, False)):
+        recipe = write_recipe(tmp_path / "r.yaml", source={"path": "m"}, parallel={"tp": tp})
+        if fits:
+            check_model(load_recipe(recipe), config)
+            continue
+        with pytest.raises(ForgeError) as info:
+            check_model(load_recipe(recipe), config)
+        assert "moe_intermediate_size 34" in info.value.message
+        assert info.value.hint is not None and "[1, 2]" in info.value.hint

@@ -281,6 +281,7 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     if recipe.build.backend == "trtllm":
         _refuse_trtllm_layout(loaded, hf_config)
     dims = model_dims(hf_config)  # also rejects absurd sizes before anything is allocated
+    dims |= _expert_sizes(hf_config)
     layers = dims["num_hidden_layers"]
     tp, pp = recipe.parallel.tp, recipe.parallel.pp
     problem = _tp_problem(tp, dims)
@@ -367,7 +368,21 @@ def _tp_problem(tp: int, dims: dict[str, int]) -> str | None:
         )
     if dims["intermediate_size"] % tp:
         return f"tp={tp} does not divide the model's intermediate size {dims['intermediate_size']}"
+    for name, size in dims.items():
+        if name in _EXPERT_SIZES and size % tp:  # TP splits each expert like a dense MLP
+            return f"tp={tp} does not divide the model's {name} {size}"
     return None
+
+
+# Qwen MoE experts' own widths (config.json's intermediate_size is a dense MLP's).
+_EXPERT_SIZES = ("moe_intermediate_size", "shared_expert_intermediate_size")
+
+
+def _expert_sizes(hf_config: dict[str, Any]) -> dict[str, int]:
+    from trtllm_forge.models.base import text_config
+
+    cfg = text_config(hf_config)
+    return {name: int(cfg[name]) for name in _EXPERT_SIZES if cfg.get(name)}
 
 
 def _valid_tps(dims: dict[str, int]) -> list[int]:
