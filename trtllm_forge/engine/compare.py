@@ -102,8 +102,8 @@ def load_reference(reference_dir: Path, *, device: str = "cpu") -> Any:
     model = AutoModelForCausalLM.from_pretrained(
         reference_dir, dtype=torch.float32, trust_remote_code=False
     )
-    if device != "cpu":
-        model = model.to(device)
+    if device != "cpu":  # (transformers' stubs type .to() as a wrapped method)
+        model.to(torch.device(device))  # type: ignore[arg-type,unused-ignore]
     return model.eval()  # type: ignore[no-untyped-call,unused-ignore]
 
 

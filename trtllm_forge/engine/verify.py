@@ -97,7 +97,7 @@ def require_device(device: str, backend: str) -> None:
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         missing.append(f"torch {torch.__version__} ({build}) sees no CUDA GPU")
     if backend != "hf":
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped,unused-ignore]
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             missing.append(
