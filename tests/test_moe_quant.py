@@ -337,3 +337,34 @@ def test_forge_build_int4_awq_tp2_reports_starved_experts(tmp_path: Path) -> Non
     warning = [line for line in run.err.splitlines() if "received no calibration token" in line]
     assert len(warning) == 1
     assert all(name in warning[0] for name in starved)
+
+
+# The Llama logit tolerances of tests/test_quant_methods.py (SmoothQuant, FP8, INT4).
+OTHER_METHODS = {
+    "smoothquant": ({"activations": "per_tensor"}, 0.15),
+    "fp8_block": ({"block_size": 32}, 0.2),
+    "w4a8_awq": ({"group_size": 32}, 0.6),
+}
+
+
+@pytest.mark.parametrize("method", list(OTHER_METHODS))
+def test_other_methods_on_experts(mixtral: dict[str, Path], method: str) -> None:
+    """SmoothQuant (a pre-quant scale per expert linear), FP8 blocks and W4A8 AWQ on every
+    expert: the engine computes the checkpoint's fake quant, close to the float model."""
+    from tests.engine_support import quantized_logits_check
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    params, tolerance = OTHER_METHODS[method]
+    out = mixtral["root"] / f"q_{method}"
+    quantize_checkpoint(
+        hf_dir=mixtral["hf"],
+        canonical_dir=mixtral["canonical"],
+        out_dir=out,
+        method=method,
+        params=params,
+        calibration=IDS,
+    )
+    onnx = mixtral["root"] / f"onnx_{method}"
+    vs_float, vs_fake = quantized_logits_check(mixtral["hf"], out, onnx, IDS)
+    assert 0 < vs_float < tolerance
+    assert vs_fake < 1e-4
