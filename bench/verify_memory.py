@@ -2,6 +2,8 @@
 
     python -m bench.verify_memory                      # new code, 2,048 and 8,192 tokens
     python -m bench.verify_memory --before /tmp/forge-before --tokens 2048
+    python -m bench.verify_memory --floor --tokens 2048    # FLOPs / this machine's GEMM rate
+    python -m bench.verify_memory --layers 4 --tokens 1024 --results /tmp/profile.json
 
 The model is a random-weight Qwen2 of Qwen2-0.5B's shape (hidden 896, 24 layers, 14 heads,
 2 KV heads, MLP 4,864, vocabulary 151,936, tied embeddings; 494M parameters, 1.98 GB in
@@ -13,7 +15,9 @@ child process running ``verify_engine`` exactly as the verify stage does — 8 p
 forge source tree in DIR (e.g. ``git worktree add /tmp/forge-before <commit>``), so old
 and new code are measured by the same harness on the same machine.
 
-Results go to bench/results/verify_memory.json and into docs/bench.md (between markers).
+Each run records per-phase wall and CPU seconds (CPU seconds still compare on a shared,
+loaded machine); ``--layers`` makes a shallower model of the same width and vocabulary for
+profiling. Results go to bench/results/verify_memory.json and into docs/bench.md (between markers).
 This is CPU-heavy for minutes: run it alone.
 """
 
@@ -211,6 +215,16 @@ def floor(tokens: int) -> dict[str, Any]:
     }
 
 
+def record_floor(path: Path, tokens: int) -> None:
+    """Measure the floor, keep it in the results at ``path`` (and the doc, for the default)."""
+    results = json.loads(path.read_text())
+    results["floor"] = floor(tokens)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    if path == RESULTS:
+        write_doc(results)
+    print(render_floor(results["floor"]), file=sys.stderr)  # noqa: T201
+
+
 def render_floor(result: dict[str, Any]) -> str:
     tflop = result["tflop"]
     one, two = result["rates"]
@@ -289,12 +303,7 @@ def main() -> int:
         write_doc(json.loads(RESULTS.read_text()))
         return 0
     if args.floor:
-        results = json.loads(args.results.read_text())
-        results["floor"] = floor(args.tokens[0])
-        args.results.write_text(json.dumps(results, indent=2) + "\n")
-        if args.results == RESULTS:
-            write_doc(results)
-        print(render_floor(results["floor"]), file=sys.stderr)  # noqa: T201
+        record_floor(args.results, args.tokens[0])
         return 0
     from bench.measure import machine
 
