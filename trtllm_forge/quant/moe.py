@@ -75,10 +75,10 @@ class RoutedExperts(nn.Module):
     sequential MoE and then shares input ranges across experts; each keeps its own here.
     """
 
-    def __init__(self, fused: nn.Module, leaves: tuple[str, str, str]) -> None:
+    def __init__(self, fused: Any, leaves: tuple[str, str, str]) -> None:
         super().__init__()
         self.num_experts = int(fused.num_experts)
-        self.act_fn = fused.act_fn
+        self.act_fn: Callable[[torch.Tensor], torch.Tensor] = fused.act_fn
         self.leaves = leaves
         gate_up, down = fused.gate_up_proj.detach(), fused.down_proj.detach()
         inter = int(down.shape[2])
