@@ -368,3 +368,27 @@ def test_other_methods_on_experts(mixtral: dict[str, Path], method: str) -> None
     vs_float, vs_fake = quantized_logits_check(mixtral["hf"], out, onnx, IDS)
     assert 0 < vs_float < tolerance
     assert vs_fake < 1e-4
+
+
+def test_kv_cache_only_on_moe(mixtral: dict[str, Path]) -> None:
+    """An int8 KV cache without weight quantization (method none) on the MoE model: the
+    experts stay float, the engine computes the checkpoint's fake quant."""
+    from tests.engine_support import quantized_logits_check
+    from trtllm_forge.checkpoint.io import read_config
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    out = mixtral["root"] / "q_kv"
+    quantize_checkpoint(
+        hf_dir=mixtral["hf"],
+        canonical_dir=mixtral["canonical"],
+        out_dir=out,
+        method="none",
+        kv_cache="int8",
+        calibration=IDS,
+    )
+    assert read_config(out)["quantization"]["kv_cache_quant_algo"] == "INT8"
+    assert load_file(out / "rank0.safetensors")[
+        "transformer.layers.0.mlp.experts.2.fc.weight"
+    ].is_floating_point()
+    vs_float, vs_fake = quantized_logits_check(mixtral["hf"], out, mixtral["root"] / "onnx_kv", IDS)
+    assert 0 < vs_float < 0.05 and vs_fake < 1e-4

@@ -209,12 +209,13 @@ def quantize_with_experts(
         starved = {name for name, n in counts.items() if n == 0}
     live = [t for t in targets if t.rsplit(".", 1)[0] not in starved]
     result = method(model, data, params, [to_module[t] for t in live], progress)
-    linears = {t: result.linears[to_module[t]] for t in live}
+    # Only what the method wrote: none (a KV-cache-only recipe) writes no linear at all.
+    linears = {t: result.linears[to_module[t]] for t in live if to_module[t] in result.linears}
     modules = dict(model.named_modules())
-    for name in (t for t in targets if t not in linears):
+    for name in (t for t in targets if t.rsplit(".", 1)[0] in starved):
         weight = modules[to_module[name]].weight.detach().float()
         linears[name] = fallback_record(weight, _siblings(name, linears))
-    result.linears = {t: linears[t] for t in targets}
+    result.linears = {t: linears[t] for t in targets if t in linears}
     if calibrated:
         result.stats["experts"] = {"routed_tokens": counts, "without_tokens": sorted(starved)}
         if starved:
