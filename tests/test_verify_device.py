@@ -75,3 +75,15 @@ def test_verify_key_changes_for_cuda_only(tmp_path: Path, model: Path) -> None:
     default = verify_key("default", enabled=True)
     assert verify_key("explicit", device="cpu") == default
     assert verify_key("cuda", device="cuda") != default  # plannable without a GPU
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_hf_target_needs_torch_cuda_only_and_cpu_needs_nothing() -> None:
+    from trtllm_forge.engine.verify import require_device
+
+    require_device("cpu", "onnxruntime")  # the default asks nothing of the machine
+    with pytest.raises(ForgeError) as caught:
+        require_device("cuda", "hf")  # a Hugging Face folder runs on torch alone
+    assert caught.value.code == ExitCode.DEPENDENCY
+    assert "sees no CUDA GPU" in caught.value.message
+    assert "onnxruntime" not in caught.value.message + str(caught.value.hint)

@@ -74,10 +74,8 @@ def evaluate_gates(
 
 
 DEVICES = ("cpu", "cuda")
-CUDA_INSTALL = (
-    "run on a machine with an NVIDIA GPU, a CUDA build of torch and onnxruntime-gpu "
-    "(`pip install onnxruntime-gpu` in place of onnxruntime), or set verify.device: cpu"
-)
+TORCH_CUDA = "run on a machine with an NVIDIA GPU and a CUDA build of torch"
+ORT_CUDA = "onnxruntime-gpu (`pip install onnxruntime-gpu` in place of onnxruntime)"
 
 
 def require_device(device: str, backend: str) -> None:
@@ -104,8 +102,10 @@ def require_device(device: str, backend: str) -> None:
                 f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (onnxruntime-gpu)"
             )
     if missing:
+        needs = TORCH_CUDA if backend == "hf" else f"{TORCH_CUDA} and {ORT_CUDA}"
         raise dependency_error(
-            "verify.device is cuda, but " + "; ".join(missing), hint=CUDA_INSTALL
+            "verify.device is cuda, but " + "; ".join(missing),
+            hint=f"{needs}, or set verify.device: cpu",
         )
 
 
