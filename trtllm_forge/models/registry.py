@@ -7,11 +7,15 @@ callable gets this module's :data:`REGISTRY` (``registry.kind == "models"``) so
 one plugin package can serve several registries by checking ``kind``. Entry
 points are loaded only when a lookup misses the built-ins, so a broken plugin
 cannot break conversion of a built-in architecture.
+
+A built-in family's module is imported only when its architecture is looked up:
+every `forge` run looks up one architecture, and importing all families cost about
+a tenth of a no-op `forge build` (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import difflib
+import functools
 import os
 import re
 import sys
@@ -20,25 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trtllm_forge.errors import ExitCode, ForgeError
-from trtllm_forge.models.baichuan import BaichuanFamily
 from trtllm_forge.models.base import Family
-from trtllm_forge.models.bloom import BloomFamily
-from trtllm_forge.models.chatglm import ChatGLMFamily
-from trtllm_forge.models.falcon import FalconFamily
-from trtllm_forge.models.gemma import GemmaFamily
-from trtllm_forge.models.gemma2 import Gemma2Family
-from trtllm_forge.models.gemma3 import Gemma3Family
-from trtllm_forge.models.gpt2 import Gpt2Family
-from trtllm_forge.models.gpt_bigcode import GptBigCodeFamily
-from trtllm_forge.models.gpt_neox import GptNeoxFamily
-from trtllm_forge.models.gptj import GptjFamily
-from trtllm_forge.models.llama import LlamaFamily
-from trtllm_forge.models.mixtral import MixtralFamily
-from trtllm_forge.models.mpt import MptFamily
-from trtllm_forge.models.phi3 import Phi3Family
-from trtllm_forge.models.qwen2_moe import Qwen2MoeFamily
-from trtllm_forge.models.qwen3 import Qwen3Family
-from trtllm_forge.models.qwen3_moe import Qwen3MoeFamily
 
 PLUGIN_GROUP = "trtllm_forge.plugins"
 
@@ -48,14 +34,21 @@ class FamilyRegistry:
 
     kind = "models"
 
-    def __init__(self, *, plugin_group: str | None = PLUGIN_GROUP) -> None:
+    def __init__(
+        self,
+        *,
+        plugin_group: str | None = PLUGIN_GROUP,
+        deferred: Mapping[str, Callable[[], Family]] | None = None,
+    ) -> None:
         self._by_arch: dict[str, Family] = {}
+        # Architecture -> the function importing its family's module, called on lookup.
+        self._deferred = dict(deferred or {})
         self._plugin_group = plugin_group
         self._plugins_loaded = plugin_group is None
 
     def register(self, family: Family) -> Family:
         for arch in family.architectures:
-            existing = self._by_arch.get(arch)
+            existing = self._by_arch.get(arch) or self._load_deferred(arch)
             if existing is not None and existing is not family:
                 raise ForgeError(
                     ExitCode.RECIPE,
@@ -68,10 +61,16 @@ class FamilyRegistry:
 
     def names(self) -> list[str]:
         self._load_plugins()
-        return sorted(self._by_arch)
+        return sorted(self._by_arch.keys() | self._deferred.keys())
+
+    def knows(self, architecture: str) -> bool:
+        """``architecture in names()``, loading plugins only when no built-in has it."""
+        if architecture in self._by_arch or architecture in self._deferred:
+            return True
+        return architecture in self.names()
 
     def get(self, architecture: str) -> Family:
-        family = self._by_arch.get(architecture)
+        family = self._by_arch.get(architecture) or self._load_deferred(architecture)
         if family is None:
             self._load_plugins()
             family = self._by_arch.get(architecture)
@@ -79,11 +78,21 @@ class FamilyRegistry:
             raise self._unknown(architecture)
         return family
 
+    def _load_deferred(self, architecture: str) -> Family | None:
+        load = self._deferred.pop(architecture, None)
+        if load is None:
+            return None
+        family = load()
+        self._by_arch[architecture] = family
+        return family
+
     def _unknown(self, architecture: str) -> ForgeError:
         """A model forge cannot convert is a recipe/model choice (exit 2), not an
         unavailable source. A close name is suggested only for what looks like a typo:
         "Gemma3nForCausalLM → did you mean Gemma3ForCausalLM?" helps nobody."""
-        names = sorted(self._by_arch)
+        import difflib  # only a miss needs it
+
+        names = self.names()
         close = difflib.get_close_matches(architecture, names, n=1)
         maybe = f" (did you mean {close[0]}?)" if close and not _is_real(architecture) else ""
         return ForgeError(
@@ -160,27 +169,164 @@ def _normalized_name(folder: str) -> str:
     return re.sub(r"[-_.]+", "_", stem.partition("-")[0]).lower()
 
 
-REGISTRY = FamilyRegistry()
-REGISTRY.register(LlamaFamily())
-REGISTRY.register(FalconFamily())
-REGISTRY.register(BloomFamily())
-REGISTRY.register(MptFamily())
-REGISTRY.register(Gpt2Family())
-REGISTRY.register(GptNeoxFamily())
-REGISTRY.register(GptBigCodeFamily())
-REGISTRY.register(GptjFamily())
-REGISTRY.register(GemmaFamily())
-REGISTRY.register(Gemma2Family())
-REGISTRY.register(Qwen3Family())
-REGISTRY.register(Phi3Family())
-REGISTRY.register(Gemma3Family())
-REGISTRY.register(MixtralFamily())
-REGISTRY.register(Qwen3MoeFamily())
-REGISTRY.register(Qwen2MoeFamily())
-# transformers has no class for these two: forge's own models (models/native.py).
-REGISTRY.register(ChatGLMFamily())
-REGISTRY.register(BaichuanFamily())
+# One function per built-in family module, importing it on first use (cached: a family
+# serving several architectures is one object). Imports, not module-name strings, so the
+# import graph check (tools/import_layers.py) sees them.
 
+
+@functools.cache
+def _llama() -> Family:
+    from trtllm_forge.models.llama import LlamaFamily
+
+    return LlamaFamily()
+
+
+@functools.cache
+def _falcon() -> Family:
+    from trtllm_forge.models.falcon import FalconFamily
+
+    return FalconFamily()
+
+
+@functools.cache
+def _bloom() -> Family:
+    from trtllm_forge.models.bloom import BloomFamily
+
+    return BloomFamily()
+
+
+@functools.cache
+def _mpt() -> Family:
+    from trtllm_forge.models.mpt import MptFamily
+
+    return MptFamily()
+
+
+@functools.cache
+def _gpt2() -> Family:
+    from trtllm_forge.models.gpt2 import Gpt2Family
+
+    return Gpt2Family()
+
+
+@functools.cache
+def _gpt_neox() -> Family:
+    from trtllm_forge.models.gpt_neox import GptNeoxFamily
+
+    return GptNeoxFamily()
+
+
+@functools.cache
+def _gpt_bigcode() -> Family:
+    from trtllm_forge.models.gpt_bigcode import GptBigCodeFamily
+
+    return GptBigCodeFamily()
+
+
+@functools.cache
+def _gptj() -> Family:
+    from trtllm_forge.models.gptj import GptjFamily
+
+    return GptjFamily()
+
+
+@functools.cache
+def _gemma() -> Family:
+    from trtllm_forge.models.gemma import GemmaFamily
+
+    return GemmaFamily()
+
+
+@functools.cache
+def _gemma2() -> Family:
+    from trtllm_forge.models.gemma2 import Gemma2Family
+
+    return Gemma2Family()
+
+
+@functools.cache
+def _qwen3() -> Family:
+    from trtllm_forge.models.qwen3 import Qwen3Family
+
+    return Qwen3Family()
+
+
+@functools.cache
+def _phi3() -> Family:
+    from trtllm_forge.models.phi3 import Phi3Family
+
+    return Phi3Family()
+
+
+@functools.cache
+def _gemma3() -> Family:
+    from trtllm_forge.models.gemma3 import Gemma3Family
+
+    return Gemma3Family()
+
+
+@functools.cache
+def _mixtral() -> Family:
+    from trtllm_forge.models.mixtral import MixtralFamily
+
+    return MixtralFamily()
+
+
+@functools.cache
+def _qwen3_moe() -> Family:
+    from trtllm_forge.models.qwen3_moe import Qwen3MoeFamily
+
+    return Qwen3MoeFamily()
+
+
+@functools.cache
+def _qwen2_moe() -> Family:
+    from trtllm_forge.models.qwen2_moe import Qwen2MoeFamily
+
+    return Qwen2MoeFamily()
+
+
+@functools.cache
+def _chatglm() -> Family:
+    from trtllm_forge.models.chatglm import ChatGLMFamily
+
+    return ChatGLMFamily()
+
+
+@functools.cache
+def _baichuan() -> Family:
+    from trtllm_forge.models.baichuan import BaichuanFamily
+
+    return BaichuanFamily()
+
+
+# Architecture -> its built-in family (chatglm and baichuan: forge's own models,
+# models/native.py, since transformers has no class for them).
+BUILTIN_FAMILIES: dict[str, Callable[[], Family]] = {
+    "LlamaForCausalLM": _llama,
+    "MistralForCausalLM": _llama,
+    "Qwen2ForCausalLM": _llama,
+    "FalconForCausalLM": _falcon,
+    "BloomForCausalLM": _bloom,
+    "MptForCausalLM": _mpt,
+    "GPT2LMHeadModel": _gpt2,
+    "GPTNeoXForCausalLM": _gpt_neox,
+    "GPTBigCodeForCausalLM": _gpt_bigcode,
+    "GPTJForCausalLM": _gptj,
+    "GemmaForCausalLM": _gemma,
+    "Gemma2ForCausalLM": _gemma2,
+    "Qwen3ForCausalLM": _qwen3,
+    "Phi3ForCausalLM": _phi3,
+    "Gemma3ForCausalLM": _gemma3,
+    "Gemma3ForConditionalGeneration": _gemma3,
+    "MixtralForCausalLM": _mixtral,
+    "Qwen3MoeForCausalLM": _qwen3_moe,
+    "Qwen2MoeForCausalLM": _qwen2_moe,
+    "ChatGLMModel": _chatglm,
+    "ChatGLMForConditionalGeneration": _chatglm,
+    "BaichuanForCausalLM": _baichuan,
+}
+REGISTRY = FamilyRegistry(deferred=BUILTIN_FAMILIES)
 
 # The model_type transformers pairs with each built-in architecture. transformers picks
 # its config class (and so the reference model verify loads) by model_type, not by

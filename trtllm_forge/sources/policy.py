@@ -178,7 +178,7 @@ def _natively_implemented(config: dict[str, Any]) -> bool:
     if not isinstance(architectures, list) or not architectures:
         return False
     name = architectures[0]
-    return isinstance(name, str) and name in REGISTRY.names() and REGISTRY.get(name).native
+    return isinstance(name, str) and REGISTRY.knows(name) and REGISTRY.get(name).native
 
 
 def _flatten(value: Any) -> list[Any]:
@@ -215,7 +215,7 @@ def _check_architectures_known(config: dict[str, Any], source: str) -> None:
 def _forge_knows(architecture: str) -> bool:
     from trtllm_forge.models.registry import REGISTRY
 
-    return architecture in REGISTRY.names()
+    return REGISTRY.knows(architecture)
 
 
 def _transformers_names() -> frozenset[str]:
