@@ -11,12 +11,9 @@ bug. The library's own traceback stays attached (``raise … from``) for ``-v``.
 
 from __future__ import annotations
 
-import json
 import sys
-import sysconfig
 from dataclasses import dataclass
 from functools import cache
-from importlib import metadata, resources
 from pathlib import Path
 from types import TracebackType
 
@@ -81,6 +78,10 @@ def classify(exc: BaseException) -> LibraryFailure | None:
 @cache
 def tested_versions() -> dict[str, str]:
     """Versions the default test tier passed with (written by ``make lock``)."""
+    # Imported here, as below: only a failure needs them, and every run imports this module.
+    import json
+    from importlib import resources
+
     text = (resources.files("trtllm_forge") / "data" / "tested_versions.json").read_text()
     versions: dict[str, str] = json.loads(text)["versions"]
     return versions
@@ -150,6 +151,8 @@ def _module_names(local: dict[str, object]) -> list[str]:
 
 
 def _installed(distribution: str) -> str | None:
+    from importlib import metadata
+
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
@@ -161,5 +164,7 @@ _FORGE_ROOT = Path(__file__).resolve().parent
 
 @cache
 def _site_dirs() -> frozenset[Path]:
+    import sysconfig
+
     paths = {*sys.path, sysconfig.get_paths()["purelib"]}
     return frozenset(Path(p).resolve() for p in paths if p and Path(p).is_dir())

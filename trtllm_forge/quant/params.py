@@ -160,11 +160,3 @@ class NvFp4Params(_declared(schema.NvFp4)):  # type: ignore[misc]
 
 # The recipe's kv_cache names and their TensorRT-LLM algos: the KV-format records'.
 KV_CACHE_ALGOS: dict[str, str] = {name: kv.trtllm_algo for name, kv in KV_FORMATS.items()}
-
-
-def key_view(params: dict[str, Any]) -> dict[str, Any]:
-    """Dumped parameters as the calibrate key holds them: an option added later is left
-    out at its default (``quantize_lm_head: false``), so keys made before it stay valid."""
-    if params.get("quantize_lm_head") is False:
-        return {k: v for k, v in params.items() if k != "quantize_lm_head"}
-    return params

@@ -12,7 +12,7 @@ from typing import Any
 
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, versions
 from trtllm_forge.quant.device import key_fields, require_device
-from trtllm_forge.quant.params import key_view
+from trtllm_forge.quant.key_view import key_view
 from trtllm_forge.stages.fetch import snapshot_dir
 from trtllm_forge.store.digest import digest_json
 
