@@ -7,10 +7,14 @@ recipes that agree on them share the artifact.
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
+from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,7 +95,62 @@ def versions(*packages: str) -> dict[str, str]:
 @cache
 def _installed_version(name: str) -> str:
     # Each lookup scans every installed distribution; several stages ask for the same ones.
+    found = _version_from_folders(name)
+    if found is not None:
+        return found
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "absent"
+
+
+def _version_from_folders(name: str) -> str | None:
+    """``metadata.version(name)`` found the way importlib.metadata finds it (the first
+    ``*.dist-info``/``*.egg-info`` of the normalized name along sys.path), reading only
+    the metadata's header lines: metadata.version parses the whole file, long
+    description included, as email, and every no-op build keys all five stages. None
+    where this shortcut cannot be sure (a zip on sys.path, another distribution
+    finder, no Version header): the caller asks importlib.metadata then."""
+    if any(hasattr(f, "find_distributions") and f is not PathFinder for f in sys.meta_path):
+        return None
+    wanted = _normalized(name)
+    for entry in sys.path:
+        root = entry or "."
+        if root.lower().endswith(".egg") or (os.path.exists(root) and not os.path.isdir(root)):
+            return None  # an egg or a zip file: importlib.metadata looks inside
+        try:
+            children = os.listdir(root)  # importlib.metadata's order, first match wins
+        except OSError:
+            continue
+        for child in children:
+            low = child.lower()
+            if low.endswith((".dist-info", ".egg-info")):
+                if _normalized(low.rpartition(".")[0].partition("-")[0]) == wanted:
+                    return _header_version(os.path.join(root, child))
+    return None
+
+
+def _normalized(name: str) -> str:
+    """importlib.metadata's Prepared.normalize: PEP 503, dashes as underscores."""
+    return re.sub(r"[-_.]+", "-", name).lower().replace("-", "_")
+
+
+def _header_version(folder: str) -> str | None:
+    """The ``Version:`` header of METADATA (PKG-INFO for an egg-info), as the email
+    parser importlib.metadata uses returns it; None for anything less plain."""
+    for file_name in ("METADATA", "PKG-INFO"):
+        try:
+            with open(os.path.join(folder, file_name), encoding="utf-8") as meta:
+                head = meta.read(65536).partition("\n\n")[0]
+        except OSError:
+            continue
+        lines = head.split("\n")
+        for index, line in enumerate(lines):
+            key, colon, value = line.partition(":")
+            if colon and key.lower() == "version":
+                follows = lines[index + 1] if index + 1 < len(lines) else ""
+                if follows.startswith((" ", "\t")) or "\r" in head:
+                    return None  # a folded or CRLF header: leave it to the email parser
+                return value.lstrip(" \t")
+        return None
+    return None
