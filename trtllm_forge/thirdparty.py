@@ -11,11 +11,14 @@ bug. The library's own traceback stays attached (``raise … from``) for ``-v``.
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
+from typing import Any
 
 from trtllm_forge.errors import ExitCode, ForgeError
 
@@ -168,3 +171,45 @@ def _site_dirs() -> frozenset[Path]:
 
     paths = {*sys.path, sysconfig.get_paths()["purelib"]}
     return frozenset(Path(p).resolve() for p in paths if p and Path(p).is_dir())
+
+
+# pydantic imports ``pydantic.plugin._loader`` when it builds its first validator (typer
+# builds some for the CLI's options), and that module imports importlib.metadata (email,
+# zipfile, csv, socket…) only to look for plugins: about a tenth of a no-op `forge build`'s
+# instructions (docs/performance.md). The CLI disables pydantic plugins (cli/__init__.py);
+# while they are disabled the real loader's get_plugins() returns () without reading
+# anything, so a stand-in answers the same without the import. Anything else asked of it,
+# or get_plugins() once plugins are enabled again, loads the real module.
+_PYDANTIC_LOADER = "pydantic.plugin._loader"
+# The values for which pydantic's own get_plugins() returns no plugins.
+_DISABLED = ("__all__", "1", "true")
+
+
+def stand_in_pydantic_plugin_loader() -> None:
+    """Stand in for pydantic's plugin loader if plugins are disabled and it is not loaded."""
+    if (
+        _PYDANTIC_LOADER in sys.modules
+        or os.environ.get("PYDANTIC_DISABLE_PLUGINS") not in _DISABLED
+    ):
+        return
+    shim = ModuleType(_PYDANTIC_LOADER, "forge's stand-in: pydantic plugins are disabled")
+    shim.get_plugins = _get_plugins  # type: ignore[attr-defined]
+    shim.__getattr__ = _real_attribute  # type: ignore[attr-defined]
+    sys.modules[_PYDANTIC_LOADER] = shim
+
+
+def _get_plugins() -> Iterable[Any]:
+    if os.environ.get("PYDANTIC_DISABLE_PLUGINS") in _DISABLED:
+        return ()
+    return _real_attribute("get_plugins")()  # type: ignore[no-any-return]
+
+
+def _real_attribute(name: str) -> Any:
+    """The attribute of pydantic's real loader, imported in place of the stand-in."""
+    if name.startswith("__"):  # the import system asks a module for __path__ and the like
+        raise AttributeError(name)
+    import importlib  # a third-party module name, loaded only when plugins are wanted
+
+    if getattr(sys.modules.get(_PYDANTIC_LOADER), "get_plugins", None) is _get_plugins:
+        del sys.modules[_PYDANTIC_LOADER]
+    return getattr(importlib.import_module(_PYDANTIC_LOADER), name)

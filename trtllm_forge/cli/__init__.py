@@ -57,6 +57,9 @@ def main() -> None:
     # it builds its first validator; forge's CLI validates only its own models, and that scan
     # is a measurable part of a no-op build's start-up (docs/performance.md).
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    from trtllm_forge.thirdparty import stand_in_pydantic_plugin_loader
+
+    stand_in_pydantic_plugin_loader()  # so the disabled plugins cost no import either
     # torch compiles kernels for ModelOpt's quantizers into an inductor cache, /tmp by
     # default: it goes under FORGE_HOME so a build writes nothing outside the store.
     from trtllm_forge.context import forge_home

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,10 @@ def provenance(ckpt: Checkpoint, tools: tuple[str, ...]) -> dict[str, Any]:
 
 
 def tool_version(distribution: str) -> str | None:
+    # Imported here: importlib.metadata (email, zipfile, csv…) is a measurable part of a
+    # no-op `forge build`, which imports this module but writes no engine.
+    from importlib import metadata as importlib_metadata
+
     try:
         return importlib_metadata.version(distribution)
     except importlib_metadata.PackageNotFoundError:

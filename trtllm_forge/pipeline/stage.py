@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import metadata
 from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,6 +97,8 @@ def _installed_version(name: str) -> str:
     found = _version_from_folders(name)
     if found is not None:
         return found
+    from importlib import metadata  # email, zipfile, csv…: only where the shortcut gives up
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -108,8 +109,8 @@ def _version_from_folders(name: str) -> str | None:
     """``metadata.version(name)`` found the way importlib.metadata finds it (the first
     ``*.dist-info``/``*.egg-info`` of the normalized name along sys.path), reading only
     the metadata's header lines: metadata.version parses the whole file, long
-    description included, as email, and every no-op build keys all five stages. None
-    where this shortcut cannot be sure (a zip on sys.path, another distribution
+    description included, as email, and every no-op build keys all five stages;
+    "absent" where no folder has the name. None where this shortcut cannot be sure (a zip on sys.path, another distribution
     finder, no Version header): the caller asks importlib.metadata then."""
     if any(hasattr(f, "find_distributions") and f is not PathFinder for f in sys.meta_path):
         return None
@@ -127,7 +128,7 @@ def _version_from_folders(name: str) -> str | None:
             if low.endswith((".dist-info", ".egg-info")):
                 if _normalized(low.rpartition(".")[0].partition("-")[0]) == wanted:
                     return _header_version(os.path.join(root, child))
-    return None
+    return "absent"  # where importlib.metadata looks, nothing has that name
 
 
 def _normalized(name: str) -> str:

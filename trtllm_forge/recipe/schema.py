@@ -11,6 +11,10 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
 
+from trtllm_forge.thirdparty import stand_in_pydantic_plugin_loader
+
+stand_in_pydantic_plugin_loader()  # before the first model below (thirdparty.py says why)
+
 SCHEMA_VERSION = 1
 
 Dtype = Literal["float32", "float16", "bfloat16"]
