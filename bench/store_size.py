@@ -141,7 +141,8 @@ def render(r: dict[str, Any]) -> str:
     return (
         f"Store size for a float32 `{r['shape']}` ({r['parameters'] / 1e9:.2f} B parameters) "
         f"built to an ONNX Runtime engine at tp = 1, {r['when']}. Converted checkpoint: "
-        f"{r['converted_bytes'] / gb:.3f} GB.\n\n"
+        f"{r['converted_bytes'] / gb:.3f} GB. Measured by `python -m bench.store_size "
+        f"--shape {r['shape_arg']}`.\n\n"
         "| stage | GB on disk (shared files once) | GB counting every link |\n|---|---|---|\n"
         f"{rows}"
         f"| **total** | **{r['total_bytes'] / gb:.3f}** | {r['total_bytes_counting_links'] / gb:.3f} |\n\n"
@@ -177,7 +178,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(CHOICES), default="small")
     parser.add_argument("--doc", type=Path, help="rewrite this command's section of the doc")
     args = parser.parse_args()
-    result = measure(CHOICES[args.shape])
+    result = {"shape_arg": args.shape, **measure(CHOICES[args.shape])}
     print(json.dumps(result, indent=2))
     if args.doc:
         write_section(args.doc, render(result))
