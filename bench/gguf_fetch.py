@@ -115,7 +115,8 @@ def write_section(doc: Path, body: str) -> None:
     text = doc.read_text() if doc.exists() else "# Performance\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        text = head + section + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     doc.write_text(text)
