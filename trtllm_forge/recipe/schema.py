@@ -22,6 +22,17 @@ KvCache = Literal["none", "int8", "fp8", "nvfp4"]
 HF_REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
+def _empty_dict() -> dict[str, str | bool]:
+    # Not `dict` itself: pydantic inspects a default factory's signature, and a builtin's
+    # is parsed from its text signature with tokenize, whose large regex is then compiled
+    # on every `forge` run.
+    return {}
+
+
+def _empty_list() -> list[str]:
+    return []  # not `list`: see _empty_dict
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -313,7 +324,7 @@ class Build(_Strict):
         1024, ge=2, le=1_048_576, description="Longest prompt + generated sequence."
     )
     plugins: dict[Annotated[str, Field(min_length=1, max_length=64)], str | bool] = Field(
-        default_factory=dict, description="Backend plugin switches, validated per backend."
+        default_factory=_empty_dict, description="Backend plugin switches, validated per backend."
     )
     opt_level: int = Field(3, ge=0, le=5, description="TensorRT builder optimization level.")
     workspace_gb: float = Field(4.0, gt=0, le=1024, description="TensorRT builder workspace limit.")
@@ -376,7 +387,7 @@ class Verify(_Strict):
         32, ge=1, le=4096, description="Greedy tokens generated per prompt."
     )
     texts: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=list,
+        default_factory=_empty_list,
         description="Held-out texts for KL / top-1 / perplexity (default: built-in).",
     )
     text_file: str | None = Field(
