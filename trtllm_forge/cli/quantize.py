@@ -24,7 +24,7 @@ OutOpt = Annotated[
 GroupSizeOpt = Annotated[
     int | None, typer.Option("--group-size", help="int4_wo/awq/gptq group size.")
 ]
-KvCacheOpt = Annotated[str, typer.Option("--kv-cache", help="none, int8 or fp8.")]
+KvCacheOpt = Annotated[str, typer.Option("--kv-cache", help="none, int8, fp8 or nvfp4.")]
 CalibOpt = Annotated[
     Path | None, typer.Option("--calib", help="Calibration text (.txt or .jsonl).")
 ]

@@ -64,7 +64,9 @@ class Source(_Strict):
     )
     allow_pickle: bool = Field(
         False,
-        description="Allow pickle weights (`.bin`, `.pt`). Pickle can run code: off by default.",
+        description="Allow pickle weights (`.bin`, `.pt`): fetch loads them with torch.load"
+        "(weights_only=True) and stores safetensors, so no later stage reads pickle. Off by"
+        " default: unpickling is still an attack surface.",
     )
 
     @model_validator(mode="after")
