@@ -14,7 +14,26 @@ INT4_GOAL = 5 * INT4_BEFORE
 
 # Measured causes of rows short of a goal, keyed by (model, precision, batch); the figures
 # behind each are in the JSON next to the table.
-CAUSES: dict[tuple[str, str, int], str] = {}
+CAUSES: dict[tuple[str, str, int], str] = {
+    ("smollm2-135m", "float32", 8): (
+        "0.5 % under, inside the timing noise of this machine: both engines stream the same "
+        "float32 head each step (forge's 625 MB on disk hold the tied head a second time, "
+        "transposed; the builder's 515 MB share it) and were timed in separate processes at "
+        "load 8.0 and 8.9."
+    ),
+    ("smollm2-135m", "int4", 1): (
+        "Not the head any more: with `quantize_lm_head` forge's ort engine has the builder's "
+        "layout (int4 MatMulNBits head, the tied embedding read from it by "
+        "GatherBlockQuantized; weights 73 MB vs 74 MB). Measured differences left: forge's "
+        "int4 is AWQ, whose pre-quant scales stay a Mul before o_proj, down_proj and (their "
+        "scales differ) gate/up: 120 of the graph's 462 nodes per decode step, where the "
+        "builder's RTN int4 graph has 343 in all; and timing noise on "
+        "the shared cores: the builder's own int4 batch-1 figure was 52.2 tokens/s at load "
+        "4.9 in the first run and 46.3 at load 7.5 in the later one, more than the gap. The "
+        "57 tokens/s bar is not reachable at these loads by either engine (the builder: "
+        "46.3); the figure before the issue (11.4) was taken at load 8.5."
+    ),
+}
 
 
 def scenario(report: dict[str, Any], batch: int) -> dict[str, Any] | None:
@@ -70,7 +89,10 @@ def render_goals(doc: dict[str, Any]) -> list[str]:
     short = shortfalls(doc)
     if not short:
         return [*lines, "Every measured cell meets them in the run shown.", ""]
+    cells: dict[tuple[str, str, int], list[str]] = {}
     for model, precision, batch, what in short:
+        cells.setdefault((model, precision, batch), []).append(what)
+    for (model, precision, batch), whats in cells.items():
         cause = CAUSES.get((model, precision, batch), "Cause not measured yet.")
-        lines.append(f"- {model}, {precision}, batch {batch}: {what}. {cause}")
+        lines.append(f"- {model}, {precision}, batch {batch}: {'; '.join(whats)}. {cause}")
     return [*lines, ""]

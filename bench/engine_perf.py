@@ -373,9 +373,20 @@ def _gpu_section() -> list[str]:
 
 
 def _rows(doc: dict[str, Any], model: str, batch: int) -> list[str]:
-    runs = [r for r in doc["runs"] if r["model"] == model]
+    order = ("forge portable", "forge ort", "genai builder", "transformers")
+    runs = sorted(
+        (r for r in doc["runs"] if r["model"] == model),
+        key=lambda r: (
+            r["target"] == "transformers",
+            PRECISIONS.index(r["precision"]),
+            order.index(r["target"]),
+        ),
+    )
+    # A ratio only against the builder timed in the same run (--merge keeps older rows).
     peers = {
-        r["precision"]: scenario(r["report"], batch) for r in runs if r["target"] == "genai builder"
+        (r["precision"], r.get("run")): scenario(r["report"], batch)
+        for r in runs
+        if r["target"] == "genai builder"
     }
     rows = []
     for r in runs:
@@ -386,7 +397,7 @@ def _rows(doc: dict[str, Any], model: str, batch: int) -> list[str]:
                 f"| {r['precision']} | {r['target']} | — | — | — | — | — | — | {error[:80]} | |"
             )
             continue
-        peer = peers.get(r["precision"])
+        peer = peers.get((r["precision"], r.get("run")))
         ratio = (
             f"{s['output_tokens_per_s'] / peer['output_tokens_per_s']:.2f}×"
             if peer and r["target"] != "genai builder"
