@@ -109,12 +109,25 @@ def _version_from_folders(name: str) -> str | None:
     """``metadata.version(name)`` found the way importlib.metadata finds it (the first
     ``*.dist-info``/``*.egg-info`` of the normalized name along sys.path), reading only
     the metadata's header lines: metadata.version parses the whole file, long
-    description included, as email, and every no-op build keys all five stages;
-    "absent" where no folder has the name. None where this shortcut cannot be sure (a zip on sys.path, another distribution
-    finder, no Version header): the caller asks importlib.metadata then."""
+    description included, as email, and every no-op build keys all five stages.
+    "absent" where no folder has the name; None where this shortcut cannot be sure (a
+    zip or egg on sys.path, another distribution finder, no plain Version header): the
+    caller asks importlib.metadata then."""
+    folders = _distribution_folders()
+    if folders is None:
+        return None
+    folder = folders.get(_normalized(name))
+    return "absent" if folder is None else _header_version(folder)
+
+
+@cache
+def _distribution_folders() -> dict[str, str] | None:
+    """Normalized distribution name -> its first metadata folder along sys.path (one
+    listing for all the versions a run asks for); None where importlib.metadata would
+    look somewhere this does not."""
     if any(hasattr(f, "find_distributions") and f is not PathFinder for f in sys.meta_path):
         return None
-    wanted = _normalized(name)
+    folders: dict[str, str] = {}
     for entry in sys.path:
         root = entry or "."
         if root.lower().endswith(".egg") or (os.path.exists(root) and not os.path.isdir(root)):
@@ -126,9 +139,9 @@ def _version_from_folders(name: str) -> str | None:
         for child in children:
             low = child.lower()
             if low.endswith((".dist-info", ".egg-info")):
-                if _normalized(low.rpartition(".")[0].partition("-")[0]) == wanted:
-                    return _header_version(os.path.join(root, child))
-    return "absent"  # where importlib.metadata looks, nothing has that name
+                key = _normalized(low.rpartition(".")[0].partition("-")[0])
+                folders.setdefault(key, os.path.join(root, child))
+    return folders
 
 
 def _normalized(name: str) -> str:

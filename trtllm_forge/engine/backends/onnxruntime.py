@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trtllm_forge.context import NullProgress, Progress
-from trtllm_forge.engine.metadata import engine_metadata, write_metadata
-from trtllm_forge.engine.spec import read_checkpoint
 
 if TYPE_CHECKING:
     from trtllm_forge.engine.backends.options import BuildOptions
@@ -34,8 +32,12 @@ def unavailable_reason() -> str | None:
 def build(
     checkpoint_dir: Path, out_dir: Path, options: BuildOptions, *, progress: Progress = _NO_PROGRESS
 ) -> dict[str, Any]:
+    # Imported here, like the lowering: every build's key computation imports this module
+    # (unavailable_reason), and a no-op build writes no engine.
+    from trtllm_forge.engine.metadata import engine_metadata, write_metadata
     from trtllm_forge.engine.onnx.lower import OrtProfile, lower_checkpoint
     from trtllm_forge.engine.onnx.ort.matmul import ACCURACY_INT8
+    from trtllm_forge.engine.spec import read_checkpoint
 
     ckpt = read_checkpoint(checkpoint_dir)
     meta = engine_metadata(
