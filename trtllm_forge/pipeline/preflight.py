@@ -68,8 +68,10 @@ def check_static(loaded: LoadedRecipe) -> None:
             location=loaded.locate("quantize.calibration"),
         )
     _check_profile(loaded)
-    _check_hf_format(loaded)
-    _check_engine_format(loaded)
+    if recipe.quantize.method != "none" or recipe.quantize.kv_cache != "none":
+        # Every target carries unquantized weights: no need to import quant/records.py.
+        _check_hf_format(loaded)
+        _check_engine_format(loaded)
 
 
 def check_sources(loaded: LoadedRecipe) -> None:
