@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trtllm_forge.context import RunContext
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error
@@ -25,8 +25,10 @@ from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.store import events
 from trtllm_forge.store.digest import digest_json, short
 from trtllm_forge.store.store import Artifact, Invalid, Store, disk_full_error
-from trtllm_forge.store.transfer import AutoRemote
 from trtllm_forge.thirdparty import library_error
+
+if TYPE_CHECKING:
+    from trtllm_forge.store.transfer import AutoRemote
 
 STAGE_NAMES = ("fetch", "convert", "calibrate", "build", "verify")
 
@@ -111,6 +113,8 @@ class Runner:
             from trtllm_forge.stages.verify import require_verify_device
 
             require_verify_device(self.loaded.recipe)  # the same for verify.device: cuda
+        from trtllm_forge.store.transfer import AutoRemote  # a build's, not a plan's
+
         self.remote = AutoRemote.from_settings(self.store, self.ctx)  # a missing plugin: exit 4
         for name in force:
             if name not in STAGE_NAMES:
