@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, create_model
 
+# key_view lives apart so keying calibrate builds none of the models here; re-exported.
+from trtllm_forge.quant.key_view import key_view as key_view
 from trtllm_forge.quant.records import KV_FORMATS
 from trtllm_forge.recipe import schema
 
