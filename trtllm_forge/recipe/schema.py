@@ -4,8 +4,8 @@ Every model's docstring says what the section controls; ``forge recipe schema``
 exports the JSON Schema so editors can validate recipes as they are typed.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: with it every field annotation is a string
+# that pydantic compiles (typing.ForwardRef) and evaluates on every `forge` run.
 from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -70,7 +70,7 @@ class Source(_Strict):
     )
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> Source:
+    def _exactly_one(self) -> "Source":
         given = [k for k in ("hf", "path", "gguf") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
@@ -332,7 +332,7 @@ class Build(_Strict):
     workspace_gb: float = Field(4.0, gt=0, le=1024, description="TensorRT builder workspace limit.")
 
     @model_validator(mode="after")
-    def _limits(self) -> Build:
+    def _limits(self) -> "Build":
         if (self.backend == "hf") != (self.format is not None):
             raise ValueError(
                 "`format` goes with backend `hf`, and backend `hf` needs a `format` "
