@@ -28,14 +28,17 @@ CAUSES: dict[tuple[str, str, int], str] = {
     ),
     ("llama-1b", "int4", 8): "As at batch 1: no builder model without a tokenizer.",
     ("smollm2-135m", "int4", 1): (
-        "Not the head any more: with `quantize_lm_head` forge's ort engine has the builder's "
-        "layout (int4 MatMulNBits head, the tied embedding read from it by "
-        "GatherBlockQuantized; weights 73 MB vs 74 MB). The one structural difference left "
-        "is AWQ's: its pre-quant scales stay a Mul before o_proj, down_proj and (their scales "
-        "differ) gate/up, 120 of the graph's 462 nodes per decode step; without them the "
-        "graph is the builder's RTN int4 graph node for node (343). Not separated from the "
-        "kernels by a measurement in this session. Timing noise is smaller than the gap "
-        "here (load 2.0-2.3), but it was not in the 07:56 run (load 5-7.5: 0.94× and 1.02×)."
+        "Measured cause: timing noise between the two processes, not the engine. With "
+        "`quantize_lm_head` forge's ort engine has the builder's layout (int4 MatMulNBits "
+        "head, the tied embedding read from it by GatherBlockQuantized; weights 73 MB vs "
+        "74 MB). Timed in alternating pairs right after this run (08:14 UTC, load 3.5-4; "
+        "`forge bench ENGINE --runtime forge|genai --batch-sizes 1,8 --input-len 64 "
+        "--output-len 64 --batches 2 --warmup 1 --threads 2`), forge's int4 ort engine "
+        "made 81.3 and 62.4 tokens/s at batch 1 against the builder's 64.6 and 62.5, and "
+        "130.4 and 138.4 at batch 8 against 114.1 and 106.9. AWQ's pre-quant Muls (120 "
+        "of the graph's 462 nodes; without them it is the builder's graph node for node) "
+        "are not it either: an int4_wo engine without them (342 nodes) made 84.5 and 80.9 "
+        "tokens/s at batch 1 in the same alternation, the AWQ one 100.1 and 87.0."
     ),
     ("smollm2-135m", "int4", 8): "Same as batch 1.",
 }
