@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -75,3 +76,11 @@ def test_inspect_engine_checkpoint_and_key(built: dict) -> None:  # type: ignore
     assert "quantization none," in text.out and "group_size" not in text.out, text.out
     missing = forge("inspect", "ffffffffffff", env=env)
     assert missing.code == 2 and "no artifact key" in missing.err
+
+
+def test_build_output_carries_no_raw_python_warnings(built: dict) -> None:  # type: ignore[type-arg]
+    """Issue 17 item 15: library warnings (transformers' FutureWarnings and the like) are not
+    printed into forge's output in Python's `file.py:N: SomeWarning: ...` form."""
+    raw = re.compile(r"\.py:\d+: \w*Warning: ")
+    assert not raw.search(built["run"].err), built["run"].err[-2000:]
+    assert not raw.search(built["run"].out)
