@@ -392,3 +392,24 @@ def test_kv_cache_only_on_moe(mixtral: dict[str, Path]) -> None:
     ].is_floating_point()
     vs_float, vs_fake = quantized_logits_check(mixtral["hf"], out, mixtral["root"] / "onnx_kv", IDS)
     assert 0 < vs_float < 0.05 and vs_fake < 1e-4
+
+
+def test_hub_moe_export_is_refused_before_convert(tmp_path: Path) -> None:
+    """A hub source's config.json is known only after fetch: `forge export trtllm-ckpt` of
+    a Mixtral refuses it there (exit 2), before convert or calibrate run."""
+    from tests.helpers import assert_clean_error, forge, hub_cache
+    from tests.tinymodels import make_tiny_hf
+
+    hf = make_tiny_hf("mixtral", tmp_path / "m", intermediate_size=64, with_tokenizer=True)
+    files = {p.name: p.read_bytes() for p in hf.iterdir() if p.is_file()}
+    hub_cache(tmp_path / "hub", "acme/tiny-mixtral", files)
+    recipe = write_recipe(
+        tmp_path / "r.yaml", source={"hf": "acme/tiny-mixtral"}, convert={"dtype": "float16"}
+    )
+    home = tmp_path / "home"
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "FORGE_HOME": str(home)}
+    run = forge("export", "trtllm-ckpt", str(recipe), str(tmp_path / "out"), env=env)
+    assert_clean_error(run, 2, "TensorRT-LLM")
+    assert (home / "artifacts" / "fetch").is_dir()
+    assert not (home / "artifacts" / "convert").exists()
+    assert not (tmp_path / "out").exists()

@@ -73,6 +73,8 @@ def export_trtllm_checkpoint(
     check_trtllm_export(loaded)  # before any stage runs
     target = empty_target(Path(dest), overwrite)
     runner = Runner(loaded, context_or_default(ctx))
+    if loaded.recipe.source.path is None:  # a hub or GGUF source: its config.json is
+        _refuse_fetched_layout(runner)  # known after fetch, checked before convert
     runner.build(until="calibrate")
     assert runner.job is not None
     shard = sharded_checkpoint(runner.job)
@@ -84,6 +86,16 @@ def export_trtllm_checkpoint(
         "tp": runner.loaded.recipe.parallel.tp,
         "pp": runner.loaded.recipe.parallel.pp,
     }
+
+
+def _refuse_fetched_layout(runner: Runner) -> None:
+    """A family trtllm-build cannot read (MoE experts), refused before convert and calibrate."""
+    from trtllm_forge.pipeline.preflight import refuse_trtllm_layout
+    from trtllm_forge.stages.convert import source_config
+
+    runner.build(until="fetch")
+    assert runner.job is not None
+    refuse_trtllm_layout(runner.loaded, source_config(runner.job))
 
 
 def export_hf(

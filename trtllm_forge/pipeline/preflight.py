@@ -188,7 +188,7 @@ def check_trtllm_export(loaded: LoadedRecipe) -> None:
         from trtllm_forge.sources.policy import read_config
 
         root = loaded.resolve_path(recipe.source.path, "source.path")
-        _refuse_trtllm_layout(loaded, read_config(root))
+        refuse_trtllm_layout(loaded, read_config(root))
     if recipe.quantize.method in WEIGHT_ONLY_METHODS and recipe.convert.dtype == "float32":
         raise recipe_error(
             f"trtllm-build runs {recipe.quantize.method} (weight-only) with float16 or bfloat16 "
@@ -199,7 +199,7 @@ def check_trtllm_export(loaded: LoadedRecipe) -> None:
         )
 
 
-def _refuse_trtllm_layout(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
+def refuse_trtllm_layout(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     """A family whose checkpoint layout trtllm-build does not read (MoE experts)."""
     from trtllm_forge.models.registry import family_for
 
@@ -281,7 +281,7 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     recipe = loaded.recipe
     _check_architecture(loaded, hf_config)
     if recipe.build.backend == "trtllm":
-        _refuse_trtllm_layout(loaded, hf_config)
+        refuse_trtllm_layout(loaded, hf_config)
     dims = model_dims(hf_config)  # also rejects absurd sizes before anything is allocated
     dims |= _expert_sizes(hf_config)
     layers = dims["num_hidden_layers"]
