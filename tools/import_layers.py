@@ -54,12 +54,6 @@ PENDING: dict[str, str] = {
     "trtllm_forge.engine.onnx.linear": "the same move",
     "upward: trtllm_forge.quant.onnx_lowering -> trtllm_forge.engine.onnx.context": "the same",
     "upward: trtllm_forge.quant.onnx_lowering -> trtllm_forge.engine.onnx.linear": "the same",
-    "upward: trtllm_forge.store.maintenance -> trtllm_forge.pipeline.runner": (
-        "check_stage_name takes the stage names from its caller (the cli/api)"
-    ),
-    "upward: trtllm_forge.hf.verify -> trtllm_forge.hf.stage": (
-        "HF_DIR in a module below both (hf/folder.py), imported by stage and verify"
-    ),
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from trtllm_forge.api.core import context_or_default, store
 from trtllm_forge.context import RunContext
+from trtllm_forge.pipeline.runner import STAGE_NAMES
 from trtllm_forge.store.store import Store
 
 
@@ -22,7 +23,7 @@ def cache_usage(*, ctx: RunContext | None = None) -> dict[str, int]:
     """Bytes on disk per stage."""
     from trtllm_forge.store import maintenance
 
-    return maintenance.usage(store(ctx))
+    return maintenance.usage(store(ctx), STAGE_NAMES)
 
 
 def cache_verify(*, fix: bool = False, ctx: RunContext | None = None) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def cache_rm(
         raise recipe_error("key prefix too short", hint="give at least 4 hex characters")
     the_store = store(ctx)
     if stage is not None:
-        maintenance.check_stage_name(the_store, stage)
+        maintenance.check_stage_name(the_store, stage, STAGE_NAMES)
     return maintenance.remove(the_store, key_prefix=key, stage=stage, everything=everything)
 
 

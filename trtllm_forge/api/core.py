@@ -173,7 +173,7 @@ def _export_source(runner: Runner) -> Any:
     if backend == "trtllm":  # forge does not run trtllm-build here: export its input
         kind, files = "trtllm-checkpoint", sharded_checkpoint(runner.job).path
     elif backend == "hf":
-        from trtllm_forge.hf.stage import HF_DIR
+        from trtllm_forge.hf.names import HF_DIR
 
         kind, files = "hf-checkpoint", upstream["build"].path / HF_DIR
     else:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trtllm_forge.hf.names import HF_DIR
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields_of
 
-HF_DIR = "hf"
 # Bump when the folder's bytes change for the same inputs.
 HF_TARGET_VERSION = "1"
 FIELDS = ("parallel.tp", "parallel.pp", "build.backend", "build.format")

@@ -120,6 +120,6 @@ def verify_hf_folder(
 def verify_build(*, engine_dir: Path, **kwargs: Any) -> dict[str, Any]:
     """The verify stage's call, as for an engine: the build artifact holds the folder
     (``hf/``) where an engine build holds ``engine/``."""
-    from trtllm_forge.hf.stage import HF_DIR
+    from trtllm_forge.hf.names import HF_DIR
 
     return verify_hf_folder(folder=Path(engine_dir).parent / HF_DIR, **kwargs)

@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,13 +120,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def usage(store: Store) -> dict[str, int]:
+def usage(store: Store, stage_order: Sequence[str]) -> dict[str, int]:
     """Bytes on disk per stage. A file several entries share (one blob) counts once,
-    under the earliest pipeline stage holding it, so the total is what the store occupies."""
-    from trtllm_forge.pipeline.runner import STAGE_NAMES
+    under the earliest stage of ``stage_order`` holding it (the pipeline's order, which the
+    store does not know), so the total is what the store occupies."""
 
     def pipeline_order(entry: Entry) -> int:
-        return STAGE_NAMES.index(entry.stage) if entry.stage in STAGE_NAMES else len(STAGE_NAMES)
+        return stage_order.index(entry.stage) if entry.stage in stage_order else len(stage_order)
 
     sizes: dict[str, int] = {}
     seen: set[tuple[int, int]] = set()
@@ -208,15 +209,14 @@ def _remove_locked(store: Store, entry: Entry) -> int:
         return store.remove(entry.path) if entry.path.exists() else 0
 
 
-def check_stage_name(store: Store, stage: str) -> None:
+def check_stage_name(store: Store, stage: str, pipeline_stages: Sequence[str]) -> None:
     """``cache rm --stage`` takes a pipeline stage or a sub-artifact kind the store holds;
     anything else (``../../x``, a typo) is a bad argument, not a silent "deleted 0"."""
     from trtllm_forge.errors import recipe_error
-    from trtllm_forge.pipeline.runner import STAGE_NAMES
 
     base = store.root / "artifacts"
     held = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-    known = list(dict.fromkeys([*STAGE_NAMES, *held]))
+    known = list(dict.fromkeys([*pipeline_stages, *held]))
     if stage not in known:
         raise recipe_error(f"unknown stage {stage!r}", hint=f"stages: {', '.join(known)}")
 
