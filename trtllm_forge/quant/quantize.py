@@ -40,6 +40,16 @@ _NO_PROGRESS = NullProgress()
 Calibration = calib.CalibrationSpec | torch.Tensor | Sequence[str]
 
 
+def _logged_calibration_data(
+    calibration: Calibration | None, tokenizer_dir: Path, progress: Progress
+) -> calib.CalibrationData:
+    data = _calibration_data(calibration, tokenizer_dir)
+    progress.log(
+        f"calibration: {data.tokens.shape[0]} x {data.tokens.shape[1]} tokens ({data.source})"
+    )
+    return data
+
+
 def quantize_checkpoint(
     *,
     hf_dir: Path,
@@ -80,10 +90,7 @@ def quantize_checkpoint(
     placement = Placement.of(device, dtype)  # exit 4 for cuda without a GPU, before any work
     data = None
     if registry.get(method).needs_data or spec.kv_cache:
-        data = _calibration_data(calibration, Path(tokenizer_dir or hf_dir))
-        progress.log(
-            f"calibration: {data.tokens.shape[0]} x {data.tokens.shape[1]} tokens ({data.source})"
-        )
+        data = _logged_calibration_data(calibration, Path(tokenizer_dir or hf_dir), progress)
     result, data = _calibrated(spec, plan, Path(hf_dir), data, placement, progress)
     forge_info = _forge_info(spec, exclude, data)
     if "experts" in result.stats:  # which experts calibration reached (quant/moe.py)
