@@ -22,7 +22,8 @@ def test_every_method_has_a_format_record() -> None:
 @pytest.mark.parametrize("name", sorted(records.FORMATS))
 def test_record_matches_builders_lowering_and_typing(name: str) -> None:
     from trtllm_forge.engine.backends.tensorrt import FP8_ALGOS
-    from trtllm_forge.quant import formats, onnx_lowering
+    from trtllm_forge.engine.onnx import quant_lowering as onnx_lowering
+    from trtllm_forge.quant import formats
 
     fmt = records.FORMATS[name]
     assert fmt.trtllm_algo in formats.BUILDERS

@@ -44,17 +44,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "__main__", "ui"),
 )
 
-# Known problems in files this check's author does not own, each with what fixes it. A
+# Known problems, each with what fixes it (none left). A
 # new problem fails the check; so does an entry here that no longer occurs.
-PENDING: dict[str, str] = {
-    "by string: trtllm_forge.engine.onnx.linear -> trtllm_forge.quant.onnx_lowering": (
-        "quant/onnx_lowering.py builds ONNX graphs: move it to engine/onnx/ and import it"
-    ),
-    "cycle: trtllm_forge.engine.onnx.linear -> trtllm_forge.quant.onnx_lowering -> "
-    "trtllm_forge.engine.onnx.linear": "the same move",
-    "upward: trtllm_forge.quant.onnx_lowering -> trtllm_forge.engine.onnx.context": "the same",
-    "upward: trtllm_forge.quant.onnx_lowering -> trtllm_forge.engine.onnx.linear": "the same",
-}
+PENDING: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ these records alone. The tensor arithmetic lives in ``trtllm_forge.hf``; the
 TensorRT-LLM builders in :mod:`trtllm_forge.quant.formats` (keyed by quant_algo).
 
 Still spread elsewhere (each keyed by quant_algo, listed here so a new format
-knows every place to touch): ONNX lowering (``quant/onnx_lowering.py``),
+knows every place to touch): ONNX lowering (``engine/onnx/quant_lowering.py``),
 fake-quant rules (``quant/fakequant.py``), shard axes (``checkpoint/shard.py``),
 strong typing (``engine/backends/tensorrt.py``).
 """
@@ -103,7 +103,7 @@ class QuantFormat:
             SmoothQuant plugin because one norm carries the smoothing for both.
         folds_smoothing_into_norm: column layers' smoothing lives in the norm before them.
         onnx: why an ONNX engine (ONNX Runtime, TensorRT) cannot run the format exactly,
-            or None when quant/onnx_lowering.py lowers it.
+            or None when engine/onnx/quant_lowering.py lowers it.
         trtllm_build: why TensorRT-LLM ≤ 1.2's ``trtllm-build`` cannot take the canonical
             checkpoint (``build.backend: trtllm``, ``forge export trtllm-ckpt``), or None.
     """
@@ -357,7 +357,7 @@ class KvFormat:
 
     ``qmax`` turns a cache's calibrated max |K| or |V| into the HF targets' scale
     (amax / qmax; ModelOpt writes amax / 448 for FP8 and NVFP4 alike). ``onnx`` says why
-    an ONNX engine cannot run the format exactly, or None when quant/onnx_lowering.py does.
+    an ONNX engine cannot run the format exactly, or None when engine/onnx/quant_lowering.py does.
     """
 
     name: str

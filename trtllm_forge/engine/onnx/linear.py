@@ -26,13 +26,39 @@ Runtime cache stays float32, so a Q/DQ pair here reproduces a quantized cache.
 from __future__ import annotations
 
 import fnmatch
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, TypeVar
 
 from trtllm_forge.engine.onnx.context import LoweringContext
+from trtllm_forge.engine.onnx.hooks import (
+    KV_CACHE_LOWERINGS,
+    LINEAR_LOWERINGS,
+    Hook,
+    KvCacheLowering,
+    LinearLowering,
+    LinearSite,
+    dense_linear,
+    plain_kv_cache,
+    register_kv_cache_lowering,
+    register_linear_lowering,
+)
 from trtllm_forge.errors import recipe_error
+
+# The hook API, importable from here as before the tables moved to hooks.py.
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "KV_CACHE_LOWERINGS",
+    "LINEAR_LOWERINGS",
+    "Hook",
+    "KvCacheLowering",
+    "LinearLowering",
+    "LinearSite",
+    "dense_linear",
+    "lower_kv_cache",
+    "lower_linear",
+    "module_quant_algo",
+    "plain_kv_cache",
+    "register_kv_cache_lowering",
+    "register_linear_lowering",
+]
 
 # TRT-LLM's default exclusion list, used when quantization.exclude_modules is null (§1.3).
 DEFAULT_EXCLUDE = (
@@ -44,44 +70,6 @@ DEFAULT_EXCLUDE = (
     "*shared_expert_gate",
     "*fused_a",
 )
-
-
-@dataclass(frozen=True)
-class LinearSite:
-    """One linear layer of one rank (sizes are local to the rank)."""
-
-    module: str  # TRT-LLM module name, e.g. "transformer.layers.0.attention.qkv"
-    parallel: Literal["column", "row"]
-    in_features: int
-    out_features: int
-
-
-LinearLowering = Callable[[LoweringContext, LinearSite, str], str]
-KvCacheLowering = Callable[[LoweringContext, str, str, str], tuple[str, str]]
-_Hook = TypeVar("_Hook", LinearLowering, KvCacheLowering)
-
-
-def dense_linear(ctx: LoweringContext, site: LinearSite, x: str) -> str:
-    """Unquantized: ``x @ W.T`` with W stored transposed ([in, out]) in the checkpoint dtype."""
-    weight = ctx.load(f"{site.module}.weight", transpose=True)
-    return ctx.graph.op("MatMul", [x, weight], f"{site.module}.out")
-
-
-def plain_kv_cache(ctx: LoweringContext, layer: str, k: str, v: str) -> tuple[str, str]:
-    return k, v
-
-
-LINEAR_LOWERINGS: dict[str | None, LinearLowering] = {None: dense_linear}
-KV_CACHE_LOWERINGS: dict[str | None, KvCacheLowering] = {None: plain_kv_cache}
-
-
-def register_linear_lowering(quant_algo: str, fn: LinearLowering) -> None:
-    """Register the lowering of linear layers stored with ``quant_algo`` (a QuantAlgo name)."""
-    LINEAR_LOWERINGS[quant_algo] = fn
-
-
-def register_kv_cache_lowering(kv_cache_quant_algo: str, fn: KvCacheLowering) -> None:
-    KV_CACHE_LOWERINGS[kv_cache_quant_algo] = fn
 
 
 def module_quant_algo(ctx: LoweringContext, module: str) -> str | None:
@@ -106,26 +94,19 @@ def lower_kv_cache(ctx: LoweringContext, layer: str, k: str, v: str) -> tuple[st
     return _lookup(KV_CACHE_LOWERINGS, algo, "kv_cache_quant_algo")(ctx, layer, k, v)
 
 
-# The quant package registers its lowerings when this module is imported (lazily, so an
-# unquantized build never imports it). It is owned by the quant helper.
-QUANT_LOWERINGS_MODULE = "trtllm_forge.quant.onnx_lowering"
-
-
 def _import_quant_lowerings() -> None:
-    try:
-        importlib.import_module(QUANT_LOWERINGS_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not QUANT_LOWERINGS_MODULE.startswith(exc.name):
-            raise
+    # The quantized lowerings register themselves on import; an unquantized build never
+    # imports them (or the quant modules they use).
+    from trtllm_forge.engine.onnx import quant_lowering  # noqa: F401
 
 
-def _lookup(table: dict[str | None, _Hook], algo: str | None, field: str) -> _Hook:
+def _lookup(table: dict[str | None, Hook], algo: str | None, field: str) -> Hook:
     if algo not in table:
         _import_quant_lowerings()
     if algo not in table:
         known = ", ".join(sorted(str(k) for k in table if k is not None)) or "none registered"
         raise recipe_error(
             f"the ONNX lowering has no {field} {algo!r} lowering",
-            hint=f"lowerings available: {known} (quantized ones register from {QUANT_LOWERINGS_MODULE})",
+            hint=f"lowerings available: {known} (quantized ones register in engine/onnx/quant_lowering.py)",
         )
     return table[algo]

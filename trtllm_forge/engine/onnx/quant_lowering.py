@@ -1,6 +1,6 @@
 """ONNX lowering of quantized linears and KV caches (explicit Q/DQ, opset 21).
 
-Registered into the engine's hook tables (``engine.onnx.linear``) on import; the
+Registered into the engine's hook tables (``engine.onnx.hooks``) on import; the
 engine imports this module the first time it meets a quantized checkpoint.
 Each lowering reads every tensor its module stores (the build fails on unread
 tensors) and returns ``x @ W.T`` without bias, in the compute type.
@@ -34,7 +34,7 @@ from onnx import TensorProto
 
 from trtllm_forge.checkpoint.layout import parse_name
 from trtllm_forge.engine.onnx.context import LoweringContext
-from trtllm_forge.engine.onnx.linear import (
+from trtllm_forge.engine.onnx.hooks import (
     LinearSite,
     register_kv_cache_lowering,
     register_linear_lowering,
