@@ -1,6 +1,6 @@
 """The one error type users see, and the exit-code table.
 
-Library code raises :class:`ForgeError`; only ``cli.py`` renders it. Anything
+Library code raises :class:`ForgeError`; only the CLI (``cli/common.py``) renders it. Anything
 else that escapes is a bug (exit 1) and is shown with a traceback only under
 ``-v`` / ``FORGE_DEBUG=1``.
 """
