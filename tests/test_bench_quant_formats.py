@@ -74,5 +74,5 @@ def test_bar_is_decided_from_the_figures(tmp_path: Path) -> None:
     doc.write(results, page)
     doc.write(results, page)  # a second write replaces the section, never duplicates it
     text = page.read_text()
-    assert text.count(qf.BEGIN) == 1 and text.index(doc.ANCHOR) < text.index(qf.BEGIN)
+    assert text.count(doc.BEGIN) == 1 and text.index(doc.ANCHOR) < text.index(doc.BEGIN)
     assert text.rstrip().endswith("## How to read")
