@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine",),  # lowering, building and running engines; verify
     ("hf", "inspect"),  # quantized Hugging Face folders; `forge inspect`
     ("pipeline.stage", "pipeline.keys", "pipeline.preflight"),  # the stage contract, checks
-    ("stages", "hf.stage"),  # the five stages (hf.stage: the build stage of backend hf)
+    ("stages",),  # the five stages (stages.hf_build: the build stage of backend hf)
     ("pipeline",),  # running the stages: runner, cache push/pull
     ("api",),
     ("bench",),  # benchmark targets, over the api

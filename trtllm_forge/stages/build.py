@@ -49,7 +49,7 @@ class BuildStage:
     def key_inputs(self, job: StageJob) -> KeyInputs:
         backend = job.recipe.build.backend
         if backend == "hf":  # a Hugging Face folder (trtllm_forge/hf), not an engine
-            from trtllm_forge.hf import stage as hf_stage
+            from trtllm_forge.stages import hf_build as hf_stage
 
             return hf_stage.key_inputs(job)
         require_backend(backend)  # exit 4 before any work when the toolchain is missing
@@ -64,7 +64,7 @@ class BuildStage:
 
     def run(self, job: StageJob, out_dir: Path) -> StageOutput:
         if job.recipe.build.backend == "hf":
-            from trtllm_forge.hf import stage as hf_stage
+            from trtllm_forge.stages import hf_build as hf_stage
 
             return hf_stage.run(job, out_dir, checkpoint_dir(job.upstream["calibrate"]))
         from trtllm_forge.engine.backends import build_engine
