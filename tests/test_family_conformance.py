@@ -260,31 +260,6 @@ def test_mistral_nemo_head_dim_matches_transformers(tmp_path: Path) -> None:
     assert rel_diff(engine.score(TEXT), parallel.score(TEXT)) < 1e-5
 
 
-@pytest.mark.parametrize("kind", ["longrope", "su"])
-def test_phi3_longrope_is_refused_at_plan_time(tmp_path: Path, kind: str) -> None:
-    """LongRoPE picks short or long factors by sequence length, which no lowering does:
-    refused from config.json (exit 2, at the recipe's source) before any work."""
-    from tests.helpers import write_recipe
-    from tests.tinymodels import TINY_DEFAULTS
-    from trtllm_forge.errors import ExitCode, ForgeError
-    from trtllm_forge.pipeline.preflight import check_model
-    from trtllm_forge.recipe.load import load_recipe
-
-    config = {**TINY_DEFAULTS, "architectures": ["Phi3ForCausalLM"], "model_type": "phi3"}
-    config["rope_parameters"] = {
-        "rope_theta": 10000.0,
-        "rope_type": kind,
-        "short_factor": [1.0] * 4,
-        "long_factor": [2.0] * 4,
-        "original_max_position_embeddings": 64,
-    }
-    recipe = write_recipe(tmp_path / "recipe.yaml", source={"path": "m"})
-    with pytest.raises(ForgeError) as info:
-        check_model(load_recipe(recipe), config)
-    assert info.value.code == ExitCode.RECIPE and "LongRoPE" in info.value.message
-    assert info.value.location is not None and info.value.location.line > 0
-
-
 def test_gemma3_rope_settings_from_either_config_form() -> None:
     """transformers 5's per-layer-type rope_parameters and the older flat keys say the
     same; missing keys take Gemma3TextConfig's defaults (local 10 000, global 1e6)."""

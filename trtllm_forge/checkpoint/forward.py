@@ -59,6 +59,8 @@ def rope_inv_freq(config: Mapping[str, Any], seq_len: int) -> torch.Tensor:
         length = max(seq_len, trained)
         base = base * ((factor * length / trained) - (factor - 1)) ** (dim / (dim - 2))
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float32) / dim
+    if kind == "longrope":
+        return longrope_inv_freq(base, exponents, scaling, long=seq_len > longrope_length(scaling))
     inv_freq = 1.0 / (base**exponents)
     if kind == "linear":
         return inv_freq / factor
@@ -68,9 +70,31 @@ def rope_inv_freq(config: Mapping[str, Any], seq_len: int) -> torch.Tensor:
         raise ForgeError(
             ExitCode.SOURCE,
             f"the reference forward does not implement rotary scaling {kind!r}",
-            hint="supported: linear, dynamic, llama3",
+            hint="supported: linear, dynamic, llama3, longrope",
         )
     return inv_freq
+
+
+def longrope_length(scaling: Mapping[str, Any]) -> int:
+    """LongRoPE's pretraining length: longer sequences take the long factors."""
+    return int(scaling["original_max_position_embeddings"])
+
+
+def longrope_inv_freq(
+    base: float, exponents: torch.Tensor, scaling: Mapping[str, Any], *, long: bool
+) -> torch.Tensor:
+    """LongRoPE (Phi-3): each frequency divided by its short or long factor, in the
+    order transformers computes it (``1 / (factor · base^e)``) so float32 results agree."""
+    factors = scaling["long_factor" if long else "short_factor"]
+    return 1.0 / (torch.tensor(factors, dtype=torch.float32) * base**exponents)
+
+
+def rope_attention_factor(config: Mapping[str, Any]) -> float:
+    """What cos and sin are multiplied by: LongRoPE's attention factor, else 1."""
+    scaling = config.get("rotary_scaling") or {}
+    if scaling.get("type", scaling.get("rope_type")) != "longrope":
+        return 1.0
+    return float(scaling["attention_factor"])
 
 
 def _llama3_inv_freq(
@@ -98,6 +122,9 @@ def rope_cos_sin(config: Mapping[str, Any], seq_len: int) -> tuple[torch.Tensor,
         table = freqs.repeat_interleave(2, dim=-1)
     else:
         table = torch.cat([freqs, freqs], dim=-1)
+    scale = rope_attention_factor(config)
+    if scale != 1.0:
+        return table.cos() * scale, table.sin() * scale
     return table.cos(), table.sin()
 
 

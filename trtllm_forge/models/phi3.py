@@ -11,13 +11,19 @@
   ``rotary_embedding_dim`` channels of each head, as for GPT-NeoX.
 * ``sliding_window``, when set, applies to every layer (as Mistral's).
 
-``longrope`` (HF ``su`` / ``yarn`` in Phi-3 configs) picks its short or long factors
-by the running sequence length; no forge lowering implements that, so it is refused
-at plan time (exit 2), before anything is downloaded or converted.
+* LongRoPE (Phi-3-128k, Phi-3.5, Phi-4-mini: ``rope_type`` ``longrope``, or ``su`` /
+  ``yarn``, the older Phi-3 names transformers' ``Phi3Config`` maps to it) divides each
+  rotary frequency by a per-dimension factor, ``short_factor`` while a sequence is at most
+  ``original_max_position_embeddings`` tokens long and ``long_factor`` beyond, and scales
+  cos and sin by an attention factor. It is written as ``rotary_scaling`` type
+  ``longrope`` holding both factor lists, that length, and the attention factor computed
+  here as transformers 5.23's ``_compute_longrope_parameters`` does (docs/models.md says
+  which length picks the factors).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +47,9 @@ _GATE_UP_BLOCKS: tuple[tuple[str, int], ...] = (("mlp.fc", 0), ("mlp.gate", 1))
 _IGNORED = (re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"),)
 # Phi-3 configs name longrope by its older names too (transformers maps them).
 _LONGROPE = ("longrope", "su", "yarn")
+# transformers' Phi3Config defaults for keys a config.json may leave out.
+_PHI3_ORIGINAL_MAX = 4096
+_PHI3_MAX_POSITIONS = 4096
 
 
 def rotary_factor(hf_config: Mapping[str, Any]) -> float:
@@ -51,15 +60,52 @@ def rotary_factor(hf_config: Mapping[str, Any]) -> float:
     return 1.0 if value is None else float(value)
 
 
-def _refuse_longrope(cfg: Mapping[str, Any]) -> None:
-    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind in _LONGROPE:
-        raise recipe_error(
-            f"Phi-3 rope scaling {kind!r} (LongRoPE: short or long factors chosen by the "
-            "sequence length) is not supported by forge",
-            hint="use a Phi-3 checkpoint with the default rope (e.g. the 4k-context models)",
-        )
+def _rope_dict(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    return cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+
+
+def is_longrope(cfg: Mapping[str, Any]) -> bool:
+    scaling = _rope_dict(cfg)
+    return scaling.get("rope_type", scaling.get("type", "default")) in _LONGROPE
+
+
+def longrope_scaling(cfg: Mapping[str, Any], rotary_dim: int) -> dict[str, Any]:
+    """The ``rotary_scaling`` of a LongRoPE config (exit 2 when its fields disagree).
+
+    The pretraining length is the top-level ``original_max_position_embeddings`` (4096
+    when absent), as ``Phi3Config`` gives it priority over the rope dict's; the attention
+    factor is the config's, else ``sqrt(1 + ln f / ln original)`` with ``f`` the config's
+    ``factor`` or ``max_position_embeddings / original`` (1 when ``f`` ≤ 1).
+    """
+    scaling = _rope_dict(cfg)
+    factors = {}
+    for key in ("short_factor", "long_factor"):
+        values = scaling.get(key)
+        if not isinstance(values, list) or len(values) != rotary_dim // 2:
+            raise recipe_error(
+                f"LongRoPE rope scaling needs {key} as a list of {rotary_dim // 2} numbers "
+                f"(half the {rotary_dim} rotary channels), got {values!r}",
+                hint="the config.json's rope scaling does not match its head size",
+            )
+        if not all(isinstance(v, (int, float)) and v > 0 for v in values):
+            raise recipe_error(f"LongRoPE {key} must be positive numbers, got {values!r}")
+        factors[key] = [float(v) for v in values]
+    original = int(cfg.get("original_max_position_embeddings", _PHI3_ORIGINAL_MAX))
+    if original <= 0:
+        raise recipe_error(f"original_max_position_embeddings {original} must be positive")
+    factor = scaling.get("factor")
+    if factor is None:
+        factor = int(cfg.get("max_position_embeddings", _PHI3_MAX_POSITIONS)) / original
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return {
+        "type": "longrope",
+        "rope_type": "longrope",
+        **factors,
+        "original_max_position_embeddings": original,
+        "attention_factor": float(attention),
+    }
 
 
 class Phi3Family(gpt_common.GptStyleFamily):
@@ -70,8 +116,10 @@ class Phi3Family(gpt_common.GptStyleFamily):
     def validate(self, hf_config: Mapping[str, Any]) -> None:
         super().validate(hf_config)
         cfg = text_config(hf_config)
-        _refuse_longrope(cfg)
-        rope_settings(cfg)
+        if is_longrope(cfg):
+            longrope_scaling(cfg, self._rotary_dim(cfg))
+        else:
+            rope_settings(cfg)
         gpt_common.activation(cfg, "hidden_act", default="silu")
         dim = self._rotary_dim(cfg)
         if dim <= 0 or dim % 2:
@@ -80,10 +128,25 @@ class Phi3Family(gpt_common.GptStyleFamily):
     def _rotary_dim(self, cfg: Mapping[str, Any]) -> int:
         return int(model_dims(cfg)["head_size"] * rotary_factor(cfg))
 
+    def _rope(self, cfg: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]:
+        if not is_longrope(cfg):
+            return rope_settings(cfg)
+        params = cfg.get("rope_parameters") or {}
+        theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+        return theta, longrope_scaling(cfg, self._rotary_dim(cfg))
+
+    def trtllm_build_refusal(self, hf_config: Mapping[str, Any]) -> str | None:
+        if is_longrope(text_config(hf_config)):
+            return (
+                "a LongRoPE Phi-3 checkpoint carries forge's rotary_scaling 'longrope' "
+                "(both factor lists in one dict), which trtllm-build has not been tried on"
+            )
+        return None
+
     def trtllm_config(self, hf_config: Mapping[str, Any], *, dtype: str) -> dict[str, Any]:
         self.validate(hf_config)
         cfg = text_config(hf_config)
-        theta, scaling = rope_settings(cfg)
+        theta, scaling = self._rope(cfg)
         config = gpt_common.base_config(
             hf_config,
             family=self.name,

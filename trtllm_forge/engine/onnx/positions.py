@@ -47,6 +47,8 @@ def rope_tables(
         model.max_position_embeddings,
     )
     inv_freq = g.const(rope.inv_freq.numpy(), np.float32, f"{name}.inv_freq")
+    if rope.long_inv_freq is not None:
+        inv_freq = _longrope_select(ctx, positions, rope, inv_freq, name)
     pos = g.op(
         "Unsqueeze",
         [g.op("Cast", [positions], f"{name}.pos_f", to=FLOAT), g.i64(-1)],
@@ -69,6 +71,20 @@ def rope_tables(
             )
         tables.append(g.op("Unsqueeze", [table, g.i64(1)], f"{name}.{fn.lower()}4"))
     return tables[0], tables[1]
+
+
+def _longrope_select(ctx: LoweringContext, positions: str, rope: Any, short: str, name: str) -> str:
+    """[batch, 1, half] frequencies: row b takes the long set when its sequence so far
+    (its largest position id in this call, + 1) is longer than LongRoPE's pretraining
+    length. transformers decides by the whole batch's largest position per forward
+    call; the two agree on a single sequence (docs/models.md)."""
+    g = ctx.graph
+    assert rope.long_inv_freq is not None
+    long = g.const(rope.long_inv_freq.numpy(), np.float32, f"{name}.long_inv_freq")
+    last = g.op("ReduceMax", [positions, g.i64(1)], f"{name}.last_position", keepdims=1)
+    is_long = g.op("Greater", [last, g.i64(rope.long_after - 1)], f"{name}.is_long")
+    is_long = g.op("Unsqueeze", [is_long, g.i64(-1)], f"{name}.is_long3")
+    return g.op("Where", [is_long, long, short], f"{name}.inv_freq_row")
 
 
 def attention_masks(

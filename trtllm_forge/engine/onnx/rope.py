@@ -1,8 +1,10 @@
 """Rotary-embedding inverse frequencies, with the scaling variants of HF/TRT-LLM configs.
 
 The graph multiplies positions by these frequencies at run time, so a scaling type
-is supported exactly when its frequencies do not depend on the sequence length
-(linear, llama3, yarn). ``dynamic`` NTK changes with length and is refused.
+is supported when its frequencies do not depend on the sequence length (linear, llama3,
+yarn), or when they take one of two fixed sets by it (LongRoPE: the graph picks the
+short or long set per sequence, positions.py). ``dynamic`` NTK changes with length
+continuously and is refused.
 Computed in float32 like transformers does, so logits agree to ~1e-6.
 """
 
@@ -14,16 +16,20 @@ from typing import Any
 
 import torch
 
-from trtllm_forge.checkpoint.forward import rope_inv_freq
+from trtllm_forge.checkpoint.forward import longrope_inv_freq, longrope_length, rope_inv_freq
 from trtllm_forge.errors import recipe_error
 
-SUPPORTED_SCALING = ("linear", "llama3", "yarn")
+SUPPORTED_SCALING = ("linear", "llama3", "yarn", "longrope")
 
 
 @dataclass(frozen=True)
 class Rope:
     inv_freq: torch.Tensor  # float32 [head_size // 2]
-    attention_factor: float  # multiplies cos and sin (yarn); 1.0 otherwise
+    attention_factor: float  # multiplies cos and sin (yarn, longrope); 1.0 otherwise
+    # LongRoPE: inv_freq holds the short factors' set, long_inv_freq the long one, taken by
+    # a sequence longer than long_after tokens.
+    long_inv_freq: torch.Tensor | None = None
+    long_after: int = 0
 
 
 def rope_frequencies(
@@ -36,6 +42,14 @@ def rope_frequencies(
         return Rope(rope_inv_freq(config, seq_len=0), 1.0)
     if scaling is not None and kind == "yarn":
         return _yarn(head_size, base, scaling, max_positions)
+    if scaling is not None and kind == "longrope":
+        exponents = torch.arange(0, head_size, 2, dtype=torch.int64).to(torch.float32) / head_size
+        return Rope(
+            longrope_inv_freq(base, exponents, scaling, long=False),
+            float(scaling["attention_factor"]),
+            longrope_inv_freq(base, exponents, scaling, long=True),
+            longrope_length(scaling),
+        )
     raise recipe_error(
         f"rotary scaling type {kind!r} is not supported by the engine lowering",
         hint=f"supported: {', '.join(SUPPORTED_SCALING)}",
