@@ -1,21 +1,31 @@
 """The GPU half of docs/engine-performance.md, run on the GPU machine (an H200).
 
-    python3 -m bench.engine_perf_gpu --config DIR --out DIR
+    python3 -m bench.engine_perf_gpu --gguf FILE --out DIR [--models smollm2-135m,llama-1b]
 
-No checkpoint fits through the GPU machine's 64 MiB transfer, so the model is made there:
-SmolLM2-135M's config.json and tokenizer (``--config``) with seeded random weights
-(transformers' own initialisation), the same for every runtime. Then, each timed by
-``forge bench`` in its own process (batch 1 and 8, 64-token prompts, 128 new tokens):
+The models are made there, since nothing bigger than 64 MiB reaches that machine per call:
 
-* forge portable (float32 compute) and forge ort (``compute_dtype: float16``) engines,
-  run with ``--device cuda`` (CUDAExecutionProvider, KV cache bound on the device);
-* onnxruntime-genai's model builder, ``-e cuda`` float16 and int4, run by
-  onnxruntime-genai-cuda;
-* transformers float32 on cuda.
+* ``smollm2-135m``: SmolLM2-135M from its Q4_1 GGUF (the file ``python -m bench.data``
+  fetches), dequantized to an HF folder by forge's own GGUF fetch — the same weights as
+  the CPU table;
+* ``llama-1b``: bench/synth.py's TinyLlama-1.1B shape with seeded random weights, its
+  vocabulary widened to SmolLM2's 49,152 so that SmolLM2's tokenizer (copied in) serves
+  it: the builder needs a tokenizer, and timing does not depend on the weights' values.
 
-It needs onnxruntime-gpu, onnxruntime-genai-cuda and the builder's onnx-ir/onnxscript
-importable, and the CUDA 13 / cuDNN 9 libraries on LD_LIBRARY_PATH (the GPU machine's
-torch carries them). Every report lands in ``--out`` as one JSON document.
+Each model, at float16 and int4, through the real CLI (``forge build --until build``,
+``forge bench``), every target timed in its own process (batch 1 and 8, 64-token prompts,
+128 new tokens, greedy), all on the GPU:
+
+* forge's ``ort`` profile, ``compute_dtype: float16`` (int4: weight-only RTN, the groups
+  of the CPU table, lm_head quantized as the builder does), with ``--device cuda``;
+* forge's ``portable`` profile (float32; SmolLM2 only), the graph before this profile;
+* onnxruntime-genai's model builder, ``-e cuda``, fp16 and int4 (same block size),
+  run by onnxruntime-genai-cuda;
+* transformers, float16 on torch's CUDA device.
+
+It needs onnxruntime-gpu, onnxruntime-genai-cuda and the CUDA 13 / cuDNN 9 libraries on
+LD_LIBRARY_PATH (the GPU machine's torch carries them). Every report lands in
+``--out/engine_perf_gpu.json`` after each run, so a run stopped at its time limit keeps
+what it measured; ``python -m bench.engine_perf --render-only`` renders the section.
 """
 
 from __future__ import annotations
@@ -27,125 +37,231 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+PYTHON = sys.executable
 SEED = 0
 LIMITS = {"max_batch_size": 8, "max_input_len": 64, "max_seq_len": 256}
+SMOLLM2_VOCAB = 49152
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def make_model(config_dir: Path, work: Path) -> Path:
-    """SmolLM2's shape with seeded random weights, saved as an HF folder."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+@dataclass(frozen=True)
+class Model:
+    name: str
+    group_size: int  # forge's int4 groups and the builder's block_size
+    portable: bool  # also time the portable float32 graph
 
-    hf = work / "hf"
-    torch.manual_seed(SEED)
-    config = AutoConfig.from_pretrained(config_dir)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(hf)
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        if (config_dir / name).is_file():
-            shutil.copyfile(config_dir / name, hf / name)
+
+MODELS = {
+    # SmolLM2-135M's 576-wide inputs hold no whole 128-groups
+    "smollm2-135m": Model("smollm2-135m", 64, True),
+    "llama-1b": Model("llama-1b", 128, False),
+}
+
+
+def smollm2_folder(gguf: Path, work: Path, log: Any) -> Path:
+    from trtllm_forge.sources import gguf_to_hf
+
+    hf = work / "hf-smollm2-135m"
+    if not (hf / "config.json").is_file():
+        log(f"gguf -> {hf}")
+        gguf_to_hf(gguf, hf, dtype="float32")
     return hf
 
 
-def forge_engines(hf: Path, work: Path) -> dict[str, Path]:
-    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
-    from trtllm_forge.engine.backends import BuildOptions, build_engine
-    from trtllm_forge.engine.genai import write_genai_folder
+def llama_1b_folder(tokenizer_from: Path, work: Path, log: Any) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.synth import SHAPES, ensure_checkpoint
 
-    checkpoint = work / "ckpt-float16"
-    convert_hf_checkpoint(hf, checkpoint, dtype="float16")
-    options = BuildOptions(**LIMITS)
-    engines = {
-        "forge portable (float32 compute)": (work / "forge-portable", options),
-        "forge ort float16": (
-            work / "forge-ort16",
-            replace(options, profile="ort", compute_dtype="float16"),
-        ),
+    hf = work / "hf-llama-1b"
+    shape = replace(SHAPES["llama-1b"], vocab_size=SMOLLM2_VOCAB)
+    log(f"synthesizing {hf}")
+    ensure_checkpoint(hf, shape, seed=SEED)
+    source = json.loads((tokenizer_from / "config.json").read_text())
+    config = json.loads((hf / "config.json").read_text())
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if key in source:
+            config[key] = source[key]
+    (hf / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in TOKENIZER_FILES:
+        if (tokenizer_from / name).is_file():
+            shutil.copyfile(tokenizer_from / name, hf / name)
+    return hf
+
+
+def env(work: Path) -> dict[str, str]:
+    return {**os.environ, "FORGE_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"}
+
+
+def forge_engine(
+    hf: Path, model: Model, precision: str, profile: str, work: Path, log: Any
+) -> Path:
+    """``forge build --until build`` of one recipe; the engine directory."""
+    quantize: dict[str, Any] = {"method": "none"}
+    build: dict[str, Any] = {"profile": profile, **LIMITS}
+    if profile == "ort":
+        build["compute_dtype"] = "float16"
+    if precision == "int4":
+        quantize = {"method": "int4_wo", "group_size": model.group_size, "quantize_lm_head": True}
+    recipe = work / "recipes" / f"{model.name}-{precision}-{profile}.yaml"
+    recipe.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "schema_version": 1,
+        "name": recipe.stem,
+        "source": {"path": str(hf)},
+        "convert": {"dtype": "float16" if profile == "ort" else "float32"},
+        "quantize": quantize,
+        "build": build,
+        "verify": {"enabled": False},
     }
-    out = {}
-    for label, (engine, opts) in engines.items():
-        meta = build_engine("onnxruntime", checkpoint, engine, opts)
-        write_genai_folder(engine, meta, hf)
-        out[label] = engine
-    return out
+    recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
+    log(f"forge build {recipe.name}")
+    command = [PYTHON, "-m", "trtllm_forge", "build", str(recipe), "--until", "build", "--json"]
+    run = subprocess.run(command, capture_output=True, text=True, env=env(work))
+    if run.returncode:
+        raise RuntimeError(f"forge build {recipe.name}: {(run.stderr or run.stdout)[-1500:]}")
+    stages = {s["stage"]: s for s in json.loads(run.stdout)["stages"]}
+    return Path(stages["build"]["path"]) / "engine"
 
 
-def builder_models(hf: Path, work: Path, log: Any) -> dict[str, Path]:
-    out = {}
-    for precision in ("fp16", "int4"):
-        target = work / f"genai-{precision}"
-        command = [
-            sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf),
-            "-o", str(target), "-p", precision, "-e", "cuda", "-c", str(work / "cache"),
-        ]  # fmt: skip
-        run = subprocess.run(command, capture_output=True, text=True)
-        if run.returncode:
-            log(f"builder {precision} failed: {run.stderr[-1500:]}")
-            continue
-        out[f"genai builder {precision}"] = target
-    return out
-
-
-def bench(runtime: str, target: Path, device: str, tokenizer: Path, log: Any) -> dict[str, Any]:
-    report = target.parent / f"report-{target.name}-{runtime}.json"
+def builder_model(hf: Path, model: Model, precision: str, run_: Run, log: Any) -> Path:
+    work = run_.work
+    target = work / "genai" / f"{model.name}-{precision}"
+    if (target / "genai_config.json").is_file():
+        return target
     command = [
-        sys.executable, "-m", "trtllm_forge", "bench", str(target), "--runtime", runtime,
-        "--batch-sizes", "1,8", "--input-len", "64", "--output-len", "128", "--batches", "2",
-        "--warmup", "1", "--tokenizer", str(tokenizer), "--out", str(report), "-q",
+        PYTHON, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(target),
+        "-p", precision, "-e", run_.device, "-c", str(work / "builder-cache"),
     ]  # fmt: skip
-    if runtime != "genai":
-        command += ["--device", device]
+    if precision == "int4":
+        command += ["--extra_options", f"block_size={model.group_size}"]
+    log(" ".join(command[2:]))
+    run = subprocess.run(command, capture_output=True, text=True, env=env(work))
+    if run.returncode:
+        raise RuntimeError(f"builder {precision}: {(run.stderr or run.stdout)[-1500:]}")
+    return target
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where and how long: the GPU by default; ``--device cpu`` smoke-tests the script."""
+
+    device: str
+    output_len: int
+    work: Path
+
+
+def bench(runtime: str, target: Path, tokenizer: Path, run_: Run, log: Any) -> dict[str, Any]:
+    work = run_.work
+    report = work / "reports" / f"{runtime}-{target.parent.name}-{target.name}.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        PYTHON, "-m", "trtllm_forge", "bench", str(target), "--runtime", runtime,
+        "--device", run_.device, "--batch-sizes", "1,8", "--input-len", "64",
+        "--output-len", str(run_.output_len),
+        "--batches", "2", "--warmup", "1", "--tokenizer", str(tokenizer), "--out", str(report),
+        "-q",
+    ]  # fmt: skip
+    if runtime == "transformers":
+        command += ["--dtype", "float16"]
     started = time.perf_counter()
-    run = subprocess.run(command, capture_output=True, text=True)
-    log(f"{runtime} {target.name}: rc {run.returncode} in {time.perf_counter() - started:.0f} s")
+    run = subprocess.run(command, capture_output=True, text=True, env=env(work))
+    log(
+        f"bench {runtime} {target.name}: rc {run.returncode}, {time.perf_counter() - started:.0f} s"
+    )
     if run.returncode:
         return {"error": (run.stderr or run.stdout)[-2000:]}
     result: dict[str, Any] = json.loads(report.read_text())
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m bench.engine_perf_gpu")
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/engine-perf-gpu"))
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.work.mkdir(parents=True, exist_ok=True)
+def targets(model: Model, hf: Path, run_: Run, log: Any):  # type: ignore[no-untyped-def]
+    work = run_.work
+    """(label, precision, runtime, how to make the target) in the order they are timed."""
+    jobs = []
+    for precision in ("fp16", "int4"):
+        forge_precision = "float16" if precision == "fp16" else "int4"
+        jobs.append(
+            (f"forge ort {precision}", precision, "forge",
+             lambda p=forge_precision: forge_engine(hf, model, p, "ort", work, log))
+        )  # fmt: skip
+        jobs.append(
+            (f"genai builder {precision}", precision, "genai",
+             lambda p=precision: builder_model(hf, model, p, run_, log))
+        )  # fmt: skip
+    if model.portable:
+        jobs.append(
+            ("forge portable fp32", "fp32", "forge",
+             lambda: forge_engine(hf, model, "float32", "portable", work, log))
+        )  # fmt: skip
+    jobs.append(("transformers fp16", "fp16", "transformers", lambda: hf))
+    return jobs
 
-    def log(message: str) -> None:
-        print(message, flush=True)
 
+def header() -> dict[str, Any]:
     import onnxruntime as ort
 
-    doc: dict[str, Any] = {
+    smi = shutil.which("nvidia-smi")
+    query = [smi or "true", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+    gpu = subprocess.run(query, capture_output=True, text=True).stdout.strip() or "no GPU"
+    return {
         "started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "onnxruntime": ort.__version__,
         "providers": ort.get_available_providers(),
-        "gpu": subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip(),
-        "model": "SmolLM2-135M shape, seeded random weights (transformers init)",
+        "gpu": gpu,
+        "command": "python3 -m bench.engine_perf_gpu " + " ".join(sys.argv[1:]),
+        "workload": "greedy, 64-token prompts, 128 new tokens, batch 1 and 8, 2 timed batches",
+        "models": {
+            "smollm2-135m": "SmolLM2-135M-Instruct, its Q4_1 GGUF dequantized by forge",
+            "llama-1b": "TinyLlama-1.1B shape, vocabulary 49,152, seeded random weights",
+        },
         "runs": [],
     }
-    hf = make_model(args.config, args.work)
-    targets: list[tuple[str, str, str, Path]] = []
-    for label, engine in forge_engines(hf, args.work).items():
-        targets.append((label, "forge", "cuda", engine))
-    for label, folder in builder_models(hf, args.work, log).items():
-        targets.append((label, "genai", "cuda", folder))
-    targets.append(("transformers float32", "transformers", "cuda", hf))
-    for label, runtime, device, target in targets:
-        doc["runs"].append({"target": label, "report": bench(runtime, target, device, hf, log)})
-        (args.out / "engine_perf_gpu.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m bench.engine_perf_gpu")
+    parser.add_argument("--gguf", type=Path, required=True, help="SmolLM2-135M's Q4_1 GGUF")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", default="smollm2-135m,llama-1b")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/engine-perf-gpu"))
+    parser.add_argument("--deadline-s", type=float, default=540, help="start nothing after")
+    parser.add_argument("--device", default="cuda", help="cpu: a quick check of this script")
+    parser.add_argument("--output-len", type=int, default=128)
+    args = parser.parse_args(argv)
+    run_ = Run(args.device, args.output_len, args.work)
+    start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = args.out / "engine_perf_gpu.json"
+    doc = json.loads(results.read_text()) if results.is_file() else header()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - start:5.0f} s] {message}", flush=True)
+
+    smollm2 = smollm2_folder(args.gguf, args.work, log)
+    for name in args.models.split(","):
+        model = MODELS[name]
+        hf = smollm2 if name == "smollm2-135m" else llama_1b_folder(smollm2, args.work, log)
+        for label, precision, runtime, make in targets(model, hf, run_, log):
+            if time.perf_counter() - start > args.deadline_s:
+                log(f"deadline: {name} {label} not run")
+                continue
+            entry = {"model": name, "target": label, "precision": precision}
+            try:
+                entry["report"] = bench(runtime, make(), smollm2, run_, log)
+            except Exception as exc:  # recorded in the results, the next target still runs
+                log(f"{label} failed: {exc}")
+                entry["report"] = {"error": str(exc)[-2000:]}
+            doc["runs"].append(entry)
+            results.write_text(json.dumps(doc, indent=1) + "\n")
     doc["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    (args.out / "engine_perf_gpu.json").write_text(json.dumps(doc, indent=1) + "\n")
+    results.write_text(json.dumps(doc, indent=1) + "\n")
     os.sync()
     return 0
 

@@ -31,7 +31,20 @@ TokenizerOpt = Annotated[
 ThreadsOpt = Annotated[
     int | None, typer.Option("--threads", help="Intra-op threads (default: $OMP_NUM_THREADS).")
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="transformers only: cpu or cuda.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="cpu or cuda: forge engines on ONNX Runtime's CUDA provider (onnxruntime-gpu), "
+        "genai folders on genai's CUDA provider, transformers on torch's CUDA device.",
+    ),
+]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--dtype", help="transformers only: float32, float16 or bfloat16 weights and compute."
+    ),
+]
 BatchSizesOpt = Annotated[
     str | None,
     typer.Option("--batch-sizes", help="Comma list (default 1,4,8 up to the engine limit)."),
@@ -67,6 +80,7 @@ def bench(
     tokenizer: TokenizerOpt = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
     out: OutOpt = None,
     plot: PlotOpt = None,
     as_json: JsonOpt = False,
@@ -77,7 +91,13 @@ def bench(
 
     Example: forge bench recipes/tiny-llama.yaml --out bench.json --plot bench.png
     """
-    opened = {"runtime": runtime, "tokenizer": tokenizer, "threads": threads, "device": device}
+    opened = {
+        "runtime": runtime,
+        "tokenizer": tokenizer,
+        "threads": threads,
+        "device": device,
+        "dtype": dtype,
+    }
     sweep = {
         "batch_sizes": batch_sizes,
         "input_len": input_len,
@@ -92,6 +112,14 @@ def bench(
         _show_report(report, out=out, plot=plot, as_json=as_json)
 
     guard(body, as_json)
+
+
+def _dtype(name: str) -> str:
+    from trtllm_forge.errors import recipe_error
+
+    if name not in ("float32", "float16", "bfloat16"):
+        raise recipe_error(f"--dtype {name!r} is not one of float32, float16, bfloat16")
+    return name
 
 
 def _measure(
@@ -112,7 +140,11 @@ def _measure(
         resolved = resolve_target(target, runtime=runtime, ctx=ctx, tokenizer=opened["tokenizer"])
         t0 = time.perf_counter()
         runner = open_runner(
-            runtime, resolved.path, threads=opened["threads"], device=opened["device"]
+            runtime,
+            resolved.path,
+            threads=opened["threads"],
+            device=opened["device"],
+            dtype=_dtype(opened["dtype"]),
         )
         load_s = time.perf_counter() - t0
         workload = _bench_workload(runner, resolved, **sweep)

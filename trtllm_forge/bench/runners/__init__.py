@@ -11,7 +11,12 @@ RUNTIMES = ("forge", "genai", "transformers")
 
 
 def open_runner(
-    runtime: str, path: Path, *, threads: int | None = None, device: str = "cpu"
+    runtime: str,
+    path: Path,
+    *,
+    threads: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> Runner:
     """Load ``path`` with ``runtime`` (forge engine dir, genai folder or HF model dir)."""
     if runtime == "forge":
@@ -21,11 +26,11 @@ def open_runner(
     if runtime == "genai":
         from trtllm_forge.bench.runners.genai import GenaiRunner
 
-        return GenaiRunner.load(path)
+        return GenaiRunner.load(path, device=device)
     if runtime == "transformers":
         from trtllm_forge.bench.runners.transformers import TransformersRunner
 
-        return TransformersRunner.load(path, device=device, threads=threads)
+        return TransformersRunner.load(path, device=device, dtype=dtype, threads=threads)
     raise recipe_error(f"unknown runtime {runtime!r}", hint=f"known: {', '.join(RUNTIMES)}")
 
 

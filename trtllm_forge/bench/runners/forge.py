@@ -6,7 +6,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trtllm_forge.bench.runners.base import HostOnly, Limits
+from trtllm_forge.bench.memory import SampledDevice, device_use_for
+from trtllm_forge.bench.runners.base import Limits
 from trtllm_forge.engine.metadata import ENGINE_FILE, tool_version
 from trtllm_forge.errors import recipe_error
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from trtllm_forge.engine.runtime import OrtEngine
 
 
-class ForgeRunner(HostOnly):
+class ForgeRunner(SampledDevice):
     name = "forge"
     device = "cpu"
 
@@ -40,8 +41,11 @@ class ForgeRunner(HostOnly):
         from trtllm_forge.engine.runtime import OrtEngine, ort_threads
 
         threads = ort_threads() if threads is None else threads
+        device_use = device_use_for(device)  # before the weights reach the device
         engine = OrtEngine.load(engine_dir, threads=threads, device=device)
-        return cls(engine, threads=threads or None, device=device)
+        runner = cls(engine, threads=threads or None, device=device)
+        runner.device_use = device_use
+        return runner
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[list[int]]:
         for step in self.engine.stream(prompts, max_new_tokens):

@@ -9,19 +9,22 @@ from typing import Any
 
 import numpy as np
 
-from trtllm_forge.bench.runners.base import HostOnly, Limits
+from trtllm_forge.bench.memory import SampledDevice, device_use_for
+from trtllm_forge.bench.runners.base import Limits
 from trtllm_forge.engine.metadata import tool_version
 from trtllm_forge.errors import dependency_error, recipe_error
 
 GENAI_CONFIG = "genai_config.json"
 
 
-class GenaiRunner(HostOnly):
+class GenaiRunner(SampledDevice):
     name = "genai"
-    device = "cpu"
 
-    def __init__(self, og: Any, model: Any, target: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, og: Any, model: Any, target: Path, config: dict[str, Any], device: str
+    ) -> None:
         self._og = og
+        self.device = device
         self.model = model
         self.target = str(target)
         self.threads: int | None = None  # genai_config's session options decide
@@ -32,7 +35,9 @@ class GenaiRunner(HostOnly):
         self.limits = Limits(max_seq_len=int(context) if context else None)
 
     @classmethod
-    def load(cls, folder: Path) -> GenaiRunner:
+    def load(cls, folder: Path, device: str = "cpu") -> GenaiRunner:
+        """``device`` cuda runs the folder on genai's CUDA provider whatever its config names;
+        a folder whose config names cuda (the builder's ``-e cuda``) runs there anyway."""
         config_path = Path(folder) / GENAI_CONFIG
         if not config_path.is_file():
             raise recipe_error(
@@ -48,7 +53,11 @@ class GenaiRunner(HostOnly):
                 hint="pip install 'trtllm-forge[runtimes]' (or onnxruntime-genai)",
             ) from None
         config = json.loads(config_path.read_text())
-        return cls(og, og.Model(str(folder)), Path(folder), config)
+        device = "cuda" if device.startswith("cuda") or _names_cuda(config) else "cpu"
+        device_use = device_use_for(device)
+        runner = cls(og, og.Model(_model_config(og, folder, device)), Path(folder), config, device)
+        runner.device_use = device_use
+        return runner
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[list[int]]:
         longest = max(len(p) for p in prompts)
@@ -71,3 +80,17 @@ class GenaiRunner(HostOnly):
 
     def versions(self) -> dict[str, str | None]:
         return {"onnxruntime-genai": tool_version("onnxruntime-genai")}
+
+
+def _names_cuda(config: dict[str, Any]) -> bool:
+    session = config.get("model", {}).get("decoder", {}).get("session_options", {})
+    return any("cuda" in entry for entry in session.get("provider_options", []))
+
+
+def _model_config(og: Any, folder: Path, device: str) -> Any:
+    """The folder's config, with genai's CUDA provider as the only one on cuda."""
+    config = og.Config(str(folder))
+    if device == "cuda":
+        config.clear_providers()
+        config.append_provider("cuda")
+    return config

@@ -7,12 +7,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from trtllm_forge.bench.memory import SampledDevice, device_use_for
 from trtllm_forge.bench.runners.base import Limits
 from trtllm_forge.engine.metadata import tool_version
 from trtllm_forge.errors import recipe_error
 
 
-class TransformersRunner:
+class TransformersRunner(SampledDevice):
     name = "transformers"
 
     def __init__(self, model: Any, target: Path, *, device: str, threads: int | None) -> None:
@@ -43,29 +44,19 @@ class TransformersRunner:
 
         if threads:
             torch.set_num_threads(threads)
+        device_use = device_use_for(device)  # the driver's count, as for the ORT runners
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=getattr(torch, dtype), trust_remote_code=False
         )
         model = model.to(device).eval()  # type: ignore[arg-type,no-untyped-call,unused-ignore]
-        return cls(model, Path(model_dir), device=device, threads=threads)
+        runner = cls(model, Path(model_dir), device=device, threads=threads)
+        runner.device_use = device_use
+        return runner
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[list[int]]:
         from trtllm_forge.engine.hf_greedy import greedy_steps
 
         return greedy_steps(self.model, prompts, max_new_tokens, device=self.device)
-
-    def reset_device_peak(self) -> None:
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def device_peak_bytes(self) -> int | None:
-        if not self.device.startswith("cuda"):
-            return None
-        import torch
-
-        return int(torch.cuda.max_memory_allocated(self.device))
 
     def versions(self) -> dict[str, str | None]:
         return {"transformers": tool_version("transformers"), "torch": tool_version("torch")}
