@@ -69,7 +69,10 @@ class Blobs:
         if blob is None or size < MIN_BLOB_BYTES:
             return False
         _fsync(file)  # a blob's bytes are durable before another artifact may link to them
-        os.chmod(file, READ_ONLY)
+        if stat.S_IMODE(file.stat().st_mode) != READ_ONLY:
+            # Only when needed: chmod changes the inode's ctime, which would make every
+            # holder of a file already shared (an engine's link to its shard) re-hash it.
+            os.chmod(file, READ_ONLY)
         for _ in range(_ATTEMPTS):
             try:
                 return self._intern_once(file, blob, digest, size)
@@ -92,6 +95,7 @@ class Blobs:
         if not stat.S_ISREG(st.st_mode):
             return False  # not ours to touch: keep the copy
         if os.path.samestat(st, file.stat()):
+            self.memo.record(file, digest)  # linked before publishing: its ctime moved
             return True
         if st.st_size != size or self.memo.digest(blob) != digest:
             self._repair(blob, file, st, digest)

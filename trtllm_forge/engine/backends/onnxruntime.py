@@ -55,7 +55,9 @@ def build(
     )
     meta["onnx"] = {
         "root": ".",
-        **lower_checkpoint(checkpoint_dir, out_dir, progress=progress, ort=ort),
+        # share: an engine built from the store's (read-only) shard references its bytes
+        # instead of holding a second copy (engine/onnx/shared.py; issue 19).
+        **lower_checkpoint(checkpoint_dir, out_dir, progress=progress, ort=ort, share=True),
     }
     write_metadata(out_dir, meta)
     progress.log(f"onnxruntime engine: {len(ckpt.ranks)} rank graph(s) in {out_dir}")

@@ -29,7 +29,9 @@ Hook = TypeVar("Hook", LinearLowering, KvCacheLowering)
 
 
 def dense_linear(ctx: LoweringContext, site: LinearSite, x: str) -> str:
-    """Unquantized: ``x @ W.T`` with W stored transposed ([in, out]) in the checkpoint dtype."""
+    """Unquantized: ``x @ W.T`` in the checkpoint dtype; W.T is either stored transposed
+    ([in, out]) or, when the engine references the shard's bytes, a Transpose node over
+    the stored [out, in] tensor (engine/onnx/context.py ``load``)."""
     weight = ctx.load(f"{site.module}.weight", transpose=True)
     return ctx.graph.op("MatMul", [x, weight], f"{site.module}.out")
 

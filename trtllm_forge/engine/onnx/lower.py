@@ -5,6 +5,8 @@ Output layout (relative to ``out_dir``)::
     rank{r}/model.onnx         full rank graph, collectives as custom-domain nodes
     rank{r}/model.onnx.data    the rank's weights (external data, checkpoint dtype)
     rank{r}/segment_NNN.onnx   the graph split at its collectives (ONNX Runtime)
+    rank{r}/rank{r}.safetensors  with ``share``: a link to the checkpoint's rank file,
+                               whose tensors the graphs reference in place (shared.py)
 
 The returned dict is the ``onnx`` section of the engine metadata (engine.json).
 """
@@ -25,6 +27,7 @@ from trtllm_forge.engine.onnx.context import LoweringContext, RankWeights
 from trtllm_forge.engine.onnx.decoder import build_decoder
 from trtllm_forge.engine.onnx.graph import COLLECTIVE_DOMAIN, ExternalData, GraphBuilder
 from trtllm_forge.engine.onnx.segments import split_at_collectives
+from trtllm_forge.engine.onnx.shared import SharedWeights, check_graph
 from trtllm_forge.engine.spec import Checkpoint, RankLayout, read_checkpoint
 from trtllm_forge.errors import source_error
 
@@ -53,6 +56,7 @@ def lower_checkpoint(
     full_check: bool = True,
     progress: Progress = _NO_PROGRESS,
     ort: OrtProfile | None = None,
+    share: bool = False,
 ) -> dict[str, Any]:
     """Write every rank's ONNX graph (and its ORT segments) and return their description.
 
@@ -63,6 +67,10 @@ def lower_checkpoint(
         full_check: run ``onnx.checker.check_model(path, full_check=True)`` on each rank graph.
         ort: build the ``ort`` profile (ONNX Runtime contrib ops, single rank) instead of
             the portable graph; the checker skips contrib ops, which it has no schema for.
+        share: (portable profile) reference the tensors the graph uses unchanged in the
+            checkpoint's rank files instead of copying them, where those files are
+            read-only (the store's are, trtllm_forge/store/blobs.py): a link to a file
+            someone may still write in place would change the engine with it.
     """
     ckpt = read_checkpoint(checkpoint_dir)
     if ort is not None:
@@ -77,7 +85,13 @@ def lower_checkpoint(
             weights = RankWeights(reader, layout.rank)
             ranks.append(
                 _lower_rank(
-                    ckpt, layout, weights, out_dir, segments=segments, full_check=full_check
+                    ckpt,
+                    layout,
+                    weights,
+                    out_dir,
+                    segments=segments,
+                    full_check=full_check,
+                    share=share,
                 )
             )
             task.advance()
@@ -100,12 +114,14 @@ def _lower_rank(
     full_check: bool,
     build: Callable[[LoweringContext], None] = build_decoder,
     custom_domains: list[str] | None = None,
+    share: bool = False,
 ) -> dict[str, Any]:
     rank_dir = out_dir / f"rank{layout.rank}"
     rank_dir.mkdir(parents=True, exist_ok=True)
     data = ExternalData(rank_dir / DATA_FILE)
+    shared = _shared_weights(ckpt.path / weights.file, rank_dir) if share else None
     try:
-        ctx = LoweringContext(GraphBuilder(data), weights, ckpt.model, layout)
+        ctx = LoweringContext(GraphBuilder(data), weights, ckpt.model, layout, shared=shared)
         build(ctx)
     finally:
         data.close()
@@ -130,7 +146,7 @@ def _lower_rank(
     model_path = rank_dir / MODEL_FILE
     onnx.save_model(model, model_path)
     if full_check:
-        onnx.checker.check_model(str(model_path), full_check=True)
+        check_graph(model_path)
     schedule = split_at_collectives(model, rank_dir) if segments else []
     return {
         "rank": layout.rank,
@@ -142,10 +158,19 @@ def _lower_rank(
         "model": f"{rank_dir.name}/{MODEL_FILE}",
         "data": f"{rank_dir.name}/{DATA_FILE}",
         "data_bytes": data.size,
+        "shared": shared.describe() if shared is not None else None,
         "inputs": [_describe(v) for v in model.graph.input],
         "outputs": [_describe(v) for v in model.graph.output],
         "schedule": [step.to_json() for step in schedule],
     }
+
+
+def _shared_weights(source: Path, rank_dir: Path) -> SharedWeights | None:
+    """References into ``source`` when it is read-only (see ``share``), else None."""
+    # The mode bits, not os.access: root may write any file, read-only or not.
+    if source.stat().st_mode & 0o222:
+        return None
+    return SharedWeights(source, rank_dir)
 
 
 def _model_props(ckpt: Checkpoint, layout: RankLayout) -> dict[str, str]:
