@@ -1,12 +1,18 @@
 """Conformance suite for the families of issue 14, one parametrized set of tests.
 
-Per family, on its tiny random model (tests/tinymodels.py): the reference forward
-equals transformers, dropping any one of the family's features from the converted
-config breaks that equality (so the engine tests below can fail), the ORT engine's
-greedy tokens equal transformers' (8 left-padded prompts × 32 tokens) with logits
-within 1e-4, TP=2 and PP=2 engines equal TP=1, and int8_wo / fp8 checkpoints verify
-with the Llama tolerances of tests/test_quant_methods.py (the MoE families' experts
-each calibrated from their routed tokens: tests/test_moe_quant.py).
+Per family, on its tiny random model (tests/tinymodels.py): the converted tensors are
+the HF tensors, the reference forward equals the family's reference, dropping any one of
+the family's features from the converted config breaks that equality (so the engine
+tests below can fail), the ORT engine's greedy tokens equal the reference's (8
+left-padded prompts × 32 tokens) with logits within 1e-4, TP=2 and PP=2 engines equal
+TP=1, and int8_wo / fp8 checkpoints verify with the Llama tolerances of
+tests/test_quant_methods.py (the MoE families' experts each calibrated from their routed
+tokens: tests/test_moe_quant.py).
+
+The reference is transformers, except for Baichuan 2 and ChatGLM 2/3 (NATIVE_ARCHES):
+transformers has no class for them, their tiny folders are written directly, and the
+reference is forge's own model (docs/models.md). What only one family has is tested in
+its own file (tests/test_family_phi3.py, test_family_baichuan.py, test_family_chatglm.py).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from tests.engine_support import (
     rel_diff,
     tiny_engine,
 )
+from tests.tinymodels import NATIVE_ARCHES, make_tiny_native
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 from trtllm_forge.checkpoint.forward import CheckpointForward
 from trtllm_forge.checkpoint.io import CheckpointReader, read_config
@@ -79,6 +86,15 @@ FEATURES: dict[str, dict[str, Mutation]] = {
         "shared_expert": lambda c: c["moe"].update(shared_expert_intermediate_size=0),
         "renormalized_weights": lambda c: c["moe"].update(normalization_mode=0),
     },
+    "chatglm": {
+        "half_rotary": lambda c: c.pop("rotary_embedding_dim"),
+        "pair_rotation": lambda c: c.update(position_embedding_type="rope_gpt_neox"),
+        "multi_query_groups": lambda c: c.update(num_key_value_heads=4),
+        "rope_base": lambda c: c.update(rotary_base=10.0),
+    },
+    # 7B and 13B share the architecture name; the config class picks rope or ALiBi.
+    "baichuan2_7b": {"rope": lambda c: c.update(position_embedding_type="alibi")},
+    "baichuan2_13b": {"alibi": lambda c: c.update(position_embedding_type="rope_gpt_neox")},
 }
 FAMILIES = list(FEATURES)
 
@@ -89,6 +105,8 @@ def family(
 ) -> dict[str, Any]:
     arch = str(request.param)
     root = tmp_path_factory.mktemp(arch)
+    if arch in NATIVE_ARCHES:
+        make_tiny_native(arch, root / "hf")  # tiny_engine converts the folder it finds
     build = tiny_engine(root, arch)
     with torch.no_grad():
         hf_logits = load_hf_model(build.hf)(input_ids=IDS).logits
@@ -117,6 +135,9 @@ def _hf_tensors(hf: Path) -> dict[str, torch.Tensor]:
     with safe_open(str(hf / "model.safetensors"), "pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}
 
+
+# Where the HF tensors of layer 1 are (ChatGLM keeps its own names).
+LAYER_1 = {"chatglm": "transformer.encoder.layers.1."}
 
 # family -> {TRT-LLM tensor of layer 1: how to make it from the HF tensors of layer 1}
 EXPECTED: dict[str, dict[str, Callable[[Callable[[str], torch.Tensor]], torch.Tensor]]] = {
@@ -161,14 +182,24 @@ EXPECTED: dict[str, dict[str, Callable[[Callable[[str], torch.Tensor]], torch.Te
         "mlp.shared_expert.proj.weight": lambda t: t("mlp.shared_expert.down_proj.weight"),
         "mlp.shared_expert_gate.weight": lambda t: t("mlp.shared_expert_gate.weight"),
     },
+    "chatglm": {  # dense_h_to_4h rows are [gate; up] (SwiGLU halves)
+        "attention.qkv.weight": lambda t: t("self_attention.query_key_value.weight"),
+        "attention.qkv.bias": lambda t: t("self_attention.query_key_value.bias"),
+        "mlp.fc.weight": lambda t: t("mlp.dense_h_to_4h.weight")[:128],
+        "mlp.gate.weight": lambda t: t("mlp.dense_h_to_4h.weight")[128:],
+        "mlp.proj.weight": lambda t: t("mlp.dense_4h_to_h.weight"),
+    },
+    "baichuan2_7b": {"attention.qkv.weight": lambda t: t("self_attn.W_pack.weight")},
+    "baichuan2_13b": {"attention.qkv.weight": lambda t: t("self_attn.W_pack.weight")},
 }
 
 
 def test_converted_tensors_are_the_hf_tensors(family: dict[str, Any]) -> None:
     hf = _hf_tensors(family["hf"])
+    layer = LAYER_1.get(family["arch"], "model.layers.1.")
     with CheckpointReader(family["canonical"]) as reader:
         for name, expected in EXPECTED[family["arch"]].items():
-            want = expected(lambda n: hf[f"model.layers.1.{n}"])
+            want = expected(lambda n: hf[f"{layer}{n}"])
             assert torch.equal(reader.get(f"transformer.layers.1.{name}"), want), name
 
 
