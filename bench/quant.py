@@ -239,15 +239,13 @@ def forge_build(
     from trtllm_forge import api
     from trtllm_forge.context import RunContext
     from trtllm_forge.context import Settings as ForgeSettings
-    from trtllm_forge.pipeline.runner import Runner
     from trtllm_forge.stages.build import checkpoint_dir, engine_dir
 
     recipe = workdir / f"{case.slug}.yaml"
     recipe.write_text(yaml.safe_dump(recipe_doc(case, s), sort_keys=False))
-    runner = Runner(api.check(recipe=recipe), RunContext(ForgeSettings(home=home), progress))
-    results = runner.build(until="build")
-    assert runner.job is not None
-    calibrated, built = runner.job.upstream["calibrate"], runner.job.upstream["build"]
+    ctx = RunContext(ForgeSettings(home=home), progress)
+    results = api.build(recipe=recipe, until="build", ctx=ctx)
+    calibrated, built = results.artifacts["calibrate"], results.artifacts["build"]
     ckpt = checkpoint_dir(calibrated)
     info = calibrated.info
     return {

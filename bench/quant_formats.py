@@ -62,7 +62,6 @@ def build_folder(case: qb.Case, target: str, s: qb.Settings, tmp: Path, progress
     from trtllm_forge import api
     from trtllm_forge.context import RunContext
     from trtllm_forge.context import Settings as ForgeSettings
-    from trtllm_forge.pipeline.runner import Runner
     from trtllm_forge.stages.build import checkpoint_dir
 
     doc = qb.recipe_doc(case, s)
@@ -70,10 +69,9 @@ def build_folder(case: qb.Case, target: str, s: qb.Settings, tmp: Path, progress
     doc["build"] = {"backend": "hf", "format": target}
     recipe = tmp / f"{case.slug}-{target}.yaml"
     recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
-    runner = Runner(api.check(recipe=recipe), RunContext(ForgeSettings(home=qb.HOME), progress))
-    results = runner.build(until="build")
-    assert runner.job is not None
-    calibrated, built = runner.job.upstream["calibrate"], runner.job.upstream["build"]
+    ctx = RunContext(ForgeSettings(home=qb.HOME), progress)
+    results = api.build(recipe=recipe, until="build", ctx=ctx)
+    calibrated, built = results.artifacts["calibrate"], results.artifacts["build"]
     folder = Path(built.path) / str(built.info["hf_dir"])
     return {
         "recipe": doc,

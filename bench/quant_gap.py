@@ -93,23 +93,20 @@ def forge_checkpoint(case: qb.Case, s: qb.Settings, tmp: Path, progress: Any) ->
     from trtllm_forge import api
     from trtllm_forge.context import RunContext
     from trtllm_forge.context import Settings as ForgeSettings
-    from trtllm_forge.pipeline.runner import Runner
     from trtllm_forge.stages.build import checkpoint_dir
 
     recipe = tmp / f"{case.slug}.yaml"
     recipe.write_text(json.dumps(qb.recipe_doc(case, s)))  # JSON is YAML
-    loaded = api.check(recipe=recipe)
-    planned = Runner(loaded, RunContext(ForgeSettings(home=qb.HOME), progress)).plan(
-        until="calibrate"
-    )[-1]
+    cached = RunContext(ForgeSettings(home=qb.HOME), progress)
+    planned = api.plan(recipe=recipe, until="calibrate", ctx=cached)[-1]
     if planned.status == "hit" and planned.path is not None:
         return {"checkpoint": planned.path, "source": "cached in bench/.data/quant-home"}
     progress.log(f"{case.label}: no cached calibrate artifact ({planned.note}); building")
     home = tmp / "forge-home"
-    runner = Runner(loaded, RunContext(ForgeSettings(home=home), progress))
-    runner.build(until="calibrate")
-    assert runner.job is not None
-    ckpt = checkpoint_dir(runner.job.upstream["calibrate"])
+    built = api.build(
+        recipe=recipe, until="calibrate", ctx=RunContext(ForgeSettings(home=home), progress)
+    )
+    ckpt = checkpoint_dir(built.artifacts["calibrate"])
     return {"checkpoint": str(ckpt), "source": "built into a temporary FORGE_HOME"}
 
 

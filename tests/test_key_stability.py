@@ -23,10 +23,11 @@ import yaml
 
 from trtllm_forge.context import RunContext, Settings
 from trtllm_forge.pipeline.keys import key_document, stage_key
-from trtllm_forge.pipeline.runner import STAGE_NAMES, Runner
+from trtllm_forge.pipeline.runner import Runner
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, versions
 from trtllm_forge.recipe.load import load_recipe
 from trtllm_forge.recipe.schema import QUANT_METHODS
+from trtllm_forge.stages import pipeline_stages, stage_names
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = Path(__file__).with_name("stage_keys.json")
@@ -62,14 +63,14 @@ def _own_key(name: str, version: str, inputs: KeyInputs, upstream: tuple[str, ..
 def _stage_keys(recipe: Path, home: Path) -> dict[str, str]:
     """Each stage's own key; the fetch stage runs (the others' keys read its snapshot)."""
     ctx = RunContext(settings=Settings(home=home))
-    runner = Runner(load_recipe(recipe), ctx)
-    runner.build(until="fetch")
-    assert runner.job is not None
-    job = StageJob(runner.loaded, ctx, runner.store, upstream=dict(runner.job.upstream))
+    runner = Runner(load_recipe(recipe), ctx, pipeline_stages())
+    fetched = runner.build(until="fetch")
+    job = StageJob(runner.loaded, ctx, runner.store, upstream=dict(fetched.artifacts))
     keys = {}
-    for name in STAGE_NAMES:
-        stage = runner.stages[name]
-        keys[name] = _own_key(name, stage.version, stage.key_inputs(job), stage.upstream)
+    for stage in pipeline_stages():
+        keys[stage.name] = _own_key(
+            stage.name, stage.version, stage.key_inputs(job), stage.upstream
+        )
     return keys
 
 
@@ -114,4 +115,4 @@ def test_the_record_covers_every_tiny_recipe_and_method() -> None:
     assert {path.name for path in TINY_RECIPES} <= set(recorded)
     for method in QUANT_METHODS:
         assert any(name.endswith(f"(quantize.method: {method})") for name in recorded), method
-    assert all(set(keys) == set(STAGE_NAMES) for keys in recorded.values())
+    assert all(set(keys) == set(stage_names()) for keys in recorded.values())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from trtllm_forge.context import NullProgress
-from trtllm_forge.pipeline.runner import STAGE_NAMES
+from trtllm_forge.stages import stage_names
 from trtllm_forge.store import maintenance
 from trtllm_forge.store.blobs import MIN_BLOB_BYTES
 from trtllm_forge.store.remote import open_remote
@@ -59,7 +59,7 @@ def test_identical_files_share_one_read_only_inode_and_stay_valid(tmp_path: Path
     assert isinstance(fresh.lookup("convert", a.key), Artifact)
     assert isinstance(fresh.lookup("shard", b.key), Artifact)
     assert fresh.memo.misses == 0
-    usage = maintenance.usage(fresh, STAGE_NAMES)
+    usage = maintenance.usage(fresh, stage_names())
     assert sum(usage.values()) == _disk_bytes(tmp_path / "home" / "artifacts")
 
 

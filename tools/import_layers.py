@@ -31,15 +31,17 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # What everything may use: errors, settings, fault points, extension hooks, data files.
     ("", "errors", "faults", "userfiles", "thirdparty", "context", "plugin_hooks", "exporters"),
     ("store", "recipe"),  # the artifact store; the recipe schema and loader
+    # The stage contract, stage keys and the runner: stages come from the caller, so the
+    # pipeline's core knows no stage and no model.
+    ("pipeline",),
     ("models",),  # model families: name tables, no conversion
     ("checkpoint", "sources"),  # the TensorRT-LLM checkpoint; reading a source model
     ("quant", "quickeval"),  # quantization of a checkpoint; its perplexity change
     ("engine",),  # lowering, building and running engines; verify
     ("hf", "inspect"),  # quantized Hugging Face folders; `forge inspect`
-    ("pipeline.stage", "pipeline.keys", "pipeline.preflight"),  # the stage contract, checks
+    ("pipeline.preflight", "pipeline.cache_sync"),  # recipe-vs-model checks; push/pull
     ("stages",),  # the five stages (stages.hf_build: the build stage of backend hf)
-    ("pipeline",),  # running the stages: runner, cache push/pull
-    ("api",),
+    ("api",),  # hands the stages to the runner
     ("bench",),  # benchmark targets, over the api
     ("cli", "__main__", "ui"),
 )

@@ -50,6 +50,9 @@ class Settings:
     lock_timeout_s: float = 3600.0
     remote: str | None = None  # FORGE_REMOTE: the shared cache (docs/ci.md)
     remote_push: bool = True  # FORGE_REMOTE_PUSH=0: pull only (e.g. untrusted PR builds)
+    # HF_TOKEN: the hub token fetch passes to huggingface_hub (None lets huggingface_hub
+    # look for one itself). Kept out of repr so a logged Settings never shows it.
+    hf_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -58,6 +61,7 @@ class Settings:
             lock_timeout_s=_seconds_setting("FORGE_LOCK_TIMEOUT", "3600"),
             remote=os.environ.get("FORGE_REMOTE") or None,
             remote_push=os.environ.get("FORGE_REMOTE_PUSH", "1") not in ("0", "false", "no"),
+            hf_token=os.environ.get("HF_TOKEN") or None,
         )
 
 

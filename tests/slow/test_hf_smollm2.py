@@ -66,7 +66,6 @@ def test_compressed_tensors_perplexity_equals_documented_fake_quant(
     from trtllm_forge.context import RunContext
     from trtllm_forge.context import Settings as ForgeSettings
     from trtllm_forge.hf.folder import write_hf_folder
-    from trtllm_forge.pipeline.runner import Runner
     from trtllm_forge.stages.build import checkpoint_dir
     from trtllm_forge.stages.fetch import snapshot_dir
 
@@ -75,15 +74,12 @@ def test_compressed_tensors_perplexity_equals_documented_fake_quant(
     recipe = work / f"{case.slug}.yaml"
     recipe.write_text(yaml.safe_dump(quant.recipe_doc(case, SETTINGS), sort_keys=False))
     home = Path(quant.HOME)  # bench.quant's store: a calibration it made is reused
-    runner = Runner(
-        api.check(recipe=recipe), RunContext(ForgeSettings(home=home), quant.StderrProgress())
-    )
-    runner.build(until="calibrate")
-    assert runner.job is not None
+    ctx = RunContext(ForgeSettings(home=home), quant.StderrProgress())
+    artifacts = api.build(recipe=recipe, until="calibrate", ctx=ctx).artifacts
     folder = work / "hf"
     write_hf_folder(
-        hf_dir=snapshot_dir(runner.job.upstream["fetch"]),
-        calibrated_dir=checkpoint_dir(runner.job.upstream["calibrate"]),
+        hf_dir=snapshot_dir(artifacts["fetch"]),
+        calibrated_dir=checkpoint_dir(artifacts["calibrate"]),
         out_dir=folder,
         target="compressed-tensors",
     )

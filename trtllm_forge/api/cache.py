@@ -8,7 +8,7 @@ from typing import Any
 
 from trtllm_forge.api.core import context_or_default, store
 from trtllm_forge.context import RunContext
-from trtllm_forge.pipeline.runner import STAGE_NAMES
+from trtllm_forge.stages import pipeline_stages, stage_names
 from trtllm_forge.store.store import Store
 
 
@@ -23,7 +23,7 @@ def cache_usage(*, ctx: RunContext | None = None) -> dict[str, int]:
     """Bytes on disk per stage."""
     from trtllm_forge.store import maintenance
 
-    return maintenance.usage(store(ctx), STAGE_NAMES)
+    return maintenance.usage(store(ctx), stage_names())
 
 
 def cache_verify(*, fix: bool = False, ctx: RunContext | None = None) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def cache_rm(
         raise recipe_error("key prefix too short", hint="give at least 4 hex characters")
     the_store = store(ctx)
     if stage is not None:
-        maintenance.check_stage_name(the_store, stage, STAGE_NAMES)
+        maintenance.check_stage_name(the_store, stage, stage_names())
     return maintenance.remove(the_store, key_prefix=key, stage=stage, everything=everything)
 
 
@@ -92,7 +92,7 @@ def cache_push(*, target: str | None = None, ctx: RunContext | None = None) -> l
     from trtllm_forge.pipeline import cache_sync
 
     ctx = context_or_default(ctx)
-    return cache_sync.push(target, store(ctx), ctx)
+    return cache_sync.push(target, store(ctx), ctx, pipeline_stages())
 
 
 def cache_pull(*, target: str | None = None, ctx: RunContext | None = None) -> list[Any]:
@@ -100,7 +100,7 @@ def cache_pull(*, target: str | None = None, ctx: RunContext | None = None) -> l
     from trtllm_forge.pipeline import cache_sync
 
     ctx = context_or_default(ctx)
-    return cache_sync.pull(target, store(ctx), ctx)
+    return cache_sync.pull(target, store(ctx), ctx, pipeline_stages())
 
 
 def cache_remote_entries(*, ctx: RunContext | None = None) -> list[tuple[str, str]]:

@@ -7,13 +7,22 @@ from pathlib import Path
 from typing import Any
 
 from trtllm_forge.context import RunContext
-from trtllm_forge.pipeline.runner import Runner, StageResult
+from trtllm_forge.pipeline.runner import BuildResult, Runner, StageResult
 from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.store.store import Store
 
 
 def context_or_default(ctx: RunContext | None) -> RunContext:
     return ctx or RunContext.default()
+
+
+def runner(
+    loaded: LoadedRecipe, ctx: RunContext | None = None, the_store: Store | None = None
+) -> Runner:
+    """The pipeline runner over forge's five stages (the runner itself knows none)."""
+    from trtllm_forge.stages import pipeline_stages
+
+    return Runner(loaded, context_or_default(ctx), pipeline_stages(), the_store)
 
 
 def check(*, recipe: str | Path, sources: bool = True) -> LoadedRecipe:
@@ -31,12 +40,11 @@ def build(
     force: Sequence[str] = (),
     ctx: RunContext | None = None,
     on_result: Callable[[StageResult], None] | None = None,
-) -> list[StageResult]:
-    """Run every stage that is not cached, up to ``until``."""
+) -> BuildResult:
+    """Run every stage that is not cached, up to ``until``: the stages' results in order,
+    and each stage's artifact (``.artifacts``)."""
     loaded = check(recipe=recipe)
-    return Runner(loaded, context_or_default(ctx)).build(
-        until=until, force=force, on_result=on_result
-    )
+    return runner(loaded, ctx).build(until=until, force=force, on_result=on_result)
 
 
 def plan(
@@ -44,7 +52,7 @@ def plan(
 ) -> list[StageResult]:
     """Per stage: cached or not, and for a miss which inputs changed since the last build."""
     loaded = check(recipe=recipe)
-    return Runner(loaded, context_or_default(ctx)).plan(until=until)
+    return runner(loaded, ctx).plan(until=until)
 
 
 def recipe_schema() -> dict[str, Any]:
@@ -72,30 +80,27 @@ def export_trtllm_checkpoint(
     loaded = check(recipe=recipe)
     check_trtllm_export(loaded)  # before any stage runs
     target = empty_target(Path(dest), overwrite)
-    runner = Runner(loaded, context_or_default(ctx))
+    stages = runner(loaded, ctx)
     if loaded.recipe.source.path is None:  # a hub or GGUF source: its config.json is
-        _refuse_fetched_layout(runner)  # known after fetch, checked before convert
-    runner.build(until="calibrate")
-    assert runner.job is not None
-    shard = sharded_checkpoint(runner.job)
+        _refuse_fetched_layout(stages)  # known after fetch, checked before convert
+    shard = sharded_checkpoint(stages.build(until="calibrate").job)
     copied = copy_checkpoint(shard.path, target)
     return {
         "dest": str(target),
         "files": copied,
         "shard_key": shard.key,
-        "tp": runner.loaded.recipe.parallel.tp,
-        "pp": runner.loaded.recipe.parallel.pp,
+        "tp": loaded.recipe.parallel.tp,
+        "pp": loaded.recipe.parallel.pp,
     }
 
 
-def _refuse_fetched_layout(runner: Runner) -> None:
+def _refuse_fetched_layout(stages: Runner) -> None:
     """A family trtllm-build cannot read (MoE experts), refused before convert and calibrate."""
     from trtllm_forge.pipeline.preflight import refuse_trtllm_layout
     from trtllm_forge.stages.convert import source_config
 
-    runner.build(until="fetch")
-    assert runner.job is not None
-    refuse_trtllm_layout(runner.loaded, source_config(runner.job))
+    fetched = stages.build(until="fetch")
+    refuse_trtllm_layout(stages.loaded, source_config(fetched.job))
 
 
 def export_hf(
@@ -120,18 +125,17 @@ def export_hf(
     loaded = check(recipe=recipe)
     chosen = _hf_format(loaded, format)
     target = empty_target(Path(dest), overwrite)
-    runner = Runner(loaded, context_or_default(ctx))
-    runner.build(until="calibrate")
-    assert runner.job is not None
+    context = context_or_default(ctx)
+    artifacts = runner(loaded, context).build(until="calibrate").artifacts
     parallel = loaded.recipe.parallel
     summary = write_hf_folder(
-        hf_dir=snapshot_dir(runner.job.upstream["fetch"]),
-        calibrated_dir=checkpoint_dir(runner.job.upstream["calibrate"]),
+        hf_dir=snapshot_dir(artifacts["fetch"]),
+        calibrated_dir=checkpoint_dir(artifacts["calibrate"]),
         out_dir=target,
         target=chosen,  # type: ignore[arg-type]
         tp=parallel.tp,
         pp=parallel.pp,
-        progress=runner.ctx.progress,
+        progress=context.progress,
     )
     return {"dest": str(target), **summary}
 
@@ -155,23 +159,21 @@ def export_triton(
     export = exporter("triton")
     loaded = check(recipe=recipe)
     target = empty_target(Path(dest), overwrite)
-    runner = Runner(loaded, context_or_default(ctx))
-    return export(_export_source(runner), target)
+    return export(_export_source(runner(loaded, ctx)), target)
 
 
-def _export_source(runner: Runner) -> Any:
+def _export_source(stages: Runner) -> Any:
     """Build what the recipe's backend deploys (cached) and describe it for an exporter."""
     from trtllm_forge.exporters import ExportSource
     from trtllm_forge.stages.build import engine_dir, sharded_checkpoint
     from trtllm_forge.stages.fetch import snapshot_dir
 
-    recipe = runner.loaded.recipe
+    recipe = stages.loaded.recipe
     backend = recipe.build.backend
-    runner.build(until="calibrate" if backend == "trtllm" else "build")
-    assert runner.job is not None
-    upstream = runner.job.upstream
+    built = stages.build(until="calibrate" if backend == "trtllm" else "build")
+    upstream = built.artifacts
     if backend == "trtllm":  # forge does not run trtllm-build here: export its input
-        kind, files = "trtllm-checkpoint", sharded_checkpoint(runner.job).path
+        kind, files = "trtllm-checkpoint", sharded_checkpoint(built.job).path
     elif backend == "hf":
         from trtllm_forge.hf.names import HF_DIR
 

@@ -8,10 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from trtllm_forge.api.core import check, context_or_default, copy_checkpoint, empty_target
+from trtllm_forge.api.core import check, context_or_default, copy_checkpoint, empty_target, runner
 from trtllm_forge.context import RunContext
 from trtllm_forge.errors import ForgeError
-from trtllm_forge.pipeline.runner import Runner, StageResult
+from trtllm_forge.pipeline.runner import BuildResult
+from trtllm_forge.store.store import Artifact
 
 
 def quantize(
@@ -56,24 +57,23 @@ def quantize(
     )
     recipe_path = _write_recipe(context, doc)
     with _errors_named(recipe_path, spelled or QUANTIZE_ARGUMENTS):
-        runner = Runner(check(recipe=recipe_path), context)
+        loaded = check(recipe=recipe_path)
         t0 = time.perf_counter()
-        results = runner.build(until="calibrate")
-    summary = _write_quantized(runner, results, target)
+        built = runner(loaded, context).build(until="calibrate")
+    summary = _write_quantized(built, target)
     summary.update(model=model, method=method, kv_cache=kv_cache, recipe=str(recipe_path))
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     if evaluate and method != "none":
-        summary["perplexity"] = _perplexity(runner)
+        summary["perplexity"] = _perplexity(built.artifacts)
     return summary
 
 
-def _write_quantized(runner: Runner, results: list[StageResult], target: Path) -> dict[str, Any]:
+def _write_quantized(built: BuildResult, target: Path) -> dict[str, Any]:
     """Copy the calibrated (and, for tp×pp > 1, sharded) checkpoint into ``target``."""
     from trtllm_forge.stages.build import checkpoint_dir, sharded_checkpoint
 
-    job = runner.job
-    assert job is not None
-    parallel = runner.loaded.recipe.parallel
+    job = built.job
+    parallel = job.recipe.parallel
     source = sharded_checkpoint(job) if (parallel.tp, parallel.pp) != (1, 1) else None
     calibrated = job.upstream["calibrate"]
     files = copy_checkpoint(source.path if source else checkpoint_dir(calibrated), target)
@@ -82,7 +82,7 @@ def _write_quantized(runner: Runner, results: list[StageResult], target: Path) -
         "files": files,
         "tp": parallel.tp,
         "pp": parallel.pp,
-        "stages": [r.to_json() for r in results],
+        "stages": [r.to_json() for r in built],
         "calibrate_seconds": calibrated.manifest.get("seconds"),
         "bytes_before": _checkpoint_bytes(job.upstream["convert"].path),
         "bytes_after": _checkpoint_bytes(checkpoint_dir(calibrated)),
@@ -91,13 +91,11 @@ def _write_quantized(runner: Runner, results: list[StageResult], target: Path) -
     }
 
 
-def _perplexity(runner: Runner) -> dict[str, Any]:
+def _perplexity(upstream: dict[str, Artifact]) -> dict[str, Any]:
     from trtllm_forge.quickeval import perplexity_delta
     from trtllm_forge.stages.build import checkpoint_dir
     from trtllm_forge.stages.fetch import snapshot_dir
 
-    assert runner.job is not None
-    upstream = runner.job.upstream
     return perplexity_delta(
         reference_ckpt=upstream["convert"].path,
         quantized_ckpt=checkpoint_dir(upstream["calibrate"]),

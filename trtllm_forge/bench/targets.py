@@ -47,16 +47,13 @@ def resolve_target(
 
 def _from_recipe(recipe: Path, runtime: str, ctx: RunContext, tokenizer: Path | None) -> Target:
     from trtllm_forge import api
-    from trtllm_forge.pipeline.runner import Runner
     from trtllm_forge.stages.build import engine_dir
     from trtllm_forge.stages.fetch import snapshot_dir
 
     until = "fetch" if runtime == "transformers" else "build"
-    runner = Runner(api.check(recipe=recipe), ctx)
-    runner.build(until=until)
-    assert runner.job is not None
-    snapshot = snapshot_dir(runner.job.upstream["fetch"])
-    path = snapshot if until == "fetch" else engine_dir(runner.job.upstream["build"])
+    artifacts = api.build(recipe=recipe, until=until, ctx=ctx).artifacts
+    snapshot = snapshot_dir(artifacts["fetch"])
+    path = snapshot if until == "fetch" else engine_dir(artifacts["build"])
     return Target(path, tokenizer or snapshot, recipe)
 
 

@@ -1,6 +1,6 @@
 """``forge cache push|pull [RECIPE|KEY]``: move entries between the store and FORGE_REMOTE.
 
-A RECIPE means its stages in order: push sends every stage the store holds for it;
+A RECIPE means its stages (the ones the api passes) in order: push sends every stage the store holds for it;
 pull computes each stage's key (which needs its upstream's content digest, so
 stages come one at a time) and fetches it without running anything. A KEY (or a
 prefix of at least 4 hex characters) means that one entry; no argument means every
@@ -14,12 +14,14 @@ or missing, is an error (exit 6).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from trtllm_forge.context import RunContext
 from trtllm_forge.errors import recipe_error, store_error
+from trtllm_forge.pipeline.stage import Stage
 from trtllm_forge.store.digest import short
 from trtllm_forge.store.remote import open_remote, redact
 from trtllm_forge.store.store import Artifact, Store
@@ -49,11 +51,11 @@ def remote_cache(store: Store, ctx: RunContext) -> RemoteCache:
     return RemoteCache(store, open_remote(url), ctx.progress)
 
 
-def push(target: str | None, store: Store, ctx: RunContext) -> list[Moved]:
+def push(target: str | None, store: Store, ctx: RunContext, stages: Sequence[Stage]) -> list[Moved]:
     cache = remote_cache(store, ctx)
     moved: list[Moved] = []
     seen: set[str] = set()
-    for artifact in _local_targets(target, store, ctx):
+    for artifact in _local_targets(target, store, ctx, stages):
         for item in cache.push(artifact):
             if item.key in seen:
                 continue
@@ -65,11 +67,11 @@ def push(target: str | None, store: Store, ctx: RunContext) -> list[Moved]:
     return moved
 
 
-def pull(target: str | None, store: Store, ctx: RunContext) -> list[Moved]:
+def pull(target: str | None, store: Store, ctx: RunContext, stages: Sequence[Stage]) -> list[Moved]:
     cache = remote_cache(store, ctx)
     recipe = target is not None and _is_recipe(target)
     if recipe:
-        moved = _pull_recipe(Path(str(target)), store, ctx, cache)
+        moved = _pull_recipe(Path(str(target)), store, ctx, cache, stages)
     else:
         moved = [_pull_one(cache, stage, key) for stage, key in _remote_targets(target, cache)]
     # A recipe's stages stop at the first one nobody pushed yet: not an error. A key the
@@ -102,9 +104,11 @@ def _key_prefix(target: str) -> str:
     return prefix
 
 
-def _local_targets(target: str | None, store: Store, ctx: RunContext) -> list[Artifact]:
+def _local_targets(
+    target: str | None, store: Store, ctx: RunContext, stages: Sequence[Stage]
+) -> list[Artifact]:
     if target is not None and _is_recipe(target):
-        return _recipe_artifacts(Path(target), store, ctx)
+        return _recipe_artifacts(Path(target), store, ctx, stages)
     prefix = None if target is None else _key_prefix(target)
     found = [
         a
@@ -116,11 +120,13 @@ def _local_targets(target: str | None, store: Store, ctx: RunContext) -> list[Ar
     return found
 
 
-def _recipe_artifacts(recipe: Path, store: Store, ctx: RunContext) -> list[Artifact]:
+def _recipe_artifacts(
+    recipe: Path, store: Store, ctx: RunContext, stages: Sequence[Stage]
+) -> list[Artifact]:
     from trtllm_forge.pipeline.preflight import load_checked
     from trtllm_forge.pipeline.runner import Runner
 
-    runner = Runner(load_checked(recipe), ctx, store)
+    runner = Runner(load_checked(recipe), ctx, stages, store)
     hits = [r for r in runner.plan() if r.status == "hit" and r.key]
     found = [store.lookup(r.stage, r.key) for r in hits if r.key]
     artifacts = [a for a in found if isinstance(a, Artifact)]
@@ -158,7 +164,9 @@ def _pull_one(cache: RemoteCache, stage: str, key: str) -> Moved:
     return Moved(stage, key, "pulled", len(files), sum(int(m["size"]) for m in files.values()))
 
 
-def _pull_recipe(recipe: Path, store: Store, ctx: RunContext, cache: RemoteCache) -> list[Moved]:
+def _pull_recipe(
+    recipe: Path, store: Store, ctx: RunContext, cache: RemoteCache, stages: Sequence[Stage]
+) -> list[Moved]:
     """Each stage's key from its upstream's content, then its entry; stops at a miss."""
     from trtllm_forge.pipeline.preflight import load_checked
     from trtllm_forge.pipeline.runner import Runner
@@ -172,6 +180,6 @@ def _pull_recipe(recipe: Path, store: Store, ctx: RunContext, cache: RemoteCache
         found = store.lookup(stage, key)
         return found if isinstance(found, Artifact) else None
 
-    Runner(load_checked(recipe), ctx, store).walk_keys(fetch)
+    Runner(load_checked(recipe), ctx, stages, store).walk_keys(fetch)
     ctx.progress.log(f"pull: {len(moved)} stage(s) in {time.perf_counter() - t0:.2f}s")
     return moved

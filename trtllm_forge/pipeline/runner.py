@@ -1,9 +1,13 @@
-"""Run (or plan) the stage graph for one recipe.
+"""Run (or plan) a sequence of stages for one recipe.
 
 For each stage: compute its key from the recipe fields it reads and the
 content digests of its upstream artifacts; reuse a valid artifact; otherwise
 take the key's lock, look again (another process may have just built it),
 run the stage into a staging dir and commit it atomically.
+
+The runner knows stages only through pipeline.stage.Stage: which stages there are,
+and in which order, is the caller's (the api passes trtllm_forge.stages'), so this
+module sits below every model, quantization and engine module.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from trtllm_forge.context import RunContext
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error
@@ -29,8 +33,6 @@ from trtllm_forge.thirdparty import library_error
 
 if TYPE_CHECKING:
     from trtllm_forge.store.transfer import AutoRemote
-
-STAGE_NAMES = ("fetch", "convert", "calibrate", "build", "verify")
 
 
 @dataclass
@@ -56,23 +58,39 @@ class StageResult:
         }
 
 
+@dataclass(frozen=True)
+class BuildResult(Sequence[StageResult]):
+    """What ``Runner.build`` did: each stage's result in order (the sequence itself) and
+    the job the stages saw. ``artifacts`` holds each stage's artifact by name; ``job``
+    lets a caller derive what a stage derives from them (the sharded checkpoint of
+    ``forge export trtllm-ckpt`` is a sub-artifact cached by this runner)."""
+
+    results: tuple[StageResult, ...]
+    job: StageJob
+
+    @property
+    def artifacts(self) -> dict[str, Artifact]:
+        return self.job.upstream
+
+    @overload
+    def __getitem__(self, index: int) -> StageResult: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[StageResult]: ...
+
+    def __getitem__(self, index: int | slice) -> StageResult | Sequence[StageResult]:
+        return self.results[index]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[StageResult]:
+        return iter(self.results)
+
+
 def recipe_id(loaded: LoadedRecipe) -> str:
     """A stable id for 'this recipe file' (refs remember its last build)."""
     return f"{loaded.recipe.name}-{short(digest_json(str(loaded.path)), 10)}"
-
-
-def load_stages() -> dict[str, Stage]:
-    from trtllm_forge.stages import all_stages
-
-    return all_stages()
-
-
-def select(until: str | None) -> tuple[str, ...]:
-    if until is None:
-        return STAGE_NAMES
-    if until not in STAGE_NAMES:
-        raise recipe_error(f"unknown stage '{until}'", hint=f"stages are: {', '.join(STAGE_NAMES)}")
-    return STAGE_NAMES[: STAGE_NAMES.index(until) + 1]
 
 
 class Runner:
@@ -80,17 +98,28 @@ class Runner:
         self,
         loaded: LoadedRecipe,
         ctx: RunContext,
+        stages: Sequence[Stage],
         store: Store | None = None,
-        stages: dict[str, Stage] | None = None,
     ) -> None:
         self.loaded = loaded
         self.ctx = ctx
         self.store = store or Store(ctx.settings.home, lock_timeout_s=ctx.settings.lock_timeout_s)
-        self.stages = stages or load_stages()
+        self.stages = {stage.name: stage for stage in stages}
+        self.order = tuple(self.stages)  # the order given: a stage's upstream comes first
         self.previous = self.store.read_ref(recipe_id(loaded))
-        self.job: StageJob | None = None  # the last build's job (upstream artifacts), for export
         self.remote: AutoRemote | None = None  # FORGE_REMOTE, opened when a build starts
         self._uses: dict[str, str] = {}  # sub-artifacts the running stage used: name → key
+
+    def select(self, until: str | None) -> tuple[str, ...]:
+        """The stages up to ``until`` (all of them for None), in order."""
+        if until is None:
+            return self.order
+        if until not in self.order:
+            raise recipe_error(f"unknown stage '{until}'", hint=self._stages_hint())
+        return self.order[: self.order.index(until) + 1]
+
+    def _stages_hint(self) -> str:
+        return f"stages are: {', '.join(self.order)}"
 
     # -- public ------------------------------------------------------------
     def build(
@@ -99,32 +128,17 @@ class Runner:
         until: str | None = None,
         force: Sequence[str] = (),
         on_result: Callable[[StageResult], None] | None = None,
-    ) -> list[StageResult]:
-        names = select(until)
-        if "build" in names:
-            from trtllm_forge.stages.build import require_backend
-
-            require_backend(self.loaded.recipe.build.backend)  # exit 4 before any work is done
-        if "calibrate" in names:
-            from trtllm_forge.stages.calibrate import require_calibration_device
-
-            require_calibration_device(self.loaded.recipe)  # cuda without a GPU: exit 4 now
-        if "verify" in names:
-            from trtllm_forge.stages.verify import require_verify_device
-
-            require_verify_device(self.loaded.recipe)  # the same for verify.device: cuda
+    ) -> BuildResult:
+        names = self.select(until)
+        for name in names:  # a missing toolchain or device: exit 4 before any work is done
+            self.stages[name].preflight(self.loaded)
         from trtllm_forge.store.transfer import AutoRemote  # a build's, not a plan's
 
         self.remote = AutoRemote.from_settings(self.store, self.ctx)  # a missing plugin: exit 4
         for name in force:
-            if name not in STAGE_NAMES:
-                raise recipe_error(
-                    f"unknown stage '{name}' in --force",
-                    hint=f"stages are: {', '.join(STAGE_NAMES)}",
-                )
-        job = self.job = StageJob(
-            self.loaded, self.ctx, self.store, sub_artifact=self._sub_artifact
-        )
+            if name not in self.stages:
+                raise recipe_error(f"unknown stage '{name}' in --force", hint=self._stages_hint())
+        job = StageJob(self.loaded, self.ctx, self.store, sub_artifact=self._sub_artifact)
         results: list[StageResult] = []
         record: dict[str, Any] = {}
         try:
@@ -142,9 +156,7 @@ class Runner:
                 results.append(result)
                 if on_result:
                     on_result(result)
-                check = getattr(self.stages[name], "check", None)
-                if check is not None:
-                    check(artifact)  # e.g. verify: a failed gate fails cached builds too
+                self.stages[name].check(artifact)  # verify: a failed gate fails cached builds too
         except BaseException:
             if record:  # remember what did get built, but never mask the stage's own error
                 with contextlib.suppress(ForgeError):
@@ -152,13 +164,13 @@ class Runner:
             raise
         if record:
             self._write_ref(record)
-        return results
+        return BuildResult(tuple(results), job)
 
     def plan(self, *, until: str | None = None) -> list[StageResult]:
         job = StageJob(self.loaded, self.ctx, self.store)
         results: list[StageResult] = []
         blocked = False
-        for name in select(until):
+        for name in self.select(until):
             stage = self.stages[name]
             if blocked:
                 results.append(
@@ -191,7 +203,7 @@ class Runner:
         for the artifact; stops at the first None (`forge cache pull RECIPE`)."""
         job = StageJob(self.loaded, self.ctx, self.store)
         record: dict[str, Any] = {}
-        for name in select(until):
+        for name in self.select(until):
             key, doc = self._key(self.stages[name], job)
             artifact = fetch(name, key)
             if artifact is None:
@@ -330,7 +342,7 @@ class Runner:
         }
         if output.external is not None:
             manifest["external"] = output.external
-        if name in STAGE_NAMES and self._uses:
+        if name in self.stages and self._uses:  # a stage's artifact, not a sub-artifact
             manifest["uses"] = dict(self._uses)
         try:
             artifact = self.store.commit(name, key, staging, manifest)

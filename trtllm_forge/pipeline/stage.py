@@ -62,16 +62,27 @@ class StageOutput:
 
 
 class Stage(Protocol):
-    """A stage may also define ``check(artifact) -> None``: the runner calls it after a
-    hit or a build, so an artifact can fail the build even when cached (verify gates)."""
+    """One step of the pipeline. The runner knows stages only through this contract: the
+    api hands it the stages, in order (trtllm_forge.stages.pipeline_stages)."""
 
     name: str
     version: str  # bump when the stage's output for the same inputs changes
     upstream: tuple[str, ...]
 
+    def preflight(self, loaded: LoadedRecipe) -> None:
+        """Refuse, before any stage of the build runs, what this stage could not do on
+        this machine (a missing toolchain or device: exit 4). Called for every stage a
+        build will reach, never by plan."""
+        ...
+
     def key_inputs(self, job: StageJob) -> KeyInputs: ...
 
     def run(self, job: StageJob, out_dir: Path) -> StageOutput: ...
+
+    def check(self, artifact: Artifact) -> None:
+        """Called after a hit or a build, so an artifact can fail the build even when
+        cached (verify's gates)."""
+        ...
 
 
 def fields_of(recipe: Recipe, *paths: str) -> dict[str, Any]:

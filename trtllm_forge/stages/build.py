@@ -16,6 +16,7 @@ from typing import Any
 
 from trtllm_forge.errors import dependency_error
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields_of, versions
+from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.store.store import Artifact
 
 SHARD_VERSION = "1"
@@ -44,7 +45,10 @@ class BuildStage:
     # 3: single-rank onnxruntime engines also hold genai_config.json and the snapshot's
     # tokenizer files (onnxruntime-genai loads the folder), so fetch is an input too.
     version = "3"
-    upstream = ("fetch", "calibrate")
+    upstream: tuple[str, ...] = ("fetch", "calibrate")
+
+    def preflight(self, loaded: LoadedRecipe) -> None:
+        require_backend(loaded.recipe.build.backend)  # exit 4 before any work is done
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
         backend = job.recipe.build.backend
@@ -89,6 +93,9 @@ class BuildStage:
                 "engine": _summary(meta),
             }
         )
+
+    def check(self, artifact: Artifact) -> None:
+        """Nothing to refuse in a build artifact once it exists (verify judges it)."""
 
 
 STAGE = BuildStage()

@@ -13,8 +13,10 @@ from typing import Any
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, versions
 from trtllm_forge.quant.device import key_fields, require_device
 from trtllm_forge.quant.key_view import key_view
+from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.stages.fetch import snapshot_dir
 from trtllm_forge.store.digest import digest_json
+from trtllm_forge.store.store import Artifact
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -47,7 +49,10 @@ class CalibrateStage:
     # Hugging Face targets build from); older artifacts lack it. 3: GPTQ's weights are
     # kept there as int4 values (weight_int4), not float32.
     version = "3"
-    upstream = ("fetch", "convert")
+    upstream: tuple[str, ...] = ("fetch", "convert")
+
+    def preflight(self, loaded: LoadedRecipe) -> None:
+        require_calibration_device(loaded.recipe)  # cuda without a GPU: exit 4 now
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
         quant = key_view(job.recipe.quantize.model_dump(mode="json"))
@@ -92,14 +97,17 @@ class CalibrateStage:
         )
         return StageOutput(info=dict(summary))
 
+    def check(self, artifact: Artifact) -> None:
+        """Nothing to refuse in a calibrate artifact once it exists."""
+
     def _calibration_path(self, job: StageJob) -> Path | None:
         from trtllm_forge.pipeline.preflight import named_file
 
         return named_file(job.loaded, "quantize.calibration.file")
 
     def _calibration_digest(self, job: StageJob, file: str | None) -> str:
-        path = self._calibration_path(job) if file else _builtin_corpus()
-        return job.store.memo.digest(path)
+        path = self._calibration_path(job) if file else None
+        return job.store.memo.digest(path or _builtin_corpus())
 
     def _tokenizer_digest(self, job: StageJob) -> str:
         root = snapshot_dir(job.upstream["fetch"])

@@ -13,13 +13,19 @@ from typing import Any
 from trtllm_forge.errors import source_error
 from trtllm_forge.pipeline.preflight import check_model
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields_of, versions
+from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.stages.fetch import snapshot_dir
+from trtllm_forge.store.store import Artifact
 
 
 class ConvertStage:
     name = "convert"
     version = "1"
-    upstream = ("fetch",)
+    upstream: tuple[str, ...] = ("fetch",)
+
+    def preflight(self, loaded: LoadedRecipe) -> None:
+        """Converting needs only forge's own dependencies; the model is checked against
+        the recipe in key_inputs, once fetch has made its config.json readable."""
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
         hf_config = source_config(job)
@@ -42,6 +48,9 @@ class ConvertStage:
             src, out_dir, dtype=job.recipe.convert.dtype, progress=job.ctx.progress
         )
         return StageOutput(info=dict(summary))
+
+    def check(self, artifact: Artifact) -> None:
+        """Nothing to refuse in a convert artifact once it exists."""
 
 
 STAGE = ConvertStage()

@@ -14,12 +14,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from trtllm_forge.errors import ForgeError
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields_of, versions
+from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.store.digest import digest_json
 from trtllm_forge.store.store import Artifact
 
@@ -30,6 +30,10 @@ class FetchStage:
     name = "fetch"
     version = "1"
     upstream: tuple[str, ...] = ()
+
+    def preflight(self, loaded: LoadedRecipe) -> None:
+        """Nothing beyond api.check's: the source itself is checked there (a local one)
+        or in key_inputs, from its config.json before the weights (a hub one)."""
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
         source = job.recipe.source
@@ -84,6 +88,9 @@ class FetchStage:
             external = {"root": str(snap.root), "files": files, "rehash": True}
             info = {"kind": "path", "path": str(snap.root)}
         return StageOutput(info={**info, "files": len(files)}, external=external)
+
+    def check(self, artifact: Artifact) -> None:
+        """Nothing to refuse in a fetch artifact once it exists."""
 
 
 STAGE = FetchStage()
@@ -156,13 +163,14 @@ def _resolve_source(job: StageJob) -> Any:
         return resolve_hf(
             source.hf,
             source.revision,
-            token=os.environ.get("HF_TOKEN") or None,
+            token=job.ctx.settings.hf_token,
             allow_pickle=source.allow_pickle,
             progress=job.ctx.progress,
             check_config=lambda config: check_model(job.loaded, config),
         )
     from trtllm_forge.sources.local import resolve_local
 
+    assert source.path is not None  # a gguf source is not resolved here (run converts it)
     path = job.loaded.resolve_path(source.path, "source.path")
     return resolve_local(path, allow_pickle=source.allow_pickle)
 

@@ -29,6 +29,7 @@ def run(job: StageJob, out_dir: Path, calibrated_dir: Path) -> StageOutput:
     from trtllm_forge.stages.fetch import snapshot_dir
 
     recipe = job.recipe
+    assert recipe.build.format is not None  # the schema: backend hf needs a format
     summary = write_hf_folder(
         hf_dir=snapshot_dir(job.upstream["fetch"]),
         calibrated_dir=calibrated_dir,

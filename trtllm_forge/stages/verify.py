@@ -12,6 +12,7 @@ from typing import Any
 
 from trtllm_forge.errors import ExitCode, ForgeError, source_error
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields_of, versions
+from trtllm_forge.recipe.load import LoadedRecipe
 from trtllm_forge.stages.fetch import snapshot_dir
 from trtllm_forge.store.store import Artifact
 
@@ -32,7 +33,10 @@ class VerifyStage:
     # 3: metrics accumulated block by block in float32 (were float64 over whole texts) and
     # the report lists the tokens scored per text: values and report.json changed.
     version = "3"
-    upstream = ("fetch", "build")
+    upstream: tuple[str, ...] = ("fetch", "build")
+
+    def preflight(self, loaded: LoadedRecipe) -> None:
+        require_verify_device(loaded.recipe)  # verify.device: cuda without one: exit 4 now
 
     def key_inputs(self, job: StageJob) -> KeyInputs:
         extra: dict[str, Any] = {}
