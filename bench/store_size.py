@@ -106,6 +106,9 @@ def measure(shape: Shape) -> dict[str, Any]:
             f.stat().st_size for f in converted.rglob("*") if f.name != "manifest.json"
         )
         du = _du(home)
+        engine = Path(built["stages"]["build"]["path"])
+        engine = engine if engine.is_absolute() else home / engine
+        data = sum(f.stat().st_size for f in engine.rglob("model.onnx.data"))
     total = sum(s["bytes"] for s in per_stage.values())
     every = sum(s["bytes_counting_links"] for s in per_stage.values())
     return {
@@ -118,6 +121,7 @@ def measure(shape: Shape) -> dict[str, Any]:
         "ratio": total / converted_bytes,
         "ratio_counting_links": every / converted_bytes,
         "du": du,
+        "engine_data_bytes": data,
         "build_seconds": built["seconds"],
         "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -151,14 +155,16 @@ def render(r: dict[str, Any]) -> str:
         "(goal <= 1.5x). `du -sh` of FORGE_HOME: "
         f"{r['du']['du -sh']}; `du -sh --count-links`: {r['du']['du -sh --count-links']} "
         "(that also counts the `blobs/` names).\n\n"
-        "The tp = 1 shard is the converted checkpoint byte for byte, so it is now one file "
+        "The tp = 1 shard is the converted checkpoint byte for byte, so it is one file "
         "with two names; the pass-through calibrate and the fetch of a local folder hold "
-        "references only. What is left is the engine's external data "
-        "(`engine/rank0/model.onnx.data`): it holds the same float32 weights, but the "
-        "ONNX lowering stores each linear weight transposed ([in, out], "
-        "trtllm_forge/engine/onnx/linear.py), so its bytes differ from the shard's. "
-        "Reaching 1.5x needs the lowering to keep the checkpoint's layout and point its "
-        "external data (file, offset, length) into the rank file.\n"
+        "references only. The engine references the shard's bytes too: its rank folder "
+        "holds one more link to the shard's `rank0.safetensors`, and each weight the "
+        "graph uses as stored is ONNX external data at that tensor's offset in it "
+        "(linear weights keep the checkpoint's [out, in] layout under a Transpose that "
+        "ONNX Runtime folds when the session starts; trtllm_forge/engine/onnx/shared.py). "
+        f"The engine's own `model.onnx.data` holds {r['engine_data_bytes'] / gb:.3f} GB: "
+        "the tensors it does not reference, here the token embedding table (the "
+        "decoder lowering reads that tensor itself to learn its shape, and writes it).\n"
     )
 
 
