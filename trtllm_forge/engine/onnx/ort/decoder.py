@@ -1,4 +1,5 @@
-"""The Llama-family decoder (Llama, Mistral, Qwen2) in ONNX Runtime's contrib operators.
+"""The Llama-family decoder (Llama, Mistral, Qwen2; Mixtral and Qwen2-MoE, whose MLP is
+routed experts) in ONNX Runtime's contrib operators.
 
 Graph contract (docs/engine.md, "The ort profile"): inputs ``input_ids`` [batch, seq],
 ``attention_mask`` [batch, total_seq] and ``past_key_values.{l}.key/value`` [batch,
@@ -15,7 +16,7 @@ Per layer::
     attn, present.k, present.v = GroupQueryAttention(qkv, past.k, past.v, seqlens_k,
                                                      total_seq, cos, sin; do_rotary)
     x, residual = SkipSimplifiedLayerNormalization(dense(attn), residual, post_ln)
-    mlp_out = proj(silu(fc(x)) · gate(x))
+    mlp_out = proj(silu(fc(x)) · gate(x))    or MoE(x, router(x)) [+ shared expert] (moe.py)
 
 When ``past`` and ``present`` are bound to one buffer of ``max_seq_len`` slots
 (onnxruntime-genai's ``past_present_share_buffer``; forge's runtime does the same)
@@ -43,6 +44,7 @@ from trtllm_forge.engine.onnx.ort.matmul import (
     prequant_scale,
     tied_embedding,
 )
+from trtllm_forge.engine.onnx.ort.moe import routed_experts
 from trtllm_forge.engine.onnx.rope import rope_frequencies
 from trtllm_forge.engine.spec import heads_per_rank
 from trtllm_forge.errors import source_error
@@ -74,7 +76,7 @@ def build_ort_decoder(ctx: LoweringContext, max_positions: int, linears: OrtLine
         )
         attn = _attention(ctx, x, layer, past, seqlens, total, (cos, sin), linears)
         x, residual = _skip_norm(ctx, attn, residual, f"{prefix}.post_layernorm", linears)
-        branch = _mlp(ctx, x, f"{prefix}.mlp", linears)
+        branch = _feed_forward(ctx, x, f"{prefix}.mlp", linears)
     x, _ = _skip_norm(ctx, branch, residual, "transformer.ln_f", linears)
     logits = _lm_head(ctx, x, linears)
     g.add_output(logits, LOGITS, compute, ["batch", "seq", model.vocab_size])
@@ -231,10 +233,26 @@ def _bias(ctx: LoweringContext, y: str, module: str) -> str:
     return ctx.graph.op("Add", [y, ctx.load(f"{module}.bias")], f"{module}.biased")
 
 
-def _mlp(ctx: LoweringContext, x: str, prefix: str, linears: OrtLinears) -> str:
+def _feed_forward(ctx: LoweringContext, x: str, prefix: str, linears: OrtLinears) -> str:
+    """The dense MLP, or the routed experts (one MoE node, ort/moe.py) plus Qwen2-MoE's
+    shared expert, a dense MLP scaled by sigmoid(x · g)."""
+    g, model = ctx.graph, ctx.model
+    if not model.moe_num_experts:
+        return _mlp(ctx, x, prefix, linears, model.intermediate_size)
+    out = routed_experts(ctx, x, prefix, linears)
+    if not model.moe_shared_intermediate:
+        return out
+    shared = _mlp(ctx, x, f"{prefix}.shared_expert", linears, model.moe_shared_intermediate)
+    gate = linear(ctx, f"{prefix}.shared_expert_gate", x, model.hidden_size, 1, linears)
+    gate = g.op("Sigmoid", [gate], f"{prefix}.shared_gate")
+    shared = g.op("Mul", [shared, gate], f"{prefix}.shared_weighted")
+    return g.op("Add", [out, shared], f"{prefix}.with_shared")
+
+
+def _mlp(ctx: LoweringContext, x: str, prefix: str, linears: OrtLinears, inner: int) -> str:
     """proj(silu(fc(x)) · gate(x)) — fc is HF gate_proj, gate is HF up_proj."""
     g, model = ctx.graph, ctx.model
-    hidden, inner = model.hidden_size, model.intermediate_size
+    hidden = model.hidden_size
     fc = _bias(ctx, linear(ctx, f"{prefix}.fc", x, hidden, inner, linears), f"{prefix}.fc")
     up = _bias(ctx, linear(ctx, f"{prefix}.gate", x, hidden, inner, linears), f"{prefix}.gate")
     silu = g.op("Mul", [fc, g.op("Sigmoid", [fc], f"{prefix}.sigmoid")], f"{prefix}.silu")

@@ -13,8 +13,24 @@ from typing import Any
 
 PROFILE = "ort"
 # HF architectures whose decoder the ort lowering builds (the Llama graph: RMSNorm, gated
-# SiLU MLP, GPT-NeoX rope, grouped-query attention; Qwen2 adds the qkv bias, Mistral a window).
-ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+# SiLU MLP, GPT-NeoX rope, grouped-query attention; Qwen2 adds the qkv bias, Mistral a window;
+# Mixtral and Qwen2-MoE route their MLP through ORT's MoE operator, ort/moe.py).
+ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "MixtralForCausalLM",
+    "Qwen2MoeForCausalLM",
+)
+MOE_ARCHITECTURES = ("MixtralForCausalLM", "Qwen2MoeForCausalLM")
+# Families the ort lowering refuses for a reason more precise than "not the Llama graph".
+_REASONS = {
+    "Qwen3MoeForCausalLM": (
+        "Qwen3-MoE's experts would fit ORT's MoE operator, but its attention RMS-normalizes "
+        "each query and key head before rope, and the ort lowering's GroupQueryAttention "
+        "applies rope itself to the projected q and k (Qwen3 is refused for the same reason)"
+    ),
+}
 # quantize.method -> what MatMulNBits carries it as (None: float MatMul).
 METHODS = {"none": None, "int8_wo": 8, "int4_wo": 4, "awq": 4, "gptq": 4}
 ACTIVATIONS = ("silu",)
@@ -72,10 +88,17 @@ def recipe_refusals(recipe: Any) -> list[Refusal]:
     return out
 
 
-def model_refusal(hf_config: Mapping[str, Any]) -> str | None:
-    """Why the ort profile cannot lower this model (None when it can)."""
+def model_refusal(hf_config: Mapping[str, Any], method: str = "none") -> str | None:
+    """Why the ort profile cannot lower this model quantized by ``method`` (None: it can)."""
     archs = hf_config.get("architectures") or []
     arch = archs[0] if archs else None
+    if arch in _REASONS:
+        return f"build.profile ort has no lowering for {arch}: {_REASONS[arch]}"
+    if arch in MOE_ARCHITECTURES and method != "none":
+        return (
+            f"build.profile ort lowers {arch}'s experts unquantized only (ORT's float MoE "
+            f"operator); quantize.method {method!r} would need its QMoE layouts, not written"
+        )
     if arch not in ARCHITECTURES:
         return (
             f"build.profile ort has no lowering for {arch or 'this model'} "
