@@ -1,5 +1,7 @@
 """Phi-3 LongRoPE (Phi-3-128k, Phi-3.5, Phi-4-mini) against transformers' Phi3ForCausalLM.
 
+Float32 reference and engine at TP=1, 2 and PP=2, and an int8_wo checkpoint.
+
 The tiny model rotates 8 of 16 channels with four short and four long factors that
 differ, and a pretraining length (``original_max_position_embeddings``) of 20 tokens:
 the 3..17-token prompts start on the short factors and cross to the long ones while
@@ -125,12 +127,36 @@ def test_engine_rows_pick_their_own_factors(longrope: dict[str, Any]) -> None:
     assert together[0] == reference_greedy(longrope["reference"], short, 12)
 
 
-def test_tp2_engine_matches_tp1(longrope: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("tp", "pp"), [(2, 1), (1, 2)])
+def test_parallel_engine_matches_tp1(longrope: dict[str, Any], tp: int, pp: int) -> None:
     single = load_engine(longrope["build"].engine)
-    parallel = load_engine(tiny_engine(longrope["root"], "phi3", tp=2, **LONGROPE).engine)
-    assert parallel.tp_size == 2
+    parallel = load_engine(tiny_engine(longrope["root"], "phi3", tp=tp, pp=pp, **LONGROPE).engine)
+    assert (parallel.tp_size, parallel.pp_size) == (tp, pp)
     assert parallel.generate(PROMPTS, 32) == single.generate(PROMPTS, 32)
     assert rel_diff(single.score(TEXT), parallel.score(TEXT)) < 1e-5
+
+
+def test_int8_wo_checkpoint_verifies(longrope: dict[str, Any]) -> None:
+    """Calibration runs transformers' model, fake quant forge's forward with LongRoPE:
+    within the int8_wo tolerance of tests/test_quant_methods.py of the float model, and
+    the engine equals fake quant, on 40 tokens (the long factors)."""
+    from tests.engine_support import quantized_logits_check
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    root, hf = longrope["root"], longrope["build"].hf
+    convert_hf_checkpoint(hf, root / "canonical-f16", dtype="float16")
+    quantize_checkpoint(
+        hf_dir=hf,
+        canonical_dir=root / "canonical-f16",
+        out_dir=root / "q_int8_wo",
+        method="int8_wo",
+        calibration=torch.randint(3, 250, (8, 32), generator=torch.Generator().manual_seed(0)),
+    )
+    ids = torch.randint(3, 250, (2, 40), generator=torch.Generator().manual_seed(3))
+    vs_float, vs_fake = quantized_logits_check(hf, root / "q_int8_wo", root / "onnx_int8", ids)
+    assert 0 < vs_float < 0.05
+    assert vs_fake < 1e-4
 
 
 def _config(**rope: Any) -> dict[str, Any]:
