@@ -56,6 +56,7 @@ def test_show_fills_defaults(tmp_path: Path) -> None:
             "seed": 0,
             "device": "cpu",
             "dtype": "float32",
+            "mode": "whole",
         },
         "method": "none",
     }

@@ -68,6 +68,7 @@ def check_static(loaded: LoadedRecipe) -> None:
             location=loaded.locate("quantize.calibration"),
         )
     _check_profile(loaded)
+    _check_layerwise(loaded, None)
     if recipe.quantize.method != "none" or recipe.quantize.kv_cache != "none":
         # Every target carries unquantized weights: no need to import quant/records.py.
         _check_hf_format(loaded)
@@ -304,6 +305,7 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     _check_kv_blocks(loaded, dims)
     _check_smoothing_fold(loaded, hf_config)
     _check_quantizable(loaded, hf_config)
+    _check_layerwise(loaded, hf_config)
     _check_profile_model(loaded, hf_config)
     _check_hf_target(loaded, hf_config)
 
@@ -409,12 +411,29 @@ def _check_quantizable(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
         )
 
 
+def _check_layerwise(loaded: LoadedRecipe, hf_config: dict[str, Any] | None) -> None:
+    """What layer-wise calibration cannot walk yet is refused, never calibrated whole."""
+    quantize = loaded.recipe.quantize
+    if quantize.calibration.mode != "layerwise":
+        return
+    from trtllm_forge.quant.layerwise_support import refusal
+
+    params = quantize.model_dump(mode="json")
+    reason = refusal(quantize.method, params, quantize.kv_cache, hf_config)
+    if reason:
+        raise recipe_error(
+            reason,
+            hint="use quantize.calibration.mode: whole (it calibrates every method and family)",
+            location=loaded.locate("quantize.calibration.mode"),
+        )
+
+
 def _check_profile_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     if loaded.recipe.build.profile != "ort":
         return
     from trtllm_forge.engine.onnx.ort.support import model_refusal
 
-    reason = model_refusal(hf_config)
+    reason = model_refusal(hf_config, loaded.recipe.quantize.method)
     if reason:
         raise recipe_error(
             reason,

@@ -121,6 +121,42 @@ def calibrate_layerwise(
     return summary
 
 
+def layerwise_checkpoint(
+    *,
+    hf_dir: Path,
+    canonical_dir: Path,
+    out_dir: Path,
+    work_dir: Path,
+    identity: str,
+    spec: Any,
+    calibration_file: Path | None = None,
+    progress: Progress = _NO_PROGRESS,
+) -> dict[str, Any]:
+    """:func:`calibrate_layerwise` per a recipe ``quantize`` section (as quant/api.py
+    adapts it for the whole-model path)."""
+    from trtllm_forge.quant.api import method_params
+    from trtllm_forge.quant.calibration import CalibrationSpec
+
+    calib = spec.calibration
+    return calibrate_layerwise(
+        hf_dir=hf_dir,
+        canonical_dir=canonical_dir,
+        out_dir=out_dir,
+        work_dir=work_dir,
+        method=spec.method,
+        params=method_params(spec),
+        kv_cache=spec.kv_cache,
+        exclude=list(spec.exclude),
+        calibration=CalibrationSpec(
+            file=calibration_file, samples=calib.samples, seq_len=calib.seq_len, seed=calib.seed
+        ),
+        device=calib.device,
+        dtype=calib.dtype,
+        identity=identity,
+        progress=progress,
+    )
+
+
 def _walk_identity(
     identity: str,
     spec: QuantSpec,

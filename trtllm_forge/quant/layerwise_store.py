@@ -143,6 +143,36 @@ class LayerStore:
             stale.unlink()
 
 
+def adopt(work_dir: Path, prefix: str) -> None:
+    """Take over the newest work folder a killed run left beside ``work_dir`` (named
+    ``<prefix>-<pid>-<id>.layers``; its process gone). The caller holds the key's lock,
+    so no live run of the same calibration owns one."""
+    if work_dir.exists():
+        return
+    left = [
+        path
+        for path in work_dir.parent.glob(f"{prefix}-*.layers")
+        if path != work_dir and path.is_dir() and not _alive(path.name)
+    ]
+    if left:
+        newest = max(left, key=lambda path: path.stat().st_mtime)
+        os.replace(newest, work_dir)
+
+
+def _alive(name: str) -> bool:
+    """Whether the process named in ``<prefix>-<pid>-<id>.layers`` still runs."""
+    pid = name.rsplit("-", 2)[-2]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))

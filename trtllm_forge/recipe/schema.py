@@ -120,6 +120,14 @@ class Calibration(_Strict):
         description="Compute dtype of the model while calibrating (`float16` is the usual "
         "GPU choice). Part of the cache key; cpu + float32 keys as before the field existed.",
     )
+    mode: Literal["whole", "layerwise"] = Field(
+        "whole",
+        description="`whole` loads the model once and calibrates it; `layerwise` loads one "
+        "decoder layer at a time from the memory-mapped snapshot, commits each finished "
+        "layer (a killed build resumes at the next one) and gives the same tensors. Methods "
+        "and families it cannot walk yet are refused at plan time. `layerwise` is part of "
+        "the cache key; `whole` keys as before the field existed.",
+    )
 
 
 class _QuantBase(_Strict):

@@ -61,6 +61,8 @@ class CalibrateStage:
         calib = quant.pop("calibration")
         calib_file = calib.pop("file")
         placement = key_fields(calib.pop("device"), calib.pop("dtype"))
+        if calib.get("mode") == "whole":  # the default keys as before the field existed
+            calib.pop("mode")
         fields = {f"quantize.{k}": v for k, v in quant.items()}
         fields.update({f"quantize.calibration.{k}": v for k, v in calib.items()})
         fields.update(placement)  # empty for cpu/float32: older keys stay valid
@@ -84,6 +86,8 @@ class CalibrateStage:
                 info={"method": "none", "passthrough": True},
                 external={"root": str(convert_art.path), "files": files, "rehash": True},
             )
+        if job.recipe.quantize.calibration.mode == "layerwise":
+            return StageOutput(info=self._run_layerwise(job, out_dir))
         from trtllm_forge.quant.api import quantize_checkpoint
 
         q = job.recipe.quantize
@@ -99,6 +103,38 @@ class CalibrateStage:
 
     def check(self, artifact: Artifact) -> None:
         """Nothing to refuse in a calibrate artifact once it exists."""
+
+    def _run_layerwise(self, job: StageJob, out_dir: Path) -> dict[str, Any]:
+        """Layer by layer, finished layers kept beside the staging folder: a build killed
+        mid-walk leaves them there and the next build of this key adopts them."""
+        import shutil
+
+        from trtllm_forge.quant.layerwise import layerwise_checkpoint
+        from trtllm_forge.quant.layerwise_store import adopt
+
+        work = out_dir.with_name(out_dir.name + ".layers")
+        adopt(work, out_dir.name.rsplit("-", 2)[0])  # calibrate-<key>-<pid>-<id>.layers
+        inputs = self.key_inputs(job)
+        identity = digest_json(
+            {
+                "fields": inputs.fields,
+                "tools": inputs.tools,
+                "extra": inputs.extra,
+                "upstream": {name: art.key for name, art in sorted(job.upstream.items())},
+            }
+        )
+        summary = layerwise_checkpoint(
+            hf_dir=snapshot_dir(job.upstream["fetch"]),
+            canonical_dir=job.upstream["convert"].path,
+            out_dir=out_dir,
+            work_dir=work,
+            identity=identity,
+            spec=job.recipe.quantize,
+            calibration_file=self._calibration_path(job),
+            progress=job.ctx.progress,
+        )
+        shutil.rmtree(work, ignore_errors=True)
+        return dict(summary)
 
     def _calibration_path(self, job: StageJob) -> Path | None:
         from trtllm_forge.pipeline.preflight import named_file
