@@ -37,6 +37,7 @@ from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.errors import source_error
 from trtllm_forge.models.base import TensorRule, check_dtype
 from trtllm_forge.models.registry import family_for
+from trtllm_forge.sources.policy import read_config
 
 INDEX_NAME = "model.safetensors.index.json"
 _NO_PROGRESS = NullProgress()
@@ -44,16 +45,8 @@ _FLOAT_SOURCE = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloa
 
 
 def load_hf_config(src_dir: Path) -> dict[str, Any]:
-    path = Path(src_dir) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise source_error(f"{path} does not exist", hint="is this a HF model directory?") from exc
-    except json.JSONDecodeError as exc:
-        raise source_error(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise source_error(f"{path} must hold a JSON object")
-    return config
+    """The source model's config.json, read by the one reader of it (sources.policy)."""
+    return read_config(Path(src_dir))
 
 
 def hf_weight_files(src_dir: Path) -> dict[str, Path]:

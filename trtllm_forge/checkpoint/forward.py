@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from trtllm_forge.checkpoint.config import model_spec
 from trtllm_forge.checkpoint.io import CheckpointReader
 from trtllm_forge.errors import ExitCode, ForgeError
 
@@ -224,26 +225,6 @@ def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.tanh(x / cap) * cap
 
 
-def attention_scale(config: Mapping[str, Any]) -> float:
-    """The factor on q·k: ``query_pre_attn_scalar ** -0.5`` when set (Gemma 2), else
-    ``head_size ** -0.5``."""
-    return float(config.get("query_pre_attn_scalar") or config["head_size"]) ** -0.5
-
-
-def layer_window(config: Mapping[str, Any], layer: int) -> int | None:
-    """The sliding window of global layer ``layer``, None for full attention.
-
-    ``forge.sliding_window`` applies to every layer (Mistral) unless
-    ``forge.sliding_window_layers`` lists the layers it applies to (Gemma 2).
-    """
-    forge = config.get("forge") or {}
-    window = forge.get("sliding_window")
-    listed = forge.get("sliding_window_layers")
-    if not window or (listed is not None and layer not in listed):
-        return None
-    return int(window)
-
-
 def local_rope_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     """The rope of the sliding-window layers: Gemma 3 gives them their own base
     (``rope_local_base_freq``) and no scaling; other models use one rope everywhere."""
@@ -279,6 +260,8 @@ class CheckpointForward:
     ) -> None:
         self.reader = CheckpointReader(Path(ckpt_dir))
         self.config = self.reader.config
+        # The attention scale and each layer's window, as the lowering reads them.
+        self.spec = model_spec(self.config)
         if self.reader.world_size != 1:
             raise ForgeError(
                 ExitCode.INTERNAL,
@@ -354,7 +337,7 @@ class CheckpointForward:
         for i in range(int(cfg["num_hidden_layers"])):
             prefix = f"transformer.layers.{i}."
             x = self.norm(prefix + "input_layernorm", h)
-            window = layer_window(cfg, i)
+            window = self.spec.layer_window(i)
             if window is not None and cfg.get("rope_local_base_freq"):
                 attn = self._attention(prefix, x, *local_rope, window=window)  # Gemma 3
             else:
@@ -417,7 +400,7 @@ class CheckpointForward:
             v,
             sliding_window=window,
             bias=self._alibi(q.shape[2]),
-            scale=attention_scale(cfg),
+            scale=self.spec.attention_scale,
             softcap=float(cap) if cap else None,
         )
         return self.linear(prefix + "attention.dense", out)

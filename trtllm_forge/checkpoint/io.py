@@ -6,8 +6,7 @@ single tensor of a 100 GB checkpoint costs that tensor's bytes only.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -16,39 +15,25 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from trtllm_forge.errors import ExitCode, ForgeError
+from trtllm_forge.checkpoint.config import (
+    CONFIG_NAME,
+    bad_checkpoint,
+    rank_file,
+    read_config,
+    world_size,
+    write_config,
+)
 
-CONFIG_NAME = "config.json"
-
-
-def rank_file(rank: int) -> str:
-    return f"rank{rank}.safetensors"
-
-
-def read_config(ckpt_dir: Path) -> dict[str, Any]:
-    path = Path(ckpt_dir) / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise _bad_checkpoint(f"{path} does not exist") from exc
-    except json.JSONDecodeError as exc:
-        raise _bad_checkpoint(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise _bad_checkpoint(f"{path} must hold a JSON object")
-    return config
-
-
-def write_config(ckpt_dir: Path, config: Mapping[str, Any]) -> Path:
-    path = Path(ckpt_dir) / CONFIG_NAME
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def world_size(config: Mapping[str, Any]) -> int:
-    mapping = config.get("mapping") or {}
-    tp = int(mapping.get("tp_size", 1))
-    pp = int(mapping.get("pp_size", 1))
-    return int(mapping.get("world_size", tp * pp))
+# The config.json reader and writer live in checkpoint/config.py (torch-free); they are
+# exported here too, beside the reader of the rank files.
+__all__ = [
+    "CONFIG_NAME",
+    "CheckpointReader",
+    "rank_file",
+    "read_config",
+    "world_size",
+    "write_config",
+]
 
 
 class CheckpointReader:
@@ -65,7 +50,7 @@ class CheckpointReader:
         self._handles: dict[int, Any] = {}
         for rank in range(self.world_size):
             if not (self.dir / rank_file(rank)).is_file():
-                raise _bad_checkpoint(f"{self.dir / rank_file(rank)} is missing")
+                raise bad_checkpoint(f"{self.dir / rank_file(rank)} is missing")
 
     def __enter__(self) -> CheckpointReader:
         return self
@@ -113,11 +98,3 @@ class CheckpointReader:
     def tensors(self, rank: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.names(rank):
             yield name, self.get(name, rank)
-
-
-def _bad_checkpoint(message: str) -> ForgeError:
-    return ForgeError(
-        ExitCode.STORE,
-        f"not a valid TensorRT-LLM checkpoint: {message}",
-        hint="rebuild the checkpoint (the artifact may be incomplete or corrupt)",
-    )

@@ -22,7 +22,6 @@ This module deliberately re-derives the unpacking instead of importing the write
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from safetensors import safe_open
 from torch import nn
 
 from trtllm_forge.hf.reader import describe
+from trtllm_forge.sources.policy import read_config
 
 _FP8_MAX = 448.0
 
@@ -160,7 +160,7 @@ def load_modelopt_model(folder: Path) -> nn.Module:
 
     folder = Path(folder)
     info = describe(folder)
-    config_doc = json.loads((folder / "config.json").read_text())
+    config_doc = read_config(folder)
     config_doc.pop("quantization_config", None)
     config = transformers.AutoConfig.for_model(**config_doc)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -14,7 +14,6 @@ block by block and it is freed before the folder's model loads.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.engine.compare import Candidate, Inputs, compare
 from trtllm_forge.hf.reader import describe
+from trtllm_forge.sources.policy import read_config
 
 _NO_PROGRESS = NullProgress()
 GREEDY_BATCH = 8  # prompts decoded together, by the reference and the folder's model alike
@@ -89,7 +89,7 @@ def verify_hf_folder(
     require_device(device, "hf")
     prompt_ids, text_ids, lengths = tokenized(reference_dir, prompts, texts, max_text_tokens)
     info = describe(folder)
-    config = json.loads((Path(reference_dir) / "config.json").read_text())
+    config = read_config(Path(reference_dir))
     inputs = Inputs(
         prompt_ids,
         text_ids,

@@ -6,11 +6,9 @@ architecture family, so a converter fix invalidates exactly its family.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from trtllm_forge.errors import source_error
 from trtllm_forge.pipeline.preflight import check_model
 from trtllm_forge.pipeline.stage import KeyInputs, StageJob, StageOutput, fields_of, versions
 from trtllm_forge.recipe.load import LoadedRecipe
@@ -66,16 +64,9 @@ def _validate_weights(src: Path) -> None:
 def source_config(job: StageJob) -> dict[str, Any]:
     """The source model's config.json (memoised per run)."""
     if "hf_config" not in job.scratch:
-        path = snapshot_dir(job.upstream["fetch"]) / "config.json"
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise source_error(f"the source has no config.json ({path})") from None
-        except ValueError as exc:
-            raise source_error(f"the source's config.json is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise source_error("the source's config.json is not a JSON object")
-        job.scratch["hf_config"] = data
+        from trtllm_forge.sources.policy import read_config
+
+        job.scratch["hf_config"] = read_config(snapshot_dir(job.upstream["fetch"]))
     return dict(job.scratch["hf_config"])
 
 
