@@ -94,10 +94,11 @@ def model_refusal(hf_config: Mapping[str, Any], method: str = "none") -> str | N
     arch = archs[0] if archs else None
     if arch in _REASONS:
         return f"build.profile ort has no lowering for {arch}: {_REASONS[arch]}"
-    if arch in MOE_ARCHITECTURES and method != "none":
+    if arch in MOE_ARCHITECTURES and method == "awq":
         return (
-            f"build.profile ort lowers {arch}'s experts unquantized only (ORT's float MoE "
-            f"operator); quantize.method {method!r} would need its QMoE layouts, not written"
+            f"build.profile ort cannot lower {arch}'s AWQ experts: each expert's pre-quant "
+            "scale multiplies its own copy of the input, and ORT's QMoE operator feeds every "
+            "expert the same input (int8_wo, int4_wo and gptq experts are lowered)"
         )
     if arch not in ARCHITECTURES:
         return (

@@ -1,0 +1,161 @@
+"""Mixture of experts in the ort lowering profile: ONNX Runtime's MoE operator on CPU.
+
+Mixtral (top-2 of 4, weights renormalized) and Qwen2-MoE (top-2 of 4, softmax weights
+kept, plus the sigmoid-gated shared expert) are built through the real converter and
+backend with ``build.profile: ort`` and verified against transformers with the gates
+the portable profile meets (tests/test_engine_ort_profile.py): one of the two routings
+or the shared expert lowered wrong fails them. Their int8_wo, int4_wo and gptq experts
+run as QMoE and equal the portable engine of the same checkpoint. What the profile still
+refuses is refused at plan time with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.engine_support import OPTIONS, random_prompts, random_texts, tiny_checkpoint
+from trtllm_forge.engine.backends import build_engine
+from trtllm_forge.engine.verify import verify_engine
+
+ORT = replace(OPTIONS, profile="ort")
+GATES = {
+    "min_token_agreement": 1.0,
+    "min_top1": 1.0,
+    "max_kl": 1e-6,
+    "max_rel_logit_diff": 1e-4,
+}
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_moe_family_passes_the_portable_gates(tmp_path: Path, arch: str) -> None:
+    hf, checkpoint = tiny_checkpoint(tmp_path, arch)
+    engine = tmp_path / "engine"
+    meta = build_engine("onnxruntime", checkpoint, engine, ORT)
+    assert meta["onnx"]["profile"] == "ort"
+    graph = onnx.load(engine / "rank0" / "model.onnx", load_external_data=False).graph
+    ops = [node.op_type for node in graph.node]
+    # One MoE node per layer; no portable routing (Softmax / TopK / ScatterElements).
+    assert ops.count("MoE") == 2
+    assert not {"Softmax", "TopK", "ScatterElements"} & set(ops)
+    assert ("Sigmoid" in ops) is (arch == "qwen2_moe")  # the shared expert's gate
+    result = verify_engine(
+        engine,
+        hf,
+        prompts_token_ids=random_prompts(8),  # mixed lengths: right padding in one batch
+        texts_token_ids=random_texts(2, 96),  # 96 > max_input_len 64: chunked through the cache
+        max_new_tokens=24,
+        gates=GATES,
+    )
+    assert result.passed, [g for g in result.gates if not g.passed]
+
+
+@pytest.fixture(scope="module")
+def float16_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny MoE models converted in float16 (the quantizer's input), once."""
+    from tests.tinymodels import make_tiny_hf
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+
+    root = tmp_path_factory.mktemp("ort-moe-quant")
+    out: dict[str, Any] = {"root": root}
+    # Qwen2-MoE's shared expert of 64 (the conformance model's 48): int4 groups of 32.
+    for arch, sizes in (("mixtral", {}), ("qwen2_moe", {"shared_expert_intermediate_size": 64})):
+        hf = make_tiny_hf(arch, root / arch / "hf", **sizes)
+        convert_hf_checkpoint(hf, root / arch / "canonical", dtype="float16")
+        out[arch] = (hf, root / arch / "canonical")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("arch", "method", "group"),
+    [
+        ("mixtral", "int8_wo", None),
+        ("mixtral", "int4_wo", 32),
+        ("mixtral", "gptq", 32),
+        ("qwen2_moe", "int4_wo", 32),
+    ],
+)
+def test_quantized_experts_run_as_qmoe(
+    float16_checkpoints: dict[str, Any], arch: str, method: str, group: int | None
+) -> None:
+    """QMoE (accuracy_level 0) computes what the portable Q/DQ graph computes from the same
+    checkpoint (the exact fake-quant oracle), every expert of every layer in one node."""
+    import torch
+
+    from trtllm_forge.engine.runtime import OrtEngine
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    hf, canonical = float16_checkpoints[arch]
+    root = float16_checkpoints["root"] / arch
+    checkpoint = root / f"q-{method}"
+    quantize_checkpoint(
+        hf_dir=hf,
+        canonical_dir=canonical,
+        out_dir=checkpoint,
+        method=method,
+        params={} if group is None else {"group_size": group},
+        calibration=torch.randint(3, 250, (8, 32), generator=torch.Generator().manual_seed(0)),
+    )
+    options = replace(OPTIONS, max_batch_size=2, max_input_len=32, max_seq_len=64)
+    build_engine("onnxruntime", checkpoint, root / f"portable-{method}", options)
+    build_engine("onnxruntime", checkpoint, root / f"ort-{method}", replace(options, profile="ort"))
+    graph = onnx.load(root / f"ort-{method}" / "rank0" / "model.onnx", load_external_data=False)
+    qmoe = [n for n in graph.graph.node if n.op_type == "QMoE"]
+    assert len(qmoe) == 2 and not any(n.op_type == "MoE" for n in graph.graph.node)
+    bits = {a.i for n in qmoe for a in n.attribute if a.name == "expert_weight_bits"}
+    blocks = {a.i for n in qmoe for a in n.attribute if a.name == "block_size"}
+    assert (bits, blocks) == (({8}, set()) if group is None else ({4}, {group}))
+    ids = random_texts(1, 40, seed=3)[0]
+    want = OrtEngine.load(root / f"portable-{method}", threads=1).score(ids, chunk=16)
+    got = OrtEngine.load(root / f"ort-{method}", threads=1).score(ids, chunk=16)
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
+
+def _plan_error(tmp_path: Path, config: dict[str, Any], **sections: Any) -> Any:
+    from tests.helpers import write_recipe
+    from trtllm_forge.errors import ForgeError
+    from trtllm_forge.pipeline.preflight import check_model
+    from trtllm_forge.recipe.load import load_recipe
+
+    recipe = write_recipe(tmp_path / "recipe.yaml", source={"path": "m"}, **sections)
+    with pytest.raises(ForgeError) as info:
+        check_model(load_recipe(recipe), config)
+    return info.value
+
+
+def _moe_config(arch: str, model_type: str, **fields: Any) -> dict[str, Any]:
+    from tests.tinymodels import TINY_DEFAULTS
+
+    config = {**TINY_DEFAULTS, "architectures": [arch], "model_type": model_type}
+    return {**config, "num_experts_per_tok": 2, **fields}
+
+
+def test_what_the_profile_refuses_at_plan_time(tmp_path: Path) -> None:
+    """AWQ experts (exit 2 at build.profile: per-expert pre-quant scales) and Qwen3-MoE
+    (its per-head q/k norm before rope); Mixtral unquantized and int4_wo plans."""
+    from tests.helpers import write_recipe
+    from trtllm_forge.errors import ExitCode
+    from trtllm_forge.pipeline.preflight import check_model
+    from trtllm_forge.recipe.load import load_recipe
+
+    ort = {"profile": "ort"}
+    mixtral = _moe_config("MixtralForCausalLM", "mixtral", num_local_experts=4)
+    awq = {"method": "awq", "group_size": 32}
+    error = _plan_error(tmp_path, mixtral, build=ort, quantize=awq)
+    assert error.code == ExitCode.RECIPE and "pre-quant scale" in error.message
+    assert error.location is not None and error.location.line > 0
+    qwen3_moe = _moe_config(
+        "Qwen3MoeForCausalLM", "qwen3_moe", num_experts=4, moe_intermediate_size=32
+    )
+    error = _plan_error(tmp_path, qwen3_moe, build=ort)
+    assert error.code == ExitCode.RECIPE and "normalizes each query and key" in error.message
+    for quantize in ({"method": "none"}, {"method": "int4_wo", "group_size": 32}):
+        recipe = write_recipe(
+            tmp_path / "ok.yaml", source={"path": "m"}, build=ort, quantize=quantize
+        )
+        check_model(load_recipe(recipe), mixtral)
