@@ -116,6 +116,23 @@ def test_quantized_experts_run_as_qmoe(
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
 
 
+def test_float16_compute_keeps_the_greedy_tokens(float16_checkpoints: dict[str, Any]) -> None:
+    """build.compute_dtype float16 (what CUDA needs): the MoE node runs in float16 and
+    the tiny Mixtral's greedy tokens stay those of the float32 ort engine."""
+    from trtllm_forge.engine.runtime import OrtEngine
+
+    _, canonical = float16_checkpoints["mixtral"]
+    root = float16_checkpoints["root"] / "mixtral"
+    options = replace(OPTIONS, profile="ort")
+    build_engine("onnxruntime", canonical, root / "ort-f32", options)
+    build_engine(
+        "onnxruntime", canonical, root / "ort-f16", replace(options, compute_dtype="float16")
+    )
+    prompts = random_prompts(8)
+    want = OrtEngine.load(root / "ort-f32", threads=1).generate(prompts, 16)
+    assert OrtEngine.load(root / "ort-f16", threads=1).generate(prompts, 16) == want
+
+
 def _plan_error(tmp_path: Path, config: dict[str, Any], **sections: Any) -> Any:
     from tests.helpers import write_recipe
     from trtllm_forge.errors import ForgeError
