@@ -251,7 +251,7 @@ class _Walk:
         info = write_stream(stream_file, outputs)
         commit = {"stream": asdict(info), "records": counts, "kv": None if kv is None else list(kv)}
         self.store.commit(index, files, stream_file, commit)
-        self.store.forget_stream(index - 1)
+        self.store.forget_streams(keep=index)
         layers[index] = torch.nn.Identity()  # the layer's weights go with it
         del shell, layer, result, stream
         gc.collect()

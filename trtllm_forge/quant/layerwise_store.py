@@ -136,11 +136,12 @@ class LayerStore:
         _write_json(self.path("layer", layer, "json"), record)
         point("calibrate.layer.committed")
 
-    def forget_stream(self, layer: int) -> None:
-        """Drop an older layer's activations once a later layer is committed."""
-        stale = self.path("stream", layer, "bin")
-        if stale.exists():
-            stale.unlink()
+    def forget_streams(self, keep: int) -> None:
+        """Drop every layer's activations but layer ``keep``'s once it is committed (a
+        kill between a commit and this leaves an older one: the next commit drops it)."""
+        for stale in self.root.glob("stream-*.bin"):
+            if stale.name != _layer_name("stream", keep, "bin"):
+                stale.unlink()
 
 
 def adopt(work_dir: Path, prefix: str) -> None:
