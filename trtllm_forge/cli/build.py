@@ -72,16 +72,53 @@ def build(
 def plan(recipe: RecipeArg, until: StageOpt = None, as_json: JsonOpt = False) -> None:
     """Show which stages of RECIPE are cached and, for a miss, what changed since its last build."""
     from trtllm_forge import api
+    from trtllm_forge.api.estimate import plan_estimate
     from trtllm_forge.context import RunContext
 
     def body() -> None:
-        results = api.plan(recipe=recipe, until=until, ctx=RunContext.default())
-        if as_json:
-            print_json({"ok": True, "stages": [r.to_json() for r in results]})
-        else:
+        ctx = RunContext.default()
+        results = api.plan(recipe=recipe, until=until, ctx=ctx)
+        if not as_json:
             _results_table(results, title="forge plan", plan=True)
+        # Exit 4 with the numbers when the stages to run cannot fit this machine.
+        estimate = plan_estimate(recipe=recipe, results=results, ctx=ctx)
+        if as_json:
+            stages = [r.to_json() for r in results]
+            print_json({"ok": True, "stages": stages, "estimate": estimate.to_json()})
+        else:
+            _estimate_table(estimate.to_json())
 
     guard(body, as_json)
+
+
+def _estimate_table(estimate: dict[str, Any]) -> None:
+    """Disk, host and GPU memory the stages to run need, against this machine."""
+    from rich.table import Table
+
+    out = console()
+    if estimate["model"] is None:
+        out.print(
+            "estimate: the model's size is known once it is fetched (forge build --until fetch)"
+        )
+        return
+    table = Table(title="estimate (the stages to run)")
+    for col in ("resource", "needs", "stage", "available", "fits"):
+        table.add_column(col)
+    labels = {"disk": "disk under FORGE_HOME", "host": "host memory", "device": "GPU memory"}
+    for kind, row in estimate["needs"].items():
+        if kind == "device" and not row["bytes"]:
+            continue  # no stage to run uses a GPU
+        have = row["available"]
+        shown = (
+            "unknown"
+            if have is None
+            else f"{have / 1e9:.2f} GB" + (" (cap)" if row["capped"] else "")
+        )
+        fits = "-" if have is None else ("[green]yes[/]" if row["bytes"] <= have else "[red]no[/]")
+        stages = ", ".join(f"{s} {b / 1e9:.2f}" for s, b in row["per_stage"].items() if b)
+        where = stages if kind == "disk" else (row["stage"] or "-")
+        table.add_row(labels[kind], f"{row['bytes'] / 1e9:.2f} GB", where, shown, fits)
+    out.print(table)
 
 
 def _show_build(results: list[Any], as_json: bool, error: ForgeError | None = None) -> None:
