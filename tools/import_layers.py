@@ -29,7 +29,18 @@ PACKAGE = "trtllm_forge"
 # "" is the package's own __init__.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # What everything may use: errors, settings, fault points, extension hooks, data files.
-    ("", "errors", "faults", "userfiles", "thirdparty", "context", "plugin_hooks", "exporters"),
+    # rules: the cross-field rules between recipe settings and model sizes (numbers only).
+    (
+        "",
+        "errors",
+        "faults",
+        "userfiles",
+        "thirdparty",
+        "context",
+        "plugin_hooks",
+        "exporters",
+        "rules",
+    ),
     ("store", "recipe"),  # the artifact store; the recipe schema and loader
     # The stage contract, stage keys and the runner: stages come from the caller, so the
     # pipeline's core knows no stage and no model.

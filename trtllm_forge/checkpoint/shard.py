@@ -52,6 +52,7 @@ from trtllm_forge.checkpoint.safetensors_stream import (
 )
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error
+from trtllm_forge.rules import pp_misfit, tp_misfit
 
 _NO_PROGRESS = NullProgress()
 
@@ -134,18 +135,10 @@ def check_parallel(config: Mapping[str, Any], tp: int, pp: int) -> ParallelPlan:
     heads = int(config["num_attention_heads"])
     kv = int(config.get("num_key_value_heads") or heads)
     layers = int(config["num_hidden_layers"])
-    if heads % tp:
-        raise _parallel_error(f"num_attention_heads {heads} is not divisible by tp {tp}")
-    if (tp > kv and tp % kv) or (tp <= kv and kv % tp):
-        raise _parallel_error(
-            f"num_key_value_heads {kv} and tp {tp}: one must divide the other "
-            "(KV heads are replicated when tp > kv heads)"
-        )
-    inter = int(config["intermediate_size"])
-    if inter % tp:
-        raise _parallel_error(f"intermediate_size {inter} is not divisible by tp {tp}")
-    if pp > layers:
-        raise _parallel_error(f"pp {pp} is larger than the number of layers {layers}")
+    widths = {"intermediate_size": int(config["intermediate_size"])}
+    misfit = tp_misfit(tp, heads=heads, kv_heads=kv, widths=widths) or pp_misfit(pp, layers=layers)
+    if misfit:  # preflight asks the same rule first; this is for library callers
+        raise _parallel_error(misfit.for_checkpoint())
     return ParallelPlan(tp=tp, pp=pp, layers=layers)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from trtllm_forge.checkpoint.config import ModelSpec, model_spec, read_config
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
+from trtllm_forge.rules import pp_misfit, tp_misfit
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "LlamaForCausalLM",
@@ -150,20 +151,13 @@ def _mapping(config: dict[str, Any]) -> tuple[int, int]:
 
 
 def check_parallel(model: ModelSpec, tp: int, pp: int) -> None:
-    """The TP/PP rules (docs/trtllm-checkpoint.md §3.2, §3.6) that a lowering depends on."""
-    problems = []
-    if model.num_heads % tp:
-        problems.append(f"num_attention_heads {model.num_heads} is not divisible by tp {tp}")
-    if tp > model.num_kv_heads and tp % model.num_kv_heads:
-        problems.append(
-            f"tp {tp} > num_key_value_heads {model.num_kv_heads} needs tp % kv heads == 0"
-        )
-    if tp <= model.num_kv_heads and model.num_kv_heads % tp:
-        problems.append(f"num_key_value_heads {model.num_kv_heads} is not divisible by tp {tp}")
-    if pp > model.num_layers:
-        problems.append(f"pp {pp} is larger than the number of layers {model.num_layers}")
-    if problems:
-        raise recipe_error("; ".join(problems), hint="choose a tp/pp that divides the model")
+    """The TP/PP rules (docs/trtllm-checkpoint.md §3.2, §3.6; rules.py) that a
+    lowering depends on: the heads split, or a checkpoint written elsewhere is refused."""
+    misfit = tp_misfit(tp, heads=model.num_heads, kv_heads=model.num_kv_heads) or pp_misfit(
+        pp, layers=model.num_layers
+    )
+    if misfit:
+        raise recipe_error(misfit.for_checkpoint(), hint="choose a tp/pp that divides the model")
 
 
 def _rank_layouts(path: Path, tp: int, pp: int, total_layers: int) -> tuple[RankLayout, ...]:

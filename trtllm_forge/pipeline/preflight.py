@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from trtllm_forge import rules
 from trtllm_forge.errors import ForgeError, recipe_error
 from trtllm_forge.recipe.load import LoadedRecipe, load_recipe
 
@@ -287,16 +288,17 @@ def check_model(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
     dims |= _expert_sizes(hf_config)
     layers = dims["num_hidden_layers"]
     tp, pp = recipe.parallel.tp, recipe.parallel.pp
-    problem = _tp_problem(tp, dims)
-    if problem:
+    misfit = _tp_misfit(tp, dims)
+    if misfit:
         raise recipe_error(
-            problem,
+            misfit.for_recipe(),
             hint=f"choose tp from {_valid_tps(dims)}",  # only values that pass every rule
             location=loaded.locate("parallel.tp"),
         )
-    if layers and pp > layers:
+    misfit = rules.pp_misfit(pp, layers=layers) if layers else None
+    if misfit:
         raise recipe_error(
-            f"pp={pp} is larger than the model's {layers} layers",
+            misfit.for_recipe(),
             hint=f"use pp ≤ {layers}",
             location=loaded.locate("parallel.pp"),
         )
@@ -360,22 +362,17 @@ def _check_hf_target(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
                 )
 
 
-def _tp_problem(tp: int, dims: dict[str, int]) -> str | None:
-    """Why tensor parallelism of ``tp`` cannot split this model, or None."""
+def _tp_misfit(tp: int, dims: dict[str, int]) -> rules.Misfit | None:
+    """What tensor parallelism of ``tp`` cannot split in this model (rules.py)."""
+    return rules.tp_misfit(tp, **_split_sizes(dims))
+
+
+def _split_sizes(dims: dict[str, int]) -> dict[str, Any]:
+    """The sizes tp splits: heads, and each MLP width (TP splits each expert like a dense MLP)."""
+    widths = {"intermediate_size": dims["intermediate_size"]}
+    widths.update({name: dims[name] for name in _EXPERT_SIZES if name in dims})
     heads, kv_heads = dims["num_attention_heads"], dims["num_key_value_heads"]
-    if heads % tp:
-        return f"tp={tp} does not divide the model's {heads} attention heads"
-    if kv_heads and tp % kv_heads and kv_heads % tp:
-        return (
-            f"tp={tp} and the model's {kv_heads} key/value heads are incompatible "
-            "(one must divide the other)"
-        )
-    if dims["intermediate_size"] % tp:
-        return f"tp={tp} does not divide the model's intermediate size {dims['intermediate_size']}"
-    for name, size in dims.items():
-        if name in _EXPERT_SIZES and size % tp:  # TP splits each expert like a dense MLP
-            return f"tp={tp} does not divide the model's {name} {size}"
-    return None
+    return {"heads": heads, "kv_heads": kv_heads, "widths": widths}
 
 
 # Qwen MoE experts' own widths (config.json's intermediate_size is a dense MLP's).
@@ -392,7 +389,7 @@ def _expert_sizes(hf_config: dict[str, Any]) -> dict[str, int]:
 def _valid_tps(dims: dict[str, int]) -> list[int]:
     """The tp values the hint may offer: those no rule above refuses (tp=4 on 14 heads
     used to offer 7, which the key/value-head rule then refused)."""
-    return [t for t in _divisors(dims["num_attention_heads"]) if _tp_problem(t, dims) is None]
+    return rules.valid_tps(**_split_sizes(dims))
 
 
 def _check_quantizable(loaded: LoadedRecipe, hf_config: dict[str, Any]) -> None:
@@ -574,7 +571,3 @@ def _check_block_alignment(
                 hint="lower quantize.block_size, change parallel.tp, or exclude the layer",
                 location=loaded.locate("quantize.block_size"),
             )
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]

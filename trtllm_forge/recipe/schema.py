@@ -11,6 +11,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
 
+from trtllm_forge.rules import lengths_problem
 from trtllm_forge.thirdparty import stand_in_pydantic_plugin_loader
 
 stand_in_pydantic_plugin_loader()  # before the first model below (thirdparty.py says why)
@@ -346,10 +347,9 @@ class Build(_Strict):
                 "`format` goes with backend `hf`, and backend `hf` needs a `format` "
                 "(modelopt or compressed-tensors)"
             )
-        if self.max_input_len >= self.max_seq_len:
-            raise ValueError(
-                f"max_input_len ({self.max_input_len}) must be less than max_seq_len ({self.max_seq_len})"
-            )
+        problem = lengths_problem(self.max_input_len, self.max_seq_len)
+        if problem:
+            raise ValueError(problem)
         return self
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from trtllm_forge.engine.backends.plugins import validate_plugins
 from trtllm_forge.errors import recipe_error
+from trtllm_forge.rules import lengths_problem
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,9 @@ class BuildOptions:
         }
 
     def check(self, backend: str) -> None:
-        if not 0 < self.max_input_len < self.max_seq_len:
-            raise recipe_error(
-                f"max_input_len ({self.max_input_len}) must be positive and below max_seq_len ({self.max_seq_len})"
-            )
+        problem = lengths_problem(self.max_input_len, self.max_seq_len)
+        if problem:  # the recipe schema asks the same rule; this is for library callers
+            raise recipe_error(problem)
         if self.profile not in ("portable", "ort"):
             raise recipe_error(
                 f"unknown build profile {self.profile!r}", hint="choose portable or ort"
