@@ -159,6 +159,31 @@ def test_int8_wo_checkpoint_verifies(longrope: dict[str, Any]) -> None:
     assert vs_fake < 1e-4
 
 
+def test_forge_build_verifies_a_longrope_folder(tmp_path: Path) -> None:
+    """The whole pipeline (plan, fetch, convert, build at TP=2, verify against
+    transformers) with prompts short of the 20-token switch and 24 new tokens that
+    cross it, and scored texts longer than it: every gate at its strictest."""
+    from tests.helpers import forge, write_recipe
+    from tests.tinymodels import make_tiny_hf
+
+    folder = make_tiny_hf("phi3", tmp_path / "model", with_tokenizer=True, **LONGROPE)
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        source={"path": str(folder)},
+        parallel={"tp": 2},
+        build={"max_input_len": 64, "max_seq_len": 128},
+        verify={
+            "prompts": ["Hello", "the cat sat", "a b c d e f"],
+            "max_new_tokens": 24,
+            "max_text_tokens": 96,
+            "gates": {"min_token_agreement": 1.0, "min_top1": 1.0},
+        },
+    )
+    run = forge("build", str(recipe), "--json", env={"FORGE_HOME": str(tmp_path / "home")})
+    assert run.code == 0, run.err
+    assert run.json()["verify"]["passed"] is True
+
+
 def _config(**rope: Any) -> dict[str, Any]:
     from tests.tinymodels import TINY_DEFAULTS
 
@@ -205,5 +230,6 @@ def test_plan_time_refusals(tmp_path: Path) -> None:
     config = _config(**LONGROPE)
     error = _plan_error(tmp_path, config, build={"profile": "ort"})
     assert error.code == ExitCode.RECIPE and "Phi3ForCausalLM" in error.message
+    assert "LongRoPE" in error.message
     error = _plan_error(tmp_path, config, build={"backend": "trtllm"})
     assert error.code == ExitCode.RECIPE and "LongRoPE" in error.message

@@ -24,11 +24,18 @@ ARCHITECTURES = (
 )
 MOE_ARCHITECTURES = ("MixtralForCausalLM", "Qwen2MoeForCausalLM")
 # Families the ort lowering refuses for a reason more precise than "not the Llama graph".
+_QK_NORM = (
+    "its attention RMS-normalizes each query and key head before rope, and the ort "
+    "lowering's GroupQueryAttention applies rope itself to the projected q and k"
+)
 _REASONS = {
-    "Qwen3MoeForCausalLM": (
-        "Qwen3-MoE's experts would fit ORT's MoE operator, but its attention RMS-normalizes "
-        "each query and key head before rope, and the ort lowering's GroupQueryAttention "
-        "applies rope itself to the projected q and k (Qwen3 is refused for the same reason)"
+    "Qwen3MoeForCausalLM": f"Qwen3-MoE's experts would fit ORT's MoE operator, but {_QK_NORM}",
+    "Qwen3ForCausalLM": _QK_NORM,
+    "Gemma3ForCausalLM": f"{_QK_NORM}; its sandwich norms and two rope bases are not lowered",
+    "Phi3ForCausalLM": (
+        "its partial rotary and LongRoPE (a per-sequence choice between two frequency "
+        "sets; GroupQueryAttention reads one cos/sin cache) are not in the ort lowering, "
+        "which has not been tried on Phi-3"
     ),
 }
 # quantize.method -> what MatMulNBits carries it as (None: float MatMul).
