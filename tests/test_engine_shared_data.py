@@ -87,6 +87,42 @@ def test_writable_checkpoint_is_copied_as_before(tmp_path: Path) -> None:
     assert set(_locations(rank_dir / "model.onnx")) == {"model.onnx.data"}
 
 
+def test_a_file_the_graph_mostly_rewrites_is_not_linked(tmp_path: Path) -> None:
+    """A quantized checkpoint's linears are rewritten by their lowering: the graph would
+    reference little of the file, so the engine keeps its own copy of that little (an
+    exported engine must not carry the whole checkpoint for it)."""
+    from trtllm_forge.engine.onnx.hooks import LinearSite
+    from trtllm_forge.engine.onnx.linear import LINEAR_LOWERINGS, register_linear_lowering
+
+    _, ckpt = tiny_checkpoint(tmp_path, "llama")
+    quantized = tmp_path / "rewritten"
+    shutil.copytree(ckpt, quantized)
+    config = json.loads((quantized / "config.json").read_text())
+    config["quantization"]["quant_algo"] = "FORGE_TEST_REWRITE"
+    (quantized / "config.json").write_text(json.dumps(config))
+    os.chmod(quantized / "rank0.safetensors", 0o444)
+
+    def rewrite(ctx, site: LinearSite, x: str) -> str:  # type: ignore[no-untyped-def]
+        weight = ctx.weights.get(f"{site.module}.weight")  # the bytes, copied as a quant would
+        value = ctx.constant_weight(f"{site.module}.weight", weight, transpose=True)
+        return ctx.graph.op("MatMul", [x, value], f"{site.module}.out")
+
+    register_linear_lowering("FORGE_TEST_REWRITE", rewrite)
+    try:
+        meta = build_engine("onnxruntime", quantized, tmp_path / "engine", OPTIONS)
+    finally:
+        del LINEAR_LOWERINGS["FORGE_TEST_REWRITE"]
+    rank_dir = tmp_path / "engine" / "rank0"
+    assert meta["onnx"]["ranks"][0]["shared"] is None
+    assert not (rank_dir / "rank0.safetensors").exists()
+    assert set(_locations(rank_dir / "model.onnx")) == {"model.onnx.data"}
+    build_engine("onnxruntime", ckpt, tmp_path / "plain", OPTIONS)
+    prompts = random_prompts(2)
+    got, want = _scores(tmp_path / "engine", prompts), _scores(tmp_path / "plain", prompts)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_check_graph_accepts_our_links_and_still_catches_a_short_file(tmp_path: Path) -> None:
     _, ckpt = tiny_checkpoint(tmp_path, "llama")
     os.chmod(ckpt / "rank0.safetensors", 0o444)

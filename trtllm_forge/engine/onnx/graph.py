@@ -49,25 +49,30 @@ class ExternalData:
         if tensor.dtype not in TORCH_TO_ONNX:
             raise TypeError(f"{name}: dtype {tensor.dtype} has no ONNX equivalent here")
         raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-        align = _ALIGN_LARGE if raw.nbytes >= _LARGE else _ALIGN_SMALL
-        pad = -self._offset % align
-        self._file.write(b"\0" * pad)
-        self._offset += pad
-        self._file.write(raw.tobytes())
         proto = TensorProto()
         proto.name = name
         proto.data_type = TORCH_TO_ONNX[tensor.dtype]
         proto.dims.extend(tensor.shape)
+        self.add_raw(proto, raw.tobytes())
+        return proto
+
+    def add_raw(self, proto: TensorProto, raw: bytes) -> None:
+        """Append ``raw`` (the tensor's bytes) and point ``proto`` at them, in place."""
+        align = _ALIGN_LARGE if len(raw) >= _LARGE else _ALIGN_SMALL
+        pad = -self._offset % align
+        self._file.write(b"\0" * pad)
+        self._offset += pad
+        self._file.write(raw)
         proto.data_location = TensorProto.EXTERNAL
+        del proto.external_data[:]
         for key, value in (
             ("location", self.path.name),
             ("offset", self._offset),
-            ("length", raw.nbytes),
+            ("length", len(raw)),
         ):
             entry = proto.external_data.add()
             entry.key, entry.value = key, str(value)
-        self._offset += raw.nbytes
-        return proto
+        self._offset += len(raw)
 
     @property
     def size(self) -> int:

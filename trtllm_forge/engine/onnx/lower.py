@@ -123,6 +123,8 @@ def _lower_rank(
     try:
         ctx = LoweringContext(GraphBuilder(data), weights, ckpt.model, layout, shared=shared)
         build(ctx)
+        if shared is not None:
+            shared.settle(data)
     finally:
         data.close()
     unused = weights.unused()

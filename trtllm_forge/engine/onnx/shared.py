@@ -13,8 +13,12 @@ Linear weights keep the checkpoint's [out, in] layout and the graph transposes t
 the session starts, so the MatMul sees the same matrix as when the bytes were stored
 transposed.
 
-Where links are impossible (another file system, a file system without links), the
-tensors are written to ``model.onnx.data`` as before; the graph is the same either way.
+Where links are impossible (another file system, a file system without links), or where
+the graph references less than half of the rank file's bytes (a quantized checkpoint,
+whose linear weights the lowering rewrites), the tensors are written to
+``model.onnx.data`` as before: an engine folder also travels alone (``forge export``),
+and a link to a file it mostly does not use would make every copy carry the rest. The
+graph is the same either way.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import Any
 
 import onnx
 from onnx import TensorProto
+
+from trtllm_forge.engine.onnx.graph import ExternalData
 
 # safetensors dtype names (its format spec) to ONNX element types.
 SAFETENSORS_TO_ONNX: dict[str, int] = {
@@ -50,6 +56,7 @@ class SharedWeights:
         self.link = Path(rank_dir) / self.source.name
         self._start, self._header = _read_header(self.source)
         self._linked: bool | None = None  # None: not tried yet
+        self._issued: list[TensorProto] = []
         self.bytes = 0  # bytes referenced instead of written
 
     def proto(self, tensor: str, name: str) -> TensorProto | None:
@@ -72,7 +79,23 @@ class SharedWeights:
             entry = proto.external_data.add()
             entry.key, entry.value = key, str(value)
         self.bytes += end - begin
+        self._issued.append(proto)
         return proto
+
+    def settle(self, data: ExternalData) -> None:
+        """Keep the link only when the graph references at least half of the file's
+        tensor bytes; else copy what it references into ``data`` and drop the link.
+        Call before the graph is serialized: the protos are rewritten in place."""
+        total = self.source.stat().st_size - self._start
+        if not self._linked or 2 * self.bytes >= total:
+            return
+        with self.link.open("rb") as f:
+            for proto in self._issued:
+                where = {e.key: int(e.value) for e in proto.external_data if e.key != "location"}
+                f.seek(where["offset"])
+                data.add_raw(proto, f.read(where["length"]))
+        self.link.unlink()
+        self._linked, self._issued, self.bytes = False, [], 0
 
     def _link_once(self) -> bool:
         if self._linked is None:
