@@ -50,7 +50,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("quant", "quickeval"),  # quantization of a checkpoint; its perplexity change
     ("engine",),  # lowering, building and running engines; verify
     ("hf", "inspect"),  # quantized Hugging Face folders; `forge inspect`
-    ("pipeline.preflight", "pipeline.cache_sync"),  # recipe-vs-model checks; push/pull
+    (
+        "pipeline.preflight",
+        "pipeline.model_checks",
+        "pipeline.cache_sync",
+    ),  # recipe-vs-model checks; push/pull
     ("stages",),  # the five stages (stages.hf_build: the build stage of backend hf)
     ("api",),  # hands the stages to the runner
     ("bench",),  # benchmark targets, over the api
