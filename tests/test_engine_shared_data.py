@@ -186,3 +186,20 @@ def test_store_build_shares_the_shard_inode_and_exports_whole(tmp_path: Path) ->
     ):
         np.testing.assert_array_equal(got_store, w)
         np.testing.assert_array_equal(got_export, w)
+
+
+def test_onnxruntime_genai_runs_a_shared_engine(tmp_path: Path) -> None:
+    """onnxruntime-genai loads the folder as it is (its ORT session resolves the link
+    like any external data file) and generates transformers' greedy tokens."""
+    pytest.importorskip("onnxruntime_genai")
+    from tests.test_engine_genai import PROMPTS, _genai_tokens, _transformers_tokens
+    from trtllm_forge.engine.genai import write_genai_folder
+
+    hf, ckpt = tiny_checkpoint(tmp_path, "qwen2", with_tokenizer=True, seed=3)
+    os.chmod(ckpt / "rank0.safetensors", 0o444)
+    engine = tmp_path / "engine"
+    meta = build_engine("onnxruntime", ckpt, engine, OPTIONS)
+    assert meta["onnx"]["ranks"][0]["shared"] is not None
+    write_genai_folder(engine, meta, hf)
+    for prompt in PROMPTS:
+        assert _genai_tokens(engine, list(prompt)) == _transformers_tokens(hf, list(prompt))
