@@ -102,5 +102,10 @@ class SampledDevice:
 
 
 def device_use_for(device: str) -> DeviceUse | None:
-    """A sampler when ``device`` is a CUDA device, started before the model loads."""
-    return DeviceUse() if device.startswith("cuda") else None
+    """A sampler when ``device`` is a CUDA device torch can see, started before the model
+    loads; None otherwise (the runtime then says what the machine lacks)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return DeviceUse() if torch.cuda.is_available() else None
