@@ -79,13 +79,16 @@ def test_block_ranges_equal_modelopt_2d_blockwise_calibration(tiny: dict[str, Pa
 
     from trtllm_forge.checkpoint.convert import load_hf_config
     from trtllm_forge.quant import fp8_block, modelopt_glue
-    from trtllm_forge.quant.params import Fp8BlockParams
     from trtllm_forge.quant.quantize import load_hf_model
+    from trtllm_forge.quant.registry import validate_params
     from trtllm_forge.quant.targets import plan_targets
 
     targets = plan_targets(load_hf_config(tiny["hf"]), ["lm_head"]).hf_modules()
     ours = fp8_block.quantize_model(
-        load_hf_model(tiny["hf"]), None, Fp8BlockParams(block_size=BLOCK), targets
+        load_hf_model(tiny["hf"]),
+        None,
+        validate_params("fp8_block", {"block_size": BLOCK}),
+        targets,
     )
     mtq = modelopt_glue.mtq()
     preset = copy.deepcopy(mtq.FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG)

@@ -95,13 +95,13 @@ def _modelopt_export(tiny: dict[str, Path], tokens: torch.Tensor, out: Path) -> 
     from trtllm_forge.checkpoint.convert import load_hf_config
     from trtllm_forge.quant import calibration, modelopt_glue, nvfp4
     from trtllm_forge.quant.capture import decoder
-    from trtllm_forge.quant.params import NvFp4Params
     from trtllm_forge.quant.quantize import load_hf_model
+    from trtllm_forge.quant.registry import validate_params
     from trtllm_forge.quant.targets import plan_targets
 
     model = load_hf_model(tiny["hf"])
     targets = plan_targets(load_hf_config(tiny["hf"]), ["lm_head"]).hf_modules()
-    config = nvfp4.modelopt_config(NvFp4Params(), targets)
+    config = nvfp4.modelopt_config(validate_params("nvfp4", {}), targets)
     data = calibration.from_tokens(tokens)
 
     def forward_loop(m: Any) -> None:  # forge's calibration loop (modelopt_glue.calibrate)
@@ -257,8 +257,8 @@ def test_trtllm_checkpoint_equals_modelopt_trtllm_export(
     from trtllm_forge.checkpoint.convert import convert_hf_checkpoint, load_hf_config
     from trtllm_forge.quant import calibration, modelopt_glue, nvfp4
     from trtllm_forge.quant.capture import decoder
-    from trtllm_forge.quant.params import NvFp4Params
     from trtllm_forge.quant.quantize import load_hf_model, quantize_checkpoint
+    from trtllm_forge.quant.registry import validate_params
     from trtllm_forge.quant.targets import plan_targets
 
     root = tiny["root"]
@@ -285,7 +285,7 @@ def test_trtllm_checkpoint_equals_modelopt_trtllm_export(
     theirs = root / "modelopt-trtllm"
     with modelopt_glue.quiet(modelopt_glue._NO_PROGRESS):
         modelopt_glue.mtq().quantize(
-            model, nvfp4.modelopt_config(NvFp4Params(), targets), forward_loop
+            model, nvfp4.modelopt_config(validate_params("nvfp4", {}), targets), forward_loop
         )
         export_tensorrt_llm_checkpoint(
             model, "llama", torch.float16, theirs, inference_tensor_parallel=1

@@ -100,14 +100,14 @@ def _modelopt_model(tiny: dict[str, Path], tokens: torch.Tensor) -> Any:
     from trtllm_forge.checkpoint.convert import load_hf_config
     from trtllm_forge.quant import calibration, modelopt_glue, nvfp4
     from trtllm_forge.quant.capture import decoder
-    from trtllm_forge.quant.params import NvFp4Params
     from trtllm_forge.quant.quantize import load_hf_model
+    from trtllm_forge.quant.registry import validate_params
     from trtllm_forge.quant.targets import plan_targets
 
     mtq = modelopt_glue.mtq()
     model = load_hf_model(tiny["hf"])
     targets = plan_targets(load_hf_config(tiny["hf"]), ["lm_head"]).hf_modules()
-    config = nvfp4.modelopt_config(NvFp4Params(), targets)
+    config = nvfp4.modelopt_config(validate_params("nvfp4", {}), targets)
     config["quant_cfg"] += copy.deepcopy(mtq.NVFP4_KV_CFG)["quant_cfg"]
     data = calibration.from_tokens(tokens)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -21,15 +22,41 @@ def test_every_method_has_a_format_record() -> None:
 
 @pytest.mark.parametrize("name", sorted(records.FORMATS))
 def test_record_matches_builders_lowering_and_typing(name: str) -> None:
-    from trtllm_forge.engine.backends.tensorrt import FP8_ALGOS
-    from trtllm_forge.engine.onnx import quant_lowering as onnx_lowering
+    from trtllm_forge.engine.backends.options import BuildOptions
+    from trtllm_forge.engine.backends.tensorrt import wants_strongly_typed
+    from trtllm_forge.engine.onnx import (
+        hooks,
+        quant_lowering,  # noqa: F401  (registers them)
+    )
     from trtllm_forge.quant import formats
 
     fmt = records.FORMATS[name]
-    assert fmt.trtllm_algo in formats.BUILDERS
+    assert formats.builder(fmt.trtllm_algo) is not None
     # Lowered exactly, or refused at plan time with the record's reason — never both.
-    assert (fmt.trtllm_algo in onnx_lowering.LINEAR) == (fmt.onnx is None)
-    assert fmt.strongly_typed == (fmt.trtllm_algo in FP8_ALGOS)
+    assert (fmt.trtllm_algo in hooks.LINEAR_LOWERINGS) == (fmt.onnx is None)
+    model = SimpleNamespace(quant_algo=fmt.trtllm_algo, kv_cache_quant_algo=None)
+    assert wants_strongly_typed(model, BuildOptions()) == fmt.strongly_typed  # type: ignore[arg-type]
+    # A target mapped by the record's own hook, or by the built-in branches of hf/*_target.
+    for mapping in (fmt.modelopt, fmt.compressed_tensors):
+        if not isinstance(mapping, records.NotCarried) and mapping.linear_tensors is None:
+            assert fmt.name in _BUILT_IN_HF, fmt.name
+
+
+_BUILT_IN_HF = {"W8A16", "W4A16", "W4A16_AWQ", "W8A8_SQ_PER_CHANNEL", "FP8"}
+_BUILT_IN_HF |= {"FP8_PER_CHANNEL_PER_TOKEN"}
+
+
+def test_methods_declared_in_their_module_carry_every_hook() -> None:
+    """A method module's record brings each hook a target that carries it calls."""
+    from trtllm_forge.quant.registry import declared_methods
+
+    for method in declared_methods():
+        for fmt in method.formats:
+            assert fmt.trtllm_writer is not None and fmt.fake_weight is not None, fmt.name
+            assert (fmt.onnx_lowering is None) == (fmt.onnx is not None), fmt.name
+            for mapping in (fmt.modelopt, fmt.compressed_tensors):
+                if not isinstance(mapping, records.NotCarried):
+                    assert mapping.linear_tensors is not None, (fmt.name, mapping)
 
 
 @pytest.mark.parametrize("kv", sorted(records.KV_FORMATS))

@@ -95,13 +95,13 @@ def _modelopt_export(tiny: dict[str, Path], tokens: torch.Tensor, out: Path) -> 
     from trtllm_forge.checkpoint.convert import load_hf_config
     from trtllm_forge.quant import calibration, modelopt_glue, w4a8_awq
     from trtllm_forge.quant.capture import decoder
-    from trtllm_forge.quant.params import W4A8AwqParams
     from trtllm_forge.quant.quantize import load_hf_model
+    from trtllm_forge.quant.registry import validate_params
     from trtllm_forge.quant.targets import plan_targets
 
     model = load_hf_model(tiny["hf"])
     targets = plan_targets(load_hf_config(tiny["hf"]), ["lm_head"]).hf_modules()
-    config = w4a8_awq.modelopt_config(W4A8AwqParams(**PARAMS), targets)
+    config = w4a8_awq.modelopt_config(validate_params("w4a8_awq", PARAMS), targets)
     data = calibration.from_tokens(tokens)
 
     def forward_loop(m: Any) -> None:  # forge's calibration loop (modelopt_glue.calibrate)
@@ -250,8 +250,8 @@ def test_trtllm_checkpoint_equals_modelopt_trtllm_export(
     from trtllm_forge.checkpoint.convert import convert_hf_checkpoint, load_hf_config
     from trtllm_forge.quant import calibration, modelopt_glue, w4a8_awq
     from trtllm_forge.quant.capture import decoder
-    from trtllm_forge.quant.params import W4A8AwqParams
     from trtllm_forge.quant.quantize import load_hf_model, quantize_checkpoint
+    from trtllm_forge.quant.registry import validate_params
     from trtllm_forge.quant.targets import plan_targets
 
     root = tiny["root"]
@@ -278,7 +278,9 @@ def test_trtllm_checkpoint_equals_modelopt_trtllm_export(
     theirs = root / "modelopt-trtllm"
     with modelopt_glue.quiet(modelopt_glue._NO_PROGRESS):
         modelopt_glue.mtq().quantize(
-            model, w4a8_awq.modelopt_config(W4A8AwqParams(**PARAMS), targets), forward_loop
+            model,
+            w4a8_awq.modelopt_config(validate_params("w4a8_awq", PARAMS), targets),
+            forward_loop,
         )
         export_tensorrt_llm_checkpoint(
             model, "llama", torch.float16, theirs, inference_tensor_parallel=1

@@ -14,6 +14,9 @@ As compressed-tensors 0.20 reads them (``compressors/``, ``quantization/lifecycl
   cache (``tensor_group`` scheme, groups of 16 along the head) has fp32
   ``self_attn.k_global_scale`` / ``v_global_scale`` [1] = 6 · 448 / amax instead.
 
+A format declared in its method's module builds its own tensors (the record's
+``compressed_tensors.linear_tensors``); the branches below are the built-in formats'.
+
 The integers are forge's own (the fp32 weight over its fp32 scale, as the canonical
 checkpoint computes them), so a loader's dequantization equals forge's fake-quant
 model up to the scale's rounding to the checkpoint dtype.
@@ -56,6 +59,10 @@ def unpack_int32(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
 
 def linear_tensors(fmt: QuantFormat, lq: LinearQuant, dtype: torch.dtype) -> Tensors:
     """``{param: tensor}`` of one quantized linear."""
+    mapping = fmt.compressed_tensors
+    assert isinstance(mapping, CompressedTensors)
+    if mapping.linear_tensors is not None:
+        return mapping.linear_tensors(lq, dtype)
     weight = lq.weight.float()
     if fmt.name == "W8A16":
         scale = layout.scale_from_amax(lq.weight_amax, layout.INT8_MAX)
@@ -74,29 +81,7 @@ def linear_tensors(fmt: QuantFormat, lq: LinearQuant, dtype: torch.dtype) -> Ten
             act = layout.scale_from_amax(_need(lq.input_amax), layout.FP8_MAX)
             out["input_scale"] = act.reshape(1).to(dtype)
         return out
-    if fmt.name == "FP8_BLOCK_SCALES":
-        scale = layout.scale_from_amax(lq.weight_amax, layout.FP8_MAX)  # [out/b, in/b]
-        return {
-            "weight": layout.quantize_fp8_blocks(weight, scale),
-            "weight_scale": scale.to(dtype),
-        }
-    if fmt.name == "NVFP4":
-        return _nvfp4(lq)
     raise AssertionError(f"{fmt.name} has no compressed-tensors mapping")
-
-
-def _nvfp4(lq: LinearQuant) -> Tensors:
-    """``nvfp4-pack-quantized``: the same packed e2m1 and fp8 block scales as ModelOpt's;
-    compressed-tensors' global scales are the reciprocals (dequant = q · scale / global)."""
-    global_scale = layout.nvfp4_global_scale(lq.weight_amax).reshape(())
-    packed, scales = layout.quantize_nvfp4(lq.weight.float(), global_scale)
-    act = layout.nvfp4_global_scale(_need(lq.input_amax))
-    return {
-        "weight_packed": packed,
-        "weight_scale": scales,
-        "weight_global_scale": (1.0 / global_scale).reshape(1),
-        "input_global_scale": (1.0 / act).reshape(1),
-    }
 
 
 def _need(t: torch.Tensor | None) -> torch.Tensor:
@@ -165,8 +150,8 @@ def _config_group(
     weights = {**mapping.weights, "dynamic": False}
     if weights.get("strategy") == "group":
         weights["group_size"] = group_size
-    if weights.get("strategy") == "tensor_group":
-        weights["group_size"] = 16  # NVFP4's block
+    if mapping.group_size is not None:  # the format fixes its group
+        weights["group_size"] = mapping.group_size
     if weights.get("strategy") == "block":
         weights["block_structure"] = [group_size, group_size]
         # forge's GPTQ visits columns by activation order but keeps groups contiguous:
@@ -177,8 +162,8 @@ def _config_group(
     inputs = dict(mapping.input_activations) if mapping.input_activations else None
     if inputs is not None and inputs.get("strategy") == "group":
         inputs["group_size"] = group_size  # per token and block of input channels
-    if inputs is not None and inputs.get("strategy") == "tensor_group":
-        inputs["group_size"] = 16
+    if inputs is not None and mapping.group_size is not None:
+        inputs["group_size"] = mapping.group_size
     group["input_activations"] = inputs
     group["output_activations"] = None
     group["format"] = mapping.format

@@ -11,19 +11,22 @@ The exporter's rules, as forge applies them:
 * the weight is rounded to the checkpoint dtype *before* it is divided by its scale;
 * scales are fp32 (``weight_scale`` [out] / [out, in/g] / 0-d, ``input_scale`` 0-d),
   the pre-quant scale is in the checkpoint dtype, int4 is packed two output rows per
-  byte (uint8), NVFP4 packs two e2m1 inputs per byte with fp8 block scales and 0-d
-  ``weight_scale_2`` / ``input_scale``, and the FP8 KV-cache scales are ``k_proj.k_scale`` / ``v_proj.v_scale``
+  byte (uint8), and the FP8 KV-cache scales are ``k_proj.k_scale`` / ``v_proj.v_scale``
   (amax / 448, not raised to 1.0 as the TensorRT-LLM checkpoint does).
+
+A format declared in its method's module builds its own tensors (the record's
+``modelopt.linear_tensors``); the branches below are the built-in formats'.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from trtllm_forge.quant import layout
-from trtllm_forge.quant.records import KV_FORMATS, ModelOpt, NotCarried, QuantFormat
+from trtllm_forge.quant.records import FORMATS, KV_FORMATS, ModelOpt, NotCarried, QuantFormat
 from trtllm_forge.quant.result import LinearQuant
 
 Tensors = dict[str, torch.Tensor]
@@ -37,15 +40,15 @@ def linear_tensors(
     assert isinstance(mapping, ModelOpt)
     weight = lq.weight.to(dtype).float()
     out: Tensors
-    if fmt.name in ("W8A16", "W8A8_SQ_PER_CHANNEL"):
+    if mapping.linear_tensors is not None:
+        out = mapping.linear_tensors(lq, dtype)
+    elif fmt.name in ("W8A16", "W8A8_SQ_PER_CHANNEL"):
         scale = lq.weight_amax.float() / layout.INT8_MAX
         out = {"weight": layout.quantize_int8(weight, scale), "weight_scale": scale}
-    elif fmt.name in ("W4A16", "W4A16_AWQ", "W4A8_AWQ"):
+    elif fmt.name in ("W4A16", "W4A16_AWQ"):
         scale = lq.weight_amax.float() / layout.INT4_MAX
         packed = layout.pack_int4_rows(layout.quantize_int4(weight, scale))
         out = {"weight": packed.view(torch.uint8), "weight_scale": scale}
-        if "weight_scale_2" in mapping.tensors:  # W4A8: the FP8 scale over the groups
-            out["weight_scale_2"] = layout.w4a8_fp8_scale(lq.fp8_weight_amax).reshape(())
     elif fmt.name == "FP8":
         # ModelOpt divides the Python float (double) amax, then stores fp32.
         scale = torch.tensor(float(lq.weight_amax.item()) / layout.FP8_MAX)
@@ -55,31 +58,14 @@ def linear_tensors(
     elif fmt.name == "FP8_PER_CHANNEL_PER_TOKEN":
         scale = lq.weight_amax.float() / layout.FP8_MAX
         out = {"weight": (weight / scale[:, None]).to(torch.float8_e4m3fn), "weight_scale": scale}
-    elif fmt.name == "NVFP4":
-        return _nvfp4(lq, dtype)
     else:
         raise AssertionError(f"{fmt.name} has no ModelOpt mapping")
-    if lq.input_amax is not None and "input_scale" in mapping.tensors:
+    if lq.input_amax is not None and "input_scale" in mapping.tensors and "input_scale" not in out:
         qmax = layout.FP8_MAX if fmt.activations == "static_fp8" else layout.INT8_MAX
         out["input_scale"] = (lq.input_amax.float() / qmax).reshape(())
     if lq.pre_quant_scale is not None and keep_pre_quant_scale:
         out["pre_quant_scale"] = lq.pre_quant_scale.to(dtype)
     return out
-
-
-def _nvfp4(lq: LinearQuant, dtype: torch.dtype) -> Tensors:
-    """NVFP4: packed e2m1 ``weight`` (uint8), fp8 ``weight_scale`` per 16 inputs, and the
-    0-d fp32 global scales ``weight_scale_2`` and ``input_scale`` (amax / (6 · 448))."""
-    global_scale = layout.nvfp4_global_scale(lq.weight_amax).reshape(())
-    packed, scales = layout.quantize_nvfp4(lq.weight.to(dtype), global_scale)
-    if lq.input_amax is None:
-        raise ValueError("calibration produced no activation range")
-    return {
-        "weight": packed,
-        "weight_scale": scales,
-        "weight_scale_2": global_scale,
-        "input_scale": layout.nvfp4_global_scale(lq.input_amax).reshape(()),
-    }
 
 
 def kv_tensors(kv: str, k_amax: float, v_amax: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +109,14 @@ def quant_config(
     }
 
 
+def _numerics(algo: str | None) -> Mapping[str, Any] | None:
+    """The config_groups numerics ModelOpt writes for ``algo`` (its format record's)."""
+    for fmt in FORMATS.values():
+        if isinstance(fmt.modelopt, ModelOpt) and fmt.modelopt.quant_algo == algo:
+            return fmt.modelopt.numerics
+    return None
+
+
 def _order(quantization: dict[str, Any]) -> dict[str, Any]:
     keys = ("quant_algo", "kv_cache_quant_algo", "group_size", "has_zero_point", "pre_quant_scale")
     ordered = {k: quantization[k] for k in keys if k in quantization}
@@ -135,12 +129,7 @@ def hf_quantization_config(hf_quant: dict[str, Any]) -> dict[str, Any]:
     quantization = hf_quant["quantization"]
     algo = quantization.get("quant_algo")
     out: dict[str, Any] = {}
-    numerics = None
-    if algo == "FP8":
-        numerics = {"dynamic": False, "num_bits": 8, "type": "float"}
-    elif algo == "NVFP4":
-        group = quantization.get("group_size")
-        numerics = {"dynamic": False, "num_bits": 4, "type": "float", "group_size": group}
+    numerics = _numerics(algo)
     if numerics is not None:
         out["config_groups"] = {
             "group_0": {

@@ -3,21 +3,22 @@ activation fake-quantization, run through the convert helper's reference forward
 
 This is the oracle engines are checked against for quantized builds (and the
 verification path for formats ONNX Runtime cannot run on CPU). It reads only the
-checkpoint: every rule below is decided by which tensors a module has, so any
-writer's output (forge's or ModelOpt's) can be evaluated.
+checkpoint (any writer's output, forge's or ModelOpt's, can be evaluated): a format
+record with its own rules (``fake_weight`` / ``fake_input``, from the method's module)
+is found by the config's quant_algo; the built-in rules below are decided by which
+tensors a module has.
 
 * weight: int8 × per-channel scale; packed int4 × group scale; fp8 × scale (per
-  tensor, channel or b×b tile); packed e2m1 × fp8 block scale × global scale (NVFP4).
+  tensor or channel).
 * input: × ``prequant_scaling_factor`` (AWQ/SmoothQuant), ÷ ``smoother``
   (SmoothQuant plugin row layers), then Q/DQ with ``activation_scaling_factor``
   (static INT8 for SmoothQuant, FP8 for FP8) or, for the per-token formats, with
-  a scale computed per token (FP8 block scales: per token and b channels) at run time;
-  NVFP4 activations get FP8 scales per 16 channels under their static global scale.
+  a scale computed per token at run time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,12 @@ from trtllm_forge.quant import layout, records
 # Which activation rule each quant_algo runs: from the format records.
 PER_TOKEN_INT8 = records.trtllm_algos(lambda f: f.activations == "per_token_int8")
 PER_TOKEN_FP8 = records.trtllm_algos(lambda f: f.activations == "per_token_fp8")
-PER_GROUP_FP8 = records.trtllm_algos(lambda f: f.activations == "per_group_fp8")
 _FP8_ACTIVATIONS = records.trtllm_algos(lambda f: f.activations == "static_fp8")
-_NVFP4_ACTIVATIONS = records.trtllm_algos(lambda f: f.activations == "nvfp4")
-_QUANTIZED_DTYPES = ("I8", "F8_E4M3", "U8")  # U8: packed NVFP4
+_QUANTIZED_DTYPES = ("I8", "F8_E4M3", "U8")  # U8: packed 4-bit floats
 
 
 def is_quantized(reader: CheckpointReader, module: str) -> bool:
-    """Whether the module's weight is stored as int8 / packed int4 / fp8."""
+    """Whether the module's weight is stored as int8 / packed int4 / fp8 / packed fp4."""
     name = f"{module}.weight"
     return reader.has(name) and str(reader.get_slice(name).get_dtype()) in _QUANTIZED_DTYPES
 
@@ -46,39 +45,31 @@ def dequantized_weight(reader: CheckpointReader, module: str) -> torch.Tensor | 
     """Float32 ``[out, in]`` weight of a quantized module; None if stored unquantized."""
     if not is_quantized(reader, module):
         return None
+    fmt = _record(reader)
+    if fmt is not None and fmt.fake_weight is not None:
+        return fmt.fake_weight(reader, module)
     weight = reader.get(f"{module}.weight")
     scale = _weight_scale(reader, module)
-    if weight.dtype == torch.uint8:
-        global_scale = reader.get(f"{module}.weights_scaling_factor_2").float().reshape(())
-        return layout.dequantize_nvfp4(weight, scale, global_scale)
-    if weight.dtype == torch.float8_e4m3fn and _is_block_scale(scale, weight):
-        return layout.dequantize_fp8_blocks(weight, scale)
     if weight.dtype == torch.float8_e4m3fn:
         return layout.dequantize_fp8(weight, scale)
     if scale.dim() == 2 and scale.shape[0] != 1:  # [out, groups]: packed int4
-        dequantized = layout.dequantize_int4(weight, scale)
-        if reader.has(f"{module}.weights_scaling_factor_2"):  # W4A8: the groups run as FP8
-            fp8_scale = reader.get(f"{module}.weights_scaling_factor_2").float().reshape(())
-            return layout.requantize_fp8(dequantized, fp8_scale)
-        return dequantized
+        return layout.dequantize_int4(weight, scale)
     return layout.dequantize_int8(
         weight, scale.reshape(-1) if scale.numel() > 1 else scale.reshape(())
     )
 
 
-def _is_block_scale(scale: torch.Tensor, weight: torch.Tensor) -> bool:
-    """A ``[out/b, in/b]`` tile scale (b > 1), as opposed to per-tensor or per-channel."""
-    return scale.dim() == 2 and scale.shape[0] < weight.shape[0]
+def _record(reader: CheckpointReader) -> records.QuantFormat | None:
+    quant: Mapping[str, Any] = reader.config.get("quantization") or {}
+    return records.by_trtllm_algo(quant.get("quant_algo"))
 
 
 def _weight_scale(reader: CheckpointReader, module: str) -> torch.Tensor:
     for param in ("weights_scaling_factor", "per_channel_scale"):
         if reader.has(f"{module}.{param}"):
             scale = reader.get(f"{module}.{param}")
-            if scale.dtype == torch.float8_e4m3fn:
-                return scale  # NVFP4 block scales: decoded with the global scale
             scale = scale.float()
-            # The SmoothQuant plugin's [1, out]; a [1, in/b] tile scale stays 2-D.
+            # The SmoothQuant plugin's [1, out].
             row_vector = param == "per_channel_scale" and scale.dim() == 2
             return scale.reshape(-1) if row_vector and scale.shape[0] == 1 else scale
     raise KeyError(f"{module} has a quantized weight but no scale")
@@ -96,7 +87,10 @@ class ActivationQuant:
     def __init__(self, reader: CheckpointReader, quant_algo: str | None) -> None:
         self.algo = quant_algo
         self._reader = reader
+        self._fmt = records.by_trtllm_algo(quant_algo)
         self._plans: dict[str, dict[str, torch.Tensor | bool]] = {}
+        # The format record's own input quantizer of each quantized module.
+        self._inputs: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 
     def _plan(self, module: str) -> dict[str, torch.Tensor | bool]:
         if module not in self._plans:
@@ -105,12 +99,10 @@ class ActivationQuant:
                 if self._reader.has(f"{module}.{param}"):
                     plan[param] = self._reader.get(f"{module}.{param}").float().reshape(-1)
             plan["quantized"] = is_quantized(self._reader, module)
-            if plan["quantized"] and self.algo in PER_GROUP_FP8:
-                # The activations' channel group is the weight tiles' input edge.
-                weight = self._reader.get_slice(f"{module}.weight").get_shape()
-                tiles = self._reader.get_slice(f"{module}.weights_scaling_factor").get_shape()
-                plan["group"] = torch.tensor(weight[1] // tiles[1])
             self._plans[module] = plan
+            fake_input = self._fmt.fake_input if self._fmt is not None else None
+            if plan["quantized"] and fake_input is not None:
+                self._inputs[module] = fake_input(self._reader, module)
         return self._plans[module]
 
     def __call__(self, module: str, x: torch.Tensor) -> torch.Tensor:
@@ -119,19 +111,15 @@ class ActivationQuant:
             x = x * plan["prequant_scaling_factor"]
         if "smoother" in plan:
             x = x / plan["smoother"]
+        if module in self._inputs:
+            return self._inputs[module](x)
         static = plan.get("activation_scaling_factor")
         if isinstance(static, torch.Tensor):
-            if self.algo in _NVFP4_ACTIVATIONS:
-                return layout.fake_quant_nvfp4(x, static.reshape(()))
             if self.algo in _FP8_ACTIVATIONS:
                 return layout.fake_quant_fp8(x, static.reshape(()))
             return layout.fake_quant_int8(x, static.reshape(()))
         if plan["quantized"] and self.algo in PER_TOKEN_INT8:
             return layout.fake_quant_int8(x, per_token_scale(x, layout.INT8_MAX))
-        group = plan.get("group")
-        if isinstance(group, torch.Tensor):
-            scale = layout.per_group_scale(x, int(group), layout.FP8_MAX)
-            return layout.fake_quant_fp8(x, scale)
         if plan["quantized"] and self.algo in PER_TOKEN_FP8:
             return layout.fake_quant_fp8(x, per_token_scale(x, layout.FP8_MAX))
         return x

@@ -2,7 +2,9 @@
 (docs/trtllm-checkpoint.md §2).
 
 Each builder turns a fused :class:`LinearQuant` into ``{param: tensor}`` for one
-TensorRT-LLM module (``weight`` plus its scales). Shapes and dtypes:
+TensorRT-LLM module (``weight`` plus its scales). A method declared in its own module
+brings its builder in its format record (``trtllm_writer``); :func:`builder` finds
+either. Shapes and dtypes of the built-in ones:
 
 ============================================  ==========================================
 quant_algo                                    tensors (out/in = the module's sizes)
@@ -11,9 +13,6 @@ W8A16                                         weight I8 [out,in]; weights_scalin
 W4A16_AWQ                                     weight I8 [out/2,in] (two int4 rows per byte);
                                               weights_scaling_factor F32 [out,in/g];
                                               prequant_scaling_factor dtype [in] (AWQ only)
-W4A8_AWQ                                      the W4A16_AWQ tensors plus weights_scaling_factor_2
-                                              F32 [1] (FP8 scale over the groups) and
-                                              activation_scaling_factor F32 [1]
 W8A8_SQ_PER_CHANNEL                           weight I8; weights_scaling_factor F32 [out];
                                               activation_scaling_factor F32 [1];
                                               prequant_scaling_factor dtype [in]
@@ -23,12 +22,6 @@ W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN          weight I8; per_channel_scale F32 [
 FP8                                           weight F8_E4M3; weights_scaling_factor F32 [1];
                                               activation_scaling_factor F32 [1]
 FP8_PER_CHANNEL_PER_TOKEN                     weight F8_E4M3; per_channel_scale F32 [out]
-FP8_BLOCK_SCALES                              weight F8_E4M3; weights_scaling_factor F32
-                                              [out/b,in/b] (one scale per b×b tile)
-NVFP4                                         weight U8 [out,in/2] (two e2m1 inputs per byte);
-                                              weights_scaling_factor F8_E4M3 [out,in/16];
-                                              weights_scaling_factor_2 F32 [];
-                                              activation_scaling_factor F32 []
 ============================================  ==========================================
 """
 
@@ -64,14 +57,6 @@ def w4a16_groupwise(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
     }
     if lq.pre_quant_scale is not None:
         out["prequant_scaling_factor"] = lq.pre_quant_scale.to(dtype)
-    return out
-
-
-def w4a8_awq(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
-    out = w4a16_groupwise(lq, row, dtype)
-    out["weights_scaling_factor_2"] = layout.w4a8_fp8_scale(lq.fp8_weight_amax).reshape(1)
-    act = layout.scale_from_amax(_require(lq.input_amax, "activation range"), layout.FP8_MAX)
-    out["activation_scaling_factor"] = act.reshape(1)
     return out
 
 
@@ -116,24 +101,6 @@ def fp8_per_channel(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
     return {"weight": layout.quantize_fp8(lq.weight, scale), "per_channel_scale": scale}
 
 
-def fp8_blocks(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
-    scale = layout.scale_from_amax(lq.weight_amax, layout.FP8_MAX)
-    return {"weight": layout.quantize_fp8_blocks(lq.weight, scale), "weights_scaling_factor": scale}
-
-
-def nvfp4(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
-    global_scale = layout.nvfp4_global_scale(lq.weight_amax)
-    packed, scales = layout.quantize_nvfp4(lq.weight, global_scale)
-    act = layout.nvfp4_global_scale(_require(lq.input_amax, "activation range"))
-    return {
-        "weight": packed,
-        "weights_scaling_factor": scales,
-        # 0-d, as ModelOpt's TensorRT-LLM export writes them (NVFP4 builds accept it).
-        "weights_scaling_factor_2": global_scale.reshape(()),
-        "activation_scaling_factor": act.reshape(()),
-    }
-
-
 BUILDERS: dict[str, Builder] = {
     "W8A16": w8a16,
     "W4A16_AWQ": w4a16_groupwise,
@@ -141,10 +108,16 @@ BUILDERS: dict[str, Builder] = {
     "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": sq_per_token_plugin,
     "FP8": fp8_per_tensor,
     "FP8_PER_CHANNEL_PER_TOKEN": fp8_per_channel,
-    "FP8_BLOCK_SCALES": fp8_blocks,
-    "NVFP4": nvfp4,
-    "W4A8_AWQ": w4a8_awq,
 }
+
+
+def builder(algo: str) -> Builder:
+    """The TensorRT-LLM tensor builder of ``algo``: its format record's, else built in."""
+    fmt = records.by_trtllm_algo(algo)
+    if fmt is not None and fmt.trtllm_writer is not None:
+        return fmt.trtllm_writer
+    return BUILDERS[algo]
+
 
 # Formats whose fc/gate (same input) must share input-side quantities, and formats that
 # fold column layers' smoothing into the preceding norm: the format records say which.

@@ -106,41 +106,6 @@ def fake_quant_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
 
 
-def block_amax(weight: torch.Tensor, block: int) -> torch.Tensor:
-    """Per ``block × block`` tile ``[out / block, in / block]`` (FP8 block scales)."""
-    out, inp = weight.shape
-    if out % block or inp % block:
-        raise ValueError(f"weight {out}×{inp} is not a whole number of {block}×{block} blocks")
-    tiles = weight.reshape(out // block, block, inp // block, block)
-    return tiles.abs().amax(dim=(1, 3)).float()
-
-
-def expand_blocks(scale: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """``[out / b, in / b]`` → ``[out, in]`` (each tile's scale over its elements)."""
-    rows, cols = shape
-    return scale.repeat_interleave(rows // scale.shape[0], dim=0).repeat_interleave(
-        cols // scale.shape[1], dim=1
-    )
-
-
-def quantize_fp8_blocks(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Block-scaled float8 e4m3fn (``scale [out / b, in / b]``)."""
-    return (weight.float() / expand_blocks(scale.float(), weight.shape)).to(torch.float8_e4m3fn)
-
-
-def dequantize_fp8_blocks(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.float() * expand_blocks(scale.float(), q.shape)
-
-
-def per_group_scale(x: torch.Tensor, group: int, qmax: float) -> torch.Tensor:
-    """Dynamic dequant scale per (token, ``group`` consecutive channels): ``max|x| / qmax``,
-    broadcast back to ``x``'s shape (1 for an all-zero group)."""
-    grouped = x.reshape(*x.shape[:-1], x.shape[-1] // group, group)
-    amax = grouped.abs().amax(dim=-1, keepdim=True)
-    scale = torch.where(amax == 0, torch.ones_like(amax), amax / qmax)
-    return scale.expand_as(grouped).reshape(x.shape)
-
-
 # NVFP4 (docs/trtllm-checkpoint.md §2): E2M1 values in blocks of 16 along the input,
 # each block scaled by an FP8 E4M3 factor, all of them by one FP32 per-tensor factor.
 FP4_MAX = 6.0
@@ -211,17 +176,3 @@ def fake_quant_nvfp4(x: torch.Tensor, global_scale: torch.Tensor) -> torch.Tenso
     scales = nvfp4_block_scales(x, global_scale)
     factor = (scales.float() * global_scale).repeat_interleave(NVFP4_BLOCK, dim=-1)
     return (e2m1_values(e2m1_codes(x.float() / factor)) * factor).to(x.dtype)
-
-
-def w4a8_fp8_scale(fp8_weight_amax: torch.Tensor | None) -> torch.Tensor:
-    """W4A8's per-tensor FP8 weight scale ``amax / 448`` (the range calibrated for the FP8
-    quantizer over the INT4-dequantized weight)."""
-    if fp8_weight_amax is None:
-        raise ValueError("calibration produced no FP8 weight range (W4A8)")
-    return fp8_weight_amax.float() / FP8_MAX
-
-
-def requantize_fp8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Float weight Q/DQ'd through float8 e4m3fn with a per-tensor scale (W4A8's second
-    weight quantizer)."""
-    return (weight / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * scale

@@ -4,18 +4,25 @@ A method's parameters are declared once, in its recipe section (recipe/schema.py
 name, type, default, bounds and description. Each model here takes those fields and
 adds what they mean to TensorRT-LLM: the ``quant_algo`` the method produces, so
 ``forge plan`` can show (and key) the quantization without loading any weights.
+A method declared in its own module (``quant/<method>.py``) gets its model from
+:func:`model_of`, built from its record on first use.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, create_model
 
 # key_view lives apart so keying calibrate builds none of the models here; re-exported.
 from trtllm_forge.quant.key_view import key_view as key_view
-from trtllm_forge.quant.records import KV_FORMATS
+
+# The recipe's kv_cache names and their TensorRT-LLM algos; re-exported.
+from trtllm_forge.quant.kv_formats import KV_CACHE_ALGOS as KV_CACHE_ALGOS
 from trtllm_forge.recipe import schema
+
+if TYPE_CHECKING:
+    from trtllm_forge.quant.record_types import Method
 
 
 class MethodParams(BaseModel):
@@ -32,7 +39,7 @@ class MethodParams(BaseModel):
         return {}
 
 
-def _declared(section: type[BaseModel]) -> type[MethodParams]:
+def declared(section: type[BaseModel]) -> type[MethodParams]:
     """A MethodParams model holding the method's own fields of its recipe ``section``."""
     fields: dict[str, Any] = {
         name: (info.annotation, info) for name, info in schema.method_fields(section).items()
@@ -40,21 +47,21 @@ def _declared(section: type[BaseModel]) -> type[MethodParams]:
     return create_model(f"{section.__name__}Fields", __base__=MethodParams, **fields)
 
 
-class NoneParams(_declared(schema.NoQuant)):  # type: ignore[misc]
+class NoneParams(declared(schema.NoQuant)):  # type: ignore[misc]
     """No weight quantization; only the KV cache may be quantized."""
 
     def quant_algo(self) -> str | None:
         return None
 
 
-class Int8WoParams(_declared(schema.Int8WeightOnly)):  # type: ignore[misc]
+class Int8WoParams(declared(schema.Int8WeightOnly)):  # type: ignore[misc]
     """INT8 per-output-channel weight-only, round-to-nearest (W8A16)."""
 
     def quant_algo(self) -> str:
         return "W8A16"
 
 
-class _GroupwiseInt4(MethodParams):
+class GroupwiseInt4(MethodParams):
     """The INT4 group-wise layout several methods store; ``group_size`` is each method's."""
 
     if TYPE_CHECKING:
@@ -77,29 +84,18 @@ class _GroupwiseInt4(MethodParams):
         return "W4A16_AWQ"
 
 
-class Int4WoParams(_declared(schema.Int4WeightOnly), _GroupwiseInt4):  # type: ignore[misc]
+class Int4WoParams(declared(schema.Int4WeightOnly), GroupwiseInt4):  # type: ignore[misc]
     """INT4 group-wise weight-only, round-to-nearest."""
 
 
-class AwqParams(_declared(schema.Awq), _GroupwiseInt4):  # type: ignore[misc]
+class AwqParams(declared(schema.Awq), GroupwiseInt4):  # type: ignore[misc]
     """AWQ (activation-aware scaling search, ModelOpt ``awq_lite``) + INT4 group-wise."""
 
     def has_pre_quant_scale(self) -> bool:
         return True
 
 
-class W4A8AwqParams(_declared(schema.W4A8Awq), _GroupwiseInt4):  # type: ignore[misc]
-    """W4A8 AWQ (ModelOpt ``W4A8_AWQ_BETA_CFG``): AWQ-smoothed INT4 group-wise weights run
-    as FP8 (a per-tensor FP8 scale over the INT4 groups), static FP8 activations."""
-
-    def has_pre_quant_scale(self) -> bool:
-        return True
-
-    def quant_algo(self) -> str:
-        return "W4A8_AWQ"
-
-
-class GptqParams(_declared(schema.Gptq), _GroupwiseInt4):  # type: ignore[misc]
+class GptqParams(declared(schema.Gptq), GroupwiseInt4):  # type: ignore[misc]
     """GPTQ: Hessian-guided INT4 group-wise rounding with error feedback."""
 
     if TYPE_CHECKING:
@@ -107,7 +103,7 @@ class GptqParams(_declared(schema.Gptq), _GroupwiseInt4):  # type: ignore[misc]
         act_order: bool
 
 
-class SmoothQuantParams(_declared(schema.SmoothQuant)):  # type: ignore[misc]
+class SmoothQuantParams(declared(schema.SmoothQuant)):  # type: ignore[misc]
     """SmoothQuant W8A8: per-channel INT8 weights, INT8 activations after smoothing."""
 
     if TYPE_CHECKING:
@@ -123,7 +119,7 @@ class SmoothQuantParams(_declared(schema.SmoothQuant)):  # type: ignore[misc]
         return {"smoothquant_val": self.alpha}
 
 
-class Fp8Params(_declared(schema.Fp8)):  # type: ignore[misc]
+class Fp8Params(declared(schema.Fp8)):  # type: ignore[misc]
     """FP8 E4M3 W8A8: per-tensor scales, or per-channel weights + per-token activations."""
 
     if TYPE_CHECKING:
@@ -135,30 +131,23 @@ class Fp8Params(_declared(schema.Fp8)):  # type: ignore[misc]
         return "FP8"
 
 
-class Fp8BlockParams(_declared(schema.Fp8Block)):  # type: ignore[misc]
-    """FP8 E4M3 weights in ``block_size × block_size`` tiles, one scale each; activations
-    quantized at run time per (token, ``block_size`` channels) — DeepSeek-style block FP8."""
-
-    if TYPE_CHECKING:
-        block_size: int
-
-    def quant_algo(self) -> str:
-        return "FP8_BLOCK_SCALES"
-
-    def quantization_fields(self) -> dict[str, Any]:
-        return {"group_size": self.block_size}
+_MODELS: dict[str, type[MethodParams]] = {}
 
 
-class NvFp4Params(_declared(schema.NvFp4)):  # type: ignore[misc]
-    """NVFP4 W4A4: E2M1 weights and activations in blocks of 16 with FP8 E4M3 block scales
-    and an FP32 per-tensor scale (static for activations, from calibration)."""
+def model_of(method: Method) -> type[MethodParams]:
+    """The parameter model of a method declared in its module: its recipe section's own
+    fields; quant_algo and the quantization fields from its record (built once)."""
+    if method.name not in _MODELS:
+        section = next(s for s in schema.QUANTIZE_SECTIONS if schema.method_name(s) == method.name)
+        base = cast(type[MethodParams], declared(section))
 
-    def quant_algo(self) -> str:
-        return "NVFP4"
+        class Params(base):  # type: ignore[valid-type,misc]
+            def quant_algo(self) -> str:
+                return method.quant_algo(self.model_dump(mode="json"))
 
-    def quantization_fields(self) -> dict[str, Any]:
-        return {"group_size": 16}
+            def quantization_fields(self) -> dict[str, Any]:
+                return method.quantization_fields(self)
 
-
-# The recipe's kv_cache names and their TensorRT-LLM algos: the KV-format records'.
-KV_CACHE_ALGOS: dict[str, str] = {name: kv.trtllm_algo for name, kv in KV_FORMATS.items()}
+        Params.__name__ = Params.__qualname__ = f"{section.__name__}Params"
+        _MODELS[method.name] = Params
+    return _MODELS[method.name]

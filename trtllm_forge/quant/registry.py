@@ -1,23 +1,29 @@
 """Registry of quantization methods, keyed by the recipe's ``quantize.method``.
 
 Importing this module is cheap (no torch): an entry holds a loader for the module with
-the method's algorithm, which is imported only when calibration actually runs.
+the method's algorithm, which imports torch only when calibration actually runs.
 A miss lists the valid names (and the closest one), never falls back silently.
+
+A method declared in its own module (``quant/<method>.py`` with a ``METHOD`` record:
+parameters, format, each target's mapping) is registered by adding the module to
+:data:`METHOD_MODULES`, the one list of them; the generic modules (records, writer, HF
+targets, fake quant, ONNX lowering) then find it through :func:`declared_methods`.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from trtllm_forge.errors import recipe_error
-from trtllm_forge.quant import params as p
+from trtllm_forge.quant import fp8_block, nvfp4, w4a8_awq
+from trtllm_forge.quant.record_types import Method
+
+if TYPE_CHECKING:
+    from trtllm_forge.quant.params import MethodParams
 
 
 @dataclass(frozen=True)
@@ -26,18 +32,27 @@ class MethodInfo:
 
     Attributes:
         name: recipe name (``quantize.method``).
-        params_model: pydantic model validating the method's own parameters.
+        params_loader: builds (once) and returns the pydantic model validating the
+            method's own parameters (:attr:`params_model`); building the models is left
+            to the first validation, so reading the records costs none of it.
         loader: imports and returns the module implementing
             ``quantize_model(model, batches, params, targets)``.
         needs_data: whether weights need calibration text (KV-cache calibration always does).
         uses_modelopt: whether the algorithm runs through nvidia-modelopt.
+        record: the method's own record, for a method declared in its module (else None:
+            its format knowledge is still in quant/records.py and the modules it lists).
     """
 
     name: str
-    params_model: type[p.MethodParams]
+    params_loader: Callable[[], type[MethodParams]]
     loader: Callable[[], ModuleType]
     needs_data: bool
     uses_modelopt: bool
+    record: Method | None = None
+
+    @property
+    def params_model(self) -> type[MethodParams]:
+        return self.params_loader()
 
     def load(self) -> ModuleType:
         return self.loader()
@@ -61,6 +76,8 @@ def get(name: str) -> MethodInfo:
     """Look a method up by name; unknown names raise a recipe error listing the valid ones."""
     if name in _METHODS:
         return _METHODS[name]
+    import difflib
+
     close = difflib.get_close_matches(name, names(), n=1)
     suggestion = f" (did you mean {close[0]!r}?)" if close else ""
     raise recipe_error(
@@ -69,8 +86,10 @@ def get(name: str) -> MethodInfo:
     )
 
 
-def validate_params(name: str, params: Mapping[str, Any]) -> p.MethodParams:
+def validate_params(name: str, params: Mapping[str, Any]) -> MethodParams:
     """Validate a method's parameters (defaults filled in); raise a recipe error on bad input."""
+    from pydantic import ValidationError
+
     info = get(name)
     try:
         return info.params_model.model_validate(dict(params))
@@ -86,7 +105,9 @@ def validate_params(name: str, params: Mapping[str, Any]) -> p.MethodParams:
 
 def key_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Canonical, defaults-filled parameters: what a calibrate cache key must include."""
-    return {"method": name, **p.key_view(validate_params(name, params).model_dump(mode="json"))}
+    from trtllm_forge.quant.key_view import key_view
+
+    return {"method": name, **key_view(validate_params(name, params).model_dump(mode="json"))}
 
 
 def tool_versions(name: str) -> dict[str, str]:
@@ -108,34 +129,64 @@ def tool_versions(name: str) -> dict[str, str]:
 def _builtin_algorithm(name: str) -> ModuleType:
     """A built-in method's module. Importing them all costs what one costs (torch): each
     imports its own library (ModelOpt) only when it runs."""
-    from trtllm_forge.quant import (
-        awq,
-        fp8,
-        fp8_block,
-        gptq,
-        int4_wo,
-        int8_wo,
-        none,
-        nvfp4,
-        smoothquant,
-        w4a8_awq,
-    )
+    from trtllm_forge.quant import awq, fp8, gptq, int4_wo, int8_wo, none, smoothquant
 
-    modules = (awq, fp8, fp8_block, gptq, int4_wo, int8_wo, none, nvfp4, smoothquant, w4a8_awq)
+    modules = (awq, fp8, gptq, int4_wo, int8_wo, none, smoothquant)
     return {module.__name__.rpartition(".")[2]: module for module in modules}[name]
 
 
-def _builtin(name: str, model: type[p.MethodParams], *, needs_data: bool, modelopt: bool) -> None:
-    register(MethodInfo(name, model, partial(_builtin_algorithm, name), needs_data, modelopt))
+def _builtin_params(name: str) -> type[MethodParams]:
+    from trtllm_forge.quant import params
+
+    models: dict[str, type[MethodParams]] = {
+        "none": params.NoneParams,
+        "int8_wo": params.Int8WoParams,
+        "int4_wo": params.Int4WoParams,
+        "smoothquant": params.SmoothQuantParams,
+        "awq": params.AwqParams,
+        "gptq": params.GptqParams,
+        "fp8": params.Fp8Params,
+    }
+    return models[name]
 
 
-_builtin("none", p.NoneParams, needs_data=False, modelopt=False)
-_builtin("int8_wo", p.Int8WoParams, needs_data=False, modelopt=False)
-_builtin("int4_wo", p.Int4WoParams, needs_data=False, modelopt=False)
-_builtin("smoothquant", p.SmoothQuantParams, needs_data=True, modelopt=True)
-_builtin("awq", p.AwqParams, needs_data=True, modelopt=True)
-_builtin("gptq", p.GptqParams, needs_data=True, modelopt=False)
-_builtin("fp8", p.Fp8Params, needs_data=True, modelopt=True)
-_builtin("fp8_block", p.Fp8BlockParams, needs_data=False, modelopt=False)
-_builtin("nvfp4", p.NvFp4Params, needs_data=True, modelopt=True)
-_builtin("w4a8_awq", p.W4A8AwqParams, needs_data=True, modelopt=True)
+def _builtin(name: str, *, needs_data: bool, modelopt: bool) -> None:
+    loaders = partial(_builtin_params, name), partial(_builtin_algorithm, name)
+    register(MethodInfo(name, *loaders, needs_data, modelopt))
+
+
+def _declared_params(record: Method) -> type[MethodParams]:
+    from trtllm_forge.quant.params import model_of
+
+    return model_of(record)
+
+
+def _module(module: ModuleType) -> ModuleType:
+    return module
+
+
+# The methods declared in their own module, in docs/outputs.md's table order. Their
+# modules import no torch at import time (the algorithm and the hooks import it).
+METHOD_MODULES: tuple[ModuleType, ...] = (fp8_block, nvfp4, w4a8_awq)
+
+
+def declared_methods() -> list[Method]:
+    """The records of the methods declared in their own module (METHOD_MODULES order)."""
+    return [module.METHOD for module in METHOD_MODULES]
+
+
+def _declared(module: ModuleType) -> None:
+    record: Method = module.METHOD
+    loaders = partial(_declared_params, record), partial(_module, module)
+    register(MethodInfo(record.name, *loaders, record.needs_data, record.uses_modelopt, record))
+
+
+_builtin("none", needs_data=False, modelopt=False)
+_builtin("int8_wo", needs_data=False, modelopt=False)
+_builtin("int4_wo", needs_data=False, modelopt=False)
+_builtin("smoothquant", needs_data=True, modelopt=True)
+_builtin("awq", needs_data=True, modelopt=True)
+_builtin("gptq", needs_data=True, modelopt=False)
+_builtin("fp8", needs_data=True, modelopt=True)
+for _module_of_method in METHOD_MODULES:
+    _declared(_module_of_method)

@@ -114,7 +114,7 @@ def quantized_tensors(
     algo = spec.quant_algo
     if algo is None:
         return {}
-    build = formats.BUILDERS[algo]
+    build = formats.builder(algo)
     out: dict[str, torch.Tensor] = {}
     for module, lq in fused.items():
         for param, tensor in build(lq, _is_row(module), dtype).items():

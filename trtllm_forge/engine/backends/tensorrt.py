@@ -43,7 +43,6 @@ INSTALL_HINT = (
     "install TensorRT 10.8+ from NVIDIA's index (pip install --extra-index-url "
     "https://pypi.nvidia.com tensorrt) on a machine with a CUDA GPU, or use backend onnxruntime"
 )
-FP8_ALGOS = ("FP8", "FP8_PER_CHANNEL_PER_TOKEN", "FP8_BLOCK_SCALES", "W4A8_AWQ", "NVFP4")
 Shape = tuple[int, ...]
 
 _NO_PROGRESS = NullProgress()
@@ -117,7 +116,12 @@ def wants_strongly_typed(model: ModelSpec, options: BuildOptions) -> bool:
     """Strongly typed networks for FP8 (as trtllm-build forces), unless the caller decides."""
     if options.strongly_typed is not None:
         return options.strongly_typed
-    return model.quant_algo in FP8_ALGOS or model.kv_cache_quant_algo == "FP8"
+    if model.kv_cache_quant_algo == "FP8":
+        return True
+    from trtllm_forge.quant import records  # the format records say which formats need it
+
+    fmt = records.by_trtllm_algo(model.quant_algo)
+    return fmt is not None and fmt.strongly_typed
 
 
 def build(

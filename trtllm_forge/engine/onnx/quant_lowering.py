@@ -3,20 +3,19 @@
 Registered into the engine's hook tables (``engine.onnx.hooks``) on import; the
 engine imports this module the first time it meets a quantized checkpoint.
 Each lowering reads every tensor its module stores (the build fails on unread
-tensors) and returns ``x @ W.T`` without bias, in the compute type.
+tensors) and returns ``x @ W.T`` without bias, in the compute type. A format declared in
+its method's module brings its lowering in its record (``onnx_lowering``), built from
+the primitives of :class:`Ops`; the table below is the built-in formats'.
 
 =====================================  ======================================================
 quant_algo                             graph
 =====================================  ======================================================
 W8A16                                  DQ(int8 Wᵀ, per-column scale) → MatMul
 W4A16_AWQ                              [x·pre_quant_scale] → MatMul(DQ(int4 Wᵀ, blocked scale))
-W4A8_AWQ                               x·pqs → Q/DQ fp8 (static) → MatMul(Q/DQ fp8(DQ(int4 Wᵀ)))
 W8A8_SQ_PER_CHANNEL                    x·pqs → Q/DQ int8 (static scale) → MatMul(DQ(int8 Wᵀ))
 W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN   [x ÷ smoother] → Q/DQ int8 per token → MatMul(DQ(int8 Wᵀ))
 FP8                                    Q/DQ fp8 (static) → MatMul(DQ(fp8 Wᵀ, scalar))
 FP8_PER_CHANNEL_PER_TOKEN              Q/DQ fp8 per token → MatMul(DQ(fp8 Wᵀ, per column))
-FP8_BLOCK_SCALES                       Q/DQ fp8 per (token, b channels) → MatMul(DQ(fp8 Wᵀ,
-                                       blocked along in, b×b tile scales))
 kv_cache INT8 / FP8                    Q/DQ of new K and V with ``kv_cache_scaling_factor``
 =====================================  ======================================================
 
@@ -28,6 +27,8 @@ on ONNX Runtime's CPU provider (checked by the tests).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
 from onnx import TensorProto
@@ -35,12 +36,16 @@ from onnx import TensorProto
 from trtllm_forge.checkpoint.layout import parse_name
 from trtllm_forge.engine.onnx.context import LoweringContext
 from trtllm_forge.engine.onnx.hooks import (
+    LinearLowering,
     LinearSite,
     register_kv_cache_lowering,
     register_linear_lowering,
 )
-from trtllm_forge.quant import layout
+from trtllm_forge.quant import layout, records
 from trtllm_forge.quant.targets import SMOOTHING_NORMS
+
+if TYPE_CHECKING:
+    from trtllm_forge.quant.record_types import OnnxLowering
 
 _INT8, _FP8 = TensorProto.INT8, TensorProto.FLOAT8E4M3FN
 # Smallest per-token scale: an all-zero token quantizes to 0 with any positive scale.
@@ -128,16 +133,6 @@ def w4a16_groupwise(ctx: LoweringContext, site: LinearSite, x: str) -> str:
     return _matmul(ctx, site, x, _int4_groups(ctx, site))
 
 
-def w4a8_awq(ctx: LoweringContext, site: LinearSite, x: str) -> str:
-    x = _mul_input(ctx, site, x, "prequant_scaling_factor")
-    act = _scale_flat(ctx, f"{site.module}.activation_scaling_factor", ())
-    x = _qdq_static(ctx, x, act, _FP8, f"{site.module}.act")
-    # The INT4 groups run as FP8: Q/DQ of the dequantized weight with the FP8 tensor scale.
-    fp8_scale = _scale_flat(ctx, f"{site.module}.weights_scaling_factor_2", ())
-    w = _qdq_static(ctx, _int4_groups(ctx, site), fp8_scale, _FP8, f"{site.module}.w_fp8")
-    return _matmul(ctx, site, x, w)
-
-
 def _int4_groups(ctx: LoweringContext, site: LinearSite) -> str:
     """Dequantized ``Wᵀ`` [in, out] from packed INT4 and its group scales (blocked DQ)."""
     values = layout.unpack_int4_rows(ctx.weights.get(f"{site.module}.weight"))  # [out, in]
@@ -211,20 +206,56 @@ def _qdq_per_group(
     return g.op("DequantizeLinear", [q, scale], f"{hint}.dq", axis=-1, block_size=group)
 
 
-def fp8_blocks(ctx: LoweringContext, site: LinearSite, x: str) -> str:
-    tiles = ctx.weights.get(f"{site.module}.weights_scaling_factor").float()  # [out/b, in/b]
-    block = site.in_features // tiles.shape[1]
-    x = _qdq_per_group(ctx, x, layout.FP8_MAX, _FP8, f"{site.module}.act", block)
-    # Blocked DQ is one-dimensional: along Wᵀ's input axis, each tile's scale repeated
-    # over the tile's output columns ([in/b, out]) — the same numbers, exactly.
-    per_column = tiles.t().repeat_interleave(site.out_features // tiles.shape[0], dim=1)
-    scale = ctx.constant_weight(f"{site.module}.weights_scaling_factor", per_column.contiguous())
-    stored = ctx.weights.get(f"{site.module}.weight")
-    value = ctx.graph.weight(f"{site.module}.weight", stored.t().contiguous())
-    w = ctx.graph.op(
-        "DequantizeLinear", [value, scale], f"{site.module}.w_dq", axis=0, block_size=block
-    )
-    return _matmul(ctx, site, x, w)
+class Ops:
+    """The primitives a format record's lowering (``record_types.OnnxOps``) builds one
+    quantized linear with; names are prefixed with the module's, as the built-in ones'."""
+
+    _DTYPES = {"fp8": _FP8, "int8": _INT8}
+
+    def __init__(self, ctx: LoweringContext, site: LinearSite) -> None:
+        self._ctx, self._site = ctx, site
+        self.in_features, self.out_features = site.in_features, site.out_features
+
+    def tensor(self, param: str) -> torch.Tensor:
+        return self._ctx.weights.get(f"{self._site.module}.{param}")
+
+    def constant(self, param: str, value: torch.Tensor) -> str:
+        return self._ctx.constant_weight(f"{self._site.module}.{param}", value)
+
+    def scalar(self, param: str) -> str:
+        return _scale_flat(self._ctx, f"{self._site.module}.{param}", ())
+
+    def stored_weight_t(self) -> str:
+        """The stored (8-bit) weight as an initializer, transposed to ``[in, out]``."""
+        stored = self.tensor("weight")
+        return self._ctx.graph.weight(f"{self._site.module}.weight", stored.t().contiguous())
+
+    def mul_input(self, x: str, param: str) -> str:
+        return _mul_input(self._ctx, self._site, x, param)
+
+    def qdq_static(self, x: str, scale: str, dtype: str, hint: str) -> str:
+        return _qdq_static(self._ctx, x, scale, self._DTYPES[dtype], f"{self._site.module}.{hint}")
+
+    def qdq_per_group(self, x: str, group: int, dtype: str, hint: str) -> str:
+        qmax = layout.FP8_MAX if dtype == "fp8" else layout.INT8_MAX
+        name = f"{self._site.module}.{hint}"
+        return _qdq_per_group(self._ctx, x, qmax, self._DTYPES[dtype], name, group)
+
+    def int4_groups(self) -> str:
+        return _int4_groups(self._ctx, self._site)
+
+    def op(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
+        return self._ctx.graph.op(op_type, inputs, f"{self._site.module}.{hint}", **attrs)
+
+    def matmul(self, x: str, w: str) -> str:
+        return _matmul(self._ctx, self._site, x, w)
+
+
+def _record_lowering(lower: OnnxLowering) -> LinearLowering:
+    def lowering(ctx: LoweringContext, site: LinearSite, x: str) -> str:
+        return lower(Ops(ctx, site), x)
+
+    return lowering
 
 
 def _kv_cache(dtype: int):  # type: ignore[no-untyped-def]
@@ -245,15 +276,16 @@ def _kv_cache(dtype: int):  # type: ignore[no-untyped-def]
 LINEAR = {
     "W8A16": w8a16,
     "W4A16_AWQ": w4a16_groupwise,
-    "W4A8_AWQ": w4a8_awq,
     "W8A8_SQ_PER_CHANNEL": sq_per_channel,
     "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": sq_per_token,
     "FP8": fp8_per_tensor,
     "FP8_PER_CHANNEL_PER_TOKEN": fp8_per_channel,
-    "FP8_BLOCK_SCALES": fp8_blocks,
 }
 
 for _algo, _fn in LINEAR.items():
     register_linear_lowering(_algo, _fn)
+for _fmt in records.FORMATS.values():
+    if _fmt.onnx_lowering is not None:
+        register_linear_lowering(_fmt.trtllm_algo, _record_lowering(_fmt.onnx_lowering))
 register_kv_cache_lowering("INT8", _kv_cache(_INT8))
 register_kv_cache_lowering("FP8", _kv_cache(_FP8))
