@@ -78,3 +78,13 @@ def test_records_import_without_torch() -> None:
     code = "import sys, trtllm_forge.quant.records; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_weight_bits_come_from_the_records() -> None:
+    from trtllm_forge.pipeline.estimate import WEIGHT_BITS
+
+    assert records.weight_bits("none", {}) is None
+    # The plan-time size estimate's table agrees with the formats' records.
+    for method in names():
+        if method != "none":
+            assert records.weight_bits(method, {}) == WEIGHT_BITS[method], method

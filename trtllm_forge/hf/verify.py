@@ -28,8 +28,8 @@ GREEDY_BATCH = 8  # prompts decoded together, by the reference and the folder's 
 
 
 def load_folder_model(folder: Path) -> Any:
-    """The folder's model on the CPU (float32; NVFP4 compressed-tensors: bfloat16), through
-    the loader its format has."""
+    """The folder's model on the CPU (float32, unless the format's compressed-tensors
+    decompression needs another dtype), through the loader its format has."""
     import torch
 
     info = describe(folder)
@@ -39,9 +39,12 @@ def load_folder_model(folder: Path) -> Any:
         return load_modelopt_model(folder)
     import transformers
 
-    # compressed-tensors 0.20 unpacks NVFP4 weights to bfloat16 whatever the model's dtype
-    # (a float32 model then fails in its first GEMM), so NVFP4 folders run in bfloat16.
-    dtype = torch.bfloat16 if info.quant_algo == "NVFP4" else torch.float32
+    from trtllm_forge.quant.records import FORMATS, CompressedTensors
+
+    # Some formats decompress only in one dtype (the format record's load_dtype).
+    mapping = FORMATS[info.quant_algo].compressed_tensors if info.quant_algo in FORMATS else None
+    load = mapping.load_dtype if isinstance(mapping, CompressedTensors) else None
+    dtype = getattr(torch, load) if load else torch.float32
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     model.train(False)
     return model

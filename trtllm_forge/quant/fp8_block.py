@@ -174,7 +174,7 @@ FORMAT = QuantFormat(
         ("weight", "weight_scale"),
         linear_tensors=_compressed_tensors,
     ),
-    activations="per_group_fp8",
+    activations="own",
     trtllm_build=NotCarried(
         "TensorRT-LLM's TensorRT-engine path handles FP8_BLOCK_SCALES only partly "
         "(a PyTorch-backend algo; docs/trtllm-checkpoint.md §2), so forge writes no "

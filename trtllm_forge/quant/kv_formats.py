@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trtllm_forge.quant.record_types import FP4_GROUP_ARGS, NotCarried
+from trtllm_forge.quant.nvfp4 import CT_ARGS as NVFP4_CT_ARGS
+from trtllm_forge.quant.record_types import NotCarried
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ KV_FORMATS: dict[str, KvFormat] = {
         "NVFP4",
         448.0,
         "NVFP4",
-        {**FP4_GROUP_ARGS, "group_size": 16, "dynamic": "local"},
+        {**NVFP4_CT_ARGS, "group_size": 16, "dynamic": "local"},
         onnx=NotCarried(
             "ONNX Runtime 1.31's CPU provider has no QuantizeLinear to FLOAT4E2M1 (opset "
             "23-25: NOT_IMPLEMENTED), so an NVFP4 KV cache cannot be Q/DQ'd; the Hugging Face "

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.quant.record_types import (
-    FP4_GROUP_ARGS,
     CompressedTensors,
     Method,
     ModelOpt,
@@ -36,22 +35,29 @@ if TYPE_CHECKING:
     from torch import nn
 
     from trtllm_forge.quant.calibration import CalibrationData
-    from trtllm_forge.quant.params import MethodParams
     from trtllm_forge.quant.record_types import Tensors, TensorSource
     from trtllm_forge.quant.result import LinearQuant, QuantResult
 
 _NO_PROGRESS = NullProgress()
 BLOCK = 16  # E2M1 values sharing one FP8 scale (quant/layout.py: NVFP4_BLOCK)
+# compressed-tensors' QuantizationArgs of NVFP4 numbers (the KV cache's too, kv_formats.py).
+CT_ARGS: dict[str, Any] = {
+    "num_bits": 4,
+    "type": "float",
+    "symmetric": True,
+    "strategy": "tensor_group",
+    "scale_dtype": "torch.float8_e4m3fn",  # block scales (activations: computed) are FP8
+}
 
 
-def _quantization_fields(params: MethodParams) -> dict[str, Any]:
+def _quantization_fields(params: object) -> dict[str, Any]:
     return {"group_size": BLOCK}
 
 
 def quantize_model(
     model: nn.Module,
     data: CalibrationData | None,
-    params: MethodParams,
+    params: object,
     targets: list[str],
     progress: Progress = _NO_PROGRESS,
 ) -> QuantResult:
@@ -65,7 +71,7 @@ def quantize_model(
 
 
 def modelopt_config(
-    params: MethodParams, targets: list[str], progress: Progress = _NO_PROGRESS
+    params: object, targets: list[str], progress: Progress = _NO_PROGRESS
 ) -> dict[str, Any]:
     """The ModelOpt config forge calibrates with (tests hand it to ModelOpt's exporter too)."""
     from trtllm_forge.quant import modelopt_glue
@@ -161,13 +167,17 @@ FORMAT = QuantFormat(
     ),
     compressed_tensors=CompressedTensors(
         "nvfp4-pack-quantized",
-        {**FP4_GROUP_ARGS, "dynamic": False},
-        {**FP4_GROUP_ARGS, "dynamic": "local"},
+        {**CT_ARGS, "dynamic": False},
+        {**CT_ARGS, "dynamic": "local"},
         ("weight_packed", "weight_scale", "weight_global_scale", "input_global_scale"),
         linear_tensors=_compressed_tensors,
         group_size=BLOCK,
+        # compressed-tensors 0.20 unpacks NVFP4 weights to bfloat16 whatever the model's
+        # dtype (a float32 model then fails in its first GEMM).
+        load_dtype="bfloat16",
     ),
-    activations="nvfp4",
+    activations="own",
+    weight_bits=4,
     trtllm_share_input=True,
     onnx=NotCarried(
         "ONNX Runtime 1.31's CPU provider has no QuantizeLinear to FLOAT4E2M1 "

@@ -76,15 +76,9 @@ if TYPE_CHECKING:
     OnnxLowering = Callable[[OnnxOps, str], str]
 
 Target = Literal["modelopt", "compressed-tensors"]
-Activations = Literal[
-    "none",
-    "static_int8",
-    "static_fp8",
-    "per_token_int8",
-    "per_token_fp8",
-    "per_group_fp8",
-    "nvfp4",
-]
+# What happens to a quantized linear's input, as the generic fake quant and lowering
+# implement it; "own": the record's fake_input and onnx_lowering (or onnx refusal) do.
+Activations = Literal["none", "static_int8", "static_fp8", "per_token_int8", "per_token_fp8", "own"]
 TARGETS: tuple[Target, ...] = ("modelopt", "compressed-tensors")
 
 
@@ -109,7 +103,7 @@ class ModelOpt:
         fold_pre_quant_scale: the shared pre-quant scale of q/k/v and gate/up is folded
             into the norm before them (AWQ); o_proj/down_proj keep theirs.
         group_fields: whether ``group_size``/``has_zero_point``/``pre_quant_scale`` are written.
-        block_size: a fixed ``group_size`` written alone (NVFP4's 16), or None.
+        block_size: a fixed ``group_size`` written alone (the format's block), or None.
         linear_tensors: builds the linear's tensors (``input_scale`` of static-range
             activations and ``pre_quant_scale`` are added by the writer unless the hook
             wrote them); None: ``hf/modelopt_target.py``'s built-in formats.
@@ -134,7 +128,8 @@ class CompressedTensors:
     ``weights`` / ``input_activations`` are ``QuantizationArgs`` fields; ``group_size``
     and ``actorder`` are filled from the method's parameters, or ``group_size`` is the
     format's fixed one. ``linear_tensors`` builds the linear's tensors (None:
-    ``hf/ct_target.py``'s built-in formats).
+    ``hf/ct_target.py``'s built-in formats). ``load_dtype``: the dtype a folder must be
+    loaded in for compressed-tensors' decompression to run (None: float32).
     """
 
     format: str
@@ -143,6 +138,7 @@ class CompressedTensors:
     tensors: tuple[str, ...]
     linear_tensors: HfTensors | None = None
     group_size: int | None = None
+    load_dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +156,8 @@ class QuantFormat:
         modelopt / compressed_tensors: the HF targets' mapping, or why not.
         activations: what happens to a quantized linear's input (fake quant, lowering):
             ``none``, ``static_int8``, ``static_fp8``, ``per_token_int8``, ``per_token_fp8``,
-            ``per_group_fp8`` (dynamic, per token and block of input channels).
+            or ``own`` (the record's ``fake_input`` and ``onnx_lowering`` quantize it).
+        weight_bits: bits per stored weight value (scales apart), for size estimates.
         trtllm_share_input: in the canonical checkpoint, fc and gate (one input) share
             input-side quantities — FP8 because TensorRT-LLM fuses the two GEMMs, the
             SmoothQuant plugin because one norm carries the smoothing for both.
@@ -186,6 +183,7 @@ class QuantFormat:
     modelopt: ModelOpt | NotCarried
     compressed_tensors: CompressedTensors | NotCarried
     activations: Activations = "none"
+    weight_bits: int = 8
     trtllm_share_input: bool = False
     folds_smoothing_into_norm: bool = False
     onnx: NotCarried | None = None
@@ -243,13 +241,6 @@ class Method:
 
 # compressed-tensors QuantizationArgs shared by several formats.
 FP8_ARGS: Mapping[str, Any] = {"num_bits": 8, "type": "float", "symmetric": True}
-FP4_GROUP_ARGS: Mapping[str, Any] = {
-    "num_bits": 4,
-    "type": "float",
-    "symmetric": True,
-    "strategy": "tensor_group",
-    "scale_dtype": "torch.float8_e4m3fn",  # block scales (activations: computed) are FP8
-}
 PRE_QUANT_IN_CT = (
     "compressed-tensors has no per-input-channel activation scale: the pre-quant scale of "
     "o_proj/down_proj (whose inputs have no norm to fold it into) cannot be stored"

@@ -10,8 +10,8 @@ which the plan-time check quotes when a recipe asks for the impossible.
 Nothing here imports torch: ``forge plan`` refuses an uncarriable recipe from
 these records alone. The record types are quant/record_types.py's; the KV-cache formats
 quant/kv_formats.py's. A method declared in its own module (quant/registry.py's
-``METHOD_MODULES``: fp8_block, nvfp4, w4a8_awq) brings its format record, with the
-hooks the generic modules call, and :data:`FORMATS` takes it from there. The formats
+``METHOD_MODULES``) brings its format record, with the hooks the generic modules call,
+and :data:`FORMATS` takes it from there. The formats
 below are the methods not yet moved to their module: their tensors are still built by
 name in ``quant/formats.py`` (TensorRT-LLM), ``hf/modelopt_target.py`` and
 ``hf/ct_target.py``, their fake quant in ``quant/fakequant.py``, their ONNX lowering in
@@ -58,6 +58,7 @@ _BUILT_IN: tuple[QuantFormat, ...] = (
         packing="two int4 output rows per byte, low nibble = even row",
         trtllm_tensors=("weight I8 [out/2,in]", "weights_scaling_factor F32 [out,in/g]"),
         strongly_typed=False,
+        weight_bits=4,
         modelopt=ModelOpt("W4A16_AWQ", ("weight_scale",), group_fields=True),
         compressed_tensors=CompressedTensors(
             "pack-quantized", _INT4_GROUP, None, ("weight_packed", "weight_scale")
@@ -74,6 +75,7 @@ _BUILT_IN: tuple[QuantFormat, ...] = (
             "prequant_scaling_factor dtype [in]",
         ),
         strongly_typed=False,
+        weight_bits=4,
         modelopt=ModelOpt(
             "W4A16_AWQ",
             ("weight_scale", "pre_quant_scale"),
@@ -193,6 +195,12 @@ def format_name(method: str, quant: dict[str, Any]) -> str | None:
             return "FP8_PER_CHANNEL_PER_TOKEN"
         return "FP8"
     raise KeyError(f"no format record for method {method!r}")
+
+
+def weight_bits(method: str, quant: dict[str, Any]) -> int | None:
+    """Bits per stored linear weight value of a recipe's quantization (None: unquantized)."""
+    name = format_name(method, quant)
+    return None if name is None else FORMATS[name].weight_bits
 
 
 def by_trtllm_algo(algo: str | None) -> QuantFormat | None:

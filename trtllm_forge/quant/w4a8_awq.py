@@ -181,6 +181,7 @@ FORMAT = QuantFormat(
     ),
     compressed_tensors=NotCarried(PRE_QUANT_IN_CT),
     activations="static_fp8",
+    weight_bits=4,
     trtllm_writer=_trtllm,
     fake_weight=_fake_weight,
     onnx_lowering=_onnx,
