@@ -1,6 +1,6 @@
-"""The model registry's entry-point scan finds exactly what importlib.metadata finds,
-while parsing only the distributions that name the group (issue 11: the full scan ran
-on every `forge` start)."""
+"""The registries' entry-point scan (plugin_hooks.entry_points_in) finds exactly what
+importlib.metadata finds, while parsing only the distributions that name the group
+(issue 11: the full scan ran on every `forge` start)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trtllm_forge.models.registry import PLUGIN_GROUP, _entry_points
+from trtllm_forge.plugin_hooks import PLUGIN_GROUP
+from trtllm_forge.plugin_hooks import entry_points_in as _entry_points
 
 
 def _triples(found: object) -> list[tuple[str, str, str]]:

@@ -29,7 +29,8 @@ PACKAGE = "trtllm_forge"
 # "" is the package's own __init__.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # What everything may use: errors, settings, fault points, extension hooks, data files.
-    # rules: the cross-field rules between recipe settings and model sizes (numbers only).
+    # rules: the cross-field rules between recipe settings and model sizes (numbers only);
+    # registry: the one registry type every extension point uses.
     (
         "",
         "errors",
@@ -38,6 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "thirdparty",
         "context",
         "plugin_hooks",
+        "registry",
         "exporters",
         "rules",
     ),

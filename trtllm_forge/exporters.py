@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trtllm_forge.errors import dependency_error, recipe_error
+from trtllm_forge.errors import ForgeError, dependency_error
+from trtllm_forge.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -66,40 +67,25 @@ def materialize(src: Path, dest: Path) -> list[str]:
 KNOWN_PLUGINS = {"triton": "triton"}
 
 
-class ExporterRegistry:
-    kind = "exporters"
+class ExporterRegistry(Registry[Exporter]):
+    """Exporter name -> exporter (trtllm_forge/registry.py); plugins register theirs."""
 
     def __init__(self, *, plugin_group: str | None = None) -> None:
-        self._exporters: dict[str, Exporter] = {}
-        self._plugin_group = plugin_group
-        self._plugins_loaded = plugin_group is None
+        super().__init__("exporters", "exporter", plugin_group=plugin_group)
 
     def register(self, name: str, exporter: Exporter) -> None:
-        existing = self._exporters.get(name)
-        if existing is not None and existing is not exporter:
-            raise recipe_error(
-                f"exporter {name!r} is registered twice",
-                hint="uninstall one of the plugins that provide it",
-            )
-        self._exporters[name] = exporter
+        self.add(name, exporter)
 
-    def get(self, name: str) -> Exporter:
-        if name not in self._exporters and not self._plugins_loaded:
-            from trtllm_forge.plugin_hooks import load_plugin_hooks
-
-            self._plugins_loaded = True
-            load_plugin_hooks(self, self._plugin_group or "")
-        exporter = self._exporters.get(name)
-        if exporter is not None:
-            return exporter
+    def unknown(self, name: str) -> ForgeError:
+        """A first-party plugin's exporter names the extra that installs it."""
         extra = KNOWN_PLUGINS.get(name)
-        if extra is not None:
-            raise dependency_error(
-                f"`forge export {name}` needs the {name} plugin, which is not installed",
-                hint=f"pip install 'trtllm-forge[{extra}]' (from a checkout: "
-                f"pip install -e plugins/forge-{extra})",
-            )
-        raise recipe_error(f"no exporter named {name!r}")
+        if extra is None:
+            return super().unknown(name)
+        return dependency_error(
+            f"`forge export {name}` needs the {name} plugin, which is not installed",
+            hint=f"pip install 'trtllm-forge[{extra}]' (from a checkout: "
+            f"pip install -e plugins/forge-{extra})",
+        )
 
 
 _REGISTRY: ExporterRegistry | None = None

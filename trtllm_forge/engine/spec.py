@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trtllm_forge.checkpoint.config import ModelSpec, model_spec, read_config
+from trtllm_forge.checkpoint.config import (
+    ModelSpec as ModelSpec,  # re-exported: engine code reads it here
+)
+from trtllm_forge.checkpoint.config import model_spec, read_config
 from trtllm_forge.errors import ExitCode, ForgeError, recipe_error, source_error
 from trtllm_forge.rules import pp_misfit, tp_misfit
 

@@ -16,23 +16,17 @@ a tenth of a no-op `forge build` (docs/performance.md).
 from __future__ import annotations
 
 import functools
-import os
-import re
-import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from trtllm_forge.errors import ExitCode, ForgeError
 from trtllm_forge.models.base import Family
+from trtllm_forge.plugin_hooks import PLUGIN_GROUP
+from trtllm_forge.registry import Registry
 
-PLUGIN_GROUP = "trtllm_forge.plugins"
 
-
-class FamilyRegistry:
-    """Name -> family map with loud misses (the valid names are listed)."""
-
-    kind = "models"
+class FamilyRegistry(Registry[Family]):
+    """HF architecture -> family (trtllm_forge/registry.py), with loud misses."""
 
     def __init__(
         self,
@@ -40,133 +34,28 @@ class FamilyRegistry:
         plugin_group: str | None = PLUGIN_GROUP,
         deferred: Mapping[str, Callable[[], Family]] | None = None,
     ) -> None:
-        self._by_arch: dict[str, Family] = {}
-        # Architecture -> the function importing its family's module, called on lookup.
-        self._deferred = dict(deferred or {})
-        self._plugin_group = plugin_group
-        self._plugins_loaded = plugin_group is None
+        super().__init__("models", "architecture", plugin_group=plugin_group, deferred=deferred)
 
     def register(self, family: Family) -> Family:
+        """A plugin's (or a test's) family, under each architecture it converts."""
         for arch in family.architectures:
-            existing = self._by_arch.get(arch) or self._load_deferred(arch)
-            if existing is not None and existing is not family:
-                raise ForgeError(
-                    ExitCode.RECIPE,
-                    f"architecture {arch!r} is registered twice "
-                    f"({type(existing).__name__} and {type(family).__name__})",
-                    hint="uninstall one of the plugins that provide it",
-                )
-            self._by_arch[arch] = family
+            self.add(arch, family)
         return family
 
-    def names(self) -> list[str]:
-        self._load_plugins()
-        return sorted(self._by_arch.keys() | self._deferred.keys())
-
-    def knows(self, architecture: str) -> bool:
-        """``architecture in names()``, loading plugins only when no built-in has it."""
-        if architecture in self._by_arch or architecture in self._deferred:
-            return True
-        return architecture in self.names()
-
-    def get(self, architecture: str) -> Family:
-        family = self._by_arch.get(architecture) or self._load_deferred(architecture)
-        if family is None:
-            self._load_plugins()
-            family = self._by_arch.get(architecture)
-        if family is None:
-            raise self._unknown(architecture)
-        return family
-
-    def _load_deferred(self, architecture: str) -> Family | None:
-        load = self._deferred.pop(architecture, None)
-        if load is None:
-            return None
-        family = load()
-        self._by_arch[architecture] = family
-        return family
-
-    def _unknown(self, architecture: str) -> ForgeError:
+    def unknown(self, name: str) -> ForgeError:
         """A model forge cannot convert is a recipe/model choice (exit 2), not an
         unavailable source. A close name is suggested only for what looks like a typo:
         "Gemma3nForCausalLM → did you mean Gemma3ForCausalLM?" helps nobody."""
         import difflib  # only a miss needs it
 
         names = self.names()
-        close = difflib.get_close_matches(architecture, names, n=1)
-        maybe = f" (did you mean {close[0]}?)" if close and not _is_real(architecture) else ""
+        close = difflib.get_close_matches(name, names, n=1)
+        maybe = f" (did you mean {close[0]}?)" if close and not _is_real(name) else ""
         return ForgeError(
             ExitCode.RECIPE,
-            f"forge cannot convert model architecture {architecture!r}{maybe}",
+            f"forge cannot convert model architecture {name!r}{maybe}",
             hint=f"supported architectures: {', '.join(names)} (docs/models.md)",
         )
-
-    def _load_plugins(self) -> None:
-        if self._plugins_loaded:
-            return
-        self._plugins_loaded = True
-        for entry_point in _entry_points(self._plugin_group or ""):
-            self._run_plugin(entry_point.name, entry_point.load)
-
-    def _run_plugin(self, name: str, load: Callable[[], Any]) -> None:
-        try:
-            hook = load()
-            hook(self)
-        except ForgeError:
-            raise
-        except Exception as exc:  # a third-party plugin failing is the user's environment
-            raise ForgeError(
-                ExitCode.DEPENDENCY,
-                f"plugin {name!r} ({PLUGIN_GROUP}) failed to load: {exc}",
-                hint="fix or uninstall the plugin package",
-            ) from exc
-
-
-def _entry_points(group: str) -> Iterable[Any]:
-    """The entry points installed distributions declare in ``group``, as
-    ``importlib.metadata.entry_points(group=group)`` finds them.
-
-    importlib.metadata parses every distribution's entry_points.txt to answer, and every
-    `forge` run asks (the source check looks the model's architecture up by name), so
-    the cost grew with the venv. Here only the files that name the group are parsed;
-    the first distribution of a name on sys.path hides later ones, as there.
-    """
-    from importlib.metadata import PathDistribution
-
-    header = f"[{group}]".encode()
-    found: list[Any] = []
-    seen: set[str] = set()
-    for folder in _distribution_folders():
-        name = _normalized_name(os.path.basename(folder))
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            with open(os.path.join(folder, "entry_points.txt"), "rb") as declared:
-                named = header in declared.read()
-        except OSError:
-            continue
-        if named:
-            found.extend(PathDistribution(Path(folder)).entry_points.select(group=group))
-    return found
-
-
-def _distribution_folders() -> Iterator[str]:
-    """Every ``*.dist-info`` / ``*.egg-info`` folder on sys.path, in path order."""
-    for entry in sys.path:
-        try:
-            children = list(os.scandir(entry or "."))
-        except OSError:  # a missing folder or a zip file: no folders of metadata here
-            continue
-        for child in children:
-            if child.name.endswith((".dist-info", ".egg-info")) and child.is_dir():
-                yield child.path
-
-
-def _normalized_name(folder: str) -> str:
-    """``Foo.Bar-1.0.dist-info`` → ``foo_bar`` (the name importlib.metadata compares)."""
-    stem = folder.rpartition(".")[0]
-    return re.sub(r"[-_.]+", "_", stem.partition("-")[0]).lower()
 
 
 # One function per built-in family module, importing it on first use (cached: a family

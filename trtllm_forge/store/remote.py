@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from trtllm_forge.errors import ExitCode, ForgeError, dependency_error, recipe_error
+from trtllm_forge.errors import ForgeError, dependency_error, recipe_error
+from trtllm_forge.registry import Registry
 from trtllm_forge.store.remote_backend import (
     BackendFactory,
     RemoteBackend,
@@ -85,59 +86,38 @@ def valid_ref(stage: object, key: object) -> bool:
 
 
 # -- backend lookup ---------------------------------------------------------------
-class RemoteRegistry:
-    """URL scheme -> backend factory; plugins register through the entry-point group."""
-
-    kind = "remotes"
+class RemoteRegistry(Registry[BackendFactory]):
+    """URL scheme -> backend factory (trtllm_forge/registry.py); plugins register theirs
+    through the entry-point group, and fsspec serves the schemes it implements."""
 
     def __init__(self, *, plugin_group: str | None = None) -> None:
-        self._factories: dict[str, BackendFactory] = {}
-        self._plugin_group = plugin_group
-        self._plugins_loaded = plugin_group is None
+        super().__init__("remotes", "remote scheme", plugin_group=plugin_group)
 
     def register(self, scheme: str, factory: BackendFactory) -> None:
-        existing = self._factories.get(scheme)
-        if existing is not None and existing is not factory:
-            raise ForgeError(
-                ExitCode.RECIPE,
-                f"remote scheme {scheme!r} is registered twice",
-                hint="uninstall one of the plugins that provide it",
-            )
-        self._factories[scheme] = factory
+        self.add(scheme, factory)
 
     def schemes(self) -> list[str]:
-        self._load_plugins()
-        return sorted(self._factories)
+        return self.names()
 
-    def get(self, scheme: str) -> BackendFactory:
-        if scheme not in self._factories:
-            self._load_plugins()
-        factory = self._factories.get(scheme)
-        if factory is not None:
-            return factory
-        extra = KNOWN_PLUGINS.get(scheme)
+    def fallback(self, name: str) -> BackendFactory | None:
+        if name in KNOWN_PLUGINS:  # a first-party plugin's scheme: install it, not fsspec
+            return None
+        from trtllm_forge.store.remote_fsspec import FsspecRemote, fsspec_protocol_known
+
+        return FsspecRemote if fsspec_protocol_known(name) else None  # gs://, az://, sftp://…
+
+    def unknown(self, name: str) -> ForgeError:
+        extra = KNOWN_PLUGINS.get(name)
         if extra is not None:
-            raise dependency_error(
-                f"FORGE_REMOTE uses {scheme}://, whose backend is not installed",
+            return dependency_error(
+                f"FORGE_REMOTE uses {name}://, whose backend is not installed",
                 hint=f"pip install 'trtllm-forge[{extra}]' (from a checkout: "
                 f"pip install -e plugins/forge-{extra})",
             )
-        from trtllm_forge.store.remote_fsspec import FsspecRemote, fsspec_protocol_known
-
-        if fsspec_protocol_known(scheme):  # gs://, az://, sftp://… through fsspec
-            return FsspecRemote
-        raise recipe_error(
-            f"FORGE_REMOTE scheme {scheme!r} is not supported",
+        return recipe_error(
+            f"FORGE_REMOTE scheme {name!r} is not supported",
             hint=f"supported: {', '.join(s + '://' for s in self.schemes())}",
         )
-
-    def _load_plugins(self) -> None:
-        if self._plugins_loaded:
-            return
-        self._plugins_loaded = True
-        from trtllm_forge.plugin_hooks import load_plugin_hooks
-
-        load_plugin_hooks(self, self._plugin_group or "")
 
 
 def _file_factory(url: str) -> RemoteBackend:

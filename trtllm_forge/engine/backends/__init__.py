@@ -16,7 +16,7 @@ from typing import Any
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.engine.backends.options import BuildOptions
 from trtllm_forge.engine.backends.plugins import BACKENDS, validate_plugins
-from trtllm_forge.errors import recipe_error
+from trtllm_forge.registry import Registry
 
 _NO_PROGRESS = NullProgress()
 _DEFAULT_OPTIONS = BuildOptions()  # frozen: one instance serves every default
@@ -24,24 +24,36 @@ _DEFAULT_OPTIONS = BuildOptions()  # frozen: one instance serves every default
 __all__ = ["BACKENDS", "BuildOptions", "backend_unavailable", "build_engine", "validate_plugins"]
 
 
-def _module(backend: str) -> Any:
-    """The backend's module, imported only now: each pulls in onnx, TensorRT or both."""
-    if backend not in BACKENDS:
-        raise recipe_error(
-            f"unknown backend {backend!r}", hint=f"choose one of {', '.join(BACKENDS)}"
-        )
-    if backend == "tensorrt":
-        from trtllm_forge.engine.backends import tensorrt
-
-        return tensorrt
-    if backend == "trtllm":
-        from trtllm_forge.engine.backends import trtllm
-
-        return trtllm
-    assert backend == "onnxruntime", f"backend {backend!r} has no import here"
+def _onnxruntime() -> Any:
     from trtllm_forge.engine.backends import onnxruntime
 
     return onnxruntime
+
+
+def _tensorrt() -> Any:
+    from trtllm_forge.engine.backends import tensorrt
+
+    return tensorrt
+
+
+def _trtllm() -> Any:
+    from trtllm_forge.engine.backends import trtllm
+
+    return trtllm
+
+
+# Backend name -> its module, imported only when it is asked for: each pulls in onnx,
+# TensorRT or both (trtllm_forge/registry.py). No plugins: a backend is built in.
+_MODULES: Registry[Any] = Registry(
+    "backends",
+    "backend",
+    deferred={"onnxruntime": _onnxruntime, "tensorrt": _tensorrt, "trtllm": _trtllm},
+)
+assert set(_MODULES.names()) == set(BACKENDS), "every backend has its module, and no other"
+
+
+def _module(backend: str) -> Any:
+    return _MODULES.get(backend)
 
 
 def backend_unavailable(backend: str) -> str | None:
