@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from tests.helpers import assert_clean_error, forge, write_recipe
+from tests.helpers import assert_clean_error, forge, hub_cache, write_recipe
 from tests.tinymodels import make_tiny_hf
 from trtllm_forge.pipeline.estimate import parse_size
 from trtllm_forge.recipe.schema import Calibration
@@ -132,3 +132,43 @@ def test_whole_model_calibration_over_the_host_budget_names_what_would_fit(
 )
 def test_parse_size(text: str, value: int) -> None:
     assert parse_size("X", text) == value
+
+
+def test_gguf_source_counts_its_dequantized_fetch(tmp_path: Path) -> None:
+    pytest.importorskip("gguf")
+    from tests.test_fetch_gguf import write_tiny_gguf
+
+    hf = make_tiny_hf("llama", tmp_path / "hf", with_tokenizer=True, tie_word_embeddings=False)
+    write_tiny_gguf(hf, tmp_path / "tiny.gguf")
+    recipe = write_recipe(
+        tmp_path / "g.yaml",
+        source={"gguf": "tiny.gguf"},
+        convert={"dtype": "float16"},
+        quantize={"method": "none"},
+        build=BUILD,
+        verify={"enabled": False},
+    )
+    run = forge("plan", str(recipe), "--json")
+    assert run.code == 0, run.err
+    disk = run.json()["estimate"]["needs"]["disk"]["per_stage"]
+    # fetch dequantizes to float32 safetensors; convert stores float16: half of it.
+    assert disk["fetch"] == 4 * _params(hf) and disk["convert"] == 2 * _params(hf)
+
+
+def test_hub_model_is_sized_from_the_hf_cache(tmp_path: Path) -> None:
+    """The plan's fetch key resolves a hub model in the HF cache: its headers are there."""
+    tiny = make_tiny_hf("llama", tmp_path / "tiny", with_tokenizer=True)
+    files = {p.name: p.read_bytes() for p in tiny.iterdir() if p.is_file()}
+    hub_cache(Path(os.environ["HF_HUB_CACHE"]), "someone/tiny", files)
+    recipe = write_recipe(
+        tmp_path / "hub.yaml",
+        source={"hf": "someone/tiny"},
+        convert={"dtype": "float32"},
+        quantize={"method": "none"},
+        build=BUILD,
+        verify={"enabled": False},
+    )
+    run = forge("plan", str(recipe), "--json")
+    assert run.code == 0, run.err
+    disk = run.json()["estimate"]["needs"]["disk"]["per_stage"]
+    assert "fetch" not in disk and disk["convert"] == 4 * _params(tiny)  # referenced in place

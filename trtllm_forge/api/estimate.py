@@ -34,8 +34,9 @@ def plan_estimate(
     recipe, which validated it) need, and what this machine has.
 
     Raises the exit-4 refusal (numbers, and the recipe changes that would fit) when a
-    need exceeds its budget. The model's size is unknown for a hub model not fetched
-    yet: then nothing is refused.
+    need exceeds its budget. The model's size is unknown when no header of it is on
+    this machine (a hub model outside the HF cache, pickle-only weights): then nothing
+    is refused.
     """
     loaded = load_recipe(recipe)
     settings = (ctx or RunContext.default()).settings
@@ -55,8 +56,8 @@ Sized = tuple[ModelSize | None, dict[str, Any] | None]
 
 def model_size(loaded: LoadedRecipe, results: Sequence[StageResult], home: Path) -> Sized:
     """The model's size and config.json: from the fetched snapshot when fetch is cached,
-    else the recipe's local folder or GGUF header; (None, None) for a hub model not
-    fetched yet."""
+    else the recipe's local folder, GGUF header or the hub model's HF cache snapshot;
+    (None, None) when none is on this machine."""
     source = loaded.recipe.source
     fetched = next((r for r in results if r.stage == "fetch" and r.status == "hit"), None)
     if fetched is not None and fetched.key is not None:
@@ -70,7 +71,22 @@ def model_size(loaded: LoadedRecipe, results: Sequence[StageResult], home: Path)
         return _folder_size(resolve_local(root, allow_pickle=source.allow_pickle).root)
     if source.gguf is not None:
         return _gguf_size(loaded), None
-    return None, None
+    folder = _hub_snapshot(source.hf, source.revision)
+    return _folder_size(folder) if folder is not None else (None, None)
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The repo's snapshot in the HF cache (the plan's fetch key resolved it there), by
+    the cache's layout (sources/hf.py): ``refs/<revision>`` names the commit whose
+    ``snapshots/<sha>`` holds the files. None when it is not there."""
+    from trtllm_forge.sources.hf import hub_cache_dir
+
+    storage = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    revision = revision or "main"
+    ref = storage / "refs" / revision
+    commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else revision
+    snapshot = storage / "snapshots" / commit
+    return snapshot if snapshot.is_dir() else None
 
 
 def _snapshot(home: Path, key: str) -> Path | None:

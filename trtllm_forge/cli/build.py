@@ -97,9 +97,7 @@ def _estimate_table(estimate: dict[str, Any]) -> None:
 
     out = console()
     if estimate["model"] is None:
-        out.print(
-            "estimate: the model's size is known once it is fetched (forge build --until fetch)"
-        )
+        out.print("estimate: no size of the model on this machine yet (forge build --until fetch)")
         return
     table = Table(title="estimate (the stages to run)")
     for col in ("resource", "needs", "stage", "available", "fits"):
