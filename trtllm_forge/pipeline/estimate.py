@@ -12,7 +12,7 @@ stage      disk                                         memory
 ========== ============================================ =========================================
 fetch      0 for a local folder or the hub (the store   a GGUF: its tensors dequantized to float32
            references them); a GGUF: float32 tensors
-convert    every tensor in ``convert.dtype``            streaming: twice the largest tensor
+convert    every tensor in ``convert.dtype``            streaming: the largest tensor
 calibrate  0 for method none; else the linears at the   ``whole``: the model in calibration.dtype
            method's bits and the rest in                and two copies of the activations (on
            ``convert.dtype``, twice (the checkpoint and cuda, on the GPU; the host holds the
@@ -65,6 +65,9 @@ WEIGHT_BITS = {
 }
 _SCALE_SHARE = 1.1
 PROCESS_BASE = int(0.6 * GB)  # torch, transformers and onnxruntime imported, nothing loaded
+# Convert and shard stream tensors in blocks: 0.26 GB peak RSS for the 7B shape
+# (docs/performance.md, "Results"); the base plus one float32 tensor bounds them.
+STREAM_BASE = int(0.4 * GB)
 # quant/layerwise.py's STREAM_BOUND: activations held in memory up to this, mapped beyond.
 LAYERWISE_STREAM_BOUND = 1 << 30
 # Tensors a quantization leaves in convert.dtype (token embedding, head, positions).
@@ -203,7 +206,7 @@ def needs(size: ModelSize, c: Choices, stages: list[str]) -> Needs:
     out = Needs()
     converted = size.params * BYTES[c.convert_dtype]
     calibrated = _calibrated_bytes(size, c)
-    stream = PROCESS_BASE + 2 * size.largest * 4
+    stream = STREAM_BASE + size.largest * 4
     if "fetch" in stages and c.source == "gguf":
         out.disk["fetch"] = size.params * 4
         out.host["fetch"] = PROCESS_BASE + size.params * 4 + size.source_bytes
@@ -217,10 +220,12 @@ def needs(size: ModelSize, c: Choices, stages: list[str]) -> Needs:
     if "build" in stages:
         _build_needs(size, c, calibrated, stream, out)
     if "verify" in stages and c.verify:
-        weights = size.params * 4
-        out.host["verify"] = PROCESS_BASE + weights + weights // 4
+        # One float32 model at a time, plus the engine's load-time copies and an untied
+        # head: 3.46 GiB for a 494M model (docs/bench.md, bench.verify_memory).
+        weights = size.params * 4 * 3 // 2
+        out.host["verify"] = PROCESS_BASE + weights
         if c.verify_device == "cuda":
-            out.device["verify"] = weights + weights // 4
+            out.device["verify"] = weights
     return out
 
 
@@ -253,7 +258,7 @@ def _calibration_memory(size: ModelSize, c: Choices, out: Needs) -> None:
 def _build_needs(size: ModelSize, c: Choices, calibrated: int, stream: int, out: Needs) -> None:
     if c.tp * c.pp > 1:
         out.disk["shard"] = calibrated
-    out.host["build"] = stream
+    out.host["build"] = stream + size.largest * 4  # a tensor and its transposed copy
     if c.backend == "onnxruntime" and c.profile == "portable" and not c.calibrates:
         out.disk["build"] = size.written_params * BYTES[c.convert_dtype]
     elif c.backend == "tensorrt":
