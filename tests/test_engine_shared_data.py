@@ -203,3 +203,24 @@ def test_onnxruntime_genai_runs_a_shared_engine(tmp_path: Path) -> None:
     write_genai_folder(engine, meta, hf)
     for prompt in PROMPTS:
         assert _genai_tokens(engine, list(prompt)) == _transformers_tokens(hf, list(prompt))
+
+
+def test_each_tp_rank_references_its_own_rank_file(tmp_path: Path) -> None:
+    _, ckpt = tiny_checkpoint(tmp_path, "llama", tp=2)
+    build_engine("onnxruntime", ckpt, tmp_path / "plain", OPTIONS)
+    store_like = tmp_path / "read-only"
+    shutil.copytree(ckpt, store_like)
+    for rank in range(2):
+        os.chmod(store_like / f"rank{rank}.safetensors", 0o444)
+    meta = build_engine("onnxruntime", store_like, tmp_path / "shared", OPTIONS)
+    for rank in range(2):
+        rank_dir = tmp_path / "shared" / f"rank{rank}"
+        link = rank_dir / f"rank{rank}.safetensors"
+        assert _inode(link) == _inode(store_like / f"rank{rank}.safetensors")
+        assert meta["onnx"]["ranks"][rank]["shared"]["file"] == link.name
+        for segment in rank_dir.glob("segment_*.onnx"):  # every segment points at its rank's
+            assert set(_locations(segment)) <= {"model.onnx.data", link.name}
+    prompts = random_prompts(2)
+    got, want = _scores(tmp_path / "shared", prompts), _scores(tmp_path / "plain", prompts)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
