@@ -5,6 +5,7 @@ will run, against the machine (pipeline/estimate.py)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ def plan_estimate(
     stages = [r.stage for r in results if r.status in RUNS]
     size, config = model_size(loaded, results, settings.home)
     budget = Budget.measure(settings.home, gpu=bool(stages) and uses_gpu(choices))
+    if choices.calib_device == "auto":  # what calibration will pick here
+        choices = replace(choices, calib_device="cpu" if budget.device is None else "cuda")
     est = Estimate(size, needs(size, choices, stages) if size else Needs(), budget, choices)
     problem = refusal(est, stages, layerwise_ok=_layerwise_ok(loaded, config))
     if problem is not None:
