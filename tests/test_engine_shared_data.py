@@ -42,7 +42,7 @@ def _scores(engine: Path, prompts: list[list[int]]) -> list[np.ndarray]:
     return [runtime.score(p) for p in prompts]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_read_only_checkpoint_is_referenced_and_logits_are_bit_identical(
     tmp_path: Path, dtype: str
 ) -> None:
