@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from tests import quant_format_support as qf
 from tests.tinymodels import make_tiny_hf
 
 torch.set_num_threads(1)
@@ -93,14 +94,6 @@ def _folder(tiny: Path, cal: Path, target: str, out: Path) -> Path:
     return out
 
 
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as handle:
-            out.update({name: handle.get_tensor(name) for name in handle.keys()})
-    return out
-
-
 # -- ModelOpt's own export of the same calibration ---------------------------------
 
 
@@ -165,20 +158,7 @@ def test_modelopt_folder_equals_modelopt_export(
 ) -> None:
     ours = _folder(tiny, calibrated(case), "modelopt", tmp_path / "forge")
     theirs = _modelopt_export(tiny, tokens, case, tmp_path / "modelopt")
-    assert json.loads((ours / "hf_quant_config.json").read_text()) == json.loads(
-        (theirs / "hf_quant_config.json").read_text()
-    )
-    ours_cfg = json.loads((ours / "config.json").read_text())["quantization_config"]
-    theirs_cfg = json.loads((theirs / "config.json").read_text())["quantization_config"]
-    assert ours_cfg == theirs_cfg
-    mine, want = _tensors(ours), _tensors(theirs)
-    assert sorted(mine) == sorted(want)
-    for name, tensor in want.items():
-        got = mine[name]
-        assert got.dtype == tensor.dtype and got.shape == tensor.shape, name
-        assert torch.equal(
-            got.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
-        ), name
+    qf.assert_modelopt_folders_equal(ours, theirs)
 
 
 # -- compressed-tensors through the real loader -------------------------------------
@@ -220,7 +200,7 @@ def _kv_hook(folder: Path, kv: str | None) -> Any:
 
     if kv is None:
         return None
-    tensors = _tensors(folder)
+    tensors = qf.tensors(folder)
     fq = layout.fake_quant_fp8 if kv == "fp8" else layout.fake_quant_int8
 
     def hook(layer: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -402,14 +382,9 @@ def test_modelopt_folder_equals_modelopt_export_qwen2(
         mine, want = (json.loads((d / name).read_text()) for d in (ours, theirs))
         assert mine.get("quantization_config") == want.get("quantization_config"), name
         assert mine.get("quantization") == want.get("quantization"), name
-    mine_t, want_t = _tensors(ours), _tensors(theirs)
-    assert sorted(mine_t) == sorted(want_t)
+    mine_t = qf.tensors(ours)
     assert any(name.endswith("q_proj.bias") for name in mine_t)
-    for name, tensor in want_t.items():
-        assert mine_t[name].dtype == tensor.dtype, name
-        assert torch.equal(
-            mine_t[name].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
-        ), name
+    qf.assert_same_bytes(mine_t, qf.tensors(theirs))
 
 
 @pytest.mark.parametrize(

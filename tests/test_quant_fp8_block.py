@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from tests import quant_format_support as qf
 from tests.helpers import assert_clean_error, forge, write_recipe
-from tests.tinymodels import make_tiny_hf
 
 torch.set_num_threads(1)
 
@@ -32,46 +32,22 @@ PARAMS = {"block_size": BLOCK}
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
-
-    root = tmp_path_factory.mktemp("fp8-block")
-    hf = make_tiny_hf("llama", root / "hf", with_tokenizer=True)
-    convert_hf_checkpoint(hf, root / "canonical", dtype="float32")
-    return {"hf": hf, "canonical": root / "canonical", "root": root}
+    return qf.tiny_llama(tmp_path_factory, "fp8-block")
 
 
 @pytest.fixture(scope="module")
 def calibrated(tiny: dict[str, Path]) -> Path:
-    from trtllm_forge.quant.quantize import quantize_checkpoint
-
-    out = tiny["root"] / "cal"
-    tokens = torch.randint(4, 256, (4, 32), generator=torch.Generator().manual_seed(0))
-    quantize_checkpoint(
-        hf_dir=tiny["hf"],
-        canonical_dir=tiny["canonical"],
-        out_dir=out,
-        method="fp8_block",
-        params=PARAMS,
-        kv_cache=None,
-        calibration=tokens,
-    )
-    return out
+    return qf.calibrate(tiny, qf.tokens(4), "fp8_block", PARAMS)
 
 
 @pytest.fixture(scope="module")
 def eval_ids() -> torch.Tensor:
-    return torch.randint(4, 256, (2, 20), generator=torch.Generator().manual_seed(7))
+    return qf.eval_ids()
 
 
 @pytest.fixture(scope="module")
 def fake_logits(calibrated: Path, eval_ids: torch.Tensor) -> torch.Tensor:
-    from trtllm_forge.quant.fakequant import FakeQuantForward
-
-    fake = FakeQuantForward(calibrated)
-    try:
-        return fake.logits(eval_ids)
-    finally:
-        fake.close()
+    return qf.fake_logits(calibrated, eval_ids)
 
 
 def test_block_ranges_equal_modelopt_2d_blockwise_calibration(tiny: dict[str, Path]) -> None:
@@ -111,7 +87,6 @@ def test_checkpoint_holds_fp8_tiles_and_fake_quant_is_near_float(
     tiny: dict[str, Path], calibrated: Path, eval_ids: torch.Tensor, fake_logits: torch.Tensor
 ) -> None:
     from trtllm_forge.checkpoint.io import read_config
-    from trtllm_forge.quant.quantize import load_hf_model
 
     quantization = read_config(calibrated)["quantization"]
     assert (quantization["quant_algo"], quantization["group_size"]) == ("FP8_BLOCK_SCALES", BLOCK)
@@ -120,8 +95,7 @@ def test_checkpoint_holds_fp8_tiles_and_fake_quant_is_near_float(
         scale = f.get_tensor("transformer.layers.0.attention.qkv.weights_scaling_factor")
     assert weight.dtype == torch.float8_e4m3fn and weight.shape == (128, 64)
     assert scale.dtype == torch.float32 and scale.shape == (128 // BLOCK, 64 // BLOCK)
-    with torch.no_grad():
-        ref = load_hf_model(tiny["hf"])(input_ids=eval_ids).logits
+    ref = qf.hf_logits(tiny, eval_ids)
     rel = float((fake_logits - ref).norm() / ref.norm())
     assert 0 < rel < 0.1
 
@@ -129,18 +103,7 @@ def test_checkpoint_holds_fp8_tiles_and_fake_quant_is_near_float(
 def test_onnx_engine_equals_fake_quant(
     calibrated: Path, tiny: dict[str, Path], eval_ids: torch.Tensor, fake_logits: torch.Tensor
 ) -> None:
-    from trtllm_forge.engine.backends import BuildOptions, build_engine
-    from trtllm_forge.engine.runtime import OrtEngine
-
-    out = tiny["root"] / "engine"
-    build_engine(
-        "onnxruntime",
-        calibrated,
-        out,
-        BuildOptions(max_batch_size=2, max_input_len=32, max_seq_len=64),
-    )
-    engine = OrtEngine.load(out, threads=1)
-    got = np.stack([engine.score(row.tolist()) for row in eval_ids])
+    got = qf.onnx_engine_logits(calibrated, tiny["root"] / "engine", eval_ids)
     want = fake_logits.numpy()
     # Dynamic FP8 rounding amplifies accumulation-order differences (as for fp8 per token).
     assert float(np.linalg.norm(got - want) / np.linalg.norm(want)) < 5e-3
@@ -151,13 +114,9 @@ def test_compressed_tensors_folder_loads_and_equals_fake_quant(
 ) -> None:
     import transformers
 
-    from trtllm_forge.hf.folder import write_hf_folder
     from trtllm_forge.hf.reader import describe
 
-    folder = tiny["root"] / "ct"
-    write_hf_folder(
-        hf_dir=tiny["hf"], calibrated_dir=calibrated, out_dir=folder, target="compressed-tensors"
-    )
+    folder = qf.hf_folder(tiny, calibrated, "compressed-tensors", "ct")
     group = json.loads((folder / "config.json").read_text())["quantization_config"]
     group = group["config_groups"]["group_0"]
     assert group["weights"]["strategy"] == "block"
@@ -246,29 +205,9 @@ def test_tiles_that_do_not_divide_the_layers_fail_before_weights_load(
 def test_forge_build_verifies_onnx_engine_and_compressed_tensors_folder(
     tmp_path: Path, tiny: dict[str, Path]
 ) -> None:
-    from trtllm_forge import api
-    from trtllm_forge.context import RunContext, Settings
-
-    ctx = RunContext(settings=Settings(home=tmp_path / "home"))
+    sizes = {"max_batch_size": 1, "max_input_len": 64, "max_seq_len": 96}
     builds = {
-        "onnxruntime": {"backend": "onnxruntime"},
-        "compressed-tensors": {"backend": "hf", "format": "compressed-tensors"},
+        "onnxruntime": {"backend": "onnxruntime", **sizes},
+        "compressed-tensors": {"backend": "hf", "format": "compressed-tensors", **sizes},
     }
-    for name, build in builds.items():
-        recipe = write_recipe(
-            tmp_path / f"{name}.yaml",
-            source={"path": str(tiny["hf"])},
-            quantize=dict(PARAMS, method="fp8_block"),
-            build={**build, "max_batch_size": 1, "max_input_len": 64, "max_seq_len": 96},
-            verify={
-                "prompts": ["The quick brown fox"],
-                "texts": ["Once upon a time there was a small model. " * 4],
-                "max_new_tokens": 4,
-                "max_text_tokens": 48,
-                "gates": {"min_top1": 0.8},
-            },
-        )
-        results = {r.stage: r for r in api.build(recipe=recipe, ctx=ctx)}
-        assert results["verify"].status == "built", name
-        report = json.loads((Path(str(results["verify"].path)) / "report.json").read_text())
-        assert report["passed"] is True, name
+    qf.build_and_verify(tmp_path, tiny, dict(PARAMS, method="fp8_block"), builds, {"min_top1": 0.8})

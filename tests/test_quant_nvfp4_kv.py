@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
 
+from tests import quant_format_support as qf
 from tests.helpers import assert_clean_error, forge, write_recipe
 from tests.tinymodels import make_tiny_hf
 
@@ -34,148 +34,56 @@ KvHook = Callable[[str, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.T
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
-
-    root = tmp_path_factory.mktemp("nvfp4kv")
-    hf = make_tiny_hf("llama", root / "hf", with_tokenizer=True)
-    convert_hf_checkpoint(hf, root / "canonical", dtype="float32")
-    return {"hf": hf, "canonical": root / "canonical", "root": root}
+    return qf.tiny_llama(tmp_path_factory, "nvfp4kv")
 
 
 @pytest.fixture(scope="module")
 def tokens() -> torch.Tensor:
-    return torch.randint(4, 256, (8, 32), generator=torch.Generator().manual_seed(0))
-
-
-def _calibrate(tiny: dict[str, Path], tokens: torch.Tensor, method: str, name: str) -> Path:
-    from trtllm_forge.quant.quantize import quantize_checkpoint
-
-    out = tiny["root"] / name
-    quantize_checkpoint(
-        hf_dir=tiny["hf"],
-        canonical_dir=tiny["canonical"],
-        out_dir=out,
-        method=method,
-        params={},
-        kv_cache="nvfp4",
-        calibration=tokens,
-    )
-    return out
+    return qf.tokens()
 
 
 @pytest.fixture(scope="module")
 def calibrated(tiny: dict[str, Path], tokens: torch.Tensor) -> Path:
-    return _calibrate(tiny, tokens, "nvfp4", "cal-nvfp4")
+    return qf.calibrate(tiny, tokens, "nvfp4", {}, name="cal-nvfp4", kv_cache="nvfp4")
 
 
 @pytest.fixture(scope="module")
 def calibrated_fp8(tiny: dict[str, Path], tokens: torch.Tensor) -> Path:
-    return _calibrate(tiny, tokens, "fp8", "cal-fp8")
+    return qf.calibrate(tiny, tokens, "fp8", {}, name="cal-fp8", kv_cache="nvfp4")
 
 
 def _folder(tiny: dict[str, Path], calibrated: Path, target: str) -> Path:
-    from trtllm_forge.hf.folder import write_hf_folder
-
-    out = tiny["root"] / f"{calibrated.name}-{target}"
-    if not out.exists():
-        write_hf_folder(
-            hf_dir=tiny["hf"],
-            calibrated_dir=calibrated,
-            out_dir=out,
-            target=target,  # type: ignore[arg-type]
-        )
-    return out
-
-
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as handle:
-            out.update({name: handle.get_tensor(name) for name in handle.keys()})
-    return out
+    return qf.hf_folder(tiny, calibrated, target, f"{calibrated.name}-{target}")
 
 
 def _modelopt_model(tiny: dict[str, Path], tokens: torch.Tensor) -> Any:
     """A fresh model calibrated by ModelOpt as forge calibrates it, plus NVFP4_KV_CFG."""
-    from trtllm_forge.checkpoint.convert import load_hf_config
-    from trtllm_forge.quant import calibration, modelopt_glue, nvfp4
-    from trtllm_forge.quant.capture import decoder
-    from trtllm_forge.quant.quantize import load_hf_model
-    from trtllm_forge.quant.registry import validate_params
-    from trtllm_forge.quant.targets import plan_targets
+    from trtllm_forge.quant import modelopt_glue
 
-    mtq = modelopt_glue.mtq()
-    model = load_hf_model(tiny["hf"])
-    targets = plan_targets(load_hf_config(tiny["hf"]), ["lm_head"]).hf_modules()
-    config = nvfp4.modelopt_config(validate_params("nvfp4", {}), targets)
-    config["quant_cfg"] += copy.deepcopy(mtq.NVFP4_KV_CFG)["quant_cfg"]
-    data = calibration.from_tokens(tokens)
-
-    def forward_loop(m: Any) -> None:  # forge's calibration loop (modelopt_glue.calibrate)
-        with torch.no_grad():
-            for ids in data.batches(modelopt_glue.BATCH_SIZE):
-                decoder(m)(input_ids=ids)
-
-    # mtq.quantize itself: its attention plugin inserts the KV-cache quantizers.
-    with modelopt_glue.quiet(modelopt_glue._NO_PROGRESS):
-        mtq.quantize(model, config, forward_loop)
-    model.config.architectures = model.config.architectures or [type(model).__name__]
-    return model
-
-
-def _assert_same_bytes(mine: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
-    assert sorted(mine) == sorted(want)
-    for name, tensor in want.items():
-        got = mine[name]
-        assert got.dtype == tensor.dtype and got.shape == tensor.shape, name
-        assert torch.equal(
-            got.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
-        ), name
+    kv_cfg = copy.deepcopy(modelopt_glue.mtq().NVFP4_KV_CFG)["quant_cfg"]
+    return qf.modelopt_model(tiny, tokens, "nvfp4", {}, extra_cfg=kv_cfg)
 
 
 def test_modelopt_folder_equals_modelopt_export(
     tiny: dict[str, Path], tokens: torch.Tensor, calibrated: Path
 ) -> None:
-    from modelopt.torch.export import export_hf_checkpoint
-
-    from trtllm_forge.quant import modelopt_glue
-
     ours = _folder(tiny, calibrated, "modelopt")
-    theirs = tiny["root"] / "modelopt-own"
-    with modelopt_glue.quiet(modelopt_glue._NO_PROGRESS):
-        export_hf_checkpoint(_modelopt_model(tiny, tokens), dtype=torch.float32, export_dir=theirs)
-    hf_quant = json.loads((theirs / "hf_quant_config.json").read_text())
-    assert hf_quant["quantization"]["kv_cache_quant_algo"] == "NVFP4"
-    assert json.loads((ours / "hf_quant_config.json").read_text()) == hf_quant
-    ours_cfg = json.loads((ours / "config.json").read_text())["quantization_config"]
-    theirs_cfg = json.loads((theirs / "config.json").read_text())["quantization_config"]
-    assert ours_cfg == theirs_cfg
-    want = _tensors(theirs)
-    assert "model.layers.1.self_attn.v_proj.v_scale" in want
-    _assert_same_bytes(_tensors(ours), want)
+    theirs = qf.modelopt_hf_export(_modelopt_model(tiny, tokens), tiny["root"] / "modelopt-own")
+    assert qf.assert_modelopt_folders_equal(ours, theirs)["kv_cache_quant_algo"] == "NVFP4"
+    assert "model.layers.1.self_attn.v_proj.v_scale" in qf.tensors(theirs)
 
 
 def test_trtllm_checkpoint_kv_scales_equal_modelopt_trtllm_export(
     tiny: dict[str, Path], tokens: torch.Tensor, calibrated: Path
 ) -> None:
-    from modelopt.torch.export import export_tensorrt_llm_checkpoint
     from safetensors.torch import load_file
 
-    from trtllm_forge.quant import modelopt_glue
-
-    theirs = tiny["root"] / "modelopt-trtllm"
-    with modelopt_glue.quiet(modelopt_glue._NO_PROGRESS):
-        export_tensorrt_llm_checkpoint(
-            _modelopt_model(tiny, tokens),
-            "llama",
-            torch.float32,
-            theirs,
-            inference_tensor_parallel=1,
-        )
+    model = _modelopt_model(tiny, tokens)
+    theirs = qf.modelopt_trtllm_export(model, tiny["root"] / "modelopt-trtllm", torch.float32)
     want = {k: v for k, v in load_file(theirs / "rank0.safetensors").items() if "cache" in k}
     mine = load_file(calibrated / "rank0.safetensors")
     assert want and sorted(want) == sorted(k for k in mine if "cache" in k)
-    _assert_same_bytes({k: mine[k] for k in want}, want)
+    qf.assert_same_bytes({k: mine[k] for k in want}, want)
     quantization = json.loads((theirs / "config.json").read_text())["quantization"]
     ours = json.loads((calibrated / "config.json").read_text())["quantization"]
     assert ours["kv_cache_quant_algo"] == quantization["kv_cache_quant_algo"] == "NVFP4"
@@ -193,25 +101,13 @@ def _per_cache_hook(k_scales: dict[str, float], v_scales: dict[str, float]) -> K
     return hook
 
 
-def _fake_logits(calibrated: Path, ids: torch.Tensor, hook: KvHook | None) -> torch.Tensor:
-    from trtllm_forge.quant.fakequant import FakeQuantForward
-
-    fake = FakeQuantForward(calibrated)
-    if hook is not None:
-        fake.forward.kv_hook = hook
-    try:
-        return fake.logits(ids)
-    finally:
-        fake.close()
-
-
 def test_modelopt_loader_quantizes_kv_as_fake_quant(
     tiny: dict[str, Path], calibrated: Path
 ) -> None:
     from trtllm_forge.hf.modelopt_loader import load_modelopt_model
 
     folder = _folder(tiny, calibrated, "modelopt")
-    tensors = _tensors(folder)
+    tensors = qf.tensors(folder)
     # ModelOpt's HF scale is amax / 448; the E2M1 blocks live under amax / (6 · 448).
     scales = {
         kind: {
@@ -221,9 +117,9 @@ def test_modelopt_loader_quantizes_kv_as_fake_quant(
         }
         for kind in ("k", "v")
     }
-    ids = torch.randint(4, 256, (2, 20), generator=torch.Generator().manual_seed(7))
-    want = _fake_logits(calibrated, ids, _per_cache_hook(scales["k"], scales["v"]))
-    without_kv = _fake_logits(calibrated, ids, lambda _layer, k, v: (k, v))
+    ids = qf.eval_ids()
+    want = qf.fake_logits(calibrated, ids, _per_cache_hook(scales["k"], scales["v"]))
+    without_kv = qf.fake_logits(calibrated, ids, lambda _layer, k, v: (k, v))
     with torch.no_grad():
         got = load_modelopt_model(folder)(input_ids=ids).logits
     assert float((got - want).norm() / want.norm()) < 1e-5
@@ -242,7 +138,7 @@ def test_compressed_tensors_loads_the_nvfp4_cache_with_forges_numbers(
     assert scheme["kv_cache_scheme"]["strategy"] == "tensor_group"
     assert describe(folder).kv_cache == "NVFP4"
     model = transformers.AutoModelForCausalLM.from_pretrained(folder)  # decompresses on the CPU
-    tensors = _tensors(folder)
+    tensors = qf.tensors(folder)
     scales: dict[str, dict[str, float]] = {"k": {}, "v": {}}
     for index, layer in enumerate(model.model.layers):
         for kind in ("k", "v"):
@@ -250,9 +146,9 @@ def test_compressed_tensors_loads_the_nvfp4_cache_with_forges_numbers(
             stored = tensors[f"model.layers.{index}.self_attn.{kind}_global_scale"]
             assert torch.equal(loaded.data, stored)  # the loader read it, not a default
             scales[kind][str(index)] = float(1.0 / stored.reshape(()))
-    ids = torch.randint(4, 256, (2, 24), generator=torch.Generator().manual_seed(1))
-    want = _fake_logits(calibrated_fp8, ids, _per_cache_hook(scales["k"], scales["v"]))
-    without_kv = _fake_logits(calibrated_fp8, ids, lambda _layer, k, v: (k, v))
+    ids = qf.eval_ids(24, seed=1)
+    want = qf.fake_logits(calibrated_fp8, ids, _per_cache_hook(scales["k"], scales["v"]))
+    without_kv = qf.fake_logits(calibrated_fp8, ids, lambda _layer, k, v: (k, v))
     with torch.no_grad():
         got = model(input_ids=ids).logits.float()
     assert float((got - want).norm() / want.norm()) < 1e-5
@@ -295,29 +191,6 @@ def test_head_size_not_a_multiple_of_16_exits_2(tmp_path: Path) -> None:
 def test_forge_build_verifies_both_hugging_face_targets(
     tmp_path: Path, tiny: dict[str, Path]
 ) -> None:
-    from trtllm_forge import api
-    from trtllm_forge.context import RunContext, Settings
-
-    ctx = RunContext(settings=Settings(home=tmp_path / "home"))
-    for fmt in ("modelopt", "compressed-tensors"):
-        recipe = write_recipe(
-            tmp_path / f"{fmt}.yaml",
-            source={"path": str(tiny["hf"])},
-            quantize={
-                "method": "fp8",
-                "kv_cache": "nvfp4",
-                "calibration": {"samples": 4, "seq_len": 32},
-            },
-            build={"backend": "hf", "format": fmt},
-            verify={
-                "prompts": ["The quick brown fox"],
-                "texts": ["Once upon a time there was a small model. " * 4],
-                "max_new_tokens": 4,
-                "max_text_tokens": 48,
-                "gates": {"max_kl": 1.0},
-            },
-        )
-        results = {r.stage: r for r in api.build(recipe=recipe, ctx=ctx)}
-        assert results["verify"].status == "built", fmt
-        report = json.loads((Path(str(results["verify"].path)) / "report.json").read_text())
-        assert report["passed"] is True, fmt
+    quantize = {"method": "fp8", "kv_cache": "nvfp4", "calibration": {"samples": 4, "seq_len": 32}}
+    builds = {fmt: {"backend": "hf", "format": fmt} for fmt in ("modelopt", "compressed-tensors")}
+    qf.build_and_verify(tmp_path, tiny, quantize, builds, {"max_kl": 1.0})
