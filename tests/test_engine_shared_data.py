@@ -224,3 +224,21 @@ def test_each_tp_rank_references_its_own_rank_file(tmp_path: Path) -> None:
     got, want = _scores(tmp_path / "shared", prompts), _scores(tmp_path / "plain", prompts)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "falcon", "gemma2", "mixtral"])
+def test_families_share_with_the_same_logits(tmp_path: Path, arch: str) -> None:
+    """Biases and Conv1D-converted linears (GPT-2), fused qkv (Falcon), soft-caps and
+    sandwich norms (Gemma 2), experts (Mixtral): every family checked by hand with all of
+    tests/tinymodels.ARCHES was bit-identical; these four stay in the tier."""
+    _, ckpt = tiny_checkpoint(tmp_path, arch)
+    build_engine("onnxruntime", ckpt, tmp_path / "plain", OPTIONS)
+    store_like = tmp_path / "read-only"
+    shutil.copytree(ckpt, store_like)
+    os.chmod(store_like / "rank0.safetensors", 0o444)
+    meta = build_engine("onnxruntime", store_like, tmp_path / "shared", OPTIONS)
+    assert meta["onnx"]["ranks"][0]["shared"] is not None
+    prompts = random_prompts(2, vocab=200)
+    got, want = _scores(tmp_path / "shared", prompts), _scores(tmp_path / "plain", prompts)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
