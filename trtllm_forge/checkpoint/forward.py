@@ -307,19 +307,18 @@ class CheckpointForward:
 
     def norm(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
         """RMSNorm, or LayerNorm (weight + bias) when ``forge.norm_type`` says so."""
-        eps = float(self.config.get("norm_epsilon", 1e-5))
+        eps = self.spec.norm_epsilon
         weight = self._required(f"{prefix}.weight")
-        if (self.config.get("forge") or {}).get("norm_type") == "layernorm":
+        if self.spec.norm_type == "layernorm":
             return layer_norm(x, weight, self.weight(f"{prefix}.bias"), eps)
         return rms_norm(x, weight, eps)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embedding (× ``embedding_multiplier``) + learned positions if the model has them."""
         h = self._required("transformer.vocab_embedding.weight")[input_ids]
-        multiplier = self.config.get("embedding_multiplier")
-        if multiplier is not None and float(multiplier) != 1.0:
-            h = h * float(multiplier)
-        if self.config.get("position_embedding_type") == "learned_absolute":
+        if self.spec.embedding_multiplier != 1.0:
+            h = h * self.spec.embedding_multiplier
+        if self.spec.position_embedding_type == "learned_absolute":
             positions = torch.arange(input_ids.shape[1])
             h = h + self._required("transformer.position_embedding.weight")[positions]
         if self.weight("transformer.ln_embed.weight") is not None:
@@ -333,19 +332,19 @@ class CheckpointForward:
         h = self.embed(input_ids)
         cos, sin = rope_cos_sin(cfg, input_ids.shape[1])
         local_rope = rope_cos_sin(local_rope_config(cfg), input_ids.shape[1])
-        parallel = bool((cfg.get("forge") or {}).get("parallel_residual"))
-        for i in range(int(cfg["num_hidden_layers"])):
+        spec = self.spec
+        for i in range(spec.num_layers):
             prefix = f"transformer.layers.{i}."
             x = self.norm(prefix + "input_layernorm", h)
             window = self.spec.layer_window(i)
-            if window is not None and cfg.get("rope_local_base_freq"):
+            if window is not None and spec.rope_local_base_freq:
                 attn = self._attention(prefix, x, *local_rope, window=window)  # Gemma 3
             else:
                 attn = self._attention(prefix, x, cos, sin, window=window)
-            if cfg.get("inter_layernorms"):
+            if spec.inter_layernorms:
                 h = self._sandwich_layer(prefix, h, attn)
                 continue
-            if parallel:
+            if spec.parallel_residual:
                 # NeoX: the MLP reads its own norm of h; GPT-J (no post_layernorm): the same x.
                 if self.weight(prefix + "post_layernorm.weight") is not None:
                     x = self.norm(prefix + "post_layernorm", h)
@@ -357,9 +356,9 @@ class CheckpointForward:
             x = self.norm(prefix + "post_layernorm", h)
             h = h + self._mlp(prefix, x)
         h = self.norm("transformer.ln_f", h)
-        logits = self.linear("lm_head", h)[..., : int(cfg["vocab_size"])]
-        cap = cfg.get("final_logit_softcapping")
-        return soft_cap(logits, float(cap)) if cap else logits
+        logits = self.linear("lm_head", h)[..., : spec.vocab_size]
+        cap = spec.final_logit_softcapping
+        return soft_cap(logits, cap) if cap else logits
 
     def _sandwich_layer(self, prefix: str, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Gemma 2 (``inter_layernorms``): each branch output is normalized before its
@@ -378,14 +377,12 @@ class CheckpointForward:
         *,
         window: int | None,
     ) -> torch.Tensor:
-        cfg = self.config
-        heads = int(cfg["num_attention_heads"])
-        kv_heads = int(cfg.get("num_key_value_heads") or heads)
-        size = int(cfg["head_size"])
+        cfg, spec = self.config, self.spec
+        heads, kv_heads, size = spec.num_heads, spec.num_kv_heads, spec.head_size
         qkv = self.linear(prefix + "attention.qkv", x)
         q, k, v = torch.split(qkv, [heads * size, kv_heads * size, kv_heads * size], dim=-1)
         q, k = split_heads(q, heads, size), split_heads(k, kv_heads, size)
-        if (cfg.get("forge") or {}).get("qk_layernorm"):  # Qwen3, Gemma 3: per head, pre-rope
+        if spec.qk_layernorm:  # Qwen3, Gemma 3: per head, pre-rope
             q = self.norm(prefix + "attention.q_layernorm", q)
             k = self.norm(prefix + "attention.k_layernorm", k)
         q = apply_position_rope(cfg, q, cos, sin)
@@ -393,7 +390,7 @@ class CheckpointForward:
         v = split_heads(v, kv_heads, size)
         if self.kv_hook is not None:
             k, v = self.kv_hook(prefix.rstrip("."), k, v)
-        cap = cfg.get("attn_logit_softcapping")
+        cap = spec.attn_logit_softcapping
         out = causal_attention(
             q,
             k,
@@ -401,16 +398,16 @@ class CheckpointForward:
             sliding_window=window,
             bias=self._alibi(q.shape[2]),
             scale=self.spec.attention_scale,
-            softcap=float(cap) if cap else None,
+            softcap=cap,
         )
         return self.linear(prefix + "attention.dense", out)
 
     def _alibi(self, seq: int) -> torch.Tensor | None:
         """ALiBi scores bias [heads, seq, seq] when ``position_embedding_type`` is alibi."""
-        if self.config.get("position_embedding_type") != "alibi":
+        if self.spec.position_embedding_type != "alibi":
             return None
-        bias_max = float(self.config.get("alibi_bias_max") or 8.0)
-        return alibi_bias(alibi_slopes(int(self.config["num_attention_heads"]), bias_max), seq)
+        slopes = alibi_slopes(self.spec.num_heads, self.spec.alibi_bias_max)
+        return alibi_bias(slopes, seq)
 
     def _moe(self, prefix: str, x: torch.Tensor, moe: Mapping[str, Any]) -> torch.Tensor:
         """Mixtral: softmax over the router's logits, keep the top-k, renormalize them to
@@ -431,7 +428,7 @@ class CheckpointForward:
         return out
 
     def _gated_mlp(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
-        act = ACTIVATIONS[str(self.config.get("hidden_act", "silu"))]
+        act = ACTIVATIONS[self.spec.hidden_act]
         activated = act(self.linear(prefix + "fc", x))
         return self.linear(prefix + "proj", activated * self.linear(prefix + "gate", x))
 
@@ -441,8 +438,8 @@ class CheckpointForward:
             return self._moe(prefix, x, moe)
         # TensorRT-LLM GatedMLP: proj(act(fc(x)) * gate(x)); fc = HF gate_proj.
         # Plain MLP (forge.mlp_type "plain"): proj(act(fc(x))).
-        act = ACTIVATIONS[str(self.config.get("hidden_act", "silu"))]
+        act = ACTIVATIONS[self.spec.hidden_act]
         activated = act(self.linear(prefix + "mlp.fc", x))
-        if (self.config.get("forge") or {}).get("mlp_type") == "plain":
+        if self.spec.mlp_type == "plain":
             return self.linear(prefix + "mlp.proj", activated)
         return self.linear(prefix + "mlp.proj", activated * self.linear(prefix + "mlp.gate", x))
