@@ -52,11 +52,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("quant", "quickeval"),  # quantization of a checkpoint; its perplexity change
     ("engine",),  # lowering, building and running engines; verify
     ("hf", "inspect"),  # quantized Hugging Face folders; `forge inspect`
-    (
-        "pipeline.preflight",
-        "pipeline.model_checks",
-        "pipeline.cache_sync",
-    ),  # recipe-vs-model checks; push/pull
+    # What is checked (and estimated) before any stage runs; cache push/pull of a recipe.
+    ("pipeline.preflight", "pipeline.model_checks", "pipeline.estimate", "pipeline.cache_sync"),
     ("stages",),  # the five stages (stages.hf_build: the build stage of backend hf)
     ("api",),  # hands the stages to the runner
     ("bench",),  # benchmark targets, over the api
