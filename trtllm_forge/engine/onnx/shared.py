@@ -3,9 +3,8 @@
 ONNX external data names a file, an offset and a length, so an initializer whose
 bytes are a checkpoint tensor unchanged (same dtype, same layout) can point into the
 rank's safetensors file instead of being copied into ``model.onnx.data``. The rank
-file is hard-linked into the rank folder (ONNX Runtime resolves external data
-relative to the graph, and refuses paths that leave its folder), so the engine folder
-stays complete on its own: in the store the link is one more name of the shard's
+file is hard-linked into the rank folder (external data locations are relative to the
+graph's folder), so the engine folder stays complete on its own: in the store the link is one more name of the shard's
 inode (trtllm_forge/store/blobs.py), and ``forge export`` copies it like any file.
 
 Linear weights keep the checkpoint's [out, in] layout and the graph transposes them
