@@ -23,9 +23,12 @@ from trtllm_forge.api.core import (
     store,
 )
 from trtllm_forge.api.quantize import QUANTIZE_ARGUMENTS, quantize, quantize_recipe
+from trtllm_forge.pipeline.runner import BuildResult, StageResult
 
 __all__ = [
     "QUANTIZE_ARGUMENTS",
+    "BuildResult",
+    "StageResult",
     "build",
     "cache_entries",
     "cache_gc",
