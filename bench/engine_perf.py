@@ -211,7 +211,16 @@ def bench(runtime: str, target: Path, model: Model, log: Any, tokenizer: Path | 
 
 
 def weights_bytes(target: Path) -> int:
-    """Bytes of the graph's weight files (what a decode step streams from memory)."""
+    """Bytes of the weights the graphs read (what a decode step streams from memory): a
+    forge engine's from engine.json, since a rank folder built from the store also holds
+    a link to the whole shard file whose tensors it references (engine/onnx/shared.py);
+    any other folder's weight files."""
+    meta = target / "engine.json"
+    ranks = (
+        (json.loads(meta.read_text()).get("onnx") or {}).get("ranks") if meta.is_file() else None
+    )
+    if ranks:
+        return sum(r["data_bytes"] + ((r.get("shared") or {}).get("bytes") or 0) for r in ranks)
     suffixes = (".data", ".safetensors")
     return sum(f.stat().st_size for f in target.rglob("*") if f.name.endswith(suffixes))
 

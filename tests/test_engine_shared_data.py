@@ -242,3 +242,16 @@ def test_families_share_with_the_same_logits(tmp_path: Path, arch: str) -> None:
     got, want = _scores(tmp_path / "shared", prompts), _scores(tmp_path / "plain", prompts)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_engine_perf_counts_the_weights_a_shared_engine_reads(tmp_path: Path) -> None:
+    """bench/engine_perf's weights column: the bytes the graphs read, not the folder's
+    files (a shared engine's folder also names the whole shard file)."""
+    from bench.engine_perf import weights_bytes
+
+    _, ckpt = tiny_checkpoint(tmp_path, "llama")
+    build_engine("onnxruntime", ckpt, tmp_path / "plain", OPTIONS)
+    os.chmod(ckpt / "rank0.safetensors", 0o444)
+    build_engine("onnxruntime", ckpt, tmp_path / "shared", OPTIONS)
+    plain, shared = weights_bytes(tmp_path / "plain"), weights_bytes(tmp_path / "shared")
+    assert abs(plain - shared) <= 4096  # alignment padding only
