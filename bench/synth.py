@@ -90,6 +90,9 @@ SHAPES: dict[str, Shape] = {
     "llama-7b": Shape("llama-7b", 4096, 32, 32, 32, 11008, 32000, max_shard_bytes=10_000_000_000),
     # TinyLlama-1.1B: grouped-query attention (4 KV heads), one 2.2 GB file.
     "llama-1b": Shape("llama-1b", 2048, 22, 32, 4, 5632, 32000, max_shard_bytes=5_000_000_000),
+    # Llama-3-8B: 8.03 B parameters, grouped-query attention (8 KV heads), a 128256-token
+    # vocabulary; HF saves it as four shards of at most 5 GB.
+    "llama-8b": Shape("llama-8b", 4096, 32, 32, 8, 14336, 128256, max_shard_bytes=5_000_000_000),
 }
 
 
