@@ -1,18 +1,21 @@
-"""Conformance suite for the families of issue 14, one parametrized set of tests.
+"""Conformance suite: every family but the Llama one, one parametrized set of tests.
 
-Per family, on its tiny random model (tests/tinymodels.py): the converted tensors are
-the HF tensors, the reference forward equals the family's reference, dropping any one of
-the family's features from the converted config breaks that equality (so the engine
-tests below can fail), the ORT engine's greedy tokens equal the reference's (8
+Per case of tests/family_cases.py (a tiny random model of tests/tinymodels.py): the
+converted tensors are the HF tensors (transposed, re-ordered, split or ``1 + w`` where the
+layout says so), the float32 reference forward equals the family's reference, dropping
+any one of the family's features from the converted config breaks that equality (so the
+engine tests below can fail), the ORT engine's greedy tokens equal the reference's (8
 left-padded prompts × 32 tokens) with logits within 1e-4, TP=2 and PP=2 engines equal
 TP=1, and int8_wo / fp8 checkpoints verify with the Llama tolerances of
 tests/test_quant_methods.py (the MoE families' experts each calibrated from their routed
-tokens: tests/test_moe_quant.py).
+tokens: tests/test_moe_quant.py). The Llama family (Llama, Mistral, Qwen2) has its own
+tests: tests/test_convert_models.py, test_engine_parity.py, test_quant_methods.py.
 
 The reference is transformers, except for Baichuan 2 and ChatGLM 2/3 (NATIVE_ARCHES):
 transformers has no class for them, their tiny folders are written directly, and the
 reference is forge's own model (docs/models.md). What only one family has is tested in
-its own file (tests/test_family_phi3.py, test_family_baichuan.py, test_family_chatglm.py).
+its own file (tests/test_families_a.py, test_families_b.py, test_family_gemma2.py,
+test_family_phi3.py, test_family_baichuan.py, test_family_chatglm.py).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,10 @@ from tests.engine_support import (
     random_prompts,
     random_texts,
     rel_diff,
+    tiny_checkpoint,
     tiny_engine,
 )
+from tests.family_cases import CASES, ENGINE_CASES, EXPECTED, FEATURES
 from tests.tinymodels import NATIVE_ARCHES, make_tiny_native
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 from trtllm_forge.checkpoint.forward import CheckpointForward
@@ -48,76 +52,37 @@ TEXT = random_texts(1)[0]
 NEW_TOKENS = 32
 IDS = torch.randint(3, 250, (2, 40), generator=torch.Generator().manual_seed(3))
 
-Mutation = Callable[[dict[str, Any]], None]
 
-
-def _forge(**changes: Any) -> Mutation:
-    return lambda config: config["forge"].update(changes)
-
-
-# family -> {feature: how to remove it from the converted config.json}
-FEATURES: dict[str, dict[str, Mutation]] = {
-    "qwen3": {
-        "qk_layernorm": _forge(qk_layernorm=False),
-        "explicit_head_dim": lambda c: c.update(head_size=c["hidden_size"] // 4),
-    },
-    "phi3": {
-        "partial_rotary": lambda c: c.pop("rotary_embedding_dim"),
-        "sliding_window": _forge(sliding_window=None),
-    },
-    "gemma3": {
-        "qk_layernorm": _forge(qk_layernorm=False),
-        "local_rope_base": lambda c: c.pop("rope_local_base_freq"),
-        "global_rope_scaling": lambda c: c.update(rotary_scaling=None),
-        "sliding_window": _forge(sliding_window=None),
-        "sandwich_norms": lambda c: c.update(inter_layernorms=False),
-        "query_pre_attn_scalar": lambda c: c.update(query_pre_attn_scalar=None),
-    },
-    "mixtral": {
-        "top_k_routing": lambda c: c["moe"].update(top_k=c["moe"]["num_experts"]),
-        "renormalized_weights": lambda c: c["moe"].update(normalization_mode=0),
-    },
-    "qwen3_moe": {
-        "qk_layernorm": _forge(qk_layernorm=False),
-        "top_k_routing": lambda c: c["moe"].update(top_k=1),
-        "weights_not_renormalized": lambda c: c["moe"].update(normalization_mode=1),
-    },
-    "qwen2_moe": {
-        "shared_expert": lambda c: c["moe"].update(shared_expert_intermediate_size=0),
-        "renormalized_weights": lambda c: c["moe"].update(normalization_mode=0),
-    },
-    "chatglm": {
-        "half_rotary": lambda c: c.pop("rotary_embedding_dim"),
-        "pair_rotation": lambda c: c.update(position_embedding_type="rope_gpt_neox"),
-        "multi_query_groups": lambda c: c.update(num_key_value_heads=4),
-        "rope_base": lambda c: c.update(rotary_base=10.0),
-    },
-    # 7B and 13B share the architecture name; the config class picks rope or ALiBi.
-    "baichuan2_7b": {"rope": lambda c: c.update(position_embedding_type="alibi")},
-    "baichuan2_13b": {"alibi": lambda c: c.update(position_embedding_type="rope_gpt_neox")},
-}
-FAMILIES = list(FEATURES)
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module")
 def family(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    arch = str(request.param)
-    root = tmp_path_factory.mktemp(arch)
-    if arch in NATIVE_ARCHES:
-        make_tiny_native(arch, root / "hf")  # tiny_engine converts the folder it finds
-    build = tiny_engine(root, arch)
+    """The case's tiny model converted (and its TP=1 engine built when it has one);
+    tests pick the cases with ``indirect`` parametrization."""
+    name = str(request.param)
+    case = CASES[name]
+    root = tmp_path_factory.mktemp(name)
+    if case.arch in NATIVE_ARCHES:
+        make_tiny_native(case.arch, root / "hf")  # tiny_checkpoint converts what it finds
+    if case.engine:
+        hf = tiny_engine(root, case.arch, **case.overrides).hf
+    else:
+        hf, _ = tiny_checkpoint(root, case.arch, **case.overrides)
     with torch.no_grad():
-        hf_logits = load_hf_model(build.hf)(input_ids=IDS).logits
+        hf_logits = load_hf_model(hf)(input_ids=IDS).logits
     return {
-        "arch": arch,
+        "name": name,
+        "case": case,
         "root": root,
-        "hf": build.hf,
-        "engine": build.engine,
+        "hf": hf,
+        "engine": root / "engine-float32-tp1-pp1",
         "canonical": root / "ckpt-float32",
         "hf_logits": hf_logits,
     }
+
+
+EVERY = pytest.mark.parametrize("family", list(CASES), indirect=True)
+WITH_ENGINE = pytest.mark.parametrize("family", ENGINE_CASES, indirect=True)
 
 
 def _reference_rel_diff(ckpt: Path, want: torch.Tensor) -> float:
@@ -136,89 +101,35 @@ def _hf_tensors(hf: Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
-# Where the HF tensors of layer 1 are (ChatGLM keeps its own names).
-LAYER_1 = {"chatglm": "transformer.encoder.layers.1."}
-
-# family -> {TRT-LLM tensor of layer 1: how to make it from the HF tensors of layer 1}
-EXPECTED: dict[str, dict[str, Callable[[Callable[[str], torch.Tensor]], torch.Tensor]]] = {
-    "qwen3": {
-        "attention.q_layernorm.weight": lambda t: t("self_attn.q_norm.weight"),
-        "attention.k_layernorm.weight": lambda t: t("self_attn.k_norm.weight"),
-        "attention.qkv.weight": lambda t: torch.cat(
-            [t(f"self_attn.{p}_proj.weight") for p in "qkv"]
-        ),
-    },
-    "phi3": {  # gate_up_proj rows are [gate; up]
-        "attention.qkv.weight": lambda t: t("self_attn.qkv_proj.weight"),
-        "mlp.fc.weight": lambda t: t("mlp.gate_up_proj.weight")[:128],
-        "mlp.gate.weight": lambda t: t("mlp.gate_up_proj.weight")[128:],
-        "mlp.proj.weight": lambda t: t("mlp.down_proj.weight"),
-    },
-    "gemma3": {  # every Gemma norm computes x̂ · (1 + w): stored as 1 + w
-        "attention.q_layernorm.weight": lambda t: t("self_attn.q_norm.weight") + 1,
-        "attention.k_layernorm.weight": lambda t: t("self_attn.k_norm.weight") + 1,
-        "pre_feedforward_layernorm.weight": lambda t: t("pre_feedforward_layernorm.weight") + 1,
-        "mlp.fc.weight": lambda t: t("mlp.gate_proj.weight"),
-    },
-    "mixtral": {  # HF w1 is the activated (gate) branch, w3 the up branch, w2 down
-        "mlp.router.weight": lambda t: t("block_sparse_moe.gate.weight"),
-        "mlp.experts.3.fc.weight": lambda t: t("block_sparse_moe.experts.3.w1.weight"),
-        "mlp.experts.3.gate.weight": lambda t: t("block_sparse_moe.experts.3.w3.weight"),
-        "mlp.experts.0.proj.weight": lambda t: t("block_sparse_moe.experts.0.w2.weight"),
-    },
-    "qwen3_moe": {
-        "attention.q_layernorm.weight": lambda t: t("self_attn.q_norm.weight"),
-        "mlp.router.weight": lambda t: t("mlp.gate.weight"),
-        "mlp.experts.2.fc.weight": lambda t: t("mlp.experts.2.gate_proj.weight"),
-        "mlp.experts.2.gate.weight": lambda t: t("mlp.experts.2.up_proj.weight"),
-        "mlp.experts.1.proj.weight": lambda t: t("mlp.experts.1.down_proj.weight"),
-    },
-    "qwen2_moe": {
-        "attention.qkv.bias": lambda t: torch.cat([t(f"self_attn.{p}_proj.bias") for p in "qkv"]),
-        "mlp.router.weight": lambda t: t("mlp.gate.weight"),
-        "mlp.experts.3.fc.weight": lambda t: t("mlp.experts.3.gate_proj.weight"),
-        "mlp.shared_expert.fc.weight": lambda t: t("mlp.shared_expert.gate_proj.weight"),
-        "mlp.shared_expert.gate.weight": lambda t: t("mlp.shared_expert.up_proj.weight"),
-        "mlp.shared_expert.proj.weight": lambda t: t("mlp.shared_expert.down_proj.weight"),
-        "mlp.shared_expert_gate.weight": lambda t: t("mlp.shared_expert_gate.weight"),
-    },
-    "chatglm": {  # dense_h_to_4h rows are [gate; up] (SwiGLU halves)
-        "attention.qkv.weight": lambda t: t("self_attention.query_key_value.weight"),
-        "attention.qkv.bias": lambda t: t("self_attention.query_key_value.bias"),
-        "mlp.fc.weight": lambda t: t("mlp.dense_h_to_4h.weight")[:128],
-        "mlp.gate.weight": lambda t: t("mlp.dense_h_to_4h.weight")[128:],
-        "mlp.proj.weight": lambda t: t("mlp.dense_4h_to_h.weight"),
-    },
-    "baichuan2_7b": {"attention.qkv.weight": lambda t: t("self_attn.W_pack.weight")},
-    "baichuan2_13b": {"attention.qkv.weight": lambda t: t("self_attn.W_pack.weight")},
-}
-
-
+@EVERY
 def test_converted_tensors_are_the_hf_tensors(family: dict[str, Any]) -> None:
     hf = _hf_tensors(family["hf"])
-    layer = LAYER_1.get(family["arch"], "model.layers.1.")
+    config = read_config(family["canonical"])
     with CheckpointReader(family["canonical"]) as reader:
-        for name, expected in EXPECTED[family["arch"]].items():
-            want = expected(lambda n: hf[f"{layer}{n}"])
-            assert torch.equal(reader.get(f"transformer.layers.1.{name}"), want), name
+        for name, expected in EXPECTED[family["name"]].items():
+            assert torch.equal(reader.get(name), expected(hf.__getitem__, config)), name
 
 
+@EVERY
 def test_reference_forward_matches_transformers(family: dict[str, Any]) -> None:
     assert _reference_rel_diff(family["canonical"], family["hf_logits"]) < 1e-5
 
 
+@EVERY
 def test_each_feature_bites(family: dict[str, Any], tmp_path: Path) -> None:
     broken = tmp_path / "ckpt"
     shutil.copytree(family["canonical"], broken)
     config = read_config(family["canonical"])
-    for name, drop in FEATURES[family["arch"]].items():
+    assert FEATURES[family["name"]]
+    for name, drop in FEATURES[family["name"]].items():
         mutated = copy.deepcopy(config)
         drop(mutated)
         assert mutated != config, name
         (broken / "config.json").write_text(json.dumps(mutated))
-        assert _reference_rel_diff(broken, family["hf_logits"]) > 0.05, name
+        assert _reference_rel_diff(broken, family["hf_logits"]) > family["case"].bite, name
 
 
+@WITH_ENGINE
 def test_engine_greedy_matches_transformers(family: dict[str, Any]) -> None:
     engine, reference = load_engine(family["engine"]), load_reference(family["hf"])
     assert engine.generate(PROMPTS, NEW_TOKENS) == [
@@ -227,24 +138,30 @@ def test_engine_greedy_matches_transformers(family: dict[str, Any]) -> None:
     assert rel_diff(reference_logits(reference, TEXT, 128), engine.score(TEXT)) < 1e-4
 
 
+@WITH_ENGINE
 @pytest.mark.parametrize(("tp", "pp"), [(2, 1), (1, 2)])
 def test_parallel_engine_matches_tp1(family: dict[str, Any], tp: int, pp: int) -> None:
     single = load_engine(family["engine"])
-    parallel = load_engine(tiny_engine(family["root"], family["arch"], tp=tp, pp=pp).engine)
+    case = family["case"]
+    build = tiny_engine(family["root"], case.arch, tp=tp, pp=pp, **case.overrides)
+    parallel = load_engine(build.engine)
     assert (parallel.tp_size, parallel.pp_size) == (tp, pp)
     assert parallel.generate(PROMPTS, NEW_TOKENS) == single.generate(PROMPTS, NEW_TOKENS)
     assert rel_diff(single.score(TEXT), parallel.score(TEXT)) < 1e-5
 
 
-# The Llama tolerances of tests/test_quant_methods.py (fake-quant logits vs float; ORT).
-QUANT = {"int8_wo": 0.05, "fp8": 0.2}
+# The Llama tolerances of tests/test_quant_methods.py (weights, fake-quant logits, ORT).
+QUANT = {"int8_wo": (0.01, 0.05), "fp8": (0.05, 0.2)}
 
 
+@WITH_ENGINE
 @pytest.mark.parametrize("method", list(QUANT))
 def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
+    """fp8 also quantizes the KV cache to fp8 where the case says so (Falcon, BLOOM,
+    MPT, Gemma 2)."""
     from trtllm_forge.quant.quantize import quantize_checkpoint
 
-    root, hf = family["root"], family["hf"]
+    root, hf, case = family["root"], family["hf"], family["case"]
     if not (root / "canonical-f16").exists():
         convert_hf_checkpoint(hf, root / "canonical-f16", dtype="float16")
     out = root / f"q_{method}"
@@ -253,13 +170,32 @@ def test_quantized_family_verifies(family: dict[str, Any], method: str) -> None:
         canonical_dir=root / "canonical-f16",
         out_dir=out,
         method=method,
+        kv_cache="fp8" if method == "fp8" and case.fp8_kv else None,
         calibration=torch.randint(3, 250, (8, 32), generator=torch.Generator().manual_seed(0)),
     )
     algo = read_config(out)["quantization"]["quant_algo"]
     assert algo == {"int8_wo": "W8A16", "fp8": "FP8"}[method]
+    weight_tol, logit_tol = QUANT[method]
+    if case.weight_check:
+        _check_dequantized_weights(hf, root / "canonical-f16", out, weight_tol)
     vs_float, vs_fake = quantized_logits_check(hf, out, root / f"onnx_{method}", IDS[:, :20])
-    assert 0 < vs_float < QUANT[method]
+    assert 0 < vs_float < logit_tol
     assert vs_fake < 1e-4
+
+
+def _check_dequantized_weights(hf: Path, base: Path, out: Path, tol: float) -> None:
+    """Each quantized linear, dequantized, within ``tol`` of the float16 one."""
+    from trtllm_forge.quant.fakequant import dequantized_weight
+    from trtllm_forge.quant.targets import linear_targets
+
+    targets = linear_targets(json.loads((hf / "config.json").read_text()))
+    with CheckpointReader(out) as reader, CheckpointReader(base) as original:
+        for target in targets:
+            want = original.get(f"{target.module}.weight").float()
+            got = dequantized_weight(reader, target.module)
+            assert got is not None, target.module
+            rel = float((got - want).norm() / want.norm())
+            assert rel < tol, (target.module, rel)
 
 
 def test_ort_profile_refuses_the_families_it_cannot_lower() -> None:
