@@ -694,7 +694,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
         name = args.shape + (f"-{args.layers}l" if args.layers else "")
         default = Path.home() / ".cache" / "forge-bench" / f"layerwise-gpu-{name}"
-        args.dir = args.dir or str(default)
+        args.dir = str(Path(args.dir or default).resolve())  # children run from ROOT
     return args
 
 
