@@ -174,9 +174,12 @@ def bench(runtime: str, target: Path, tokenizer: Path, run_: Run, log: Any) -> d
     log(
         f"bench {runtime} {target.name}: rc {run.returncode}, {time.perf_counter() - started:.0f} s"
     )
-    if run.returncode:
-        return {"error": (run.stderr or run.stdout)[-2000:]}
+    if not report.is_file():
+        return {"error": (run.stderr or run.stdout)[-2000:] or f"exit {run.returncode}"}
     result: dict[str, Any] = json.loads(report.read_text())
+    if run.returncode:  # the report was complete; the process failed after writing it
+        result["exit_code"] = run.returncode
+        result["stderr_tail"] = run.stderr[-500:]
     return result
 
 

@@ -97,7 +97,10 @@ def test_genai_cuda_generates_forge_runtime_tokens(
     stages = _build(tmp_path, tiny_models["llama"], "genai", build=LIMITS)
     engine = Path(stages["build"]["path"]) / "engine"
     prompts = [[5, 17, 33, 99, 120, 7, 8, 9]]
-    forge_tokens = list(open_runner("forge", engine, device="cuda").stream(prompts, 12))
+    forge = open_runner("forge", engine, device="cuda")
+    forge_tokens = list(forge.stream(prompts, 12))
+    forge.close()
     genai = open_runner("genai", engine, device="cuda")
     assert genai.device == "cuda"
     assert list(genai.stream(prompts, 12)) == forge_tokens
+    genai.close()

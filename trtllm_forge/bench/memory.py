@@ -100,6 +100,11 @@ class SampledDevice:
     def device_peak_bytes(self) -> int | None:
         return None if self.device_use is None else self.device_use.peak_bytes()
 
+    def close(self) -> None:
+        if self.device_use is not None:
+            self.device_use.close()
+            self.device_use = None
+
 
 def device_use_for(device: str) -> DeviceUse | None:
     """A sampler when ``device`` is a CUDA device torch can see, started before the model

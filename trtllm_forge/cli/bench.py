@@ -147,8 +147,11 @@ def _measure(
             dtype=_dtype(opened["dtype"]),
         )
         load_s = time.perf_counter() - t0
-        workload = _bench_workload(runner, resolved, **sweep)
-        return run_bench(runner, workload, warmup=warmup, load_s=load_s, progress=progress)
+        try:
+            workload = _bench_workload(runner, resolved, **sweep)
+            return run_bench(runner, workload, warmup=warmup, load_s=load_s, progress=progress)
+        finally:
+            runner.close()
 
 
 def _show_report(report: Any, *, out: Path | None, plot: Path | None, as_json: bool) -> None:
@@ -262,11 +265,14 @@ def run(
             raise recipe_error(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
         runner, tok = _open_for_generation(target, opened, quiet=as_json)
         pieces = []
-        for piece in stream_text(runner, tok, prompt, max_new_tokens):
-            pieces.append(piece)
-            if not as_json:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+        try:
+            for piece in stream_text(runner, tok, prompt, max_new_tokens):
+                pieces.append(piece)
+                if not as_json:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+        finally:
+            runner.close()
         if as_json:
             print_json({"ok": True, "prompt": prompt, "text": "".join(pieces)})
         else:

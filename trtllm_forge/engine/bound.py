@@ -10,7 +10,11 @@ Two cache disciplines, chosen by the graph:
 * chained (the portable graph): ``present.*`` stays on the device as ORT allocates it
   and becomes the next step's ``past_key_values.*``.
 
-Only ``logits`` comes back to the host each step.
+Only ``logits`` comes back to the host each step, or on CUDA only the greedy token ids:
+:meth:`BoundSession.tokens` takes the argmax where the logits are (a one-node ArgMax
+session on the same device), since copying a prefill's logits to the host and converting
+them there cost more than the forward itself (SmolLM2 float16, batch 8, 64-token prompts:
+100 MB of logits a prefill; docs/engine-performance.md).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 from trtllm_forge.engine.onnx.names import LOGITS, PAST_PREFIX, PRESENT_PREFIX
 
 CUDA = "cuda"
+TOKENS = "tokens"
 
 
 @dataclass
@@ -54,6 +59,7 @@ class BoundSession:
         self.past_names = sorted(n for n in self.inputs if n.startswith(PAST_PREFIX))
         dtype = next(i.type for i in session.get_inputs() if i.name.startswith(PAST_PREFIX))
         self.cache_dtype = np.float16 if "float16" in dtype else np.float32
+        self._argmax: Any = None  # the ArgMax session, made on first use
 
     def new_cache(self, batch: int) -> BoundCache:
         slots = self.max_seq_len if self.shared else 0
@@ -67,6 +73,23 @@ class BoundSession:
 
     def forward(self, feeds: dict[str, np.ndarray], cache: BoundCache) -> np.ndarray:
         """Logits [batch, seq, vocab] (host float32); ``cache`` advances in place."""
+        logits = self._run(feeds, cache, logits_on="cpu").numpy()
+        return np.asarray(logits, dtype=np.float32)
+
+    def tokens(self, feeds: dict[str, np.ndarray], cache: BoundCache) -> np.ndarray:
+        """Greedy token ids [batch, seq] (host int64): the argmax of each position's logits,
+        taken on the session's device; ``cache`` advances in place."""
+        logits = self._run(feeds, cache, logits_on=self.device)
+        if self._argmax is None:
+            self._argmax = _argmax_session(self._ort, self.session, self.device)
+        binding = self._argmax.io_binding()
+        binding.bind_ortvalue_input(LOGITS, logits)
+        binding.bind_output(TOKENS, "cpu")
+        self._argmax.run_with_iobinding(binding)
+        return np.asarray(binding.get_outputs()[0].numpy(), dtype=np.int64)
+
+    def _run(self, feeds: dict[str, np.ndarray], cache: BoundCache, *, logits_on: str) -> Any:
+        """One forward with the cache bound; the logits OrtValue, on ``logits_on``."""
         binding = self.session.io_binding()
         for name, array in feeds.items():
             if name in self.inputs:
@@ -78,7 +101,7 @@ class BoundSession:
                 binding.bind_ortvalue_output(present, cache.values[name])
             else:
                 binding.bind_output(present, self.device, 0)
-        binding.bind_output(LOGITS, "cpu")
+        binding.bind_output(LOGITS, logits_on, 0)
         binding.synchronize_inputs()
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
@@ -88,5 +111,29 @@ class BoundSession:
         if not self.shared:
             for name in self.past_names:
                 cache.values[name] = by_name[name.replace(PAST_PREFIX, PRESENT_PREFIX, 1)]
-        logits = by_name[LOGITS].numpy()
-        return np.asarray(logits, dtype=np.float32)
+        return by_name[LOGITS]
+
+
+def _argmax_session(ort: Any, session: Any, device: str) -> Any:
+    """A one-node graph: ``tokens = ArgMax(logits, axis=-1)``, in the logits' dtype, on the
+    session's providers."""
+    from onnx import TensorProto, helper
+
+    (logits,) = [o for o in session.get_outputs() if o.name == LOGITS]
+    dtype = TensorProto.FLOAT16 if "float16" in logits.type else TensorProto.FLOAT
+    node = helper.make_node("ArgMax", [LOGITS], [TOKENS], axis=-1, keepdims=0)
+    graph = helper.make_graph(
+        [node],
+        "greedy",
+        [helper.make_tensor_value_info(LOGITS, dtype, ["batch", "seq", "vocab"])],
+        [helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["batch", "seq"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        model.SerializeToString(),
+        options,
+        providers=session.get_providers(),
+    )

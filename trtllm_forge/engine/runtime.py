@@ -293,6 +293,25 @@ class OrtEngine:
             )
         return carry[LOGITS]
 
+    def greedy(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        cache: KvCache | BoundCache,
+    ) -> np.ndarray:
+        """The argmax token of every new position [batch, seq]; ``cache`` advances in place.
+        On CUDA the argmax runs on the device and only the ids reach the host."""
+        if self.bound is None or self.bound.device != CUDA:
+            return self.forward(input_ids, attention_mask, position_ids, cache).argmax(axis=-1)
+        assert isinstance(cache, BoundCache)
+        feeds = {
+            INPUT_IDS: input_ids.astype(np.int64),
+            ATTENTION_MASK: attention_mask.astype(np.int64),
+            POSITION_IDS: position_ids.astype(np.int64),
+        }
+        return self.bound.tokens(feeds, cache)
+
     def _run_stage(
         self, ranks: list[_Rank], feeds: dict[str, np.ndarray], cache: KvCache
     ) -> list[dict[str, np.ndarray]]:
@@ -361,14 +380,12 @@ class OrtEngine:
             mask[row, longest - len(prompt) :] = 1
         positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
         cache = self.new_cache(len(prompts))
-        logits = self.forward(ids, mask, positions, cache)
-        token = logits[:, -1].argmax(axis=-1)
+        token = self.greedy(ids, mask, positions, cache)[:, -1]
         yield token
         for _ in range(max_new_tokens - 1):
             mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)
             positions = positions[:, -1:] + 1
-            logits = self.forward(token[:, None], mask, positions, cache)
-            token = logits[:, -1].argmax(axis=-1)
+            token = self.greedy(token[:, None], mask, positions, cache)[:, -1]
             yield token
 
     def _stream_right_padded(
@@ -385,14 +402,13 @@ class OrtEngine:
         cache = self.new_cache(len(prompts))
         rows = np.arange(len(prompts))
         mask = (np.arange(longest)[None] < lengths[:, None]).astype(np.int64)
-        logits = self.forward(ids, mask, np.zeros_like(ids), cache)
-        token = logits[rows, lengths - 1].argmax(axis=-1)
+        token = self.greedy(ids, mask, np.zeros_like(ids), cache)[rows, lengths - 1]
         yield token
         for step in range(1, max_new_tokens):
             width = longest + step
             mask = (np.arange(width)[None] < (lengths + step)[:, None]).astype(np.int64)
-            logits = self.forward(token[:, None], mask, (lengths + step - 1)[:, None], cache)
-            token = logits[:, -1].argmax(axis=-1)
+            positions = (lengths + step - 1)[:, None]
+            token = self.greedy(token[:, None], mask, positions, cache)[:, -1]
             yield token
 
     def _check_length(self, prompt_len: int, total: int) -> None:

@@ -48,6 +48,11 @@ class Runner(Protocol):
         """Versions of the libraries that did the work."""
         ...
 
+    def close(self) -> None:
+        """Release the model and stop any sampler, before the process exits: native runtimes
+        torn down by the interpreter's exit with work still attached can abort it."""
+        ...
+
 
 class HostOnly:
     """Device-memory methods for runners that run on the host."""
@@ -57,3 +62,6 @@ class HostOnly:
 
     def device_peak_bytes(self) -> int | None:
         return None
+
+    def close(self) -> None:
+        pass

@@ -51,6 +51,10 @@ class ForgeRunner(SampledDevice):
         for step in self.engine.stream(prompts, max_new_tokens):
             yield step.tolist()
 
+    def close(self) -> None:
+        super().close()
+        self.engine = None  # type: ignore[assignment]
+
     def versions(self) -> dict[str, str | None]:
         return {
             "onnxruntime": tool_version("onnxruntime"),

@@ -78,6 +78,16 @@ class GenaiRunner(SampledDevice):
             generator.generate_next_token()
             yield [int(t) for t in np.asarray(generator.get_next_tokens()).reshape(-1)]
 
+    def close(self) -> None:
+        """Free genai's model before the interpreter exits: onnxruntime-genai aborts the
+        process ("terminate called without an active exception") when its CUDA model is
+        still alive at exit (seen on the GPU machine, onnxruntime-genai-cuda 0.18)."""
+        import gc
+
+        super().close()
+        self.model = None
+        gc.collect()
+
     def versions(self) -> dict[str, str | None]:
         return {"onnxruntime-genai": tool_version("onnxruntime-genai")}
 

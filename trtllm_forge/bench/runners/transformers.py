@@ -58,5 +58,13 @@ class TransformersRunner(SampledDevice):
 
         return greedy_steps(self.model, prompts, max_new_tokens, device=self.device)
 
+    def close(self) -> None:
+        super().close()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+        self.model = None
+
     def versions(self) -> dict[str, str | None]:
         return {"transformers": tool_version("transformers"), "torch": tool_version("torch")}
