@@ -10,15 +10,14 @@
 * Partial rotary (Phi-4-mini: ``partial_rotary_factor`` 0.75) rotates the first
   ``rotary_embedding_dim`` channels of each head, as for GPT-NeoX.
 * ``sliding_window``, when set, applies to every layer (as Mistral's).
-
 * LongRoPE (Phi-3-128k, Phi-3.5, Phi-4-mini: ``rope_type`` ``longrope``, or ``su`` /
   ``yarn``, the older Phi-3 names transformers' ``Phi3Config`` maps to it) divides each
   rotary frequency by a per-dimension factor, ``short_factor`` while a sequence is at most
   ``original_max_position_embeddings`` tokens long and ``long_factor`` beyond, and scales
   cos and sin by an attention factor. It is written as ``rotary_scaling`` type
   ``longrope`` holding both factor lists, that length, and the attention factor computed
-  here as transformers 5.23's ``_compute_longrope_parameters`` does (docs/models.md says
-  which length picks the factors).
+  here as transformers computes it (docs/models.md gives the formula, and which length
+  picks the factors).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Routed experts of the ort profile: one ONNX Runtime ``MoE`` or ``QMoE`` node per layer.
 
-What onnxruntime 1.31.1's CPU kernels do, per ContribOperators.md and as measured by
-``tests/test_engine_ort_moe.py`` against the portable lowering and transformers:
+What onnxruntime 1.31.1's CPU kernels do (the operators' schemas, as
+``onnxruntime.capi.onnxruntime_pybind11_state.get_all_operator_schema()`` lists them, and
+``tests/test_engine_ort_moe.py``, which holds both against the portable lowering and
+transformers; docs/engine.md has the table):
 
 * ``router_probs`` ([tokens, experts], even for a [batch, seq, hidden] input) takes the
   router's logits; the kernel applies the softmax over all experts, keeps the top ``k``
