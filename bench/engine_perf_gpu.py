@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, default=540, help="start nothing after")
     parser.add_argument("--device", default="cuda", help="cpu: a quick check of this script")
     parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument(
+        "--only", default="", help="comma list of target-label prefixes to run (e.g. 'forge ort')"
+    )
     args = parser.parse_args(argv)
     run_ = Run(args.device, args.output_len, args.work)
     start = time.perf_counter()
@@ -252,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         model = MODELS[name]
         hf = smollm2 if name == "smollm2-135m" else llama_1b_folder(smollm2, args.work, log)
         for label, precision, runtime, make in targets(model, hf, run_, log):
+            if args.only and not label.startswith(tuple(args.only.split(","))):
+                continue
             if time.perf_counter() - start > args.deadline_s:
                 log(f"deadline: {name} {label} not run")
                 continue
