@@ -194,7 +194,7 @@ def stand_in_pydantic_plugin_loader() -> None:
         return
     shim = ModuleType(_PYDANTIC_LOADER, "forge's stand-in: pydantic plugins are disabled")
     shim.get_plugins = _get_plugins  # type: ignore[attr-defined]
-    shim.__getattr__ = _real_attribute  # type: ignore[attr-defined]
+    shim.__getattr__ = _real_attribute  # type: ignore[method-assign]
     sys.modules[_PYDANTIC_LOADER] = shim
 
 

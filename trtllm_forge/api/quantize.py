@@ -183,7 +183,7 @@ def quantize_recipe(
 
 def _write_recipe(ctx: RunContext, doc: dict[str, Any]) -> Path:
     """Write where refs and plan can see it: $FORGE_HOME/recipes/<name>.yaml."""
-    import yaml
+    import yaml  # type: ignore[import-untyped, unused-ignore]  # no types-PyYAML in the lock
 
     path = ctx.settings.home / "recipes" / f"{doc['name']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def recipe_show(recipe: RecipeArg, as_json: JsonOpt = False) -> None:
         if as_json:
             print_json(doc)
         else:
-            import yaml
+            import yaml  # type: ignore[import-untyped, unused-ignore]  # no types-PyYAML
 
             print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), end="")
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+import yaml  # type: ignore[import-untyped, unused-ignore]  # no types-PyYAML in the lock
 from pydantic import ValidationError
 
 from trtllm_forge.errors import Location, recipe_error, source_error
 from trtllm_forge.recipe.schema import Recipe
 from trtllm_forge.userfiles import UnsafeFile, pseudo_file_problem, read_regular
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 MAX_RECIPE_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -201,7 +204,7 @@ def _first_error(exc: ValidationError, path: Path, root: yaml.Node) -> Exception
     )
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: ErrorDetails) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "unknown field"
@@ -215,7 +218,7 @@ def _message(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _hint(err: dict[str, Any]) -> str | None:
+def _hint(err: ErrorDetails) -> str | None:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "check the spelling; `forge recipe schema` lists every field"

@@ -48,23 +48,27 @@ class Source(_Strict):
     ```
     """
 
-    hf: str | None = Field(None, pattern=HF_REPO_PATTERN, description="Hub repo id `org/name`.")
+    hf: str | None = Field(
+        default=None, pattern=HF_REPO_PATTERN, description="Hub repo id `org/name`."
+    )
     revision: str | None = Field(
-        None,
+        default=None,
         min_length=1,
         max_length=256,
         description="Branch, tag or commit of `hf` (default: main).",
     )
     path: str | None = Field(
-        None, min_length=1, description="Local HF-format directory (relative to the recipe file)."
+        default=None,
+        min_length=1,
+        description="Local HF-format directory (relative to the recipe file).",
     )
     gguf: str | None = Field(
-        None,
+        default=None,
         min_length=1,
         description="Local GGUF file, dequantized with transformers' GGUF loader.",
     )
     allow_pickle: bool = Field(
-        False,
+        default=False,
         description="Allow pickle weights (`.bin`, `.pt`): fetch loads them with torch.load"
         "(weights_only=True) and stores safetensors, so no later stage reads pickle. Off by"
         " default: unpickling is still an attack surface.",
@@ -87,7 +91,8 @@ class Convert(_Strict):
     """HF → canonical TensorRT-LLM checkpoint. `dtype` is the stored dtype of unquantized weights."""
 
     dtype: Dtype = Field(
-        "float16", description="Stored dtype of unquantized weights: float32, float16 or bfloat16."
+        default="float16",
+        description="Stored dtype of unquantized weights: float32, float16 or bfloat16.",
     )
 
 
@@ -103,26 +108,30 @@ class Calibration(_Strict):
     """
 
     file: str | None = Field(
-        None,
+        default=None,
         min_length=1,
         description="Text file relative to the recipe; default: built-in corpus.",
     )
-    samples: int = Field(64, ge=1, le=100_000, description="Number of calibration sequences.")
-    seq_len: int = Field(256, ge=8, le=131_072, description="Tokens per calibration sequence.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for choosing the sequences.")
+    samples: int = Field(
+        default=64, ge=1, le=100_000, description="Number of calibration sequences."
+    )
+    seq_len: int = Field(
+        default=256, ge=8, le=131_072, description="Tokens per calibration sequence."
+    )
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed for choosing the sequences.")
     device: Literal["cpu", "cuda", "auto"] = Field(
-        "cpu",
+        default="cpu",
         description="Where calibration runs: `cpu`, `cuda` (exit 4 without a CUDA GPU) or "
         "`auto` (cuda when available). Part of the cache key (resolved, so `auto` keys as "
         "what it chose).",
     )
     dtype: Dtype = Field(
-        "float32",
+        default="float32",
         description="Compute dtype of the model while calibrating (`float16` is the usual "
         "GPU choice). Part of the cache key; cpu + float32 keys as before the field existed.",
     )
     mode: Literal["whole", "layerwise"] = Field(
-        "whole",
+        default="whole",
         description="`whole` loads the model once and calibrates it; `layerwise` loads one "
         "decoder layer at a time from the memory-mapped snapshot, commits each finished "
         "layer (a killed build resumes at the next one) and gives the same tensors. Methods "
@@ -132,7 +141,9 @@ class Calibration(_Strict):
 
 
 class _QuantBase(_Strict):
-    kv_cache: KvCache = Field("none", description="KV-cache quantization (needs calibration).")
+    kv_cache: KvCache = Field(
+        default="none", description="KV-cache quantization (needs calibration)."
+    )
     exclude: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=lambda: ["lm_head"],
         description="fnmatch patterns of TensorRT-LLM module names left unquantized.",
@@ -142,7 +153,7 @@ class _QuantBase(_Strict):
 
 class _WeightOnlyQuant(_QuantBase):
     quantize_lm_head: bool = Field(
-        False,
+        default=False,
         description="Also quantize lm_head (round-to-nearest, in the method's weight format) "
         "as onnxruntime-genai's builder does for int4: each decode step then streams a 4- or "
         "8-bit head instead of a float one (docs/engine-performance.md). `build.profile: ort` "
@@ -153,7 +164,7 @@ class _WeightOnlyQuant(_QuantBase):
 class NoQuant(_QuantBase):
     """No weight quantization (KV-cache quantization is still allowed)."""
 
-    method: Literal["none"] = Field("none", description="Quantization method.")
+    method: Literal["none"] = Field(default="none", description="Quantization method.")
 
 
 class Int8WeightOnly(_WeightOnlyQuant):
@@ -166,7 +177,9 @@ class Int4WeightOnly(_WeightOnlyQuant):
     """INT4 group-wise weight-only, round-to-nearest (W4A16)."""
 
     method: Literal["int4_wo"] = Field(description="Quantization method.")
-    group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale.")
+    group_size: Literal[32, 64, 128] = Field(
+        default=128, description="Input channels sharing one scale."
+    )
 
 
 class SmoothQuant(_QuantBase):
@@ -174,10 +187,10 @@ class SmoothQuant(_QuantBase):
 
     method: Literal["smoothquant"] = Field(description="Quantization method.")
     alpha: float = Field(
-        0.5, ge=0.0, le=1.0, description="Migration strength (0: none, 1: all to weights)."
+        default=0.5, ge=0.0, le=1.0, description="Migration strength (0: none, 1: all to weights)."
     )
     activations: Literal["per_tensor", "per_token"] = Field(
-        "per_tensor",
+        default="per_tensor",
         description="Activation scale granularity: one static scale, or dynamic per token.",
     )
 
@@ -186,19 +199,26 @@ class Awq(_WeightOnlyQuant):
     """AWQ INT4 group-wise (W4A16_AWQ)."""
 
     method: Literal["awq"] = Field(description="Quantization method.")
-    group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale.")
+    group_size: Literal[32, 64, 128] = Field(
+        default=128, description="Input channels sharing one scale."
+    )
 
 
 class Gptq(_WeightOnlyQuant):
     """GPTQ INT4 group-wise (W4A16_GPTQ)."""
 
     method: Literal["gptq"] = Field(description="Quantization method.")
-    group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale.")
+    group_size: Literal[32, 64, 128] = Field(
+        default=128, description="Input channels sharing one scale."
+    )
     damping: float = Field(
-        0.01, gt=0.0, le=1.0, description="Hessian dampening, as a fraction of its mean diagonal."
+        default=0.01,
+        gt=0.0,
+        le=1.0,
+        description="Hessian dampening, as a fraction of its mean diagonal.",
     )
     act_order: bool = Field(
-        False, description="Quantize columns in order of decreasing activation energy."
+        default=False, description="Quantize columns in order of decreasing activation energy."
     )
 
 
@@ -207,7 +227,7 @@ class Fp8(_QuantBase):
 
     method: Literal["fp8"] = Field(description="Quantization method.")
     granularity: Literal["per_tensor", "per_channel_per_token"] = Field(
-        "per_tensor", description="Scale granularity of weights / activations."
+        default="per_tensor", description="Scale granularity of weights / activations."
     )
 
 
@@ -216,7 +236,9 @@ class W4A8Awq(_QuantBase):
     (W4A8_AWQ)."""
 
     method: Literal["w4a8_awq"] = Field(description="Quantization method.")
-    group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale.")
+    group_size: Literal[32, 64, 128] = Field(
+        default=128, description="Input channels sharing one scale."
+    )
 
 
 class Fp8Block(_QuantBase):
@@ -227,7 +249,7 @@ class Fp8Block(_QuantBase):
     # TensorRT-LLM's and vLLM's block-FP8 kernels run 128 × 128 only; 32 and 64 exist for
     # models whose sizes 128 does not divide (the tiny test model, SmolLM2's 576).
     block_size: Literal[32, 64, 128] = Field(
-        128,
+        default=128,
         description="Tile edge (and activation channel group); serving kernels run 128 only.",
     )
 
@@ -279,10 +301,16 @@ class Parallel(_Strict):
     """Tensor- and pipeline-parallel sizes; one engine per rank (rank = pp_rank·tp + tp_rank)."""
 
     tp: int = Field(
-        1, ge=1, le=256, description="Tensor-parallel size (must divide the attention heads)."
+        default=1,
+        ge=1,
+        le=256,
+        description="Tensor-parallel size (must divide the attention heads).",
     )
     pp: int = Field(
-        1, ge=1, le=256, description="Pipeline-parallel size (at most the number of layers)."
+        default=1,
+        ge=1,
+        le=256,
+        description="Pipeline-parallel size (at most the number of layers).",
     )
 
 
@@ -301,44 +329,53 @@ class Build(_Strict):
     """
 
     backend: Literal["onnxruntime", "tensorrt", "trtllm", "hf"] = Field(
-        "onnxruntime", description="Engine backend, or `hf` for a quantized Hugging Face folder."
+        default="onnxruntime",
+        description="Engine backend, or `hf` for a quantized Hugging Face folder.",
     )
     format: Literal["modelopt", "compressed-tensors"] | None = Field(
-        None,
+        default=None,
         description="With backend `hf` (and only then): `modelopt` (ModelOpt's unified "
         "checkpoint: TensorRT-LLM, vLLM, SGLang) or `compressed-tensors` (vLLM, transformers, "
         "TensorRT-LLM for FP8). A quantization the format cannot carry is refused at plan time.",
     )
     profile: Literal["portable", "ort"] = Field(
-        "portable",
+        default="portable",
         description="ONNX lowering: `portable` (standard ops; the oracle and TensorRT's input) "
         "or `ort` (ONNX Runtime contrib ops: GroupQueryAttention, SkipSimplifiedLayerNormalization, "
         "MatMulNBits; Llama/Mistral/Qwen2, none/int8_wo/int4_wo/awq/gptq, tp = pp = 1, "
         "backend onnxruntime; anything else is refused at plan time).",
     )
     int8_activations: bool = Field(
-        False,
+        default=False,
         description="`ort` profile, int4/int8 weight-only: MatMulNBits quantizes activations "
         "to int8 per block on the CPU (accuracy_level 4, onnxruntime-genai's CPU default): "
         "faster GEMMs, slightly different logits (verify gates apply). Off: float activations, "
         "the portable graph's numbers.",
     )
     compute_dtype: Literal["float32", "float16"] = Field(
-        "float32",
+        default="float32",
         description="`ort` profile: compute and KV-cache dtype. float32 for CPUs; float16 for "
         "CUDA (GroupQueryAttention's CUDA kernel takes float16, not float32). The portable "
         "graph always computes in float32.",
     )
-    max_batch_size: int = Field(8, ge=1, le=4096, description="Largest batch the engine accepts.")
-    max_input_len: int = Field(512, ge=1, le=1_048_576, description="Longest prompt, in tokens.")
+    max_batch_size: int = Field(
+        default=8, ge=1, le=4096, description="Largest batch the engine accepts."
+    )
+    max_input_len: int = Field(
+        default=512, ge=1, le=1_048_576, description="Longest prompt, in tokens."
+    )
     max_seq_len: int = Field(
-        1024, ge=2, le=1_048_576, description="Longest prompt + generated sequence."
+        default=1024, ge=2, le=1_048_576, description="Longest prompt + generated sequence."
     )
     plugins: dict[Annotated[str, Field(min_length=1, max_length=64)], str | bool] = Field(
         default_factory=_empty_dict, description="Backend plugin switches, validated per backend."
     )
-    opt_level: int = Field(3, ge=0, le=5, description="TensorRT builder optimization level.")
-    workspace_gb: float = Field(4.0, gt=0, le=1024, description="TensorRT builder workspace limit.")
+    opt_level: int = Field(
+        default=3, ge=0, le=5, description="TensorRT builder optimization level."
+    )
+    workspace_gb: float = Field(
+        default=4.0, gt=0, le=1024, description="TensorRT builder workspace limit."
+    )
 
     @model_validator(mode="after")
     def _limits(self) -> "Build":
@@ -357,17 +394,22 @@ class Gates(_Strict):
     """Verify thresholds; a failed gate makes `forge build` exit 3. Unset gates are reported only."""
 
     min_token_agreement: float | None = Field(
-        None, ge=0.0, le=1.0, description="Fraction of greedy tokens equal to the reference's."
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of greedy tokens equal to the reference's.",
     )
     min_top1: float | None = Field(
-        None, ge=0.0, le=1.0, description="Top-1 agreement over the texts."
+        default=None, ge=0.0, le=1.0, description="Top-1 agreement over the texts."
     )
     max_kl: float | None = Field(
-        None, ge=0.0, description="Mean per-token KL(reference ‖ engine), nats."
+        default=None, ge=0.0, description="Mean per-token KL(reference ‖ engine), nats."
     )
-    max_ppl_ratio: float | None = Field(None, ge=1.0, description="Engine / reference perplexity.")
+    max_ppl_ratio: float | None = Field(
+        default=None, ge=1.0, description="Engine / reference perplexity."
+    )
     max_rel_logit_diff: float | None = Field(
-        None, ge=0.0, description="max |logit diff| / max |reference logit| over the texts."
+        default=None, ge=0.0, description="max |logit diff| / max |reference logit| over the texts."
     )
 
 
@@ -386,7 +428,7 @@ DEFAULT_PROMPTS = [
 class Verify(_Strict):
     """Compare the engine with the transformers reference on the original weights."""
 
-    enabled: bool = Field(True, description="Run verification at all.")
+    enabled: bool = Field(default=True, description="Run verification at all.")
     prompts: list[Annotated[str, Field(min_length=1, max_length=100_000)]] = Field(
         default_factory=lambda: list(DEFAULT_PROMPTS),
         min_length=1,
@@ -394,18 +436,20 @@ class Verify(_Strict):
         description="Prompts for the greedy token-agreement check (default: 8 built-in prompts).",
     )
     max_new_tokens: int = Field(
-        32, ge=1, le=4096, description="Greedy tokens generated per prompt."
+        default=32, ge=1, le=4096, description="Greedy tokens generated per prompt."
     )
     texts: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=_empty_list,
         description="Held-out texts for KL / top-1 / perplexity (default: built-in).",
     )
     text_file: str | None = Field(
-        None, min_length=1, description="A held-out text file relative to the recipe."
+        default=None, min_length=1, description="A held-out text file relative to the recipe."
     )
-    max_text_tokens: int = Field(512, ge=8, le=1_048_576, description="Tokens scored per text.")
+    max_text_tokens: int = Field(
+        default=512, ge=8, le=1_048_576, description="Tokens scored per text."
+    )
     device: Literal["cpu", "cuda"] = Field(
-        "cpu",
+        default="cpu",
         description="Where verify runs: cuda = the reference on torch's CUDA device and the "
         "engine on ONNX Runtime's CUDAExecutionProvider (needs a GPU, a CUDA build of torch "
         "and onnxruntime-gpu; checked before any stage runs).",

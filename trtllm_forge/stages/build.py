@@ -179,7 +179,7 @@ TIMING_CACHE = "timing.cache"
 
 def _tensorrt_identity() -> dict[str, str]:
     """TensorRT version and GPU compute capability (only called once TensorRT is known present)."""
-    import tensorrt
+    import tensorrt  # type: ignore[import-untyped, unused-ignore]  # stubs: tests only
     import torch
 
     major, minor = torch.cuda.get_device_capability()
