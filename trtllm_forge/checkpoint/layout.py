@@ -128,7 +128,8 @@ def unquantized_shape(name: str, config: Mapping[str, Any]) -> tuple[int, ...] |
     parsed = parse_name(name)
     if parsed is None or parsed.param not in ("weight", "bias"):
         return None
-    norms = ("input_layernorm", "post_layernorm", "mlp_layernorm", "transformer.ln_embed")
+    norms: tuple[str, ...] = ("input_layernorm", "post_layernorm", "mlp_layernorm")
+    norms += ("transformer.ln_embed",)
     norms += ("pre_feedforward_layernorm", "post_feedforward_layernorm")  # Gemma 2
     if parsed.module in (*norms, "transformer.ln_f"):
         # LayerNorm families also carry a bias of the same size.
