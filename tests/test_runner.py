@@ -120,6 +120,13 @@ def test_until_and_force(loaded: LoadedRecipe, ctx: RunContext) -> None:
     assert [r.status for r in forced] == ["hit", "built", "built"]
 
 
+def test_a_stage_listed_before_its_upstream_is_a_programming_error(
+    loaded: LoadedRecipe, ctx: RunContext
+) -> None:
+    with pytest.raises(AssertionError, match="stage b is given before its upstream"):
+        Runner(loaded, ctx, [Step("b", upstream=("a",)), Step("a")])
+
+
 @pytest.mark.parametrize("option", ["until", "force"])
 def test_an_unknown_stage_name_lists_the_stages_given(
     loaded: LoadedRecipe, ctx: RunContext, option: str

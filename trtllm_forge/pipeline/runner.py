@@ -106,6 +106,10 @@ class Runner:
         self.store = store or Store(ctx.settings.home, lock_timeout_s=ctx.settings.lock_timeout_s)
         self.stages = {stage.name: stage for stage in stages}
         self.order = tuple(self.stages)  # the order given: a stage's upstream comes first
+        for index, stage in enumerate(stages):  # the caller's list, fixed in code
+            assert set(stage.upstream) <= set(self.order[:index]), (
+                f"stage {stage.name} is given before its upstream {stage.upstream}"
+            )
         self.previous = self.store.read_ref(recipe_id(loaded))
         self.remote: AutoRemote | None = None  # FORGE_REMOTE, opened when a build starts
         self._uses: dict[str, str] = {}  # sub-artifacts the running stage used: name → key
