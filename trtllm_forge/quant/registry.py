@@ -18,9 +18,10 @@ from functools import partial
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from trtllm_forge.errors import recipe_error
+from trtllm_forge.errors import ForgeError, recipe_error
 from trtllm_forge.quant import fp8_block, nvfp4, w4a8_awq
 from trtllm_forge.quant.record_types import Method
+from trtllm_forge.registry import Registry
 
 if TYPE_CHECKING:
     from trtllm_forge.quant.params import MethodParams
@@ -58,32 +59,34 @@ class MethodInfo:
         return self.loader()
 
 
-_METHODS: dict[str, MethodInfo] = {}
+class _MethodRegistry(Registry[MethodInfo]):
+    """``quantize.method`` -> its entry (trtllm_forge/registry.py; no plugins)."""
+
+    def unknown(self, name: str) -> ForgeError:
+        import difflib
+
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+        return recipe_error(
+            f"unknown quantization method {name!r}{suggestion}",
+            hint=f"valid methods: {', '.join(self.names())}",
+        )
+
+
+_METHODS = _MethodRegistry("methods", "quantization method")
 
 
 def register(info: MethodInfo) -> MethodInfo:
-    if info.name in _METHODS:
-        raise ValueError(f"quantization method {info.name!r} registered twice")
-    _METHODS[info.name] = info
-    return info
+    return _METHODS.add(info.name, info)
 
 
 def names() -> list[str]:
-    return sorted(_METHODS)
+    return _METHODS.names()
 
 
 def get(name: str) -> MethodInfo:
     """Look a method up by name; unknown names raise a recipe error listing the valid ones."""
-    if name in _METHODS:
-        return _METHODS[name]
-    import difflib
-
-    close = difflib.get_close_matches(name, names(), n=1)
-    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
-    raise recipe_error(
-        f"unknown quantization method {name!r}{suggestion}",
-        hint=f"valid methods: {', '.join(names())}",
-    )
+    return _METHODS.get(name)
 
 
 def validate_params(name: str, params: Mapping[str, Any]) -> MethodParams:
