@@ -1,6 +1,5 @@
-"""One registry type for every extension point: model families, engine backends,
-exporters and remote-cache schemes (the quantization methods keep their own table in
-quant/registry.py).
+"""One registry type for every extension point: model families, quantization methods,
+engine backends, exporters and remote-cache schemes.
 
 A registry maps a name to a value. Built-ins are registered explicitly, or as loaders
 that import their module only when the name is looked up (a family module costs a
