@@ -36,6 +36,17 @@ RESULTS = qb.ROOT / "bench" / "results" / "quant_formats.json"
 FP8_BLOCK = 64
 LABELS = {"nvfp4": ("nvfp4 (modelopt folder)", "nvfp4 (compressed-tensors folder)")}
 LABELS["fp8_block"] = (f"fp8_block b{FP8_BLOCK}",)
+# Why a run's error means "no counterpart" rather than a failed measurement (read in ModelOpt
+# 0.47's modelopt/torch/quantization/tensor_quant.py after the GPU run raised it).
+NO_COUNTERPART = {
+    "fp8_block": (
+        "ModelOpt 0.47 has no configuration with forge's numerics: its dynamic block quantizer "
+        "takes only block scales in a narrow float format (E8M0 for MX, E4M3 for NVFP4; "
+        "DynamicBlockQuantizationFunction asserts scale_bits is given), so FP8 activations "
+        "with float32 scales per (token, 64 channels) cannot be expressed (on the H200: "
+        "AssertionError); its FP8_2D_BLOCKWISE preset is weight-only"
+    )
+}
 
 
 def fp8_block_config(mtq: Any) -> dict[str, Any]:
@@ -136,6 +147,9 @@ def merge(path: Path) -> None:
     where = f"{gpu['gpu']}, {gpu['date']}, `python3 -m bench.modelopt_gpu run`"
     for row in gpu["rows"]:
         if "ppl_modelopt" not in row:
+            for label in LABELS[row["method"]]:
+                reason = NO_COUNTERPART.get(row["method"], "")
+                results["rows"][label]["modelopt_error"] = reason or row.get("error")
             continue
         for label in LABELS[row["method"]]:
             target = results["rows"][label]
@@ -143,6 +157,7 @@ def merge(path: Path) -> None:
             target["ppl_modelopt"] = row["ppl_modelopt"]
             target["modelopt_where"] = where
             target["modelopt_reference_ppl_cuda"] = gpu["reference_ppl_cuda"]
+            target["modelopt_calibration_digest"] = row.get("modelopt_calibration_digest")
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
     write(results)
 

@@ -145,6 +145,40 @@ def gap_lines(gap: dict[str, Any] | None) -> list[str]:
     return [" ".join(out)]
 
 
+def nvfp4_lines(results: dict[str, Any]) -> list[str]:
+    """Where ModelOpt's NVFP4 figure comes from, and how forge's rows split the distance."""
+    rows = results["rows"]
+    folder = rows.get("nvfp4 (modelopt folder)", {})
+    theirs = folder.get("ppl_modelopt")
+    if theirs is None:
+        return []
+    same = folder.get("modelopt_calibration_digest") == (folder.get("calibration") or {}).get(
+        "digest"
+    )
+    windows = (
+        "the same calibration windows (digest checked)"
+        if same
+        else "calibration windows drawn by the same sampler from the same text but NOT "
+        f"identical to the CPU row's (token digest {folder.get('modelopt_calibration_digest')}"
+        f" there, {(folder.get('calibration') or {}).get('digest')} here; the device has "
+        "other transformers/tokenizers/torch versions; for NVFP4 calibration sets only the "
+        "per-tensor global scales of the activations)"
+    )
+    return [
+        f"**nvfp4: ModelOpt's figure** comes from the GPU machine ({folder['modelopt_where']}; "
+        f"its NVFP4 fake quant is a CUDA kernel): same model and evaluation windows, {windows}, "
+        f"float32 with TF32 off; the float model scores {folder['modelopt_reference_ppl_cuda']:.4f} "
+        f"there against {results['reference_ppl']:.4f} here, so the devices agree to "
+        f"{pct(folder['modelopt_reference_ppl_cuda'], results['reference_ppl'])}. forge's fake "
+        f"quant is {pct(folder['ppl_fakequant'], theirs)} from it (within the bar). The "
+        "ModelOpt-format folder is byte-identical to ModelOpt's own export on the tiny Llama, "
+        "so its row's distance splits into that fake-quant distance and forge's float32 "
+        f"reader against forge's fake quant ({pct(folder['ppl_artifact'], folder['ppl_fakequant'])}"
+        ", the 4-bit activation rounding flips of the table below); the split of the first "
+        "part between ModelOpt's GPU kernel and forge's CPU rounding was not measured.",
+    ]
+
+
 def render(results: dict[str, Any], gap: dict[str, Any] | None) -> str:
     s = results["settings"]
     runs = results["runs"]
@@ -170,6 +204,8 @@ def render(results: dict[str, Any], gap: dict[str, Any] | None) -> str:
         *bar_lines(results),
         "",
         *gap_lines(gap),
+        "",
+        *nvfp4_lines(results),
         "",
         "### Artifact vs forge's fake quant of the same checkpoint",
         "",
