@@ -86,7 +86,7 @@ def test_compressed_tensors_folder_loads_with_forges_numbers(
 
     from trtllm_forge.checkpoint.io import CheckpointReader
     from trtllm_forge.hf.reader import describe
-    from trtllm_forge.quant import layout
+    from trtllm_forge.quant import nvfp4
     from trtllm_forge.quant.fakequant import dequantized_weight
 
     folder = folders["compressed-tensors"]
@@ -115,7 +115,7 @@ def test_compressed_tensors_folder_loads_with_forges_numbers(
     args = attention.q_proj.quantization_scheme.input_activations
     theirs = forward_quantize(attention.q_proj, x, "input", args)
     global_scale = 1.0 / attention.q_proj.input_global_scale.float().reshape(())
-    mine = layout.fake_quant_nvfp4(x, global_scale)
+    mine = nvfp4.fake_quant(x, global_scale)
     assert float((theirs.float() - mine).norm() / mine.norm()) < 1e-6
     reader.close()
 

@@ -91,12 +91,12 @@ def test_trtllm_checkpoint_kv_scales_equal_modelopt_trtllm_export(
 
 def _per_cache_hook(k_scales: dict[str, float], v_scales: dict[str, float]) -> KvHook:
     """NVFP4 Q/DQ of K and V each under its own per-tensor scale, keyed by layer index."""
-    from trtllm_forge.quant import layout
+    from trtllm_forge.quant import nvfp4
 
     def hook(layer: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         index = layer.split(".")[-1]
         k_scale, v_scale = (torch.tensor(s[index]) for s in (k_scales, v_scales))
-        return layout.fake_quant_nvfp4(k, k_scale), layout.fake_quant_nvfp4(v, v_scale)
+        return nvfp4.fake_quant(k, k_scale), nvfp4.fake_quant(v, v_scale)
 
     return hook
 

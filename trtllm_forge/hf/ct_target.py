@@ -10,9 +10,8 @@ As compressed-tensors 0.20 reads them (``compressors/``, ``quantization/lifecycl
   [out, 1] per channel, [out/b, in/b] per block) and, for static activations,
   ``input_scale`` [1];
 * scales in the checkpoint dtype (the loader allocates them in the weight's dtype);
-* KV cache: ``self_attn.k_scale`` / ``self_attn.v_scale`` [1] = amax / qmax; an NVFP4
-  cache (``tensor_group`` scheme, groups of 16 along the head) has fp32
-  ``self_attn.k_global_scale`` / ``v_global_scale`` [1] = 6 · 448 / amax instead.
+* KV cache: ``self_attn.k_scale`` / ``self_attn.v_scale`` [1] = amax / qmax, or what the
+  KV format's record writes (a ``tensor_group`` scheme's reciprocal global scales).
 
 A format declared in its method's module builds its own tensors (the record's
 ``compressed_tensors.linear_tensors``); the branches below are the built-in formats'.
@@ -100,12 +99,11 @@ def _packed(q: torch.Tensor, bits: int, scale: torch.Tensor, dtype: torch.dtype)
 
 def kv_tensors(kv: str, k_amax: float, v_amax: float, dtype: torch.dtype) -> Tensors:
     """The attention module's KV-cache tensors: ``k_scale`` / ``v_scale`` [1] = amax / qmax
-    in the checkpoint dtype; NVFP4 (a tensor_group scheme): fp32 ``k_global_scale`` /
-    ``v_global_scale`` [1], the reciprocals of the per-tensor scales amax / (6 · 448)."""
-    if KV_FORMATS[kv].trtllm_algo == "NVFP4":
-        k, v = (1.0 / layout.nvfp4_global_scale(torch.tensor([a])) for a in (k_amax, v_amax))
-        return {"k_global_scale": k, "v_global_scale": v}
-    qmax = KV_FORMATS[kv].qmax
+    in the checkpoint dtype, or the KV format's own (its record's ``ct_tensors``)."""
+    kv_format = KV_FORMATS[kv]
+    if kv_format.ct_tensors is not None:
+        return kv_format.ct_tensors(k_amax, v_amax, dtype)
+    qmax = kv_format.qmax
     k, v = (layout.scale_from_amax(torch.tensor([a]), qmax).to(dtype) for a in (k_amax, v_amax))
     return {"k_scale": k, "v_scale": v}
 

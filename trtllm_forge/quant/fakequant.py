@@ -26,7 +26,7 @@ import torch
 
 from trtllm_forge.checkpoint.forward import CheckpointForward, KvHook
 from trtllm_forge.checkpoint.io import CheckpointReader
-from trtllm_forge.quant import layout, records
+from trtllm_forge.quant import kv_formats, layout, records
 
 # Which activation rule each quant_algo runs: from the format records.
 PER_TOKEN_INT8 = records.trtllm_algos(lambda f: f.activations == "per_token_int8")
@@ -127,13 +127,14 @@ class ActivationQuant:
 
 def kv_fake_quant(reader: CheckpointReader, kv_algo: str | None) -> KvHook | None:
     """``(layer, k, v) -> (k, v)``: Q/DQ with the layer's ``kv_cache_scaling_factor``
-    (the one scale TensorRT-LLM applies to both caches; for NVFP4 the per-tensor scale
-    of the E2M1 blocks, whose FP8 block scales are computed as the cache is written)."""
+    (the one scale TensorRT-LLM applies to both caches), by the KV format's own rule
+    (its record's ``fake_quant``) or as INT8 / FP8."""
     if kv_algo is None:
         return None
-    fq = {"FP8": layout.fake_quant_fp8, "NVFP4": layout.fake_quant_nvfp4}.get(
-        kv_algo, layout.fake_quant_int8
-    )
+    kv = kv_formats.by_trtllm_algo(kv_algo)
+    fq = kv.fake_quant if kv is not None and kv.fake_quant is not None else None
+    if fq is None:
+        fq = layout.fake_quant_fp8 if kv_algo == "FP8" else layout.fake_quant_int8
 
     def hook(layer: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scale = reader.get(f"{layer}.attention.kv_cache_scaling_factor").float().reshape(())

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from trtllm_forge.quant import layout, records
+from trtllm_forge.quant import kv_formats, layout, records
 from trtllm_forge.quant.result import LinearQuant
 
 Tensors = dict[str, torch.Tensor]
@@ -130,13 +130,13 @@ def kv_cache_scales(k_amax: float, v_amax: float, algo: str) -> Tensors:
 
     INT8: ``amax / 127``. FP8: ``amax / 448`` raised to at least 1.0, as ModelOpt
     writes it (TensorRT-LLM's FP8 attention kernels are tuned for scale 1 and
-    older builds overwrite the scale with 1.0 anyway). NVFP4: the per-tensor scale
-    ``amax / (6 · 448)`` under which the FP8 block scales are computed, 0-d as ModelOpt's
-    TensorRT-LLM export writes it. ``kv`` = max of the two, the one scale
+    older builds overwrite the scale with 1.0 anyway). A KV format with its own scales
+    (its record's ``trtllm_scales``) gives them. ``kv`` = max of the two, the one scale
     TensorRT-LLM applies to both caches.
     """
-    if algo == "NVFP4":
-        scales = [layout.nvfp4_global_scale(torch.tensor(a)) for a in (k_amax, v_amax)]
+    kv = kv_formats.by_trtllm_algo(algo)
+    if kv is not None and kv.trtllm_scales is not None:
+        scales = list(kv.trtllm_scales(k_amax, v_amax))
     else:
         qmax = layout.FP8_MAX if algo == "FP8" else layout.INT8_MAX
         scales = [layout.scale_from_amax(torch.tensor([a]), qmax) for a in (k_amax, v_amax)]

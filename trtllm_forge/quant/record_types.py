@@ -74,6 +74,12 @@ if TYPE_CHECKING:
         def matmul(self, x: str, w: str) -> str: ...
 
     OnnxLowering = Callable[[OnnxOps, str], str]
+    # (max |K|, max |V|) -> the (K, V) scales of the canonical checkpoint.
+    KvScales = Callable[[float, float], tuple["torch.Tensor", "torch.Tensor"]]
+    # (cache, its per-tensor scale) -> the cache Q/DQ'd.
+    KvFakeQuant = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+    # (max |K|, max |V|, checkpoint dtype) -> the attention's compressed-tensors tensors.
+    KvHfTensors = Callable[[float, float, "torch.dtype"], Tensors]
 
 Target = Literal["modelopt", "compressed-tensors"]
 # What happens to a quantized linear's input, as the generic fake quant and lowering
@@ -81,15 +87,18 @@ Target = Literal["modelopt", "compressed-tensors"]
 Activations = Literal["none", "static_int8", "static_fp8", "per_token_int8", "per_token_fp8", "own"]
 TARGETS: tuple[Target, ...] = ("modelopt", "compressed-tensors")
 
+# Records are compared by identity (eq=False): generating __eq__ / __hash__ for every
+# record type costs `forge plan` time (it imports them) and nothing compares them.
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class NotCarried:
     """A target that cannot hold the format, and why (quoted in the plan-time error)."""
 
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModelOpt:
     """ModelOpt's unified HF checkpoint (``hf_quant_config.json``), per ModelOpt 0.47's exporter.
 
@@ -121,7 +130,7 @@ class ModelOpt:
     numerics: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CompressedTensors:
     """A compressed-tensors ``config_groups`` entry and the compressor ``format``.
 
@@ -141,7 +150,7 @@ class CompressedTensors:
     load_dtype: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class QuantFormat:
     """One quantization format.
 
@@ -201,7 +210,31 @@ def _no_fields(params: Any) -> dict[str, Any]:
     return {}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
+class KvFormat:
+    """A KV-cache format: recipe name, TensorRT-LLM algo, and each HF target's spelling.
+
+    ``qmax`` turns a cache's calibrated max |K| or |V| into the HF targets' scale
+    (amax / qmax; ModelOpt writes amax / 448 for FP8 and NVFP4 alike). ``onnx`` says why
+    an ONNX engine cannot run the format exactly, or None when engine/onnx/quant_lowering.py
+    does. The hooks (None: the generic INT8 / FP8 rules, amax / qmax) give the canonical
+    checkpoint's per-cache scales (``trtllm_scales``, before TensorRT-LLM's shared
+    ``kv_cache_scaling_factor``, their max), the cache's fake quant under such a scale
+    (``fake_quant``), and the compressed-tensors attention tensors (``ct_tensors``).
+    """
+
+    name: str
+    trtllm_algo: str
+    qmax: float
+    modelopt: str | NotCarried  # hf_quant_config kv_cache_quant_algo
+    compressed_tensors: dict[str, Any] | NotCarried  # kv_cache_scheme
+    onnx: NotCarried | None = None
+    trtllm_scales: KvScales | None = None
+    fake_quant: KvFakeQuant | None = None
+    ct_tensors: KvHfTensors | None = None
+
+
+@dataclass(frozen=True, eq=False)
 class Method:
     """One quantization method, as its module declares it (``METHOD``).
 
