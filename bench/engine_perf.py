@@ -330,55 +330,11 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-GPU_RESULTS = RESULTS.with_name("engine_perf_gpu.json")
-
-
 def _gpu_section() -> list[str]:
-    """The H200 run (bench/engine_perf_gpu.py), when its results are committed."""
-    if not GPU_RESULTS.is_file():
-        return [
-            "## GPU",
-            "",
-            "Not measured yet. `python3 -m bench.engine_perf_gpu --config DIR --out DIR` is the "
-            "H200 half (forge portable and ort float16 engines with `--device cuda` against "
-            "onnxruntime-genai-cuda's builder models); its results file "
-            f"(bench/results/{GPU_RESULTS.name}) adds this section. In the session that "
-            "wrote this page the shared device time ran out before the run (see issue 20).",
-            "",
-        ]
-    gpu = json.loads(GPU_RESULTS.read_text())
-    lines = [
-        "## GPU",
-        "",
-        f"{gpu.get('gpu')}, onnxruntime-gpu {gpu.get('onnxruntime')}, "
-        f"{gpu.get('started_at')}: {gpu.get('model')}; 64-token prompts, 128 new tokens, "
-        "`python3 -m bench.engine_perf_gpu` on the GPU machine.",
-        "",
-    ]
-    peers = {r["target"]: r["report"] for r in gpu["runs"]}
-    peer = peers.get("genai builder fp16", {})
-    for batch in (1, 8):
-        lines += [
-            f"### batch {batch}",
-            "",
-            "| engine | tokens/s | TTFT p50 ms | e2e p99 ms | TPOT p99 ms | peak RSS MB | vs genai fp16 |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        base = scenario(peer, batch) if "scenarios" in peer else None
-        for run in gpu["runs"]:
-            s = scenario(run["report"], batch)
-            if s is None:
-                error = run["report"].get("error", "not measured").strip().splitlines()[-1:]
-                lines.append(f"| {run['target']} | — | — | — | — | — | {' '.join(error)[:90]} |")
-                continue
-            ratio = f"{s['output_tokens_per_s'] / base['output_tokens_per_s']:.2f}×" if base else ""
-            lines.append(
-                f"| {run['target']} | {s['output_tokens_per_s']:.1f} | {s['ttft_ms']['p50']:.1f} | "
-                f"{s['e2e_ms']['p99']:.0f} | {s['tpot_ms']['p99']:.2f} | "
-                f"{s['peak_rss_bytes'] / 2**20:.0f} | {ratio} |"
-            )
-        lines.append("")
-    return lines
+    """The H200 sessions (bench/engine_perf_gpu.py renders them from their results file)."""
+    from bench.engine_perf_gpu import render_section
+
+    return render_section()
 
 
 def _rows(doc: dict[str, Any], model: str, batch: int) -> list[str]:

@@ -1,6 +1,7 @@
 """The GPU half of docs/engine-performance.md, run on the GPU machine (an H200).
 
     python3 -m bench.engine_perf_gpu --gguf FILE --out DIR [--models smollm2-135m,llama-1b]
+    python -m bench.engine_perf_gpu collect OUT/engine_perf_gpu.json [...] --note TEXT   # here
 
 The models are made there, since nothing bigger than 64 MiB reaches that machine per call:
 
@@ -227,7 +228,126 @@ def header() -> dict[str, Any]:
     }
 
 
+# -- here: the results file and the doc section -------------------------------------------
+
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "engine_perf_gpu.json"
+ORDER = (
+    "forge ort fp16", "genai builder fp16", "forge ort int4", "genai builder int4",
+    "forge portable fp32", "transformers fp16",
+)  # fmt: skip
+
+
+def collect(paths: list[Path], reports: Path | None, note: str) -> dict[str, Any]:
+    """One session from the run files the GPU machine returned (same header, runs joined).
+
+    ``reports``: the run's report folder; a run recorded as failed whose report there is
+    complete gets it back, with the failure kept (the first H200 run's processes aborted at
+    exit after writing their reports)."""
+    docs = [json.loads(p.read_text()) for p in paths]
+    session = {**docs[0], "runs": [r for d in docs for r in d["runs"]], "note": note}
+    for run in session["runs"]:
+        error = run["report"].get("error")
+        found = _report_file(reports, run) if error and reports else None
+        if found is not None:
+            run["report"] = {**json.loads(found.read_text()), "exit_error": error[-300:]}
+    return session
+
+
+def _report_file(reports: Path | None, run: dict[str, Any]) -> Path | None:
+    runtime = "transformers" if run["target"].startswith("transformers") else "genai"
+    if reports is None or run["target"].startswith("forge"):
+        return None
+    model = run["model"]
+    name = (
+        f"genai-genai-{model}-{run['precision']}.json"
+        if runtime == "genai"
+        else f"transformers-engine-perf-gpu-hf-{model}.json"
+    )
+    return reports / name if (reports / name).is_file() else None
+
+
+def _scenario(report: dict[str, Any], batch: int) -> dict[str, Any] | None:
+    for s in report.get("scenarios", []):
+        if s["batch_size"] == batch:
+            return dict(s)
+    return None
+
+
+def session_lines(session: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**{session['started_at']}**, {session['gpu']}, onnxruntime-gpu "
+        f"{session['onnxruntime']}, `{session['command']}`. {session.get('note', '')}",
+        "",
+    ]
+    for model in dict.fromkeys(r["model"] for r in session["runs"]):
+        runs = {r["target"]: r["report"] for r in session["runs"] if r["model"] == model}
+        lines += [f"#### {model}: {session['models'][model]}", ""]
+        lines += [
+            "| engine | batch | tokens/s | TTFT p50 ms | TPOT p50 ms | e2e p99 ms "
+            "| peak device MiB | vs builder, same precision |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for batch in (1, 8):
+            for target in (t for t in ORDER if t in runs):
+                lines.append(_row(target, batch, runs))
+        lines.append("")
+    return lines
+
+
+def _row(target: str, batch: int, runs: dict[str, dict[str, Any]]) -> str:
+    s = _scenario(runs[target], batch)
+    if s is None:
+        error = runs[target].get("error", "not measured").strip().splitlines()[-1:]
+        return f"| {target} | {batch} | — | — | — | — | — | {' '.join(error)[:80]} |"
+    precision = target.rsplit(" ", 1)[1]
+    peer = _scenario(runs.get(f"genai builder {precision}", {}), batch)
+    ratio = ""
+    if peer and not target.startswith("genai"):
+        ratio = f"{s['output_tokens_per_s'] / peer['output_tokens_per_s']:.2f}×"
+    device = s.get("peak_device_bytes")
+    return (
+        f"| {target} | {batch} | {s['output_tokens_per_s']:.0f} | {s['ttft_ms']['p50']:.1f} | "
+        f"{s['tpot_ms']['p50']:.2f} | {s['e2e_ms']['p99']:.0f} | "
+        f"{'—' if device is None else f'{device / 2**20:.0f}'} | {ratio} |"
+    )
+
+
+def render_section() -> list[str]:
+    """docs/engine-performance.md's GPU section, newest session first."""
+    lines = ["## GPU (H200)", ""]
+    if not RESULTS.is_file():
+        return [*lines, "Not measured yet: `python3 -m bench.engine_perf_gpu` on the GPU.", ""]
+    doc = json.loads(RESULTS.read_text())
+    lines += [
+        "Each session: one `python3 -m bench.engine_perf_gpu` run on the GPU machine (see its "
+        "docstring for how the packages and the model travel there), every target its own "
+        "`forge bench --device cuda` process; greedy, 64-token prompts, 128 new tokens, 2 "
+        "timed batches after 1 warm-up. Peak device memory is the driver's count of memory "
+        "in use, less what was in use before the model loaded (trtllm_forge/bench/memory.py). "
+        "Ratios only against the builder timed in the same session.",
+        "",
+    ]
+    for session in reversed(doc["sessions"]):
+        lines += session_lines(session)
+    return lines
+
+
+def _collect_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine_perf_gpu collect")
+    parser.add_argument("runs", type=Path, nargs="+", help="engine_perf_gpu.json files")
+    parser.add_argument("--reports", type=Path, help="the run's report folder, if returned")
+    parser.add_argument("--note", default="", help="what this session is (shown above it)")
+    args = parser.parse_args(argv)
+    doc = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"sessions": []}
+    doc["sessions"].append(collect(args.runs, args.reports, args.note))
+    RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["collect"]:
+        return _collect_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python3 -m bench.engine_perf_gpu")
     parser.add_argument("--gguf", type=Path, required=True, help="SmolLM2-135M's Q4_1 GGUF")
     parser.add_argument("--out", type=Path, required=True)
