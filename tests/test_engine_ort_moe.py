@@ -1,12 +1,15 @@
-"""Mixture of experts in the ort lowering profile: ONNX Runtime's MoE operator on CPU.
+"""Mixture of experts (and Qwen3's q/k norms) in the ort lowering profile on CPU.
 
-Mixtral (top-2 of 4, weights renormalized) and Qwen2-MoE (top-2 of 4, softmax weights
-kept, plus the sigmoid-gated shared expert) are built through the real converter and
-backend with ``build.profile: ort`` and verified against transformers with the gates
-the portable profile meets (tests/test_engine_ort_profile.py): one of the two routings
-or the shared expert lowered wrong fails them. Their int8_wo, int4_wo and gptq experts
-run as QMoE and equal the portable engine of the same checkpoint. What the profile still
-refuses is refused at plan time with its reason.
+Mixtral (top-2 of 4, weights renormalized), Qwen2-MoE (top-2 of 4 renormalized, plus the
+sigmoid-gated shared expert), Qwen3-MoE (top-2 of 4, softmax weights kept, q/k norms)
+and the dense Qwen3 are built through the real converter and backend with
+``build.profile: ort`` and verified against transformers with the gates the portable
+profile meets (tests/test_engine_ort_profile.py): either routing, the shared expert or
+the q/k norms lowered wrong fails them. Qwen3-MoE's second layer is the case where
+onnxruntime 1.31.1's ``normalize_routing_weights=0`` path returns wrong values (its
+output buffer was used before); the lowering never takes that path. Quantized experts
+(int8_wo, int4_wo, gptq) run as QMoE and equal the portable engine of the same
+checkpoint. What the profile still refuses is refused at plan time with its reason.
 """
 
 from __future__ import annotations
@@ -32,18 +35,22 @@ GATES = {
 }
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
-def test_moe_family_passes_the_portable_gates(tmp_path: Path, arch: str) -> None:
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "qwen3"])
+def test_family_passes_the_portable_gates(tmp_path: Path, arch: str) -> None:
     hf, checkpoint = tiny_checkpoint(tmp_path, arch)
     engine = tmp_path / "engine"
     meta = build_engine("onnxruntime", checkpoint, engine, ORT)
     assert meta["onnx"]["profile"] == "ort"
     graph = onnx.load(engine / "rank0" / "model.onnx", load_external_data=False).graph
     ops = [node.op_type for node in graph.node]
-    # One MoE node per layer; no portable routing (Softmax / TopK / ScatterElements).
-    assert ops.count("MoE") == 2
-    assert not {"Softmax", "TopK", "ScatterElements"} & set(ops)
-    assert ("Sigmoid" in ops) is (arch == "qwen2_moe")  # the shared expert's gate
+    # One MoE node per layer, no portable routing (ScatterElements, every expert's MLP).
+    assert ops.count("MoE") == (0 if arch == "qwen3" else 2) and "ScatterElements" not in ops
+    if arch != "qwen3":  # (a dense MLP's SiLU is a Sigmoid too)
+        assert ("Sigmoid" in ops) is (arch == "qwen2_moe")  # the shared expert's gate
+    # Qwen3-MoE keeps the softmax weights: their top-k total multiplies the node's output.
+    assert ("TopK" in ops) is (arch == "qwen3_moe")
+    if arch.startswith("qwen3"):  # q and k normalized per head, before GQA's rope
+        assert ops.count("SimplifiedLayerNormalization") == 1 + 2 * 2
     result = verify_engine(
         engine,
         hf,
@@ -64,8 +71,9 @@ def float16_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     root = tmp_path_factory.mktemp("ort-moe-quant")
     out: dict[str, Any] = {"root": root}
     # Qwen2-MoE's shared expert of 64 (the conformance model's 48): int4 groups of 32.
-    for arch, sizes in (("mixtral", {}), ("qwen2_moe", {"shared_expert_intermediate_size": 64})):
-        hf = make_tiny_hf(arch, root / arch / "hf", **sizes)
+    sizes = {"qwen2_moe": {"shared_expert_intermediate_size": 64}}
+    for arch in ("mixtral", "qwen2_moe", "qwen3_moe"):
+        hf = make_tiny_hf(arch, root / arch / "hf", **sizes.get(arch, {}))
         convert_hf_checkpoint(hf, root / arch / "canonical", dtype="float16")
         out[arch] = (hf, root / arch / "canonical")
     return out
@@ -78,6 +86,7 @@ def float16_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
         ("mixtral", "int4_wo", 32),
         ("mixtral", "gptq", 32),
         ("qwen2_moe", "int4_wo", 32),
+        ("qwen3_moe", "int4_wo", 32),
     ],
 )
 def test_quantized_experts_run_as_qmoe(
@@ -153,8 +162,8 @@ def _moe_config(arch: str, model_type: str, **fields: Any) -> dict[str, Any]:
 
 
 def test_what_the_profile_refuses_at_plan_time(tmp_path: Path) -> None:
-    """AWQ experts (exit 2 at build.profile: per-expert pre-quant scales) and Qwen3-MoE
-    (its per-head q/k norm before rope); Mixtral unquantized and int4_wo plans."""
+    """AWQ experts (exit 2 at build.profile: per-expert pre-quant scales); Mixtral
+    unquantized and int4_wo, and Qwen3-MoE, plan."""
     from tests.helpers import write_recipe
     from trtllm_forge.errors import ExitCode
     from trtllm_forge.pipeline.preflight import check_model
@@ -169,10 +178,12 @@ def test_what_the_profile_refuses_at_plan_time(tmp_path: Path) -> None:
     qwen3_moe = _moe_config(
         "Qwen3MoeForCausalLM", "qwen3_moe", num_experts=4, moe_intermediate_size=32
     )
-    error = _plan_error(tmp_path, qwen3_moe, build=ort)
-    assert error.code == ExitCode.RECIPE and "normalizes each query and key" in error.message
-    for quantize in ({"method": "none"}, {"method": "int4_wo", "group_size": 32}):
+    for config, quantize in (
+        (mixtral, {"method": "none"}),
+        (mixtral, {"method": "int4_wo", "group_size": 32}),
+        (qwen3_moe, {"method": "gptq", "group_size": 32}),
+    ):
         recipe = write_recipe(
             tmp_path / "ok.yaml", source={"path": "m"}, build=ort, quantize=quantize
         )
-        check_model(load_recipe(recipe), mixtral)
+        check_model(load_recipe(recipe), config)

@@ -199,17 +199,17 @@ def _check_dequantized_weights(hf: Path, base: Path, out: Path, tol: float) -> N
 
 
 def test_ort_profile_refuses_the_families_it_cannot_lower() -> None:
-    """build.profile ort lowers the Llama graph (and Mixtral / Qwen2-MoE through ORT's MoE
-    operator, tests/test_engine_ort_moe.py): these families stop at plan time."""
+    """build.profile ort lowers the Llama graph (and Qwen3, Mixtral, Qwen2-MoE and
+    Qwen3-MoE: tests/test_engine_ort_moe.py): these families stop at plan time."""
     from trtllm_forge.engine.onnx.ort.support import model_refusal
 
     for arch in (
-        "Qwen3ForCausalLM",
         "Phi3ForCausalLM",
         "Gemma3ForCausalLM",
-        "Qwen3MoeForCausalLM",
         "ChatGLMModel",
         "BaichuanForCausalLM",
+        "GPT2LMHeadModel",
+        "FalconForCausalLM",
     ):
         refusal = model_refusal({"architectures": [arch], "hidden_act": "silu"})
         assert refusal is not None and arch in refusal

@@ -1,5 +1,5 @@
-"""The Llama-family decoder (Llama, Mistral, Qwen2; Mixtral and Qwen2-MoE, whose MLP is
-routed experts) in ONNX Runtime's contrib operators.
+"""The Llama-family decoder (Llama, Mistral, Qwen2; Qwen3 with its q/k norms; Mixtral,
+Qwen2-MoE and Qwen3-MoE, whose MLP is routed experts) in ONNX Runtime's contrib operators.
 
 Graph contract (docs/engine.md, "The ort profile"): inputs ``input_ids`` [batch, seq],
 ``attention_mask`` [batch, total_seq] and ``past_key_values.{l}.key/value`` [batch,
@@ -13,6 +13,7 @@ Per layer::
 
     x, residual = SkipSimplifiedLayerNormalization(mlp_out, residual, ln)   (layer 0: SLN)
     qkv = linear(x) [+ bias]                 packed q|k|v, as the checkpoint fuses them
+                                             (Qwen3: split, q and k RMS-normalized per head)
     attn, present.k, present.v = GroupQueryAttention(qkv, past.k, past.v, seqlens_k,
                                                      total_seq, cos, sin; do_rotary)
     x, residual = SkipSimplifiedLayerNormalization(dense(attn), residual, post_ln)
@@ -201,13 +202,16 @@ def _attention(
     prefix = f"transformer.layers.{layer}.attention"
     qkv = linear(ctx, f"{prefix}.qkv", x, model.hidden_size, (q_heads + 2 * kv_heads) * d, linears)
     qkv = _bias(ctx, qkv, f"{prefix}.qkv")
+    packed = [qkv, "", ""]
+    if model.qk_layernorm:
+        packed = _normed_heads(ctx, qkv, prefix, q_heads, kv_heads)
     out = g.fresh(f"{prefix}.context")
     present = [g.fresh(present_name(layer, kind)) for kind in ("key", "value")]
     window = model.layer_window(layer)
     g.nodes.append(
         helper.make_node(
             "GroupQueryAttention",
-            [qkv, "", "", past[0], past[1], seqlens, total, rope[0], rope[1]],
+            [*packed, past[0], past[1], seqlens, total, rope[0], rope[1]],
             [out, *present],
             name=g.fresh(f"{prefix}/GroupQueryAttention"),
             domain=MS_DOMAIN,
@@ -225,6 +229,34 @@ def _attention(
         g.outputs.append(helper.make_tensor_value_info(name, ctx.compute_type, cache_shape))
     dense = linear(ctx, f"{prefix}.dense", out, q_heads * d, model.hidden_size, linears)
     return _bias(ctx, dense, f"{prefix}.dense")
+
+
+def _normed_heads(
+    ctx: LoweringContext, qkv: str, prefix: str, q_heads: int, kv_heads: int
+) -> list[str]:
+    """Qwen3 / Qwen3-MoE: q, k (each head RMS-normalized over its channels) and v, as
+    GroupQueryAttention's separate inputs; it applies rope to them after, as the model
+    does (norm first, then rope)."""
+    g, d = ctx.graph, ctx.model.head_size
+    q, k, v = g.op_n(
+        "Split",
+        [qkv, g.i64(q_heads * d, kv_heads * d, kv_heads * d)],
+        [f"{prefix}.q", f"{prefix}.k", f"{prefix}.v"],
+        axis=-1,
+    )
+    out = []
+    for x, heads, norm in ((q, q_heads, "q_layernorm"), (k, kv_heads, "k_layernorm")):
+        per_head = g.op("Reshape", [x, g.i64(0, 0, heads, d)], f"{prefix}.{norm}.heads")
+        normed = g.op(
+            "SimplifiedLayerNormalization",
+            [per_head, ctx.load(f"{prefix}.{norm}.weight")],
+            f"{prefix}.{norm}.out",
+            axis=-1,
+            epsilon=ctx.model.norm_epsilon,
+            stash_type=1,
+        )
+        out.append(g.op("Reshape", [normed, g.i64(0, 0, heads * d)], f"{prefix}.{norm}.flat"))
+    return [*out, v]
 
 
 def _bias(ctx: LoweringContext, y: str, module: str) -> str:

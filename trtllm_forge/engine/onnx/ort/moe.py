@@ -8,7 +8,9 @@ transformers; docs/engine.md has the table):
 * ``router_probs`` ([tokens, experts], even for a [batch, seq, hidden] input) takes the
   router's logits; the kernel applies the softmax over all experts, keeps the top ``k``
   and, with ``normalize_routing_weights=1``, rescales them to sum to one (Mixtral;
-  Qwen2-MoE with ``norm_topk_prob``), else keeps the softmax values.
+  Qwen2-MoE / Qwen3-MoE with ``norm_topk_prob``). Without renormalization the node still
+  renormalizes and the graph multiplies its output back (``_unnormalize``: the kernel's
+  ``normalize_routing_weights=0`` path is wrong on a reused output buffer).
 * The gated SiLU MLP of every forge family is ``activation_type=swiglu`` with
   ``activation_alpha=1``, ``activation_beta=0`` and no ``swiglu_limit``:
   ``G·sigmoid(G)·L`` = ``silu(fc(x))·gate(x)``.
@@ -55,11 +57,11 @@ def routed_experts(ctx: LoweringContext, x: str, prefix: str, linears: OrtLinear
     experts = model.moe_num_experts
     logits = linear(ctx, f"{prefix}.router", x, model.hidden_size, experts, linears)
     # router_probs is [tokens, experts] even when the input is [batch, seq, hidden].
-    logits = g.op("Reshape", [logits, g.i64(-1, experts)], f"{prefix}.router_rows")
+    rows = g.op("Reshape", [logits, g.i64(-1, experts)], f"{prefix}.router_rows")
     algo = _experts_algo(ctx, prefix)
     attrs: dict[str, Any] = {
         "k": model.moe_top_k,
-        "normalize_routing_weights": int(model.moe_renormalize),
+        "normalize_routing_weights": 1,  # always: see _unnormalize
         "activation_type": "swiglu",
         "swiglu_fusion": 1,
         "activation_alpha": 1.0,
@@ -67,13 +69,13 @@ def routed_experts(ctx: LoweringContext, x: str, prefix: str, linears: OrtLinear
     }
     if algo is None:
         fc1, fc2 = (_float_stack(ctx, prefix, roles) for roles in (("fc", "gate"), ("proj",)))
-        op, inputs = "MoE", [x, logits, fc1, "", fc2]
+        op, inputs = "MoE", [x, rows, fc1, "", fc2]
     else:
         bits = 8 if algo == "W8A16" else 4
         (fc1, s1, block), (fc2, s2, _) = (
             _quantized_stack(ctx, prefix, roles, bits) for roles in (("fc", "gate"), ("proj",))
         )
-        op, inputs = "QMoE", [x, logits, fc1, s1, "", fc2, s2]
+        op, inputs = "QMoE", [x, rows, fc1, s1, "", fc2, s2]
         attrs |= {"expert_weight_bits": bits, "accuracy_level": linears.accuracy_level}
         if block:
             attrs["block_size"] = block
@@ -83,7 +85,26 @@ def routed_experts(ctx: LoweringContext, x: str, prefix: str, linears: OrtLinear
             op, inputs, [out], name=g.fresh(f"{prefix}/{op}"), domain=MS_DOMAIN, **attrs
         )
     )
-    return out
+    return out if model.moe_renormalize else _unnormalize(ctx, out, logits, prefix)
+
+
+def _unnormalize(ctx: LoweringContext, out: str, logits: str, prefix: str) -> str:
+    """Weights kept as the softmax gives them (Qwen-MoE without ``norm_topk_prob``): the
+    renormalized sum times the top-k probabilities' total, ``Σ p_e·y_e = (Σ p_e) · Σ (p_e /
+    Σ p_e)·y_e``. onnxruntime 1.31.1's CPU kernels with ``normalize_routing_weights=0``
+    return wrong values when their output buffer held another tensor before (correct on a
+    fresh buffer: tests/test_engine_ort_moe.py keeps a model where that happens), so the
+    node always renormalizes and this undoes it."""
+    g, model = ctx.graph, ctx.model
+    probs = g.op("Softmax", [logits], f"{prefix}.router_probs", axis=-1)
+    top, _ = g.op_n(
+        "TopK",
+        [probs, g.i64(model.moe_top_k)],
+        [f"{prefix}.top_probs", f"{prefix}.top_experts"],
+        axis=-1,
+    )
+    total = g.op("ReduceSum", [top, g.i64(-1)], f"{prefix}.top_total", keepdims=1)
+    return g.op("Mul", [out, total], f"{prefix}.experts.unnormalized")
 
 
 def _experts_algo(ctx: LoweringContext, prefix: str) -> str | None:

@@ -13,25 +13,24 @@ from typing import Any
 
 PROFILE = "ort"
 # HF architectures whose decoder the ort lowering builds (the Llama graph: RMSNorm, gated
-# SiLU MLP, GPT-NeoX rope, grouped-query attention; Qwen2 adds the qkv bias, Mistral a window;
-# Mixtral and Qwen2-MoE route their MLP through ORT's MoE operator, ort/moe.py).
+# SiLU MLP, GPT-NeoX rope, grouped-query attention; Qwen2 adds the qkv bias, Mistral a window,
+# Qwen3 q/k norms; Mixtral, Qwen2-MoE and Qwen3-MoE route their MLP through ORT's MoE
+# operator, ort/moe.py).
 ARCHITECTURES = (
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
     "MixtralForCausalLM",
     "Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM",
 )
-MOE_ARCHITECTURES = ("MixtralForCausalLM", "Qwen2MoeForCausalLM")
+MOE_ARCHITECTURES = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
 # Families the ort lowering refuses for a reason more precise than "not the Llama graph".
-_QK_NORM = (
-    "its attention RMS-normalizes each query and key head before rope, and the ort "
-    "lowering's GroupQueryAttention applies rope itself to the projected q and k"
-)
 _REASONS = {
-    "Qwen3MoeForCausalLM": f"Qwen3-MoE's experts would fit ORT's MoE operator, but {_QK_NORM}",
-    "Qwen3ForCausalLM": _QK_NORM,
-    "Gemma3ForCausalLM": f"{_QK_NORM}; its sandwich norms and two rope bases are not lowered",
+    "Gemma3ForCausalLM": (
+        "its sandwich norms, 1 + w q/k norms and two rope bases are not in the ort lowering"
+    ),
     "Phi3ForCausalLM": (
         "its partial rotary and LongRoPE (a per-sequence choice between two frequency "
         "sets; GroupQueryAttention reads one cos/sin cache) are not in the ort lowering, "
