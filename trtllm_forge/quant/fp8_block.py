@@ -49,6 +49,16 @@ def _quantization_fields(params: Fp8BlockParams) -> dict[str, Any]:
     return {"group_size": params.block_size}
 
 
+def _linear_misfit(params: Fp8BlockParams, out: int, width: int) -> tuple[str, str] | None:
+    block = params.block_size
+    if out % block == 0 and width % block == 0:
+        return None
+    return (
+        f"{out}×{width} is not a whole number of {block}×{block} FP8 blocks",
+        "pick a block_size dividing every layer's sizes, or exclude the layer",
+    )
+
+
 def quantize_model(
     model: nn.Module,
     data: CalibrationData | None,
@@ -193,4 +203,5 @@ METHOD = Method(
     uses_modelopt=False,
     formats=(FORMAT,),
     quantization_fields=_quantization_fields,
+    linear_misfit=_linear_misfit,
 )

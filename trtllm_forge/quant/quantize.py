@@ -196,6 +196,7 @@ def _kv_name(kv_cache: str | None) -> str | None:
 def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -> None:
     """Reject shapes and combinations the format cannot represent, before any weight loads."""
     group = getattr(spec.params, "group_size", None)
+    record = registry.get(spec.method).record  # a method declared in its module
     dims = linear_dims(hf_config)
     sites = [(t.module, t.kind) for t in plan.quantized if spec.quant_algo]
     sites += [(HEAD, HEAD)] if plan.quantize_head else []
@@ -206,13 +207,10 @@ def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -
                 f"{module}: in_features {in_features} is not a multiple of group_size {group}",
                 hint="pick a group size dividing every layer's input size, or exclude the layer",
             )
-        block = getattr(spec.params, "block_size", None)
-        if block is not None and (in_features % block or out_features % block):
-            raise recipe_error(
-                f"{module}: {out_features}×{in_features} is not a whole number of "
-                f"{block}×{block} FP8 blocks",
-                hint="pick a block_size dividing every layer's sizes, or exclude the layer",
-            )
+        misfit = record.linear_misfit if record is not None else None
+        why = misfit(spec.params, out_features, in_features) if misfit else None
+        if why is not None:
+            raise recipe_error(f"{module}: {why[0]}", hint=why[1])
         if group is not None and out_features % 2:
             raise recipe_error(
                 f"{module}: INT4 packing needs an even out_features ({out_features})"

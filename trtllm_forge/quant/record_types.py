@@ -254,6 +254,8 @@ class Method:
         quantization_fields: the checkpoint config's ``quantization`` keys beyond
             quant_algo / kv_cache_quant_algo / exclude_modules, from the parameters.
         doc_cases: the ``quantize`` sections docs/outputs.md's table shows a row for.
+        linear_misfit: why the format cannot store a linear of ``(params, out_features,
+            in_features)`` — (message, hint) — or None; checked before any weight loads.
     """
 
     name: str
@@ -263,6 +265,7 @@ class Method:
     format_of: Callable[[Mapping[str, Any]], str] | None = None
     quantization_fields: Callable[[Any], dict[str, Any]] = _no_fields
     doc_cases: tuple[Mapping[str, Any], ...] = ({},)
+    linear_misfit: Callable[[Any, int, int], tuple[str, str] | None] | None = None
 
     def format_name(self, quant: Mapping[str, Any]) -> str:
         return self.format_of(quant) if self.format_of else self.formats[0].name
