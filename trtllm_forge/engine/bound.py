@@ -19,12 +19,12 @@ them there cost more than the forward itself (SmolLM2 float16, batch 8, 64-token
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from trtllm_forge.engine.onnx.names import LOGITS, PAST_PREFIX, PRESENT_PREFIX
+from trtllm_forge.engine.onnx.names import INPUT_IDS, LOGITS, PAST_PREFIX, PRESENT_PREFIX
 
 CUDA = "cuda"
 TOKENS = "tokens"
@@ -32,9 +32,16 @@ TOKENS = "tokens"
 
 @dataclass
 class BoundCache:
-    """Per-layer past keys/values as OrtValues (on the session's device)."""
+    """Per-layer past keys/values as OrtValues (on the session's device).
+
+    With shared buffers the binding is made once per cache and kept: the buffers never
+    move, so each step rebinds only its inputs and its logits buffer. Binding every
+    buffer anew each step cost more host time than a decode step of a 1B model takes on
+    an H200 (docs/engine-performance.md, first GPU session)."""
 
     values: dict[str, Any]
+    binding: Any = None  # the session's IO binding with the buffers bound (shared only)
+    buffers: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # outputs by shape
 
 
 class BoundSession:
@@ -59,6 +66,9 @@ class BoundSession:
         self.past_names = sorted(n for n in self.inputs if n.startswith(PAST_PREFIX))
         dtype = next(i.type for i in session.get_inputs() if i.name.startswith(PAST_PREFIX))
         self.cache_dtype = np.float16 if "float16" in dtype else np.float32
+        (logits,) = [o for o in session.get_outputs() if o.name == LOGITS]
+        self.logits_dtype = np.float16 if "float16" in logits.type else np.float32
+        self.vocab = logits.shape[-1]
         self._argmax: Any = None  # the ArgMax session, made on first use
 
     def new_cache(self, batch: int) -> BoundCache:
@@ -74,7 +84,7 @@ class BoundSession:
     def forward(self, feeds: dict[str, np.ndarray], cache: BoundCache) -> np.ndarray:
         """Logits [batch, seq, vocab] (host float32); ``cache`` advances in place."""
         logits = self._run(feeds, cache, logits_on="cpu").numpy()
-        return np.asarray(logits, dtype=np.float32)
+        return np.array(logits, dtype=np.float32)  # a copy: the buffer is reused next step
 
     def tokens(self, feeds: dict[str, np.ndarray], cache: BoundCache) -> np.ndarray:
         """Greedy token ids [batch, seq] (host int64): the argmax of each position's logits,
@@ -82,14 +92,22 @@ class BoundSession:
         logits = self._run(feeds, cache, logits_on=self.device)
         if self._argmax is None:
             self._argmax = _argmax_session(self._ort, self.session, self.device)
-        binding = self._argmax.io_binding()
-        binding.bind_ortvalue_input(LOGITS, logits)
-        binding.bind_output(TOKENS, "cpu")
+        key = (TOKENS, id(logits))
+        if key not in cache.buffers:
+            binding = self._argmax.io_binding()
+            binding.bind_ortvalue_input(LOGITS, logits)
+            shape = tuple(logits.shape()[:2])
+            tokens = self._ort.OrtValue.ortvalue_from_shape_and_type(shape, np.int64, "cpu", 0)
+            binding.bind_ortvalue_output(TOKENS, tokens)
+            cache.buffers[key] = (binding, tokens)
+        binding, tokens = cache.buffers[key]
         self._argmax.run_with_iobinding(binding)
-        return np.asarray(binding.get_outputs()[0].numpy(), dtype=np.int64)
+        return np.array(tokens.numpy(), dtype=np.int64)
 
     def _run(self, feeds: dict[str, np.ndarray], cache: BoundCache, *, logits_on: str) -> Any:
         """One forward with the cache bound; the logits OrtValue, on ``logits_on``."""
+        if self.shared and isinstance(self.vocab, int):
+            return self._run_shared(feeds, cache, logits_on)
         binding = self.session.io_binding()
         for name, array in feeds.items():
             if name in self.inputs:
@@ -112,6 +130,29 @@ class BoundSession:
             for name in self.past_names:
                 cache.values[name] = by_name[name.replace(PAST_PREFIX, PRESENT_PREFIX, 1)]
         return by_name[LOGITS]
+
+    def _run_shared(self, feeds: dict[str, np.ndarray], cache: BoundCache, logits_on: str) -> Any:
+        """The shared-buffer step: the cache's kept binding, logits into a kept buffer."""
+        if cache.binding is None:
+            cache.binding = self.session.io_binding()
+            for name in self.past_names:
+                cache.binding.bind_ortvalue_input(name, cache.values[name])
+                present = name.replace(PAST_PREFIX, PRESENT_PREFIX, 1)
+                cache.binding.bind_ortvalue_output(present, cache.values[name])
+        binding = cache.binding
+        for name, array in feeds.items():
+            if name in self.inputs:
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        shape = (*feeds[INPUT_IDS].shape, self.vocab)
+        key = (LOGITS, logits_on, *shape)
+        if key not in cache.buffers:
+            make = self._ort.OrtValue.ortvalue_from_shape_and_type
+            cache.buffers[key] = make(shape, self.logits_dtype, logits_on, 0)
+        binding.bind_ortvalue_output(LOGITS, cache.buffers[key])
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return cache.buffers[key]
 
 
 def _argmax_session(ort: Any, session: Any, device: str) -> Any:
