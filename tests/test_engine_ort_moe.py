@@ -1,11 +1,11 @@
-"""Mixture of experts (and Qwen3's q/k norms) in the ort lowering profile on CPU.
+"""Mixture of experts, Qwen3's q/k norms and Phi-3 in the ort lowering profile on CPU.
 
 Mixtral (top-2 of 4, weights renormalized), Qwen2-MoE (top-2 of 4 renormalized, plus the
-sigmoid-gated shared expert), Qwen3-MoE (top-2 of 4, softmax weights kept, q/k norms)
-and the dense Qwen3 are built through the real converter and backend with
+sigmoid-gated shared expert), Qwen3-MoE (top-2 of 4, softmax weights kept, q/k norms),
+the dense Qwen3 and Phi-3 (partial rotary, a window on every layer) are built through the real converter and backend with
 ``build.profile: ort`` and verified against transformers with the gates the portable
 profile meets (tests/test_engine_ort_profile.py): either routing, the shared expert or
-the q/k norms lowered wrong fails them. Qwen3-MoE's second layer is the case where
+the q/k norms or partial rotary lowered wrong fails them. Qwen3-MoE's second layer is the case where
 onnxruntime 1.31.1's ``normalize_routing_weights=0`` path returns wrong values (its
 output buffer was used before); the lowering never takes that path. Quantized experts
 (int8_wo, int4_wo, gptq) run as QMoE and equal the portable engine of the same
@@ -35,17 +35,23 @@ GATES = {
 }
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "qwen3"])
+# Phi-3 at hidden 128 (head 32, rope on 16 channels): GroupQueryAttention's CPU kernel
+# takes a rotary width that is a multiple of 16, and the conformance model rotates 8.
+SIZES: dict[str, dict[str, Any]] = {"phi3": {"hidden_size": 128}}
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "qwen3", "phi3"])
 def test_family_passes_the_portable_gates(tmp_path: Path, arch: str) -> None:
-    hf, checkpoint = tiny_checkpoint(tmp_path, arch)
+    hf, checkpoint = tiny_checkpoint(tmp_path, arch, **SIZES.get(arch, {}))
     engine = tmp_path / "engine"
     meta = build_engine("onnxruntime", checkpoint, engine, ORT)
     assert meta["onnx"]["profile"] == "ort"
     graph = onnx.load(engine / "rank0" / "model.onnx", load_external_data=False).graph
     ops = [node.op_type for node in graph.node]
     # One MoE node per layer, no portable routing (ScatterElements, every expert's MLP).
-    assert ops.count("MoE") == (0 if arch == "qwen3" else 2) and "ScatterElements" not in ops
-    if arch != "qwen3":  # (a dense MLP's SiLU is a Sigmoid too)
+    dense = arch in ("qwen3", "phi3")
+    assert ops.count("MoE") == (0 if dense else 2) and "ScatterElements" not in ops
+    if not dense:  # (a dense MLP's SiLU is a Sigmoid too)
         assert ("Sigmoid" in ops) is (arch == "qwen2_moe")  # the shared expert's gate
     # Qwen3-MoE keeps the softmax weights: their top-k total multiplies the node's output.
     assert ("TopK" in ops) is (arch == "qwen3_moe")
@@ -125,6 +131,37 @@ def test_quantized_experts_run_as_qmoe(
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
 
 
+def test_quantized_phi3_runs_as_matmul_nbits(tmp_path: Path) -> None:
+    """Phi-3's split gate_up_proj (mlp.fc / mlp.gate) quantized with int4_wo: the ort
+    engine (MatMulNBits) equals the portable one of the same checkpoint."""
+    import torch
+
+    from tests.tinymodels import make_tiny_hf
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+    from trtllm_forge.engine.runtime import OrtEngine
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    hf = make_tiny_hf("phi3", tmp_path / "hf", **SIZES["phi3"])
+    convert_hf_checkpoint(hf, tmp_path / "canonical", dtype="float16")
+    quantize_checkpoint(
+        hf_dir=hf,
+        canonical_dir=tmp_path / "canonical",
+        out_dir=tmp_path / "q",
+        method="int4_wo",
+        params={"group_size": 32},
+        calibration=torch.randint(3, 250, (8, 32), generator=torch.Generator().manual_seed(0)),
+    )
+    options = replace(OPTIONS, max_batch_size=2, max_input_len=32, max_seq_len=64)
+    build_engine("onnxruntime", tmp_path / "q", tmp_path / "portable", options)
+    build_engine("onnxruntime", tmp_path / "q", tmp_path / "ort", replace(options, profile="ort"))
+    graph = onnx.load(tmp_path / "ort" / "rank0" / "model.onnx", load_external_data=False)
+    assert sum(n.op_type == "MatMulNBits" for n in graph.graph.node) == 2 * 5
+    ids = random_texts(1, 40, seed=3)[0]
+    want = OrtEngine.load(tmp_path / "portable", threads=1).score(ids, chunk=16)
+    got = OrtEngine.load(tmp_path / "ort", threads=1).score(ids, chunk=16)
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
+
 def test_float16_compute_keeps_the_greedy_tokens(float16_checkpoints: dict[str, Any]) -> None:
     """build.compute_dtype float16 (what CUDA needs): the MoE node runs in float16 and
     the tiny Mixtral's greedy tokens stay those of the float32 ort engine."""
@@ -162,9 +199,11 @@ def _moe_config(arch: str, model_type: str, **fields: Any) -> dict[str, Any]:
 
 
 def test_what_the_profile_refuses_at_plan_time(tmp_path: Path) -> None:
-    """AWQ experts (exit 2 at build.profile: per-expert pre-quant scales); Mixtral
-    unquantized and int4_wo, and Qwen3-MoE, plan."""
+    """AWQ experts (exit 2 at build.profile: per-expert pre-quant scales) and a rotary
+    width GroupQueryAttention's CPU kernel does not take; Mixtral unquantized and int4_wo,
+    and Qwen3-MoE, plan."""
     from tests.helpers import write_recipe
+    from tests.tinymodels import TINY_DEFAULTS
     from trtllm_forge.errors import ExitCode
     from trtllm_forge.pipeline.preflight import check_model
     from trtllm_forge.recipe.load import load_recipe
@@ -175,6 +214,10 @@ def test_what_the_profile_refuses_at_plan_time(tmp_path: Path) -> None:
     error = _plan_error(tmp_path, mixtral, build=ort, quantize=awq)
     assert error.code == ExitCode.RECIPE and "pre-quant scale" in error.message
     assert error.location is not None and error.location.line > 0
+    phi3 = {**TINY_DEFAULTS, "architectures": ["Phi3ForCausalLM"], "model_type": "phi3"}
+    phi3["partial_rotary_factor"] = 0.5
+    error = _plan_error(tmp_path, phi3, build=ort)  # head 16: rope on 8 channels
+    assert error.code == ExitCode.RECIPE and "multiple of 16" in error.message
     qwen3_moe = _moe_config(
         "Qwen3MoeForCausalLM", "qwen3_moe", num_experts=4, moe_intermediate_size=32
     )

@@ -199,12 +199,11 @@ def _check_dequantized_weights(hf: Path, base: Path, out: Path, tol: float) -> N
 
 
 def test_ort_profile_refuses_the_families_it_cannot_lower() -> None:
-    """build.profile ort lowers the Llama graph (and Qwen3, Mixtral, Qwen2-MoE and
+    """build.profile ort lowers the Llama graph (and Qwen3, Phi-3, Mixtral, Qwen2-MoE and
     Qwen3-MoE: tests/test_engine_ort_moe.py): these families stop at plan time."""
     from trtllm_forge.engine.onnx.ort.support import model_refusal
 
     for arch in (
-        "Phi3ForCausalLM",
         "Gemma3ForCausalLM",
         "ChatGLMModel",
         "BaichuanForCausalLM",

@@ -219,7 +219,8 @@ def _plan_error(tmp_path: Path, config: dict[str, Any], **sections: Any) -> Any:
 
 def test_plan_time_refusals(tmp_path: Path) -> None:
     """Factor lists that do not fit the rotary channels (exit 2, at the source), the ort
-    profile (it lowers the Llama graph only) and trtllm-build (exit 2, named)."""
+    profile (GroupQueryAttention takes one cos/sin cache per batch) and trtllm-build (exit
+    2, named)."""
     from trtllm_forge.errors import ExitCode
 
     bad = copy.deepcopy(LONGROPE)
@@ -229,7 +230,7 @@ def test_plan_time_refusals(tmp_path: Path) -> None:
     assert error.location is not None and error.location.line > 0
     config = _config(**LONGROPE)
     error = _plan_error(tmp_path, config, build={"profile": "ort"})
-    assert error.code == ExitCode.RECIPE and "Phi3ForCausalLM" in error.message
-    assert "LongRoPE" in error.message
+    assert error.code == ExitCode.RECIPE and "no LongRoPE" in error.message
+    assert "one cos/sin cache" in error.message
     error = _plan_error(tmp_path, config, build={"backend": "trtllm"})
     assert error.code == ExitCode.RECIPE and "LongRoPE" in error.message

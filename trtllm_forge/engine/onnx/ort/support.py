@@ -14,13 +14,14 @@ from typing import Any
 PROFILE = "ort"
 # HF architectures whose decoder the ort lowering builds (the Llama graph: RMSNorm, gated
 # SiLU MLP, GPT-NeoX rope, grouped-query attention; Qwen2 adds the qkv bias, Mistral a window,
-# Qwen3 q/k norms; Mixtral, Qwen2-MoE and Qwen3-MoE route their MLP through ORT's MoE
-# operator, ort/moe.py).
+# Qwen3 q/k norms, Phi-3 partial rotary and a window on every layer; Mixtral, Qwen2-MoE and
+# Qwen3-MoE route their MLP through ORT's MoE operator, ort/moe.py).
 ARCHITECTURES = (
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
+    "Phi3ForCausalLM",
     "MixtralForCausalLM",
     "Qwen2MoeForCausalLM",
     "Qwen3MoeForCausalLM",
@@ -30,11 +31,6 @@ MOE_ARCHITECTURES = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCa
 _REASONS = {
     "Gemma3ForCausalLM": (
         "its sandwich norms, 1 + w q/k norms and two rope bases are not in the ort lowering"
-    ),
-    "Phi3ForCausalLM": (
-        "its partial rotary and LongRoPE (a per-sequence choice between two frequency "
-        "sets; GroupQueryAttention reads one cos/sin cache) are not in the ort lowering, "
-        "which has not been tried on Phi-3"
     ),
 }
 # quantize.method -> what MatMulNBits carries it as (None: float MatMul).
@@ -114,8 +110,31 @@ def model_refusal(hf_config: Mapping[str, Any], method: str = "none") -> str | N
     act = hf_config.get("hidden_act", "silu")
     if act not in ACTIVATIONS:
         return f"build.profile ort lowers the SiLU-gated MLP only, not hidden_act {act!r}"
+    return _rotary_refusal(hf_config, arch)
+
+
+def _rotary_refusal(hf_config: Mapping[str, Any], arch: str) -> str | None:
+    """GroupQueryAttention rotates with one cos/sin cache whose width (half the rotary
+    channels) its CPU kernel takes only as a multiple of 8 (onnxruntime 1.31.1:
+    "cos_cache dimension 1 must be <= head_size / 2 and a multiple of 8")."""
     rope = hf_config.get("rope_scaling") or hf_config.get("rope_parameters") or {}
     kind = rope.get("rope_type") or rope.get("type") or "default"
+    if arch == "Phi3ForCausalLM" and kind in ("longrope", "su", "yarn"):
+        return (
+            "build.profile ort has no LongRoPE: it picks short or long factors per "
+            "sequence, and GroupQueryAttention reads one cos/sin cache for the whole batch "
+            "(build.profile: portable implements it)"
+        )
     if kind not in ("default", "linear", "llama3", "yarn"):
         return f"build.profile ort has no rotary scaling {kind!r} (default, linear, llama3, yarn)"
+    params = hf_config.get("rope_parameters") or {}
+    partial = params.get("partial_rotary_factor", hf_config.get("partial_rotary_factor")) or 1.0
+    heads = int(hf_config.get("num_attention_heads") or 1)
+    head = int(hf_config.get("head_dim") or int(hf_config.get("hidden_size") or 0) // heads)
+    half = int(head * float(partial)) // 2
+    if half % 8:
+        return (
+            f"build.profile ort rotates {half * 2} channels per head here, and "
+            "GroupQueryAttention's CPU kernel takes a rotary width that is a multiple of 16"
+        )
     return None
