@@ -28,11 +28,15 @@ def greedy_steps(
     ids, mask = ids.to(device), mask.to(device)
     # Models with absolute or ALiBi positions (GPT-2, BLOOM, MPT, ...) derive them from the
     # mask themselves; some of them take no position_ids at all.
-    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+    parameters = inspect.signature(model.forward).parameters
+    takes_positions = "position_ids" in parameters
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    # Only the last position's logits are read: the prompt's other rows of the LM head
+    # (vocabulary x hidden each) would be computed for nothing.
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
     with torch.no_grad():
         extra = {"position_ids": positions} if takes_positions else {}
-        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **extra)
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **keep, **extra)
         for step in range(max_new_tokens):
             token = out.logits[:, -1].argmax(dim=-1)
             yield token.tolist()  # .tolist() waits for the device: the step is done
