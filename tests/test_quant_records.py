@@ -42,8 +42,7 @@ def test_record_matches_builders_lowering_and_typing(name: str) -> None:
             assert fmt.name in _BUILT_IN_HF, fmt.name
 
 
-_BUILT_IN_HF = {"W8A16", "W4A16", "W4A16_AWQ", "W8A8_SQ_PER_CHANNEL", "FP8"}
-_BUILT_IN_HF |= {"FP8_PER_CHANNEL_PER_TOKEN"}
+_BUILT_IN_HF = {"W8A16", "W4A16", "W4A16_AWQ", "W8A8_SQ_PER_CHANNEL"}
 
 
 def test_methods_declared_in_their_module_carry_every_hook() -> None:

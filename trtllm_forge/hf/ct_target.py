@@ -70,16 +70,6 @@ def linear_tensors(fmt: QuantFormat, lq: LinearQuant, dtype: torch.dtype) -> Ten
     if fmt.name == "W4A16":
         scale = layout.scale_from_amax(lq.weight_amax, layout.INT4_MAX)
         return _packed(layout.quantize_int4(weight, scale), 4, scale, dtype)
-    if fmt.name in ("FP8", "FP8_PER_CHANNEL_PER_TOKEN"):
-        scale = layout.scale_from_amax(lq.weight_amax, layout.FP8_MAX)
-        out = {
-            "weight": layout.quantize_fp8(weight, scale),
-            "weight_scale": (scale[:, None] if scale.dim() == 1 else scale.reshape(1)).to(dtype),
-        }
-        if fmt.name == "FP8":
-            act = layout.scale_from_amax(_need(lq.input_amax), layout.FP8_MAX)
-            out["input_scale"] = act.reshape(1).to(dtype)
-        return out
     raise AssertionError(f"{fmt.name} has no compressed-tensors mapping")
 
 

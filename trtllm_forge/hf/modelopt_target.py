@@ -49,15 +49,6 @@ def linear_tensors(
         scale = lq.weight_amax.float() / layout.INT4_MAX
         packed = layout.pack_int4_rows(layout.quantize_int4(weight, scale))
         out = {"weight": packed.view(torch.uint8), "weight_scale": scale}
-    elif fmt.name == "FP8":
-        # ModelOpt divides the Python float (double) amax, then stores fp32.
-        scale = torch.tensor(float(lq.weight_amax.item()) / layout.FP8_MAX)
-        # A 0-d fp32 scale does not promote the weight: the quotient is in the checkpoint dtype.
-        quotient = lq.weight.to(dtype) / scale
-        out = {"weight": quotient.to(torch.float8_e4m3fn), "weight_scale": scale}
-    elif fmt.name == "FP8_PER_CHANNEL_PER_TOKEN":
-        scale = lq.weight_amax.float() / layout.FP8_MAX
-        out = {"weight": (weight / scale[:, None]).to(torch.float8_e4m3fn), "weight_scale": scale}
     else:
         raise AssertionError(f"{fmt.name} has no ModelOpt mapping")
     if lq.input_amax is not None and "input_scale" in mapping.tensors and "input_scale" not in out:

@@ -19,9 +19,6 @@ W8A8_SQ_PER_CHANNEL                           weight I8; weights_scaling_factor 
 W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN          weight I8; per_channel_scale F32 [1,out];
                                               row layers: smoother F32 [1,in]; column layers'
                                               smoothing is folded into the norm before them
-FP8                                           weight F8_E4M3; weights_scaling_factor F32 [1];
-                                              activation_scaling_factor F32 [1]
-FP8_PER_CHANNEL_PER_TOKEN                     weight F8_E4M3; per_channel_scale F32 [out]
 ============================================  ==========================================
 """
 
@@ -86,28 +83,11 @@ def sq_per_token_plugin(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tenso
     return out
 
 
-def fp8_per_tensor(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
-    scale = layout.scale_from_amax(lq.weight_amax, layout.FP8_MAX)
-    act = layout.scale_from_amax(_require(lq.input_amax, "activation range"), layout.FP8_MAX)
-    return {
-        "weight": layout.quantize_fp8(lq.weight, scale),
-        "weights_scaling_factor": scale.reshape(1),
-        "activation_scaling_factor": act.reshape(1),
-    }
-
-
-def fp8_per_channel(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
-    scale = layout.scale_from_amax(lq.weight_amax, layout.FP8_MAX)
-    return {"weight": layout.quantize_fp8(lq.weight, scale), "per_channel_scale": scale}
-
-
 BUILDERS: dict[str, Builder] = {
     "W8A16": w8a16,
     "W4A16_AWQ": w4a16_groupwise,
     "W8A8_SQ_PER_CHANNEL": sq_per_channel,
     "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": sq_per_token_plugin,
-    "FP8": fp8_per_tensor,
-    "FP8_PER_CHANNEL_PER_TOKEN": fp8_per_channel,
 }
 
 

@@ -119,18 +119,6 @@ class SmoothQuantParams(declared(schema.SmoothQuant)):  # type: ignore[misc]
         return {"smoothquant_val": self.alpha}
 
 
-class Fp8Params(declared(schema.Fp8)):  # type: ignore[misc]
-    """FP8 E4M3 W8A8: per-tensor scales, or per-channel weights + per-token activations."""
-
-    if TYPE_CHECKING:
-        granularity: str
-
-    def quant_algo(self) -> str:
-        if self.granularity == "per_channel_per_token":
-            return "FP8_PER_CHANNEL_PER_TOKEN"
-        return "FP8"
-
-
 _MODELS: dict[str, type[MethodParams]] = {}
 
 

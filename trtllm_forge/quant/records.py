@@ -26,7 +26,7 @@ from typing import Any
 # The record types and KV formats, re-exported: importers name them from here.
 from trtllm_forge.quant.kv_formats import KV_FORMATS as KV_FORMATS
 from trtllm_forge.quant.kv_formats import KvFormat as KvFormat
-from trtllm_forge.quant.record_types import FP8_ARGS, PRE_QUANT_IN_CT
+from trtllm_forge.quant.record_types import PRE_QUANT_IN_CT
 from trtllm_forge.quant.record_types import TARGETS as TARGETS
 from trtllm_forge.quant.record_types import CompressedTensors as CompressedTensors
 from trtllm_forge.quant.record_types import ModelOpt as ModelOpt
@@ -120,48 +120,6 @@ _BUILT_IN: tuple[QuantFormat, ...] = (
         trtllm_share_input=True,
         folds_smoothing_into_norm=True,
     ),
-    QuantFormat(
-        name="FP8",
-        trtllm_algo="FP8",
-        weight="float8 e4m3, one scale per tensor; static fp8 activations",
-        packing="float8_e4m3fn [out, in]",
-        trtllm_tensors=(
-            "weight F8_E4M3",
-            "weights_scaling_factor F32 [1]",
-            "activation_scaling_factor F32 [1]",
-        ),
-        strongly_typed=True,
-        modelopt=ModelOpt(
-            "FP8",
-            ("weight_scale", "input_scale"),
-            share_input=False,
-            numerics={"dynamic": False, "num_bits": 8, "type": "float"},
-        ),
-        compressed_tensors=CompressedTensors(
-            "float-quantized",
-            {**FP8_ARGS, "strategy": "tensor"},
-            {**FP8_ARGS, "strategy": "tensor", "dynamic": False},
-            ("weight", "weight_scale", "input_scale"),
-        ),
-        activations="static_fp8",
-        trtllm_share_input=True,
-    ),
-    QuantFormat(
-        name="FP8_PER_CHANNEL_PER_TOKEN",
-        trtllm_algo="FP8_PER_CHANNEL_PER_TOKEN",
-        weight="float8 e4m3, one scale per output channel; dynamic per-token activations",
-        packing="float8_e4m3fn [out, in]",
-        trtllm_tensors=("weight F8_E4M3", "per_channel_scale F32 [out]"),
-        strongly_typed=True,
-        modelopt=ModelOpt("FP8_PER_CHANNEL_PER_TOKEN", ("weight_scale",)),
-        compressed_tensors=CompressedTensors(
-            "float-quantized",
-            {**FP8_ARGS, "strategy": "channel"},
-            {**FP8_ARGS, "strategy": "token", "dynamic": True},
-            ("weight", "weight_scale"),
-        ),
-        activations="per_token_fp8",
-    ),
 )
 FORMATS: dict[str, QuantFormat] = {
     f.name: f for f in (*_BUILT_IN, *(fmt for m in declared_methods() for fmt in m.formats))
@@ -190,10 +148,6 @@ def format_name(method: str, quant: dict[str, Any]) -> str | None:
         if quant.get("activations") == "per_token":
             return "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
         return "W8A8_SQ_PER_CHANNEL"
-    if method == "fp8":
-        if quant.get("granularity") == "per_channel_per_token":
-            return "FP8_PER_CHANNEL_PER_TOKEN"
-        return "FP8"
     raise KeyError(f"no format record for method {method!r}")
 
 
@@ -252,8 +206,6 @@ def method_table() -> list[tuple[str, str, str, str]]:
         ("awq", {}),
         ("smoothquant", {"activations": "per_tensor"}),
         ("smoothquant", {"activations": "per_token"}),
-        ("fp8", {"granularity": "per_tensor"}),
-        ("fp8", {"granularity": "per_channel_per_token"}),
     ]
     cases += [(m.name, quant) for m in declared_methods() for quant in m.doc_cases]
     for method, quant in cases:

@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from trtllm_forge.errors import ForgeError, recipe_error
-from trtllm_forge.quant import fp8_block, nvfp4, w4a8_awq
+from trtllm_forge.quant import fp8, fp8_block, nvfp4, w4a8_awq
 from trtllm_forge.quant.record_types import Method
 from trtllm_forge.registry import Registry
 
@@ -132,9 +132,9 @@ def tool_versions(name: str) -> dict[str, str]:
 def _builtin_algorithm(name: str) -> ModuleType:
     """A built-in method's module. Importing them all costs what one costs (torch): each
     imports its own library (ModelOpt) only when it runs."""
-    from trtllm_forge.quant import awq, fp8, gptq, int4_wo, int8_wo, none, smoothquant
+    from trtllm_forge.quant import awq, gptq, int4_wo, int8_wo, none, smoothquant
 
-    modules = (awq, fp8, gptq, int4_wo, int8_wo, none, smoothquant)
+    modules = (awq, gptq, int4_wo, int8_wo, none, smoothquant)
     return {module.__name__.rpartition(".")[2]: module for module in modules}[name]
 
 
@@ -148,7 +148,6 @@ def _builtin_params(name: str) -> type[MethodParams]:
         "smoothquant": params.SmoothQuantParams,
         "awq": params.AwqParams,
         "gptq": params.GptqParams,
-        "fp8": params.Fp8Params,
     }
     return models[name]
 
@@ -170,7 +169,7 @@ def _module(module: ModuleType) -> ModuleType:
 
 # The methods declared in their own module, in docs/outputs.md's table order. Their
 # modules import no torch at import time (the algorithm and the hooks import it).
-METHOD_MODULES: tuple[ModuleType, ...] = (fp8_block, nvfp4, w4a8_awq)
+METHOD_MODULES: tuple[ModuleType, ...] = (fp8, fp8_block, nvfp4, w4a8_awq)
 
 
 def declared_methods() -> list[Method]:
@@ -190,6 +189,5 @@ _builtin("int4_wo", needs_data=False, modelopt=False)
 _builtin("smoothquant", needs_data=True, modelopt=True)
 _builtin("awq", needs_data=True, modelopt=True)
 _builtin("gptq", needs_data=True, modelopt=False)
-_builtin("fp8", needs_data=True, modelopt=True)
 for _module_of_method in METHOD_MODULES:
     _declared(_module_of_method)

@@ -14,8 +14,6 @@ W8A16                                  DQ(int8 Wᵀ, per-column scale) → MatMu
 W4A16_AWQ                              [x·pre_quant_scale] → MatMul(DQ(int4 Wᵀ, blocked scale))
 W8A8_SQ_PER_CHANNEL                    x·pqs → Q/DQ int8 (static scale) → MatMul(DQ(int8 Wᵀ))
 W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN   [x ÷ smoother] → Q/DQ int8 per token → MatMul(DQ(int8 Wᵀ))
-FP8                                    Q/DQ fp8 (static) → MatMul(DQ(fp8 Wᵀ, scalar))
-FP8_PER_CHANNEL_PER_TOKEN              Q/DQ fp8 per token → MatMul(DQ(fp8 Wᵀ, per column))
 kv_cache INT8 / FP8                    Q/DQ of new K and V with ``kv_cache_scaling_factor``
 =====================================  ======================================================
 
@@ -172,19 +170,6 @@ def _consume_norm_scale(ctx: LoweringContext, site: LinearSite) -> None:
             ctx.weights.get(name)
 
 
-def fp8_per_tensor(ctx: LoweringContext, site: LinearSite, x: str) -> str:
-    act = _scale_flat(ctx, f"{site.module}.activation_scaling_factor", ())
-    x = _qdq_static(ctx, x, act, _FP8, f"{site.module}.act")
-    scale = _scale_flat(ctx, f"{site.module}.weights_scaling_factor", ())
-    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, per_column=False))
-
-
-def fp8_per_channel(ctx: LoweringContext, site: LinearSite, x: str) -> str:
-    x = _qdq_per_token(ctx, x, layout.FP8_MAX, _FP8, f"{site.module}.act", site.in_features)
-    scale = _per_column_scale(ctx, site, "per_channel_scale")
-    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, per_column=True))
-
-
 def _qdq_per_group(
     ctx: LoweringContext, x: str, qmax: float, dtype: int, hint: str, group: int
 ) -> str:
@@ -241,6 +226,11 @@ class Ops:
         name = f"{self._site.module}.{hint}"
         return _qdq_per_group(self._ctx, x, qmax, self._DTYPES[dtype], name, group)
 
+    def qdq_per_token(self, x: str, dtype: str, hint: str) -> str:
+        qmax = layout.FP8_MAX if dtype == "fp8" else layout.INT8_MAX
+        name = f"{self._site.module}.{hint}"
+        return _qdq_per_token(self._ctx, x, qmax, self._DTYPES[dtype], name, self.in_features)
+
     def int4_groups(self) -> str:
         return _int4_groups(self._ctx, self._site)
 
@@ -278,8 +268,6 @@ LINEAR = {
     "W4A16_AWQ": w4a16_groupwise,
     "W8A8_SQ_PER_CHANNEL": sq_per_channel,
     "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": sq_per_token,
-    "FP8": fp8_per_tensor,
-    "FP8_PER_CHANNEL_PER_TOKEN": fp8_per_channel,
 }
 
 for _algo, _fn in LINEAR.items():
