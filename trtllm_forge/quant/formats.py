@@ -47,14 +47,7 @@ def w8a16(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
 
 
 def w4a16_groupwise(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
-    scale = layout.scale_from_amax(lq.weight_amax, layout.INT4_MAX)
-    out = {
-        "weight": layout.pack_int4_rows(layout.quantize_int4(lq.weight, scale)),
-        "weights_scaling_factor": scale,
-    }
-    if lq.pre_quant_scale is not None:
-        out["prequant_scaling_factor"] = lq.pre_quant_scale.to(dtype)
-    return out
+    return layout.int4_group_tensors(lq.weight, lq.weight_amax, lq.pre_quant_scale, dtype)
 
 
 def sq_per_channel(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:

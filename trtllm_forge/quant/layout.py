@@ -104,3 +104,19 @@ def fake_quant_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def fake_quant_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
+
+
+def int4_group_tensors(
+    weight: torch.Tensor,
+    amax: torch.Tensor,
+    pre_quant_scale: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    """TensorRT-LLM's groupwise INT4 tensors of one linear: two int4 output rows per byte,
+    fp32 scales ``[out, in / g]`` from the group ranges, and the pre-quant scale (AWQ) in
+    the checkpoint dtype when there is one."""
+    scale = scale_from_amax(amax, INT4_MAX)
+    out = {"weight": pack_int4_rows(quantize_int4(weight, scale)), "weights_scaling_factor": scale}
+    if pre_quant_scale is not None:
+        out["prequant_scaling_factor"] = pre_quant_scale.to(dtype)
+    return out

@@ -110,13 +110,7 @@ def _trtllm(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
 
     if lq.input_amax is None:
         raise ValueError("calibration produced no activation range")
-    scale = layout.scale_from_amax(lq.weight_amax, layout.INT4_MAX)
-    out = {
-        "weight": layout.pack_int4_rows(layout.quantize_int4(lq.weight, scale)),
-        "weights_scaling_factor": scale,
-    }
-    if lq.pre_quant_scale is not None:
-        out["prequant_scaling_factor"] = lq.pre_quant_scale.to(dtype)
+    out = layout.int4_group_tensors(lq.weight, lq.weight_amax, lq.pre_quant_scale, dtype)
     out["weights_scaling_factor_2"] = fp8_scale(lq.fp8_weight_amax).reshape(1)
     act = layout.scale_from_amax(lq.input_amax, layout.FP8_MAX)
     out["activation_scaling_factor"] = act.reshape(1)
