@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.lib import ROOT
 
 
 def _anon_rss(pid: int) -> int:

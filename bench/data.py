@@ -47,7 +47,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent / ".data"
+from bench.lib import DATA, ROOT
+
+DATA_DIR = DATA
 HF_DIR_NAME = "smollm2-135m"
 HF_DIR_DTYPE = "float32"
 CLEANER_VERSION = 1  # bump when clean_wiki changes what it writes
@@ -345,7 +347,7 @@ def make_hf_dir(gguf_file: Path, dest: Path, dtype: str) -> Path:
     if stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         print(f"ok       {target}")
         return target
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(ROOT))
     from trtllm_forge.sources import gguf_to_hf
 
     print(

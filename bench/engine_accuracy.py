@@ -13,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DATA = Path(__file__).resolve().parent / ".data"
+from bench import lib
+
+DATA = lib.DATA
 # Only models with trained weights: llama-1b's random weights make agreement meaningless.
 MODELS = ("smollm2-135m",)
 TEXT_TOKENS = 1024

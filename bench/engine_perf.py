@@ -28,17 +28,16 @@ from typing import Any
 
 import yaml
 
-from bench import measure
+from bench import lib, measure
 from bench.engine_accuracy import head_accuracy, merge, render_accuracy, render_later
 from bench.engine_goals import render_goals, scenario
 from bench.synth import SHAPES, ensure_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "bench" / ".data"
+DATA = lib.DATA
 WORK = DATA / "engine-perf"
-RESULTS = ROOT / "bench" / "results" / "engine_perf.json"
+RESULTS = lib.RESULTS / "engine_perf.json"
 PARTIAL = WORK / "engine_perf.partial.json"
-DOC = ROOT / "docs" / "engine-performance.md"
+DOC = lib.DOCS / "engine-performance.md"
 PYTHON = sys.executable
 THREADS = 2
 LIMITS = {"max_batch_size": 8, "max_input_len": 64, "max_seq_len": 256}

@@ -44,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from bench import lib
+
 PYTHON = sys.executable
 SEED = 0
 LIMITS = {"max_batch_size": 8, "max_input_len": 64, "max_seq_len": 256}
@@ -76,7 +78,6 @@ def smollm2_folder(gguf: Path, work: Path, log: Any) -> Path:
 
 
 def llama_1b_folder(tokenizer_from: Path, work: Path, log: Any) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.synth import SHAPES, ensure_checkpoint
 
     hf = work / "hf-llama-1b"
@@ -230,7 +231,7 @@ def header() -> dict[str, Any]:
 
 # -- here: the results file and the doc section -------------------------------------------
 
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "engine_perf_gpu.json"
+RESULTS = lib.RESULTS / "engine_perf_gpu.json"
 ORDER = (
     "forge ort fp16", "genai builder fp16", "forge ort int4", "genai builder int4",
     "forge portable fp32", "transformers fp16",

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.lib import ROOT
+
 GB = 1e9
 
 
@@ -228,7 +230,7 @@ def machine() -> dict[str, str]:
         "blake3": _version("blake3"),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    info["disk"] = _disk_description(Path(__file__).resolve().parent)
+    info["disk"] = _disk_description(ROOT / "bench")
     return info
 
 

@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import lib
 from bench import quant as qb
 
-RESULTS = qb.ROOT / "bench" / "results" / "quant_formats.json"
+RESULTS = lib.RESULTS / "quant_formats.json"
 FP8_BLOCK = 64
 LABELS = {"nvfp4": ("nvfp4 (modelopt folder)", "nvfp4 (compressed-tensors folder)")}
 LABELS["fp8_block"] = (f"fp8_block b{FP8_BLOCK}",)
@@ -67,14 +68,7 @@ def case_for(method: str, s: qb.Settings) -> qb.Case:
 
 
 def gpu_ppl(model: Any, windows: Any) -> float:
-    import torch
-
-    parts = []
-    with torch.no_grad():
-        for ids in windows:
-            logits = model(input_ids=ids[None].cuda()).logits[0].float().cpu().numpy()
-            parts.append(qb.nll(logits, ids))
-    return qb.perplexity(parts)
+    return lib.window_perplexity(lambda ids: lib.hf_logits(model, ids), windows)
 
 
 def measure(method: str, s: qb.Settings, windows: Any, progress: Any) -> dict[str, Any]:
@@ -84,7 +78,7 @@ def measure(method: str, s: qb.Settings, windows: Any, progress: Any) -> dict[st
     from trtllm_forge.quant.modelopt_glue import mtq, quiet
 
     module = mtq(progress)
-    model = load_reference(qb.MODEL).cuda()
+    model = load_reference(lib.MODEL).cuda()
     case = case_for(method, s)
     data = qb.calibration_tokens(case, s) if case.samples else None
 
@@ -115,17 +109,17 @@ def run(out: Path) -> None:
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    if not (qb.MODEL / "config.json").is_file():
-        gguf_to_hf(qb.DATA / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf", qb.MODEL)
+    if not (lib.MODEL / "config.json").is_file():
+        gguf_to_hf(lib.DATA / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf", lib.MODEL)
     saved = json.loads(RESULTS.read_text())
     s = qb.Settings(**{k: v for k, v in saved["settings"].items() if k != "smoothquant"})
-    windows = qb.eval_windows(s.windows, s.window_len)
+    windows = lib.eval_windows(s.windows, s.window_len)
     progress = qb.StderrProgress()
     doc: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "gpu": torch.cuda.get_device_name(0),
         "versions": qb.versions(),
-        "reference_ppl_cuda": gpu_ppl(load_reference(qb.MODEL).cuda(), windows),
+        "reference_ppl_cuda": gpu_ppl(load_reference(lib.MODEL).cuda(), windows),
         "reference_ppl_cpu": saved["reference_ppl"],
         "rows": [],
     }

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import measure, report
+from bench.lib import DATA, DOCS, RESULTS, ROOT
 from bench.synth import SHAPES, Shape, ensure_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "bench" / ".data"
 TP = 2
 REPEATS = 5
 
@@ -262,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main_noop(args.data)
     shape = SHAPES["llama-1b" if args.quick else "llama-7b"]
     out = args.out or (
-        args.data / "performance-quick.md" if args.quick else ROOT / "docs" / "performance.md"
+        args.data / "performance-quick.md" if args.quick else DOCS / "performance.md"
     )
     bench = Bench(shape, args.data)
     started = time.time()
@@ -291,8 +290,8 @@ def _main_noop(data: Path) -> int:
         shutil.rmtree(bench.run_dir, ignore_errors=True)
     results["started_unix"] = started
     results["invocation"] = "python -m bench --noop"
-    raw = ROOT / "bench" / "results" / "noop.json"
+    raw = RESULTS / "noop.json"
     raw.write_text(json.dumps(results, indent=2) + "\n")
-    report.write_noop(ROOT / "docs" / "performance.md", results)
+    report.write_noop(DOCS / "performance.md", results)
     print(f"wrote docs/performance.md (no-op section) and {raw}")
     return 0

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import sys
@@ -41,14 +40,23 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "bench" / ".data"
-MODEL = DATA / "smollm2-135m"
-EVAL_TEXT = DATA / "enwiki-eval.txt"
+from bench.lib import (
+    DATA,
+    DOCS,
+    EVAL_TEXT,
+    MODEL,
+    Divergence,
+    eval_windows,
+    fake_quant_logits,
+    hf_logits,
+    nll,
+    perplexity,
+    window_perplexity,
+)
+
 CALIB_TEXT = DATA / "calib" / "wiki-summaries.txt"
 HOME = DATA / "quant-home"
-DOC = ROOT / "docs" / "quantization.md"
-EVAL_BYTES = 200_000  # evaluation windows come from the first ~200 KB of the text
+DOC = DOCS / "quantization.md"
 CALIB_BATCH = 8  # the batch size forge's calibration passes use too
 
 METHODS = (
@@ -278,37 +286,6 @@ def layer_bytes(path: Path) -> int:
 # -- evaluation ----------------------------------------------------------------------------
 
 
-def eval_windows(n: int, length: int) -> Any:
-    """``n`` windows of ``length`` tokens spread evenly over the first ~200 KB of the text.
-
-    SmolLM2's tokenizer adds no BOS, so windows are plain text tokens.
-    """
-    import torch
-
-    from trtllm_forge.quant.calibration import load_tokenizer
-
-    raw = EVAL_TEXT.read_bytes()[:EVAL_BYTES]
-    text = raw[: raw.rfind(b"\n") + 1].decode("utf-8")
-    tokens = load_tokenizer(MODEL)(text, add_special_tokens=False)["input_ids"]
-    stride = (len(tokens) - length) // max(n - 1, 1)
-    if stride < length and n > 1:
-        raise SystemExit(f"{n} windows of {length} tokens overlap in {len(tokens)} tokens")
-    return torch.tensor([tokens[i * stride : i * stride + length] for i in range(n)])
-
-
-def nll(logits: Any, ids: Any) -> Any:
-    """Per-position next-token NLL (float64) of one window's logits."""
-    from trtllm_forge.engine import metrics
-
-    return metrics.next_token_nll(logits, ids.tolist())
-
-
-def perplexity(parts: list[Any]) -> float:
-    import numpy as np
-
-    return float(math.exp(np.concatenate(parts).mean()))
-
-
 class Reference:
     """The transformers float32 model's logits on every window (kept: every method needs them)."""
 
@@ -318,43 +295,6 @@ class Reference:
         model = load_reference(MODEL)
         self.logits = [hf_logits(model, ids) for ids in windows]
         self.ppl = perplexity([nll(lg, ids) for lg, ids in zip(self.logits, windows, strict=True)])
-
-
-def hf_logits(model: Any, ids: Any) -> Any:
-    import torch
-
-    with torch.no_grad():
-        out: Any = model(input_ids=ids[None]).logits[0].float().numpy()
-    return out
-
-
-class Divergence:
-    """How far one set of logits is from another, over every window: the largest
-    |Δlogit|, the mean |Δlogit| and the fraction of positions whose argmax differs."""
-
-    def __init__(self) -> None:
-        self.max_abs = 0.0
-        self.abs_sum = 0.0
-        self.count = 0
-        self.argmax_differs = 0
-        self.positions = 0
-
-    def add(self, a: Any, b: Any) -> None:
-        import numpy as np
-
-        diff = np.abs(a - b)
-        self.max_abs = max(self.max_abs, float(diff.max()))
-        self.abs_sum += float(diff.sum(dtype=np.float64))
-        self.count += diff.size
-        self.argmax_differs += int((a.argmax(-1) != b.argmax(-1)).sum())
-        self.positions += a.shape[0]
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "max_abs_logit": self.max_abs,
-            "mean_abs_logit": self.abs_sum / max(self.count, 1),
-            "argmax_differs": self.argmax_differs / max(self.positions, 1),
-        }
 
 
 NUDGE = 1e-7  # relative: about one float32 ulp
@@ -387,7 +327,6 @@ def quantizes_activations(ckpt: Path) -> bool:
 def evaluate_forge(ckpt: Path, engine: Path, windows: Any, ref: Reference) -> dict[str, Any]:
     """Fake quant and the engine as forge ships it (``OrtEngine``, the runtime verify uses)."""
     import numpy as np
-    import torch
 
     from trtllm_forge.engine import metrics
     from trtllm_forge.engine.runtime import OrtEngine
@@ -395,22 +334,22 @@ def evaluate_forge(ckpt: Path, engine: Path, windows: Any, ref: Reference) -> di
 
     fake = FakeQuantForward(ckpt)
     noisy = nudged(FakeQuantForward(ckpt)) if quantizes_activations(ckpt) else None
+    fake_of = fake_quant_logits(fake)
+    noisy_of = fake_quant_logits(noisy) if noisy is not None else None
     ort = OrtEngine.load(engine, threads=1)
     nll_fake, nll_eng, nll_nudged, kl, top1 = [], [], [], [], []
     engine_vs_fake, nudge_vs_fake = Divergence(), Divergence()
     try:
         for ids, ref_logits in zip(windows, ref.logits, strict=True):
-            with torch.no_grad():
-                fq = fake.logits(ids[None])[0].float().numpy()
+            fq = fake_of(ids)
             eng = ort.score(ids.tolist())
             nll_fake.append(nll(fq, ids))
             nll_eng.append(nll(eng, ids))
             kl.append(metrics.kl_per_token(ref_logits, eng))
             top1.append(metrics.top1_matches(ref_logits, eng))
             engine_vs_fake.add(eng, fq)
-            if noisy is not None:
-                with torch.no_grad():
-                    nudged_logits = noisy.logits(ids[None])[0].float().numpy()
+            if noisy_of is not None:
+                nudged_logits = noisy_of(ids)
                 nudge_vs_fake.add(nudged_logits, fq)
                 nll_nudged.append(nll(nudged_logits, ids))
     finally:
@@ -503,7 +442,7 @@ def evaluate_modelopt(case: Case, s: Settings, windows: Any, progress: Any) -> d
     with quiet(progress):
         module.quantize(model, modelopt_config(module, case), forward_loop if batches else None)
     seconds = time.perf_counter() - t0
-    ppl = perplexity([nll(hf_logits(model, ids), ids) for ids in windows])
+    ppl = window_perplexity(lambda ids: hf_logits(model, ids), windows)
     return {
         "ppl_modelopt": ppl,
         "modelopt_seconds": seconds,

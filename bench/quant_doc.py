@@ -7,6 +7,8 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from bench.lib import put_section
+
 MB = 1e6
 
 # (method label prefix, allowed perplexity increase over the reference): issue 4's bars.
@@ -207,9 +209,5 @@ def render(results: dict[str, Any]) -> str:
 
 def write_doc(path: Path, section: str) -> None:
     """Replace the generated section of ``path`` (hand-written text around it survives)."""
-    if path.exists() and BEGIN in (text := path.read_text()) and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        path.write_text(head + section.rstrip("\n") + tail)
-        return
-    path.write_text("# Quantization quality: SmolLM2-135M on a CPU\n\n" + section)
+    text = path.read_text() if path.exists() else "# Quantization quality: SmolLM2-135M on a CPU\n"
+    path.write_text(put_section(text, BEGIN, END, section.rstrip("\n")))

@@ -35,9 +35,10 @@ from typing import Any
 
 import yaml
 
+from bench import lib
 from bench import quant as qb
 
-RESULTS = qb.ROOT / "bench" / "results" / "quant_formats.json"
+RESULTS = lib.RESULTS / "quant_formats.json"
 COMMAND = "OMP_NUM_THREADS=1 python -m bench.quant_formats"
 METHODS = ("fp8_block", "w4a8_awq", "nvfp4")
 HF_TARGETS = ("modelopt", "compressed-tensors")
@@ -87,14 +88,11 @@ def build_folder(case: qb.Case, target: str, s: qb.Settings, tmp: Path, progress
 
 def fake_quant_logits(ckpt: Path, windows: Any) -> list[Any]:
     """forge's fake quant of the checkpoint on every window (both folders share it)."""
-    import torch
-
     from trtllm_forge.quant.fakequant import FakeQuantForward
 
     fake = FakeQuantForward(ckpt)
     try:
-        with torch.no_grad():
-            return [fake.logits(ids[None])[0].float().numpy() for ids in windows]
+        return [lib.fake_quant_logits(fake)(ids) for ids in windows]
     finally:
         fake.close()
 
@@ -107,18 +105,18 @@ def evaluate_folder(fake: list[Any], folder: Path, windows: Any, ref: qb.Referen
     from trtllm_forge.hf.verify import load_folder_model
 
     model = load_folder_model(folder)
-    nll_loaded, kl, top1, loaded_vs_fake = [], [], [], qb.Divergence()
+    nll_loaded, kl, top1, loaded_vs_fake = [], [], [], lib.Divergence()
     for ids, ref_logits, fq in zip(windows, ref.logits, fake, strict=True):
-        loaded = qb.hf_logits(model, ids)
-        nll_loaded.append(qb.nll(loaded, ids))
+        loaded = lib.hf_logits(model, ids)
+        nll_loaded.append(lib.nll(loaded, ids))
         kl.append(metrics.kl_per_token(ref_logits, loaded))
         top1.append(metrics.top1_matches(ref_logits, loaded))
         loaded_vs_fake.add(loaded, fq)
     return {
-        "ppl_fakequant": qb.perplexity(
-            [qb.nll(fq, ids) for fq, ids in zip(fake, windows, strict=True)]
+        "ppl_fakequant": lib.perplexity(
+            [lib.nll(fq, ids) for fq, ids in zip(fake, windows, strict=True)]
         ),
-        "ppl_artifact": qb.perplexity(nll_loaded),
+        "ppl_artifact": lib.perplexity(nll_loaded),
         "kl_artifact": float(np.concatenate(kl).mean()),
         "top1_artifact": float(np.concatenate(top1).mean()),
         "artifact_vs_fakequant": loaded_vs_fake.as_dict(),
@@ -135,7 +133,7 @@ def modelopt_nvfp4(case: qb.Case, s: qb.Settings, windows: Any, progress: Any) -
     from trtllm_forge.quant.modelopt_glue import mtq, quiet
 
     module = mtq(progress)
-    model = load_reference(qb.MODEL)
+    model = load_reference(lib.MODEL)
     data = qb.calibration_tokens(case, s)
 
     def forward_loop(m: Any) -> None:
@@ -146,7 +144,7 @@ def modelopt_nvfp4(case: qb.Case, s: qb.Settings, windows: Any, progress: Any) -
     with quiet(progress):
         module.quantize(model, copy.deepcopy(module.NVFP4_DEFAULT_CFG), forward_loop)
     try:
-        ppl = qb.perplexity([qb.nll(qb.hf_logits(model, ids), ids) for ids in windows])
+        ppl = lib.window_perplexity(lambda ids: lib.hf_logits(model, ids), windows)
     except Exception as exc:  # recorded: the figure does not exist on this machine
         return {"modelopt_error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     return {"ppl_modelopt": ppl}
@@ -211,7 +209,7 @@ def from_bench_quant(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def measure(method: str, s: qb.Settings, progress: qb.StderrProgress) -> dict[str, Any]:
-    windows = qb.eval_windows(s.windows, s.window_len)
+    windows = lib.eval_windows(s.windows, s.window_len)
     progress.log(f"reference: transformers float32 on {s.windows} x {s.window_len} tokens")
     ref = qb.Reference(windows)
     rows = []

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import quant as qb
+from bench.lib import RESULTS, has_section, put_section
 from bench.quant_doc import pct
 
 BEGIN = (
@@ -20,7 +21,7 @@ END = "<!-- bench.quant_formats:end -->"
 # The bar of issue 18: forge's perplexity within 0.5 % of ModelOpt's fake quant.
 MODELOPT_BAR = 0.005
 
-GAP_RESULTS = qb.ROOT / "bench" / "results" / "quant_gap.json"
+GAP_RESULTS = RESULTS / "quant_gap.json"
 ANCHOR = "<!-- bench.quant:end -->"
 MB = 1e6
 
@@ -218,12 +219,8 @@ def render(results: dict[str, Any], gap: dict[str, Any] | None) -> str:
 def write(results: dict[str, Any], path: Path = qb.DOC) -> None:
     """Replace the section (first time: insert it after bench.quant's generated section)."""
     gap = json.loads(GAP_RESULTS.read_text()) if GAP_RESULTS.exists() else None
-    section = render(results, gap).rstrip("\n")
     text = path.read_text()
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        path.write_text(head + section + rest.split(END, 1)[1])
-        return
-    head, tail = text.split(ANCHOR, 1)
-    intro = "\n\n## The 2026 formats: fp8_block, w4a8_awq, nvfp4\n\n"
-    path.write_text(head + ANCHOR + intro + section + tail)
+    if not has_section(text, BEGIN, END):  # the empty section goes under its own heading
+        intro = "\n\n## The 2026 formats: fp8_block, w4a8_awq, nvfp4\n\n"
+        text = text.replace(ANCHOR, ANCHOR + intro + BEGIN + END, 1)
+    path.write_text(put_section(text, BEGIN, END, render(results, gap).rstrip("\n")))

@@ -41,48 +41,42 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import lib
 from bench import quant as qb
 
-RESULTS = qb.ROOT / "bench" / "results" / "quant_gap.json"
-DOC = qb.ROOT / "docs" / "quantization-gap.md"
+RESULTS = lib.RESULTS / "quant_gap.json"
+DOC = lib.DOCS / "quantization-gap.md"
 COMMAND = "OMP_NUM_THREADS=1 python -m bench.quant_gap"
 
-Logits = Callable[[Any], Any]  # token ids [T] -> float32 numpy logits [T, vocab]
+Logits = lib.Logits
 
 
 # -- evaluation ----------------------------------------------------------------------------
 
 
 def hf_scorer(model: Any) -> Logits:
-    return lambda ids: qb.hf_logits(model, ids)
+    return lambda ids: lib.hf_logits(model, ids)
 
 
 def score(fn: Logits, windows: Any, versus: Logits | None = None) -> dict[str, Any]:
     """Perplexity of ``fn`` on the windows; with ``versus``, also how far their logits are."""
-    nlls, gap = [], qb.Divergence()
+    nlls, gap = [], lib.Divergence()
     for ids in windows:
         logits = fn(ids)
-        nlls.append(qb.nll(logits, ids))
+        nlls.append(lib.nll(logits, ids))
         if versus is not None:
             gap.add(logits, versus(ids))
-    out: dict[str, Any] = {"ppl": qb.perplexity(nlls)}
+    out: dict[str, Any] = {"ppl": lib.perplexity(nlls)}
     if versus is not None:
         out["versus"] = gap.as_dict()
     return out
 
 
 def forge_scorer(ckpt: Path) -> tuple[Logits, Callable[[], None]]:
-    import torch
-
     from trtllm_forge.quant.fakequant import FakeQuantForward
 
     fake = FakeQuantForward(ckpt)
-
-    def logits(ids: Any) -> Any:
-        with torch.no_grad():
-            return fake.logits(ids[None])[0].float().numpy()
-
-    return logits, fake.close
+    return lib.fake_quant_logits(fake), fake.close
 
 
 # -- (a) forge's checkpoint ------------------------------------------------------------------
@@ -121,7 +115,7 @@ def modelopt_model(case: qb.Case, s: qb.Settings, progress: Any, *, fused_qkv: b
     from trtllm_forge.quant.modelopt_glue import mtq, quiet
 
     module = mtq(progress)
-    model = load_reference(qb.MODEL)
+    model = load_reference(lib.MODEL)
     if fused_qkv:
         fuse_qkv(model)
     batches = qb.calibration_tokens(case, s).batches(qb.CALIB_BATCH)
@@ -143,9 +137,9 @@ def forge_calibrated(case: qb.Case, s: qb.Settings, progress: Any) -> tuple[Any,
     from trtllm_forge.quant.quantize import load_hf_model
     from trtllm_forge.quant.targets import plan_targets
 
-    hf_config = json.loads((qb.MODEL / "config.json").read_text())
+    hf_config = json.loads((lib.MODEL / "config.json").read_text())
     plan = plan_targets(hf_config, ["lm_head"])
-    model = load_hf_model(qb.MODEL)
+    model = load_hf_model(lib.MODEL)
     data = qb.calibration_tokens(case, s)
     params = AwqParams.model_validate({"group_size": case.group_size})
     awq.quantize_model(model, data, params, plan.hf_modules(), progress)
@@ -270,7 +264,7 @@ class Run:
     def __init__(self, args: argparse.Namespace, progress: Any) -> None:
         self.progress = progress
         self.s = qb.Settings(windows=args.windows, awq_samples=8, gptq_samples=16)
-        self.windows = qb.eval_windows(self.s.windows, self.s.window_len)
+        self.windows = lib.eval_windows(self.s.windows, self.s.window_len)
         self.group_size = args.group_size
         self.out: dict[str, Any] = {
             "commands": [f"{COMMAND} " + " ".join(sys.argv[1:])],
@@ -307,7 +301,7 @@ class Run:
     def reference(self) -> None:
         from trtllm_forge.engine.verify import load_reference
 
-        self.out["reference_ppl"] = score(hf_scorer(load_reference(qb.MODEL)), self.windows)["ppl"]
+        self.out["reference_ppl"] = score(hf_scorer(load_reference(lib.MODEL)), self.windows)["ppl"]
         self.progress.log(f"reference ppl {self.out['reference_ppl']:.3f}")
         self.save()
 

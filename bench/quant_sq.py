@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench import quant
+from bench import lib, quant
 
 KINDS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.proj")  # mlp.gate: mlp.fc's input
 
@@ -70,20 +70,14 @@ class Ablation:
         return transform
 
     def perplexity(self, windows: Any) -> float:
-        import torch
-
         from trtllm_forge.quant.fakequant import FakeQuantForward
 
         fake = FakeQuantForward(self.ckpt)
         fake.forward._hook = self.hook(fake.activations)
         try:
-            with torch.no_grad():
-                parts = [
-                    quant.nll(fake.logits(ids[None])[0].float().numpy(), ids) for ids in windows
-                ]
+            return lib.window_perplexity(lib.fake_quant_logits(fake), windows)
         finally:
             fake.close()
-        return quant.perplexity(parts)
 
 
 def step_lines(steps: dict[str, list[Any]]) -> list[str]:
@@ -127,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = json.loads(args.results.read_text())["rows"]
         params = {"alpha": 0.5, "activations": "per_tensor"}
         ckpt = next(Path(r["checkpoint"]) for r in rows if r["case"]["params"] == params)
-    windows = quant.eval_windows(args.windows, 512)
+    windows = lib.eval_windows(args.windows, 512)
     ref = quant.Reference(windows).ppl
 
     def row(what: str, ppl: float) -> str:

@@ -33,10 +33,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "bench" / ".data" / "verify-0.5b"
-RESULTS = ROOT / "bench" / "results" / "verify_memory.json"
-DOC = ROOT / "docs" / "bench.md"
+from bench import lib
+from bench.lib import ROOT
+
+DATA = lib.DATA / "verify-0.5b"
+RESULTS = lib.RESULTS / "verify_memory.json"
+DOC = lib.DOCS / "bench.md"
 START, END = "<!-- verify-memory:start -->", "<!-- verify-memory:end -->"
 SHAPE = {
     "hidden_size": 896,
@@ -266,10 +268,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def write_doc(results: dict[str, Any]) -> None:
-    text = DOC.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{render(results)}\n{END}{tail}")
+    lib.write_section(DOC, START, END, render(results) + "\n")
 
 
 def main() -> int:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.lib import DOCS, ROOT
+
 RECIPE = ROOT / "recipes" / "smollm2-135m.yaml"
-DOC = ROOT / "docs" / "verify-smollm2-135m.md"
+DOC = DOCS / "verify-smollm2-135m.md"
 
 
 def build(dtype: str, home: Path, workdir: Path) -> tuple[dict, str]:  # type: ignore[type-arg]
