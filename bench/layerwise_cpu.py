@@ -2,6 +2,7 @@
 
     python -m bench.layerwise_cpu [--shape llama-7b] [--dir DIR] [--samples 4]
         [--seq-len 64] [--out bench/results/layerwise_cpu.json] [--doc docs/performance.md]
+    python -m bench.layerwise_cpu --render bench/results/layerwise_cpu.json --doc docs/performance.md
 
 Synthesizes the shape's random-weight HF checkpoint (bench/synth.py, reused when
 complete), converts it to the canonical float16 checkpoint once, then runs
@@ -172,6 +173,11 @@ def write_section(doc: Path, body: str) -> None:
     doc.write_text(text)
 
 
+def _load(path: Path) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="llama-7b")
@@ -180,12 +186,16 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--out", type=Path, help="write the result JSON here")
     parser.add_argument("--doc", type=Path, help="rewrite this command's section of the doc")
+    parser.add_argument("--render", type=Path, help="rewrite --doc from this result JSON")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     default = Path.home() / ".cache" / "forge-bench" / f"layerwise-{args.shape}"
     args.dir = args.dir or str(default)
     if args.child:
         child(args)
+        return
+    if args.render:
+        write_section(args.doc or ROOT / "docs" / "performance.md", render(_load(args.render)))
         return
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     result = measure(args)

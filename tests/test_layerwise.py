@@ -46,6 +46,12 @@ CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "nvfp4": ("nvfp4", {}, None),
     "w4a8_awq": ("w4a8_awq", {"group_size": 64}, None),
     "int4_wo": ("int4_wo", {"group_size": 64}, None),
+    # exclude is passed through: layer 1's linears stay float, the others' are AWQ
+    "awq_exclude": (
+        "awq",
+        {"group_size": 64, "exclude": ["lm_head", "transformer.layers.1.*"]},
+        None,
+    ),
 }
 
 
@@ -68,10 +74,12 @@ def _both(
     paths: dict[str, Path], name: str, method: str, params: dict[str, Any], kv: str | None
 ) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
     root = paths["root"] / name
+    params = dict(params)
     common: dict[str, Any] = {
         "hf_dir": paths["hf"],
         "canonical_dir": paths["canonical"],
         "method": method,
+        "exclude": params.pop("exclude", ["lm_head"]),
         "params": params,
         "kv_cache": kv,
         "calibration": CALIB,
@@ -97,7 +105,8 @@ def test_layerwise_equals_whole_model(tiny: dict[str, Path], case: str) -> None:
     assert layered.pop("calibration_mode") == "layerwise"
     assert layered.pop("resumed_at_layer") == 0
     assert layered == whole
-    assert len(whole["quantized_modules"]) == (0 if method == "none" else 3 * 5)
+    quantized = 0 if method == "none" else 2 * 5 if case == "awq_exclude" else 3 * 5
+    assert len(whole["quantized_modules"]) == quantized
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral"])
@@ -108,6 +117,24 @@ def test_layerwise_families(tmp_path: Path, arch: str) -> None:
     paths = {"hf": hf, "canonical": tmp_path / "canonical", "root": tmp_path}
     whole_dir, layers_dir, _, _ = _both(paths, "awq", "awq", {"group_size": 32}, "int8")
     assert_same_files(whole_dir, layers_dir)
+
+
+def test_activations_past_the_bound_are_read_from_disk(tiny: dict[str, Path]) -> None:
+    """With no room in memory every layer reads its input memory-mapped from the work
+    folder: the same bytes (GPTQ: one batch per window, six batches per layer)."""
+    method, params, kv = CASES["gptq_kv"]
+    root = tiny["root"] / "spill"
+    common: dict[str, Any] = {
+        "hf_dir": tiny["hf"],
+        "canonical_dir": tiny["canonical"],
+        "method": method,
+        "params": params,
+        "kv_cache": kv,
+        "calibration": CALIB,
+    }
+    quantize_checkpoint(out_dir=root / "whole", **common)
+    calibrate_layerwise(out_dir=root / "layers", work_dir=root / "work", stream_bound=0, **common)
+    assert_same_files(root / "whole", root / "layers")
 
 
 _KILLED_WALK = """

@@ -29,6 +29,7 @@ import torch
 
 from trtllm_forge.checkpoint.convert import load_hf_config
 from trtllm_forge.context import NullProgress, Progress
+from trtllm_forge.errors import recipe_error
 from trtllm_forge.quant import modelopt_glue, registry
 from trtllm_forge.quant.calibration import CalibrationData
 from trtllm_forge.quant.device import Placement
@@ -83,13 +84,7 @@ def calibrate_layerwise(
     ``identity`` names what the caller keys the result by (the calibrate stage's key
     inputs); a work folder left by another identity or calibration is emptied.
     """
-    spec, plan = _checked_plan(method, params, kv_cache, Path(hf_dir), exclude)
-    hf_config = load_hf_config(Path(hf_dir))
-    reason = refusal(method, spec.params.model_dump(mode="json"), spec.kv_cache, hf_config)
-    if reason:
-        from trtllm_forge.errors import recipe_error
-
-        raise recipe_error(reason, hint="use quantize.calibration.mode: whole")
+    spec, plan = _walkable_plan(method, params, kv_cache, Path(hf_dir), exclude)
     placement = Placement.of(device, dtype)
     data = None  # a weight-only method without a KV cache runs no forward pass
     if registry.get(method).needs_data or spec.kv_cache:
@@ -97,28 +92,37 @@ def calibrate_layerwise(
     batch = _BATCH.get(method, modelopt_glue.BATCH_SIZE)
     store = LayerStore(Path(work_dir), _walk_identity(identity, spec, plan, data, placement))
     with ExitStack() as stack:
-        tensors = SnapshotTensors(Path(hf_dir), stack)
+        tensors = SnapshotTensors(Path(hf_dir))
+        stack.callback(tensors.release)
         out = LayerWriter(Path(canonical_dir), Path(hf_dir), plan, placement.dtype, stack)
         walk = _Walk(spec, plan, placement, tensors, store, out)
         batches = data.batches(batch) if data is not None else []
         layers = walk.run(Path(hf_dir), batches, stream_bound, progress)
     forge_info = _forge_info(spec, exclude, data)
-    summary = assemble(
-        store,
-        layers,
-        Path(canonical_dir),
-        Path(out_dir),
-        spec,
-        plan,
-        forge_info,
-        placement,
-        progress,
-    )
+    args = (Path(canonical_dir), Path(out_dir), spec, plan, forge_info, placement, progress)
+    summary = assemble(store, layers, *args)
     summary.update(forge_info)
     summary["calibration_placement"] = {"device": placement.device, "dtype": placement.dtype}
     summary["calibration_mode"] = "layerwise"
     summary["resumed_at_layer"] = walk.resumed_at
     return summary
+
+
+def _walkable_plan(
+    method: str,
+    params: Mapping[str, Any] | None,
+    kv_cache: str | None,
+    hf_dir: Path,
+    exclude: Sequence[str],
+) -> tuple[QuantSpec, TargetPlan]:
+    """The whole-model path's checks (quantize._checked_plan), then what only the walk
+    cannot do yet (the same refusal forge plan makes from the recipe)."""
+    spec, plan = _checked_plan(method, params, kv_cache, hf_dir, exclude)
+    dumped = spec.params.model_dump(mode="json")
+    reason = refusal(method, dumped, spec.kv_cache, load_hf_config(hf_dir))
+    if reason:
+        raise recipe_error(reason, hint="use quantize.calibration.mode: whole")
+    return spec, plan
 
 
 def layerwise_checkpoint(
@@ -205,6 +209,7 @@ class _Walk:
             progress.log(f"calibrate: all {count} layers already committed; assembling")
             return count
         real_body(model, self.tensors, self.placement.device, self.dtype)
+        self.tensors.release()
         device_batches = [b.to(self.placement.device) for b in batches]
         calls = record_inputs(model, device_batches)
         if start > 0:
@@ -236,6 +241,7 @@ class _Walk:
         """Calibrate, write and commit layer ``index``; return the next layer's input."""
         prefix = f"model.layers.{index}"
         layer = materialize(layers[index], prefix, self.tensors, self.placement.device, self.dtype)
+        self.tensors.release()
         shell = LayerShell(index, layer, calls, self.placement.device)
         outputs, kv = _original_outputs(shell, stream, index, bool(self.spec.kv_cache))
         targets = [n for n in self.plan.hf_modules() if n.startswith(prefix + ".")]

@@ -10,15 +10,21 @@ layer while it is written) is in memory.
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from trtllm_forge.checkpoint.io import CheckpointReader, rank_file, write_config
-from trtllm_forge.checkpoint.safetensors_stream import ST_TO_TORCH, StreamingWriter, TensorSpec
+from trtllm_forge.checkpoint.io import CheckpointReader, rank_file, read_config, write_config
+from trtllm_forge.checkpoint.safetensors_stream import (
+    ST_TO_TORCH,
+    StoredTensor,
+    StreamingWriter,
+    TensorSpec,
+    read_layout,
+)
 from trtllm_forge.context import Progress
 from trtllm_forge.quant import writer
 from trtllm_forge.quant.device import Placement
@@ -42,12 +48,12 @@ class LayerWriter:
     ) -> None:
         self.reader = stack.enter_context(CheckpointReader(canonical_dir))
         self.dtype = ST_TO_TORCH[writer._dtype_name(self.reader.config)]
-        transposed = {
+        self.transposed = {
             source: target.rule is not None and target.rule.fusion == "transpose"
             for target in plan.quantized
             for source in target.sources
         }
-        self.originals = OriginalWeights(hf_dir, transposed, stack)
+        self.hf_dir = hf_dir
         self.calib_dtype = calib_dtype
 
     def write(
@@ -61,7 +67,10 @@ class LayerWriter:
         tensors_file = store.path("layer", index, "safetensors")
         save_file(new, str(tensors_file))
         records_file = store.path("records", index, "safetensors")
-        counts = save_records(records_file, result, self.originals, self.calib_dtype)
+        # Opened per layer: a mapping held open keeps every page it touched in the RSS.
+        with ExitStack() as stack:
+            originals = OriginalWeights(self.hf_dir, self.transposed, stack)
+            counts = save_records(records_file, result, originals, self.calib_dtype)
         return [tensors_file, records_file], counts
 
 
@@ -77,33 +86,26 @@ def assemble(
     progress: Progress,
 ) -> dict[str, Any]:
     """``config.json``, ``rank0.safetensors`` and ``linears.safetensors`` from the
-    committed layers; the summary quantize_checkpoint returns."""
+    committed layers; the summary quantize_checkpoint returns. Bytes are copied file to
+    file by the kernel, never mapped: nothing of the model enters the process."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        reader = stack.enter_context(CheckpointReader(canonical_dir))
-        new = _opened(stack, [store.path("layer", i, "safetensors") for i in range(layers)])
+        new = _sources(stack, [store.path("layer", i, "safetensors") for i in range(layers)])
+        canonical = _sources(stack, [Path(canonical_dir) / rank_file(0)])
         dropped = writer._replaced_weights(plan, spec)
-        kept = [n for n in reader.names() if n not in dropped and n not in new]
-        specs = [
-            TensorSpec(n, ST_TO_TORCH[str(reader.get_slice(n).get_dtype())], reader.shape(n))
-            for n in kept
-        ]
-        specs += [_spec(name, handle) for name, handle in new.items()]
-        with (
-            progress.task("writing quantized checkpoint", total=len(specs)) as task,
-            StreamingWriter(out_dir / rank_file(0), specs) as out,
-        ):
-            for name in out.order:
-                out.write(name, new[name].get_tensor(name) if name in new else reader.get(name))
-                task.advance()
-        config = dict(reader.config)
-    _merge_records(store, layers, out_dir / RECORDS_FILE, placement.dtype)
-    commits = [store.done(i) or {} for i in range(layers)]
+        chosen = {n: src for n, src in canonical.items() if n not in dropped and n not in new}
+        chosen.update(new)
+        with progress.task("writing quantized checkpoint", total=len(chosen)):
+            _copy_all(out_dir / rank_file(0), chosen, None)
+        records = [store.path("records", i, "safetensors") for i in range(layers)]
+        _copy_all(out_dir / RECORDS_FILE, _sources(stack, records), placement.dtype)
+    config = dict(read_config(Path(canonical_dir)))
     config["quantization"] = writer.quantization_block(spec, plan)
     config["forge"] = {**(config.get("forge") or {}), "quantization": dict(forge_info)}
     write_config(out_dir, config)
+    commits = [store.done(i) or {} for i in range(layers)]
     return {
-        "tensors": len(specs),
+        "tensors": len(chosen),
         "quantized_modules": [t.module for t in plan.quantized] if spec.quant_algo else [],
         "excluded_modules": [t.module for t in plan.excluded],
         "quantization": config["quantization"],
@@ -116,30 +118,30 @@ def assemble(
     }
 
 
-def _opened(stack: ExitStack, files: list[Path]) -> dict[str, Any]:
-    """Tensor name → the open (memory-mapped) file holding it."""
-    found: dict[str, Any] = {}
+def _sources(stack: ExitStack, files: list[Path]) -> dict[str, tuple[int, StoredTensor]]:
+    """Tensor name → (an open descriptor of its file, where its bytes are)."""
+    found: dict[str, tuple[int, StoredTensor]] = {}
     for file in files:
-        handle = stack.enter_context(safe_open(str(file), framework="pt"))
-        found.update(dict.fromkeys(handle.keys(), handle))
+        fd = os.open(file, os.O_RDONLY)
+        stack.callback(os.close, fd)
+        found.update({name: (fd, stored) for name, stored in read_layout(file).items()})
     return found
 
 
-def _spec(name: str, handle: Any) -> TensorSpec:
-    piece = handle.get_slice(name)
-    return TensorSpec(name, ST_TO_TORCH[str(piece.get_dtype())], tuple(piece.get_shape()))
-
-
-def _merge_records(store: LayerStore, layers: int, path: Path, calib_dtype: str) -> None:
-    """One ``linears.safetensors`` from the per-layer records (same names and values)."""
-    with ExitStack() as stack:
-        files = [store.path("records", i, "safetensors") for i in range(layers)]
-        found = _opened(stack, files)
-        specs = [_spec(name, handle) for name, handle in found.items()]
-        meta = {"calibration_dtype": calib_dtype}
-        with StreamingWriter(path, specs, metadata=meta) as out:
-            for name in out.order:
-                out.write(name, found[name].get_tensor(name))
+def _copy_all(
+    path: Path, sources: dict[str, tuple[int, StoredTensor]], calib_dtype: str | None
+) -> None:
+    """One safetensors file of ``sources``' tensors (the records carry their dtype)."""
+    specs = [
+        TensorSpec(name, ST_TO_TORCH[stored.dtype], stored.shape)
+        for name, (_, stored) in sources.items()
+    ]
+    meta = None if calib_dtype is None else {"calibration_dtype": calib_dtype}
+    with StreamingWriter(path, specs, metadata=meta) as out:
+        for name in out.order:
+            fd, stored = sources[name]
+            with out.tensor(name) as sink:
+                sink.copy(fd, stored.offset, stored.nbytes)
 
 
 __all__ = ["LayerWriter", "assemble"]

@@ -28,11 +28,13 @@ from trtllm_forge.quant.capture import decoder
 
 
 class SnapshotTensors:
-    """The snapshot's tensors by HF name, read from memory-mapped safetensors."""
+    """The snapshot's tensors by HF name, read from memory-mapped safetensors. Files stay
+    open until :meth:`release`: every page a mapping touched counts in the process's
+    RSS while it is open, so the walk releases them after each layer."""
 
-    def __init__(self, hf_dir: Path, stack: ExitStack) -> None:
+    def __init__(self, hf_dir: Path) -> None:
         self._files = hf_weight_files(Path(hf_dir))
-        self._stack = stack
+        self._stack = ExitStack()
         self._handles: dict[Path, Any] = {}
 
     def has(self, name: str) -> bool:
@@ -44,6 +46,10 @@ class SnapshotTensors:
             self._handles[path] = self._stack.enter_context(safe_open(str(path), framework="pt"))
         tensor: torch.Tensor = self._handles[path].get_tensor(name)
         return tensor
+
+    def release(self) -> None:
+        self._stack.close()
+        self._handles.clear()
 
 
 def meta_model(hf_dir: Path) -> nn.Module:
@@ -107,7 +113,8 @@ def real_body(
         path = f"{prefix}.{name}".lstrip(".")
         if any(True for _ in child.buffers()):
             rebuilt = type(child)(config=child.config)  # type: ignore[call-arg]
-            setattr(body, name, rebuilt.to(device=device))
+            # Cast like Placement.model casts the whole model (buffers included).
+            setattr(body, name, rebuilt.to(device=device, dtype=dtype))
         if any(True for _ in child.parameters()):
             materialize(getattr(body, name), path, tensors, device, dtype)
     return body
