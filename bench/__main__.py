@@ -1,5 +1,6 @@
-"""``python -m bench``: see bench/perf.py."""
+"""``python -m bench NAME run|render [ARGS]`` (bench/entry.py); ``python -m bench [--quick]``
+and ``python -m bench --noop`` are bench/perf.py as before."""
 
-from bench.perf import main
+from bench.entry import main
 
 raise SystemExit(main())

@@ -57,11 +57,11 @@ def peak_rss(
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", nargs="?", default=str(ROOT / "recipes" / "smollm2-135m.yaml"))
     parser.add_argument("--home", help="FORGE_HOME to use (default: a new temporary one)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     home = args.home or tempfile.mkdtemp(prefix="forge-rss-")
     env = {**os.environ, "FORGE_HOME": home, "OMP_NUM_THREADS": "1"}
     # fetch first (a GGUF source is dequantized there), so the measurement is convert alone

@@ -172,11 +172,11 @@ def write_section(doc: Path, body: str) -> None:
     lib.write_section(doc, BEGIN, END, body)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(CHOICES), default="small")
     parser.add_argument("--doc", type=Path, help="rewrite this command's section of the doc")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result = {"shape_arg": args.shape, **measure(CHOICES[args.shape])}
     print(json.dumps(result, indent=2))
     if args.doc:

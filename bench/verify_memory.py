@@ -271,7 +271,7 @@ def write_doc(results: dict[str, Any]) -> None:
     lib.write_section(DOC, START, END, render(results) + "\n")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--before", type=Path, help="a forge source tree holding the old code")
@@ -294,7 +294,7 @@ def main() -> int:
     parser.add_argument(
         "--label", default="", help="a note on the machine (e.g. 'quiet, 2 threads')"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         child(Path(args.child[0]), Path(args.child[1]), int(args.child[2]))
         return 0

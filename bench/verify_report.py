@@ -6,6 +6,7 @@ the verify reports to docs/verify-smollm2-135m.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -47,7 +48,8 @@ def build(dtype: str, home: Path, workdir: Path) -> tuple[dict, str]:  # type: i
     return result, (verify_dir / "report.md").read_text()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="forge-verify-"))
     parts = [
         "# Verify report: SmolLM2-135M on ONNX Runtime (CPU)\n",

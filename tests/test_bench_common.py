@@ -1,15 +1,19 @@
-"""bench/lib.py, what the benchmark modules share: the generated doc sections and the
-perplexity of a logits function (forge's own metrics)."""
+"""bench/lib.py, what the benchmark modules share (the generated doc sections, the
+perplexity of a logits function by forge's own metrics), and bench/entry.py, the one
+``python -m bench NAME run|render`` entry over the modules' own command lines."""
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import lib
+from bench import entry, lib, report
 from trtllm_forge.engine import metrics
 
 BEGIN, END = "<!-- x:begin -->", "<!-- x:end -->"
@@ -54,3 +58,44 @@ def test_window_perplexity_is_forge_metrics() -> None:
     expected = metrics.perplexity(nll)
     assert lib.window_perplexity(logits_of, windows) == pytest.approx(expected, rel=1e-12)
     assert math.isfinite(expected) and nll.size == 3 * 6
+
+
+def test_entry_passes_a_modules_own_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[list[str] | None, list[str]]] = []
+    module = types.ModuleType("bench.fake")
+    module.__file__ = "/x/bench/fake.py"
+    module.main = lambda argv=None: seen.append((argv, sys.argv[1:])) or 0  # type: ignore[attr-defined]
+    fake = entry.Benchmark("fake", entry.Verb(module, ("run",)), entry.Verb(module, ("render",)))
+    monkeypatch.setitem(entry.BENCHMARKS, "fake", fake)
+    monkeypatch.setattr(sys, "argv", ["python"])
+    assert entry.main(["fake", "run", "--out", "o.json"]) == 0
+    assert entry.main(["fake", "render"]) == 0
+    assert seen == [(["run", "--out", "o.json"],) * 2, (["render"],) * 2]
+
+
+def test_entry_without_a_name_is_the_performance_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str] | None] = []
+    monkeypatch.setattr(entry.perf, "main", lambda argv=None: calls.append(argv) or 0)
+    assert entry.main([]) == 0 and entry.main(["--noop"]) == 0
+    assert calls == [[], ["--noop"]]
+
+
+def test_entry_refuses_unknown_names_and_renders_without_results(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit, match="python -m bench NAME run"):
+        entry.main(["nosuch", "run"])
+    with pytest.raises(SystemExit, match="python -m bench NAME run"):
+        entry.main(["quant", "draw"])
+    with pytest.raises(SystemExit, match="store_size render: its run writes"):
+        entry.main(["store_size", "render"])
+    assert entry.main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"  {name} " in listed for name in entry.BENCHMARKS)
+
+
+def test_committed_noop_section_is_rendered_from_committed_results() -> None:
+    results = json.loads((lib.RESULTS / "noop.json").read_text())
+    text = (lib.DOCS / "performance.md").read_text()
+    section = text.split(report.NOOP_BEGIN, 1)[1].split(report.NOOP_END, 1)[0]
+    assert section == "\n" + report.render_noop(results), "run: python -m bench noop render"
