@@ -26,6 +26,7 @@ from bench import (
     engine_perf_gpu,
     gguf_fetch,
     gpu_calib,
+    layerwise_cpu,
     layerwise_gpu,
     lib,
     modelopt_gpu,
@@ -120,6 +121,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "calibration time and perplexity, forge vs ModelOpt on a GPU (docs/performance.md)",
         Verb(gpu_calib, ("run",)),
         Verb(gpu_calib, ("render",)),
+    ),
+    "layerwise_cpu": Benchmark(
+        "peak memory of a layer-by-layer AWQ on a 7B shape (render takes its results JSON)",
+        Verb(layerwise_cpu),
+        Verb(layerwise_cpu, ("--render",)),
     ),
     "layerwise_gpu": Benchmark(
         "layer-by-layer vs whole-model calibration on a GPU (docs/performance.md)",
