@@ -307,14 +307,14 @@ def nudged(fake: Any, seed: int = 0) -> Any:
     import torch
 
     forward = fake.forward
-    quantize_input = forward._hook
+    quantize_input = forward.activation_hook
     generator = torch.Generator().manual_seed(seed)
 
     def hook(module: str, x: Any) -> Any:
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
         return quantize_input(module, x * (1 + NUDGE * noise))
 
-    forward._hook = hook
+    forward.activation_hook = hook
     return fake
 
 

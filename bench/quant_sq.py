@@ -47,18 +47,27 @@ class Ablation:
         self.ckpt, self.mode, self.kinds, self.collect = ckpt, mode, kinds, collect
         self.steps: dict[str, list[Any]] = defaultdict(list)  # module -> |x| / scale per window
 
-    def hook(self, activations: Any) -> Any:
+    def hook(self, activations: Any, reader: Any) -> Any:
+        """``activations`` (the fake quant's own input transform) with the ablation applied;
+        the static scales are read from the checkpoint (``reader``)."""
         from trtllm_forge.quant import layout
         from trtllm_forge.quant.fakequant import per_token_scale
 
+        scales: dict[str, tuple[Any, Any]] = {}
+
+        def tensor(name: str) -> Any:
+            return reader.get(name).float().reshape(-1) if reader.has(name) else None
+
         def transform(module: str, x: Any) -> Any:
-            plan = activations._plan(module)
-            scale = plan.get("activation_scaling_factor")
+            if module not in scales:
+                scales[module] = (
+                    tensor(f"{module}.activation_scaling_factor"),
+                    tensor(f"{module}.prequant_scaling_factor"),
+                )
+            scale, prequant = scales[module]
             if scale is None:
                 return activations(module, x)
-            smoothed = (
-                x * plan["prequant_scaling_factor"] if "prequant_scaling_factor" in plan else x
-            )
+            smoothed = x * prequant if prequant is not None else x
             if self.collect:
                 self.steps[module].append((smoothed / scale).abs().flatten())
             if kind(module) not in self.kinds:
@@ -73,7 +82,7 @@ class Ablation:
         from trtllm_forge.quant.fakequant import FakeQuantForward
 
         fake = FakeQuantForward(self.ckpt)
-        fake.forward._hook = self.hook(fake.activations)
+        fake.forward.activation_hook = self.hook(fake.forward.activation_hook, fake.reader)
         try:
             return lib.window_perplexity(lib.fake_quant_logits(fake), windows)
         finally:

@@ -99,3 +99,53 @@ def test_committed_noop_section_is_rendered_from_committed_results() -> None:
     text = (lib.DOCS / "performance.md").read_text()
     section = text.split(report.NOOP_BEGIN, 1)[1].split(report.NOOP_END, 1)[0]
     assert section == "\n" + report.render_noop(results), "run: python -m bench noop render"
+
+
+@pytest.fixture(scope="module")
+def smoothquant_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama with static per-tensor SmoothQuant (what bench.quant_sq ablates)."""
+    torch = pytest.importorskip("torch")
+    from tests.tinymodels import make_tiny_hf
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+    from trtllm_forge.quant.quantize import quantize_checkpoint
+
+    root = tmp_path_factory.mktemp("bench-sq")
+    hf = make_tiny_hf("llama", root / "hf", seed=1)
+    convert_hf_checkpoint(hf, root / "canonical", dtype="float32")
+    quantize_checkpoint(
+        hf_dir=hf,
+        canonical_dir=root / "canonical",
+        out_dir=root / "sq",
+        method="smoothquant",
+        params={"alpha": 0.5, "activations": "per_tensor"},
+        calibration=torch.randint(3, 250, (8, 32), generator=torch.Generator().manual_seed(0)),
+    )
+    return root / "sq"
+
+
+def test_activation_hooks_wrap_the_fake_quant_through_its_public_attribute(
+    smoothquant_ckpt: Path,
+) -> None:
+    """bench.quant's nudge and bench.quant_sq's ablations wrap ``activation_hook``: the
+    ablation of nothing is the fake quant itself, the nudge moves it by float noise only."""
+    torch = pytest.importorskip("torch")
+    from bench import quant, quant_sq
+    from trtllm_forge.quant.fakequant import FakeQuantForward
+
+    windows = torch.randint(3, 250, (2, 16), generator=torch.Generator().manual_seed(5))
+    fake = FakeQuantForward(smoothquant_ckpt)
+    try:
+        plain = lib.window_perplexity(lib.fake_quant_logits(fake), windows)
+    finally:
+        fake.close()
+    base = quant_sq.Ablation(smoothquant_ckpt, collect=True)
+    assert base.perplexity(windows) == plain
+    assert set(base.steps) and all(quant_sq.kind(m) in quant_sq.KINDS for m in base.steps)
+    as_float = quant_sq.Ablation(smoothquant_ckpt, "float", quant_sq.KINDS).perplexity(windows)
+    assert as_float != plain
+    noisy = quant.nudged(FakeQuantForward(smoothquant_ckpt))
+    try:
+        nudged = lib.window_perplexity(lib.fake_quant_logits(noisy), windows)
+    finally:
+        noisy.close()
+    assert nudged == pytest.approx(plain, rel=1e-3)

@@ -246,7 +246,8 @@ class CheckpointForward:
         ckpt_dir: directory with config.json and rank0.safetensors.
         weight_provider: ``name -> float tensor or None``; None falls back to the
             checkpoint tensor (cast to float32).
-        activation_hook: ``(module_name, x) -> x`` applied to every linear input.
+        activation_hook: ``(module_name, x) -> x`` applied to every linear input; also
+            settable later as the ``activation_hook`` attribute (a wrapper of the one set).
         kv_hook: ``(layer, k, v) -> (k, v)`` applied to what the KV cache stores; also
             settable later as the ``kv_hook`` attribute.
     """
@@ -269,7 +270,7 @@ class CheckpointForward:
                 f"{self.reader.world_size}",
             )
         self._provider = weight_provider
-        self._hook = activation_hook
+        self.activation_hook = activation_hook
         self.kv_hook = kv_hook
         self._cache: dict[str, torch.Tensor | None] = {}
 
@@ -299,8 +300,8 @@ class CheckpointForward:
         return tensor
 
     def linear(self, module: str, x: torch.Tensor) -> torch.Tensor:
-        if self._hook is not None:
-            x = self._hook(module, x)
+        if self.activation_hook is not None:
+            x = self.activation_hook(module, x)
         out = x @ self._required(f"{module}.weight").T
         bias = self.weight(f"{module}.bias")
         return out if bias is None else out + bias
