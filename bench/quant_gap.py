@@ -46,6 +46,8 @@ from bench import quant as qb
 
 RESULTS = lib.RESULTS / "quant_gap.json"
 DOC = lib.DOCS / "quantization-gap.md"
+GPU_RESULTS = lib.RESULTS / "gpu_calib.json"
+GPU_METHODS = ("awq", "gptq")  # the methods whose GPU rows (bench.gpu_calib) the doc cites
 COMMAND = "OMP_NUM_THREADS=1 python -m bench.quant_gap"
 
 Logits = lib.Logits
@@ -361,8 +363,9 @@ class Run:
 # -- the doc ---------------------------------------------------------------------------------
 
 
-def render(results: dict[str, Any]) -> str:
-    """docs/quantization-gap.md: the table and what the numbers say."""
+def render(results: dict[str, Any], gpu: dict[str, Any] | None = None) -> str:
+    """docs/quantization-gap.md: the table and what the numbers say (``gpu``: the results of
+    ``python -m bench.gpu_calib``, whose AWQ and GPTQ rows the last section cites)."""
     st = results["settings"]
     lines = [
         "# Why forge's AWQ g64 trails ModelOpt's fake-quant model",
@@ -388,8 +391,13 @@ def render(results: dict[str, Any]) -> str:
         lines += _method_table(method, methods[method])
     if "awq" in methods:
         lines += _awq_findings(methods["awq"])
-    lines += _gptq_and_scope(methods)
+    lines += _gptq_and_scope(methods, gpu)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _gpu_rows() -> dict[str, Any] | None:
+    """bench/results/gpu_calib.json (the GPU rows this study cites), if it was measured."""
+    return json.loads(GPU_RESULTS.read_text()) if GPU_RESULTS.is_file() else None
 
 
 def _method_table(method: str, data: dict[str, Any]) -> list[str]:
@@ -511,7 +519,7 @@ def _awq_findings(data: dict[str, Any]) -> list[str]:
     return out
 
 
-def _gptq_and_scope(methods: dict[str, Any]) -> list[str]:
+def _gptq_and_scope(methods: dict[str, Any], gpu: dict[str, Any] | None) -> list[str]:
     rows = {k: v["ppl"] for k, v in methods.get("gptq", {}).get("rows", {}).items()}
     measured = (
         f"measured: (c_qkv) {rows['c_qkv']:.3f} = (b) {rows['b']:.3f}"
@@ -523,22 +531,31 @@ def _gptq_and_scope(methods: dict[str, Any]) -> list[str]:
         if {"a", "b"} <= rows.keys()
         else "forge 29.34 vs ModelOpt 29.56 in docs/quantization.md"
     )
+    if gpu is not None:
+        pair = {m: (gpu["methods"][m]["forge"], gpu["methods"][m]["modelopt"]) for m in GPU_METHODS}
+        on_gpu = {
+            m: f"{f['perplexity']:.2f} vs {o['perplexity']:.2f}" for m, (f, o) in pair.items()
+        }
+        gptq_gpu = f"; H100 {gpu['dtype']}: {on_gpu['gptq']}"
+        awq_gpu = f"the AWQ gap there ({on_gpu['awq']}) has the same sign and size as on the CPU"
+    else:
+        gptq_gpu, awq_gpu = "", "not measured yet"
     return [
         "## GPTQ, and what this does not cover",
         "",
         "* GPTQ has no pre-quant scale and its INT4 ranges are per (row, group), so fusing "
         "q/k/v or gate/up only stacks rows: `quant.result.share_input` leaves such records "
         f"unchanged and ModelOpt's `preprocess_linear_fusion` is a no-op on them ({measured}). "
-        f"The GPTQ differences between forge and ModelOpt (CPU g64: {forge_vs}; H100 "
-        "float16: 35.45 vs 33.97) therefore come from the two GPTQ implementations, not from "
+        f"The GPTQ differences between forge and ModelOpt (CPU g64: {forge_vs}{gptq_gpu}) "
+        "therefore come from the two GPTQ implementations, not from "
         "fusion. Differences read from the code, not measured one by one: forge takes each "
         "group's scale when GPTQ reaches the group, from the error-corrected weights (the "
         "paper's rule); ModelOpt 0.47 fixes every group's range up front from the original "
         "weights (`max_calibrate` before the column loop); forge sums its Hessian in float64.",
         "* The H100 rows of bench/results/gpu_calib.json use another model (the Q4_1 GGUF of "
         "SmolLM2-135M-Instruct, dequantized), 64 calibration windows, float16 and 16 "
-        "evaluation windows, and were not rerun here; the AWQ gap there (30.73 vs 29.71) has "
-        "the same sign and size as on the CPU, consistent with the same cause.",
+        f"evaluation windows, and were not rerun here; {awq_gpu}, consistent with the same "
+        "cause.",
         "",
     ]
 
@@ -560,7 +577,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
-        DOC.write_text(render(json.loads(RESULTS.read_text())))
+        DOC.write_text(render(json.loads(RESULTS.read_text()), _gpu_rows()))
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -583,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         run.out.get("wall_seconds", 0.0) + time.perf_counter() - started, 1
     )
     run.save()
-    DOC.write_text(render(run.out))
+    DOC.write_text(render(run.out, _gpu_rows()))
     progress.log(f"wrote {RESULTS} and {DOC}")
     return 0
 

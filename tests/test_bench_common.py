@@ -149,3 +149,16 @@ def test_activation_hooks_wrap_the_fake_quant_through_its_public_attribute(
     finally:
         noisy.close()
     assert nudged == pytest.approx(plain, rel=1e-3)
+
+
+def test_gap_study_is_rendered_from_committed_results_and_cites_the_gpu_rows() -> None:
+    from bench import quant_gap
+
+    results = json.loads(quant_gap.RESULTS.read_text())
+    gpu = json.loads(quant_gap.GPU_RESULTS.read_text())
+    assert quant_gap.render(results, gpu) == quant_gap.DOC.read_text(), (
+        "run: python -m bench quant_gap render"
+    )
+    gpu["methods"]["awq"]["forge"]["perplexity"] = 99.0  # the text follows the results file
+    assert "(99.00 vs " in quant_gap.render(results, gpu)
+    assert "not measured yet" in quant_gap.render(results, None)
