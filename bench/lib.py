@@ -7,6 +7,7 @@ Each benchmark module imports these instead of keeping its own copy:
   (committed results JSON) and ``DOCS``;
 * ``write_section``: a doc's text between a begin and an end marker is generated, the
   rest is hand-written and kept byte for byte;
+* ``forge_build``: a recipe built in this process through ``trtllm_forge.api``;
 * ``eval_windows`` / ``stream_windows`` (token windows), ``nll`` / ``perplexity`` /
   ``window_perplexity`` (forge's own metrics, ``trtllm_forge.engine.metrics``, so a
   benchmark's perplexity is the one ``forge verify`` reports), ``hf_logits`` /
@@ -61,6 +62,45 @@ def write_section(
 
 def has_section(text: str, begin: str, end: str) -> bool:
     return begin in text and end in text.split(begin, 1)[1]
+
+
+# -- forge builds ------------------------------------------------------------------------------
+
+
+def forge_context(home: Path, progress: Any = None) -> Any:
+    """A RunContext on the store ``home`` (FORGE_HOME), reporting to ``progress``."""
+    from trtllm_forge.context import RunContext, Settings
+
+    settings = Settings(home=home)
+    return RunContext(settings) if progress is None else RunContext(settings, progress)
+
+
+def forge_build(
+    doc: dict[str, Any], recipe: Path, *, home: Path, until: str = "build", progress: Any = None
+) -> Any:
+    """Write the recipe ``doc`` to ``recipe`` and run forge's stages up to ``until`` in this
+    process through the public ``trtllm_forge.api.build`` (cached stages are reused)."""
+    import yaml
+
+    from trtllm_forge import api
+
+    recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return api.build(recipe=recipe, until=until, ctx=forge_context(home, progress))
+
+
+def checkpoint_of(calibrated: Any) -> Path:
+    """The checkpoint folder of a calibrate artifact (a pass-through one: convert's)."""
+    # trtllm_forge.api names no artifact's folders: the one place bench asks a stage module.
+    from trtllm_forge.stages.build import checkpoint_dir
+
+    return checkpoint_dir(calibrated)
+
+
+def engine_of(built: Any) -> Path:
+    """The engine folder of an ONNX build artifact."""
+    from trtllm_forge.stages.build import engine_dir
+
+    return engine_dir(built)
 
 
 # -- evaluation windows ------------------------------------------------------------------------

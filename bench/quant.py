@@ -38,14 +38,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bench import lib
 from bench.lib import (
     DATA,
     DOCS,
     EVAL_TEXT,
     MODEL,
     Divergence,
+    checkpoint_of,
+    engine_of,
     eval_windows,
     fake_quant_logits,
     hf_logits,
@@ -244,17 +245,10 @@ def forge_build(
     case: Case, s: Settings, home: Path, workdir: Path, progress: Any
 ) -> dict[str, Any]:
     """fetch → convert → calibrate → build through forge's pipeline runner."""
-    from trtllm_forge import api
-    from trtllm_forge.context import RunContext
-    from trtllm_forge.context import Settings as ForgeSettings
-    from trtllm_forge.stages.build import checkpoint_dir, engine_dir
-
     recipe = workdir / f"{case.slug}.yaml"
-    recipe.write_text(yaml.safe_dump(recipe_doc(case, s), sort_keys=False))
-    ctx = RunContext(ForgeSettings(home=home), progress)
-    results = api.build(recipe=recipe, until="build", ctx=ctx)
+    results = lib.forge_build(recipe_doc(case, s), recipe, home=home, progress=progress)
     calibrated, built = results.artifacts["calibrate"], results.artifacts["build"]
-    ckpt = checkpoint_dir(calibrated)
+    ckpt = checkpoint_of(calibrated)
     info = calibrated.info
     return {
         "recipe": recipe_doc(case, s),
@@ -268,7 +262,7 @@ def forge_build(
         "quantized_modules": len(info.get("quantized_modules") or []),
         "calibration": info.get("calibration"),
         "checkpoint": str(ckpt),
-        "engine": str(engine_dir(built)),
+        "engine": str(engine_of(built)),
     }
 
 

@@ -33,8 +33,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench import lib
 from bench import quant as qb
 
@@ -60,18 +58,11 @@ def cases(method: str, s: qb.Settings) -> list[qb.Case]:
 
 def build_folder(case: qb.Case, target: str, s: qb.Settings, tmp: Path, progress: Any) -> dict:
     """fetch → convert → calibrate → build (``backend: hf``) through forge's pipeline runner."""
-    from trtllm_forge import api
-    from trtllm_forge.context import RunContext
-    from trtllm_forge.context import Settings as ForgeSettings
-    from trtllm_forge.stages.build import checkpoint_dir
-
     doc = qb.recipe_doc(case, s)
     doc["name"] = f"{doc['name']}-{target}"
     doc["build"] = {"backend": "hf", "format": target}
     recipe = tmp / f"{case.slug}-{target}.yaml"
-    recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
-    ctx = RunContext(ForgeSettings(home=qb.HOME), progress)
-    results = api.build(recipe=recipe, until="build", ctx=ctx)
+    results = lib.forge_build(doc, recipe, home=qb.HOME, progress=progress)
     calibrated, built = results.artifacts["calibrate"], results.artifacts["build"]
     folder = Path(built.path) / str(built.info["hf_dir"])
     return {
@@ -80,7 +71,7 @@ def build_folder(case: qb.Case, target: str, s: qb.Settings, tmp: Path, progress
         "calibrate_seconds": calibrated.manifest.get("seconds"),
         "quantized_modules": len(calibrated.info.get("quantized_modules") or []),
         "calibration": calibrated.info.get("calibration"),
-        "checkpoint": str(checkpoint_dir(calibrated)),
+        "checkpoint": str(lib.checkpoint_of(calibrated)),
         "folder": str(folder),
         "folder_bytes": sum(p.stat().st_size for p in folder.glob("*.safetensors")),
     }

@@ -87,22 +87,19 @@ def forge_scorer(ckpt: Path) -> tuple[Logits, Callable[[], None]]:
 def forge_checkpoint(case: qb.Case, s: qb.Settings, tmp: Path, progress: Any) -> dict[str, Any]:
     """The calibrate artifact of bench.quant's recipe: cached in its home, or built afresh."""
     from trtllm_forge import api
-    from trtllm_forge.context import RunContext
-    from trtllm_forge.context import Settings as ForgeSettings
-    from trtllm_forge.stages.build import checkpoint_dir
 
     recipe = tmp / f"{case.slug}.yaml"
     recipe.write_text(json.dumps(qb.recipe_doc(case, s)))  # JSON is YAML
-    cached = RunContext(ForgeSettings(home=qb.HOME), progress)
+    cached = lib.forge_context(qb.HOME, progress)
     planned = api.plan(recipe=recipe, until="calibrate", ctx=cached)[-1]
     if planned.status == "hit" and planned.path is not None:
         return {"checkpoint": planned.path, "source": "cached in bench/.data/quant-home"}
     progress.log(f"{case.label}: no cached calibrate artifact ({planned.note}); building")
     home = tmp / "forge-home"
-    built = api.build(
-        recipe=recipe, until="calibrate", ctx=RunContext(ForgeSettings(home=home), progress)
+    built = lib.forge_build(
+        qb.recipe_doc(case, s), recipe, home=home, until="calibrate", progress=progress
     )
-    ckpt = checkpoint_dir(built.artifacts["calibrate"])
+    ckpt = lib.checkpoint_of(built.artifacts["calibrate"])
     return {"checkpoint": str(ckpt), "source": "built into a temporary FORGE_HOME"}
 
 
@@ -134,8 +131,7 @@ def modelopt_model(case: qb.Case, s: qb.Settings, progress: Any, *, fused_qkv: b
 
 def forge_calibrated(case: qb.Case, s: qb.Settings, progress: Any) -> tuple[Any, str]:
     """forge's AWQ calibration (the calibrate stage's call), before the writer fuses."""
-    from trtllm_forge.quant import awq
-    from trtllm_forge.quant.params import AwqParams
+    from trtllm_forge.quant import awq, registry
     from trtllm_forge.quant.quantize import load_hf_model
     from trtllm_forge.quant.targets import plan_targets
 
@@ -143,7 +139,7 @@ def forge_calibrated(case: qb.Case, s: qb.Settings, progress: Any) -> tuple[Any,
     plan = plan_targets(hf_config, ["lm_head"])
     model = load_hf_model(lib.MODEL)
     data = qb.calibration_tokens(case, s)
-    params = AwqParams.model_validate({"group_size": case.group_size})
+    params = registry.validate_params("awq", {"group_size": case.group_size})
     awq.quantize_model(model, data, params, plan.hf_modules(), progress)
     return model, data.digest
 

@@ -162,3 +162,25 @@ def test_gap_study_is_rendered_from_committed_results_and_cites_the_gpu_rows() -
     gpu["methods"]["awq"]["forge"]["perplexity"] = 99.0  # the text follows the results file
     assert "(99.00 vs " in quant_gap.render(results, gpu)
     assert "not measured yet" in quant_gap.render(results, None)
+
+
+def test_forge_build_runs_the_recipe_through_the_api_and_reuses_the_store(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    doc = {
+        "schema_version": 1,
+        "name": "bench-lib",
+        "source": {"path": str(tiny_models["llama"])},
+        "convert": {"dtype": "float32"},
+        "quantize": {"method": "int8_wo"},
+        "build": {"backend": "onnxruntime", "max_batch_size": 1, "max_input_len": 8,
+                  "max_seq_len": 16},
+        "verify": {"enabled": False},
+    }  # fmt: skip
+    home = tmp_path / "home"
+    first = lib.forge_build(doc, tmp_path / "r.yaml", home=home, until="calibrate")
+    ckpt = lib.checkpoint_of(first.artifacts["calibrate"])
+    assert (ckpt / "config.json").is_file() and (ckpt / "rank0.safetensors").is_file()
+    again = lib.forge_build(doc, tmp_path / "r.yaml", home=home, until="calibrate")
+    assert lib.checkpoint_of(again.artifacts["calibrate"]) == ckpt
+    assert {r.status for r in first} == {"built"} and {r.status for r in again} == {"hit"}
