@@ -13,8 +13,8 @@ As compressed-tensors 0.20 reads them (``compressors/``, ``quantization/lifecycl
 * KV cache: ``self_attn.k_scale`` / ``self_attn.v_scale`` [1] = amax / qmax, or what the
   KV format's record writes (a ``tensor_group`` scheme's reciprocal global scales).
 
-A format declared in its method's module builds its own tensors (the record's
-``compressed_tensors.linear_tensors``); the branches below are the built-in formats'.
+Each format builds its own tensors (its record's ``compressed_tensors.linear_tensors``,
+in its method's module; the packing is quant/layout.py's ``ct_pack_quantized``).
 
 The integers are forge's own (the fp32 weight over its fp32 scale, as the canonical
 checkpoint computes them), so a loader's dequantization equals forge's fake-quant
@@ -34,21 +34,9 @@ from trtllm_forge.quant.result import LinearQuant
 Tensors = dict[str, torch.Tensor]
 
 
-def pack_int32(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """Signed ``bits``-bit integers ``[rows, cols]`` → int32 ``[rows, cols·bits/32]``."""
-    rows, cols = q.shape
-    per_word = 32 // bits
-    if cols % per_word:
-        raise ValueError(f"in_features {cols} is not a multiple of {per_word}")
-    unsigned = (q.to(torch.int64) + (1 << (bits - 1))).reshape(rows, cols // per_word, per_word)
-    shifts = torch.arange(per_word, dtype=torch.int64) * bits
-    words = (unsigned << shifts).sum(dim=-1)
-    signed = torch.where(words >= 1 << 31, words - (1 << 32), words)
-    return signed.to(torch.int32)
-
-
 def unpack_int32(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
-    """Inverse of :func:`pack_int32` (an independent reader's view of the format)."""
+    """Inverse of quant/layout.py's ``pack_int32`` (an independent reader's view of the
+    format)."""
     per_word = 32 // bits
     words = packed.to(torch.int64) & 0xFFFFFFFF
     shifts = torch.arange(per_word, dtype=torch.int64) * bits
@@ -60,31 +48,8 @@ def linear_tensors(fmt: QuantFormat, lq: LinearQuant, dtype: torch.dtype) -> Ten
     """``{param: tensor}`` of one quantized linear."""
     mapping = fmt.compressed_tensors
     assert isinstance(mapping, CompressedTensors)
-    if mapping.linear_tensors is not None:
-        return mapping.linear_tensors(lq, dtype)
-    weight = lq.weight.float()
-    if fmt.name == "W8A16":
-        scale = layout.scale_from_amax(lq.weight_amax, layout.INT8_MAX)
-        q = layout.quantize_int8(weight, scale)
-        return _packed(q, 8, scale[:, None], dtype)
-    if fmt.name == "W4A16":
-        scale = layout.scale_from_amax(lq.weight_amax, layout.INT4_MAX)
-        return _packed(layout.quantize_int4(weight, scale), 4, scale, dtype)
-    raise AssertionError(f"{fmt.name} has no compressed-tensors mapping")
-
-
-def _need(t: torch.Tensor | None) -> torch.Tensor:
-    if t is None:
-        raise ValueError("calibration produced no activation range")
-    return t
-
-
-def _packed(q: torch.Tensor, bits: int, scale: torch.Tensor, dtype: torch.dtype) -> Tensors:
-    return {
-        "weight_packed": pack_int32(q, bits),
-        "weight_shape": torch.tensor(list(q.shape), dtype=torch.int64),
-        "weight_scale": scale.to(dtype),
-    }
+    assert mapping.linear_tensors is not None, f"{fmt.name} has no compressed-tensors tensors"
+    return mapping.linear_tensors(lq, dtype)
 
 
 def kv_tensors(kv: str, k_amax: float, v_amax: float, dtype: torch.dtype) -> Tensors:

@@ -14,8 +14,8 @@ The exporter's rules, as forge applies them:
   byte (uint8), and the FP8 KV-cache scales are ``k_proj.k_scale`` / ``v_proj.v_scale``
   (amax / 448, not raised to 1.0 as the TensorRT-LLM checkpoint does).
 
-A format declared in its method's module builds its own tensors (the record's
-``modelopt.linear_tensors``); the branches below are the built-in formats'.
+Each format builds its own tensors (its record's ``modelopt.linear_tensors``, in its
+method's module); the rules shared by all of them are here.
 """
 
 from __future__ import annotations
@@ -38,19 +38,8 @@ def linear_tensors(
     """``{param: tensor}`` of one quantized linear."""
     mapping = fmt.modelopt
     assert isinstance(mapping, ModelOpt)
-    weight = lq.weight.to(dtype).float()
-    out: Tensors
-    if mapping.linear_tensors is not None:
-        out = mapping.linear_tensors(lq, dtype)
-    elif fmt.name in ("W8A16", "W8A8_SQ_PER_CHANNEL"):
-        scale = lq.weight_amax.float() / layout.INT8_MAX
-        out = {"weight": layout.quantize_int8(weight, scale), "weight_scale": scale}
-    elif fmt.name in ("W4A16", "W4A16_AWQ"):
-        scale = lq.weight_amax.float() / layout.INT4_MAX
-        packed = layout.pack_int4_rows(layout.quantize_int4(weight, scale))
-        out = {"weight": packed.view(torch.uint8), "weight_scale": scale}
-    else:
-        raise AssertionError(f"{fmt.name} has no ModelOpt mapping")
+    assert mapping.linear_tensors is not None, f"{fmt.name} has no ModelOpt tensors"
+    out = mapping.linear_tensors(lq, dtype)
     if lq.input_amax is not None and "input_scale" in mapping.tensors and "input_scale" not in out:
         qmax = layout.FP8_MAX if fmt.activations == "static_fp8" else layout.INT8_MAX
         out["input_scale"] = (lq.input_amax.float() / qmax).reshape(())

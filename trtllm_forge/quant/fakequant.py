@@ -3,17 +3,14 @@ activation fake-quantization, run through the convert helper's reference forward
 
 This is the oracle engines are checked against for quantized builds (and the
 verification path for formats ONNX Runtime cannot run on CPU). It reads only the
-checkpoint (any writer's output, forge's or ModelOpt's, can be evaluated): a format
-record with its own rules (``fake_weight`` / ``fake_input``, from the method's module)
-is found by the config's quant_algo; the built-in rules below are decided by which
-tensors a module has.
+checkpoint (any writer's output, forge's or ModelOpt's, can be evaluated): the format
+record the config's quant_algo names dequantizes each weight (``fake_weight``, in its
+method's module) and may quantize the inputs itself (``fake_input``); otherwise the
+input rules below, by the record's ``activations``:
 
-* weight: int8 × per-channel scale; packed int4 × group scale; fp8 × scale (per
-  tensor or channel).
-* input: × ``prequant_scaling_factor`` (AWQ/SmoothQuant), ÷ ``smoother``
-  (SmoothQuant plugin row layers), then Q/DQ with ``activation_scaling_factor``
-  (static INT8 for SmoothQuant, FP8 for FP8) or, for the per-token formats, with
-  a scale computed per token at run time.
+* × ``prequant_scaling_factor`` (AWQ/SmoothQuant), ÷ ``smoother`` (SmoothQuant plugin
+  row layers), then Q/DQ with ``activation_scaling_factor`` (static INT8 or FP8) or,
+  for the per-token kinds, with a scale computed per token at run time.
 """
 
 from __future__ import annotations
@@ -45,34 +42,11 @@ def dequantized_weight(reader: CheckpointReader, module: str) -> torch.Tensor | 
     """Float32 ``[out, in]`` weight of a quantized module; None if stored unquantized."""
     if not is_quantized(reader, module):
         return None
-    fmt = _record(reader)
-    if fmt is not None and fmt.fake_weight is not None:
-        return fmt.fake_weight(reader, module)
-    weight = reader.get(f"{module}.weight")
-    scale = _weight_scale(reader, module)
-    if weight.dtype == torch.float8_e4m3fn:
-        return layout.dequantize_fp8(weight, scale)
-    if scale.dim() == 2 and scale.shape[0] != 1:  # [out, groups]: packed int4
-        return layout.dequantize_int4(weight, scale)
-    return layout.dequantize_int8(
-        weight, scale.reshape(-1) if scale.numel() > 1 else scale.reshape(())
-    )
-
-
-def _record(reader: CheckpointReader) -> records.QuantFormat | None:
     quant: Mapping[str, Any] = reader.config.get("quantization") or {}
-    return records.by_trtllm_algo(quant.get("quant_algo"))
-
-
-def _weight_scale(reader: CheckpointReader, module: str) -> torch.Tensor:
-    for param in ("weights_scaling_factor", "per_channel_scale"):
-        if reader.has(f"{module}.{param}"):
-            scale = reader.get(f"{module}.{param}")
-            scale = scale.float()
-            # The SmoothQuant plugin's [1, out].
-            row_vector = param == "per_channel_scale" and scale.dim() == 2
-            return scale.reshape(-1) if row_vector and scale.shape[0] == 1 else scale
-    raise KeyError(f"{module} has a quantized weight but no scale")
+    fmt = records.by_trtllm_algo(quant.get("quant_algo"))
+    if fmt is None or fmt.fake_weight is None:
+        raise KeyError(f"{module}: no format record reads quant_algo {quant.get('quant_algo')!r}")
+    return fmt.fake_weight(reader, module)
 
 
 def per_token_scale(x: torch.Tensor, qmax: float) -> torch.Tensor:

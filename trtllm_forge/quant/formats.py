@@ -1,25 +1,9 @@
 """TensorRT-LLM tensors of one quantized linear, per ``quant_algo``
-(docs/trtllm-checkpoint.md §2).
+(docs/trtllm-checkpoint.md §2), and of the KV-cache scales.
 
-Each builder turns a fused :class:`LinearQuant` into ``{param: tensor}`` for one
-TensorRT-LLM module (``weight`` plus its scales). A method declared in its own module
-brings its builder in its format record (``trtllm_writer``); :func:`builder` finds
-either. Shapes and dtypes of the built-in ones:
-
-============================================  ==========================================
-quant_algo                                    tensors (out/in = the module's sizes)
-============================================  ==========================================
-W8A16                                         weight I8 [out,in]; weights_scaling_factor F32 [out]
-W4A16_AWQ                                     weight I8 [out/2,in] (two int4 rows per byte);
-                                              weights_scaling_factor F32 [out,in/g];
-                                              prequant_scaling_factor dtype [in] (AWQ only)
-W8A8_SQ_PER_CHANNEL                           weight I8; weights_scaling_factor F32 [out];
-                                              activation_scaling_factor F32 [1];
-                                              prequant_scaling_factor dtype [in]
-W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN          weight I8; per_channel_scale F32 [1,out];
-                                              row layers: smoother F32 [1,in]; column layers'
-                                              smoothing is folded into the norm before them
-============================================  ==========================================
+Each format's builder (its record's ``trtllm_writer``, declared in its method's module)
+turns a fused :class:`LinearQuant` into ``{param: tensor}`` for one TensorRT-LLM module
+(``weight`` plus its scales); the records' ``trtllm_tensors`` list what each writes.
 """
 
 from __future__ import annotations
@@ -35,61 +19,12 @@ Tensors = dict[str, torch.Tensor]
 Builder = Callable[[LinearQuant, bool, torch.dtype], Tensors]
 
 
-def _require(t: torch.Tensor | None, what: str) -> torch.Tensor:
-    if t is None:
-        raise ValueError(f"calibration produced no {what}")
-    return t
-
-
-def w8a16(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
-    scale = layout.scale_from_amax(lq.weight_amax, layout.INT8_MAX)
-    return {"weight": layout.quantize_int8(lq.weight, scale), "weights_scaling_factor": scale}
-
-
-def w4a16_groupwise(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
-    return layout.int4_group_tensors(lq.weight, lq.weight_amax, lq.pre_quant_scale, dtype)
-
-
-def sq_per_channel(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
-    scale = layout.scale_from_amax(lq.weight_amax, layout.INT8_MAX)
-    act = layout.scale_from_amax(_require(lq.input_amax, "activation range"), layout.INT8_MAX)
-    pqs = _require(lq.pre_quant_scale, "smoothing scale")
-    return {
-        "weight": layout.quantize_int8(lq.weight, scale),
-        "weights_scaling_factor": scale,
-        "activation_scaling_factor": act.reshape(1),
-        "prequant_scaling_factor": pqs.to(dtype),
-    }
-
-
-def sq_per_token_plugin(lq: LinearQuant, row: bool, dtype: torch.dtype) -> Tensors:
-    scale = layout.scale_from_amax(lq.weight_amax, layout.INT8_MAX)
-    out = {
-        "weight": layout.quantize_int8(lq.weight, scale),
-        "per_channel_scale": scale.reshape(1, -1),
-    }
-    if row:
-        # Row layers divide their input by `smoother` at run time; ModelOpt's
-        # pre_quant_scale multiplies it, so the smoother is its inverse.
-        pqs = _require(lq.pre_quant_scale, "smoothing scale")
-        out["smoother"] = (1.0 / pqs.float()).reshape(1, -1)
-    return out
-
-
-BUILDERS: dict[str, Builder] = {
-    "W8A16": w8a16,
-    "W4A16_AWQ": w4a16_groupwise,
-    "W8A8_SQ_PER_CHANNEL": sq_per_channel,
-    "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": sq_per_token_plugin,
-}
-
-
 def builder(algo: str) -> Builder:
-    """The TensorRT-LLM tensor builder of ``algo``: its format record's, else built in."""
+    """The TensorRT-LLM tensor builder of ``algo`` (its format record's)."""
     fmt = records.by_trtllm_algo(algo)
-    if fmt is not None and fmt.trtllm_writer is not None:
-        return fmt.trtllm_writer
-    return BUILDERS[algo]
+    if fmt is None or fmt.trtllm_writer is None:
+        raise KeyError(f"no format record writes quant_algo {algo!r}")
+    return fmt.trtllm_writer
 
 
 # Formats whose fc/gate (same input) must share input-side quantities, and formats that

@@ -1,7 +1,7 @@
 """GPTQ: quantize weight columns one at a time, pushing each rounding error onto the
 columns not yet quantized, weighted by the inverse Hessian of the layer's inputs
 (Frantar et al., 2022, "GPTQ: Accurate Post-Training Quantization for Generative
-Pre-trained Transformers").
+Pre-trained Transformers"). Its format and hooks are int4_wo's (quant/int4_wo.py).
 
 forge implements it itself rather than through ModelOpt because ModelOpt 0.47's
 GPTQ has no activation-order option. Output: symmetric INT4 with one scale per
@@ -11,15 +11,26 @@ kernels read, so no ``g_idx`` permutation is ever stored.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Protocol
 
 from trtllm_forge.context import NullProgress, Progress
-from trtllm_forge.quant import layout
-from trtllm_forge.quant.calibration import CalibrationData
-from trtllm_forge.quant.capture import input_hessians
-from trtllm_forge.quant.params import GptqParams
-from trtllm_forge.quant.result import LinearQuant, QuantResult
+from trtllm_forge.quant import int4_wo
+from trtllm_forge.quant.record_types import Method
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from trtllm_forge.quant.calibration import CalibrationData
+    from trtllm_forge.quant.result import QuantResult
+
+    class GptqParams(Protocol):
+        """The validated parameters (quant/params.py builds their model from the recipe section)."""
+
+        group_size: int
+        damping: float
+        act_order: bool
+
 
 BLOCK = 128  # columns per lazy-batch update; a multiple of every allowed group size
 _NO_PROGRESS = NullProgress()
@@ -27,6 +38,8 @@ _NO_PROGRESS = NullProgress()
 
 def inverse_hessian_factor(hessian: torch.Tensor, damping: float) -> torch.Tensor:
     """Upper Cholesky factor of ``(H + λI)⁻¹`` with ``λ = damping · mean(diag H)``."""
+    import torch
+
     h = hessian.double().clone()
     idx = torch.arange(h.shape[0])
     h[idx, idx] += damping * h.diagonal().mean()
@@ -55,6 +68,10 @@ def gptq_quantize(
     the original weights ("static groups"), which keeps groups contiguous in
     memory.
     """
+    import torch
+
+    from trtllm_forge.quant import layout
+
     w = weight.detach().float().clone()
     h = hessian.float().clone()
     n_cols = w.shape[1]
@@ -102,6 +119,12 @@ def quantize_model(
     matrix: GPTQ treats rows independently, so this is the same result for a
     fraction of the per-column work.
     """
+    import torch
+
+    from trtllm_forge.quant import layout
+    from trtllm_forge.quant.capture import input_hessians
+    from trtllm_forge.quant.result import LinearQuant, QuantResult
+
     if data is None:
         raise ValueError("GPTQ needs calibration data")
     hessians = input_hessians(model, targets, data.batches(), progress)
@@ -127,3 +150,13 @@ def quantize_model(
                 result.linears[name] = LinearQuant(part, scale * layout.INT4_MAX)
                 task.advance()
     return result
+
+
+# GPTQ stores int4_wo's format: INT4 groups without a pre-quant scale.
+METHOD = Method(
+    name="gptq",
+    needs_data=True,
+    uses_modelopt=False,
+    formats=(int4_wo.FORMAT,),
+    quantization_fields=int4_wo.group_fields(pre_quant_scale=False),
+)

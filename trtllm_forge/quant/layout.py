@@ -120,3 +120,30 @@ def int4_group_tensors(
     if pre_quant_scale is not None:
         out["prequant_scaling_factor"] = pre_quant_scale.to(dtype)
     return out
+
+
+# compressed-tensors ``pack-quantized`` (0.20, ``compressors/``): each value offset by
+# 2^(b-1) and packed densely along the input dim, element i of a word at bit i·b.
+def pack_int32(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Signed ``bits``-bit integers ``[rows, cols]`` → int32 ``[rows, cols·bits/32]``."""
+    rows, cols = q.shape
+    per_word = 32 // bits
+    if cols % per_word:
+        raise ValueError(f"in_features {cols} is not a multiple of {per_word}")
+    unsigned = (q.to(torch.int64) + (1 << (bits - 1))).reshape(rows, cols // per_word, per_word)
+    shifts = torch.arange(per_word, dtype=torch.int64) * bits
+    words = (unsigned << shifts).sum(dim=-1)
+    signed = torch.where(words >= 1 << 31, words - (1 << 32), words)
+    return signed.to(torch.int32)
+
+
+def ct_pack_quantized(
+    q: torch.Tensor, bits: int, scale: torch.Tensor, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """``weight_packed`` int32, ``weight_shape`` int64 [2] and ``weight_scale`` in the
+    checkpoint dtype (the loader allocates it in the weight's dtype)."""
+    return {
+        "weight_packed": pack_int32(q, bits),
+        "weight_shape": torch.tensor(list(q.shape), dtype=torch.int64),
+        "weight_scale": scale.to(dtype),
+    }

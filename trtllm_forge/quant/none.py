@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from trtllm_forge.context import NullProgress, Progress
-from trtllm_forge.quant.calibration import CalibrationData
-from trtllm_forge.quant.params import NoneParams
-from trtllm_forge.quant.result import QuantResult
+from trtllm_forge.quant.record_types import Method
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from torch import nn
+
+    from trtllm_forge.quant.calibration import CalibrationData
+    from trtllm_forge.quant.result import QuantResult
 
 _NO_PROGRESS = NullProgress()
 
@@ -15,8 +21,24 @@ _NO_PROGRESS = NullProgress()
 def quantize_model(
     model: nn.Module,
     data: CalibrationData | None,
-    params: NoneParams,
+    params: object,
     targets: list[str],
     progress: Progress = _NO_PROGRESS,
 ) -> QuantResult:
+    from trtllm_forge.quant.result import QuantResult
+
     return QuantResult()
+
+
+def _no_format(quant: Mapping[str, Any]) -> None:
+    return None
+
+
+METHOD = Method(
+    name="none",
+    needs_data=False,
+    uses_modelopt=False,
+    formats=(),
+    format_of=_no_format,
+    doc_cases=(),
+)

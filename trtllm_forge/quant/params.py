@@ -1,11 +1,10 @@
 """Parameters of each quantization method, validated without importing torch.
 
 A method's parameters are declared once, in its recipe section (recipe/schema.py):
-name, type, default, bounds and description. Each model here takes those fields and
-adds what they mean to TensorRT-LLM: the ``quant_algo`` the method produces, so
-``forge plan`` can show (and key) the quantization without loading any weights.
-A method declared in its own module (``quant/<method>.py``) gets its model from
-:func:`model_of`, built from its record on first use.
+name, type, default, bounds and description. :func:`model_of` builds a model from
+those fields and the method's record (quant/<method>.py), which adds what they mean to
+TensorRT-LLM: the ``quant_algo`` the method produces and its ``quantization`` fields,
+so ``forge plan`` can show (and key) the quantization without loading any weights.
 """
 
 from __future__ import annotations
@@ -47,78 +46,6 @@ def declared(section: type[BaseModel]) -> type[MethodParams]:
     return create_model(f"{section.__name__}Fields", __base__=MethodParams, **fields)
 
 
-class NoneParams(declared(schema.NoQuant)):  # type: ignore[misc]
-    """No weight quantization; only the KV cache may be quantized."""
-
-    def quant_algo(self) -> str | None:
-        return None
-
-
-class Int8WoParams(declared(schema.Int8WeightOnly)):  # type: ignore[misc]
-    """INT8 per-output-channel weight-only, round-to-nearest (W8A16)."""
-
-    def quant_algo(self) -> str:
-        return "W8A16"
-
-
-class GroupwiseInt4(MethodParams):
-    """The INT4 group-wise layout several methods store; ``group_size`` is each method's."""
-
-    if TYPE_CHECKING:
-        group_size: int
-
-    def quantization_fields(self) -> dict[str, Any]:
-        # The groupwise INT4 kernels are symmetric here: no zero point is stored.
-        return {
-            "group_size": self.group_size,
-            "has_zero_point": False,
-            "pre_quant_scale": self.has_pre_quant_scale(),
-        }
-
-    def has_pre_quant_scale(self) -> bool:
-        return False
-
-    def quant_algo(self) -> str:
-        # TensorRT-LLM's groupwise INT4 layout (packed int4, per-group scales) is named
-        # after AWQ; RTN and GPTQ results are stored in it without a pre-quant scale.
-        return "W4A16_AWQ"
-
-
-class Int4WoParams(declared(schema.Int4WeightOnly), GroupwiseInt4):  # type: ignore[misc]
-    """INT4 group-wise weight-only, round-to-nearest."""
-
-
-class AwqParams(declared(schema.Awq), GroupwiseInt4):  # type: ignore[misc]
-    """AWQ (activation-aware scaling search, ModelOpt ``awq_lite``) + INT4 group-wise."""
-
-    def has_pre_quant_scale(self) -> bool:
-        return True
-
-
-class GptqParams(declared(schema.Gptq), GroupwiseInt4):  # type: ignore[misc]
-    """GPTQ: Hessian-guided INT4 group-wise rounding with error feedback."""
-
-    if TYPE_CHECKING:
-        damping: float
-        act_order: bool
-
-
-class SmoothQuantParams(declared(schema.SmoothQuant)):  # type: ignore[misc]
-    """SmoothQuant W8A8: per-channel INT8 weights, INT8 activations after smoothing."""
-
-    if TYPE_CHECKING:
-        alpha: float
-        activations: str
-
-    def quant_algo(self) -> str:
-        if self.activations == "per_token":
-            return "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
-        return "W8A8_SQ_PER_CHANNEL"
-
-    def quantization_fields(self) -> dict[str, Any]:
-        return {"smoothquant_val": self.alpha}
-
-
 _MODELS: dict[str, type[MethodParams]] = {}
 
 
@@ -130,7 +57,7 @@ def model_of(method: Method) -> type[MethodParams]:
         base = cast(type[MethodParams], declared(section))
 
         class Params(base):  # type: ignore[valid-type,misc]
-            def quant_algo(self) -> str:
+            def quant_algo(self) -> str | None:
                 return method.quant_algo(self.model_dump(mode="json"))
 
             def quantization_fields(self) -> dict[str, Any]:

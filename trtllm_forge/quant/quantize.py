@@ -25,12 +25,11 @@ from trtllm_forge.quant.capture import kv_ranges
 from trtllm_forge.quant.device import Placement
 from trtllm_forge.quant.head import head_record
 from trtllm_forge.quant.moe import quantize_with_experts, unfuse_experts
-from trtllm_forge.quant.params import KV_CACHE_ALGOS, SmoothQuantParams
+from trtllm_forge.quant.params import KV_CACHE_ALGOS
 from trtllm_forge.quant.result import QuantResult
 from trtllm_forge.quant.targets import (
     HEAD,
     TargetPlan,
-    check_smoothing_fold,
     linear_dims,
     plan_targets,
 )
@@ -196,7 +195,7 @@ def _kv_name(kv_cache: str | None) -> str | None:
 def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -> None:
     """Reject shapes and combinations the format cannot represent, before any weight loads."""
     group = getattr(spec.params, "group_size", None)
-    record = registry.get(spec.method).record  # a method declared in its module
+    record = registry.get(spec.method).record
     dims = linear_dims(hf_config)
     sites = [(t.module, t.kind) for t in plan.quantized if spec.quant_algo]
     sites += [(HEAD, HEAD)] if plan.quantize_head else []
@@ -207,7 +206,7 @@ def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -
                 f"{module}: in_features {in_features} is not a multiple of group_size {group}",
                 hint="pick a group size dividing every layer's input size, or exclude the layer",
             )
-        misfit = record.linear_misfit if record is not None else None
+        misfit = record.linear_misfit
         why = misfit(spec.params, out_features, in_features) if misfit else None
         if why is not None:
             raise recipe_error(f"{module}: {why[0]}", hint=why[1])
@@ -215,18 +214,8 @@ def preflight(spec: QuantSpec, plan: TargetPlan, hf_config: Mapping[str, Any]) -
             raise recipe_error(
                 f"{module}: INT4 packing needs an even out_features ({out_features})"
             )
-    per_token_sq = (
-        isinstance(spec.params, SmoothQuantParams) and spec.params.activations == "per_token"
-    )
-    if per_token_sq and plan.excluded:
-        raise recipe_error(
-            "smoothquant with activations: per_token cannot exclude decoder linears "
-            f"(excluded: {', '.join(t.module for t in plan.excluded[:3])})",
-            hint="TensorRT-LLM's SmoothQuant plugin layers cover whole decoder layers; "
-            "use activations: per_tensor to exclude single layers",
-        )
-    if per_token_sq:
-        check_smoothing_fold(hf_config)
+    if record.check_plan is not None:
+        record.check_plan(spec.params, plan, hf_config)
 
 
 def _calibration_data(

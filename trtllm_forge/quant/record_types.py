@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         ``engine/onnx/quant_lowering.py``); values are graph value names, ``param`` names a
         tensor the module stores (reading it marks it used)."""
 
+        module: str
         in_features: int
         out_features: int
 
@@ -68,6 +69,12 @@ if TYPE_CHECKING:
         def qdq_per_group(self, x: str, group: int, dtype: str, hint: str) -> str: ...
 
         def qdq_per_token(self, x: str, dtype: str, hint: str) -> str: ...
+
+        def div_input(self, x: str, param: str) -> str: ...
+
+        def dq_per_column(self, param: str) -> str: ...
+
+        def consume(self, name: str) -> None: ...
 
         def int4_groups(self) -> str: ...
 
@@ -252,29 +259,33 @@ class Method:
         formats: the formats the method stores (most methods: one); the selected one's
             ``trtllm_algo`` is the checkpoint's ``quant_algo``.
         format_of: the format name a recipe ``quantize`` section (or the validated
-            parameters, dumped) selects; None: the only one.
+            parameters, dumped) selects, None for unquantized weights; left None: the
+            only format.
         quantization_fields: the checkpoint config's ``quantization`` keys beyond
             quant_algo / kv_cache_quant_algo / exclude_modules, from the parameters.
         doc_cases: the ``quantize`` sections docs/outputs.md's table shows a row for.
         linear_misfit: why the format cannot store a linear of ``(params, out_features,
             in_features)`` — (message, hint) — or None; checked before any weight loads.
+        check_plan: ``(params, target plan, config.json)`` raises a recipe error for a
+            plan the method cannot calibrate (before any weight loads), or None.
     """
 
     name: str
     needs_data: bool
     uses_modelopt: bool
     formats: tuple[QuantFormat, ...]
-    format_of: Callable[[Mapping[str, Any]], str] | None = None
+    format_of: Callable[[Mapping[str, Any]], str | None] | None = None
     quantization_fields: Callable[[Any], dict[str, Any]] = _no_fields
     doc_cases: tuple[Mapping[str, Any], ...] = ({},)
     linear_misfit: Callable[[Any, int, int], tuple[str, str] | None] | None = None
+    check_plan: Callable[[Any, Any, Mapping[str, Any]], None] | None = None
 
-    def format_name(self, quant: Mapping[str, Any]) -> str:
+    def format_name(self, quant: Mapping[str, Any]) -> str | None:
         return self.format_of(quant) if self.format_of else self.formats[0].name
 
-    def quant_algo(self, quant: Mapping[str, Any]) -> str:
+    def quant_algo(self, quant: Mapping[str, Any]) -> str | None:
         name = self.format_name(quant)
-        return next(f.trtllm_algo for f in self.formats if f.name == name)
+        return next((f.trtllm_algo for f in self.formats if f.name == name), None)
 
 
 # compressed-tensors QuantizationArgs shared by several formats.

@@ -8,25 +8,19 @@ into each Hugging Face output target — or :class:`NotCarried` with the reason,
 which the plan-time check quotes when a recipe asks for the impossible.
 
 Nothing here imports torch: ``forge plan`` refuses an uncarriable recipe from
-these records alone. The record types are quant/record_types.py's; the KV-cache formats
-quant/kv_formats.py's. A method declared in its own module (quant/registry.py's
-``METHOD_MODULES``) brings its format record, with the hooks the generic modules call,
-and :data:`FORMATS` takes it from there. The formats
-below are the methods not yet moved to their module: their tensors are still built by
-name in ``quant/formats.py`` (TensorRT-LLM), ``hf/modelopt_target.py`` and
-``hf/ct_target.py``, their fake quant in ``quant/fakequant.py``, their ONNX lowering in
-``engine/onnx/quant_lowering.py``.
+these records alone. Each method declares its formats in its own module (listed once,
+in quant/registry.py's ``METHOD_MODULES``), with the hooks the generic modules call;
+the record types are quant/record_types.py's, the KV-cache formats quant/kv_formats.py's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 # The record types and KV formats, re-exported: importers name them from here.
 from trtllm_forge.quant.kv_formats import KV_FORMATS as KV_FORMATS
 from trtllm_forge.quant.kv_formats import KvFormat as KvFormat
-from trtllm_forge.quant.record_types import PRE_QUANT_IN_CT
 from trtllm_forge.quant.record_types import TARGETS as TARGETS
 from trtllm_forge.quant.record_types import CompressedTensors as CompressedTensors
 from trtllm_forge.quant.record_types import ModelOpt as ModelOpt
@@ -35,94 +29,8 @@ from trtllm_forge.quant.record_types import QuantFormat as QuantFormat
 from trtllm_forge.quant.record_types import Target as Target
 from trtllm_forge.quant.registry import declared_methods, get
 
-_INT8_CHANNEL = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"}
-_INT4_GROUP = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group"}
-
-_BUILT_IN: tuple[QuantFormat, ...] = (
-    QuantFormat(
-        name="W8A16",
-        trtllm_algo="W8A16",
-        weight="int8, one scale per output channel",
-        packing="int8 [out, in]",
-        trtllm_tensors=("weight I8 [out,in]", "weights_scaling_factor F32 [out]"),
-        strongly_typed=False,
-        modelopt=ModelOpt("W8A16", ("weight_scale",)),
-        compressed_tensors=CompressedTensors(
-            "pack-quantized", _INT8_CHANNEL, None, ("weight_packed", "weight_scale")
-        ),
-    ),
-    QuantFormat(
-        name="W4A16",
-        trtllm_algo="W4A16_AWQ",
-        weight="int4, one scale per (output channel, input group)",
-        packing="two int4 output rows per byte, low nibble = even row",
-        trtllm_tensors=("weight I8 [out/2,in]", "weights_scaling_factor F32 [out,in/g]"),
-        strongly_typed=False,
-        weight_bits=4,
-        modelopt=ModelOpt("W4A16_AWQ", ("weight_scale",), group_fields=True),
-        compressed_tensors=CompressedTensors(
-            "pack-quantized", _INT4_GROUP, None, ("weight_packed", "weight_scale")
-        ),
-    ),
-    QuantFormat(
-        name="W4A16_AWQ",
-        trtllm_algo="W4A16_AWQ",
-        weight="int4 groups of the AWQ-smoothed weight, plus a pre-quant scale",
-        packing="two int4 output rows per byte, low nibble = even row",
-        trtllm_tensors=(
-            "weight I8 [out/2,in]",
-            "weights_scaling_factor F32 [out,in/g]",
-            "prequant_scaling_factor dtype [in]",
-        ),
-        strongly_typed=False,
-        weight_bits=4,
-        modelopt=ModelOpt(
-            "W4A16_AWQ",
-            ("weight_scale", "pre_quant_scale"),
-            fold_pre_quant_scale=True,
-            group_fields=True,
-        ),
-        compressed_tensors=NotCarried(PRE_QUANT_IN_CT),
-    ),
-    QuantFormat(
-        name="W8A8_SQ_PER_CHANNEL",
-        trtllm_algo="W8A8_SQ_PER_CHANNEL",
-        weight="int8 per output channel of the smoothed weight; static int8 activations",
-        packing="int8 [out, in]",
-        trtllm_tensors=(
-            "weight I8",
-            "weights_scaling_factor F32 [out]",
-            "activation_scaling_factor F32 [1]",
-            "prequant_scaling_factor dtype [in]",
-        ),
-        strongly_typed=False,
-        modelopt=ModelOpt(
-            "W8A8_SQ_PER_CHANNEL", ("weight_scale", "input_scale", "pre_quant_scale")
-        ),
-        compressed_tensors=NotCarried(PRE_QUANT_IN_CT),
-        activations="static_int8",
-    ),
-    QuantFormat(
-        name="W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
-        trtllm_algo="W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
-        weight="int8 per output channel; dynamic per-token int8 activations",
-        packing="int8 [out, in]",
-        trtllm_tensors=("weight I8", "per_channel_scale F32 [1,out]", "smoother F32 [1,in]"),
-        strongly_typed=False,
-        modelopt=NotCarried(
-            "ModelOpt's format has no dynamic per-token INT8 activations "
-            "(its SmoothQuant is W8A8_SQ_PER_CHANNEL with a static input scale)"
-        ),
-        compressed_tensors=NotCarried(
-            "the row layers' smoother (o_proj/down_proj inputs) has no place in compressed-tensors"
-        ),
-        activations="per_token_int8",
-        trtllm_share_input=True,
-        folds_smoothing_into_norm=True,
-    ),
-)
 FORMATS: dict[str, QuantFormat] = {
-    f.name: f for f in (*_BUILT_IN, *(fmt for m in declared_methods() for fmt in m.formats))
+    fmt.name: fmt for method in declared_methods() for fmt in method.formats
 }
 
 
@@ -133,22 +41,7 @@ def trtllm_algos(predicate: Callable[[QuantFormat], bool]) -> frozenset[str]:
 
 def format_name(method: str, quant: dict[str, Any]) -> str | None:
     """The format a recipe ``quantize`` section produces (None: weights stay unquantized)."""
-    record = get(method).record
-    if record is not None:
-        return record.format_name(quant)
-    if method == "none":
-        return None
-    if method == "int8_wo":
-        return "W8A16"
-    if method in ("int4_wo", "gptq"):
-        return "W4A16"
-    if method == "awq":
-        return "W4A16_AWQ"
-    if method == "smoothquant":
-        if quant.get("activations") == "per_token":
-            return "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"
-        return "W8A8_SQ_PER_CHANNEL"
-    raise KeyError(f"no format record for method {method!r}")
+    return get(method).record.format_name(quant)
 
 
 def weight_bits(method: str, quant: dict[str, Any]) -> int | None:
@@ -199,15 +92,7 @@ def carriers(fmt: str | None, kv: str | None) -> list[Target]:
 def method_table() -> list[tuple[str, str, str, str]]:
     """(method, format, modelopt, compressed-tensors) rows for the docs, from the records."""
     rows = []
-    cases: list[tuple[str, Mapping[str, Any]]] = [
-        ("int8_wo", {}),
-        ("int4_wo", {}),
-        ("gptq", {}),
-        ("awq", {}),
-        ("smoothquant", {"activations": "per_tensor"}),
-        ("smoothquant", {"activations": "per_token"}),
-    ]
-    cases += [(m.name, quant) for m in declared_methods() for quant in m.doc_cases]
+    cases = [(m.name, quant) for m in declared_methods() for quant in m.doc_cases]
     for method, quant in cases:
         fmt = FORMATS[str(format_name(method, dict(quant)))]
         label = method + "".join(f" {v}" for v in quant.values())

@@ -4,10 +4,11 @@ Importing this module is cheap (no torch): an entry holds a loader for the modul
 the method's algorithm, which imports torch only when calibration actually runs.
 A miss lists the valid names (and the closest one), never falls back silently.
 
-A method declared in its own module (``quant/<method>.py`` with a ``METHOD`` record:
-parameters, format, each target's mapping) is registered by adding the module to
-:data:`METHOD_MODULES`, the one list of them; the generic modules (records, writer, HF
-targets, fake quant, ONNX lowering) then find it through :func:`declared_methods`.
+Each method is declared in its own module (``quant/<method>.py`` with a ``METHOD``
+record: parameters, formats, each target's mapping) and registered by listing the
+module in :data:`METHOD_MODULES`, the one list of them; the generic modules (records,
+writer, HF targets, fake quant, ONNX lowering) find it through :func:`declared_methods`
+(docs/adding-a-quantization-method.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,18 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from trtllm_forge.errors import ForgeError, recipe_error
-from trtllm_forge.quant import fp8, fp8_block, nvfp4, w4a8_awq
+from trtllm_forge.quant import (
+    awq,
+    fp8,
+    fp8_block,
+    gptq,
+    int4_wo,
+    int8_wo,
+    none,
+    nvfp4,
+    smoothquant,
+    w4a8_awq,
+)
 from trtllm_forge.quant.record_types import Method
 from trtllm_forge.registry import Registry
 
@@ -40,8 +52,7 @@ class MethodInfo:
             ``quantize_model(model, batches, params, targets)``.
         needs_data: whether weights need calibration text (KV-cache calibration always does).
         uses_modelopt: whether the algorithm runs through nvidia-modelopt.
-        record: the method's own record, for a method declared in its module (else None:
-            its format knowledge is still in quant/records.py and the modules it lists).
+        record: the method's own record (its module's ``METHOD``).
     """
 
     name: str
@@ -49,7 +60,7 @@ class MethodInfo:
     loader: Callable[[], ModuleType]
     needs_data: bool
     uses_modelopt: bool
-    record: Method | None = None
+    record: Method
 
     @property
     def params_model(self) -> type[MethodParams]:
@@ -129,35 +140,7 @@ def tool_versions(name: str) -> dict[str, str]:
     return found
 
 
-def _builtin_algorithm(name: str) -> ModuleType:
-    """A built-in method's module. Importing them all costs what one costs (torch): each
-    imports its own library (ModelOpt) only when it runs."""
-    from trtllm_forge.quant import awq, gptq, int4_wo, int8_wo, none, smoothquant
-
-    modules = (awq, gptq, int4_wo, int8_wo, none, smoothquant)
-    return {module.__name__.rpartition(".")[2]: module for module in modules}[name]
-
-
-def _builtin_params(name: str) -> type[MethodParams]:
-    from trtllm_forge.quant import params
-
-    models: dict[str, type[MethodParams]] = {
-        "none": params.NoneParams,
-        "int8_wo": params.Int8WoParams,
-        "int4_wo": params.Int4WoParams,
-        "smoothquant": params.SmoothQuantParams,
-        "awq": params.AwqParams,
-        "gptq": params.GptqParams,
-    }
-    return models[name]
-
-
-def _builtin(name: str, *, needs_data: bool, modelopt: bool) -> None:
-    loaders = partial(_builtin_params, name), partial(_builtin_algorithm, name)
-    register(MethodInfo(name, *loaders, needs_data, modelopt))
-
-
-def _declared_params(record: Method) -> type[MethodParams]:
+def _params(record: Method) -> type[MethodParams]:
     from trtllm_forge.quant.params import model_of
 
     return model_of(record)
@@ -167,27 +150,32 @@ def _module(module: ModuleType) -> ModuleType:
     return module
 
 
-# The methods declared in their own module, in docs/outputs.md's table order. Their
+# Every method's module, in docs/outputs.md's table order: the one list of them. The
 # modules import no torch at import time (the algorithm and the hooks import it).
-METHOD_MODULES: tuple[ModuleType, ...] = (fp8, fp8_block, nvfp4, w4a8_awq)
+METHOD_MODULES: tuple[ModuleType, ...] = (
+    none,
+    int8_wo,
+    int4_wo,
+    gptq,
+    awq,
+    smoothquant,
+    fp8,
+    fp8_block,
+    nvfp4,
+    w4a8_awq,
+)
 
 
 def declared_methods() -> list[Method]:
-    """The records of the methods declared in their own module (METHOD_MODULES order)."""
+    """Every method's record (METHOD_MODULES order)."""
     return [module.METHOD for module in METHOD_MODULES]
 
 
-def _declared(module: ModuleType) -> None:
+def _register(module: ModuleType) -> None:
     record: Method = module.METHOD
-    loaders = partial(_declared_params, record), partial(_module, module)
+    loaders = partial(_params, record), partial(_module, module)
     register(MethodInfo(record.name, *loaders, record.needs_data, record.uses_modelopt, record))
 
 
-_builtin("none", needs_data=False, modelopt=False)
-_builtin("int8_wo", needs_data=False, modelopt=False)
-_builtin("int4_wo", needs_data=False, modelopt=False)
-_builtin("smoothquant", needs_data=True, modelopt=True)
-_builtin("awq", needs_data=True, modelopt=True)
-_builtin("gptq", needs_data=True, modelopt=False)
-for _module_of_method in METHOD_MODULES:
-    _declared(_module_of_method)
+for _method_module in METHOD_MODULES:
+    _register(_method_module)

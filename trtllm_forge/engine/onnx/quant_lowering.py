@@ -3,19 +3,11 @@
 Registered into the engine's hook tables (``engine.onnx.hooks``) on import; the
 engine imports this module the first time it meets a quantized checkpoint.
 Each lowering reads every tensor its module stores (the build fails on unread
-tensors) and returns ``x @ W.T`` without bias, in the compute type. A format declared in
-its method's module brings its lowering in its record (``onnx_lowering``), built from
-the primitives of :class:`Ops`; the table below is the built-in formats'.
-
-=====================================  ======================================================
-quant_algo                             graph
-=====================================  ======================================================
-W8A16                                  DQ(int8 Wᵀ, per-column scale) → MatMul
-W4A16_AWQ                              [x·pre_quant_scale] → MatMul(DQ(int4 Wᵀ, blocked scale))
-W8A8_SQ_PER_CHANNEL                    x·pqs → Q/DQ int8 (static scale) → MatMul(DQ(int8 Wᵀ))
-W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN   [x ÷ smoother] → Q/DQ int8 per token → MatMul(DQ(int8 Wᵀ))
-kv_cache INT8 / FP8                    Q/DQ of new K and V with ``kv_cache_scaling_factor``
-=====================================  ======================================================
+tensors) and returns ``x @ W.T`` without bias, in the compute type. Each format's
+lowering is its record's (``onnx_lowering``, declared in its method's module: the
+graph each builds is in its docstring), built from the primitives of :class:`Ops`;
+a format without one says why in its record (``onnx``), and plan refuses it. The
+KV-cache lowering (INT8 / FP8): Q/DQ of new K and V with ``kv_cache_scaling_factor``.
 
 Weights are stored transposed (``[in, out]``) so no Transpose ever touches an
 8-bit tensor (ONNX Runtime has no FP8 Transpose kernel). Per-token scales use
@@ -31,7 +23,6 @@ import numpy as np
 import torch
 from onnx import TensorProto
 
-from trtllm_forge.checkpoint.layout import parse_name
 from trtllm_forge.engine.onnx.context import LoweringContext
 from trtllm_forge.engine.onnx.hooks import (
     LinearLowering,
@@ -40,7 +31,6 @@ from trtllm_forge.engine.onnx.hooks import (
     register_linear_lowering,
 )
 from trtllm_forge.quant import layout, records
-from trtllm_forge.quant.targets import SMOOTHING_NORMS
 
 if TYPE_CHECKING:
     from trtllm_forge.quant.record_types import OnnxLowering
@@ -121,16 +111,6 @@ def _matmul(ctx: LoweringContext, site: LinearSite, x: str, w: str) -> str:
     return ctx.graph.op("MatMul", [x, w], f"{site.module}.out")
 
 
-def w8a16(ctx: LoweringContext, site: LinearSite, x: str) -> str:
-    scale = _per_column_scale(ctx, site, "weights_scaling_factor")
-    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, per_column=True))
-
-
-def w4a16_groupwise(ctx: LoweringContext, site: LinearSite, x: str) -> str:
-    x = _mul_input(ctx, site, x, "prequant_scaling_factor")
-    return _matmul(ctx, site, x, _int4_groups(ctx, site))
-
-
 def _int4_groups(ctx: LoweringContext, site: LinearSite) -> str:
     """Dequantized ``Wᵀ`` [in, out] from packed INT4 and its group scales (blocked DQ)."""
     values = layout.unpack_int4_rows(ctx.weights.get(f"{site.module}.weight"))  # [out, in]
@@ -141,33 +121,6 @@ def _int4_groups(ctx: LoweringContext, site: LinearSite) -> str:
     return ctx.graph.op(
         "DequantizeLinear", [weight, scale_t], f"{site.module}.w_dq", axis=0, block_size=group
     )
-
-
-def sq_per_channel(ctx: LoweringContext, site: LinearSite, x: str) -> str:
-    x = _mul_input(ctx, site, x, "prequant_scaling_factor")
-    act = _scale_flat(ctx, f"{site.module}.activation_scaling_factor", ())
-    x = _qdq_static(ctx, x, act, _INT8, f"{site.module}.act")
-    scale = _per_column_scale(ctx, site, "weights_scaling_factor")
-    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, per_column=True))
-
-
-def sq_per_token(ctx: LoweringContext, site: LinearSite, x: str) -> str:
-    _consume_norm_scale(ctx, site)
-    x = _mul_input(ctx, site, x, "smoother", divide=True)
-    x = _qdq_per_token(ctx, x, layout.INT8_MAX, _INT8, f"{site.module}.act", site.in_features)
-    scale = _per_column_scale(ctx, site, "per_channel_scale")
-    return _matmul(ctx, site, x, _dq_weight(ctx, site, scale, per_column=True))
-
-
-def _consume_norm_scale(ctx: LoweringContext, site: LinearSite) -> None:
-    """The norm's ``scale_to_int`` is 1.0 under per-token scaling (runtime computes the scale)."""
-    parsed = parse_name(f"{site.module}.weight")
-    if parsed is None:
-        return
-    for norm in SMOOTHING_NORMS:
-        name = f"transformer.layers.{parsed.layer}.{norm}.scale_to_int"
-        if ctx.weights.has(name):
-            ctx.weights.get(name)
 
 
 def _qdq_per_group(
@@ -199,6 +152,7 @@ class Ops:
 
     def __init__(self, ctx: LoweringContext, site: LinearSite) -> None:
         self._ctx, self._site = ctx, site
+        self.module = site.module
         self.in_features, self.out_features = site.in_features, site.out_features
 
     def tensor(self, param: str) -> torch.Tensor:
@@ -234,6 +188,19 @@ class Ops:
     def int4_groups(self) -> str:
         return _int4_groups(self._ctx, self._site)
 
+    def div_input(self, x: str, param: str) -> str:
+        return _mul_input(self._ctx, self._site, x, param, divide=True)
+
+    def dq_per_column(self, param: str) -> str:
+        """DQ of the stored 8-bit ``Wᵀ`` with ``param`` as one scale per output column."""
+        scale = _per_column_scale(self._ctx, self._site, param)
+        return _dq_weight(self._ctx, self._site, scale, per_column=True)
+
+    def consume(self, name: str) -> None:
+        """Mark a tensor of another module (e.g. a norm's) read, when the rank has it."""
+        if self._ctx.weights.has(name):
+            self._ctx.weights.get(name)
+
     def op(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
         return self._ctx.graph.op(op_type, inputs, f"{self._site.module}.{hint}", **attrs)
 
@@ -263,15 +230,6 @@ def _kv_cache(dtype: int):  # type: ignore[no-untyped-def]
     return lower
 
 
-LINEAR = {
-    "W8A16": w8a16,
-    "W4A16_AWQ": w4a16_groupwise,
-    "W8A8_SQ_PER_CHANNEL": sq_per_channel,
-    "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": sq_per_token,
-}
-
-for _algo, _fn in LINEAR.items():
-    register_linear_lowering(_algo, _fn)
 for _fmt in records.FORMATS.values():
     if _fmt.onnx_lowering is not None:
         register_linear_lowering(_fmt.trtllm_algo, _record_lowering(_fmt.onnx_lowering))
