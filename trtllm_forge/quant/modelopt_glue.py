@@ -17,7 +17,7 @@ import contextlib
 import copy
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -202,3 +202,20 @@ def extract(model: nn.Module, targets: list[str]) -> QuantResult:
             fp8_weight_amax=_second_weight_amax(linear),
         )
     return result
+
+
+def quantize(
+    model: nn.Module,
+    data: CalibrationData | None,
+    targets: list[str],
+    config: Callable[[], dict[str, Any]],
+    progress: Progress = _NO_PROGRESS,
+    *,
+    method: str,
+) -> QuantResult:
+    """A ModelOpt method's calibration: the config ``config()`` builds (ModelOpt is imported
+    only after the data is known to be there), then the ranges read back."""
+    if data is None:
+        raise ValueError(f"{method} needs calibration data")
+    calibrate(model, config(), data, progress)
+    return extract(model, targets)

@@ -64,11 +64,10 @@ def quantize_model(
 ) -> QuantResult:
     from trtllm_forge.quant import modelopt_glue
 
-    if data is None:
-        raise ValueError("NVFP4 needs calibration data (the activations' global scale)")
-    config = modelopt_config(params, targets, progress)
-    modelopt_glue.calibrate(model, config, data, progress)
-    return modelopt_glue.extract(model, targets)
+    def config() -> dict[str, Any]:
+        return modelopt_config(params, targets, progress)
+
+    return modelopt_glue.quantize(model, data, targets, config, progress, method="NVFP4")
 
 
 def modelopt_config(

@@ -57,11 +57,10 @@ def quantize_model(
 ) -> QuantResult:
     from trtllm_forge.quant import modelopt_glue
 
-    if data is None:
-        raise ValueError("SmoothQuant needs calibration data")
-    config = modelopt_config(params, targets, progress)
-    modelopt_glue.calibrate(model, config, data, progress)
-    return modelopt_glue.extract(model, targets)
+    def config() -> dict[str, Any]:
+        return modelopt_config(params, targets, progress)
+
+    return modelopt_glue.quantize(model, data, targets, config, progress, method="SmoothQuant")
 
 
 def modelopt_config(

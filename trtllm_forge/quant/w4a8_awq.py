@@ -59,11 +59,10 @@ def quantize_model(
 ) -> QuantResult:
     from trtllm_forge.quant import modelopt_glue
 
-    if data is None:
-        raise ValueError("W4A8 AWQ needs calibration data")
-    config = modelopt_config(params, targets, progress)
-    modelopt_glue.calibrate(model, config, data, progress)
-    return modelopt_glue.extract(model, targets)
+    def config() -> dict[str, Any]:
+        return modelopt_config(params, targets, progress)
+
+    return modelopt_glue.quantize(model, data, targets, config, progress, method="W4A8 AWQ")
 
 
 def modelopt_config(
