@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.quant import int4_wo
+from trtllm_forge.quant.modelopt_method import quantizer
 from trtllm_forge.quant.record_types import (
     PRE_QUANT_IN_CT,
     Method,
@@ -27,28 +28,9 @@ from trtllm_forge.quant.record_types import (
 )
 
 if TYPE_CHECKING:
-    from torch import nn
-
-    from trtllm_forge.quant.calibration import CalibrationData
     from trtllm_forge.quant.int4_wo import GroupParams
-    from trtllm_forge.quant.result import QuantResult
 
 _NO_PROGRESS = NullProgress()
-
-
-def quantize_model(
-    model: nn.Module,
-    data: CalibrationData | None,
-    params: GroupParams,
-    targets: list[str],
-    progress: Progress = _NO_PROGRESS,
-) -> QuantResult:
-    from trtllm_forge.quant import modelopt_glue
-
-    def config() -> dict[str, Any]:
-        return modelopt_config(params, targets, progress)
-
-    return modelopt_glue.quantize(model, data, targets, config, progress, method="AWQ")
 
 
 def modelopt_config(
@@ -62,6 +44,9 @@ def modelopt_config(
     assert weight_cfg is not None
     weight_cfg["block_sizes"] = {-1: params.group_size, "type": "static"}
     return modelopt_glue.target_config(preset, targets, weight_cfg=weight_cfg)
+
+
+quantize_model = quantizer(modelopt_config, "AWQ")
 
 
 FORMAT = QuantFormat(

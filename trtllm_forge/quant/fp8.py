@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from trtllm_forge.context import NullProgress, Progress
+from trtllm_forge.quant.modelopt_method import quantizer
 from trtllm_forge.quant.record_types import (
     FP8_ARGS,
     CompressedTensors,
@@ -27,11 +28,9 @@ from trtllm_forge.quant.record_types import (
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
-    from trtllm_forge.quant.calibration import CalibrationData
     from trtllm_forge.quant.record_types import OnnxOps, Tensors, TensorSource
-    from trtllm_forge.quant.result import LinearQuant, QuantResult
+    from trtllm_forge.quant.result import LinearQuant
 
     class Fp8Params(Protocol):
         """The validated parameters (quant/params.py builds their model from the recipe section)."""
@@ -40,21 +39,6 @@ if TYPE_CHECKING:
 
 
 _NO_PROGRESS = NullProgress()
-
-
-def quantize_model(
-    model: nn.Module,
-    data: CalibrationData | None,
-    params: Fp8Params,
-    targets: list[str],
-    progress: Progress = _NO_PROGRESS,
-) -> QuantResult:
-    from trtllm_forge.quant import modelopt_glue
-
-    def config() -> dict[str, Any]:
-        return modelopt_config(params, targets, progress)
-
-    return modelopt_glue.quantize(model, data, targets, config, progress, method="FP8")
 
 
 def modelopt_config(
@@ -69,6 +53,9 @@ def modelopt_config(
         mtq.FP8_PER_CHANNEL_PER_TOKEN_CFG if per_channel else mtq.FP8_DEFAULT_CFG
     )
     return modelopt_glue.target_config(preset, targets)
+
+
+quantize_model = quantizer(modelopt_config, "FP8")
 
 
 # --- the formats' tensors (torch is imported when they run) ---

@@ -20,6 +20,7 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from trtllm_forge.context import NullProgress, Progress
+from trtllm_forge.quant.modelopt_method import quantizer
 from trtllm_forge.quant.record_types import (
     CompressedTensors,
     KvFormat,
@@ -33,11 +34,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     import torch
-    from torch import nn
 
-    from trtllm_forge.quant.calibration import CalibrationData
     from trtllm_forge.quant.record_types import Tensors, TensorSource
-    from trtllm_forge.quant.result import LinearQuant, QuantResult
+    from trtllm_forge.quant.result import LinearQuant
 
 _NO_PROGRESS = NullProgress()
 BLOCK = 16  # E2M1 values sharing one FP8 scale
@@ -55,21 +54,6 @@ def _quantization_fields(params: object) -> dict[str, Any]:
     return {"group_size": BLOCK}
 
 
-def quantize_model(
-    model: nn.Module,
-    data: CalibrationData | None,
-    params: object,
-    targets: list[str],
-    progress: Progress = _NO_PROGRESS,
-) -> QuantResult:
-    from trtllm_forge.quant import modelopt_glue
-
-    def config() -> dict[str, Any]:
-        return modelopt_config(params, targets, progress)
-
-    return modelopt_glue.quantize(model, data, targets, config, progress, method="NVFP4")
-
-
 def modelopt_config(
     params: object, targets: list[str], progress: Progress = _NO_PROGRESS
 ) -> dict[str, Any]:
@@ -78,6 +62,9 @@ def modelopt_config(
 
     preset = copy.deepcopy(modelopt_glue.mtq(progress).NVFP4_DEFAULT_CFG)
     return modelopt_glue.target_config(preset, targets)
+
+
+quantize_model = quantizer(modelopt_config, "NVFP4")
 
 
 # --- E2M1 arithmetic (docs/trtllm-checkpoint.md §2): values in blocks of 16 along the

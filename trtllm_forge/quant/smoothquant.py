@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.errors import recipe_error
 from trtllm_forge.quant import int8_wo
+from trtllm_forge.quant.modelopt_method import quantizer
 from trtllm_forge.quant.record_types import (
     PRE_QUANT_IN_CT,
     Method,
@@ -31,11 +32,9 @@ from trtllm_forge.quant.record_types import (
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
-    from trtllm_forge.quant.calibration import CalibrationData
     from trtllm_forge.quant.record_types import OnnxOps, Tensors
-    from trtllm_forge.quant.result import LinearQuant, QuantResult
+    from trtllm_forge.quant.result import LinearQuant
     from trtllm_forge.quant.targets import TargetPlan
 
     class SmoothQuantParams(Protocol):
@@ -48,21 +47,6 @@ if TYPE_CHECKING:
 _NO_PROGRESS = NullProgress()
 
 
-def quantize_model(
-    model: nn.Module,
-    data: CalibrationData | None,
-    params: SmoothQuantParams,
-    targets: list[str],
-    progress: Progress = _NO_PROGRESS,
-) -> QuantResult:
-    from trtllm_forge.quant import modelopt_glue
-
-    def config() -> dict[str, Any]:
-        return modelopt_config(params, targets, progress)
-
-    return modelopt_glue.quantize(model, data, targets, config, progress, method="SmoothQuant")
-
-
 def modelopt_config(
     params: SmoothQuantParams, targets: list[str], progress: Progress = _NO_PROGRESS
 ) -> dict[str, Any]:
@@ -72,6 +56,9 @@ def modelopt_config(
     preset = copy.deepcopy(modelopt_glue.mtq(progress).INT8_SMOOTHQUANT_CFG)
     algorithm = {"method": "smoothquant", "alpha": params.alpha}
     return modelopt_glue.target_config(preset, targets, algorithm=algorithm)
+
+
+quantize_model = quantizer(modelopt_config, "SmoothQuant")
 
 
 def _check_plan(params: SmoothQuantParams, plan: TargetPlan, hf_config: Mapping[str, Any]) -> None:

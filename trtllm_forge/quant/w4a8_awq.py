@@ -17,6 +17,7 @@ import copy
 from typing import TYPE_CHECKING, Any, Protocol
 
 from trtllm_forge.context import NullProgress, Progress
+from trtllm_forge.quant.modelopt_method import quantizer
 from trtllm_forge.quant.record_types import (
     PRE_QUANT_IN_CT,
     Method,
@@ -27,11 +28,9 @@ from trtllm_forge.quant.record_types import (
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
-    from trtllm_forge.quant.calibration import CalibrationData
     from trtllm_forge.quant.record_types import OnnxOps, Tensors, TensorSource
-    from trtllm_forge.quant.result import LinearQuant, QuantResult
+    from trtllm_forge.quant.result import LinearQuant
 
 _NO_PROGRESS = NullProgress()
 
@@ -50,21 +49,6 @@ def _quantization_fields(params: W4A8AwqParams) -> dict[str, Any]:
     return {"group_size": params.group_size, "has_zero_point": False, "pre_quant_scale": True}
 
 
-def quantize_model(
-    model: nn.Module,
-    data: CalibrationData | None,
-    params: W4A8AwqParams,
-    targets: list[str],
-    progress: Progress = _NO_PROGRESS,
-) -> QuantResult:
-    from trtllm_forge.quant import modelopt_glue
-
-    def config() -> dict[str, Any]:
-        return modelopt_config(params, targets, progress)
-
-    return modelopt_glue.quantize(model, data, targets, config, progress, method="W4A8 AWQ")
-
-
 def modelopt_config(
     params: W4A8AwqParams, targets: list[str], progress: Progress = _NO_PROGRESS
 ) -> dict[str, Any]:
@@ -76,6 +60,9 @@ def modelopt_config(
     assert isinstance(weight_cfg, list)  # [INT4 groups, FP8 per tensor], applied in order
     weight_cfg[0]["block_sizes"] = {-1: params.group_size, "type": "static"}
     return modelopt_glue.target_config(preset, targets, weight_cfg=weight_cfg)
+
+
+quantize_model = quantizer(modelopt_config, "W4A8 AWQ")
 
 
 # --- the format's tensors (torch is imported when they run) ---
