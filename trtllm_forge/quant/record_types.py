@@ -13,8 +13,7 @@ records instead of naming formats. Hooks import torch only when they run, so
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 # Types only (the hooks' signatures): defining Protocols costs import time that
 # `forge plan`, which reads the records, would pay for nothing.
@@ -96,19 +95,19 @@ Target = Literal["modelopt", "compressed-tensors"]
 Activations = Literal["none", "static_int8", "static_fp8", "per_token_int8", "per_token_fp8", "own"]
 TARGETS: tuple[Target, ...] = ("modelopt", "compressed-tensors")
 
-# Records are compared by identity (eq=False): generating __eq__ / __hash__ for every
-# record type costs `forge plan` time (it imports them) and nothing compares them.
+# Records are NamedTuples (immutable, like frozen dataclasses): a dataclass compiles four
+# generated functions per record type at import, which `forge plan` (it imports every
+# method's record) would pay for; a NamedTuple compiles one. Nothing hashes a record
+# (some hold dicts).
 
 
-@dataclass(frozen=True, eq=False)
-class NotCarried:
+class NotCarried(NamedTuple):
     """A target that cannot hold the format, and why (quoted in the plan-time error)."""
 
     reason: str
 
 
-@dataclass(frozen=True, eq=False)
-class ModelOpt:
+class ModelOpt(NamedTuple):
     """ModelOpt's unified HF checkpoint (``hf_quant_config.json``), per ModelOpt 0.47's exporter.
 
     Attributes:
@@ -139,8 +138,7 @@ class ModelOpt:
     numerics: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, eq=False)
-class CompressedTensors:
+class CompressedTensors(NamedTuple):
     """A compressed-tensors ``config_groups`` entry and the compressor ``format``.
 
     ``weights`` / ``input_activations`` are ``QuantizationArgs`` fields; ``group_size``
@@ -159,8 +157,7 @@ class CompressedTensors:
     load_dtype: str | None = None
 
 
-@dataclass(frozen=True, eq=False)
-class QuantFormat:
+class QuantFormat(NamedTuple):
     """One quantization format.
 
     Attributes:
@@ -219,8 +216,7 @@ def _no_fields(params: Any) -> dict[str, Any]:
     return {}
 
 
-@dataclass(frozen=True, eq=False)
-class KvFormat:
+class KvFormat(NamedTuple):
     """A KV-cache format: recipe name, TensorRT-LLM algo, and each HF target's spelling.
 
     ``qmax`` turns a cache's calibrated max |K| or |V| into the HF targets' scale
@@ -243,8 +239,7 @@ class KvFormat:
     ct_tensors: KvHfTensors | None = None
 
 
-@dataclass(frozen=True, eq=False)
-class Method:
+class Method(NamedTuple):
     """One quantization method, as its module declares it (``METHOD``).
 
     Attributes:
