@@ -104,6 +104,17 @@ def lower_checkpoint(
     }
 
 
+def _require_all_used(weights: RankWeights) -> None:
+    """A tensor the lowering never read means a layer kind or quantization it ignores."""
+    unused = weights.unused()
+    if unused:
+        raise source_error(
+            f"{weights.file} has {len(unused)} tensor(s) the lowering did not use: "
+            f"{', '.join(unused[:4])}",
+            hint="the checkpoint holds a layer kind or quantization this lowering does not implement",
+        )
+
+
 def _lower_rank(
     ckpt: Checkpoint,
     layout: RankLayout,
@@ -127,22 +138,15 @@ def _lower_rank(
             shared.settle(data)
     finally:
         data.close()
-    unused = weights.unused()
-    if unused:
-        raise source_error(
-            f"{weights.file} has {len(unused)} tensor(s) the lowering did not use: "
-            f"{', '.join(unused[:4])}",
-            hint="the checkpoint holds a layer kind or quantization this lowering does not implement",
-        )
+    _require_all_used(weights)
+    if custom_domains is None:
+        custom_domains = [COLLECTIVE_DOMAIN] if layout.tp_size > 1 else []
+    last = layout.first_layer + layout.num_layers - 1
     model = ctx.graph.model(
         f"rank{layout.rank}",
-        custom_domains=custom_domains
-        if custom_domains is not None
-        else [COLLECTIVE_DOMAIN]
-        if layout.tp_size > 1
-        else [],
+        custom_domains=custom_domains,
         doc=f"trtllm-forge decoder, rank {layout.rank} (tp {layout.tp_rank}/{layout.tp_size}, "
-        f"pp {layout.pp_rank}/{layout.pp_size}), layers {layout.first_layer}..{layout.first_layer + layout.num_layers - 1}",
+        f"pp {layout.pp_rank}/{layout.pp_size}), layers {layout.first_layer}..{last}",
     )
     onnx.helper.set_model_props(model, _model_props(ckpt, layout))
     model_path = rank_dir / MODEL_FILE
