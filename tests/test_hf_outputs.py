@@ -191,6 +191,11 @@ def test_compressed_tensors_folder_loads_and_matches_fake_quant(
     print(case, vs_fake, vs_float)
     assert vs_fake < 1e-5
     assert vs_float > 1e-4  # the loader really ran quantized weights
+    params = CASES[case][1] or {}
+    (group,) = json.loads((folder / "config.json").read_text())["quantization_config"][
+        "config_groups"
+    ].values()
+    assert group["weights"].get("actorder") == ("weight" if params.get("act_order") else None)
 
 
 def _kv_hook(folder: Path, kv: str | None) -> Any:

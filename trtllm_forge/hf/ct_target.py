@@ -107,10 +107,10 @@ def _config_group(
         weights["group_size"] = mapping.group_size
     if weights.get("strategy") == "block":
         weights["block_structure"] = [group_size, group_size]
-        # forge's GPTQ visits columns by activation order but keeps groups contiguous:
-        # compressed-tensors calls that "weight" ordering (no g_idx to store).
-        if act_order:
-            weights["actorder"] = "weight"
+    # forge's GPTQ visits columns by activation order but keeps groups contiguous:
+    # compressed-tensors calls that "weight" ordering (no g_idx to store).
+    if act_order:
+        weights["actorder"] = "weight"
     group: dict[str, Any] = {"targets": ["Linear"], "weights": weights}
     inputs = dict(mapping.input_activations) if mapping.input_activations else None
     if inputs is not None and inputs.get("strategy") == "group":
