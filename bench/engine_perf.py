@@ -1,7 +1,8 @@
 """Engine speed against the peers: ``python -m bench.engine_perf`` → docs/engine-performance.md.
 
 For each model (SmolLM2-135M from ``python -m bench.data --hf-dir``; ``llama-1b``, the
-synthetic TinyLlama-1.1B shape of bench/synth.py) and precision (float32, int8
+synthetic TinyLlama-1.1B shape of bench/synth.py with SmolLM2's vocabulary and tokenizer,
+made by ``bench.engine_perf_gpu.llama_1b_folder`` as on the GPU) and precision (float32, int8
 weight-only, int4), it builds forge engines in both lowering profiles through the real
 CLI (``forge build --until build``, cached under bench/.data/engine-perf/home), has
 onnxruntime-genai's model builder convert the same HF folder (in the separate venv
@@ -31,7 +32,7 @@ import yaml
 from bench import lib, measure
 from bench.engine_accuracy import head_accuracy, merge, render_accuracy, render_later
 from bench.engine_goals import render_goals, scenario
-from bench.synth import SHAPES, ensure_checkpoint
+from bench.engine_perf_gpu import llama_1b_folder
 
 DATA = lib.DATA
 WORK = DATA / "engine-perf"
@@ -241,8 +242,8 @@ def run_all(
     }
     for name in names:
         model = models(quick)[name]
-        if name == "llama-1b":
-            ensure_checkpoint(model.hf_dir, SHAPES["llama-1b"])
+        if name == "llama-1b":  # SmolLM2's tokenizer and vocabulary, so the builder converts it
+            llama_1b_folder(DATA / "smollm2-135m", model.hf_dir.parent, log)
         if not (model.hf_dir / "config.json").is_file():
             raise SystemExit(f"{model.hf_dir} is missing: run python -m bench.data --hf-dir")
         targets: list[tuple[str, str, str, Path | None]] = []
