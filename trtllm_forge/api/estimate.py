@@ -74,6 +74,8 @@ def model_size(loaded: LoadedRecipe, results: Sequence[StageResult], home: Path)
         return _folder_size(resolve_local(root, allow_pickle=source.allow_pickle).root)
     if source.gguf is not None:
         return _gguf_size(loaded), None
+    if source.hf is None:
+        return None, None
     folder = _hub_snapshot(source.hf, source.revision)
     return _folder_size(folder) if folder is not None else (None, None)
 

@@ -15,7 +15,7 @@ class RssPeak:
     """``with RssPeak() as peak: ...`` then ``peak.bytes``: the largest RSS seen."""
 
     def __init__(self, interval_s: float = 0.005) -> None:
-        import psutil
+        import psutil  # type: ignore[import-untyped,unused-ignore]
 
         self._process = psutil.Process()
         self._interval = interval_s

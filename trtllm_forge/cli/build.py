@@ -146,8 +146,8 @@ def _verify_table(verify: Any) -> None:
     for col in ("gate / metric", "value", "threshold", "result"):
         table.add_column(col)
     for name, gate in sorted(info.get("gates", {}).items()):
-        verdict = "[green]pass[/]" if gate["passed"] else "[red]FAIL[/]"
-        table.add_row(name, f"{gate['value']:.6g}", f"{gate['threshold']:g}", verdict)
+        mark = "[green]pass[/]" if gate["passed"] else "[red]FAIL[/]"
+        table.add_row(name, f"{gate['value']:.6g}", f"{gate['threshold']:g}", mark)
     for metric, value in sorted(info.get("metrics", {}).items()):
         table.add_row(f"[dim]{metric}[/]", f"{value:.6g}", "", "")
     out = console()

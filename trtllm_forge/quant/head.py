@@ -9,6 +9,8 @@ docs/engine-performance.md measures against the builder.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -20,7 +22,8 @@ from trtllm_forge.quant.result import LinearQuant
 def head_record(model: nn.Module, params: MethodParams) -> LinearQuant:
     """The output projection's ``[vocab, hidden]`` weight (the embedding when tied) and
     its ranges, on the CPU in float32 like every record the writer packs."""
-    head = model.get_output_embeddings()
+    # transformers' PreTrainedModel method; nn.Module's typing sees a tensor attribute
+    head: Any = model.get_output_embeddings()  # type: ignore[operator]
     if not isinstance(head, nn.Linear):
         raise ValueError(f"the model's output projection is a {type(head).__name__}, not Linear")
     weight = head.weight.detach().to("cpu", torch.float32)

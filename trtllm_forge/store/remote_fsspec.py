@@ -26,7 +26,10 @@ _CHUNK = 4 << 20
 
 def fsspec_protocol_known(scheme: str) -> bool:
     try:
-        from fsspec.registry import known_implementations, registry
+        from fsspec.registry import (  # type: ignore[import-untyped,unused-ignore]
+            known_implementations,
+            registry,
+        )
     except ImportError:
         return False
     return scheme in known_implementations or scheme in registry
@@ -34,7 +37,7 @@ def fsspec_protocol_known(scheme: str) -> bool:
 
 class FsspecRemote:
     def __init__(self, url: str) -> None:
-        import fsspec
+        import fsspec  # type: ignore[import-untyped,unused-ignore]
 
         self.url = url
         scheme, _, rest = url.partition("://")
