@@ -249,7 +249,7 @@ def test_build_shows_layers_and_keys_layerwise_apart(
     recipe = _recipe(tmp_path, tiny_models["llama"], method="awq", group_size=32)
     run = forge("build", str(recipe), "--until", "calibrate", "--json")
     assert run.code == 0, run.err
-    assert "layer 1/2 committed" in run.err and "layer 2/2 committed" in run.err
+    assert "layer 0 committed (1/2)" in run.err and "layer 1 committed (2/2)" in run.err
     assert "ETA" in run.err
     keys = {}
     for mode in ("layerwise", "whole", None):

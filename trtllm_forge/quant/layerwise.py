@@ -213,7 +213,8 @@ class _Walk:
         device_batches = [b.to(self.placement.device) for b in batches]
         calls = record_inputs(model, device_batches)
         if start > 0:
-            progress.log(f"calibrate: resuming at layer {start} of {count} ({start} committed)")
+            done = "layer 0" if start == 1 else f"layers 0-{start - 1}"
+            progress.log(f"calibrate: resuming at layer {start} ({done} of {count} committed)")
             info = self.store.stream(start - 1)
             assert info is not None  # resume_point starts over where it is not
             stream = read_stream(self.store.root, info, True)
@@ -226,7 +227,9 @@ class _Walk:
             for index in range(start, count):
                 stream = self.layer(layers, index, calls, stream, bound, progress)
                 task.advance()
-                progress.log(f"calibrate: layer {index + 1}/{count} committed; {eta.tick()}")
+                progress.log(
+                    f"calibrate: layer {index} committed ({index + 1}/{count}); {eta.tick()}"
+                )
         return count
 
     def layer(
