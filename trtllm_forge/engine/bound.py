@@ -92,13 +92,19 @@ class BoundSession:
         logits = self._run(feeds, cache, logits_on=self.device)
         if self._argmax is None:
             self._argmax = _argmax_session(self._ort, self.session, self.device)
-        key = (TOKENS, id(logits))
-        if key not in cache.buffers:
+        # A kept logits buffer (shared path) keeps its argmax binding too; the chained path's
+        # logits are a new OrtValue every step, so its binding is made each time.
+        kept = next((k for k, v in cache.buffers.items() if v is logits), None)
+        key = (TOKENS, *kept) if kept is not None else None
+        if key is None or key not in cache.buffers:
             binding = self._argmax.io_binding()
             binding.bind_ortvalue_input(LOGITS, logits)
             shape = tuple(logits.shape()[:2])
             tokens = self._ort.OrtValue.ortvalue_from_shape_and_type(shape, np.int64, "cpu", 0)
             binding.bind_ortvalue_output(TOKENS, tokens)
+            if key is None:
+                self._argmax.run_with_iobinding(binding)
+                return np.array(tokens.numpy(), dtype=np.int64)
             cache.buffers[key] = (binding, tokens)
         binding, tokens = cache.buffers[key]
         self._argmax.run_with_iobinding(binding)
