@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
-from trtllm_forge.checkpoint.convert import hf_weight_files, load_hf_config
+from trtllm_forge.checkpoint.convert import load_hf_config
 from trtllm_forge.checkpoint.io import read_config
+from trtllm_forge.checkpoint.snapshot import SnapshotTensors
 from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.errors import recipe_error, store_error
 from trtllm_forge.hf import ct_target, modelopt_target
@@ -169,7 +169,7 @@ class _Layout:
         self.norms: dict[str, torch.Tensor] = {}
 
     def tensors(self, hf_dir: Path, stack: ExitStack) -> Iterator[tuple[str, torch.Tensor]]:
-        snapshot = _Snapshot(hf_dir, stack)
+        snapshot = SnapshotTensors(hf_dir, stack)
         if self.fmt is not None:
             for group in linear_groups(self.hf_config, self.plan):
                 yield from self._group(group, snapshot)
@@ -182,7 +182,9 @@ class _Layout:
             tensor = snapshot.get(name)
             yield name, tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
-    def _group(self, group: LinearGroup, snapshot: _Snapshot) -> Iterator[tuple[str, torch.Tensor]]:
+    def _group(
+        self, group: LinearGroup, snapshot: SnapshotTensors
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         assert self.fmt is not None and self.records is not None
         parts = [self.records.linear(m) for m in group.modules]
         mapping = self.fmt.target(self.target)
@@ -204,7 +206,9 @@ class _Layout:
             )
         return ct_target.linear_tensors(self.fmt, lq, self.dtype)
 
-    def _fold_into_norm(self, group: LinearGroup, lq: LinearQuant, snapshot: _Snapshot) -> bool:
+    def _fold_into_norm(
+        self, group: LinearGroup, lq: LinearQuant, snapshot: SnapshotTensors
+    ) -> bool:
         """ModelOpt's AWQ rule: the group's shared pre-quant scale multiplies the norm."""
         if group.norm is None or lq.pre_quant_scale is None or group.norm_rule is None:
             return False
@@ -258,26 +262,6 @@ class _Layout:
             "excluded_modules": self.exclude_modules(),
             "dtype": self.request.dtype,
         }
-
-
-class _Snapshot:
-    def __init__(self, hf_dir: Path, stack: ExitStack) -> None:
-        self._files = hf_weight_files(hf_dir)
-        self._stack = stack
-        self._handles: dict[Path, Any] = {}
-
-    def names(self) -> list[str]:
-        return list(self._files)
-
-    def has(self, name: str) -> bool:
-        return name in self._files
-
-    def get(self, name: str) -> torch.Tensor:
-        path = self._files[name]
-        if path not in self._handles:
-            self._handles[path] = self._stack.enter_context(safe_open(str(path), framework="pt"))
-        tensor: torch.Tensor = self._handles[path].get_tensor(name)
-        return tensor
 
 
 def _kv_projections(hf_config: Mapping[str, Any]) -> dict[int, tuple[str, str]]:

@@ -13,43 +13,16 @@ under its whole-model name (``model.layers.7``), so the methods' own
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
-from trtllm_forge.checkpoint.convert import hf_weight_files
+from trtllm_forge.checkpoint.snapshot import SnapshotTensors
 from trtllm_forge.errors import source_error
 from trtllm_forge.quant.capture import decoder
-
-
-class SnapshotTensors:
-    """The snapshot's tensors by HF name, read from memory-mapped safetensors. Files stay
-    open until :meth:`release`: every page a mapping touched counts in the process's
-    RSS while it is open, so the walk releases them after each layer."""
-
-    def __init__(self, hf_dir: Path) -> None:
-        self._files = hf_weight_files(Path(hf_dir))
-        self._stack = ExitStack()
-        self._handles: dict[Path, Any] = {}
-
-    def has(self, name: str) -> bool:
-        return name in self._files
-
-    def get(self, name: str) -> torch.Tensor:
-        path = self._files[name]
-        if path not in self._handles:
-            self._handles[path] = self._stack.enter_context(safe_open(str(path), framework="pt"))
-        tensor: torch.Tensor = self._handles[path].get_tensor(name)
-        return tensor
-
-    def release(self) -> None:
-        self._stack.close()
-        self._handles.clear()
 
 
 def meta_model(hf_dir: Path) -> nn.Module:

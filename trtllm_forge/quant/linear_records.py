@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from trtllm_forge.checkpoint.convert import hf_weight_files
+from trtllm_forge.checkpoint.snapshot import SnapshotTensors
 from trtllm_forge.quant import layout
 from trtllm_forge.quant.result import LinearQuant, QuantResult
 
@@ -34,16 +34,11 @@ class OriginalWeights:
     """The snapshot's linear weights as the calibration model saw them (float, [out, in])."""
 
     def __init__(self, hf_dir: Path, transposed: Mapping[str, bool], stack: ExitStack) -> None:
-        self._files = hf_weight_files(Path(hf_dir))
+        self._tensors = SnapshotTensors(hf_dir, stack)
         self._transposed = transposed
-        self._stack = stack
-        self._handles: dict[Path, object] = {}
 
     def get(self, module: str) -> torch.Tensor:
-        path = self._files[f"{module}.weight"]
-        if path not in self._handles:
-            self._handles[path] = self._stack.enter_context(safe_open(str(path), framework="pt"))
-        tensor: torch.Tensor = self._handles[path].get_tensor(f"{module}.weight")  # type: ignore[attr-defined]
+        tensor = self._tensors.get(f"{module}.weight")
         # HF Conv1D (GPT-2) stores [in, out]; calibration swapped it for nn.Linear.
         return tensor.t().contiguous() if self._transposed.get(module) else tensor
 
