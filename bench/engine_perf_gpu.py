@@ -23,6 +23,12 @@ Each model, at float16 and int4, through the real CLI (``forge build --until bui
   run by onnxruntime-genai-cuda;
 * transformers, float16 on torch's CUDA device.
 
+forge's ort engines replay their decode steps as CUDA graphs by default
+(engine/graph_step.py); the builder's folders leave them off unless their config says
+otherwise. Both are also timed the other way (``, no CUDA graph`` / ``, CUDA graph``
+targets: ``forge bench --no-cuda-graph`` / ``--cuda-graph``), so the table shows what
+the graphs are worth on each side and forge against the builder at its best.
+
 It needs onnxruntime-gpu, onnxruntime-genai-cuda and the CUDA 13 / cuDNN 9 libraries on
 LD_LIBRARY_PATH (the GPU machine's torch carries them). Every report lands in
 ``--out/engine_perf_gpu.json`` after each run, so a run stopped at its time limit keeps
@@ -158,9 +164,15 @@ class Run:
     work: Path
 
 
-def bench(runtime: str, target: Path, tokenizer: Path, run_: Run, log: Any) -> dict[str, Any]:
+GRAPH_FLAGS = {"": [], ", no CUDA graph": ["--no-cuda-graph"], ", CUDA graph": ["--cuda-graph"]}
+
+
+def bench(
+    runtime: str, target: Path, tokenizer: Path, run_: Run, log: Any, variant: str = ""
+) -> dict[str, Any]:
     work = run_.work
-    report = work / "reports" / f"{runtime}-{target.parent.name}-{target.name}.json"
+    tag = "-graph-off" if variant == ", no CUDA graph" else "-graph-on" if variant else ""
+    report = work / "reports" / f"{runtime}-{target.parent.name}-{target.name}{tag}.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     command = [
         PYTHON, "-m", "trtllm_forge", "bench", str(target), "--runtime", runtime,
@@ -171,10 +183,12 @@ def bench(runtime: str, target: Path, tokenizer: Path, run_: Run, log: Any) -> d
     ]  # fmt: skip
     if runtime == "transformers":
         command += ["--dtype", "float16"]
+    command += GRAPH_FLAGS[variant]
     started = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True, env=env(work))
     log(
-        f"bench {runtime} {target.name}: rc {run.returncode}, {time.perf_counter() - started:.0f} s"
+        f"bench {runtime} {target.name}{variant}: rc {run.returncode}, "
+        f"{time.perf_counter() - started:.0f} s"
     )
     if not report.is_file():
         return {"error": (run.stderr or run.stdout)[-2000:] or f"exit {run.returncode}"}
@@ -187,24 +201,27 @@ def bench(runtime: str, target: Path, tokenizer: Path, run_: Run, log: Any) -> d
 
 def targets(model: Model, hf: Path, run_: Run, log: Any):  # type: ignore[no-untyped-def]
     work = run_.work
-    """(label, precision, runtime, how to make the target) in the order they are timed."""
+    """(label, precision, runtime, how to make the target, graph variant) in the order they
+    are timed (a target made once is reused by its other variant)."""
     jobs = []
     for precision in ("fp16", "int4"):
         forge_precision = "float16" if precision == "fp16" else "int4"
-        jobs.append(
-            (f"forge ort {precision}", precision, "forge",
-             lambda p=forge_precision: forge_engine(hf, model, p, "ort", work, log))
-        )  # fmt: skip
-        jobs.append(
-            (f"genai builder {precision}", precision, "genai",
-             lambda p=precision: builder_model(hf, model, p, run_, log))
-        )  # fmt: skip
+        for variant in ("", ", no CUDA graph"):
+            jobs.append(
+                (f"forge ort {precision}{variant}", precision, "forge",
+                 lambda p=forge_precision: forge_engine(hf, model, p, "ort", work, log), variant)
+            )  # fmt: skip
+        for variant in ("", ", CUDA graph"):
+            jobs.append(
+                (f"genai builder {precision}{variant}", precision, "genai",
+                 lambda p=precision: builder_model(hf, model, p, run_, log), variant)
+            )  # fmt: skip
     if model.portable:
         jobs.append(
             ("forge portable fp32", "fp32", "forge",
-             lambda: forge_engine(hf, model, "float32", "portable", work, log))
+             lambda: forge_engine(hf, model, "float32", "portable", work, log), "")
         )  # fmt: skip
-    jobs.append(("transformers fp16", "fp16", "transformers", lambda: hf))
+    jobs.append(("transformers fp16", "fp16", "transformers", lambda: hf, ""))
     return jobs
 
 
@@ -233,9 +250,12 @@ def header() -> dict[str, Any]:
 
 RESULTS = lib.RESULTS / "engine_perf_gpu.json"
 ORDER = (
-    "forge ort fp16", "genai builder fp16", "forge ort int4", "genai builder int4",
-    "forge portable fp32", "transformers fp16",
+    "forge ort fp16", "forge ort fp16, no CUDA graph", "genai builder fp16",
+    "genai builder fp16, CUDA graph", "forge ort int4", "forge ort int4, no CUDA graph",
+    "genai builder int4", "genai builder int4, CUDA graph", "forge portable fp32",
+    "transformers fp16",
 )  # fmt: skip
+GRAPHED_PEER = ", CUDA graph"
 
 
 def collect(paths: list[Path], reports: Path | None, note: str) -> dict[str, Any]:
@@ -285,8 +305,8 @@ def session_lines(session: dict[str, Any]) -> list[str]:
         lines += [f"#### {model}: {session['models'][model]}", ""]
         lines += [
             "| engine | batch | tokens/s | TTFT p50 ms | TPOT p50 ms | e2e p99 ms "
-            "| peak device MiB | vs builder, same precision |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| peak device MiB | vs builder, same precision | vs builder with CUDA graph |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for batch in (1, 8):
             for target in (t for t in ORDER if t in runs):
@@ -299,18 +319,24 @@ def _row(target: str, batch: int, runs: dict[str, dict[str, Any]]) -> str:
     s = _scenario(runs[target], batch)
     if s is None:
         error = runs[target].get("error", "not measured").strip().splitlines()[-1:]
-        return f"| {target} | {batch} | — | — | — | — | — | {' '.join(error)[:80]} |"
-    precision = target.rsplit(" ", 1)[1]
-    peer = _scenario(runs.get(f"genai builder {precision}", {}), batch)
-    ratio = ""
-    if peer and not target.startswith("genai"):
-        ratio = f"{s['output_tokens_per_s'] / peer['output_tokens_per_s']:.2f}×"
+        return f"| {target} | {batch} | — | — | — | — | — | {' '.join(error)[:80]} | |"
+    precision = target.split(",")[0].rsplit(" ", 1)[1]
+    ratios = [
+        _ratio(s, _scenario(runs.get(f"genai builder {precision}{peer}", {}), batch))
+        if not target.startswith("genai")
+        else ""
+        for peer in ("", GRAPHED_PEER)
+    ]
     device = s.get("peak_device_bytes")
     return (
         f"| {target} | {batch} | {s['output_tokens_per_s']:.0f} | {s['ttft_ms']['p50']:.1f} | "
         f"{s['tpot_ms']['p50']:.2f} | {s['e2e_ms']['p99']:.0f} | "
-        f"{'—' if device is None else f'{device / 2**20:.0f}'} | {ratio} |"
+        f"{'—' if device is None else f'{device / 2**20:.0f}'} | {ratios[0]} | {ratios[1]} |"
     )
+
+
+def _ratio(mine: dict[str, Any], peer: dict[str, Any] | None) -> str:
+    return f"{mine['output_tokens_per_s'] / peer['output_tokens_per_s']:.2f}×" if peer else ""
 
 
 def render_section() -> list[str]:
@@ -375,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         model = MODELS[name]
         hf = smollm2 if name == "smollm2-135m" else llama_1b_folder(smollm2, args.work, log)
-        for label, precision, runtime, make in targets(model, hf, run_, log):
+        for label, precision, runtime, make, variant in targets(model, hf, run_, log):
             if args.only and not label.startswith(tuple(args.only.split(","))):
                 continue
             if time.perf_counter() - start > args.deadline_s:
@@ -383,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             entry = {"model": name, "target": label, "precision": precision}
             try:
-                entry["report"] = bench(runtime, make(), smollm2, run_, log)
+                entry["report"] = bench(runtime, make(), smollm2, run_, log, variant)
             except Exception as exc:  # recorded in the results, the next target still runs
                 log(f"{label} failed: {exc}")
                 entry["report"] = {"error": str(exc)[-2000:]}

@@ -104,3 +104,25 @@ def test_genai_cuda_generates_forge_runtime_tokens(
     assert genai.device == "cuda"
     assert list(genai.stream(prompts, 12)) == forge_tokens
     genai.close()
+
+
+def test_cuda_graph_decode_gives_the_uncaptured_tokens(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """The ort profile's decode steps replayed as CUDA graphs (engine/graph_step.py) give the
+    tokens of the same engine run step by step, across batch sizes and reused caches."""
+    from trtllm_forge.engine.runtime import OrtEngine
+
+    stages = _build(
+        tmp_path,
+        tiny_models["llama"],
+        "graph",
+        build={**LIMITS, "profile": "ort", "compute_dtype": "float16"},
+    )
+    engine_dir = Path(stages["build"]["path"]) / "engine"
+    graphed = OrtEngine.load(engine_dir, device="cuda", cuda_graph=True)
+    plain = OrtEngine.load(engine_dir, device="cuda", cuda_graph=False)
+    assert graphed.bound is not None and graphed.bound.graphs
+    batches = [[[5, 17, 33, 99, 120, 7, 8, 9], [40, 41], [3, 4, 5, 6]], [[11, 12, 13]]]
+    for prompts in batches * 2:  # the second pass replays graphs captured by the first
+        assert graphed.generate(prompts, 20) == plain.generate(prompts, 20)

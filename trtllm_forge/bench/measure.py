@@ -53,6 +53,7 @@ def run_bench(
         load_s=round(load_s, 6),
         started_at=started,
         versions=runner.versions(),
+        cuda_graph=runner.cuda_graph,
         scenarios=results,
     )
 

@@ -92,6 +92,7 @@ class SampledDevice:
     """Device-memory methods for runners whose runtime allocates outside torch."""
 
     device_use: DeviceUse | None = None
+    cuda_graph: bool | None = None
 
     def reset_device_peak(self) -> None:
         if self.device_use is not None:

@@ -99,4 +99,7 @@ class BenchReport(_Model):
     load_s: float = Field(description="Time to load the runner (not in any scenario).")
     started_at: str = Field(description="UTC time the benchmark started (ISO 8601).")
     versions: dict[str, str | None] = Field(description="Versions of the runtimes involved.")
+    cuda_graph: bool | None = Field(
+        None, description="Decode steps replayed as CUDA graphs (None: not run on CUDA)."
+    )
     scenarios: list[ScenarioResult]

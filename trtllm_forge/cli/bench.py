@@ -39,6 +39,15 @@ DeviceOpt = Annotated[
         "genai folders on genai's CUDA provider, transformers on torch's CUDA device.",
     ),
 ]
+CudaGraphOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--cuda-graph/--no-cuda-graph",
+        help="device cuda: replay decode steps as CUDA graphs (default: on for forge's ort "
+        "engines, as the folder's config says for genai; the flag sets both).",
+        show_default=False,
+    ),
+]
 DtypeOpt = Annotated[
     str,
     typer.Option(
@@ -81,6 +90,7 @@ def bench(
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    cuda_graph: CudaGraphOpt = None,
     out: OutOpt = None,
     plot: PlotOpt = None,
     as_json: JsonOpt = False,
@@ -97,6 +107,7 @@ def bench(
         "threads": threads,
         "device": device,
         "dtype": dtype,
+        "cuda_graph": cuda_graph,
     }
     sweep = {
         "batch_sizes": batch_sizes,
@@ -145,6 +156,7 @@ def _measure(
             threads=opened["threads"],
             device=opened["device"],
             dtype=_dtype(opened["dtype"]),
+            cuda_graph=opened["cuda_graph"],
         )
         load_s = time.perf_counter() - t0
         try:

@@ -15,6 +15,13 @@ Only ``logits`` comes back to the host each step, or on CUDA only the greedy tok
 session on the same device), since copying a prefill's logits to the host and converting
 them there cost more than the forward itself (SmolLM2 float16, batch 8, 64-token prompts:
 100 MB of logits a prefill; docs/engine-performance.md).
+
+Shared caches are pooled by batch size (:meth:`BoundSession.new_cache` /
+:meth:`BoundSession.release`): a decode reuses the buffers of the last one of its batch
+size instead of uploading zeros inside its time to first token. Stale slots are never
+read: the attention reads row b's first ``seqlens_k[b] + 1`` slots, all written by the
+current sequence. With ``graphs`` (CUDA, the shared discipline) each cache's one-token
+steps replay a CUDA graph (engine/graph_step.py).
 """
 
 from __future__ import annotations
@@ -24,10 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from trtllm_forge.engine.onnx.names import INPUT_IDS, LOGITS, PAST_PREFIX, PRESENT_PREFIX
+from trtllm_forge.engine.graph_step import NO_GRAPH, TOKENS, GraphStep, graph_run_options
+from trtllm_forge.engine.onnx.names import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    LOGITS,
+    PAST_PREFIX,
+    PRESENT_PREFIX,
+)
 
 CUDA = "cuda"
-TOKENS = "tokens"
 
 
 @dataclass
@@ -42,6 +55,7 @@ class BoundCache:
     values: dict[str, Any]
     binding: Any = None  # the session's IO binding with the buffers bound (shared only)
     buffers: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # outputs by shape
+    graph: GraphStep | None = None  # the one-token step's CUDA graph (graphs only)
 
 
 class BoundSession:
@@ -56,10 +70,14 @@ class BoundSession:
         shared: bool,
         cache_shape: tuple[int, int],
         max_seq_len: int,
+        graphs: bool = False,
     ) -> None:
         self._ort, self.session = ort, session
         self.device = device
         self.shared = shared
+        self.graphs = graphs and shared  # the session was made with enable_cuda_graph
+        self._pool: dict[int, list[BoundCache]] = {}
+        self._graph_ids = iter(range(1, 1 << 30))  # ORT's graph annotation ids; -1 = none
         self.kv_heads, self.head_size = cache_shape
         self.max_seq_len = max_seq_len
         self.inputs = {i.name for i in session.get_inputs()}
@@ -72,9 +90,18 @@ class BoundSession:
         self._argmax: Any = None  # the ArgMax session, made on first use
 
     def new_cache(self, batch: int) -> BoundCache:
+        """A cache for ``batch`` rows: a released one of that size if the pool has one."""
+        if self._pool.get(batch):
+            return self._pool[batch].pop()
         slots = self.max_seq_len if self.shared else 0
         shape = (batch, self.kv_heads, slots, self.head_size)
         return BoundCache({name: self._zeros(shape) for name in self.past_names})
+
+    def release(self, cache: BoundCache) -> None:
+        """Give a finished sequence's shared buffers back for the next of its batch size."""
+        if self.shared:
+            batch = next(iter(cache.values.values())).shape()[0]
+            self._pool.setdefault(batch, []).append(cache)
 
     def _zeros(self, shape: tuple[int, ...]) -> Any:
         """A zeroed cache buffer on the session's device (a CPU OrtValue keeps its array)."""
@@ -89,9 +116,13 @@ class BoundSession:
     def tokens(self, feeds: dict[str, np.ndarray], cache: BoundCache) -> np.ndarray:
         """Greedy token ids [batch, seq] (host int64): the argmax of each position's logits,
         taken on the session's device; ``cache`` advances in place."""
-        logits = self._run(feeds, cache, logits_on=self.device)
         if self._argmax is None:
             self._argmax = _argmax_session(self._ort, self.session, self.device)
+        if self.graphs and feeds[INPUT_IDS].shape[1] == 1:
+            if cache.graph is None:
+                cache.graph = self._graph_step(cache, feeds[INPUT_IDS].shape[0])
+            return cache.graph.step(feeds[INPUT_IDS], feeds[ATTENTION_MASK])
+        logits = self._run(feeds, cache, logits_on=self.device)
         # A kept logits buffer (shared path) keeps its argmax binding too; the chained path's
         # logits are a new OrtValue every step, so its binding is made each time.
         kept = next((k for k, v in cache.buffers.items() if v is logits), None)
@@ -156,9 +187,26 @@ class BoundSession:
             cache.buffers[key] = make(shape, self.logits_dtype, logits_on, 0)
         binding.bind_ortvalue_output(LOGITS, cache.buffers[key])
         binding.synchronize_inputs()
-        self.session.run_with_iobinding(binding)
+        # A graph-enabled session must be told when a run is not to be captured.
+        self.session.run_with_iobinding(
+            binding, graph_run_options(self._ort, NO_GRAPH, self.graphs)
+        )
         binding.synchronize_outputs()
         return cache.buffers[key]
+
+    def _graph_step(self, cache: BoundCache, batch: int) -> GraphStep:
+        """The kept one-token step of ``cache``: its own binding and graph id."""
+        return GraphStep.make(
+            self._ort,
+            self.session,
+            self._argmax,
+            cache.values,
+            device=self.device,
+            batch=batch,
+            max_seq_len=self.max_seq_len,
+            logits=(self.vocab, self.logits_dtype),
+            graph_id=next(self._graph_ids),
+        )
 
 
 def _argmax_session(ort: Any, session: Any, device: str) -> Any:

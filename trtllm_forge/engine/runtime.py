@@ -88,7 +88,12 @@ def _import_onnxruntime() -> Any:
     return ort
 
 
-def _providers(ort: Any, device: str) -> list[Any]:
+def cuda_graph_default() -> bool:
+    """CUDA graphs for the ort profile's decode steps unless FORGE_CUDA_GRAPH=0."""
+    return os.environ.get("FORGE_CUDA_GRAPH", "1").strip() != "0"
+
+
+def _providers(ort: Any, device: str, cuda_graph: bool = False) -> list[Any]:
     if device not in DEVICES:
         raise recipe_error(f"unknown device {device!r}", hint=f"choose one of {', '.join(DEVICES)}")
     if device == "cpu":
@@ -99,12 +104,17 @@ def _providers(ort: Any, device: str) -> list[Any]:
             "has no CUDAExecutionProvider",
             hint=CUDA_INSTALL,
         )
-    return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    cuda: dict[str, str | int] = {"device_id": 0}
+    if cuda_graph:
+        cuda["enable_cuda_graph"] = "1"
+    return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
 
-def _session(rank_dir: Path, file: str, threads: int, device: str = "cpu") -> Any:
+def _session(
+    rank_dir: Path, file: str, threads: int, device: str = "cpu", cuda_graph: bool = False
+) -> Any:
     ort = _import_onnxruntime()
-    providers = _providers(ort, device)
+    providers = _providers(ort, device, cuda_graph)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -173,8 +183,16 @@ class OrtEngine:
 
     @classmethod
     def load(
-        cls, engine_dir: Path, *, threads: int | None = None, device: str = "cpu"
+        cls,
+        engine_dir: Path,
+        *,
+        threads: int | None = None,
+        device: str = "cpu",
+        cuda_graph: bool | None = None,
     ) -> OrtEngine:
+        """``cuda_graph`` (ort profile): replay one-token steps as CUDA graphs (default: on
+        for ``device="cuda"`` unless FORGE_CUDA_GRAPH=0; on the CPU, True runs the same
+        fixed-buffer step without a graph — engine/graph_step.py)."""
         engine_dir = Path(engine_dir)
         meta = read_metadata(engine_dir)
         onnx_meta = meta.get("onnx")
@@ -190,7 +208,10 @@ class OrtEngine:
                 f"unknown device {device!r}", hint=f"choose one of {', '.join(DEVICES)}"
             )
         if onnx_meta.get("profile") == "ort" or device == CUDA:
-            return cls._load_bound(engine_dir, meta, root, threads, device)
+            graphs = onnx_meta.get("profile") == "ort" and (
+                device == CUDA and cuda_graph_default() if cuda_graph is None else cuda_graph
+            )
+            return cls._load_bound(engine_dir, meta, root, threads, device, graphs)
         _, kv_heads = heads_per_rank(ModelSpec(**meta["model"]), int(meta["mapping"]["tp_size"]))
         ranks = []
         for entry in onnx_meta["ranks"]:
@@ -218,7 +239,13 @@ class OrtEngine:
 
     @classmethod
     def _load_bound(
-        cls, engine_dir: Path, meta: dict[str, Any], root: Path, threads: int, device: str
+        cls,
+        engine_dir: Path,
+        meta: dict[str, Any],
+        root: Path,
+        threads: int,
+        device: str,
+        graphs: bool = False,
     ) -> OrtEngine:
         entries = meta["onnx"]["ranks"]
         if len(entries) != 1 or len(entries[0]["schedule"]) != 1:
@@ -229,7 +256,9 @@ class OrtEngine:
             )
         entry = entries[0]
         step = Step.from_json(entry["schedule"][0])
-        session = _session(root / entry["dir"], step.file or "", threads, device)
+        session = _session(
+            root / entry["dir"], step.file or "", threads, device, graphs and device == CUDA
+        )
         _, kv_heads = heads_per_rank(ModelSpec(**meta["model"]), 1)
         limits = meta.get("limits", {})
         bound = BoundSession(
@@ -239,6 +268,7 @@ class OrtEngine:
             shared=meta["onnx"].get("profile") == "ort",
             cache_shape=(kv_heads, int(meta["model"]["head_size"])),
             max_seq_len=int(limits.get("max_seq_len", 0)),
+            graphs=graphs,
         )
         first = int(entry["first_layer"])
         rank = _Rank(
@@ -302,7 +332,7 @@ class OrtEngine:
     ) -> np.ndarray:
         """The argmax token of every new position [batch, seq]; ``cache`` advances in place.
         On CUDA the argmax runs on the device and only the ids reach the host."""
-        if self.bound is None or self.bound.device != CUDA:
+        if self.bound is None or (self.bound.device != CUDA and not self.bound.graphs):
             return self.forward(input_ids, attention_mask, position_ids, cache).argmax(axis=-1)
         assert isinstance(cache, BoundCache)
         feeds = {
@@ -400,16 +430,20 @@ class OrtEngine:
         for row, prompt in enumerate(prompts):
             ids[row, : len(prompt)] = prompt
         cache = self.new_cache(len(prompts))
-        rows = np.arange(len(prompts))
-        mask = (np.arange(longest)[None] < lengths[:, None]).astype(np.int64)
-        token = self.greedy(ids, mask, np.zeros_like(ids), cache)[rows, lengths - 1]
-        yield token
-        for step in range(1, max_new_tokens):
-            width = longest + step
-            mask = (np.arange(width)[None] < (lengths + step)[:, None]).astype(np.int64)
-            positions = (lengths + step - 1)[:, None]
-            token = self.greedy(token[:, None], mask, positions, cache)[:, -1]
+        assert isinstance(cache, BoundCache) and self.bound is not None
+        try:
+            rows = np.arange(len(prompts))
+            mask = (np.arange(longest)[None] < lengths[:, None]).astype(np.int64)
+            token = self.greedy(ids, mask, np.zeros_like(ids), cache)[rows, lengths - 1]
             yield token
+            for step in range(1, max_new_tokens):
+                width = longest + step
+                mask = (np.arange(width)[None] < (lengths + step)[:, None]).astype(np.int64)
+                positions = (lengths + step - 1)[:, None]
+                token = self.greedy(token[:, None], mask, positions, cache)[:, -1]
+                yield token
+        finally:  # also when the caller stops early: the buffers serve the next batch
+            self.bound.release(cache)
 
     def _check_length(self, prompt_len: int, total: int) -> None:
         if prompt_len > self.max_input_len or total > self.max_seq_len:

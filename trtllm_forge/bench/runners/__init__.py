@@ -17,16 +17,19 @@ def open_runner(
     threads: int | None = None,
     device: str = "cpu",
     dtype: str = "float32",
+    cuda_graph: bool | None = None,
 ) -> Runner:
-    """Load ``path`` with ``runtime`` (forge engine dir, genai folder or HF model dir)."""
+    """Load ``path`` with ``runtime`` (forge engine dir, genai folder or HF model dir).
+    ``cuda_graph`` (device cuda): None = each runtime's default (forge: on; genai: as the
+    folder's config says), True/False = on/off for forge and genai alike."""
     if runtime == "forge":
         from trtllm_forge.bench.runners.forge import ForgeRunner
 
-        return ForgeRunner.load(path, threads=threads, device=device)
+        return ForgeRunner.load(path, threads=threads, device=device, cuda_graph=cuda_graph)
     if runtime == "genai":
         from trtllm_forge.bench.runners.genai import GenaiRunner
 
-        return GenaiRunner.load(path, device=device)
+        return GenaiRunner.load(path, device=device, cuda_graph=cuda_graph)
     if runtime == "transformers":
         from trtllm_forge.bench.runners.transformers import TransformersRunner
 

@@ -30,6 +30,7 @@ class Runner(Protocol):
     vocab_size: int
     limits: Limits
     threads: int | None  # intra-op threads; None: the runtime's default
+    cuda_graph: bool | None  # decode steps replayed as CUDA graphs (None: not on CUDA)
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[list[int]]:
         """Yield each step's new token per prompt, exactly ``max_new_tokens`` times (end of

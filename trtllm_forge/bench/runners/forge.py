@@ -29,7 +29,12 @@ class ForgeRunner(SampledDevice):
 
     @classmethod
     def load(
-        cls, engine_dir: Path, *, threads: int | None = None, device: str = "cpu"
+        cls,
+        engine_dir: Path,
+        *,
+        threads: int | None = None,
+        device: str = "cpu",
+        cuda_graph: bool | None = None,
     ) -> ForgeRunner:
         if not (Path(engine_dir) / ENGINE_FILE).is_file():
             raise recipe_error(
@@ -42,9 +47,12 @@ class ForgeRunner(SampledDevice):
 
         threads = ort_threads() if threads is None else threads
         device_use = device_use_for(device)  # before the weights reach the device
-        engine = OrtEngine.load(engine_dir, threads=threads, device=device)
+        on_cuda = device.startswith("cuda")
+        graph = cuda_graph if on_cuda else False  # a CPU run never asks for the fixed step
+        engine = OrtEngine.load(engine_dir, threads=threads, device=device, cuda_graph=graph)
         runner = cls(engine, threads=threads or None, device=device)
         runner.device_use = device_use
+        runner.cuda_graph = bool(engine.bound and engine.bound.graphs) if on_cuda else None
         return runner
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[list[int]]:

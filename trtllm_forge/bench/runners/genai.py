@@ -35,9 +35,10 @@ class GenaiRunner(SampledDevice):
         self.limits = Limits(max_seq_len=int(context) if context else None)
 
     @classmethod
-    def load(cls, folder: Path, device: str = "cpu") -> GenaiRunner:
+    def load(cls, folder: Path, device: str = "cpu", cuda_graph: bool | None = None) -> GenaiRunner:
         """``device`` cuda runs the folder on genai's CUDA provider whatever its config names;
-        a folder whose config names cuda (the builder's ``-e cuda``) runs there anyway."""
+        a folder whose config names cuda (the builder's ``-e cuda``) runs there anyway.
+        ``cuda_graph`` sets the CUDA provider's ``enable_cuda_graph`` (None: the config's)."""
         config_path = Path(folder) / GENAI_CONFIG
         if not config_path.is_file():
             raise recipe_error(
@@ -55,8 +56,11 @@ class GenaiRunner(SampledDevice):
         config = json.loads(config_path.read_text())
         device = "cuda" if device.startswith("cuda") or _names_cuda(config) else "cpu"
         device_use = device_use_for(device)
-        runner = cls(og, og.Model(_model_config(og, folder, device)), Path(folder), config, device)
+        model = og.Model(_model_config(og, folder, device, cuda_graph))
+        runner = cls(og, model, Path(folder), config, device)
         runner.device_use = device_use
+        if device == "cuda":
+            runner.cuda_graph = bool(cuda_graph) if cuda_graph is not None else _graphs_on(config)
         return runner
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Iterator[list[int]]:
@@ -97,10 +101,18 @@ def _names_cuda(config: dict[str, Any]) -> bool:
     return any("cuda" in entry for entry in session.get("provider_options", []))
 
 
-def _model_config(og: Any, folder: Path, device: str) -> Any:
+def _graphs_on(config: dict[str, Any]) -> bool:
+    session = config.get("model", {}).get("decoder", {}).get("session_options", {})
+    entries = [e.get("cuda", {}) for e in session.get("provider_options", [])]
+    return any(str(e.get("enable_cuda_graph", "0")) == "1" for e in entries)
+
+
+def _model_config(og: Any, folder: Path, device: str, cuda_graph: bool | None = None) -> Any:
     """The folder's config, with genai's CUDA provider as the only one on cuda."""
     config = og.Config(str(folder))
     if device == "cuda":
         config.clear_providers()
         config.append_provider("cuda")
+        if cuda_graph is not None:
+            config.set_provider_option("cuda", "enable_cuda_graph", "1" if cuda_graph else "0")
     return config
