@@ -53,7 +53,9 @@ def materialize(
 ) -> nn.Module:
     """Give ``module``'s parameters the snapshot's values (as from_pretrained does: cast to
     float32, then to the placement's dtype) on ``device``. Raises on a missing tensor."""
-    module.to_empty(device=device)
+    # The meta model is float32: cast first (free on meta), as Placement.model casts the
+    # whole model, or the layer would calibrate in float32 whatever the placement says.
+    module.to(dtype=dtype).to_empty(device=device)
     for name, param in module.named_parameters():
         full = f"{prefix}.{name}"
         if not tensors.has(full):

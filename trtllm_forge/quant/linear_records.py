@@ -8,7 +8,11 @@ artifact) keeps it small: per HF linear its fp32 ``weight_amax``, ``input_amax``
 ``pre_quant_scale`` and (W4A8) ``fp8_weight_amax``; the weight itself only where it cannot be rebuilt
 bit-exactly from the original snapshot (GPTQ's error-fed weights, kept as their int4
 values when they are exactly ``q × scale``), which is checked when the file is
-written, never assumed.
+written, never assumed. An AWQ weight calibrated in float16/bfloat16 is rebuilt with
+``smooth_factor``, the fp32 factor ModelOpt smoothed it with (its ``pre_quant_scale`` is
+rounded to the calibration dtype and no longer gives the weight back); the field is
+written only when the rounded scale does not do, so float32 calibrations' files are
+unchanged.
 """
 
 from __future__ import annotations
@@ -61,16 +65,42 @@ def _group_scale(weight_amax: torch.Tensor, in_features: int) -> torch.Tensor:
 
 
 def rebuilt_weight(
-    original: torch.Tensor, pre_quant_scale: torch.Tensor | None, dtype: str
+    original: torch.Tensor,
+    pre_quant_scale: torch.Tensor | None,
+    dtype: str,
+    smooth_factor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The weight a ModelOpt-calibrated linear holds: the original in the calibration
-    dtype, divided by its pre-quant scale the way ModelOpt smooths (multiply by the fp32
-    reciprocal, round to the weight dtype)."""
+    dtype, smoothed the way ModelOpt smooths (multiply by an fp32 factor, round to the
+    weight dtype). The factor is ``smooth_factor`` when given, else the fp32 reciprocal
+    of the pre-quant scale."""
     weight = original.to(_DTYPES[dtype])
-    if pre_quant_scale is not None:
-        inverse = 1.0 / pre_quant_scale.to(torch.float32)
-        weight = (weight * inverse[None, :]).to(weight.dtype)
+    factor = smooth_factor
+    if factor is None and pre_quant_scale is not None:
+        factor = 1.0 / pre_quant_scale.to(torch.float32)
+    if factor is not None:
+        weight = (weight * factor.to(torch.float32)[None, :]).to(weight.dtype)
     return weight.float()
+
+
+def _needed_factor(lq: LinearQuant) -> torch.Tensor | None:
+    """``lq.smooth_factor`` unless the pre-quant scale gives the same factor (float32
+    calibration): then nothing new is written."""
+    factor, scale = lq.smooth_factor, lq.pre_quant_scale
+    if factor is None or scale is None:
+        return None
+    factor = factor.to("cpu", torch.float32)
+    return None if torch.equal(factor, 1.0 / scale.to("cpu", torch.float32)) else factor
+
+
+def _weight_record(
+    module: str, lq: LinearQuant, original: torch.Tensor, dtype: str
+) -> dict[str, torch.Tensor]:
+    """What rebuilds ``lq.weight``: nothing, the smoothing factor, or the weight itself."""
+    factor = _needed_factor(lq)
+    if torch.equal(rebuilt_weight(original, lq.pre_quant_scale, dtype, factor), lq.weight.float()):
+        return {} if factor is None else {f"{module}.smooth_factor": factor.contiguous()}
+    return _stored_weight(module, lq)
 
 
 def save_records(
@@ -87,10 +117,9 @@ def save_records(
             value = getattr(lq, field)
             if value is not None:
                 tensors[f"{module}.{field}"] = value.float().contiguous()
-        rebuilt = rebuilt_weight(originals.get(module), lq.pre_quant_scale, calibration_dtype)
-        if not torch.equal(rebuilt, lq.weight.float()):
-            tensors.update(_stored_weight(module, lq))
-            stored += 1
+        weight = _weight_record(module, lq, originals.get(module), calibration_dtype)
+        tensors.update(weight)
+        stored += any(not name.endswith(".smooth_factor") for name in weight)
     for layer, (k_amax, v_amax) in result.kv_amax.items():
         tensors[f"kv.{layer}"] = torch.tensor([k_amax, v_amax], dtype=torch.float32)
     save_file(tensors, str(path), metadata={"calibration_dtype": calibration_dtype})
@@ -121,18 +150,20 @@ class CalibrationRecords:
         if amax is None:
             raise KeyError(f"no calibration record for {module}")
         pqs = self._get(f"{module}.pre_quant_scale")
+        factor = self._get(f"{module}.smooth_factor")
         weight = self._get(f"{module}.weight")
         packed = self._get(f"{module}.weight_int4")
         if packed is not None:
             weight = packed.float() * _group_scale(amax, packed.shape[1])
         elif weight is None:
-            weight = rebuilt_weight(self._originals.get(module), pqs, self.dtype)
+            weight = rebuilt_weight(self._originals.get(module), pqs, self.dtype, factor)
         return LinearQuant(
             weight,
             amax,
             self._get(f"{module}.input_amax"),
             pqs,
             self._get(f"{module}.fp8_weight_amax"),
+            factor,
         )
 
 

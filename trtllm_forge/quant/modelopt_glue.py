@@ -123,8 +123,36 @@ def calibrate(
                 decoder(m)(input_ids=ids)
 
     with quiet(progress), _without_unused_plugins():
-        quantized: nn.Module = module.quantize(model, config, forward_loop)
+        quantized: nn.Module = module.quantize(model, _keep_awq_search(config), forward_loop)
     return quantized
+
+
+def _keep_awq_search(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``awq_lite``'s documented ``debug`` switch on, so each linear keeps
+    its search state (``module.awq_lite``) and :func:`extract` can read the fp32 scale the
+    weight was smoothed with. The numerics are unchanged; :func:`extract` drops the state."""
+    algorithm = config.get("algorithm")
+    if algorithm == "awq_lite":
+        algorithm = {"method": "awq_lite"}
+    if not isinstance(algorithm, dict) or algorithm.get("method") != "awq_lite":
+        return config
+    return {**config, "algorithm": {**algorithm, "debug": True}}
+
+
+def _smooth_factor(linear: Any) -> torch.Tensor | None:
+    """The fp32 factor ModelOpt's ``apply_pre_quant_scale_and_smooth`` multiplied the
+    weight by (``1 / float32(1 / best_scale)``, computed as it computes it, on its device),
+    and ``awq_lite``'s kept search state dropped; None without one."""
+    search = getattr(linear, "awq_lite", None)
+    if search is None:
+        return None
+    del linear.awq_lite
+    best = getattr(search, "best_scale", None)
+    if best is None or not getattr(search, "is_enabled", False):
+        return None
+    pre_quant_scale = (1.0 / best).to(torch.float32)
+    factor: torch.Tensor = (1.0 / pre_quant_scale).detach().reshape(-1).clone()
+    return factor
 
 
 # ModelOpt's plugin that rewrites every HF ``*Attention`` class from its source so that
@@ -200,6 +228,7 @@ def extract(model: nn.Module, targets: list[str]) -> QuantResult:
             input_amax=_input_amax(linear),
             pre_quant_scale=None if pqs is None else pqs.detach().float().reshape(-1).clone(),
             fp8_weight_amax=_second_weight_amax(linear),
+            smooth_factor=_smooth_factor(linear),
         )
     return result
 

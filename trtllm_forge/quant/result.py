@@ -26,6 +26,11 @@ class LinearQuant:
         pre_quant_scale: ``[in]`` factor the activations are multiplied by, or None.
         fp8_weight_amax: W4A8 only: 0-d range of the FP8 quantizer that runs over the
             INT4-dequantized weight (ModelOpt calibrates it on the raw weight).
+        smooth_factor: AWQ only: the fp32 ``[in]`` factor ModelOpt multiplied the weight
+            by when it smoothed it (``1 / pre_quant_scale`` before the scale was rounded
+            to the calibration dtype), or None. In float16/bfloat16 calibration the
+            rounded ``pre_quant_scale`` cannot give the smoothed weight back; this can
+            (quant/linear_records.py).
     """
 
     weight: torch.Tensor
@@ -33,6 +38,7 @@ class LinearQuant:
     input_amax: torch.Tensor | None = None
     pre_quant_scale: torch.Tensor | None = None
     fp8_weight_amax: torch.Tensor | None = None
+    smooth_factor: torch.Tensor | None = None
 
     def recompute_amax(self, weight: torch.Tensor) -> torch.Tensor:
         """The same granularity as ``weight_amax``, recomputed for a new weight."""
@@ -127,6 +133,7 @@ def _shared_pre_quant_scale(parts: list[LinearQuant]) -> list[LinearQuant]:
                 weight_amax=part.recompute_amax(weight),
                 pre_quant_scale=average,
                 fp8_weight_amax=fp8_amax,
+                smooth_factor=None,  # re-smoothed: no longer ModelOpt's factor
             )
         )
     return out

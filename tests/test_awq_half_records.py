@@ -1,0 +1,134 @@
+"""AWQ calibrated in float16/bfloat16: the calibration records keep no weight.
+
+ModelOpt smooths an AWQ weight with the fp32 pre-quant scale but keeps the scale
+rounded to the weight dtype, so the rounded scale cannot rebuild the weight. The
+records keep the fp32 factor instead (``smooth_factor``, one ``[in]`` vector per
+linear) and rebuild the calibrated weight bit for bit; before, every AWQ weight was
+stored in float32 (twice a float16 model). Real tiny Llama, real ModelOpt, on the CPU.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from tests.tinymodels import make_tiny_hf
+from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+from trtllm_forge.quant import quantize
+from trtllm_forge.quant.calibration import CalibrationSpec
+from trtllm_forge.quant.layerwise import calibrate_layerwise
+from trtllm_forge.quant.linear_records import RECORDS_FILE, CalibrationRecords, OriginalWeights
+from trtllm_forge.quant.result import QuantResult
+
+CALIB = CalibrationSpec(samples=4, seq_len=16, seed=0)
+GROUP = 64
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("awq-half")
+    hf = make_tiny_hf(
+        "llama",
+        root / "hf",
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        with_tokenizer=True,
+    )
+    convert_hf_checkpoint(hf, root / "canonical", dtype="float16")
+    return {"hf": hf, "canonical": root / "canonical", "root": root}
+
+
+def _common(paths: dict[str, Path], dtype: str) -> dict[str, Any]:
+    return {
+        "hf_dir": paths["hf"],
+        "canonical_dir": paths["canonical"],
+        "method": "awq",
+        "params": {"group_size": GROUP},
+        "calibration": CALIB,
+        "dtype": dtype,
+    }
+
+
+def _calibrate(
+    paths: dict[str, Path], dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, dict[str, Any], QuantResult]:
+    """The whole-model calibration, and the result the method handed the writer."""
+    seen: list[QuantResult] = []
+    real = quantize._calibrated
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result, data = real(*args, **kwargs)
+        seen.append(result)
+        return result, data
+
+    monkeypatch.setattr(quantize, "_calibrated", spy)
+    out = paths["root"] / f"whole-{dtype}"
+    summary = quantize.quantize_checkpoint(out_dir=out, **_common(paths, dtype))
+    return out, summary, seen[0]
+
+
+def _stored(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_awq_records_store_no_weight_and_rebuild_bit_exactly(
+    tiny: dict[str, Path], dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, summary, result = _calibrate(tiny, dtype, monkeypatch)
+    assert summary["records"] == {"linears": len(result.linears), "stored_weights": 0}
+    stored = _stored(out / RECORDS_FILE)
+    kinds = {name.rsplit(".", 1)[1] for name in stored if not name.startswith("kv.")}
+    assert kinds == {"weight_amax", "pre_quant_scale", "smooth_factor"}
+    assert {t.dtype for t in stored.values()} == {torch.float32}
+    for module, lq in result.linears.items():
+        out_features, in_features = lq.weight.shape
+        assert stored[f"{module}.smooth_factor"].shape == (in_features,)
+        assert stored[f"{module}.pre_quant_scale"].shape == (in_features,)
+        assert stored[f"{module}.weight_amax"].shape == (out_features, in_features // GROUP)
+        # The rounded scale alone does not give the weight back; the factor does.
+        assert lq.pre_quant_scale is not None
+        assert torch.equal(lq.pre_quant_scale, lq.pre_quant_scale.to(getattr(torch, dtype)).float())
+    weights = sum(lq.weight.numel() * 2 for lq in result.linears.values())  # as float16
+    assert (out / RECORDS_FILE).stat().st_size < weights / 8
+    with ExitStack() as stack:
+        records = CalibrationRecords(
+            out / RECORDS_FILE, OriginalWeights(tiny["hf"], {}, stack), stack
+        )
+        assert records.dtype == dtype
+        for module, lq in result.linears.items():
+            rebuilt = records.linear(module)
+            assert rebuilt.weight.dtype == torch.float32
+            assert torch.equal(rebuilt.weight, lq.weight), module
+
+
+def test_float32_awq_records_keep_their_layout(
+    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """float32 calibration: the pre-quant scale gives the factor, so nothing is added."""
+    out, summary, result = _calibrate(tiny, "float32", monkeypatch)
+    assert summary["records"]["stored_weights"] == 0
+    assert all(lq.smooth_factor is not None for lq in result.linears.values())
+    assert not [name for name in _stored(out / RECORDS_FILE) if "smooth_factor" in name]
+
+
+def test_half_awq_layerwise_writes_the_whole_models_records(
+    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole, _, _ = _calibrate(tiny, "float16", monkeypatch)
+    layers = tiny["root"] / "layers-float16"
+    summary = calibrate_layerwise(
+        out_dir=layers, work_dir=tiny["root"] / "work-float16", **_common(tiny, "float16")
+    )
+    assert summary["records"]["stored_weights"] == 0
+    assert (whole / "rank0.safetensors").read_bytes() == (layers / "rank0.safetensors").read_bytes()
+    a, b = _stored(whole / RECORDS_FILE), _stored(layers / RECORDS_FILE)
+    assert sorted(a) == sorted(b)
+    assert [n for n in a if not torch.equal(a[n], b[n])] == []
