@@ -1,11 +1,14 @@
-"""The two passes of verify, in bounded memory: the reference, then the candidate.
+"""The two passes of verify, in bounded memory: the candidate, then the reference.
 
-The reference (the original Hugging Face directory, float32) runs first: its greedy
-tokens, then its logits for every scored sequence, block by block, written to an unnamed
-spill file. It is freed; only then is the candidate loaded (an ONNX Runtime engine, or a
-Hugging Face folder through its format's loader), so two models' weights are never
-resident together. The candidate generates greedily, then computes the same rows block by
-block, each compared with the spilled reference rows and accumulated in a
+The candidate (an ONNX Runtime engine, or a Hugging Face folder through its format's
+loader) runs first: its greedy tokens, then its logits for every scored sequence, block by
+block, written to an unnamed spill file. It is freed; only then is the reference (the
+original Hugging Face directory, float32) loaded, so two models' weights are never
+resident together. The reference's greedy tokens come from checking the candidate's
+(:func:`~trtllm_forge.engine.hf_greedy.greedy_checked`: one teacher-forced forward per
+batch instead of a decode step per token, the same tokens as decoding step by step); then
+it computes the same rows block by block, each compared with the spilled candidate rows
+(regrouped into the candidate's blocks) and accumulated in a
 :class:`~trtllm_forge.engine.streaming.SequenceScore`. Peak memory is one model plus one
 block of logits, whatever the length of the texts.
 """
@@ -71,16 +74,10 @@ def compare(
     """Both passes; the metrics of :mod:`trtllm_forge.engine.verify`'s docstring."""
     scored = inputs.scored()
     with tempfile.TemporaryFile(dir=spill_dir) as spill_file:
-        reference_tokens, vocab = _reference_pass(
-            reference_dir, inputs, scored, spill_file, progress
-        )
+        candidate_tokens, spilled = _candidate_pass(candidate, inputs, scored, spill_file, progress)
         spill_file.seek(0)
-        with progress.task(f"verify: {candidate.name} greedy generation", total=1) as task:
-            model = candidate.load()
-            candidate_tokens = candidate.generate(model, inputs.prompts, inputs.max_new_tokens)
-            task.advance()
-        scores = _candidate_pass(
-            candidate, model, scored, inputs.window, vocab, spill_file, progress
+        reference_tokens, scores = _reference_pass(
+            reference_dir, inputs, scored, candidate_tokens, spilled, spill_file, progress
         )
     values, rows = _generation_metrics(inputs.prompts, reference_tokens, candidate_tokens)
     values.update(_scoring_metrics([kind for kind, _ in scored], scores))
@@ -107,61 +104,96 @@ def load_reference(reference_dir: Path, *, device: str = "cpu") -> Any:
     return model.eval()  # type: ignore[no-untyped-call,unused-ignore]
 
 
-def _reference_pass(
-    reference_dir: Path,
-    inputs: Inputs,
-    scored: Sequence[tuple[str, Sequence[int]]],
-    spill_file: IO[bytes],
-    progress: Progress,
-) -> tuple[list[list[int]], int]:
-    """Reference greedy tokens per prompt; every scored sequence's logits to ``spill_file``.
-    Returns (tokens, vocabulary width); the model is gone when this returns."""
-    from trtllm_forge.engine.hf_greedy import greedy_batched
+@dataclass
+class Spilled:
+    """What the candidate's pass wrote: each sequence's block lengths, the vocabulary."""
 
-    prompts = inputs.prompts
-    with progress.task("verify: reference", total=len(prompts) + len(scored)) as task:
-        reference = load_reference(reference_dir, device=inputs.device)
-        vocab = int(reference.config.vocab_size)
-        # Batched like the engine's generate (left padding, engine's max_batch_size): one
-        # pass over the weights per step for the whole batch, not per prompt.
-        tokens = greedy_batched(
-            reference, prompts, inputs.max_new_tokens, inputs.batch_size, device=inputs.device
-        )
-        task.advance(len(prompts))
-        block = streaming.block_tokens(vocab, inputs.window, streaming.REFERENCE_BLOCK_BYTES)
-        for _, sequence in scored:
-            for logits in streaming.reference_blocks(reference, sequence, inputs.window, block):
-                vocab = logits.shape[1]
-                streaming.spill(logits, spill_file)
-            task.advance()
-        del reference
-        gc.collect()  # the candidate loads next: the reference's weights must be gone by then
-        streaming.release_device_memory(inputs.device)
-    return tokens, vocab
+    blocks: list[list[int]]
+    vocab: int = 1
 
 
 def _candidate_pass(
     candidate: Candidate,
-    model: Any,
+    inputs: Inputs,
     scored: Sequence[tuple[str, Sequence[int]]],
-    window: int,
-    vocab: int,
     spill_file: IO[bytes],
     progress: Progress,
-) -> list[streaming.SequenceScore]:
-    """The candidate's logits block by block against the spilled reference rows."""
-    spilled = streaming.Unspill(spill_file, vocab)
-    scores = []
-    with progress.task("verify: teacher-forced logits", total=len(scored)) as task:
+) -> tuple[list[list[int]], Spilled]:
+    """The candidate's greedy tokens, and every scored sequence's logits to ``spill_file``
+    block by block; the model is gone when this returns."""
+    with progress.task(f"verify: {candidate.name} greedy generation", total=1) as task:
+        model = candidate.load()
+        tokens = candidate.generate(model, inputs.prompts, inputs.max_new_tokens)
+        task.advance()
+    spilled = Spilled([])
+    with progress.task(f"verify: {candidate.name} logits", total=len(scored)) as task:
+        vocab = _vocab(model)
         for _, sequence in scored:
+            lengths = []
+            for logits in candidate.blocks(model, sequence, inputs.window, vocab):
+                spilled.vocab = logits.shape[1]
+                lengths.append(len(logits))
+                streaming.spill(logits, spill_file)
+            spilled.blocks.append(lengths)
+            task.advance()
+        del model
+        gc.collect()  # the reference loads next: the candidate's weights must be gone by then
+        streaming.release_device_memory(inputs.device)
+    return tokens, spilled
+
+
+def _vocab(model: Any) -> int:
+    """The candidate's vocabulary width, for sizing its blocks (an engine's, or a
+    transformers model's config)."""
+    size = getattr(model, "vocab_size", None)
+    if size is None:
+        size = model.config.vocab_size
+    return int(size)
+
+
+def _reference_pass(
+    reference_dir: Path,
+    inputs: Inputs,
+    scored: Sequence[tuple[str, Sequence[int]]],
+    candidate_tokens: Sequence[Sequence[int]],
+    spilled: Spilled,
+    spill_file: IO[bytes],
+    progress: Progress,
+) -> tuple[list[list[int]], list[streaming.SequenceScore]]:
+    """The reference's greedy tokens per prompt (the candidate's checked, see
+    :func:`~trtllm_forge.engine.hf_greedy.greedy_checked`), and its logits block by block
+    against the spilled candidate rows, in the candidate's blocks (so the metrics are
+    accumulated in the same slices as when the reference ran first)."""
+    from trtllm_forge.engine.hf_greedy import greedy_checked
+
+    unspill, scores = streaming.Unspill(spill_file, spilled.vocab), []
+    with progress.task("verify: reference", total=len(inputs.prompts) + len(scored)) as task:
+        reference = load_reference(reference_dir, device=inputs.device)
+        vocab = int(reference.config.vocab_size)
+        # Batched like the engine's generate (left padding, engine's max_batch_size).
+        tokens = greedy_checked(
+            reference,
+            inputs.prompts,
+            candidate_tokens,
+            inputs.max_new_tokens,
+            inputs.batch_size,
+            device=inputs.device,
+        )
+        task.advance(len(inputs.prompts))
+        block = streaming.block_tokens(vocab, inputs.window, streaming.REFERENCE_BLOCK_BYTES)
+        for (_, sequence), lengths in zip(scored, spilled.blocks, strict=True):
             score = streaming.SequenceScore(sequence)
             row = 0
-            for logits in candidate.blocks(model, sequence, window, vocab):
-                score.add(row, spilled.read(len(logits)), logits)
+            blocks = streaming.reference_blocks(reference, sequence, inputs.window, block)
+            for logits in streaming.regroup(blocks, lengths):
+                score.add(row, logits, unspill.read(len(logits)))
                 row += len(logits)
             scores.append(score)
             task.advance()
-    return scores
+        del reference
+        gc.collect()
+        streaming.release_device_memory(inputs.device)
+    return tokens, scores
 
 
 def _generation_metrics(

@@ -13,33 +13,48 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 
-def greedy_steps(
-    model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, device: str = "cpu"
-) -> Iterator[list[int]]:
-    """Yield each step's new token per prompt, exactly ``max_new_tokens`` times."""
+def _padded(sequences: Sequence[Sequence[int]], device: str) -> tuple[Any, Any, Any]:
+    """(ids, mask, positions) of left-padded ``sequences``; positions count from each
+    sequence's first real token."""
     import torch
 
-    longest = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), longest), dtype=torch.long)
-    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, longest - len(prompt) :] = torch.tensor(list(prompt))
-        mask[row, longest - len(prompt) :] = 1
+    longest = max(len(s) for s in sequences)
+    ids = torch.zeros((len(sequences), longest), dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, longest - len(sequence) :] = torch.tensor(list(sequence))
+        mask[row, longest - len(sequence) :] = 1
     ids, mask = ids.to(device), mask.to(device)
-    # Models with absolute or ALiBi positions (GPT-2, BLOOM, MPT, ...) derive them from the
-    # mask themselves; some of them take no position_ids at all.
+    return ids, mask, (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def _accepts(model: Any) -> tuple[bool, bool]:
+    """(takes position_ids, takes logits_to_keep). Models with absolute or ALiBi positions
+    (GPT-2, BLOOM, MPT, ...) derive them from the mask themselves; some take no
+    position_ids at all."""
     parameters = inspect.signature(model.forward).parameters
-    takes_positions = "position_ids" in parameters
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return "position_ids" in parameters, "logits_to_keep" in parameters
+
+
+def step_logits(
+    model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, device: str = "cpu"
+) -> Iterator[tuple[Any, Any]]:
+    """Yield (tokens [batch], last-position logits [batch, vocab]) of each greedy step,
+    exactly ``max_new_tokens`` times; the tokens are the logits' argmax."""
+    import torch
+
+    ids, mask, positions = _padded(prompts, device)
+    takes_positions, takes_keep = _accepts(model)
     # Only the last position's logits are read: the prompt's other rows of the LM head
     # (vocabulary x hidden each) would be computed for nothing.
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    keep = {"logits_to_keep": 1} if takes_keep else {}
     with torch.no_grad():
         extra = {"position_ids": positions} if takes_positions else {}
         out = model(input_ids=ids, attention_mask=mask, use_cache=True, **keep, **extra)
         for step in range(max_new_tokens):
-            token = out.logits[:, -1].argmax(dim=-1)
-            yield token.tolist()  # .tolist() waits for the device: the step is done
+            logits = out.logits[:, -1]
+            token = logits.argmax(dim=-1)
+            yield token, logits
             if step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -52,6 +67,14 @@ def greedy_steps(
                 use_cache=True,
                 **extra,
             )
+
+
+def greedy_steps(
+    model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, device: str = "cpu"
+) -> Iterator[list[int]]:
+    """Yield each step's new token per prompt, exactly ``max_new_tokens`` times."""
+    for token, _ in step_logits(model, prompts, max_new_tokens, device=device):
+        yield token.tolist()  # .tolist() waits for the device: the step is done
 
 
 def greedy_batched(
@@ -69,3 +92,126 @@ def greedy_batched(
         steps = list(greedy_steps(model, group, max_new_tokens, device=device))
         results += [list(column) for column in zip(*steps, strict=True)]
     return results
+
+
+# A teacher-forced (or re-prefilled) position's argmax is taken as the step decode's only
+# when its top-2 logit gap is at least this fraction of the row's largest |logit|: the two
+# computations differ only in float32 summation order (batch shape, padding, one forward
+# instead of steps through the KV cache), by far less than this (tests/test_greedy_check.py
+# and bench/verify_memory.py measure it), so such an argmax cannot differ between them.
+MARGIN = 5e-5
+
+
+def greedy_checked(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    drafts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    *,
+    device: str = "cpu",
+    margin: float = MARGIN,
+) -> list[list[int]]:
+    """:func:`greedy_batched`'s tokens, found by checking ``drafts`` (another model's greedy
+    tokens for the same prompts) instead of decoding step by step.
+
+    Per group of ``batch_size`` prompts: one teacher-forced forward over prompt + draft
+    gives the model's greedy token at every step up to the first one where it differs from
+    the draft (that one included); only rows that diverge are decoded on, from their own
+    tokens. Every token taken this way has a top-2 gap of at least ``margin`` × the row's
+    largest |logit|; if any does not (a near-tie, where float32 summation order could
+    decide), the group is decoded by :func:`greedy_steps` exactly as greedy_batched does.
+    """
+    results: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        group = prompts[start : start + batch_size]
+        tokens = _checked_group(
+            model, group, drafts[start : start + batch_size], max_new_tokens, device, margin
+        )
+        if tokens is None:
+            steps = list(greedy_steps(model, group, max_new_tokens, device=device))
+            tokens = [list(column) for column in zip(*steps, strict=True)]
+        results += tokens
+    return results
+
+
+def _clear(logits: Any, margin: float) -> Any:
+    """Per row of ``logits`` [..., vocab]: whether its argmax wins by the margin."""
+    top = logits.topk(2, dim=-1).values
+    scale = logits.abs().amax(dim=-1).clamp(min=1e-30)
+    return (top[..., 0] - top[..., 1]) >= margin * scale
+
+
+def _checked_group(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    drafts: Sequence[Sequence[int]],
+    count: int,
+    device: str,
+    margin: float,
+) -> list[list[int]] | None:
+    """One group's greedy tokens from its drafts, or None at a near-tie."""
+    if count <= 0:
+        return [[] for _ in prompts]
+    drafts = [[int(t) for t in d] for d in drafts]  # the same vocabulary: verify's premise
+    known = min(min(len(d) for d in drafts), count - 1)  # draft tokens fed to every row
+    logits = _teacher_forced(model, prompts, [d[:known] for d in drafts], known + 1, device)
+    tokens, clear = logits.argmax(dim=-1).tolist(), _clear(logits, margin).tolist()
+    taken: list[list[int]] = []
+    for row, draft in enumerate(drafts):
+        accepted: list[int] = []
+        for step in range(known + 1):
+            if not clear[row][step]:
+                return None
+            accepted.append(tokens[row][step])
+            if step == known or tokens[row][step] != draft[step]:
+                break
+        taken.append(accepted)
+    return _decode_rest(model, prompts, taken, count, device, margin)
+
+
+def _teacher_forced(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    drafts: Sequence[Sequence[int]],
+    last: int,
+    device: str,
+) -> Any:
+    """Logits [batch, last, vocab] of the last ``last`` positions of prompt + draft, the
+    sequences left-padded and positioned as :func:`greedy_steps` does."""
+    import torch
+
+    ids, mask, positions = _padded(
+        [list(p) + list(d) for p, d in zip(prompts, drafts, strict=True)], device
+    )
+    takes_positions, takes_keep = _accepts(model)
+    extra = {"position_ids": positions} if takes_positions else {}
+    keep = {"logits_to_keep": last} if takes_keep else {}
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, use_cache=False, **keep, **extra)
+    return out.logits[:, -last:].float()
+
+
+def _decode_rest(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    taken: list[list[int]],
+    count: int,
+    device: str,
+    margin: float,
+) -> list[list[int]] | None:
+    """Rows with fewer than ``count`` tokens decoded on from prompt + their own tokens,
+    together; None at a near-tie."""
+    rows = [row for row, tokens in enumerate(taken) if len(tokens) < count]
+    if not rows:
+        return taken
+    prefixes = [list(prompts[row]) + taken[row] for row in rows]
+    steps = count - min(len(taken[row]) for row in rows)
+    for token, logits in step_logits(model, prefixes, steps, device=device):
+        clear, new = _clear(logits.float(), margin).tolist(), token.tolist()
+        for index, row in enumerate(rows):
+            if len(taken[row]) < count:
+                if not clear[index]:
+                    return None
+                taken[row].append(new[index])
+    return taken

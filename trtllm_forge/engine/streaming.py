@@ -7,16 +7,16 @@ time. Memory therefore does not grow with the text: the block is sized from the
 vocabulary so a 152k-token vocabulary and a 256-token one both stay near
 ``BLOCK_BYTES`` per logits array.
 
-The reference runs first and writes its blocks to an unnamed spill file (raw float32, in
-the order the engine will read them back); it is then freed and the engine runs, so the
-two models' float32 weights are never resident together. :class:`SequenceScore`
+The engine (the candidate) runs first and writes its blocks to an unnamed spill file (raw
+float32, in the order the reference will read them back); it is then freed and the
+reference runs, so the two models' float32 weights are never resident together. :class:`SequenceScore`
 accumulates every metric per slice of rows from float32 logits (per-row sums in float64)
 — never the whole text's full-vocabulary logits, never float64 logit arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -204,3 +204,29 @@ class SequenceScore:
     @property
     def max_relative_logit_diff(self) -> float:
         return self.max_abs_diff / (self.max_abs_reference or 1.0)
+
+
+def regroup(blocks: Iterable[np.ndarray], lengths: Sequence[int]) -> Iterator[np.ndarray]:
+    """The rows of ``blocks`` in pieces of ``lengths`` rows (views where a piece lies in one
+    block; a piece across two blocks is a copy of its own rows only)."""
+    sizes = iter(lengths)
+    want = next(sizes, None)
+    carry: np.ndarray | None = None  # rows of the previous block, fewer than ``want``
+    for block in blocks:
+        offset = 0
+        if carry is not None and want is not None:
+            need = want - len(carry)
+            if len(block) < need:
+                carry = np.concatenate([carry, block])
+                continue
+            yield np.concatenate([carry, block[:need]])
+            offset, carry, want = need, None, next(sizes, None)
+        while want is not None and len(block) - offset >= want:
+            yield block[offset : offset + want]
+            offset, want = offset + want, next(sizes, None)
+        if offset < len(block):
+            if want is None:
+                raise RuntimeError("verify: more reference rows than candidate rows")  # a bug
+            carry = block[offset:]
+    if want is not None or carry is not None:
+        raise RuntimeError("verify: fewer reference rows than candidate rows")  # a bug

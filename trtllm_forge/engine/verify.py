@@ -170,9 +170,9 @@ def verify_engine(
 ) -> VerifyResult:
     """Run the comparison, evaluate ``gates`` and (if ``out_dir``) write the three reports.
 
-    The reference runs first, is freed, then the engine (:mod:`trtllm_forge.engine.compare`):
+    The engine runs first, is freed, then the reference (:mod:`trtllm_forge.engine.compare`):
     peak memory is one model plus one block of logits, whatever the length of the texts;
-    the reference's logits wait in a temporary file in ``out_dir``.
+    the engine's logits wait in a temporary file in ``out_dir``.
     ``text_lengths`` (each text's token count before it was cut) goes into the report.
     A failed gate does not raise: the caller turns ``not result.passed`` into exit code 3.
     """

@@ -8,8 +8,8 @@ metrics and gates as an engine.
 
 The candidate and the reference are both transformers models, so greedy generation and
 teacher-forced logits use the reference's own helpers, through the same bounded-memory
-comparison as an engine (engine/compare.py): the reference's logits are spilled to disk
-block by block and it is freed before the folder's model loads.
+comparison as an engine (engine/compare.py): the folder's model's logits are spilled to
+disk block by block and it is freed before the reference loads.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def verify_hf_folder(
     progress: Progress = _NO_PROGRESS,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Compare the folder's model with the reference in bounded memory (the reference's
-    logits spilled, then the folder's model loaded: engine/compare.py); write the reports;
+    """Compare the folder's model with the reference in bounded memory (the folder's
+    model's logits spilled, then the reference loaded: engine/compare.py); write the reports;
     the verify stage's JSON summary, with the folder's description."""
     from trtllm_forge.engine.verify import check_gates, finish, require_device, summary, tokenized
 
