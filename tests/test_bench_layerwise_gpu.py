@@ -66,11 +66,11 @@ def test_goal_verdicts_follow_the_ratios() -> None:
     assert ratios["memory"] == pytest.approx(1.8 / 9.9)
     assert ratios["time"] == pytest.approx(55 / 50)
     text = lw.render(_results(awq=AWQ))
-    assert "- awq: memory 0.18x the whole-model run (meets); time 1.10x ModelOpt's (meets)." in (
+    assert "- awq: memory 0.18x the whole-model run (meets); time 1.10x ModelOpt in place " in (
         text
     )
     slow = {**AWQ, "forge_layerwise": _run(70.0, 3.0)}
-    assert "memory 0.30x the whole-model run (misses); time 1.40x ModelOpt's (misses)" in (
+    assert "memory 0.30x the whole-model run (misses); time 1.40x ModelOpt in place (misses)" in (
         lw.render(_results(awq=slow))
     )
     assert "cut to 16 of its 32 decoder layers" in text
@@ -83,12 +83,13 @@ def test_stopped_skipped_and_failed_runs_are_named() -> None:
         "forge_whole": {"skipped": "12 s of the budget left"},
     }
     text = lw.render(_results(awq=AWQ, gptq=gptq))
-    assert "| gptq | ModelOpt `mtq.quantize`, whole model | stopped at the budget after 61.5 s" in (
-        text
-    )
+    assert f"| gptq | {lw.LABELS['modelopt']} | stopped at the budget after 61.5 s" in text
     assert "| gptq | forge, layer by layer | failed (exit 1)" in text
     assert "| gptq | forge, whole model | not run (12 s of the budget left)" in text
-    assert "- gptq: memory ratio not measured; time ratio not measured." in text
+    assert (
+        "- gptq: memory over the whole-model run not measured; time over ModelOpt in place "
+        "not measured." in text
+    )
 
 
 def test_a_second_call_merges_and_the_section_is_rewritten_in_place(tmp_path: Path) -> None:
@@ -129,3 +130,38 @@ def test_committed_section_is_rendered_from_committed_results() -> None:
     assert section == lw.render(lw.merged([lw.RESULTS])).strip("\n"), (
         "run: python -m bench.layerwise_gpu render"
     )
+
+
+def test_the_modelopt_run_gives_an_in_place_row_and_an_export_row() -> None:
+    """Both rows come from the one ModelOpt run's JSON; each ratio names its peer row."""
+    entry = {**_run(4.0, 9.0, 2.7), "load_s": 1.3}
+    entry["export"] = {"export_s": 6.0, "output_gb": 5.5, **_run(0, 12.0)}
+    del entry["export"]["seconds"]
+    rows = lw.split_rows("modelopt", entry)
+    assert rows["modelopt"]["seconds"] == 4.0 and "export" not in rows["modelopt"]
+    assert rows["modelopt_export"]["seconds"] == 10.0
+    assert rows["modelopt_export"]["peak_gpu_gib"] == 12.0
+    assert rows["modelopt_export"]["calibrate_s"] == 2.7
+    runs = {**rows, "forge_layerwise": _run(11.0, 2.0), "forge_whole": _run(20.0, 10.0, 3.0)}
+    text = lw.render(_results(awq=runs))
+    assert f"| awq | {lw.LABELS['modelopt']} | 4.0 s | 2.7 s | 9.00 GiB |" in text
+    assert f"| awq | {lw.LABELS['modelopt_export']} | 10.0 s | 2.7 s | 12.00 GiB |" in text
+    assert (
+        "- awq: memory 0.20x the whole-model run (meets); time 2.75x ModelOpt in place "
+        "(misses); time 1.10x ModelOpt + export (meets)." in text
+    )
+    stopped = {"timed_out_after_s": 90.0, "limit": "the 90 s cap per run"}
+    assert lw.split_rows("modelopt", stopped) == {
+        "modelopt": stopped,
+        "modelopt_export": stopped,
+    }
+    assert "stopped at the 90 s cap per run after 90.0 s" in lw.render(
+        _results(gptq=lw.split_rows("modelopt", stopped))
+    )
+
+
+def test_gptq_runs_forge_first_and_a_cap_limits_one_run() -> None:
+    assert lw.ORDER["gptq"][-1] == "modelopt" and lw.ORDER["awq"][0] == "modelopt"
+    assert lw.run_limit(300.0, 0.0) == (300.0, "the budget")
+    assert lw.run_limit(300.0, 120.0) == (120.0, "the 120 s cap per run")
+    assert lw.run_limit(100.0, 120.0) == (100.0, "the budget")
