@@ -80,8 +80,8 @@ def test_bench_on_cuda_reports_device_memory(tmp_path: Path, tiny_models: dict[s
         "--output-len", "8", "--warmup", "1", "--json", "-q",
     )  # fmt: skip
     assert run.code == 0, run.err
-    report = run.json()
-    assert report["device"] == "cuda"
+    report = run.json()["report"]
+    assert report["device"] == "cuda" and report["cuda_graph"] is True
     for scenario in report["scenarios"]:
         assert scenario["peak_device_bytes"] and scenario["peak_device_bytes"] > 0
         tokens = scenario["output_tokens_per_s"] * scenario["duration_s"]
