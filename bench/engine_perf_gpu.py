@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -318,8 +319,7 @@ def session_lines(session: dict[str, Any]) -> list[str]:
 def _row(target: str, batch: int, runs: dict[str, dict[str, Any]]) -> str:
     s = _scenario(runs[target], batch)
     if s is None:
-        error = runs[target].get("error", "not measured").strip().splitlines()[-1:]
-        return f"| {target} | {batch} | — | — | — | — | — | {' '.join(error)[:80]} | |"
+        return f"| {target} | {batch} | — | — | — | — | — | {_failure(runs[target])} | |"
     precision = target.split(",")[0].rsplit(" ", 1)[1]
     ratios = [
         _ratio(s, _scenario(runs.get(f"genai builder {precision}{peer}", {}), batch))
@@ -333,6 +333,32 @@ def _row(target: str, batch: int, runs: dict[str, dict[str, Any]]) -> str:
         f"{s['tpot_ms']['p50']:.2f} | {s['e2e_ms']['p99']:.0f} | "
         f"{'—' if device is None else f'{device / 2**20:.0f}'} | {ratios[0]} | {ratios[1]} |"
     )
+
+
+def _failure(report: dict[str, Any]) -> str:
+    """The line of a failed run's error that says what failed (not forge's hint after it)."""
+    text = re.sub(r"\x1b\[[0-9;]*m|\[m", "", report.get("error", "not measured"))
+    if "Status Message:" in text:
+        return "failed: " + text.split("Status Message:", 1)[1].splitlines()[0].strip()[:90]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return ((errors or lines or ["failed"])[0])[:90]
+
+
+def goal_lines(session: dict[str, Any]) -> list[str]:
+    """Issue 20's GPU goal over one session: forge ort (its default, CUDA graphs on) against
+    the builder as written, every precision and batch size measured."""
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in session["runs"]):
+        runs = {r["target"]: r["report"] for r in session["runs"] if r["model"] == model}
+        for precision in ("fp16", "int4"):
+            for batch in (1, 8):
+                mine = _scenario(runs.get(f"forge ort {precision}", {}), batch)
+                peer = _scenario(runs.get(f"genai builder {precision}", {}), batch)
+                if mine and peer:
+                    ratio = mine["output_tokens_per_s"] / peer["output_tokens_per_s"]
+                    lines.append(f"{model} {precision} b{batch} {ratio:.2f}×")
+    return lines
 
 
 def _ratio(mine: dict[str, Any], peer: dict[str, Any] | None) -> str:
@@ -354,6 +380,16 @@ def render_section() -> list[str]:
         "Ratios only against the builder timed in the same session.",
         "",
     ]
+    newest = goal_lines(doc["sessions"][-1]) if doc["sessions"] else []
+    if newest:
+        met = sum(float(line.rsplit(" ", 1)[1].rstrip("×")) >= 1.0 for line in newest)
+        lines += [
+            f"Goal (issue 20, GPU): forge's ort engine ≥ 1.0× the builder's tokens/s at equal "
+            f"precision in every cell. Newest session: {met} of {len(newest)} cells met — "
+            + "; ".join(newest)
+            + ".",
+            "",
+        ]
     for session in reversed(doc["sessions"]):
         lines += session_lines(session)
     return lines
