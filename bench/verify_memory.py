@@ -40,6 +40,10 @@ DATA = lib.DATA / "verify-0.5b"
 RESULTS = lib.RESULTS / "verify_memory.json"
 DOC = lib.DOCS / "bench.md"
 START, END = "<!-- verify-memory:start -->", "<!-- verify-memory:end -->"
+# Same-harness rounds of the checked reference greedy vs the commit before it (--results
+# bench/results/verify_memory_checked-N.json --before <that commit's tree>), in the doc too.
+CHECKED = "verify_memory_checked"
+CODES = {"before": "before (a0dc3c3^)", "after": "after (checked greedy)"}
 SHAPE = {
     "hidden_size": 896,
     "num_hidden_layers": 24,
@@ -264,6 +268,37 @@ def render(results: dict[str, Any]) -> str:
         lines += ["", note]
     if "floor" in results:
         lines += ["", render_floor(results["floor"])]
+    for path in sorted(lib.RESULTS.glob(f"{CHECKED}-*.json")):
+        lines += ["", render_checked(json.loads(path.read_text()), path)]
+    return "\n".join(lines)
+
+
+def render_checked(results: dict[str, Any], path: Path) -> str:
+    """One same-harness round of the checked reference greedy (``before``: the commit
+    before it, ``after``: this code), with CPU seconds and the ratio of wall times."""
+    gib = 2**30
+    lines = [
+        f"`{path.relative_to(ROOT)}` ({results['machine']}, {results['date']}):",
+        "",
+        "| code | text tokens | wall (s) | CPU (s) | peak RSS (GiB) | phases, wall (CPU) s |",
+        "|---|---|---|---|---|---|",
+    ]
+    walls: dict[tuple[str, int], float] = {}
+    for row in results["runs"]:
+        cpu = row.get("phases_cpu_s", {})
+        phases = ", ".join(
+            f"{k.removeprefix('verify: ')} {v} ({cpu.get(k, '?')})"
+            for k, v in row["phases_s"].items()
+        )
+        walls[row["code"], row["tokens"]] = row["wall_s"]
+        lines.append(
+            f"| {CODES.get(row['code'], row['code'])} | {row['tokens']:,} | {row['wall_s']} | "
+            f"{row['cpu_s']} | {row['peak_rss_bytes'] / gib:.2f} | {phases} |"
+        )
+    for code, tokens in sorted(walls):
+        if code == "after" and ("before", tokens) in walls:
+            ratio = walls[code, tokens] / walls["before", tokens]
+            lines += ["", f"Wall time after / before at {tokens:,} tokens: {ratio:.2f}."]
     return "\n".join(lines)
 
 
