@@ -154,3 +154,24 @@ def test_verify_reports_the_step_decodes_reference_tokens(fp32: TinyBuild, tmp_p
     expected = hf_greedy.greedy_batched(reference, prompts, NEW, batch)
     assert [row["reference"] for row in result.prompts] == expected
     assert result.passed and result.metrics["top1_agreement"] == 1.0
+
+
+def test_length_dependent_rope_is_decoded_step_by_step(tmp_path: Path) -> None:
+    """LongRoPE switches factor sets by the forward's longest position: a teacher-forced
+    forward over prompt + draft crossing the switch rotates the prompt with the long set,
+    the step decode with the short one. The check must not stand in for decoding there:
+    even a draft equal to the teacher-forced argmax gives the step decode's tokens."""
+    from tests.test_family_phi3 import LONGROPE
+    from tests.tinymodels import make_tiny_hf
+
+    phi3 = load_reference(make_tiny_hf("phi3", tmp_path / "phi3", **LONGROPE))
+    assert not hf_greedy.checkable(phi3)
+    prompts, new = [[5, 17, 33, 2, 9, 41, 7, 8, 11, 12, 13, 14, 15, 16]], 24  # crosses 20
+    want = hf_greedy.greedy_batched(phi3, prompts, new, 8)
+    forced = hf_greedy._teacher_forced(phi3, prompts, [want[0][:-1]], new, "cpu")
+    draft = forced.argmax(dim=-1).tolist()  # what checking alone would accept
+    assert hf_greedy.greedy_checked(phi3, prompts, draft, new, 8) == want
+
+
+def test_plain_rope_models_are_checkable(model: Any) -> None:
+    assert hf_greedy.checkable(model)

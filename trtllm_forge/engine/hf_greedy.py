@@ -101,6 +101,28 @@ def greedy_batched(
 # and bench/verify_memory.py measure it), so such an argmax cannot differ between them.
 MARGIN = 5e-5
 
+# Rope types whose frequencies transformers recomputes per forward call from the longest
+# position it sees (dynamic NTK; LongRoPE and its older Phi-3 names switch factor sets):
+# a teacher-forced forward over prompt + draft then rotates early positions unlike the step
+# decode did, so checking a draft cannot stand in for decoding (docs/models.md, Phi-3).
+LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope", "su", "yarn"})
+
+
+def checkable(model: Any) -> bool:
+    """Whether a teacher-forced forward computes each position as the step decode does:
+    not for the rope types above (checked in ``rope_parameters`` and ``rope_scaling``)."""
+    config = getattr(model, "config", None)
+    for key in ("rope_parameters", "rope_scaling"):
+        params = getattr(config, key, None)
+        if not isinstance(params, dict):
+            continue
+        nested = [v for v in params.values() if isinstance(v, dict)]  # per-layer-type sets
+        for entry in [params, *nested]:
+            kind = entry.get("rope_type") or entry.get("type")
+            if kind in LENGTH_DEPENDENT_ROPE:
+                return False
+    return True
+
 
 def greedy_checked(
     model: Any,
@@ -121,7 +143,11 @@ def greedy_checked(
     tokens. Every token taken this way has a top-2 gap of at least ``margin`` × the row's
     largest |logit|; if any does not (a near-tie, where float32 summation order could
     decide), the group is decoded by :func:`greedy_steps` exactly as greedy_batched does.
+    Models whose rotary frequencies depend on the forward's length (:func:`checkable`) are
+    decoded step by step.
     """
+    if not checkable(model):
+        return greedy_batched(model, prompts, max_new_tokens, batch_size, device=device)
     results: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         group = prompts[start : start + batch_size]
