@@ -279,3 +279,44 @@ def _home() -> str:
     import os
 
     return os.environ["FORGE_HOME"]
+
+
+@pytest.mark.parametrize("case", ["awq", "gptq_kv", "int4_wo"])
+def test_packing_where_calibrated_writes_the_same_bytes(
+    tiny: dict[str, Path], case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU the walk packs an int4 layer where it was calibrated and brings only
+    packed weights and ranges to the host (layerwise_assemble.on_device). Forced here
+    on the CPU in float16, that branch writes the files the host branch writes."""
+    from trtllm_forge.quant import formats, layerwise, layerwise_assemble
+    from trtllm_forge.quant.device import Placement
+
+    method, params, kv = CASES[case]
+    root = tiny["root"] / f"device-{case}"
+    common: dict[str, Any] = {
+        "hf_dir": tiny["hf"],
+        "canonical_dir": tiny["canonical"],
+        "method": method,
+        "params": dict(params),
+        "kv_cache": kv,
+        "calibration": CALIB,
+        "dtype": "float16",
+    }
+    host = calibrate_layerwise(out_dir=root / "host", work_dir=root / "host.work", **common)
+    kept: list[int] = []
+    to_float32 = Placement.to_float32
+
+    def counted(self: Placement, result: Any) -> Any:
+        kept.append(len(result.linears))
+        return to_float32(self, result)
+
+    def forced(placement: Placement, spec: Any) -> bool:
+        return formats.packs_on_device(spec.quant_algo)
+
+    monkeypatch.setattr(Placement, "to_float32", counted)
+    monkeypatch.setattr(layerwise, "on_device", forced)
+    monkeypatch.setattr(layerwise_assemble, "on_device", forced)
+    device = calibrate_layerwise(out_dir=root / "device", work_dir=root / "device.work", **common)
+    assert kept == [7, 7, 7]  # every layer took the device branch
+    assert_same_files(root / "host", root / "device")
+    assert device == host

@@ -119,17 +119,23 @@ class Placement:
         """Every tensor of a method's result on the CPU in float32, for the writer."""
         if self.is_default:
             return result
-        result.linears = {name: _linear_to_cpu(q) for name, q in result.linears.items()}
+        result.linears = {name: _linear_to(q, "cpu") for name, q in result.linears.items()}
+        return result
+
+    def to_float32(self, result: QuantResult) -> QuantResult:
+        """Every tensor of a method's result in float32 where it is (the values
+        :meth:`to_cpu` gives, left on the device for a writer that packs there)."""
+        result.linears = {name: _linear_to(q, None) for name, q in result.linears.items()}
         return result
 
 
-def _linear_to_cpu(record: Any) -> Any:
-    """Every tensor field of a LinearQuant on the CPU in float32 (a field added later
-    comes along without being named here)."""
+def _linear_to(record: Any, device: str | None) -> Any:
+    """Every tensor field of a LinearQuant in float32, on ``device`` (None: where it is;
+    a field added later comes along without being named here)."""
     import torch
 
     moved = {
-        f.name: value.detach().to("cpu", dtype=torch.float32)
+        f.name: value.detach().to(device or value.device, dtype=torch.float32)
         for f in fields(record)
         if isinstance(value := getattr(record, f.name), torch.Tensor)
     }

@@ -27,6 +27,16 @@ def builder(algo: str) -> Builder:
     return fmt.trtllm_writer
 
 
+def packs_on_device(algo: str | None) -> bool:
+    """Whether ``algo``'s tensors can be built where calibration ran (a GPU) with the
+    same bytes as on the CPU: its builder uses only exactly rounded elementwise
+    arithmetic, max reductions and integer packing (int4 groups: divide, round half to
+    even, clamp, pack two rows per byte). Other formats are built on the host."""
+    from trtllm_forge.quant import int4_wo
+
+    return algo is not None and builder(algo) is int4_wo.trtllm_int4
+
+
 # Formats whose fc/gate (same input) must share input-side quantities, and formats that
 # fold column layers' smoothing into the preceding norm: the format records say which.
 SHARE_INPUT_GROUPS = records.trtllm_algos(lambda f: f.trtllm_share_input)

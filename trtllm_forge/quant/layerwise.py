@@ -33,7 +33,7 @@ from trtllm_forge.errors import recipe_error
 from trtllm_forge.quant import modelopt_glue, registry
 from trtllm_forge.quant.calibration import CalibrationData
 from trtllm_forge.quant.device import Placement
-from trtllm_forge.quant.layerwise_assemble import LayerWriter, assemble
+from trtllm_forge.quant.layerwise_assemble import LayerWriter, assemble, on_device
 from trtllm_forge.quant.layerwise_model import (
     LayerCalls,
     LayerShell,
@@ -198,6 +198,7 @@ class _Walk:
         self.dtype = getattr(torch, placement.dtype)
         self.algorithm = registry.get(spec.method).load()
         self.resumed_at = 0
+        self.phases = _Phases("cpu")
 
     def run(self, hf_dir: Path, batches: list[torch.Tensor], bound: int, progress: Progress) -> int:
         """Calibrate every layer not yet committed; return the number of layers."""
@@ -228,7 +229,8 @@ class _Walk:
                 stream = self.layer(layers, index, calls, stream, bound, progress)
                 task.advance()
                 progress.log(
-                    f"calibrate: layer {index} committed ({index + 1}/{count}); {eta.tick()}"
+                    f"calibrate: layer {index} committed ({index + 1}/{count}); {eta.tick()} "
+                    f"({self.phases})"
                 )
         return count
 
@@ -243,29 +245,47 @@ class _Walk:
     ) -> list[torch.Tensor]:
         """Calibrate, write and commit layer ``index``; return the next layer's input."""
         prefix = f"model.layers.{index}"
+        phases = self.phases = _Phases(self.placement.device)
         layer = materialize(layers[index], prefix, self.tensors, self.placement.device, self.dtype)
         self.tensors.release()
+        phases.mark("read")
         shell = LayerShell(index, layer, calls, self.placement.device)
         outputs, kv = _original_outputs(shell, stream, index, bool(self.spec.kv_cache))
+        phases.mark("forward")
         targets = [n for n in self.plan.hf_modules() if n.startswith(prefix + ".")]
+        loaded = self._loaded(shell, targets)
         result = self.algorithm.quantize_model(
             shell, _StreamData(stream), self.spec.params, targets, progress
         )
-        result = self.placement.to_cpu(result)
         result.kv_amax = {index: kv} if kv is not None else {}
+        phases.mark("calibrate")
+        plan = self._layer_plan(index)
         files, counts = self.out.write(
-            self.store, index, self.spec, self._layer_plan(index), result
+            self.store, index, self.spec, plan, result, self.placement, loaded
         )
+        del loaded
+        phases.mark("pack+write")
         stream_file = self.store.path("stream", index, "bin")
         info = write_stream(stream_file, outputs)
         commit = {"stream": asdict(info), "records": counts, "kv": None if kv is None else list(kv)}
         self.store.commit(index, files, stream_file, commit)
         self.store.forget_streams(keep=index)
+        phases.mark("commit")
         layers[index] = torch.nn.Identity()  # the layer's weights go with it
         del shell, layer, result, stream
         gc.collect()
+        phases.mark("free")
         in_memory = sum(t.numel() * t.element_size() for t in outputs) <= bound
         return outputs if in_memory else read_stream(self.store.root, info, False)
+
+    def _loaded(self, shell: LayerShell, targets: list[str]) -> dict[str, torch.Tensor]:
+        """The targets' weights as loaded, kept on the device before the method smooths
+        them, where the layer is packed there (the records are checked against them
+        without reading the snapshot again); else none."""
+        if not on_device(self.placement, self.spec):
+            return {}
+        modules = dict(shell.named_modules())
+        return {name: modules[name].weight.detach().clone() for name in targets}
 
     def _layer_plan(self, index: int) -> TargetPlan:
         return replace(
@@ -307,6 +327,26 @@ class _StreamData:
         if all(s == batch_size for s in sizes[:-1]) and sizes[-1] <= batch_size:
             return list(self._stream)
         return list(torch.split(torch.cat(self._stream), batch_size))
+
+
+class _Phases:
+    """Seconds of each phase of one layer, for its log line. On a GPU each phase ends
+    with a synchronisation, so the kernels it queued count in it, not in the next."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.seconds: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.t0
+        self.t0 = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{phase} {s:.2f} s" for phase, s in self.seconds.items())
 
 
 class _Eta:

@@ -11,10 +11,12 @@ layer while it is written) is in memory.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 
 from trtllm_forge.checkpoint.io import CheckpointReader, rank_file, read_config, write_config
@@ -26,7 +28,7 @@ from trtllm_forge.checkpoint.safetensors_stream import (
     read_layout,
 )
 from trtllm_forge.context import Progress
-from trtllm_forge.quant import writer
+from trtllm_forge.quant import formats, writer
 from trtllm_forge.quant.device import Placement
 from trtllm_forge.quant.layerwise_store import LayerStore
 from trtllm_forge.quant.linear_records import RECORDS_FILE, OriginalWeights, save_records
@@ -57,21 +59,46 @@ class LayerWriter:
         self.calib_dtype = calib_dtype
 
     def write(
-        self, store: LayerStore, index: int, spec: QuantSpec, plan: TargetPlan, result: QuantResult
+        self,
+        store: LayerStore,
+        index: int,
+        spec: QuantSpec,
+        plan: TargetPlan,
+        result: QuantResult,
+        placement: Placement,
+        loaded: Mapping[str, torch.Tensor],
     ) -> tuple[list[Path], dict[str, int]]:
-        """``layer-k.safetensors`` and ``records-k.safetensors``; the records' counts."""
+        """``layer-k.safetensors`` and ``records-k.safetensors``; the records' counts.
+
+        ``result`` is where the method left it. A format that packs on the device
+        (formats.packs_on_device) is fused, packed and checked against ``loaded`` (the
+        layer's weights as loaded, before calibration) there, and only packed weights
+        and ranges come to the host; any other comes to the host in float32 first, as
+        the whole-model path brings it."""
+        if on_device(placement, spec):
+            result = placement.to_float32(result)
+        else:
+            result, loaded = placement.to_cpu(result), {}
         fused = writer._fused_linears(spec, plan, result) if spec.quant_algo else {}
-        new = writer.quantized_tensors(spec, fused, self.dtype)
+        built = writer.quantized_tensors(spec, fused, self.dtype)
+        new = {name: tensor.to("cpu") for name, tensor in built.items()}
+        # A format folding smoothing into norms never packs on the device: host records.
         new.update(writer.folded_norms(spec, plan, fused, self.reader, self.dtype))
         new.update(writer.kv_tensors(spec, result))
+        del fused, built
         tensors_file = store.path("layer", index, "safetensors")
         save_file(new, str(tensors_file))
         records_file = store.path("records", index, "safetensors")
         # Opened per layer: a mapping held open keeps every page it touched in the RSS.
         with ExitStack() as stack:
-            originals = OriginalWeights(self.hf_dir, self.transposed, stack)
+            originals = OriginalWeights(self.hf_dir, self.transposed, stack, loaded)
             counts = save_records(records_file, result, originals, self.calib_dtype)
         return [tensors_file, records_file], counts
+
+
+def on_device(placement: Placement, spec: QuantSpec) -> bool:
+    """Whether a layer's result is packed where it was calibrated (see LayerWriter.write)."""
+    return placement.device != "cpu" and formats.packs_on_device(spec.quant_algo)
 
 
 def assemble(
@@ -144,4 +171,4 @@ def _copy_all(
                 sink.copy(fd, stored.offset, stored.nbytes)
 
 
-__all__ = ["LayerWriter", "assemble"]
+__all__ = ["LayerWriter", "assemble", "on_device"]

@@ -51,10 +51,16 @@ def quantize_int8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_int4(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Group-wise symmetric INT4 (``scale [out, groups]``) as int8 values in [-8, 7]."""
-    return (
-        (weight.float() / expand_groups(scale, weight.shape[1])).round().clamp(-8, 7).to(torch.int8)
-    )
+    """Group-wise symmetric INT4 (``scale [out, groups]``) as int8 values in [-8, 7].
+
+    Each group is divided by its scale broadcast (the same fp32 divisions as dividing by
+    the scale expanded to ``[out, in]``, without building that tensor), then rounded and
+    clamped in place: one float32 temporary instead of four."""
+    out, inp = weight.shape
+    groups = scale.shape[1]
+    grouped = weight.float().reshape(out, groups, inp // groups)
+    q = grouped / scale.float()[:, :, None]
+    return q.round_().clamp_(-8, 7).to(torch.int8).reshape(out, inp)
 
 
 def quantize_fp8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -69,9 +75,11 @@ def pack_int4_rows(q: torch.Tensor) -> torch.Tensor:
     out, inp = q.shape
     if out % 2:
         raise ValueError(f"cannot pack int4 weights with an odd out dimension ({out})")
-    pairs = q.to(torch.int16).reshape(out // 2, 2, inp)
-    packed = (pairs[:, 0] & 0x0F) | ((pairs[:, 1] & 0x0F) << 4)
-    return packed.to(torch.uint8).view(torch.int8)
+    # On the bytes themselves (two's complement: the low nibble of an int8 is its int4
+    # value; a uint8 shift drops the high one), no wider temporary.
+    pairs = q.to(torch.int8).view(torch.uint8).reshape(out // 2, 2, inp)
+    packed = (pairs[:, 0] & 0x0F) | (pairs[:, 1] << 4)
+    return packed.view(torch.int8)
 
 
 def unpack_int4_rows(packed: torch.Tensor) -> torch.Tensor:

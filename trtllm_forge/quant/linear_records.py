@@ -35,13 +35,27 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 class OriginalWeights:
-    """The snapshot's linear weights as the calibration model saw them (float, [out, in])."""
+    """The snapshot's linear weights as the calibration model saw them (float, [out, in]).
 
-    def __init__(self, hf_dir: Path, transposed: Mapping[str, bool], stack: ExitStack) -> None:
+    ``loaded``: weights the caller already holds as the calibration model loaded them
+    (module → the snapshot's values cast to the calibration dtype, e.g. on the GPU),
+    given back instead of the snapshot's; :func:`rebuilt_weight` casts to that dtype
+    first, so either gives the same rebuilt weight."""
+
+    def __init__(
+        self,
+        hf_dir: Path,
+        transposed: Mapping[str, bool],
+        stack: ExitStack,
+        loaded: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         self._tensors = SnapshotTensors(hf_dir, stack)
         self._transposed = transposed
+        self._loaded = loaded or {}
 
     def get(self, module: str) -> torch.Tensor:
+        if module in self._loaded:
+            return self._loaded[module]
         tensor = self._tensors.get(f"{module}.weight")
         # HF Conv1D (GPT-2) stores [in, out]; calibration swapped it for nn.Linear.
         return tensor.t().contiguous() if self._transposed.get(module) else tensor
@@ -79,7 +93,7 @@ def rebuilt_weight(
     if factor is None and pre_quant_scale is not None:
         factor = 1.0 / pre_quant_scale.to(torch.float32)
     if factor is not None:
-        weight = (weight * factor.to(torch.float32)[None, :]).to(weight.dtype)
+        weight = (weight * factor.to(weight.device, torch.float32)[None, :]).to(weight.dtype)
     return weight.float()
 
 
@@ -122,7 +136,10 @@ def save_records(
         stored += any(not name.endswith(".smooth_factor") for name in weight)
     for layer, (k_amax, v_amax) in result.kv_amax.items():
         tensors[f"kv.{layer}"] = torch.tensor([k_amax, v_amax], dtype=torch.float32)
-    save_file(tensors, str(path), metadata={"calibration_dtype": calibration_dtype})
+    # Records computed where calibration ran (a GPU) come to the host only now: ranges
+    # and packed weights, never a float32 weight that the snapshot gives back.
+    host = {name: tensor.to("cpu") for name, tensor in tensors.items()}
+    save_file(host, str(path), metadata={"calibration_dtype": calibration_dtype})
     return {"linears": len(result.linears), "stored_weights": stored}
 
 

@@ -116,7 +116,10 @@ def _need(t: torch.Tensor | None) -> torch.Tensor:
 def _shared_pre_quant_scale(parts: list[LinearQuant]) -> list[LinearQuant]:
     if parts[0].pre_quant_scale is None:
         return parts
-    average = torch.stack([_need(p.pre_quant_scale) for p in parts]).mean(dim=0)
+    # Averaged on the host whatever the parts' device: a mean's summation order is the
+    # device's own, and a record packed on a GPU must equal one packed on the CPU.
+    scales = [_need(p.pre_quant_scale) for p in parts]
+    average = torch.stack([s.to("cpu") for s in scales]).mean(dim=0).to(scales[0].device)
     out = []
     for part in parts:
         old = _need(part.pre_quant_scale)
