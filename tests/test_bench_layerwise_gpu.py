@@ -165,3 +165,15 @@ def test_gptq_runs_forge_first_and_a_cap_limits_one_run() -> None:
     assert lw.run_limit(300.0, 0.0) == (300.0, "the budget")
     assert lw.run_limit(300.0, 120.0) == (120.0, "the 120 s cap per run")
     assert lw.run_limit(100.0, 120.0) == (100.0, "the budget")
+
+
+def test_a_stopped_modelopt_run_bounds_the_time_ratio() -> None:
+    """ModelOpt stopped at its cap while forge's layer-by-layer run finished: the ratio is
+    bounded by forge's time over the seconds ModelOpt ran; no bound otherwise."""
+    from bench import layerwise_gpu
+
+    finished = {"seconds": 60.0, "peak_gpu_gib": 1.0, "peak_rss_gib": 1.0}
+    runs = {"forge_layerwise": finished, "modelopt": {"timed_out_after_s": 150.0}}
+    assert layerwise_gpu.stopped_peer_bound(runs) == 60.0 / 150.0
+    assert layerwise_gpu.stopped_peer_bound({**runs, "modelopt": {"seconds": 4.0}}) is None
+    assert layerwise_gpu.stopped_peer_bound({"modelopt": {"timed_out_after_s": 1.0}}) is None
