@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,7 @@ def calibrate_layerwise(
         out = LayerWriter(Path(canonical_dir), Path(hf_dir), plan, placement.dtype, stack)
         walk = _Walk(spec, plan, placement, tensors, store, out)
         batches = data.batches(batch) if data is not None else []
+        stack.enter_context(_frozen_heap(spec.method, progress))
         layers = walk.run(Path(hf_dir), batches, stream_bound, progress)
     forge_info = _forge_info(spec, exclude, data)
     args = (Path(canonical_dir), Path(out_dir), spec, plan, forge_info, placement, progress)
@@ -327,6 +328,26 @@ class _StreamData:
         if all(s == batch_size for s in sizes[:-1]) and sizes[-1] <= batch_size:
             return list(self._stream)
         return list(torch.split(torch.cat(self._stream), batch_size))
+
+
+@contextmanager
+def _frozen_heap(method: str, progress: Progress) -> Iterator[None]:
+    """Every object alive now (torch, transformers, and ModelOpt, imported first when the
+    method runs through it) moved out of the collector's sight for the walk: the
+    collection after each layer, which frees the layer's cycles (ModelOpt's hooks), then
+    scans the walk's own objects only (measured: 0.25 s -> under 1 ms per layer on
+    the 2-CPU dev box, with the 8B model's modules and ModelOpt imported). The model
+    is built after this, so its layers stay collectable."""
+    if registry.get(method).uses_modelopt:
+        modelopt_glue.mtq(progress)
+    import transformers.modeling_utils  # noqa: F401 - imported before the freeze
+
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class _Phases:

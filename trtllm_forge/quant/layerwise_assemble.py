@@ -130,7 +130,7 @@ def assemble(
     config["quantization"] = writer.quantization_block(spec, plan)
     config["forge"] = {**(config.get("forge") or {}), "quantization": dict(forge_info)}
     write_config(out_dir, config)
-    commits = [store.done(i) or {} for i in range(layers)]
+    commits = [store.record(i) or {} for i in range(layers)]  # hashed when committed
     return {
         "tensors": len(chosen),
         "quantized_modules": [t.module for t in plan.quantized] if spec.quant_algo else [],

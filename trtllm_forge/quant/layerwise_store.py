@@ -93,10 +93,18 @@ class LayerStore:
 
     def done(self, layer: int) -> dict[str, Any] | None:
         """Layer ``layer``'s commit record when it and its files are intact, else None."""
+        record = self.record(layer)
+        if record is None:
+            return None
+        return record if self._intact(record.get("files", {})) else None
+
+    def record(self, layer: int) -> dict[str, Any] | None:
+        """Layer ``layer``'s commit record as written, its files not hashed again (for a
+        layer this walk committed or found intact when it resumed)."""
         record = _read_json(self.path("layer", layer, "json"))
         if not isinstance(record, dict) or record.get("layer") != layer:
             return None
-        return record if self._intact(record.get("files", {})) else None
+        return record
 
     def _intact(self, files: dict[str, str]) -> bool:
         return all(
