@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ from trtllm_forge.errors import recipe_error
 from trtllm_forge.quant import modelopt_glue, registry
 from trtllm_forge.quant.calibration import CalibrationData
 from trtllm_forge.quant.device import Placement
-from trtllm_forge.quant.layerwise_assemble import LayerWriter, assemble, on_device
+from trtllm_forge.quant.layerwise_assemble import LayerWriter, PackedLayer, assemble, on_device
 from trtllm_forge.quant.layerwise_model import (
     LayerCalls,
     LayerShell,
@@ -44,7 +45,7 @@ from trtllm_forge.quant.layerwise_model import (
     real_body,
     record_inputs,
 )
-from trtllm_forge.quant.layerwise_store import LayerStore, read_stream, write_stream
+from trtllm_forge.quant.layerwise_store import LayerStore, StreamInfo, read_stream, write_stream
 from trtllm_forge.quant.layerwise_support import refusal
 from trtllm_forge.quant.quantize import Calibration, _checked_plan, _forge_info
 from trtllm_forge.quant.quantize import _logged_calibration_data as calibration_data
@@ -199,10 +200,12 @@ class _Walk:
         self.dtype = getattr(torch, placement.dtype)
         self.algorithm = registry.get(spec.method).load()
         self.resumed_at = 0
-        self.phases = _Phases("cpu")
+        self.progress: Progress = _NO_PROGRESS
+        self.streams: dict[int, StreamInfo] = {}  # written by the committer's thread
 
     def run(self, hf_dir: Path, batches: list[torch.Tensor], bound: int, progress: Progress) -> int:
         """Calibrate every layer not yet committed; return the number of layers."""
+        self.progress = progress
         model = meta_model(hf_dir)
         layers = decoder_layers(model)
         count = len(layers)
@@ -225,14 +228,19 @@ class _Walk:
         calls.inputs = []
         eta = _Eta(count - start)
         with progress.task(f"calibrating {count} layers", total=count) as task:
-            task.advance(start)
-            for index in range(start, count):
-                stream = self.layer(layers, index, calls, stream, bound, progress)
+
+            def committed(index: int, phases: _Phases) -> None:
                 task.advance()
                 progress.log(
                     f"calibrate: layer {index} committed ({index + 1}/{count}); {eta.tick()} "
-                    f"({self.phases})"
+                    f"({phases})"
                 )
+
+            task.advance(start)
+            with _Committer(committed) as committer:
+                for index in range(start, count):
+                    stream = self.layer(layers, index, calls, stream, bound, committer)
+                committer.settle()
         return count
 
     def layer(
@@ -242,11 +250,12 @@ class _Walk:
         calls: LayerCalls,
         stream: list[torch.Tensor],
         bound: int,
-        progress: Progress,
+        committer: _Committer,
     ) -> list[torch.Tensor]:
-        """Calibrate, write and commit layer ``index``; return the next layer's input."""
+        """Calibrate layer ``index`` and hand its files to ``committer``; return the next
+        layer's input."""
         prefix = f"model.layers.{index}"
-        phases = self.phases = _Phases(self.placement.device)
+        phases = _Phases(self.placement.device)
         layer = materialize(layers[index], prefix, self.tensors, self.placement.device, self.dtype)
         self.tensors.release()
         phases.mark("read")
@@ -256,28 +265,43 @@ class _Walk:
         targets = [n for n in self.plan.hf_modules() if n.startswith(prefix + ".")]
         loaded = self._loaded(shell, targets)
         result = self.algorithm.quantize_model(
-            shell, _StreamData(stream), self.spec.params, targets, progress
+            shell, _StreamData(stream), self.spec.params, targets, self.progress
         )
         result.kv_amax = {index: kv} if kv is not None else {}
         phases.mark("calibrate")
-        plan = self._layer_plan(index)
-        files, counts = self.out.write(
-            self.store, index, self.spec, plan, result, self.placement, loaded
-        )
-        del loaded
-        phases.mark("pack+write")
-        stream_file = self.store.path("stream", index, "bin")
-        info = write_stream(stream_file, outputs)
-        commit = {"stream": asdict(info), "records": counts, "kv": None if kv is None else list(kv)}
-        self.store.commit(index, files, stream_file, commit)
-        self.store.forget_streams(keep=index)
-        phases.mark("commit")
+        packed = self.out.pack(self.spec, self._layer_plan(index), result, self.placement, loaded)
+        phases.mark("pack")
+        committer.submit(index, lambda: self._commit(index, packed, outputs, kv, phases), phases)
+        phases.mark("wait")  # for the previous layer's commit
         layers[index] = torch.nn.Identity()  # the layer's weights go with it
-        del shell, layer, result, stream
+        del shell, layer, result, stream, loaded
         gc.collect()
         phases.mark("free")
-        in_memory = sum(t.numel() * t.element_size() for t in outputs) <= bound
-        return outputs if in_memory else read_stream(self.store.root, info, False)
+        if sum(t.numel() * t.element_size() for t in outputs) <= bound:
+            return outputs
+        committer.settle()  # its stream file is written: map it, drop the copy in memory
+        return read_stream(self.store.root, self.streams.pop(index), False)
+
+    def _commit(
+        self,
+        index: int,
+        packed: PackedLayer,
+        outputs: list[torch.Tensor],
+        kv: tuple[float, float] | None,
+        phases: _Phases,
+    ) -> None:
+        """Write layer ``index``'s files and its activations, then commit them (on the
+        committer's thread)."""
+        t0 = time.perf_counter()
+        files = self.out.save(self.store, index, packed)
+        stream_file = self.store.path("stream", index, "bin")
+        info = write_stream(stream_file, outputs)
+        record: dict[str, Any] = {"stream": asdict(info), "records": packed.counts}
+        record["kv"] = None if kv is None else list(kv)
+        self.store.commit(index, files, stream_file, record)
+        self.streams[index] = info
+        self.store.forget_streams(keep=index)
+        phases.seconds["write+commit (background)"] = time.perf_counter() - t0
 
     def _loaded(self, shell: LayerShell, targets: list[str]) -> dict[str, torch.Tensor]:
         """The targets' weights as loaded, kept on the device before the method smooths
@@ -348,6 +372,38 @@ def _frozen_heap(method: str, progress: Progress) -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+class _Committer:
+    """Writes, fsyncs, hashes and commits finished layers on one thread of its own, in
+    layer order, while the next layer is read and calibrated. At most one layer waits
+    for it (its packed tensors and output activations, on the host): handing over the
+    next one first waits for it, then reports it done (``committed``, on the caller's
+    thread). A commit's error is raised there too."""
+
+    def __init__(self, committed: Callable[[int, _Phases], None]) -> None:
+        self._committed = committed
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="forge-layer-commit")
+        self._pending: tuple[int, Future[None], _Phases] | None = None
+
+    def __enter__(self) -> _Committer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)  # a commit under way finishes, whatever happened
+
+    def submit(self, index: int, job: Callable[[], None], phases: _Phases) -> None:
+        self.settle()
+        self._pending = (index, self._pool.submit(job), phases)
+
+    def settle(self) -> None:
+        """Wait for the layer handed over last, then report it committed."""
+        if self._pending is None:
+            return
+        index, future, phases = self._pending
+        self._pending = None
+        future.result()
+        self._committed(index, phases)
 
 
 class _Phases:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from trtllm_forge.context import Progress
 from trtllm_forge.quant import formats, writer
 from trtllm_forge.quant.device import Placement
 from trtllm_forge.quant.layerwise_store import LayerStore
-from trtllm_forge.quant.linear_records import RECORDS_FILE, OriginalWeights, save_records
+from trtllm_forge.quant.linear_records import RECORDS_FILE, OriginalWeights, record_tensors
 from trtllm_forge.quant.result import QuantResult
 from trtllm_forge.quant.targets import TargetPlan
 from trtllm_forge.quant.writer import QuantSpec
@@ -58,17 +59,15 @@ class LayerWriter:
         self.hf_dir = hf_dir
         self.calib_dtype = calib_dtype
 
-    def write(
+    def pack(
         self,
-        store: LayerStore,
-        index: int,
         spec: QuantSpec,
         plan: TargetPlan,
         result: QuantResult,
         placement: Placement,
         loaded: Mapping[str, torch.Tensor],
-    ) -> tuple[list[Path], dict[str, int]]:
-        """``layer-k.safetensors`` and ``records-k.safetensors``; the records' counts.
+    ) -> PackedLayer:
+        """A finished layer's checkpoint tensors and calibration records, on the host.
 
         ``result`` is where the method left it. A format that packs on the device
         (formats.packs_on_device) is fused, packed and checked against ``loaded`` (the
@@ -86,14 +85,28 @@ class LayerWriter:
         new.update(writer.folded_norms(spec, plan, fused, self.reader, self.dtype))
         new.update(writer.kv_tensors(spec, result))
         del fused, built
-        tensors_file = store.path("layer", index, "safetensors")
-        save_file(new, str(tensors_file))
-        records_file = store.path("records", index, "safetensors")
         # Opened per layer: a mapping held open keeps every page it touched in the RSS.
         with ExitStack() as stack:
             originals = OriginalWeights(self.hf_dir, self.transposed, stack, loaded)
-            counts = save_records(records_file, result, originals, self.calib_dtype)
-        return [tensors_file, records_file], counts
+            records, counts = record_tensors(result, originals, self.calib_dtype)
+        return PackedLayer(new, records, counts)
+
+    def save(self, store: LayerStore, index: int, packed: PackedLayer) -> list[Path]:
+        """``layer-k.safetensors`` and ``records-k.safetensors`` (not yet committed)."""
+        tensors_file = store.path("layer", index, "safetensors")
+        save_file(packed.tensors, str(tensors_file))
+        records_file = store.path("records", index, "safetensors")
+        save_file(packed.records, str(records_file), {"calibration_dtype": self.calib_dtype})
+        return [tensors_file, records_file]
+
+
+@dataclass(frozen=True)
+class PackedLayer:
+    """One layer's files' tensors on the host, and its records' counts."""
+
+    tensors: dict[str, torch.Tensor]
+    records: dict[str, torch.Tensor]
+    counts: dict[str, int]
 
 
 def on_device(placement: Placement, spec: QuantSpec) -> bool:
@@ -171,4 +184,4 @@ def _copy_all(
                 sink.copy(fd, stored.offset, stored.nbytes)
 
 
-__all__ = ["LayerWriter", "assemble", "on_device"]
+__all__ = ["LayerWriter", "PackedLayer", "assemble", "on_device"]

@@ -124,6 +124,15 @@ def save_records(
     calibration_dtype: str,
 ) -> dict[str, int]:
     """Write ``linears.safetensors``; return how many weights had to be stored."""
+    host, counts = record_tensors(result, originals, calibration_dtype)
+    save_file(host, str(path), metadata={"calibration_dtype": calibration_dtype})
+    return counts
+
+
+def record_tensors(
+    result: QuantResult, originals: OriginalWeights, calibration_dtype: str
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """The tensors :func:`save_records` writes (on the host) and its counts."""
     tensors: dict[str, torch.Tensor] = {}
     stored = 0
     for module, lq in result.linears.items():
@@ -139,8 +148,7 @@ def save_records(
     # Records computed where calibration ran (a GPU) come to the host only now: ranges
     # and packed weights, never a float32 weight that the snapshot gives back.
     host = {name: tensor.to("cpu") for name, tensor in tensors.items()}
-    save_file(host, str(path), metadata={"calibration_dtype": calibration_dtype})
-    return {"linears": len(result.linears), "stored_weights": stored}
+    return host, {"linears": len(result.linears), "stored_weights": stored}
 
 
 class CalibrationRecords:
