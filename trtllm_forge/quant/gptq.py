@@ -88,20 +88,52 @@ def gptq_quantize(
         end = min(start + BLOCK, n_cols)
         block = w[:, start:end].clone()
         errors = torch.zeros_like(block)
-        for i in range(end - start):
-            col = columns[start + i]
-            if not act_order and col % group_size == 0:
-                amax = block[:, i : i + group_size].abs().amax(dim=1)
-                scales[:, col // group_size] = layout.scale_from_amax(amax, layout.INT4_MAX)
-            scale = scales[:, col // group_size]
-            q = (block[:, i] / scale).round().clamp(-8, 7) * scale
-            qdq[:, start + i] = q
-            err = (block[:, i] - q) / h_inv[start + i, start + i]
-            block[:, i:] -= err[:, None] * h_inv[start + i, start + i : end][None, :]
-            errors[:, i] = err
+        _quantize_block(
+            block,
+            errors,
+            qdq[:, start:end],
+            h_inv[start:end, start:end],
+            scales,
+            columns[start:end],
+            group_size,
+            act_order,
+        )
         w[:, end:] -= errors @ h_inv[start:end, end:]
     inverse_order = torch.argsort(order)
     return qdq[:, inverse_order], scales
+
+
+def _quantize_block(
+    block: torch.Tensor,
+    errors: torch.Tensor,
+    qdq: torch.Tensor,
+    h_inv: torch.Tensor,
+    scales: torch.Tensor,
+    columns: list[int],
+    group_size: int,
+    act_order: bool,
+) -> None:
+    """GPTQ's column loop over one block (``h_inv``: its square of the factor), in place.
+
+    Launch-bound on a GPU (one column of a few thousand rows per step), so each step is
+    as few kernels as the arithmetic allows: every column's views are taken once per
+    block, ``q`` is written straight into ``qdq`` and the error into ``errors`` (the
+    same operations, in the same order, as building them apart and copying them in)."""
+    import torch
+
+    from trtllm_forge.quant import layout
+
+    cols, q_cols, err_cols = block.unbind(1), qdq.unbind(1), errors.unbind(1)
+    rows = h_inv.unbind(0)
+    for i, col in enumerate(columns):
+        if not act_order and col % group_size == 0:
+            amax = block[:, i : i + group_size].abs().amax(dim=1)
+            scales[:, col // group_size] = layout.scale_from_amax(amax, layout.INT4_MAX)
+        scale = scales[:, col // group_size]
+        q = torch.div(cols[i], scale).round_().clamp_(-8, 7)
+        torch.mul(q, scale, out=q_cols[i])
+        err = torch.sub(cols[i], q_cols[i], out=err_cols[i]).div_(rows[i][i])
+        block[:, i:].sub_(err[:, None] * rows[i][None, i:])
 
 
 def quantize_model(

@@ -262,6 +262,7 @@ class _Walk:
         shell = LayerShell(index, layer, calls, self.placement.device)
         outputs, kv = _original_outputs(shell, stream, index, bool(self.spec.kv_cache))
         phases.mark("forward")
+        committer.poll()  # the previous layer's commit is usually done by now: log it
         targets = [n for n in self.plan.hf_modules() if n.startswith(prefix + ".")]
         loaded = self._loaded(shell, targets)
         result = self.algorithm.quantize_model(
@@ -269,6 +270,7 @@ class _Walk:
         )
         result.kv_amax = {index: kv} if kv is not None else {}
         phases.mark("calibrate")
+        committer.poll()
         packed = self.out.pack(self.spec, self._layer_plan(index), result, self.placement, loaded)
         phases.mark("pack")
         committer.submit(index, lambda: self._commit(index, packed, outputs, kv, phases), phases)
@@ -395,6 +397,11 @@ class _Committer:
     def submit(self, index: int, job: Callable[[], None], phases: _Phases) -> None:
         self.settle()
         self._pending = (index, self._pool.submit(job), phases)
+
+    def poll(self) -> None:
+        """Report the layer handed over last as committed if it is, without waiting."""
+        if self._pending is not None and self._pending[1].done():
+            self.settle()
 
     def settle(self) -> None:
         """Wait for the layer handed over last, then report it committed."""
