@@ -320,3 +320,33 @@ def test_packing_where_calibrated_writes_the_same_bytes(
     assert kept == [7, 7, 7]  # every layer took the device branch
     assert_same_files(root / "host", root / "device")
     assert device == host
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", ["awq", "gptq_kv", "int4_wo"])
+def test_packing_on_the_gpu_writes_the_host_bytes(
+    tiny: dict[str, Path], case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU in float16 the walk packs int4 layers there; with that branch turned
+    off (every record brought to the host in float32 and packed there, as before) the
+    same calibration writes the same files."""
+    from trtllm_forge.quant import layerwise, layerwise_assemble
+
+    method, params, kv = CASES[case]
+    root = tiny["root"] / f"cuda-{case}"
+    common: dict[str, Any] = {
+        "hf_dir": tiny["hf"],
+        "canonical_dir": tiny["canonical"],
+        "method": method,
+        "params": dict(params),
+        "kv_cache": kv,
+        "calibration": CALIB,
+        "device": "cuda",
+        "dtype": "float16",
+    }
+    device = calibrate_layerwise(out_dir=root / "device", work_dir=root / "device.work", **common)
+    monkeypatch.setattr(layerwise, "on_device", lambda placement, spec: False)
+    monkeypatch.setattr(layerwise_assemble, "on_device", lambda placement, spec: False)
+    host = calibrate_layerwise(out_dir=root / "host", work_dir=root / "host.work", **common)
+    assert_same_files(root / "host", root / "device")
+    assert device == host

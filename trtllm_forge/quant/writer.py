@@ -85,7 +85,7 @@ def reorder_rows(lq: LinearQuant, target: LinearTarget) -> LinearQuant:
     order = target.row_order(int(lq.weight.shape[0]))
     if order is None:
         return lq
-    index = torch.tensor(order)
+    index = torch.tensor(order, device=lq.weight.device)  # rows packed where they are
     amax = lq.weight_amax if lq.weight_amax.dim() == 0 else lq.weight_amax[index]
     return replace(lq, weight=lq.weight[index], weight_amax=amax)
 
