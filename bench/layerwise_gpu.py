@@ -497,8 +497,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     for method in a.methods:
         for kind in ORDER[method]:
             remaining = deadline - time.perf_counter()
-            if remaining < a.min_start_s:
-                entry: dict[str, Any] = {"skipped": f"{max(remaining, 0):.0f} s of the budget left"}
+            if f"{method}:{kind}" in a.skip:
+                entry: dict[str, Any] = {"skipped": "not run in this call (--skip)"}
+            elif remaining < a.min_start_s:
+                entry = {"skipped": f"{max(remaining, 0):.0f} s of the budget left"}
             else:
                 entry = measure_one(a, kind, method, run_limit(remaining, a.cap_s), logs)
             results["runs"][method].update(split_rows(kind, entry))
@@ -569,6 +571,7 @@ def command_line(a: argparse.Namespace) -> str:
         f"--methods {','.join(a.methods)} --samples {a.samples} --seq-len {a.seq_len} "
         f"--device {a.device} --dtype {a.dtype} --budget-s {a.budget_s:g}"
         + (f" --cap-s {a.cap_s:g}" if a.cap_s else "")
+        + (f" --skip {','.join(sorted(a.skip))}" if a.skip else "")
         + f" --out {out}"
     )
 
@@ -784,6 +787,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     run_cmd.add_argument("--seq-len", type=int, default=256)
     run_cmd.add_argument("--budget-s", type=float, default=480.0, help="wall seconds in all")
     run_cmd.add_argument("--min-start-s", type=float, default=30.0)
+    run_cmd.add_argument(
+        "--skip",
+        type=lambda text: set(filter(None, text.split(","))),
+        default=set(),
+        help="runs not to make, as METHOD:KIND (e.g. awq:forge_whole), comma-separated",
+    )
     run_cmd.add_argument(
         "--cap-s", type=float, default=0.0, help="wall seconds per run at most (0: the budget)"
     )
