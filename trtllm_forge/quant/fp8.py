@@ -111,7 +111,7 @@ def _modelopt_channel(lq: LinearQuant, dtype: torch.dtype) -> Tensors:
 
     from trtllm_forge.quant import layout
 
-    scale = lq.weight_amax.float() / layout.FP8_MAX
+    scale = layout.divide(lq.weight_amax.float(), layout.FP8_MAX)
     weight = lq.weight.to(dtype).float()
     return {"weight": (weight / scale[:, None]).to(torch.float8_e4m3fn), "weight_scale": scale}
 

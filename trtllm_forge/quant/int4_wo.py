@@ -80,7 +80,7 @@ def modelopt_int4(lq: LinearQuant, dtype: torch.dtype) -> Tensors:
 
     from trtllm_forge.quant import layout
 
-    scale = lq.weight_amax.float() / layout.INT4_MAX
+    scale = layout.divide(lq.weight_amax.float(), layout.INT4_MAX)
     packed = layout.pack_int4_rows(layout.quantize_int4(lq.weight.to(dtype).float(), scale))
     return {"weight": packed.view(torch.uint8), "weight_scale": scale}
 

@@ -58,7 +58,7 @@ def modelopt_int8(lq: LinearQuant, dtype: torch.dtype) -> Tensors:
     """ModelOpt rounds the weight to the checkpoint dtype, then divides by amax / 127."""
     from trtllm_forge.quant import layout
 
-    scale = lq.weight_amax.float() / layout.INT8_MAX
+    scale = layout.divide(lq.weight_amax.float(), layout.INT8_MAX)
     return {
         "weight": layout.quantize_int8(lq.weight.to(dtype).float(), scale),
         "weight_scale": scale,

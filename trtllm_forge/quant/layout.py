@@ -15,9 +15,18 @@ INT4_MAX = 7.0
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 
 
+def divide(x: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``x / divisor`` correctly rounded on every device. CUDA divides by a host scalar as
+    a multiplication by its reciprocal (one rounding more): int4 scales packed on the GPU
+    came out one ulp off the CPU's (tests/test_layerwise.py, run on the H200). A 0-d
+    tensor on x's device takes the true division there; on the CPU the result is the
+    same as ``x / divisor``."""
+    return x / torch.full((), divisor, dtype=x.dtype, device=x.device)
+
+
 def scale_from_amax(amax: torch.Tensor, qmax: float) -> torch.Tensor:
     """Dequant scale ``amax / qmax`` in fp32; an all-zero slice gets scale 1 (its q is 0)."""
-    scale = amax.float() / qmax
+    scale = divide(amax.float(), qmax)
     return torch.where(scale == 0, torch.ones_like(scale), scale)
 
 

@@ -75,7 +75,7 @@ def fp8_scale(fp8_weight_amax: torch.Tensor | None) -> torch.Tensor:
 
     if fp8_weight_amax is None:
         raise ValueError("calibration produced no FP8 weight range (W4A8)")
-    return fp8_weight_amax.float() / layout.FP8_MAX
+    return layout.divide(fp8_weight_amax.float(), layout.FP8_MAX)
 
 
 def requantize_fp8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -110,7 +110,7 @@ def _modelopt(lq: LinearQuant, dtype: torch.dtype) -> Tensors:
 
     from trtllm_forge.quant import layout
 
-    scale = lq.weight_amax.float() / layout.INT4_MAX
+    scale = layout.divide(lq.weight_amax.float(), layout.INT4_MAX)
     int4 = layout.quantize_int4(lq.weight.to(dtype).float(), scale)
     return {
         "weight": layout.pack_int4_rows(int4).view(torch.uint8),
