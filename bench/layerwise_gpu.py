@@ -618,7 +618,8 @@ def render(r: dict[str, Any]) -> str:
 
 def _row(run: dict[str, Any]) -> str:
     if "skipped" in run:
-        return f"not run ({run['skipped']}) | | | | "
+        reason = str(run["skipped"])
+        return (reason if reason.startswith("not run") else f"not run ({reason})") + " | | | | "
     if "timed_out_after_s" in run:
         limit = run.get("limit", "the budget")
         return f"stopped at {limit} after {run['timed_out_after_s']} s | | | | "
