@@ -75,7 +75,6 @@ class BoundSession:
         self._ort, self.session = ort, session
         self.device = device
         self.shared = shared
-        self.graphs = graphs and shared  # the session was made with enable_cuda_graph
         self._pool: dict[int, list[BoundCache]] = {}
         self._graph_ids = iter(range(1, 1 << 30))  # ORT's graph annotation ids; -1 = none
         self.kv_heads, self.head_size = cache_shape
@@ -88,6 +87,10 @@ class BoundSession:
         self.logits_dtype = np.float16 if "float16" in logits.type else np.float32
         self.vocab = logits.shape[-1]
         self._argmax: Any = None  # the ArgMax session, made on first use
+        # ``graphs``: the session was made with enable_cuda_graph, so every run must name
+        # its graph (uncaptured ones too); steps replay one only with fixed logits shapes.
+        self._annotated = graphs
+        self.graphs = graphs and shared and isinstance(self.vocab, int)
 
     def new_cache(self, batch: int) -> BoundCache:
         """A cache for ``batch`` rows: a released one of that size if the pool has one."""
@@ -158,7 +161,9 @@ class BoundSession:
                 binding.bind_output(present, self.device, 0)
         binding.bind_output(LOGITS, logits_on, 0)
         binding.synchronize_inputs()
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(
+            binding, graph_run_options(self._ort, NO_GRAPH, self._annotated)
+        )
         binding.synchronize_outputs()
         names = [o.name for o in self.session.get_outputs()]
         outputs = binding.get_outputs()
@@ -189,7 +194,7 @@ class BoundSession:
         binding.synchronize_inputs()
         # A graph-enabled session must be told when a run is not to be captured.
         self.session.run_with_iobinding(
-            binding, graph_run_options(self._ort, NO_GRAPH, self.graphs)
+            binding, graph_run_options(self._ort, NO_GRAPH, self._annotated)
         )
         binding.synchronize_outputs()
         return cache.buffers[key]
