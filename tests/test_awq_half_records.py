@@ -132,3 +132,14 @@ def test_half_awq_layerwise_writes_the_whole_models_records(
     a, b = _stored(whole / RECORDS_FILE), _stored(layers / RECORDS_FILE)
     assert sorted(a) == sorted(b)
     assert [n for n in a if not torch.equal(a[n], b[n])] == []
+
+
+def test_half_gptq_records_keep_int4_values(tiny: dict[str, Path]) -> None:
+    """GPTQ's weights are q × (weight_amax / 7) exactly, in float16 calibration too: the
+    records keep the int4 values, never a float32 weight (the H200's 8B run stored 18 GB
+    of them; docs/performance.md says why)."""
+    out = tiny["root"] / "gptq-float16"
+    quantize.quantize_checkpoint(out_dir=out, **{**_common(tiny, "float16"), "method": "gptq"})
+    stored = _stored(out / RECORDS_FILE)
+    assert not [name for name in stored if name.endswith(".weight")]
+    assert [name for name in stored if name.endswith(".weight_int4")]
