@@ -281,6 +281,21 @@ def _home() -> str:
     return os.environ["FORGE_HOME"]
 
 
+def _half_walk(tiny: dict[str, Path], case: str, **extra: Any) -> dict[str, Any]:
+    """calibrate_layerwise's arguments for a float16 walk of one CASES entry."""
+    method, params, kv = CASES[case]
+    return {
+        "hf_dir": tiny["hf"],
+        "canonical_dir": tiny["canonical"],
+        "method": method,
+        "params": dict(params),
+        "kv_cache": kv,
+        "calibration": CALIB,
+        **extra,
+        "dtype": "float16",
+    }
+
+
 @pytest.mark.parametrize("case", ["awq", "gptq_kv", "int4_wo"])
 def test_packing_where_calibrated_writes_the_same_bytes(
     tiny: dict[str, Path], case: str, monkeypatch: pytest.MonkeyPatch
@@ -291,17 +306,8 @@ def test_packing_where_calibrated_writes_the_same_bytes(
     from trtllm_forge.quant import formats, layerwise, layerwise_assemble
     from trtllm_forge.quant.device import Placement
 
-    method, params, kv = CASES[case]
     root = tiny["root"] / f"device-{case}"
-    common: dict[str, Any] = {
-        "hf_dir": tiny["hf"],
-        "canonical_dir": tiny["canonical"],
-        "method": method,
-        "params": dict(params),
-        "kv_cache": kv,
-        "calibration": CALIB,
-        "dtype": "float16",
-    }
+    common = _half_walk(tiny, case)
     host = calibrate_layerwise(out_dir=root / "host", work_dir=root / "host.work", **common)
     kept: list[int] = []
     to_float32 = Placement.to_float32
@@ -332,18 +338,8 @@ def test_packing_on_the_gpu_writes_the_host_bytes(
     same calibration writes the same files."""
     from trtllm_forge.quant import layerwise, layerwise_assemble
 
-    method, params, kv = CASES[case]
     root = tiny["root"] / f"cuda-{case}"
-    common: dict[str, Any] = {
-        "hf_dir": tiny["hf"],
-        "canonical_dir": tiny["canonical"],
-        "method": method,
-        "params": dict(params),
-        "kv_cache": kv,
-        "calibration": CALIB,
-        "device": "cuda",
-        "dtype": "float16",
-    }
+    common = _half_walk(tiny, case, device="cuda")
     device = calibrate_layerwise(out_dir=root / "device", work_dir=root / "device.work", **common)
     monkeypatch.setattr(layerwise, "on_device", lambda placement, spec: False)
     monkeypatch.setattr(layerwise_assemble, "on_device", lambda placement, spec: False)

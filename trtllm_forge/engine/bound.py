@@ -31,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from trtllm_forge.engine.graph_step import NO_GRAPH, TOKENS, GraphStep, graph_run_options
+from trtllm_forge.engine.graph_step import (
+    NO_GRAPH,
+    TOKENS,
+    GraphStep,
+    bind_shared_cache,
+    graph_run_options,
+)
 from trtllm_forge.engine.onnx.names import (
     ATTENTION_MASK,
     INPUT_IDS,
@@ -177,10 +183,7 @@ class BoundSession:
         """The shared-buffer step: the cache's kept binding, logits into a kept buffer."""
         if cache.binding is None:
             cache.binding = self.session.io_binding()
-            for name in self.past_names:
-                cache.binding.bind_ortvalue_input(name, cache.values[name])
-                present = name.replace(PAST_PREFIX, PRESENT_PREFIX, 1)
-                cache.binding.bind_ortvalue_output(present, cache.values[name])
+            bind_shared_cache(cache.binding, cache.values)
         binding = cache.binding
         for name, array in feeds.items():
             if name in self.inputs:

@@ -41,6 +41,14 @@ GRAPH_ID = "gpu_graph_id"  # ONNX Runtime's run-config key for the CUDA graph an
 NO_GRAPH = -1  # the annotation that runs without capturing or replaying
 
 
+def bind_shared_cache(binding: Any, cache_values: dict[str, Any]) -> None:
+    """Bind each KV buffer as both its ``past_key_values.*`` input and its ``present.*``
+    output: the attention writes the new keys in place."""
+    for name, value in cache_values.items():
+        binding.bind_ortvalue_input(name, value)
+        binding.bind_ortvalue_output(name.replace(PAST_PREFIX, PRESENT_PREFIX, 1), value)
+
+
 def graph_run_options(ort: Any, graph_id: int, enabled: bool) -> Any:
     """Run options naming the CUDA graph of a run (None when the session has no graphs)."""
     if not enabled:
@@ -86,9 +94,7 @@ class GraphStep:
         binding = session.io_binding()
         binding.bind_ortvalue_input(INPUT_IDS, ids)
         binding.bind_ortvalue_input(ATTENTION_MASK, mask)
-        for name, value in cache_values.items():
-            binding.bind_ortvalue_input(name, value)
-            binding.bind_ortvalue_output(name.replace(PAST_PREFIX, PRESENT_PREFIX, 1), value)
+        bind_shared_cache(binding, cache_values)
         binding.bind_ortvalue_output(LOGITS, out)
         argmax_binding = argmax.io_binding()
         argmax_binding.bind_ortvalue_input(LOGITS, out)
