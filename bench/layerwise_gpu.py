@@ -269,7 +269,7 @@ def run_forge_whole(
 
     found: dict[str, float] = {}
     with timed_method(a.method, a.device, found), clock(a.device) as total:
-        quantize_checkpoint(
+        summary = quantize_checkpoint(
             hf_dir=hf,
             canonical_dir=canonical,
             out_dir=out,
@@ -279,7 +279,9 @@ def run_forge_whole(
             device=a.device,
             dtype=a.dtype,
         )
-    return {"seconds": total(), "calibrate_s": found["method_s"], "output_gb": _gb(out)}
+    result = {"seconds": total(), "calibrate_s": found["method_s"], "output_gb": _gb(out)}
+    result["float_weights"] = summary["records"]["float_weights"]
+    return result
 
 
 def run_forge_layerwise(
@@ -306,6 +308,9 @@ def run_forge_layerwise(
     shutil.rmtree(work, ignore_errors=True)
     result = {"seconds": total(), "output_gb": _gb(out)}
     result["resumed_at_layer"] = summary["resumed_at_layer"]
+    # Records that kept a float32 weight (not int4 values): 0 when packing on the device
+    # matched the host's arithmetic (see the GPU packing test).
+    result["float_weights"] = summary["records"]["float_weights"]
     return result
 
 

@@ -83,7 +83,8 @@ def test_half_awq_records_store_no_weight_and_rebuild_bit_exactly(
     tiny: dict[str, Path], dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out, summary, result = _calibrate(tiny, dtype, monkeypatch)
-    assert summary["records"] == {"linears": len(result.linears), "stored_weights": 0}
+    expected = {"linears": len(result.linears), "stored_weights": 0, "float_weights": 0}
+    assert summary["records"] == expected
     stored = _stored(out / RECORDS_FILE)
     kinds = {name.rsplit(".", 1)[1] for name in stored if not name.startswith("kv.")}
     assert kinds == {"weight_amax", "pre_quant_scale", "smooth_factor"}
@@ -139,7 +140,13 @@ def test_half_gptq_records_keep_int4_values(tiny: dict[str, Path]) -> None:
     records keep the int4 values, never a float32 weight (the H200's 8B run stored 18 GB
     of them; docs/performance.md says why)."""
     out = tiny["root"] / "gptq-float16"
-    quantize.quantize_checkpoint(out_dir=out, **{**_common(tiny, "float16"), "method": "gptq"})
+    kwargs = {**_common(tiny, "float16"), "method": "gptq"}
+    summary = quantize.quantize_checkpoint(out_dir=out, **kwargs)
     stored = _stored(out / RECORDS_FILE)
     assert not [name for name in stored if name.endswith(".weight")]
-    assert [name for name in stored if name.endswith(".weight_int4")]
+    int4 = [name for name in stored if name.endswith(".weight_int4")]
+    assert summary["records"] == {
+        "linears": len(int4),
+        "stored_weights": len(int4),
+        "float_weights": 0,
+    }

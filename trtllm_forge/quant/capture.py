@@ -112,5 +112,9 @@ def input_hessians(
             decoder(model)(input_ids=ids)
             previous["x"] = None
             task.advance()
-    hessians = {name: (2.0 * sums[name] / counts[name]).float() for name in sums}
+    # In place, one at a time (the same rounding as ``2 · sum / n``): a float64 sum of a
+    # 14,336-wide input is 1.6 GB, and the copies would double a layer's peak.
+    hessians = {}
+    for name in list(sums):
+        hessians[name] = sums.pop(name).mul_(2.0).div_(counts[name]).float()
     return {name: hessians[alias.get(name, name)] for name in names}

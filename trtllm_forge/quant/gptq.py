@@ -40,11 +40,16 @@ def inverse_hessian_factor(hessian: torch.Tensor, damping: float) -> torch.Tenso
     """Upper Cholesky factor of ``(H + λI)⁻¹`` with ``λ = damping · mean(diag H)``."""
     import torch
 
-    h = hessian.double().clone()
-    idx = torch.arange(h.shape[0])
-    h[idx, idx] += damping * h.diagonal().mean()
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    # float64 squares of a 14,336-wide MLP input are 1.6 GB each: at most two are alive at
+    # once (docs/performance.md, the layer-by-layer GPTQ memory).
+    h = hessian.to(torch.float64, copy=True)
+    h.diagonal().add_(damping * h.diagonal().mean())
+    lower = torch.linalg.cholesky(h)
+    del h
+    inverse = torch.cholesky_inverse(lower)
+    del lower
     factor: torch.Tensor = torch.linalg.cholesky(inverse, upper=True)
+    del inverse
     return factor.float()
 
 
@@ -72,16 +77,18 @@ def gptq_quantize(
 
     from trtllm_forge.quant import layout
 
-    w = weight.detach().float().clone()
-    h = hessian.float().clone()
+    w = weight.detach().to(torch.float32, copy=True)
+    h = hessian.to(torch.float32, copy=True)
     n_cols = w.shape[1]
     dead = h.diagonal() == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     scales = layout.scale_from_amax(layout.group_amax(w, group_size), layout.INT4_MAX)
     order = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(n_cols)
-    w, h = w[:, order], h[order][:, order]
+    if act_order:  # without it the order is the identity: no permuted copies
+        w, h = w[:, order], h[order][:, order]
     h_inv = inverse_hessian_factor(h, damping)
+    del h
     qdq = torch.zeros_like(w)
     columns = order.tolist()  # original index of each visited column (plain ints: hot loop)
     for start in range(0, n_cols, BLOCK):
@@ -99,8 +106,10 @@ def gptq_quantize(
             act_order,
         )
         w[:, end:] -= errors @ h_inv[start:end, end:]
-    inverse_order = torch.argsort(order)
-    return qdq[:, inverse_order], scales
+    del w, h_inv
+    if not act_order:
+        return qdq, scales
+    return qdq[:, torch.argsort(order)], scales
 
 
 def _quantize_block(

@@ -152,7 +152,7 @@ def assemble(
         "files": ["config.json", rank_file(0)],
         "records": {
             field: sum(int(c.get("records", {}).get(field, 0)) for c in commits)
-            for field in ("linears", "stored_weights")
+            for field in ("linears", "stored_weights", "float_weights")
         },
         "kv_amax": {str(i): c["kv"] for i, c in enumerate(commits) if c.get("kv") is not None},
     }

@@ -134,7 +134,7 @@ def record_tensors(
 ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """The tensors :func:`save_records` writes (on the host) and its counts."""
     tensors: dict[str, torch.Tensor] = {}
-    stored = 0
+    stored = floats = 0
     for module, lq in result.linears.items():
         for field in _FIELDS:
             value = getattr(lq, field)
@@ -143,12 +143,14 @@ def record_tensors(
         weight = _weight_record(module, lq, originals.get(module), calibration_dtype)
         tensors.update(weight)
         stored += any(not name.endswith(".smooth_factor") for name in weight)
+        floats += f"{module}.weight" in weight  # not int4 values: 4 bytes a weight
     for layer, (k_amax, v_amax) in result.kv_amax.items():
         tensors[f"kv.{layer}"] = torch.tensor([k_amax, v_amax], dtype=torch.float32)
     # Records computed where calibration ran (a GPU) come to the host only now: ranges
     # and packed weights, never a float32 weight that the snapshot gives back.
     host = {name: tensor.to("cpu") for name, tensor in tensors.items()}
-    return host, {"linears": len(result.linears), "stored_weights": stored}
+    counts = {"linears": len(result.linears), "stored_weights": stored, "float_weights": floats}
+    return host, counts
 
 
 class CalibrationRecords:
