@@ -28,6 +28,13 @@ def test_blocks_cover_every_token_once_and_restart_at_each_window() -> None:
     assert streaming.block_tokens(151_936, 2048) * 151_936 * 4 <= streaming.BLOCK_BYTES
 
 
+def test_engine_blocks_are_long_enough_not_to_reread_the_weights_every_few_tokens() -> None:
+    """Each engine block is one ONNX Runtime run over all its weights: at a 152k vocabulary
+    a block must hold ~100 tokens (27 made the 0.5B bench's logits phase memory-bound)."""
+    assert streaming.block_tokens(151_936, 2048) >= 100
+    assert streaming.block_tokens(151_936, 64) == 64  # never past the engine's max_input_len
+
+
 def test_streamed_metrics_equal_whole_text_metrics(fp16: TinyBuild) -> None:
     """A 300-token text over 128-token windows, in 40-token engine blocks and 50-token
     reference blocks: the accumulated float32 figures match float64 over whole arrays."""

@@ -24,14 +24,16 @@ import numpy as np
 
 from trtllm_forge.engine.runtime import OrtEngine, score_windows
 
-# One block's float32 logits, and the rows of a block turned into probabilities at once.
-# Measured on a 0.5B model (bench/verify_memory.py): with the engine loaded, 64/16 MiB put
-# ~0.4 GB of transient buffers on top of its weights, 16/4 MiB cost no measurable speed.
-# The reference phase peaks lower (one model of float32 weights, no engine) and runs
-# transformers, which is slower in short blocks (on the 4-layer profiling shape,
-# `--layers 4`, 256 MiB blocks took about a fifth less reference CPU time than 64 MiB at
-# 1,024 tokens), so it gets a block of ~440 tokens at a 152k vocabulary.
-BLOCK_BYTES = 16 * 2**20
+# One block's float32 logits (the engine's; the reference's), and the rows of a slice
+# turned into probabilities at once. Every engine block is one ONNX Runtime run, and every
+# run reads all the engine's weights again: at a 152k vocabulary 16 MiB was 27 rows, a
+# memory-bound run per 27 tokens. 64 MiB (110 rows) took the engine's logits phase of the
+# 0.5B bench (bench/verify_memory.py, 2,048 tokens, 2 cores, quiet) from 20.7 to 16.9 s at a
+# verify peak of 3.30 GB (3.17 before; 1.67x the checkpoint); 128 MiB was no faster and
+# peaked at 3.51 GB. The reference runs transformers, also slower in short blocks (on the
+# 4-layer profiling shape, `--layers 4`, 256 MiB blocks took about a fifth less reference
+# CPU time than 64 MiB at 1,024 tokens), and has no engine beside it: ~440 tokens at 152k.
+BLOCK_BYTES = 64 * 2**20
 REFERENCE_BLOCK_BYTES = 256 * 2**20
 SLICE_BYTES = 4 * 2**20
 
