@@ -485,7 +485,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     }
     save(a.out, results)
     check_disk(directory / "model", shape)
-    ext = start_cuda_ext(a.device, logs / "cuda-ext.log")
+    # --no-cuda-ext: every process (both tools) uses ModelOpt's torch fallback instead.
+    ext = start_cuda_ext(a.device, logs / "cuda-ext.log") if a.build_cuda_ext else None
+    results["prepare"]["cuda_ext_built"] = False
     _, _, tiny_times = prepared(directory / "warm", shape_of("tiny", None), a.dtype)
     _, _, times = prepared(directory / "model", shape, a.dtype)
     results["prepare"].update(times)
@@ -577,6 +579,7 @@ def command_line(a: argparse.Namespace) -> str:
         f"--device {a.device} --dtype {a.dtype} --budget-s {a.budget_s:g}"
         + (f" --cap-s {a.cap_s:g}" if a.cap_s else "")
         + (f" --skip {','.join(sorted(a.skip))}" if a.skip else "")
+        + ("" if a.build_cuda_ext else " --no-cuda-ext")
         + f" --out {out}"
     )
 
@@ -793,6 +796,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     run_cmd.add_argument("--seq-len", type=int, default=256)
     run_cmd.add_argument("--budget-s", type=float, default=480.0, help="wall seconds in all")
     run_cmd.add_argument("--min-start-s", type=float, default=30.0)
+    run_cmd.add_argument(
+        "--no-cuda-ext",
+        dest="build_cuda_ext",
+        action="store_false",
+        help="don't JIT-build ModelOpt's CUDA extension: ModelOpt's torch fallback on all sides",
+    )
     run_cmd.add_argument(
         "--skip",
         type=lambda text: set(filter(None, text.split(","))),
