@@ -35,6 +35,27 @@ def test_engine_blocks_are_long_enough_not_to_reread_the_weights_every_few_token
     assert streaming.block_tokens(151_936, 64) == 64  # never past the engine's max_input_len
 
 
+def test_spill_each_writes_the_blocks_in_order_behind_the_caller(tmp_path: Path) -> None:
+    """The engine's blocks come back to the caller unchanged while a worker writes them, and
+    the file holds them in order; the unspill reads them back."""
+    rng = np.random.default_rng(0)
+    blocks = [rng.standard_normal((rows, 7), dtype=np.float32) for rows in (3, 1, 5)]
+    with (tmp_path / "spill").open("w+b") as file:
+        given = list(streaming.spill_each(iter(blocks), file))
+        assert all(a is b for a, b in zip(given, blocks, strict=True))
+        file.seek(0)
+        unspill = streaming.Unspill(file, 7)
+        for block in blocks:
+            assert np.array_equal(unspill.read(len(block)), block)
+
+
+def test_a_failed_spill_write_raises_in_the_caller(tmp_path: Path) -> None:
+    (tmp_path / "spill").write_bytes(b"")
+    blocks = [np.zeros((2, 3), np.float32)] * 3
+    with (tmp_path / "spill").open("rb") as read_only, pytest.raises(OSError, match="write"):
+        list(streaming.spill_each(iter(blocks), read_only))
+
+
 def test_streamed_metrics_equal_whole_text_metrics(fp16: TinyBuild) -> None:
     """A 300-token text over 128-token windows, in 40-token engine blocks and 50-token
     reference blocks: the accumulated float32 figures match float64 over whole arrays."""

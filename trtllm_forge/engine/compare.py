@@ -130,10 +130,10 @@ def _candidate_pass(
         vocab = _vocab(model)
         for _, sequence in scored:
             lengths = []
-            for logits in candidate.blocks(model, sequence, inputs.window, vocab):
+            blocks = candidate.blocks(model, sequence, inputs.window, vocab)
+            for logits in streaming.spill_each(blocks, spill_file):
                 spilled.vocab = logits.shape[1]
                 lengths.append(len(logits))
-                streaming.spill(logits, spill_file)
             spilled.blocks.append(lengths)
             task.advance()
         del model
