@@ -559,11 +559,27 @@ def merged(files: list[Path]) -> dict[str, Any]:
     """The first results file with the runs of the later ones added (a method measured
     in a separate call, e.g. ``--methods gptq``), their commands listed."""
     results: dict[str, Any] = json.loads(files[0].read_text())
+    results["calls"] = [_call(files[0], results)]
     for extra in files[1:]:
         more = json.loads(extra.read_text())
         results["runs"].update(more["runs"])
         results["command"] += "\n" + more["command"]
+        results["calls"].append(_call(extra, more))
     return results
+
+
+def _call(path: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """What the doc says of one results file: when, which methods, its extension."""
+    try:
+        shown = str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        shown = str(path)
+    return {
+        "file": shown,
+        "date": results["date"],
+        "methods": list(results["runs"]),
+        "extension": _extension(results["prepare"], results["command"]),
+    }
 
 
 def command_line(a: argparse.Namespace) -> str:
@@ -600,7 +616,7 @@ def render(r: dict[str, Any]) -> str:
     )
     lines = [
         f"## GPU: layer-by-layer calibration, time and peak memory "
-        f"({m.get('gpu') or r['device']}, {r['date']})",
+        f"({m.get('gpu') or r['device']}, {', '.join(c['date'] for c in _calls(r))})",
         "",
         f"A random-weight {shape} Llama (hidden {s['hidden_size']}, {s['num_attention_heads']} "
         f"heads, {s['num_key_value_heads']} KV heads, MLP {s['intermediate_size']}, vocabulary "
@@ -686,8 +702,8 @@ def _goals(r: dict[str, Any]) -> list[str]:
             stopped = runs["modelopt"]["timed_out_after_s"]
             verdict = "meets" if bound <= GOAL_TIME_RATIO else "undecided"
             parts.append(
-                f"time under {bound:.2f}x ModelOpt in place, which was stopped unfinished "
-                f"after {stopped} s ({verdict})"
+                f"time {bound:.2f}x the {stopped} s after which ModelOpt in place was "
+                f"stopped unfinished, its process's warm-up included ({verdict})"
             )
         lines.append(f"- {method}: {'; '.join(parts)}.")
     s = r["shape"]
@@ -721,7 +737,7 @@ def _how(r: dict[str, Any]) -> list[str]:
         "synchronised at both ends, one run each; peak GPU memory is "
         "`torch.cuda.max_memory_allocated` after a reset (the CUDA context and the caching "
         "allocator's slack are not in it; *reserved* is the allocator's peak). Not timed: "
-        f"importing ModelOpt, CUDA start-up, {_extension(r['prepare'])} and one run of the "
+        f"importing ModelOpt, CUDA start-up, {_extensions(r)} and one run of the "
         f"same path on a 2-layer model. {_preparation(r)}",
         "",
         "- *ModelOpt*: `from_pretrained` in the compute dtype plus `.to(device)` (the *time* "
@@ -744,12 +760,30 @@ def _how(r: dict[str, Any]) -> list[str]:
         "",
         "```sh",
         r["command"],
-        "python -m bench.layerwise_gpu render bench/results/layerwise_gpu.json",
+        "python -m bench.layerwise_gpu render " + " ".join(c["file"] for c in _calls(r)),
         "```",
     ]
 
 
-def _extension(p: dict[str, Any]) -> str:
+def _calls(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results files the section was rendered from (one unless merged)."""
+    default = str(RESULTS.relative_to(ROOT))
+    one = {"file": default, "date": r["date"], "methods": list(r["runs"])}
+    return r.get("calls") or [{**one, "extension": _extension(r["prepare"], r["command"])}]
+
+
+def _extensions(r: dict[str, Any]) -> str:
+    calls = _calls(r)
+    if len(calls) == 1:
+        return str(calls[0]["extension"])
+    return "; ".join(
+        f"in the {c['date']} call ({', '.join(c['methods'])} rows) {c['extension']}" for c in calls
+    )
+
+
+def _extension(p: dict[str, Any], command: str) -> str:
+    if "--no-cuda-ext" in command:
+        return "no CUDA extension (`--no-cuda-ext`: ModelOpt's torch fallback on every side)"
     if "cuda_ext_built" not in p:
         return "no CUDA extension (no GPU)"
     if not p["cuda_ext_built"]:
