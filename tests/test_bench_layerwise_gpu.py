@@ -127,7 +127,7 @@ def test_committed_section_is_rendered_from_committed_results() -> None:
         pytest.skip("bench/results/layerwise_gpu.json not measured yet")
     committed = (ROOT / "docs" / "performance.md").read_text()
     section = committed.split(lw.BEGIN, 1)[1].split(lw.END, 1)[0].strip("\n")
-    assert section == lw.render(lw.merged([lw.RESULTS])).strip("\n"), (
+    assert section == lw.render(lw.merged(list(lw.COMMITTED))).strip("\n"), (
         "run: python -m bench.layerwise_gpu render"
     )
 
