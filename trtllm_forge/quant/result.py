@@ -26,7 +26,7 @@ class LinearQuant:
         pre_quant_scale: ``[in]`` factor the activations are multiplied by, or None.
         fp8_weight_amax: W4A8 only: 0-d range of the FP8 quantizer that runs over the
             INT4-dequantized weight (ModelOpt calibrates it on the raw weight).
-        smooth_factor: AWQ only: the fp32 ``[in]`` factor ModelOpt multiplied the weight
+        smooth_factor: AWQ and SmoothQuant: the fp32 ``[in]`` factor ModelOpt multiplied the weight
             by when it smoothed it (``1 / pre_quant_scale`` before the scale was rounded
             to the calibration dtype), or None. In float16/bfloat16 calibration the
             rounded ``pre_quant_scale`` cannot give the smoothed weight back; this can

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from trtllm_forge.quant.record_types import OnnxOps, Tensors
-    from trtllm_forge.quant.result import LinearQuant
+    from trtllm_forge.quant.result import LinearQuant, QuantResult
     from trtllm_forge.quant.targets import TargetPlan
 
     class SmoothQuantParams(Protocol):
@@ -58,7 +58,50 @@ def modelopt_config(
     return modelopt_glue.target_config(preset, targets, algorithm=algorithm)
 
 
-quantize_model = quantizer(modelopt_config, "SmoothQuant")
+_calibrated = quantizer(modelopt_config, "SmoothQuant")
+
+
+def quantize_model(
+    model: torch.nn.Module,
+    data: Any,
+    params: SmoothQuantParams,
+    targets: list[str],
+    progress: Progress = _NO_PROGRESS,
+) -> QuantResult:
+    """ModelOpt's SmoothQuant, each linear's fp32 smoothing factor kept as
+    ``smooth_factor``: in float16/bfloat16 the ``pre_quant_scale`` ModelOpt keeps is
+    rounded to the weight dtype and no longer gives the smoothed weight back, so without
+    the factor the calibration records store every weight in float32 (twice a float16
+    model; quant/linear_records.py checks the rebuild when it writes them)."""
+    from dataclasses import replace
+
+    modules = dict(model.named_modules())
+    # Taken before ModelOpt smooths the weights in place.
+    columns = {name: modules[name].weight.detach().abs().amax(dim=0) for name in targets}
+    result = _calibrated(model, data, params, targets, progress)
+    modules = dict(model.named_modules())
+    for name, linear in result.linears.items():
+        activations = getattr(modules[name].input_quantizer, "_amax_for_smoothing", None)
+        if activations is not None and name in columns:
+            scale = smoothing_scale(columns[name], activations, params.alpha)
+            result.linears[name] = replace(linear, smooth_factor=1.0 / scale)
+    return result
+
+
+def smoothing_scale(
+    column_amax: torch.Tensor, activation_amax: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """The fp32 ``s = w^(1-α) / a^α`` per input channel that ModelOpt 0.47's SmoothQuant
+    divides activations by and multiplies weights with (its ``smoothquant`` postprocess):
+    weight maxima in the weight dtype, activation maxima in fp32, channels without
+    activations left at 1, clamped to [1e-4, 1e4]. The same operations on the same
+    device as ModelOpt, so the result is its bits (checked where it is used)."""
+    activations = activation_amax.to(column_amax.device).float().reshape(-1)
+    scale = column_amax.reshape(-1).pow(1 - alpha) / activations.pow(alpha)
+    epsilon = 1.0 / (1 << 31)
+    if scale.min() <= epsilon:
+        scale[activations <= epsilon] = 1
+    return scale.clamp(min=1e-4, max=1e4)
 
 
 def _check_plan(params: SmoothQuantParams, plan: TargetPlan, hf_config: Mapping[str, Any]) -> None:
