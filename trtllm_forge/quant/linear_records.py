@@ -8,7 +8,7 @@ artifact) keeps it small: per HF linear its fp32 ``weight_amax``, ``input_amax``
 ``pre_quant_scale`` and (W4A8) ``fp8_weight_amax``; the weight itself only where it cannot be rebuilt
 bit-exactly from the original snapshot (GPTQ's error-fed weights, kept as their int4
 values when they are exactly ``q × scale``), which is checked when the file is
-written, never assumed. An AWQ weight calibrated in float16/bfloat16 is rebuilt with
+written, never assumed. An AWQ or SmoothQuant weight calibrated in float16/bfloat16 is rebuilt with
 ``smooth_factor``, the fp32 factor ModelOpt smoothed it with (its ``pre_quant_scale`` is
 rounded to the calibration dtype and no longer gives the weight back); the field is
 written only when the rounded scale does not do, so float32 calibrations' files are
