@@ -4,15 +4,20 @@ the report says which tokens were scored (real tiny engine, real reference)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.engine_support import TinyBuild, random_prompts, random_texts, tiny_engine
+from tests.tinymodels import make_tiny_hf
 from trtllm_forge.engine import metrics, streaming
 from trtllm_forge.engine.runtime import OrtEngine
 from trtllm_forge.engine.verify import load_reference, reference_logits, verify_engine
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +38,26 @@ def test_engine_blocks_are_long_enough_not_to_reread_the_weights_every_few_token
     a block must hold ~100 tokens (27 made the 0.5B bench's logits phase memory-bound)."""
     assert streaming.block_tokens(151_936, 2048) >= 100
     assert streaming.block_tokens(151_936, 64) == 64  # never past the engine's max_input_len
+
+
+def test_importing_the_reference_code_imports_its_model_module(tmp_path: Path) -> None:
+    """What verify imports on a thread while an engine runs: the reference's model module
+    (in a fresh interpreter, where nothing imported it yet); a folder transformers cannot
+    read raises nothing there (load_reference reports it in the main thread)."""
+    hf = make_tiny_hf("qwen2", tmp_path / "hf")
+    check = (
+        "import sys\n"
+        "from trtllm_forge.engine.compare import _import_reference_code\n"
+        "module = 'transformers.models.qwen2.modeling_qwen2'\n"
+        "before = module in sys.modules\n"
+        f"_import_reference_code({str(tmp_path)!r})\n"
+        f"_import_reference_code({str(hf)!r})\n"
+        "print(before, module in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.split() == ["False", "True"]
 
 
 def test_spill_each_writes_the_blocks_in_order_behind_the_caller(tmp_path: Path) -> None:

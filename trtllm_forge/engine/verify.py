@@ -152,6 +152,7 @@ def engine_candidate(engine_dir: Path, device: str = "cpu") -> Candidate:
         load=lambda: OrtEngine.load(engine_dir, device=device),
         generate=lambda engine, prompts, new: engine.generate(prompts, new),
         blocks=blocks,
+        overlap_imports=True,
     )
 
 
