@@ -124,16 +124,18 @@ def test_teacher_forced_logits_differ_from_the_steps_far_below_the_margin(model:
     assert float(((forced - stepped).abs().amax(dim=-1) / scale).max()) < hf_greedy.MARGIN / 4
 
 
-def test_regroup_cuts_blocks_into_the_candidates_lengths() -> None:
+def test_cut_splits_blocks_at_both_models_block_ends_into_views() -> None:
     rows = np.arange(23, dtype=np.float32)[:, None]
     blocks = [rows[:10], rows[10:12], rows[12:23]]
-    pieces = list(streaming.regroup(iter(blocks), [4, 4, 4, 4, 7]))
-    assert [len(p) for p in pieces] == [4, 4, 4, 4, 7]
+    pieces = list(streaming.cut(iter(blocks), [4, 4, 4, 4, 7]))
+    # candidate ends 4, 8, 12, 16, 23; reference ends 10, 12, 23
+    assert [len(p) for p in pieces] == [4, 4, 2, 2, 4, 7]
     assert np.array_equal(np.concatenate(pieces), rows)
-    with pytest.raises(RuntimeError):
-        list(streaming.regroup(iter(blocks), [4, 4]))
-    with pytest.raises(RuntimeError):
-        list(streaming.regroup(iter(blocks), [20, 4]))
+    assert all(np.shares_memory(piece, rows) for piece in pieces)
+    with pytest.raises(RuntimeError, match="more reference rows"):
+        list(streaming.cut(iter(blocks), [4, 4]))
+    with pytest.raises(RuntimeError, match="fewer reference rows"):
+        list(streaming.cut(iter(blocks), [20, 4]))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ resident together. The reference's greedy tokens come from checking the candidat
 (:func:`~trtllm_forge.engine.hf_greedy.greedy_checked`: one teacher-forced forward per
 batch instead of a decode step per token, the same tokens as decoding step by step); then
 it computes the same rows block by block, each compared with the spilled candidate rows
-(regrouped into the candidate's blocks) and accumulated in a
+(in pieces that never cross a candidate block's end) and accumulated in a
 :class:`~trtllm_forge.engine.streaming.SequenceScore`. Peak memory is one model plus one
 block of logits, whatever the length of the texts.
 """
@@ -204,8 +204,8 @@ def _reference_pass(
 ) -> tuple[list[list[int]], list[streaming.SequenceScore]]:
     """The reference's greedy tokens per prompt (the candidate's checked, see
     :func:`~trtllm_forge.engine.hf_greedy.greedy_checked`), and its logits block by block
-    against the spilled candidate rows, in the candidate's blocks (so the metrics are
-    accumulated in the same slices as when the reference ran first)."""
+    against the spilled candidate rows, cut at both models' block ends (views, no copies;
+    at most one candidate block of rows is read back at a time)."""
     from trtllm_forge.engine.hf_greedy import greedy_checked
 
     unspill, scores = streaming.Unspill(spill_file, spilled.vocab), []
@@ -227,7 +227,7 @@ def _reference_pass(
             score = streaming.SequenceScore(sequence)
             row = 0
             blocks = streaming.reference_blocks(reference, sequence, inputs.window, block)
-            for logits in streaming.regroup(blocks, lengths):
+            for logits in streaming.cut(blocks, lengths):
                 score.add(row, logits, unspill.read(len(logits)))
                 row += len(logits)
             scores.append(score)

@@ -16,6 +16,7 @@ accumulates every metric per slice of rows from float32 logits (per-row sums in 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -229,27 +230,23 @@ class SequenceScore:
         return self.max_abs_diff / (self.max_abs_reference or 1.0)
 
 
-def regroup(blocks: Iterable[np.ndarray], lengths: Sequence[int]) -> Iterator[np.ndarray]:
-    """The rows of ``blocks`` in pieces of ``lengths`` rows (views where a piece lies in one
-    block; a piece across two blocks is a copy of its own rows only)."""
-    sizes = iter(lengths)
-    want = next(sizes, None)
-    carry: np.ndarray | None = None  # rows of the previous block, fewer than ``want``
+def cut(blocks: Iterable[np.ndarray], lengths: Sequence[int]) -> Iterator[np.ndarray]:
+    """The rows of ``blocks`` cut at their own ends and at the ends of consecutive pieces of
+    ``lengths`` rows (the candidate's blocks): views, never copies, none across a candidate
+    block's end (a candidate block that straddles two of ``blocks`` comes as two pieces)."""
+    ends = itertools.accumulate(lengths)
+    end = next(ends, None)
+    row = 0  # rows before ``block``
     for block in blocks:
         offset = 0
-        if carry is not None and want is not None:
-            need = want - len(carry)
-            if len(block) < need:
-                carry = np.concatenate([carry, block])
-                continue
-            yield np.concatenate([carry, block[:need]])
-            offset, carry, want = need, None, next(sizes, None)
-        while want is not None and len(block) - offset >= want:
-            yield block[offset : offset + want]
-            offset, want = offset + want, next(sizes, None)
-        if offset < len(block):
-            if want is None:
+        while offset < len(block):
+            if end is None:
                 raise RuntimeError("verify: more reference rows than candidate rows")  # a bug
-            carry = block[offset:]
-    if want is not None or carry is not None:
+            stop = min(len(block), end - row)
+            yield block[offset:stop]
+            offset = stop
+            if row + stop == end:
+                end = next(ends, None)
+        row += len(block)
+    if end is not None:
         raise RuntimeError("verify: fewer reference rows than candidate rows")  # a bug
