@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 from tests.engine_support import random_prompts, tiny_checkpoint, tiny_engine
 from trtllm_forge.engine.backends import BuildOptions, build_engine
 from trtllm_forge.engine.onnx import OPSET
-from trtllm_forge.engine.onnx.graph import COLLECTIVE_DOMAIN
 from trtllm_forge.engine.onnx.linear import LINEAR_LOWERINGS, dense_linear, register_linear_lowering
 from trtllm_forge.engine.onnx.lower import lower_checkpoint
+from trtllm_forge.engine.onnx.names import COLLECTIVE_DOMAIN
 from trtllm_forge.engine.onnx.rope import rope_frequencies
 from trtllm_forge.engine.runtime import load_engine
 from trtllm_forge.errors import ExitCode, ForgeError

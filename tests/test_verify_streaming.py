@@ -60,6 +60,14 @@ def test_importing_the_reference_code_imports_its_model_module(tmp_path: Path) -
     assert out.stdout.split() == ["False", "True"]
 
 
+def test_verify_and_the_engine_runtime_import_no_torch() -> None:
+    """torch (~1.2 s to import) is the reference's: verify imports it on a thread while the
+    engine runs, so importing verify and running an engine must not pull it in first."""
+    script = "import sys, trtllm_forge.engine.verify; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_spill_each_writes_the_blocks_in_order_behind_the_caller(tmp_path: Path) -> None:
     """The engine's blocks come back to the caller unchanged while a worker writes them, and
     the file holds them in order; the unspill reads them back."""

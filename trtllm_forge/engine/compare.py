@@ -97,9 +97,10 @@ def compare(
 def _importing_reference_code(reference_dir: Path, enabled: bool) -> Iterator[None]:
     """Import the reference's code on a thread while the block runs, if ``enabled``.
 
-    Importing transformers' auto classes and the model's module is ~2.4 s of Python on the
-    0.5B bench, more than half of loading the reference, and needs no weights; an engine's
-    session load and decode leave a core idle and run outside the GIL.
+    Importing torch, transformers' auto classes and the model's module is ~3.6 s of Python
+    on the 0.5B bench, most of loading the reference, and needs no weights; an engine's
+    session load and decode leave a core idle and run outside the GIL (running an engine
+    imports no torch: tests/test_verify_streaming.py).
     """
     if not enabled:
         yield

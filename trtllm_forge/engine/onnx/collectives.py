@@ -19,14 +19,16 @@ A tp=1 graph contains none.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from trtllm_forge.engine.onnx.context import LoweringContext
-from trtllm_forge.engine.onnx.graph import COLLECTIVE_DOMAIN
+from trtllm_forge.engine.onnx.names import COLLECTIVE_DOMAIN
+
+if TYPE_CHECKING:  # the lowering's context imports torch, which running an engine never needs
+    from trtllm_forge.engine.onnx.context import LoweringContext
 
 ALL_REDUCE = "AllReduce"
 ALL_GATHER = "AllGather"

@@ -18,8 +18,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtllm_forge.engine.onnx import OPSET
 
-COLLECTIVE_DOMAIN = "trtllm_forge.dist"
-
 TORCH_TO_ONNX: dict[torch.dtype, int] = {
     torch.float32: TensorProto.FLOAT,
     torch.float16: TensorProto.FLOAT16,

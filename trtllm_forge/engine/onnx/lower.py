@@ -25,7 +25,8 @@ from trtllm_forge.context import NullProgress, Progress
 from trtllm_forge.engine.onnx import OPSET
 from trtllm_forge.engine.onnx.context import LoweringContext, RankWeights
 from trtllm_forge.engine.onnx.decoder import build_decoder
-from trtllm_forge.engine.onnx.graph import COLLECTIVE_DOMAIN, ExternalData, GraphBuilder
+from trtllm_forge.engine.onnx.graph import ExternalData, GraphBuilder
+from trtllm_forge.engine.onnx.names import COLLECTIVE_DOMAIN
 from trtllm_forge.engine.onnx.segments import split_at_collectives
 from trtllm_forge.engine.onnx.shared import SharedWeights, check_graph
 from trtllm_forge.engine.spec import Checkpoint, RankLayout, read_checkpoint

@@ -8,6 +8,7 @@ HIDDEN_OUT = "hidden_states_out"
 LOGITS = "logits"
 PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
+COLLECTIVE_DOMAIN = "trtllm_forge.dist"  # the domain of the TP collectives' custom nodes
 
 
 def past_name(layer: int, kind: str) -> str:
