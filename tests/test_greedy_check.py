@@ -124,6 +124,32 @@ def test_teacher_forced_logits_differ_from_the_steps_far_below_the_margin(model:
     assert float(((forced - stepped).abs().amax(dim=-1) / scale).max()) < hf_greedy.MARGIN / 4
 
 
+def test_prompts_scored_together_equal_each_scored_alone(model: Any) -> None:
+    """verify scores the reference's prompts left-padded in one forward: each prompt's rows
+    are its logits scored alone (unpadded, through reference_blocks) up to float32
+    summation order — Llama, BLOOM (ALiBi) and GPT-2 (absolute positions from the mask)."""
+    prompts = random_prompts(6, seed=5)
+    together = hf_greedy.forced_rows(model, prompts, device="cpu")
+    for prompt, rows in zip(prompts, together, strict=True):
+        (alone,) = streaming.reference_blocks(model, prompt, 1 << 20, 1 << 20)
+        assert rows.shape == alone.shape
+        scale = float(np.abs(alone).max())
+        assert float((rows.numpy() - alone).__abs__().max()) <= 1e-5 * scale
+
+
+def test_batches_keep_each_padded_forward_within_the_rows() -> None:
+    assert streaming.batches([16] * 8, 441) == [range(0, 8)]
+    assert streaming.batches([16] * 8, 64) == [range(0, 4), range(4, 8)]
+    # padded to the longest: 3 x 20 > 50; a sequence longer than the rows goes alone
+    assert streaming.batches([5, 20, 10, 60, 3], 50) == [
+        range(0, 2),
+        range(2, 3),
+        range(3, 4),
+        range(4, 5),
+    ]
+    assert streaming.batches([], 50) == []
+
+
 def test_cut_splits_blocks_at_both_models_block_ends_into_views() -> None:
     rows = np.arange(23, dtype=np.float32)[:, None]
     blocks = [rows[:10], rows[10:12], rows[12:23]]

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,6 +120,28 @@ def test_streamed_metrics_equal_whole_text_metrics(fp16: TinyBuild) -> None:
     assert score.max_relative_logit_diff == pytest.approx(
         metrics.max_relative_logit_diff(ref, eng), rel=1e-6
     )
+
+
+def test_prompts_in_several_padded_forwards_give_the_same_metrics(
+    fp16: TinyBuild, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference scores the prompts left-padded together, as many per forward as its
+    block holds: with 24-row blocks the 8 prompts (3-17 tokens) take several forwards, some
+    a prompt alone; tokens and metrics are those of one forward for all (float32 order)."""
+    kwargs: dict[str, Any] = {
+        "prompts_token_ids": random_prompts(8),
+        "texts_token_ids": random_texts(1, 20),  # one block either way
+        "max_new_tokens": 4,
+        "gates": {},
+    }
+    together = verify_engine(fp16.engine, fp16.hf, out_dir=tmp_path / "one", **kwargs)
+    vocab = int(json.loads((fp16.hf / "config.json").read_text())["vocab_size"])
+    assert streaming.batches([len(p) for p in kwargs["prompts_token_ids"]], 24) != [range(8)]
+    monkeypatch.setattr(streaming, "REFERENCE_BLOCK_BYTES", 24 * 4 * vocab)
+    apart = verify_engine(fp16.engine, fp16.hf, out_dir=tmp_path / "several", **kwargs)
+    assert apart.prompts == together.prompts
+    for name, value in together.metrics.items():
+        assert apart.metrics[name] == pytest.approx(value, rel=1e-3, abs=1e-9), name
 
 
 def test_report_says_which_tokens_were_scored(fp16: TinyBuild, tmp_path: Path) -> None:

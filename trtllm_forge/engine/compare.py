@@ -19,7 +19,7 @@ import gc
 import math
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,10 +224,10 @@ def _reference_pass(
         )
         task.advance(len(inputs.prompts))
         block = streaming.block_tokens(vocab, inputs.window, streaming.REFERENCE_BLOCK_BYTES)
-        for (_, sequence), lengths in zip(scored, spilled.blocks, strict=True):
+        every = _reference_logits(reference, scored, inputs.window, block, inputs.device)
+        for (_, sequence), lengths, blocks in zip(scored, spilled.blocks, every, strict=True):
             score = streaming.SequenceScore(sequence)
             row = 0
-            blocks = streaming.reference_blocks(reference, sequence, inputs.window, block)
             for logits in streaming.cut(blocks, lengths):
                 score.add(row, logits, unspill.read(len(logits)))
                 row += len(logits)
@@ -237,6 +237,32 @@ def _reference_pass(
         gc.collect()
         streaming.release_device_memory(inputs.device)
     return tokens, scores
+
+
+def _reference_logits(
+    reference: Any,
+    scored: Sequence[tuple[str, Sequence[int]]],
+    window: int,
+    block: int,
+    device: str,
+) -> Iterator[Iterable[np.ndarray]]:
+    """Per scored sequence, in order, the reference's logits block by block: a text through
+    its KV cache in blocks of ``block`` rows; the prompts (short, and several) left-padded
+    together, up to ``block`` padded rows per forward: one pass over the weights for a
+    batch of prompts instead of one each (on the 0.5B bench, 8 prompts of 16 tokens took
+    2.15 s one by one and 0.6 s together)."""
+    from trtllm_forge.engine.hf_greedy import forced_rows
+
+    prompts = [sequence for kind, sequence in scored if kind == "prompt"]
+    for kind, sequence in scored:
+        if kind == "text":  # the texts come first (Inputs.scored)
+            yield streaming.reference_blocks(reference, sequence, window, block)
+    for group in streaming.batches([len(p) for p in prompts], block):
+        if len(group) == 1:
+            yield streaming.reference_blocks(reference, prompts[group[0]], window, block)
+            continue
+        for rows in forced_rows(reference, [prompts[i] for i in group], device=device):
+            yield [rows.cpu().numpy()]
 
 
 def _generation_metrics(

@@ -196,6 +196,14 @@ def _checked_group(
     return _decode_rest(model, prompts, taken, count, device, margin)
 
 
+def forced_rows(model: Any, sequences: Sequence[Sequence[int]], *, device: str) -> list[Any]:
+    """Each sequence's teacher-forced logits [len, vocab] (float32), all the sequences in one
+    forward, left-padded and positioned as :func:`greedy_steps` does."""
+    longest = max(len(s) for s in sequences)
+    logits = _teacher_forced(model, sequences, [[] for _ in sequences], longest, device)
+    return [logits[row, longest - len(s) :] for row, s in enumerate(sequences)]
+
+
 def _teacher_forced(
     model: Any,
     prompts: Sequence[Sequence[int]],

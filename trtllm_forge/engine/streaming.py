@@ -46,6 +46,21 @@ def block_tokens(vocab_size: int, limit: int, budget: int = BLOCK_BYTES) -> int:
     return max(1, min(limit, budget // (4 * vocab_size)))
 
 
+def batches(lengths: Sequence[int], rows: int) -> list[range]:
+    """Consecutive sequences to score in one left-padded forward: as many as keep the padded
+    batch (count x longest) within ``rows``; a sequence longer than ``rows`` alone."""
+    groups: list[range] = []
+    start = longest = 0
+    for index, length in enumerate(lengths):
+        if index > start and (index - start + 1) * max(longest, length) > rows:
+            groups.append(range(start, index))
+            start, longest = index, 0
+        longest = max(longest, length)
+    if lengths:
+        groups.append(range(start, len(lengths)))
+    return groups
+
+
 def blocks(length: int, window: int, block: int) -> list[tuple[int, int, int]]:
     """(window start, block start, block stop) for every block, in scoring order."""
     return [
