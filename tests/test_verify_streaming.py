@@ -144,6 +144,25 @@ def test_prompts_in_several_padded_forwards_give_the_same_metrics(
         assert apart.metrics[name] == pytest.approx(value, rel=1e-3, abs=1e-9), name
 
 
+def test_metrics_split_among_threads_equal_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows split among threads give the same counts and maxima, and the same sums up to
+    float64 summation order (slices of 2 rows, so 30 rows go to 3 threads)."""
+    monkeypatch.setattr(streaming, "SLICE_BYTES", 2 * 4 * 3000)
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(0, 3000, size=40).tolist()
+    reference = rng.standard_normal((37, 3000), dtype=np.float32) * 4
+    engine = reference + rng.standard_normal((37, 3000), dtype=np.float32) * 0.05
+    one, three = streaming.SequenceScore(tokens), streaming.SequenceScore(tokens, threads=3)
+    for score in (one, three):
+        score.add(0, reference[:30], engine[:30])
+        score.add(30, reference[30:], engine[30:])
+    assert (three.rows, three.targets, three.top1_same) == (one.rows, one.targets, one.top1_same)
+    assert (three.kl_max, three.max_abs_diff) == (one.kl_max, one.max_abs_diff)
+    assert three.max_abs_reference == one.max_abs_reference
+    for name in ("kl_sum", "nll_reference", "nll_engine"):
+        assert getattr(three, name) == pytest.approx(getattr(one, name), rel=1e-12), name
+
+
 def test_report_says_which_tokens_were_scored(fp16: TinyBuild, tmp_path: Path) -> None:
     texts = random_texts(2, 200)
     result = verify_engine(

@@ -207,6 +207,8 @@ def _reference_pass(
     :func:`~trtllm_forge.engine.hf_greedy.greedy_checked`), and its logits block by block
     against the spilled candidate rows, cut at both models' block ends (views, no copies;
     at most one candidate block of rows is read back at a time)."""
+    import torch
+
     from trtllm_forge.engine.hf_greedy import greedy_checked
 
     unspill, scores = streaming.Unspill(spill_file, spilled.vocab), []
@@ -225,8 +227,9 @@ def _reference_pass(
         task.advance(len(inputs.prompts))
         block = streaming.block_tokens(vocab, inputs.window, streaming.REFERENCE_BLOCK_BYTES)
         every = _reference_logits(reference, scored, inputs.window, block, inputs.device)
+        threads = torch.get_num_threads()  # the metrics run between its forwards, on its cores
         for (_, sequence), lengths, blocks in zip(scored, spilled.blocks, every, strict=True):
-            score = streaming.SequenceScore(sequence)
+            score = streaming.SequenceScore(sequence, threads=threads)
             row = 0
             for logits in streaming.cut(blocks, lengths):
                 score.add(row, logits, unspill.read(len(logits)))

@@ -184,10 +184,13 @@ class SequenceScore:
     float64, which is what makes a float32 KL of two nearly equal models accurate: the
     normalizers are subtracted as exact scalars instead of being rounded into every entry.
     Two float32 scratch arrays of one slice are reused, so a slice costs about a dozen
-    passes over its logits and no allocation of logits' size.
+    passes over its logits and no allocation of logits' size. The rows given to
+    :meth:`add` are split among ``threads`` threads (numpy's loops release the GIL; verify
+    gives the reference's thread count: the metrics run between its forwards, on its cores).
     """
 
     tokens: Sequence[int]
+    threads: int = 1
     kl_sum: float = 0.0
     kl_max: float = 0.0
     rows: int = 0
@@ -201,6 +204,36 @@ class SequenceScore:
     def add(self, start: int, reference: np.ndarray, engine: np.ndarray) -> None:
         """Rows ``start``.. of the sequence: reference and engine logits [rows, vocab]."""
         step = max(1, SLICE_BYTES // (4 * reference.shape[1]))
+        share = max(step, -(-len(reference) // max(1, self.threads)))  # rows per thread
+        offsets = range(0, len(reference), share)
+        if len(offsets) <= 1:
+            self._add_rows(start, reference, engine, step)
+            return
+        parts = [SequenceScore(self.tokens) for _ in offsets]
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            futures = [
+                pool.submit(
+                    part._add_rows, start + at, reference[at:][:share], engine[at:][:share], step
+                )
+                for part, at in zip(parts, offsets, strict=True)
+            ]
+            for future in futures:
+                future.result()
+        for part in parts:
+            self._merge(part)
+
+    def _merge(self, other: SequenceScore) -> None:
+        self.kl_sum += other.kl_sum
+        self.kl_max = max(self.kl_max, other.kl_max)
+        self.rows += other.rows
+        self.top1_same += other.top1_same
+        self.nll_reference += other.nll_reference
+        self.nll_engine += other.nll_engine
+        self.targets += other.targets
+        self.max_abs_diff = max(self.max_abs_diff, other.max_abs_diff)
+        self.max_abs_reference = max(self.max_abs_reference, other.max_abs_reference)
+
+    def _add_rows(self, start: int, reference: np.ndarray, engine: np.ndarray, step: int) -> None:
         scratch = np.empty((2, min(step, len(reference)), reference.shape[1]), np.float32)
         for offset in range(0, len(reference), step):
             ref = reference[offset : offset + step]
