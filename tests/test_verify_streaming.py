@@ -163,6 +163,24 @@ def test_metrics_split_among_threads_equal_one_thread(monkeypatch: pytest.Monkey
         assert getattr(three, name) == pytest.approx(getattr(one, name), rel=1e-12), name
 
 
+def test_engine_prompts_scored_together_equal_each_scored_alone(fp16: TinyBuild) -> None:
+    """The engine's prompts, left-padded several per run (at most max_batch_size, within the
+    block's rows): each prompt's rows are its logits scored alone, up to rounding."""
+    engine = OrtEngine.load(fp16.engine)
+    assert engine.profile == "portable" and engine.bound is None  # it takes left padding
+    prompts = random_prompts(8)
+    block = 3 * max(len(p) for p in prompts)
+    groups = streaming.batches([len(p) for p in prompts], block, engine.max_batch_size)
+    assert max(len(g) for g in groups) > 1 and len(groups) > 1
+    together = [list(b) for b in streaming.engine_prompts(engine, prompts, 128, block)]
+    for prompt, blocks in zip(prompts, together, strict=True):
+        (alone,) = streaming.engine_blocks(engine, prompt, 128, block)
+        (rows,) = blocks
+        assert rows.shape == alone.shape
+        assert np.abs(rows - alone).max() <= 1e-2 * np.abs(alone).max()  # float16 engine
+    assert streaming.batches([4] * 5, 100, most=2) == [range(0, 2), range(2, 4), range(4, 5)]
+
+
 def test_report_says_which_tokens_were_scored(fp16: TinyBuild, tmp_path: Path) -> None:
     texts = random_texts(2, 200)
     result = verify_engine(

@@ -40,6 +40,11 @@ class Candidate:
     generate: Callable[[Any, Sequence[Sequence[int]], int], list[list[int]]]
     # (model, tokens, window, vocabulary) -> the sequence's logits, block by block
     blocks: Callable[[Any, Sequence[int], int, int], Iterator[np.ndarray]]
+    # (model, prompts, window, vocabulary) -> per prompt its logits block by block, several
+    # prompts per forward; None: each prompt through ``blocks``
+    prompts: (
+        Callable[[Any, Sequence[Sequence[int]], int, int], Iterator[Iterable[np.ndarray]]] | None
+    ) = None
     # Import the reference's code on a thread while this candidate runs: for a candidate
     # that runs outside Python (an ONNX Runtime engine), not for a transformers model
     # (it imports the same code itself, in the main thread).
@@ -170,10 +175,8 @@ def _candidate_pass(
         task.advance()
     spilled = Spilled([])
     with progress.task(f"verify: {candidate.name} logits", total=len(scored)) as task:
-        vocab = _vocab(model)
-        for _, sequence in scored:
+        for blocks in _candidate_logits(candidate, model, scored, inputs.window, _vocab(model)):
             lengths = []
-            blocks = candidate.blocks(model, sequence, inputs.window, vocab)
             for logits in streaming.spill_each(blocks, spill_file):
                 spilled.vocab = logits.shape[1]
                 lengths.append(len(logits))
@@ -183,6 +186,26 @@ def _candidate_pass(
         gc.collect()  # the reference loads next: the candidate's weights must be gone by then
         streaming.release_device_memory(inputs.device)
     return tokens, spilled
+
+
+def _candidate_logits(
+    candidate: Candidate,
+    model: Any,
+    scored: Sequence[tuple[str, Sequence[int]]],
+    window: int,
+    vocab: int,
+) -> Iterator[Iterable[np.ndarray]]:
+    """Per scored sequence, in order, the candidate's logits block by block (the texts come
+    first: Inputs.scored); the prompts several per forward where the candidate can."""
+    prompts = [sequence for kind, sequence in scored if kind == "prompt"]
+    for kind, sequence in scored:
+        if kind == "text":
+            yield candidate.blocks(model, sequence, window, vocab)
+    if candidate.prompts is not None:
+        yield from candidate.prompts(model, prompts, window, vocab)
+        return
+    for prompt in prompts:
+        yield candidate.blocks(model, prompt, window, vocab)
 
 
 def _vocab(model: Any) -> int:

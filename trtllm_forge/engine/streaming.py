@@ -46,13 +46,14 @@ def block_tokens(vocab_size: int, limit: int, budget: int = BLOCK_BYTES) -> int:
     return max(1, min(limit, budget // (4 * vocab_size)))
 
 
-def batches(lengths: Sequence[int], rows: int) -> list[range]:
+def batches(lengths: Sequence[int], rows: int, most: int = 1 << 30) -> list[range]:
     """Consecutive sequences to score in one left-padded forward: as many as keep the padded
-    batch (count x longest) within ``rows``; a sequence longer than ``rows`` alone."""
+    batch (count x longest) within ``rows``, at most ``most``; one longer than ``rows`` alone."""
     groups: list[range] = []
     start = longest = 0
     for index, length in enumerate(lengths):
-        if index > start and (index - start + 1) * max(longest, length) > rows:
+        count = index - start + 1
+        if index > start and (count > most or count * max(longest, length) > rows):
             groups.append(range(start, index))
             start, longest = index, 0
         longest = max(longest, length)
@@ -100,6 +101,35 @@ def engine_blocks(
         mask = np.ones((1, stop - start), np.int64)
         positions = np.arange(piece - start, stop - start, dtype=np.int64)[None]
         yield engine.forward(ids, mask, positions, cache)[0].astype(np.float32, copy=False)
+
+
+def engine_prompts(
+    engine: OrtEngine, prompts: Sequence[Sequence[int]], window: int, block: int
+) -> Iterator[Iterable[np.ndarray]]:
+    """Per prompt, its logits block by block: prompts that fit scored several per run,
+    left-padded as the engine's generate() pads them (one pass over the weights for a batch
+    instead of one each: 8 prompts of 16 tokens took 1.05 s one by one on the 0.5B bench,
+    0.6 s in two runs); one at a time where the engine does not take left padding (the ort
+    profile decodes right-padded) or keeps its cache on a device."""
+    if engine.profile == "ort" or engine.bound is not None:
+        for prompt in prompts:
+            yield engine_blocks(engine, prompt, window, block)
+        return
+    for group in batches([len(p) for p in prompts], block, engine.max_batch_size):
+        if len(group) == 1:
+            yield engine_blocks(engine, prompts[group[0]], window, block)
+            continue
+        together = [prompts[index] for index in group]
+        longest = max(len(p) for p in together)
+        ids = np.zeros((len(together), longest), np.int64)
+        mask = np.zeros((len(together), longest), np.int64)
+        for row, prompt in enumerate(together):
+            ids[row, longest - len(prompt) :] = prompt
+            mask[row, longest - len(prompt) :] = 1
+        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
+        logits = engine.forward(ids, mask, positions, engine.new_cache(len(together)))
+        for row, prompt in enumerate(together):
+            yield [logits[row, longest - len(prompt) :].astype(np.float32, copy=False)]
 
 
 def return_freed_memory() -> None:

@@ -18,7 +18,7 @@ Metrics:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +147,18 @@ def engine_candidate(engine_dir: Path, device: str = "cpu") -> Candidate:
         block = streaming.block_tokens(vocab, engine.max_input_len)
         return streaming.engine_blocks(engine, tokens, window, block)
 
+    def prompts(
+        engine: OrtEngine, prompts: Sequence[Sequence[int]], window: int, vocab: int
+    ) -> Iterator[Iterable[np.ndarray]]:
+        block = streaming.block_tokens(vocab, engine.max_input_len)
+        return streaming.engine_prompts(engine, prompts, window, block)
+
     return Candidate(
         "engine",
         load=lambda: OrtEngine.load(engine_dir, device=device),
         generate=lambda engine, prompts, new: engine.generate(prompts, new),
         blocks=blocks,
+        prompts=prompts,
         overlap_imports=True,
     )
 
