@@ -13,7 +13,9 @@ child process running ``verify_engine`` exactly as the verify stage does — 8 p
 16 tokens, 32 greedy tokens each, one random text of N tokens — timed from the outside
 (wall, the kernel's peak RSS of the child). ``--before DIR`` runs the child against the
 forge source tree in DIR (e.g. ``git worktree add /tmp/forge-before <commit>``), so old
-and new code are measured by the same harness on the same machine.
+and new code are measured by the same harness on the same machine; that tree converts and
+builds its own engine from the same HF model first (its converter's metadata may not be
+today's), once, in a process of its own, under engine-before-<commit>/.
 
 Each run records per-phase wall and CPU seconds (CPU seconds still compare on a shared,
 loaded machine); ``--layers`` makes a shallower model of the same width and vocabulary for
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -87,6 +88,42 @@ def prepare(layers: int = SHAPE["num_hidden_layers"]) -> tuple[Path, Path, int]:
     return hf, engine, size
 
 
+def prepare_before(hf: Path, source: Path) -> Path:
+    """The engine the forge tree at ``source`` builds from ``hf`` (same dtype and limits),
+    made once by a process of its own (not in any measured time) and reused."""
+    import subprocess
+
+    commit = subprocess.run(
+        ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip() or source.name  # fmt: skip
+    data = hf.parent / f"engine-before-{commit}"
+    if not (data / "engine" / "engine.json").is_file():
+        argv = [sys.executable, "-m", "bench.verify_memory", "--build", str(source), str(hf)]
+        subprocess.run([*argv, str(data)], cwd=ROOT, check=True)
+    return data / "engine"
+
+
+def import_forge_from(source: Path) -> None:
+    """Make ``import trtllm_forge`` load the tree at ``source``. Only trtllm_forge: an old
+    tree's own bench/ package must not shadow this harness (which is imported already)."""
+    if "trtllm_forge" in sys.modules:
+        raise RuntimeError(f"trtllm_forge was imported before {source} was put first")
+    sys.path.insert(0, str(source))
+
+
+def build(source: Path, hf: Path, data: Path) -> None:
+    """Convert and build ``hf`` as prepare() does, with the forge code at ``source``."""
+    import_forge_from(source)
+    from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+    from trtllm_forge.engine.backends import BuildOptions, build_engine
+
+    checkpoint = data / "checkpoint"
+    if not (checkpoint / "config.json").is_file():
+        convert_hf_checkpoint(hf, checkpoint, dtype="float32")
+    build_engine("onnxruntime", checkpoint, data / "engine", BuildOptions(**LIMITS))
+
+
 class PhaseTimes:
     """A Progress that records how long each verify task took: wall seconds, and the
     process's CPU seconds (what a shared, loaded machine still measures fairly)."""
@@ -111,12 +148,15 @@ class PhaseTimes:
         self.cpu_seconds[description] = round(time.process_time() - c0, 2)
 
 
-def child(engine: Path, hf: Path, tokens: int) -> None:
-    """One verify run; prints its metrics and phase times as JSON on stdout."""
+def child(engine: Path, hf: Path, tokens: int, source: Path) -> None:
+    """One verify run with the forge code at ``source``; prints its metrics, phase times
+    and the trtllm_forge it loaded as JSON on stdout."""
+    import_forge_from(source)
     import tempfile
 
     import numpy as np
 
+    import trtllm_forge
     from trtllm_forge.engine.verify import verify_engine
 
     rng = np.random.default_rng(0)
@@ -129,26 +169,25 @@ def child(engine: Path, hf: Path, tokens: int) -> None:
             engine, hf, prompts_token_ids=prompts, texts_token_ids=[text],
             max_new_tokens=NEW_TOKENS, gates={}, out_dir=Path(out), progress=phases,
         )  # fmt: skip
-    doc = {"metrics": result.metrics, "phases": phases.seconds, "phases_cpu": phases.cpu_seconds}
+    doc = {
+        "metrics": result.metrics,
+        "phases": phases.seconds,
+        "phases_cpu": phases.cpu_seconds,
+        "forge": trtllm_forge.__file__,
+    }
     print(json.dumps(doc))  # noqa: T201
 
 
 def measure(engine: Path, hf: Path, tokens: int, source: Path) -> dict[str, Any]:
     from bench.measure import run
 
-    env = {**os.environ, "PYTHONPATH": f"{source}{os.pathsep}{ROOT}"}
-    argv = [
-        sys.executable,
-        "-m",
-        "bench.verify_memory",
-        "--child",
-        str(engine),
-        str(hf),
-        str(tokens),
-    ]
-    # cwd = the source tree: `python -m` puts the cwd first on sys.path, ahead of PYTHONPATH.
-    result = run(argv, env=env, cwd=source)
+    argv = [sys.executable, "-m", "bench.verify_memory", "--child", str(engine), str(hf)]
+    # cwd = this tree (`python -m` puts it first on sys.path): bench is always this harness,
+    # the child puts ``source`` first for trtllm_forge alone.
+    result = run([*argv, str(tokens), str(source)], cwd=ROOT)
     doc = json.loads(result.stdout.strip().splitlines()[-1])
+    if not Path(doc["forge"]).resolve().is_relative_to(source.resolve()):
+        raise RuntimeError(f"the child loaded {doc['forge']}, not the tree at {source}")
     return {
         "tokens": tokens,
         "wall_s": round(result.seconds, 1),
@@ -311,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--before", type=Path, help="a forge source tree holding the old code")
     parser.add_argument(
-        "--child", nargs=3, metavar=("ENGINE", "HF", "TOKENS"), help=argparse.SUPPRESS
+        "--child", nargs=4, metavar=("ENGINE", "HF", "TOKENS", "SOURCE"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--build", nargs=3, metavar=("SOURCE", "HF", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--layers",
         type=int,
@@ -331,7 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.child:
-        child(Path(args.child[0]), Path(args.child[1]), int(args.child[2]))
+        child(Path(args.child[0]), Path(args.child[1]), int(args.child[2]), Path(args.child[3]))
+        return 0
+    if args.build:
+        build(*map(Path, args.build))
         return 0
     if args.doc_only:
         write_doc(json.loads(RESULTS.read_text()))
@@ -342,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.measure import machine
 
     hf, engine, size = prepare(args.layers)
+    if args.before:
+        engine = prepare_before(hf, args.before)
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {"runs": []}
     code = "before" if args.before else "after"
     runs = [r for r in previous["runs"] if not (r["code"] == code and r["tokens"] in args.tokens)]
