@@ -15,10 +15,8 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
 
-from tests.tinymodels import make_tiny_hf
-from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
+from tests.half_records import calibrated, read_records, tiny_llama
 from trtllm_forge.quant import quantize
 from trtllm_forge.quant.calibration import CalibrationSpec
 from trtllm_forge.quant.layerwise import calibrate_layerwise
@@ -31,17 +29,7 @@ GROUP = 64
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("awq-half")
-    hf = make_tiny_hf(
-        "llama",
-        root / "hf",
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        with_tokenizer=True,
-    )
-    convert_hf_checkpoint(hf, root / "canonical", dtype="float16")
-    return {"hf": hf, "canonical": root / "canonical", "root": root}
+    return tiny_llama(tmp_path_factory.mktemp("awq-half"))
 
 
 def _common(paths: dict[str, Path], dtype: str) -> dict[str, Any]:
@@ -59,23 +47,9 @@ def _calibrate(
     paths: dict[str, Path], dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Path, dict[str, Any], QuantResult]:
     """The whole-model calibration, and the result the method handed the writer."""
-    seen: list[QuantResult] = []
-    real = quantize._calibrated
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        result, data = real(*args, **kwargs)
-        seen.append(result)
-        return result, data
-
-    monkeypatch.setattr(quantize, "_calibrated", spy)
     out = paths["root"] / f"whole-{dtype}"
-    summary = quantize.quantize_checkpoint(out_dir=out, **_common(paths, dtype))
-    return out, summary, seen[0]
-
-
-def _stored(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as handle:
-        return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    summary, result = calibrated(out, _common(paths, dtype), monkeypatch)
+    return out, summary, result
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -85,7 +59,7 @@ def test_half_awq_records_store_no_weight_and_rebuild_bit_exactly(
     out, summary, result = _calibrate(tiny, dtype, monkeypatch)
     expected = {"linears": len(result.linears), "stored_weights": 0, "float_weights": 0}
     assert summary["records"] == expected
-    stored = _stored(out / RECORDS_FILE)
+    stored = read_records(out / RECORDS_FILE)
     kinds = {name.rsplit(".", 1)[1] for name in stored if not name.startswith("kv.")}
     assert kinds == {"weight_amax", "pre_quant_scale", "smooth_factor"}
     assert {t.dtype for t in stored.values()} == {torch.float32}
@@ -117,7 +91,7 @@ def test_float32_awq_records_keep_their_layout(
     out, summary, result = _calibrate(tiny, "float32", monkeypatch)
     assert summary["records"]["stored_weights"] == 0
     assert all(lq.smooth_factor is not None for lq in result.linears.values())
-    assert not [name for name in _stored(out / RECORDS_FILE) if "smooth_factor" in name]
+    assert not [name for name in read_records(out / RECORDS_FILE) if "smooth_factor" in name]
 
 
 def test_half_awq_layerwise_writes_the_whole_models_records(
@@ -130,7 +104,7 @@ def test_half_awq_layerwise_writes_the_whole_models_records(
     )
     assert summary["records"]["stored_weights"] == 0
     assert (whole / "rank0.safetensors").read_bytes() == (layers / "rank0.safetensors").read_bytes()
-    a, b = _stored(whole / RECORDS_FILE), _stored(layers / RECORDS_FILE)
+    a, b = read_records(whole / RECORDS_FILE), read_records(layers / RECORDS_FILE)
     assert sorted(a) == sorted(b)
     assert [n for n in a if not torch.equal(a[n], b[n])] == []
 
@@ -142,7 +116,7 @@ def test_half_gptq_records_keep_int4_values(tiny: dict[str, Path]) -> None:
     out = tiny["root"] / "gptq-float16"
     kwargs = {**_common(tiny, "float16"), "method": "gptq"}
     summary = quantize.quantize_checkpoint(out_dir=out, **kwargs)
-    stored = _stored(out / RECORDS_FILE)
+    stored = read_records(out / RECORDS_FILE)
     assert not [name for name in stored if name.endswith(".weight")]
     int4 = [name for name in stored if name.endswith(".weight_int4")]
     assert summary["records"] == {
