@@ -68,7 +68,8 @@ def run(
         err,
     )
     if check and result.returncode != 0:
-        raise RuntimeError(f"{result.command} exited {result.returncode}:\n{err[-4000:]}")
+        said = (err or out)[-4000:]  # a --json command puts its refusal on stdout
+        raise RuntimeError(f"{result.command} exited {result.returncode}:\n{said}")
     return result
 
 
