@@ -59,13 +59,30 @@ LIMITS = {"max_batch_size": 8, "max_input_len": 512, "max_seq_len": 2048}
 PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 8, 16, 32
 
 
+def _data(layers: int) -> Path:
+    return (
+        DATA if layers == SHAPE["num_hidden_layers"] else DATA.with_name(f"{DATA.name}-{layers}l")
+    )
+
+
+def prepare_apart(layers: int) -> tuple[Path, Path, int]:
+    """prepare(), in a process of its own when something is to be made: a harness that
+    held the 2 GB model would lend its memory to every measured child's ru_maxrss
+    (bench/measure.py's _child_peak)."""
+    data = _data(layers)
+    if not (data / "engine" / "engine.json").is_file():
+        import subprocess
+
+        argv = [sys.executable, "-m", "bench.verify_memory", "--prepare", str(layers)]
+        subprocess.run(argv, cwd=ROOT, check=True)
+    return prepare(layers)
+
+
 def prepare(layers: int = SHAPE["num_hidden_layers"]) -> tuple[Path, Path, int]:
     """(HF dir, engine dir, float32 checkpoint bytes), made once and reused. ``layers``
     below 24 makes a shallower model of the same width and vocabulary (for profiling: the
     per-token logits work is the same, the transformer work smaller)."""
-    data = (
-        DATA if layers == SHAPE["num_hidden_layers"] else DATA.with_name(f"{DATA.name}-{layers}l")
-    )
+    data = _data(layers)
     hf, engine = data / "hf", data / "engine"
     if not (hf / "config.json").is_file():
         import torch
@@ -353,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         "--child", nargs=4, metavar=("ENGINE", "HF", "TOKENS", "SOURCE"), help=argparse.SUPPRESS
     )
     parser.add_argument("--build", nargs=3, metavar=("SOURCE", "HF", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", type=int, metavar="LAYERS", help=argparse.SUPPRESS)
     parser.add_argument(
         "--layers",
         type=int,
@@ -376,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.build:
         build(*map(Path, args.build))
         return 0
+    if args.prepare:
+        prepare(args.prepare)
+        return 0
     if args.doc_only:
         write_doc(json.loads(RESULTS.read_text()))
         return 0
@@ -384,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench.measure import machine
 
-    hf, engine, size = prepare(args.layers)
+    hf, engine, size = prepare_apart(args.layers)
     if args.before:
         engine = prepare_before(hf, args.before)
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {"runs": []}

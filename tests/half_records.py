@@ -14,20 +14,68 @@ from safetensors import safe_open
 from tests.tinymodels import make_tiny_hf
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
 from trtllm_forge.quant import quantize
+from trtllm_forge.quant.calibration import CalibrationSpec
+from trtllm_forge.quant.layerwise import calibrate_layerwise
+from trtllm_forge.quant.linear_records import RECORDS_FILE
 from trtllm_forge.quant.result import QuantResult
 
+CALIB = CalibrationSpec(samples=4, seq_len=16, seed=0)
 
-def tiny_llama(root: Path) -> dict[str, Path]:
+
+def tiny_llama(root: Path, layers: int = 2) -> dict[str, Path]:
     hf = make_tiny_hf(
         "llama",
         root / "hf",
         hidden_size=128,
         intermediate_size=256,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         with_tokenizer=True,
     )
     convert_hf_checkpoint(hf, root / "canonical", dtype="float16")
     return {"hf": hf, "canonical": root / "canonical", "root": root}
+
+
+def common_args(
+    paths: dict[str, Path], method: str, params: dict[str, Any], dtype: str
+) -> dict[str, Any]:
+    """The arguments a whole-model and a layer-wise calibration of ``paths`` share."""
+    return {
+        "hf_dir": paths["hf"],
+        "canonical_dir": paths["canonical"],
+        "method": method,
+        "params": params,
+        "calibration": CALIB,
+        "dtype": dtype,
+    }
+
+
+def calibrate_whole(
+    paths: dict[str, Path],
+    method: str,
+    params: dict[str, Any],
+    dtype: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Path, dict[str, Any], QuantResult]:
+    """The whole-model calibration's folder and summary, and the method's result."""
+    out = paths["root"] / f"whole-{dtype}"
+    summary, result = calibrated(out, common_args(paths, method, params, dtype), monkeypatch)
+    return out, summary, result
+
+
+def layerwise_equals_whole(
+    paths: dict[str, Path], method: str, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """A float16 layer walk writes the whole-model run's checkpoint and records; its
+    summary."""
+    whole, _, _ = calibrate_whole(paths, method, params, "float16", monkeypatch)
+    layers = paths["root"] / "layers-float16"
+    common = common_args(paths, method, params, "float16")
+    summary = calibrate_layerwise(out_dir=layers, work_dir=paths["root"] / "work-float16", **common)
+    assert (whole / "rank0.safetensors").read_bytes() == (layers / "rank0.safetensors").read_bytes()
+    a, b = read_records(whole / RECORDS_FILE), read_records(layers / RECORDS_FILE)
+    assert sorted(a) == sorted(b)
+    assert [n for n in a if not torch.equal(a[n], b[n])] == []
+    return summary
 
 
 def calibrated(

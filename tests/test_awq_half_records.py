@@ -16,15 +16,19 @@ from typing import Any
 import pytest
 import torch
 
-from tests.half_records import calibrated, read_records, tiny_llama
+from tests.half_records import (
+    calibrate_whole,
+    common_args,
+    layerwise_equals_whole,
+    read_records,
+    tiny_llama,
+)
 from trtllm_forge.quant import quantize
-from trtllm_forge.quant.calibration import CalibrationSpec
-from trtllm_forge.quant.layerwise import calibrate_layerwise
 from trtllm_forge.quant.linear_records import RECORDS_FILE, CalibrationRecords, OriginalWeights
 from trtllm_forge.quant.result import QuantResult
 
-CALIB = CalibrationSpec(samples=4, seq_len=16, seed=0)
 GROUP = 64
+PARAMS = {"group_size": GROUP}
 
 
 @pytest.fixture(scope="module")
@@ -32,24 +36,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return tiny_llama(tmp_path_factory.mktemp("awq-half"))
 
 
-def _common(paths: dict[str, Path], dtype: str) -> dict[str, Any]:
-    return {
-        "hf_dir": paths["hf"],
-        "canonical_dir": paths["canonical"],
-        "method": "awq",
-        "params": {"group_size": GROUP},
-        "calibration": CALIB,
-        "dtype": dtype,
-    }
-
-
 def _calibrate(
     paths: dict[str, Path], dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Path, dict[str, Any], QuantResult]:
-    """The whole-model calibration, and the result the method handed the writer."""
-    out = paths["root"] / f"whole-{dtype}"
-    summary, result = calibrated(out, _common(paths, dtype), monkeypatch)
-    return out, summary, result
+    return calibrate_whole(paths, "awq", PARAMS, dtype, monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -97,16 +87,8 @@ def test_float32_awq_records_keep_their_layout(
 def test_half_awq_layerwise_writes_the_whole_models_records(
     tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whole, _, _ = _calibrate(tiny, "float16", monkeypatch)
-    layers = tiny["root"] / "layers-float16"
-    summary = calibrate_layerwise(
-        out_dir=layers, work_dir=tiny["root"] / "work-float16", **_common(tiny, "float16")
-    )
+    summary = layerwise_equals_whole(tiny, "awq", PARAMS, monkeypatch)
     assert summary["records"]["stored_weights"] == 0
-    assert (whole / "rank0.safetensors").read_bytes() == (layers / "rank0.safetensors").read_bytes()
-    a, b = read_records(whole / RECORDS_FILE), read_records(layers / RECORDS_FILE)
-    assert sorted(a) == sorted(b)
-    assert [n for n in a if not torch.equal(a[n], b[n])] == []
 
 
 def test_half_gptq_records_keep_int4_values(tiny: dict[str, Path]) -> None:
@@ -114,7 +96,7 @@ def test_half_gptq_records_keep_int4_values(tiny: dict[str, Path]) -> None:
     records keep the int4 values, never a float32 weight (the H200's 8B run stored 18 GB
     of them; docs/performance.md says why)."""
     out = tiny["root"] / "gptq-float16"
-    kwargs = {**_common(tiny, "float16"), "method": "gptq"}
+    kwargs = common_args(tiny, "gptq", PARAMS, "float16")
     summary = quantize.quantize_checkpoint(out_dir=out, **kwargs)
     stored = read_records(out / RECORDS_FILE)
     assert not [name for name in stored if name.endswith(".weight")]

@@ -26,6 +26,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.half_records import tiny_llama
 from tests.helpers import assert_clean_error, forge, write_recipe
 from tests.tinymodels import make_tiny_hf
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
@@ -57,17 +58,7 @@ CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("layerwise")
-    hf = make_tiny_hf(
-        "llama",
-        root / "hf",
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=3,
-        with_tokenizer=True,
-    )
-    convert_hf_checkpoint(hf, root / "canonical", dtype="float16")
-    return {"hf": hf, "canonical": root / "canonical", "root": root}
+    return tiny_llama(tmp_path_factory.mktemp("layerwise"), layers=3)
 
 
 def _both(

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import torch
 
-from tests.half_records import calibrated, read_records, tiny_llama
-from trtllm_forge.quant.calibration import CalibrationSpec
-from trtllm_forge.quant.layerwise import calibrate_layerwise
+from tests.half_records import calibrate_whole, layerwise_equals_whole, read_records, tiny_llama
 from trtllm_forge.quant.linear_records import RECORDS_FILE, CalibrationRecords, OriginalWeights
 from trtllm_forge.quant.result import QuantResult
+
+PARAMS = {"alpha": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -29,24 +29,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return tiny_llama(tmp_path_factory.mktemp("smoothquant-half"))
 
 
-def _common(paths: dict[str, Path], dtype: str) -> dict[str, Any]:
-    return {
-        "hf_dir": paths["hf"],
-        "canonical_dir": paths["canonical"],
-        "method": "smoothquant",
-        "params": {"alpha": 0.5},
-        "calibration": CalibrationSpec(samples=4, seq_len=16, seed=0),
-        "dtype": dtype,
-    }
-
-
 def _calibrate(
     paths: dict[str, Path], dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Path, dict[str, Any], QuantResult]:
-    """The whole-model calibration, and the result the method handed the writer."""
-    out = paths["root"] / f"whole-{dtype}"
-    summary, result = calibrated(out, _common(paths, dtype), monkeypatch)
-    return out, summary, result
+    return calibrate_whole(paths, "smoothquant", PARAMS, dtype, monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -83,13 +69,5 @@ def test_float32_smoothquant_records_keep_their_layout(
 def test_half_smoothquant_layerwise_writes_the_whole_models_files(
     tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whole, _, _ = _calibrate(tiny, "float16", monkeypatch)
-    layers = tiny["root"] / "layers-float16"
-    summary = calibrate_layerwise(
-        out_dir=layers, work_dir=tiny["root"] / "work-float16", **_common(tiny, "float16")
-    )
+    summary = layerwise_equals_whole(tiny, "smoothquant", PARAMS, monkeypatch)
     assert summary["records"]["stored_weights"] == 0
-    assert (whole / "rank0.safetensors").read_bytes() == (layers / "rank0.safetensors").read_bytes()
-    a, b = read_records(whole / RECORDS_FILE), read_records(layers / RECORDS_FILE)
-    assert sorted(a) == sorted(b)
-    assert [n for n in a if not torch.equal(a[n], b[n])] == []
