@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -25,9 +24,9 @@ from tests.half_records import (
 )
 from trtllm_forge.quant import quantize
 from trtllm_forge.quant.linear_records import RECORDS_FILE, CalibrationRecords, OriginalWeights
-from trtllm_forge.quant.result import QuantResult
 
 GROUP = 64
+METHOD = "awq"
 PARAMS = {"group_size": GROUP}
 
 
@@ -36,17 +35,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return tiny_llama(tmp_path_factory.mktemp("awq-half"))
 
 
-def _calibrate(
-    paths: dict[str, Path], dtype: str, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Path, dict[str, Any], QuantResult]:
-    return calibrate_whole(paths, "awq", PARAMS, dtype, monkeypatch)
-
-
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_awq_records_store_no_weight_and_rebuild_bit_exactly(
     tiny: dict[str, Path], dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out, summary, result = _calibrate(tiny, dtype, monkeypatch)
+    out, summary, result = calibrate_whole(tiny, METHOD, PARAMS, dtype, monkeypatch)
     expected = {"linears": len(result.linears), "stored_weights": 0, "float_weights": 0}
     assert summary["records"] == expected
     stored = read_records(out / RECORDS_FILE)
@@ -78,7 +71,7 @@ def test_float32_awq_records_keep_their_layout(
     tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """float32 calibration: the pre-quant scale gives the factor, so nothing is added."""
-    out, summary, result = _calibrate(tiny, "float32", monkeypatch)
+    out, summary, result = calibrate_whole(tiny, METHOD, PARAMS, "float32", monkeypatch)
     assert summary["records"]["stored_weights"] == 0
     assert all(lq.smooth_factor is not None for lq in result.linears.values())
     assert not [name for name in read_records(out / RECORDS_FILE) if "smooth_factor" in name]
@@ -87,7 +80,7 @@ def test_float32_awq_records_keep_their_layout(
 def test_half_awq_layerwise_writes_the_whole_models_records(
     tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    summary = layerwise_equals_whole(tiny, "awq", PARAMS, monkeypatch)
+    summary = layerwise_equals_whole(tiny, METHOD, PARAMS, monkeypatch)
     assert summary["records"]["stored_weights"] == 0
 
 

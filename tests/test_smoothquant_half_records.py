@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from tests.half_records import calibrate_whole, layerwise_equals_whole, read_records, tiny_llama
 from trtllm_forge.quant.linear_records import RECORDS_FILE, CalibrationRecords, OriginalWeights
-from trtllm_forge.quant.result import QuantResult
 
+METHOD = "smoothquant"
 PARAMS = {"alpha": 0.5}
 
 
@@ -29,17 +28,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return tiny_llama(tmp_path_factory.mktemp("smoothquant-half"))
 
 
-def _calibrate(
-    paths: dict[str, Path], dtype: str, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Path, dict[str, Any], QuantResult]:
-    return calibrate_whole(paths, "smoothquant", PARAMS, dtype, monkeypatch)
-
-
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_smoothquant_records_store_no_weight_and_rebuild_bit_exactly(
     tiny: dict[str, Path], dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out, summary, result = _calibrate(tiny, dtype, monkeypatch)
+    out, summary, result = calibrate_whole(tiny, METHOD, PARAMS, dtype, monkeypatch)
     expected = {"linears": len(result.linears), "stored_weights": 0, "float_weights": 0}
     assert summary["records"] == expected
     stored = read_records(out / RECORDS_FILE)
@@ -58,7 +51,7 @@ def test_float32_smoothquant_records_keep_their_layout(
     tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """float32: the pre-quant scale is the factor's exact reciprocal, nothing is added."""
-    out, summary, result = _calibrate(tiny, "float32", monkeypatch)
+    out, summary, result = calibrate_whole(tiny, METHOD, PARAMS, "float32", monkeypatch)
     assert summary["records"]["stored_weights"] == 0
     for lq in result.linears.values():
         assert lq.smooth_factor is not None and lq.pre_quant_scale is not None
@@ -69,5 +62,5 @@ def test_float32_smoothquant_records_keep_their_layout(
 def test_half_smoothquant_layerwise_writes_the_whole_models_files(
     tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    summary = layerwise_equals_whole(tiny, "smoothquant", PARAMS, monkeypatch)
+    summary = layerwise_equals_whole(tiny, METHOD, PARAMS, monkeypatch)
     assert summary["records"]["stored_weights"] == 0
