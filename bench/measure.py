@@ -77,11 +77,12 @@ def _child_peak(ru_maxrss: int, sampled_hwm: int) -> int:
     """The child's peak RSS. Linux keeps the high-water mark of the memory a process had
     before ``exec`` (this process's, shared by vfork or copied by fork) in its ru_maxrss,
     so a child of a big parent reports the parent's memory: a harness that had built a
-    2 GB model in-process saw 3.76 GiB for a verify whose own peak was 3.15 GiB. Where ru_maxrss may
-    be that inherited figure (not above this process's own peak), the child's own mark
-    sampled from /proc (VmHWM, reset at exec) is taken instead."""
+    2 GB model in-process saw 3.76 GiB for a verify whose own peak was 3.15 GiB. Where
+    ru_maxrss may be that inherited figure (not above this process's own peak), the
+    child's own mark sampled from /proc (VmHWM, reset at exec) is taken instead; a child
+    too short to be sampled keeps ru_maxrss, an upper bound."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return ru_maxrss if ru_maxrss > own else max(sampled_hwm, 1)
+    return ru_maxrss if ru_maxrss > own or not sampled_hwm else sampled_hwm
 
 
 def _drain(proc: subprocess.Popen[str]) -> tuple[str, str]:

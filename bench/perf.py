@@ -136,7 +136,8 @@ class Bench:
             "python_pass": [sys.executable, "-c", "pass"],
             "noop_build": build,
             # plan stops where the build stops: its pre-flight estimate then covers only
-            # cached stages, so a CI machine short of disk for a 7B engine still times it
+            # cached stages, so a machine short of disk or memory for the build and
+            # verify stages this benchmark never runs still times it
             "plan": [*self.forge, "plan", str(self.recipe), "--until", until, "--json"],
             "help": [*self.forge, "--help"],
         }
