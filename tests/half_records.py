@@ -71,11 +71,19 @@ def layerwise_equals_whole(
     layers = paths["root"] / "layers-float16"
     common = common_args(paths, method, params, "float16")
     summary = calibrate_layerwise(out_dir=layers, work_dir=paths["root"] / "work-float16", **common)
-    assert (whole / "rank0.safetensors").read_bytes() == (layers / "rank0.safetensors").read_bytes()
-    a, b = read_records(whole / RECORDS_FILE), read_records(layers / RECORDS_FILE)
+    assert_same_files(whole, layers, ("rank0.safetensors",))
+    return summary
+
+
+def assert_same_files(
+    whole: Path, layered: Path, names: tuple[str, ...] = ("rank0.safetensors", "config.json")
+) -> None:
+    """``names`` byte for byte, and the calibration records tensor for tensor."""
+    for name in names:
+        assert (whole / name).read_bytes() == (layered / name).read_bytes(), name
+    a, b = read_records(whole / RECORDS_FILE), read_records(layered / RECORDS_FILE)
     assert sorted(a) == sorted(b)
     assert [n for n in a if not torch.equal(a[n], b[n])] == []
-    return summary
 
 
 def calibrated(

@@ -24,9 +24,8 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
-from tests.half_records import tiny_llama
+from tests.half_records import assert_same_files, tiny_llama
 from tests.helpers import assert_clean_error, forge, write_recipe
 from tests.tinymodels import make_tiny_hf
 from trtllm_forge.checkpoint.convert import convert_hf_checkpoint
@@ -78,14 +77,6 @@ def _both(
     whole = quantize_checkpoint(out_dir=root / "whole", **common)
     layered = calibrate_layerwise(out_dir=root / "layers", work_dir=root / "work", **common)
     return root / "whole", root / "layers", whole, layered
-
-
-def assert_same_files(whole: Path, layered: Path) -> None:
-    for name in ("rank0.safetensors", "config.json"):
-        assert (whole / name).read_bytes() == (layered / name).read_bytes(), name
-    a, b = load_file(whole / "linears.safetensors"), load_file(layered / "linears.safetensors")
-    assert sorted(a) == sorted(b)
-    assert [n for n in a if not torch.equal(a[n], b[n])] == []
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
